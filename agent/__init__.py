@@ -1,0 +1,1 @@
+"""The Rigwatch agent: samples this machine with psutil and publishes the metrics to Kafka."""

@@ -1,0 +1,99 @@
+"""The agent's configuration: command line and environment, read and validated here only."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from agent.collect import default_device_id
+from agent.wire import DEVICE_RE
+
+DEFAULT_TOPIC = "rigwatch.metrics"
+DEFAULT_INTERVAL = 5.0
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the text names it and says what is expected."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to run."""
+
+    device: str
+    interval: float
+    once: bool
+    bootstrap_servers: str | None  # None only with --once, which needs no Kafka
+    topic: str
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises instead of printing its usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _device(value: str) -> str:
+    if not DEVICE_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a device id (1 to 64 characters of A-Z a-z 0-9 . _ -)")
+    return value
+
+
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a number of seconds greater than 0")
+    return seconds
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="python -m agent", description="Sample this machine and publish its metrics to Kafka.")
+    parser.add_argument(
+        "--device", type=_device, default=None, help="device id sent with each sample (default: host name)"
+    )
+    parser.add_argument(
+        "--interval", type=_interval, default=DEFAULT_INTERVAL, help="seconds between samples (default: 5)"
+    )
+    parser.add_argument("--once", action="store_true", help="print one sample as a JSON line and exit; needs no Kafka")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """The configuration from the command line and the environment; raises ConfigError on a bad value."""
+    args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    servers = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
+    if servers is None and not args.once:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port of your Kafka brokers)")
+    if servers is not None and not all(part.strip() for part in servers.split(",")):
+        raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={servers!r} is not a comma-separated list of host:port")
+    topic = env.get("KAFKA_TOPIC", "").strip() or DEFAULT_TOPIC
+    if not _TOPIC_RE.fullmatch(topic):
+        raise ConfigError(f"KAFKA_TOPIC={topic[:80]!r} is not a topic name (1 to 249 characters of A-Z a-z 0-9 . _ -)")
+    return AgentConfig(
+        device=args.device or default_device_id(),
+        interval=args.interval,
+        once=args.once,
+        bootstrap_servers=servers,
+        topic=topic,
+    )
+
+
+def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
+    """The configuration, or exit with status 2 and one line saying which value is wrong."""
+    try:
+        return parse_config(argv)
+    except ConfigError as exc:
+        sys.stderr.write(f"rigwatch agent: {exc}\n")
+        raise SystemExit(2) from None

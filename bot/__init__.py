@@ -1,0 +1,1 @@
+"""The Rigwatch bot: ingest metrics, predict, alert and answer in Telegram."""

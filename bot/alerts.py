@@ -1,0 +1,90 @@
+"""Sending alerts: which samples deserve one, to which chats, and what to do when Telegram fails."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from telegram import Bot
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+
+from bot import store, texts
+from bot.active_model import ActiveModel
+
+log = logging.getLogger(__name__)
+MAX_PENDING = 500  # alerts kept for a retry while Telegram is down; the oldest go first
+
+
+@dataclass(frozen=True)
+class Pending:
+    chat_id: int
+    sample: store.StoredSample
+    text: str
+
+
+class Alerter:
+    """Alerts every allowed chat when a new sample's P(stressed) reaches the threshold.
+
+    A device stays stressed for many samples in a row: it is alerted again only after `repeat_s`.
+    """
+
+    def __init__(self, chat_ids: frozenset[int], threshold: float, repeat_s: float) -> None:
+        self.chat_ids = chat_ids
+        self.threshold = threshold
+        self.repeat_s = repeat_s
+        self.last_alert: dict[str, float] = {}
+        self.pending: deque[Pending] = deque(maxlen=MAX_PENDING)
+        self._retry_at = 0.0
+
+    def due(self, new: list[store.StoredSample], now: float) -> list[store.StoredSample]:
+        """The most stressed new sample of each device that is over the threshold and not alerted lately."""
+        worst: dict[str, store.StoredSample] = {}
+        for sample in new:
+            if sample.p_stressed is None or sample.p_stressed < self.threshold:
+                continue
+            if sample.device not in worst or sample.p_stressed > worst[sample.device].p_stressed:
+                worst[sample.device] = sample
+        due = [s for s in worst.values() if now - self.last_alert.get(s.device, float("-inf")) >= self.repeat_s]
+        for sample in due:
+            self.last_alert[sample.device] = now
+        return due
+
+    async def alert(self, bot: Bot, new: list[store.StoredSample], model: ActiveModel) -> None:
+        """Queue alerts for the new samples that are due, then send what is queued."""
+        for sample in self.due(new, time.time()):
+            text = texts.alert(sample, model.drivers(sample.metrics))
+            self.pending.extend(Pending(chat_id, sample, text) for chat_id in sorted(self.chat_ids))
+        if self.pending and time.monotonic() >= self._retry_at:
+            await self._send_pending(bot)
+
+    async def _send_pending(self, bot: Bot) -> None:
+        while self.pending:
+            item = self.pending[0]
+            try:
+                message = await bot.send_message(
+                    item.chat_id, item.text, parse_mode=ParseMode.HTML,
+                    reply_markup=texts.alert_keyboard(item.sample.id),
+                )
+            except RetryAfter as exc:
+                self._pause(exc.retry_after if isinstance(exc.retry_after, (int, float)) else 30, exc)
+                return
+            except (Forbidden, BadRequest) as exc:
+                # Blocked bot, deleted chat, bad text: retrying cannot help.
+                log.error("alert for %s to chat %d dropped: %s", item.sample.device, item.chat_id, exc.message)
+                self.pending.popleft()
+                continue
+            except TelegramError as exc:
+                self._pause(10, exc)
+                return
+            self.pending.popleft()
+            await asyncio.to_thread(store.record_alert, item.sample.id, item.chat_id, message.message_id)
+            log.info("alerted chat %d: %s P(stressed)=%.2f", item.chat_id, item.sample.device, item.sample.p_stressed)
+
+    def _pause(self, seconds: float, exc: TelegramError) -> None:
+        log.warning("Telegram did not take an alert (%s); %d waiting, retrying in %.0f s",
+                    exc.message, len(self.pending), seconds)
+        self._retry_at = time.monotonic() + seconds

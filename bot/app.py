@@ -1,0 +1,70 @@
+"""Wiring: the Telegram application, its handlers and the repeating poll job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import BotCommand
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler, filters
+
+from bot import handlers
+from bot.active_model import ActiveModel
+from bot.alerts import Alerter
+from bot.config import Settings
+from bot.poller import KafkaSource, LocalSource, Poller, poll
+from ml.registry import ModelStore
+
+log = logging.getLogger(__name__)
+COMMANDS = [
+    BotCommand("status", "every machine, or /status <device> for one"),
+    BotCommand("help", "what this bot does"),
+]
+
+
+def build_application(settings: Settings, model_store: ModelStore) -> Application:
+    """The bot, ready for run_polling; the database must already be open."""
+    application = (
+        Application.builder()
+        .token(settings.token)
+        .base_url(f"{settings.api_url}/bot")
+        .base_file_url(f"{settings.api_url}/file/bot")
+        .post_init(_start)
+        .post_shutdown(_stop)
+        .build()
+    )
+    application.bot_data.update(settings=settings, model=ActiveModel(model_store))
+    application.add_handler(TypeHandler(object, handlers.guard), group=-1)
+    application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
+    application.add_handler(CommandHandler("status", handlers.status))
+    application.add_handler(CallbackQueryHandler(handlers.label_button))
+    application.add_handler(MessageHandler(filters.COMMAND, handlers.unknown_command))
+    application.add_error_handler(handlers.on_error)
+    return application
+
+
+async def _start(application: Application) -> None:
+    settings: Settings = application.bot_data["settings"]
+    model: ActiveModel = application.bot_data["model"]
+    if not settings.allowed_chat_ids:
+        log.warning("ALLOWED_CHAT_IDS is empty: the bot answers nobody and sends no alerts")
+    await asyncio.to_thread(model.ensure)
+    if settings.kafka_bootstrap:
+        source: KafkaSource | LocalSource = KafkaSource(settings)
+        interval = settings.poll_interval_s
+        log.info("reading metrics from Kafka topic %s", settings.kafka_topic)
+    else:
+        source = LocalSource()
+        interval = settings.sample_interval_s
+        log.info("single-host mode: watching this machine as %s every %g s", source.device, interval)
+    alerter = Alerter(settings.allowed_chat_ids, settings.alert_threshold, settings.alert_repeat_s)
+    poller = Poller(source, model, alerter)
+    application.bot_data["poller"] = poller
+    application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
+    await application.bot.set_my_commands(COMMANDS)
+
+
+async def _stop(application: Application) -> None:
+    poller: Poller | None = application.bot_data.get("poller")
+    if poller is not None:
+        await asyncio.to_thread(poller.source.close)

@@ -1,0 +1,97 @@
+"""The bot's configuration: read and validated from the environment here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; the text names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    token: str
+    api_url: str
+    allowed_chat_ids: frozenset[int]
+    admin_user_ids: frozenset[int]
+    database_url: str
+    kafka_bootstrap: str | None
+    kafka_topic: str
+    kafka_group_id: str
+    kafka_session_timeout_ms: int
+    model_store: str
+    alert_threshold: float
+    alert_repeat_s: float
+    sample_interval_s: float
+    poll_interval_s: float
+    batch_size: int
+
+
+def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
+    raw = env.get(name, "").strip()
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = [part for part in ids if not re.fullmatch(r"-?\d{1,20}", part)]
+    if bad:
+        raise ConfigError(f"{name} must be comma-separated numeric ids, got {bad[0][:30]!r}")
+    return frozenset(int(part) for part in ids)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw[:30]!r}") from None
+    if not (low <= value <= high):
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw[:30]!r}")
+    return value
+
+
+def _model_store(raw: str) -> str:
+    if not (raw.startswith("file:") and len(raw) > 5) and not re.fullmatch(r"s3://[a-z0-9.\-]{3,63}(/.*)?", raw):
+        raise ConfigError(f"MODEL_STORE must be file:<dir> or s3://bucket/prefix, got {raw[:60]!r}")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    if not re.match(r"(sqlite|postgres|postgresql)(\+pool)?://", raw):
+        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool = True) -> Settings:
+    """Settings from the environment; raises ConfigError naming the first bad variable."""
+    env = os.environ if env is None else env
+    token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if require_token and not re.fullmatch(r"\d+:[A-Za-z0-9_-]{20,}", token):
+        what = "is not set" if not token else "does not look like a bot token (digits:letters)"
+        raise ConfigError(f"TELEGRAM_BOT_TOKEN {what}; get one from @BotFather")
+    api_url = env.get("TELEGRAM_API_URL", "").strip().rstrip("/") or "https://api.telegram.org"
+    if not re.match(r"https?://[^/\s]+", api_url):
+        raise ConfigError(f"TELEGRAM_API_URL must be an http(s) URL, got {api_url[:60]!r}")
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
+    if bootstrap and not re.fullmatch(r"[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*", bootstrap):
+        raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port], got {bootstrap[:60]!r}")
+    return Settings(
+        token=token,
+        api_url=api_url,
+        allowed_chat_ids=_id_set(env, "ALLOWED_CHAT_IDS"),
+        admin_user_ids=_id_set(env, "ADMIN_USER_IDS"),
+        database_url=_database_url(env.get("DATABASE_URL", "").strip() or "sqlite:///data/rigwatch.sqlite3"),
+        kafka_bootstrap=bootstrap,
+        kafka_topic=env.get("KAFKA_TOPIC", "").strip() or "rigwatch.metrics",
+        kafka_group_id=env.get("KAFKA_GROUP_ID", "").strip() or "rigwatch-bot",
+        kafka_session_timeout_ms=int(_number(env, "KAFKA_SESSION_TIMEOUT_MS", 10000, 1000, 300000)),
+        model_store=_model_store(env.get("MODEL_STORE", "").strip() or "file:models"),
+        alert_threshold=_number(env, "ALERT_THRESHOLD", 0.7, 0.0, 1.0),
+        alert_repeat_s=60 * _number(env, "ALERT_REPEAT_MINUTES", 30, 0, 7 * 24 * 60),
+        sample_interval_s=_number(env, "SAMPLE_INTERVAL_SECONDS", 5, 0.1, 3600),
+        poll_interval_s=_number(env, "POLL_INTERVAL_SECONDS", 1, 0.05, 60),
+        batch_size=int(_number(env, "BATCH_SIZE", 5000, 1, 100000)),
+    )

@@ -1,0 +1,203 @@
+"""Storage of metrics, predictions, labels, alerts and rejected messages (peewee; SQLite or Postgres).
+
+Every function here blocks: the bot calls them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import peewee as pw
+from playhouse.db_url import connect
+
+from agent.wire import KNOWN_METRICS, Sample
+
+db = pw.DatabaseProxy()
+INSERT_CHUNK = 1000  # rows per INSERT: well under SQLite's limit of bound variables
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+
+
+class Metric(BaseModel):
+    """One sample of one device; unique on (device, ts) so a redelivered message changes nothing."""
+
+    device = pw.CharField(max_length=64)
+    ts = pw.DoubleField()
+    received = pw.DoubleField()
+    extra = pw.TextField(null=True)  # JSON of metric names the model does not know
+    p_stressed = pw.DoubleField(null=True)
+    model_version = pw.IntegerField(null=True)
+
+    class Meta:
+        indexes = ((("device", "ts"), True),)
+
+
+# One nullable column per known metric: a missing metric is NULL, never 0.
+for _name in KNOWN_METRICS:
+    Metric._meta.add_field(_name, pw.DoubleField(null=True))
+
+
+class Label(BaseModel):
+    """A person's verdict on a sample: 1 = stressed, 0 = normal. The latest label of a sample wins."""
+
+    metric = pw.ForeignKeyField(Metric, on_delete="CASCADE", index=True)
+    value = pw.SmallIntegerField()
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+
+class Alert(BaseModel):
+    """An alert message sent to a chat; a button press is valid only on a message listed here."""
+
+    metric = pw.ForeignKeyField(Metric, on_delete="CASCADE")
+    chat_id = pw.BigIntegerField()
+    message_id = pw.BigIntegerField()
+    sent = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("chat_id", "message_id"), True),)
+
+
+class Rejected(BaseModel):
+    """A message that did not follow the wire format, kept with the reason for an operator."""
+
+    received = pw.DoubleField()
+    source = pw.CharField(max_length=300)
+    reason = pw.TextField()
+    size = pw.IntegerField()
+    payload = pw.TextField()  # the first bytes only: enough to recognise the sender
+
+
+TABLES = [Metric, Label, Alert, Rejected]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    reason: str
+    payload: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    id: int
+    device: str
+    ts: float
+    metrics: dict[str, float]
+    p_stressed: float | None
+    model_version: int | None
+
+
+def open_database(url: str) -> pw.Database:
+    """Connect the models to DATABASE_URL and create the tables; SQLite's folder is created."""
+    parsed = urlparse(url)
+    if parsed.scheme.startswith("sqlite"):
+        path = url.split("://", 1)[1][1:]  # sqlite:///rel/path and sqlite:////abs/path
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets /status read while the poller writes; busy_timeout waits out a writer.
+        database = connect(url, returning_clause=True, pragmas={"journal_mode": "wal", "busy_timeout": 10000})
+    else:
+        database = connect(url)
+    db.initialize(database)
+    database.create_tables(TABLES, safe=True)
+    return database
+
+
+def store_batch(
+    samples: list[Sample], predictions: list[float | None], version: int | None, rejects: list[Rejection]
+) -> list[StoredSample]:
+    """Store a batch in one transaction; return the samples that were new (not redelivered)."""
+    now = time.time()
+    rows = []
+    for sample, p in zip(samples, predictions, strict=True):
+        known = {k: v for k, v in sample.metrics.items() if k in KNOWN_METRICS}
+        extra = {k: v for k, v in sample.metrics.items() if k not in KNOWN_METRICS}
+        rows.append({
+            "device": sample.device, "ts": sample.ts, "received": now,
+            "extra": json.dumps(extra) if extra else None,
+            "p_stressed": p, "model_version": version if p is not None else None, **known,
+        })
+    by_key = {(s.device, s.ts): (s, p) for s, p in zip(samples, predictions, strict=True)}
+    new: list[StoredSample] = []
+    with db.atomic():
+        for start in range(0, len(rows), INSERT_CHUNK):
+            query = (
+                Metric.insert_many(rows[start:start + INSERT_CHUNK])
+                .on_conflict_ignore()
+                .returning(Metric.id, Metric.device, Metric.ts)
+            )
+            for metric_id, device, ts in query.tuples().execute():
+                sample, p = by_key[(device, ts)]
+                new.append(StoredSample(metric_id, device, ts, sample.metrics, p, version if p is not None else None))
+        if rejects:
+            Rejected.insert_many([
+                {"received": now, "source": r.source[:300], "reason": r.reason, "size": len(r.payload or b""),
+                 "payload": (r.payload or b"")[:512].decode("utf-8", "replace")}
+                for r in rejects
+            ]).execute()
+    return new
+
+
+def _stored(row: Metric) -> StoredSample:
+    metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
+    metrics.update(json.loads(row.extra) if row.extra else {})
+    return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version)
+
+
+def latest_per_device() -> list[StoredSample]:
+    """The newest sample of every device, by device name."""
+    newest = (
+        Metric.select(Metric.device, pw.fn.MAX(Metric.ts).alias("ts")).group_by(Metric.device).alias("newest")
+    )
+    query = (
+        Metric.select()
+        .join(newest, on=(Metric.device == newest.c.device) & (Metric.ts == newest.c.ts))
+        .order_by(Metric.device)
+    )
+    return [_stored(row) for row in query]
+
+
+def latest_sample(device: str) -> StoredSample | None:
+    """The newest sample of one device, or None when the device never reported."""
+    row = Metric.select().where(Metric.device == device).order_by(Metric.ts.desc()).first()
+    return _stored(row) if row else None
+
+
+def record_alert(metric_id: int, chat_id: int, message_id: int) -> None:
+    """Remember that an alert for this sample is message `message_id` in `chat_id`."""
+    Alert.insert(metric=metric_id, chat_id=chat_id, message_id=message_id, sent=time.time()).execute()
+
+
+def alerted_sample(metric_id: int, chat_id: int, message_id: int) -> StoredSample | None:
+    """The sample of the alert at (chat, message) when it is about `metric_id`; None for anything forged."""
+    alert = (
+        Alert.select(Alert, Metric)
+        .join(Metric)
+        .where((Alert.chat_id == chat_id) & (Alert.message_id == message_id) & (Alert.metric == metric_id))
+        .first()
+    )
+    return _stored(alert.metric) if alert else None
+
+
+def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> None:
+    """Store a person's label for a sample."""
+    Label.create(metric=metric_id, value=value, user_id=user_id, user_name=user_name[:200], created=time.time())
+
+
+def labels_of(metric_id: int) -> list[Label]:
+    """Every label of a sample, oldest first."""
+    return list(Label.select().where(Label.metric == metric_id).order_by(Label.created, Label.id))
+
+
+def rejected(limit: int = 100) -> list[Rejected]:
+    """The most recent rejected messages, newest first."""
+    return list(Rejected.select().order_by(Rejected.id.desc()).limit(limit))

@@ -1,0 +1,152 @@
+"""What the bot says: pure functions from data to HTML text and keyboards, so tests need no bot."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from html import escape
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+from telegram.constants import MessageLimit
+
+from agent.wire import KNOWN_METRICS
+from bot.store import StoredSample
+
+LABEL_VALUES = {1: "stressed", 0: "normal"}
+CALLBACK_RE = re.compile(r"label:(\d{1,18}):([01])")
+SILENT_AFTER_S = 300  # a device that has not reported for this long is shown as silent
+
+HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
+intervention (it is <i>stressed</i>).
+
+/status: every machine: last seen, latest P(stressed), state
+/status &lt;device&gt;: the latest sample of one machine, its prediction and the model version
+/help: this message
+
+On an alert, press <b>✅ Correct</b> or <b>❌ Wrong prediction</b>: your answer is stored as a label \
+and the next model learns from it."""
+
+
+def clip(text: str) -> str:
+    """Telegram refuses messages longer than 4096 characters."""
+    limit = MessageLimit.MAX_TEXT_LENGTH
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def when(ts: float) -> str:
+    """A sample time as people read it, in UTC."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def ago(seconds: float) -> str:
+    """A duration such as 12 s, 5 min, 3 h or 2 d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def metric_value(name: str, value: float) -> str:
+    """One metric with its label and unit, e.g. 'CPU 97.5 %'."""
+    label, unit = KNOWN_METRICS.get(name, (name, ""))
+    if unit == "B/s":
+        for prefix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if value >= size:
+                return f"{label} {value / size:.1f} {prefix}B/s"
+    shown = f"{value:.0f}" if abs(value) >= 1000 or value == int(value) else f"{value:.2f}".rstrip("0")
+    return f"{label} {shown} {unit}".rstrip()
+
+
+def percent(p: float | None) -> str:
+    return "n/a" if p is None else f"{100 * p:.0f}%"
+
+
+def state(sample: StoredSample, threshold: float, now: float) -> str:
+    """stressed, normal, silent (no recent data) or unknown (no prediction yet)."""
+    if now - sample.ts > SILENT_AFTER_S:
+        return "⚪ silent"
+    if sample.p_stressed is None:
+        return "❔ unknown"
+    return "🔴 stressed" if sample.p_stressed >= threshold else "🟢 normal"
+
+
+def alert(sample: StoredSample, drivers: list[str]) -> str:
+    """The alert for a sample predicted stressed: device first, then probability, time and the driving metrics."""
+    lines = [
+        f"⚠️ <b>{escape(sample.device)}</b> is likely stressed: P(stressed) {percent(sample.p_stressed)}",
+        f"Sample of {when(sample.ts)}",
+    ]
+    shown = drivers or [name for name in KNOWN_METRICS if name in sample.metrics][:3]
+    lines += [f"• {escape(metric_value(name, sample.metrics[name]))}" for name in shown]
+    lines.append(f"Model v{sample.model_version}. Is this right?")
+    return clip("\n".join(lines))
+
+
+def alert_keyboard(metric_id: int) -> InlineKeyboardMarkup:
+    """The two correction buttons of an alert."""
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton("✅ Correct", callback_data=f"label:{metric_id}:1"),
+        InlineKeyboardButton("❌ Wrong prediction", callback_data=f"label:{metric_id}:0"),
+    ]])
+
+
+def parse_callback(data: str | None) -> tuple[int, int] | None:
+    """(sample id, label) from a button's callback data, or None when it is not ours."""
+    match = CALLBACK_RE.fullmatch(data or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def labelled(alert_html: str, value: int, user_name: str, at: float) -> str:
+    """The alert after a person labelled it."""
+    verdict = "✅ confirmed stressed" if value == 1 else "❌ wrong prediction: labelled normal"
+    return clip(f"{alert_html}\n\n{verdict} by {escape(user_name)} at {when(at)}")
+
+
+def overview(samples: list[StoredSample], threshold: float, now: float | None = None) -> str:
+    """/status: every device with last seen, latest P(stressed) and state."""
+    if not samples:
+        return "No machine has reported yet."
+    now = time.time() if now is None else now
+    width = max(6, *(len(s.device) for s in samples))
+    rows = [f"{'device':<{width}}  last seen  P(stressed)  state"]
+    rows += [
+        f"{s.device:<{width}}  {ago(now - s.ts) + ' ago':>9}  {percent(s.p_stressed):>11}  {state(s, threshold, now)}"
+        for s in samples
+    ]
+    return clip(f"<b>Fleet</b> ({len(samples)} machines)\n<pre>{escape(chr(10).join(rows))}</pre>")
+
+
+def device_status(sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None) -> str:
+    """/status <device>: the latest sample as a table, its prediction and the model version."""
+    now = time.time() if now is None else now
+    names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
+    rows = [_table_row(n, sample.metrics[n]) for n in names] or ["(no metrics)"]
+    version = f"v{sample.model_version}" if sample.model_version else "none"
+    return clip(
+        f"<b>{escape(sample.device)}</b>: {state(sample, threshold, now)}\n"
+        f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
+        f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
+        f"{'v' + str(active_version) if active_version else 'none'}\n"
+        f"<pre>{escape(chr(10).join(rows))}</pre>"
+    )
+
+
+def _table_row(name: str, value: float) -> str:
+    label, _unit = KNOWN_METRICS.get(name, (name, ""))
+    return f"{label[:24]:<24} {metric_value(name, value)[len(label):].strip()}"
+
+
+def unknown_device(device: str, known: list[str]) -> str:
+    """The reply to /status for a device that never reported."""
+    listing = ", ".join(escape(name) for name in known[:50]) or "none yet"
+    return f"I don't know a device called <b>{escape(device[:64])}</b>. Known devices: {listing}"
+
+
+def refusal(chat_id: int) -> str:
+    """What a chat that is not allowed is told: its own id, so its owner can allow it."""
+    return (
+        f"This chat is not allowed to use this bot. Its chat id is <code>{chat_id}</code>: "
+        "add it to ALLOWED_CHAT_IDS where the bot runs, then restart it."
+    )

@@ -1,0 +1,1 @@
+"""Training, features and the model store (registry) of Rigwatch."""

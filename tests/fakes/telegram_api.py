@@ -1,0 +1,444 @@
+"""A fake Telegram Bot API server that the real python-telegram-bot client talks to over HTTP.
+
+It runs aiohttp on a loopback port in a background thread, so tests stay synchronous while the
+bot under test runs in another process (or another event loop) pointed at ``FakeTelegram.url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from aiohttp import web
+
+BOT_USER: dict[str, Any] = {
+    "id": 1000, "is_bot": True, "first_name": "Rigwatch", "username": "rigwatch_bot",
+    "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False,
+    "can_connect_to_business": False, "has_main_web_app": False,
+}
+# Telegram puts only the basic fields in a message's "from"; the capability flags are getMe-only.
+BOT_FROM = {k: BOT_USER[k] for k in ("id", "is_bot", "first_name", "username")}
+# Parameters Telegram treats as strings even when they look like JSON ("123", "true", "{...}").
+STRING_PARAMS = {
+    "text", "caption", "parse_mode", "callback_query_id", "url", "inline_message_id", "action",
+    "language_code", "secret_token", "ip_address", "description", "short_description", "name",
+    "title", "emoji", "business_connection_id", "message_effect_id", "query", "photo", "document",
+}
+METHODS = [
+    "getMe", "getUpdates", "deleteWebhook", "setWebhook", "getWebhookInfo", "setMyCommands",
+    "getMyCommands", "deleteMyCommands", "sendMessage", "editMessageText", "editMessageReplyMarkup",
+    "answerCallbackQuery", "sendChatAction", "close", "logOut",
+]
+CANONICAL = {name.lower(): name for name in METHODS}
+
+
+class ApiError(Exception):
+    """A Telegram-style error answer: HTTP status == error_code, plus description/parameters."""
+
+    def __init__(self, code: int, description: str, parameters: dict[str, Any] | None = None):
+        super().__init__(description)
+        self.code, self.description, self.parameters = code, description, parameters
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body Telegram would send."""
+        body: dict[str, Any] = {"ok": False, "error_code": self.code, "description": self.description}
+        if self.parameters:
+            body["parameters"] = self.parameters
+        return body
+
+
+@dataclass
+class Call:
+    """One request the bot made; ``status``/``result`` are what the fake answered."""
+
+    method: str
+    params: dict[str, Any]
+    time: float
+    status: int = 200
+    result: Any = None
+
+
+@dataclass
+class _State:
+    """Everything mutable, guarded by FakeTelegram._lock."""
+
+    calls: list[Call] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    messages: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    last_message_id: dict[int, int] = field(default_factory=dict)
+    chats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, list[ApiError]] = field(default_factory=dict)
+    callback_ids: set[str] = field(default_factory=set)
+    commands: dict[str, list[Any]] = field(default_factory=dict)
+    allowed_updates: list[str] = field(default_factory=list)
+    webhook_url: str = ""
+    next_update_id: int = 1
+    next_callback_id: int = 1
+    down: bool = False
+
+
+def decode_value(key: str, value: Any) -> Any:
+    """Undo PTB's encoding: non-string values arrive as JSON text, files as multipart parts."""
+    if isinstance(value, web.FileField):
+        return {"filename": value.filename, "content_type": value.content_type, "size": len(value.file.read())}
+    if key in STRING_PARAMS or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # e.g. chat_id="@channel"
+
+
+def chat_type(chat_id: int) -> str:
+    """Telegram's id convention: users > 0, supergroups -100..., basic groups other negatives."""
+    if chat_id > 0:
+        return "private"
+    return "supergroup" if str(chat_id).startswith("-100") else "group"
+
+
+def command_entities(text: str) -> list[dict[str, Any]]:
+    """The bot_command entity Telegram attaches to a leading /command (length in UTF-16 units)."""
+    if not text.startswith("/"):
+        return []
+    command = text.split(maxsplit=1)[0]
+    return [{"type": "bot_command", "offset": 0, "length": len(command.encode("utf-16-le")) // 2}]
+
+
+class FakeTelegram:
+    """The fake Bot API server; start()/stop() or use as a context manager."""
+
+    def __init__(self, token: str = "123456:TEST-token") -> None:
+        self.token = token
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._closing = False
+        self._port = 0
+
+    @property
+    def url(self) -> str:
+        """Root URL; the bot uses f"{url}/bot" as base_url."""
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> Self:
+        """Start the server thread and block until it listens."""
+        ready, self._closing = threading.Event(), False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="fake-telegram", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or not self._port:
+            raise RuntimeError("fake Telegram server did not start")
+        return self
+
+    def stop(self) -> None:
+        """Release long-pollers, shut the server down and join the thread."""
+        if not self._loop or not self._thread:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, ready: threading.Event) -> None:
+        """Thread body: own event loop, serve until stopped."""
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            ready.set()  # start() checks the port, so a failed bind surfaces there
+        self._loop.run_forever()
+
+    async def _serve(self) -> None:
+        """Bind the aiohttp app to an ephemeral port."""
+        self._wakeup = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # room for document uploads
+        app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        # shutdown_timeout is short because stop() already released every long-poll.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        self._wake()
+        if self._runner:
+            await self._runner.cleanup()
+
+    def _wake(self) -> None:
+        """Runs on the server loop: release every getUpdates waiting on the current event."""
+        if self._wakeup:
+            self._wakeup.set()
+            self._wakeup = asyncio.Event()
+
+    def _notify(self) -> None:
+        """Thread-safe wake-up of long-pollers."""
+        if self._loop and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        """Decode, authenticate, dispatch, record."""
+        started = time.time()
+        raw = request.match_info["method"]
+        method = CANONICAL.get(raw.lower(), raw)
+        form = {**request.query, **(await request.post())}
+        params = {key: decode_value(key, value) for key, value in form.items()}
+        status, result = 200, None
+        try:
+            result = await self._dispatch(request.match_info["token"], method, params)
+            body: dict[str, Any] = {"ok": True, "result": result}
+        except ApiError as err:
+            status, body = err.code, err.body()
+        with self._lock:
+            self._state.calls.append(Call(method, params, started, status, result))
+        return web.json_response(body, status=status)
+
+    async def _dispatch(self, token: str, method: str, params: dict[str, Any]) -> Any:
+        if token != self.token:
+            raise ApiError(401, "Unauthorized")
+        with self._lock:
+            if self._state.down and method != "getUpdates":
+                raise ApiError(502, "Bad Gateway")
+            pending = self._state.failures.get(method.lower())
+            if pending:
+                raise pending.pop(0)
+        if method == "getUpdates":
+            return await self._get_updates(params)
+        with self._lock:
+            return self._call(method, params)
+
+    async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Long-poll: answer as soon as an update is queued, or [] after ``timeout`` seconds."""
+        offset, limit = int(params.get("offset", 0)), max(1, min(100, int(params.get("limit", 100))))
+        deadline = time.monotonic() + float(params.get("timeout", 0))
+        while True:
+            with self._lock:
+                if self._state.webhook_url:
+                    raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
+                                   "use deleteWebhook to delete the webhook first")
+                if "allowed_updates" in params:  # Telegram remembers it for later calls
+                    self._state.allowed_updates = list(params["allowed_updates"] or [])
+                ready = self._pending(offset)[:limit]
+            remaining = deadline - time.monotonic()
+            if ready or remaining <= 0 or self._closing:
+                return ready
+            assert self._wakeup is not None
+            # No await between the check above and here, so no wake-up can be missed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _pending(self, offset: int) -> list[dict[str, Any]]:
+        """Confirm (drop) updates below offset and filter by allowed_updates, as Telegram does."""
+        state = self._state
+        if offset > 0:
+            state.updates = [u for u in state.updates if u["update_id"] >= offset]
+        elif offset < 0:  # "-N": keep only the last N updates, forget the rest
+            state.updates = state.updates[offset:]
+        if state.allowed_updates:
+            state.updates = [u for u in state.updates if set(u) & set(state.allowed_updates)]
+        return [dict(u) for u in state.updates]
+
+    def _call(self, method: str, params: dict[str, Any]) -> Any:
+        """Every method except getUpdates; runs with the lock held."""
+        state, scope = self._state, json.dumps([params.get("scope"), params.get("language_code", "")])
+        match method:
+            case "getMe":
+                return dict(BOT_USER)
+            case "setWebhook" | "deleteWebhook":
+                state.webhook_url = str(params.get("url", "")) if method == "setWebhook" else ""
+                if params.get("drop_pending_updates"):
+                    state.updates.clear()
+            case "getWebhookInfo":
+                return {"url": state.webhook_url, "has_custom_certificate": False,
+                        "pending_update_count": len(state.updates)}
+            case "setMyCommands":
+                state.commands[scope] = list(params.get("commands") or [])
+            case "getMyCommands":
+                return list(state.commands.get(scope, []))
+            case "deleteMyCommands":
+                state.commands.pop(scope, None)
+            case "sendMessage":
+                return self._send_message(params)
+            case "editMessageText":
+                return self._edit(params, {k: params.get(k) for k in ("text", "entities", "reply_markup")})
+            case "editMessageReplyMarkup":
+                return self._edit(params, {"reply_markup": params.get("reply_markup")})
+            case "answerCallbackQuery":
+                if params.get("callback_query_id") not in state.callback_ids:
+                    raise ApiError(400, "Bad Request: query is too old and response timeout expired "
+                                   "or query ID is invalid")
+            case "sendChatAction" | "close" | "logOut":
+                pass
+            case _:
+                raise ApiError(404, "Not Found: method not found")
+        return True
+
+    def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = params.get("chat_id")
+        if not isinstance(chat_id, int):
+            raise ApiError(400, "Bad Request: chat not found")
+        if not params.get("text"):
+            raise ApiError(400, "Bad Request: message text is empty")
+        message = self._new_message(chat_id, BOT_FROM, str(params["text"]))
+        message.update({k: params[k] for k in ("entities", "reply_markup") if params.get(k)})
+        self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
+        return dict(message)
+
+    def _edit(self, params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        """Edit a stored message; omitted reply_markup removes the keyboard, as in Telegram."""
+        chat_id = params.get("chat_id")
+        message = self._state.messages.get(chat_id, {}).get(params.get("message_id"))  # type: ignore[arg-type]
+        if message is None:
+            raise ApiError(400, "Bad Request: message to edit not found")
+        edited = {k: v for k, v in message.items() if k not in ("reply_markup", "edit_date")}
+        if "text" in changes:  # new text means new entities (or none)
+            edited.pop("entities", None)
+        edited.update({k: v for k, v in changes.items() if v})
+        if edited == {k: v for k, v in message.items() if k != "edit_date"}:
+            raise ApiError(400, "Bad Request: message is not modified: specified new message content "
+                           "and reply markup are exactly the same as a current content and reply "
+                           "markup of the message")
+        message.clear()
+        message.update(edited, edit_date=int(time.time()))
+        return dict(message)
+
+    def _chat(self, chat_id: int) -> dict[str, Any]:
+        """The Chat object, remembering the private user's names from injected messages."""
+        kind = chat_type(chat_id)
+        default = {"first_name": "Tester"} if kind == "private" else {"title": f"Test {kind}"}
+        return {"id": chat_id, "type": kind, **self._state.chats.get(chat_id, default)}
+
+    def _new_message(self, chat_id: int, sender: dict[str, Any], text: str) -> dict[str, Any]:
+        """A complete Message with the next message_id of that chat."""
+        message_id = self._state.last_message_id.get(chat_id, 0) + 1
+        self._state.last_message_id[chat_id] = message_id
+        return {"message_id": message_id, "date": int(time.time()), "chat": self._chat(chat_id),
+                "from": dict(sender), "text": text}
+
+    def _user(self, chat_id: int, user_id: int | None, username: str, first_name: str) -> dict[str, Any]:
+        user_id = user_id if user_id is not None else (chat_id if chat_id > 0 else 4242)
+        user = {"id": user_id, "is_bot": False, "first_name": first_name, "username": username,
+                "language_code": "en"}
+        if chat_id > 0:
+            self._state.chats[chat_id] = {"first_name": first_name, "username": username}
+        return user
+
+    def _enqueue(self, payload: dict[str, Any]) -> int:
+        update_id = self._state.next_update_id
+        self._state.next_update_id += 1
+        self._state.updates.append({"update_id": update_id, **payload})
+        return update_id
+
+    def send_text(self, chat_id: int, text: str, user_id: int | None = None,
+                  username: str = "tester", first_name: str = "Tester") -> int:
+        """Queue a user's text message (with a bot_command entity for /commands); returns update_id."""
+        with self._lock:
+            message = self._new_message(chat_id, self._user(chat_id, user_id, username, first_name), text)
+            if entities := command_entities(text):
+                message["entities"] = entities
+            update_id = self._enqueue({"message": message})
+        self._notify()
+        return update_id
+
+    def press_button(self, chat_id: int, message_id: int, data: str, user_id: int | None = None,
+                     username: str = "tester", first_name: str = "Tester") -> str:
+        """Queue a callback_query for a button on message_id (which may be forged); returns its id."""
+        with self._lock:
+            user = self._user(chat_id, user_id, username, first_name)
+            stored = self._state.messages.get(chat_id, {}).get(message_id)
+            message = dict(stored) if stored else {
+                "message_id": message_id, "date": int(time.time()), "chat": self._chat(chat_id),
+                "from": dict(BOT_FROM), "text": ""}
+            query_id = str(self._state.next_callback_id * 1000003)  # opaque-looking, like Telegram's
+            self._state.next_callback_id += 1
+            self._state.callback_ids.add(query_id)
+            self._enqueue({"callback_query": {"id": query_id, "from": user, "message": message,
+                                              "chat_instance": f"ci{abs(chat_id)}", "data": data}})
+        self._notify()
+        return query_id
+
+    def fail_next(self, method: str, error_code: int = 500, description: str | None = None,
+                  count: int = 1, retry_after: int | None = None) -> None:
+        """Make the next ``count`` calls of ``method`` fail with a Telegram-style error."""
+        if error_code == 429 and retry_after is None:
+            retry_after = 1
+        text = description or {429: f"Too Many Requests: retry after {retry_after}",
+                               403: "Forbidden: bot was blocked by the user"}.get(error_code, "Internal Server Error")
+        parameters = {"retry_after": retry_after} if retry_after is not None else None
+        with self._lock:
+            queue = self._state.failures.setdefault(method.lower(), [])
+            queue.extend(ApiError(error_code, text, parameters) for _ in range(count))
+
+    def set_down(self, down: bool = True) -> None:
+        """Simulate an outage: every method except getUpdates answers 502."""
+        with self._lock:
+            self._state.down = down
+
+    def calls(self, method: str | None = None) -> list[Call]:
+        """Recorded calls, optionally only those of one method (case-insensitive)."""
+        with self._lock:
+            return [c for c in self._state.calls if method is None or c.method.lower() == method.lower()]
+
+    def call_count(self) -> int:
+        """Length of the call log; pass it as ``after=`` to wait only for later calls."""
+        with self._lock:
+            return len(self._state.calls)
+
+    def messages(self, chat_id: int) -> list[dict[str, Any]]:
+        """The bot's messages in a chat as currently stored (after edits), oldest first."""
+        with self._lock:
+            return [dict(m) for m in self._state.messages.get(chat_id, {}).values()]
+
+    def wait_for_call(self, method: str, predicate: Callable[[Call], bool] = lambda call: True,
+                      timeout: float = 15, after: int = 0) -> Call:
+        """First call of ``method`` at log index >= after that satisfies predicate."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                log = self._state.calls[after:]
+            for call in log:
+                if call.method.lower() == method.lower() and predicate(call):
+                    return call
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching {method} within {timeout}s; calls seen:\n{self._summary(after)}")
+            time.sleep(0.02)
+
+    def wait_for_message(self, chat_id: int, predicate_on_text: Callable[[str], bool] = lambda text: True,
+                         timeout: float = 15, after: int = 0) -> dict[str, Any]:
+        """The Message the fake returned for a matching sendMessage to chat_id."""
+        call = self.wait_for_call(
+            "sendMessage", lambda c: c.status == 200 and c.params.get("chat_id") == chat_id
+            and predicate_on_text(str(c.params.get("text", ""))), timeout, after)
+        return dict(call.result)
+
+    def answer_for(self, callback_query_id: str, timeout: float = 15) -> Call:
+        """The answerCallbackQuery call for that query id."""
+        return self.wait_for_call(
+            "answerCallbackQuery", lambda c: c.params.get("callback_query_id") == callback_query_id, timeout)
+
+    def _summary(self, after: int) -> str:
+        """Readable tail of the call log for assertion messages (getUpdates noise folded)."""
+        with self._lock:
+            log = list(enumerate(self._state.calls))[after:]
+        polls = sum(1 for _, c in log if c.method == "getUpdates")
+        lines = [f"  #{i} {c.method} -> {c.status} {json.dumps(c.params, default=str)[:200]}"
+                 for i, c in log if c.method != "getUpdates"]
+        return "\n".join([*lines[-40:], f"  (+{polls} getUpdates calls)"])

@@ -1,0 +1,200 @@
+"""The agent: what it collects, how it is configured, and what reaches a real Kafka broker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from agent.collect import Collector, Metric, default_device_id
+from agent.config import parse_config
+from agent.wire import DEVICE_RE, KNOWN_METRICS, parse
+from tests.fakes.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PERCENTS = ("cpu_percent", "mem_percent", "swap_percent", "disk_percent")
+RATES = ("disk_read_bps", "disk_write_bps", "net_sent_bps", "net_recv_bps")
+
+
+def agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `python -m agent` from the repository root with only the given Kafka variables set."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """Wait for an agent that stops by itself; its exit code and output."""
+    out, err = proc.communicate(timeout=15)
+    return proc.returncode, out, err
+
+
+def terminate_after(proc: subprocess.Popen[str], seconds: float) -> tuple[int, str, str]:
+    """Let the agent run for a while, send SIGTERM, and return its exit code and output."""
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGTERM)
+    return finish(proc)
+
+
+def rates_this_machine_has() -> list[str]:
+    """The rate metrics whose counters psutil can read here."""
+    names = []
+    if psutil.disk_io_counters() is not None:
+        names += ["disk_read_bps", "disk_write_bps"]
+    if psutil.net_io_counters() is not None:
+        names += ["net_sent_bps", "net_recv_bps"]
+    return names
+
+
+def test_once_prints_one_valid_sample_without_kafka() -> None:
+    code, out, err = finish(agent("--once"))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1
+    sample = parse(lines[0].encode())
+    assert sample.device == default_device_id()
+    for name in ("cpu_percent", "mem_percent"):
+        assert 0.0 <= sample.metrics[name] <= 100.0
+    assert set(rates_this_machine_has()) <= set(sample.metrics)
+    assert set(sample.metrics) <= set(KNOWN_METRICS)
+    if not psutil.sensors_temperatures():
+        assert "cpu_temp_c" not in sample.metrics
+    assert "Traceback" not in err
+
+
+def test_collector_gives_rates_from_the_second_sample_and_clamps_percentages() -> None:
+    collector = Collector()
+    first = collector.sample()
+    assert not set(RATES) & set(first)
+    time.sleep(0.2)
+    second = collector.sample()
+    for name in rates_this_machine_has():
+        assert second[name] >= 0.0
+    for sample in (first, second):
+        for name in PERCENTS:
+            if name in sample:
+                assert 0.0 <= sample[name] <= 100.0
+        assert all(name in KNOWN_METRICS for name in sample)
+
+
+def test_collector_leaves_out_a_failing_metric_and_logs_it_once(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> float:
+        raise PermissionError("not in a container")
+
+    collector = Collector([Metric("cpu_temp_c", broken), Metric("mem_percent", lambda: 140.0, percent=True)])
+    with caplog.at_level(logging.INFO, logger="agent.collect"):
+        samples = [collector.sample() for _ in range(3)]
+    assert samples == [{"mem_percent": 100.0}] * 3
+    assert [r.getMessage() for r in caplog.records if "cpu_temp_c" in r.getMessage()] == [
+        "cpu_temp_c is not available on this machine (PermissionError: not in a container); not sending it"
+    ]
+
+
+def test_collector_gives_no_rate_when_a_counter_goes_backwards() -> None:
+    readings = iter([1000.0, 3000.0, 10.0, 510.0])
+    collector = Collector([Metric("net_recv_bps", lambda: next(readings), rate=True)])
+    assert collector.sample() == {}
+    time.sleep(0.05)
+    assert collector.sample()["net_recv_bps"] > 0
+    assert collector.sample() == {}  # the counter was reset: no rate for this sample
+    time.sleep(0.05)
+    assert collector.sample()["net_recv_bps"] > 0
+
+
+def test_default_device_id_is_a_valid_device_id() -> None:
+    assert DEVICE_RE.fullmatch(default_device_id())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        ((), {}, "KAFKA_BOOTSTRAP_SERVERS"),
+        (("--interval", "0"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}, "--interval"),
+        (("--interval", "soon"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}, "--interval"),
+        (("--device", "pc 1/α"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}, "--device"),
+        ((), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_TOPIC": "no spaces"}, "KAFKA_TOPIC"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line_naming_it(args: tuple[str, ...], env: dict[str, str], named: str) -> None:
+    code, out, err = finish(agent(*args, env=env))
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert named in err
+    assert "Traceback" not in err
+
+
+def test_config_defaults() -> None:
+    config = parse_config([], {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"})
+    assert (config.device, config.interval, config.once) == (default_device_id(), 5.0, False)
+    assert (config.bootstrap_servers, config.topic) == ("kafka:9092", "rigwatch.metrics")
+
+
+def _create_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        future.result(timeout=10)
+
+
+def _consume(bootstrap: str, topic: str, want: int, timeout: float = 10.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Read up to `want` messages from the start of the topic."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"test-agent-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 2000,
+        "heartbeat.interval.ms": 500,
+    })
+    consumer.subscribe([topic])
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < want and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                messages.append((msg.key(), msg.value()))
+    finally:
+        consumer.close()
+    return messages
+
+
+def test_agent_publishes_samples_keyed_by_device_to_kafka(kafka: str) -> None:
+    topic = f"rigwatch.test-agent.{uuid.uuid4().hex[:8]}"
+    _create_topic(kafka, topic)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_TOPIC": topic}
+    proc = agent("--device", "pc-test", "--interval", "0.2", env=env)
+    code, _, err = terminate_after(proc, 1.5)
+    assert code == 0, err
+    assert "samples sent to Kafka" in err
+    messages = _consume(kafka, topic, want=3)
+    assert len(messages) >= 3
+    for key, value in messages:
+        assert key == b"pc-test"
+        assert parse(value, key).device == "pc-test"
+
+
+def test_agent_warns_once_while_kafka_is_unreachable_and_still_stops_cleanly() -> None:
+    proc = agent("--interval", "0.1", env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
+    started = time.monotonic()
+    code, _, err = terminate_after(proc, 2.0)
+    assert code == 0, err
+    assert time.monotonic() - started < 6.0
+    assert err.count("unreachable") == 1
+    assert "not delivered" in err
+    assert "Traceback" not in err

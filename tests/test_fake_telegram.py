@@ -1,0 +1,147 @@
+"""The fake Telegram API, driven by the real python-telegram-bot client over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
+
+from tests.fakes.telegram_api import FakeTelegram
+
+pytestmark = pytest.mark.timeout(30)
+CHAT = 4242
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelegram]:
+    """A running fake server, stopped after the test."""
+    with FakeTelegram() as server:
+        yield server
+
+
+async def ping(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/ping -> "pong" with one inline button."""
+    keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Again", callback_data="again")]])
+    await update.effective_message.reply_text("pong", reply_markup=keyboard)
+
+
+async def pressed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer the query and replace the message text (dropping the keyboard)."""
+    query = update.callback_query
+    await query.answer("ok")
+    await query.edit_message_text(f"pressed: {query.data}")
+
+
+@asynccontextmanager
+async def running_bot(fake: FakeTelegram) -> AsyncIterator[Application]:
+    """A polling PTB Application pointed at the fake."""
+    app = (Application.builder().token(fake.token)
+           .base_url(f"{fake.url}/bot").base_file_url(f"{fake.url}/file/bot").build())
+    app.add_handler(CommandHandler("ping", ping))
+    app.add_handler(CallbackQueryHandler(pressed))
+    async with app:
+        await app.start()
+        await app.updater.start_polling(poll_interval=0, timeout=1)
+        yield app
+        await app.updater.stop()
+        await app.stop()
+
+
+def bot_for(fake: FakeTelegram, token: str | None = None) -> Bot:
+    """A bare PTB Bot talking to the fake."""
+    return Bot(token or fake.token, base_url=f"{fake.url}/bot", base_file_url=f"{fake.url}/file/bot")
+
+
+@pytest.mark.asyncio
+async def test_ping_reply_carries_keyboard_as_dict(fake: FakeTelegram) -> None:
+    async with running_bot(fake):
+        mark = fake.call_count()
+        fake.send_text(CHAT, "/ping")
+        sent = await asyncio.to_thread(fake.wait_for_message, CHAT, lambda text: text == "pong", 10, mark)
+    call = fake.calls("sendMessage")[0]
+    assert call.params["chat_id"] == CHAT
+    assert call.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == "again"
+    assert sent["from"]["username"] == "rigwatch_bot" and sent["chat"]["type"] == "private"
+    assert fake.calls("getMe") and fake.calls("deleteWebhook")
+
+
+@pytest.mark.asyncio
+async def test_button_press_is_answered_and_edits_message(fake: FakeTelegram) -> None:
+    async with running_bot(fake):
+        fake.send_text(CHAT, "/ping@rigwatch_bot")
+        sent = await asyncio.to_thread(fake.wait_for_message, CHAT, lambda text: text == "pong", 10)
+        query_id = fake.press_button(CHAT, sent["message_id"], "again")
+        answer = await asyncio.to_thread(fake.answer_for, query_id, 10)
+        edit = await asyncio.to_thread(fake.wait_for_call, "editMessageText", lambda c: True, 10)
+    assert answer.params["text"] == "ok"
+    assert edit.status == 200 and edit.result["text"] == "pressed: again"
+    [stored] = fake.messages(CHAT)
+    assert stored["text"] == "pressed: again" and "reply_markup" not in stored
+
+
+@pytest.mark.asyncio
+async def test_forged_button_press_reaches_handler_but_edit_is_rejected(fake: FakeTelegram) -> None:
+    async with running_bot(fake):
+        query_id = fake.press_button(CHAT, 999, "forged")
+        await asyncio.to_thread(fake.answer_for, query_id, 10)
+        edit = await asyncio.to_thread(fake.wait_for_call, "editMessageText", lambda c: True, 10)
+    assert edit.status == 400 and edit.params["message_id"] == 999
+
+
+@pytest.mark.asyncio
+async def test_each_update_is_delivered_once(fake: FakeTelegram) -> None:
+    async with running_bot(fake):
+        first = fake.send_text(CHAT, "/ping")
+        second = fake.send_text(CHAT, "/ping")
+        await asyncio.to_thread(fake.wait_for_call, "getUpdates",
+                                lambda c: c.params.get("offset") == second + 1, 10)
+        await asyncio.sleep(0.3)  # room for a wrongly repeated delivery to show up
+    assert len(fake.calls("sendMessage")) == 2
+    delivered = [u["update_id"] for c in fake.calls("getUpdates") for u in c.result or []]
+    assert delivered == [first, second]
+
+
+def test_offset_limit_and_long_poll_over_plain_http(fake: FakeTelegram) -> None:
+    url = f"{fake.url}/bot{fake.token}/GETUPDATES"
+    ids = [fake.send_text(1, f"hi {n}") for n in range(3)]
+    assert [u["update_id"] for u in httpx.post(url, data={"limit": "2"}).json()["result"]] == ids[:2]
+    assert httpx.post(url, data={"offset": str(ids[2] + 1)}).json()["result"] == []
+    threading.Timer(0.3, fake.send_text, args=(1, "late")).start()
+    started = time.monotonic()
+    late = httpx.post(url, data={"timeout": "5"}, timeout=10).json()["result"]
+    assert [u["message"]["text"] for u in late] == ["late"] and time.monotonic() - started < 3
+    missing = httpx.post(f"{fake.url}/bot{fake.token}/noSuchMethod")
+    assert missing.status_code == 404 and missing.json()["description"] == "Not Found: method not found"
+
+
+@pytest.mark.asyncio
+async def test_wrong_token_is_unauthorized(fake: FakeTelegram) -> None:
+    with pytest.raises(InvalidToken):
+        async with bot_for(fake, "999:wrong"):
+            pass
+    assert fake.calls("getMe")[0].status == 401
+
+
+@pytest.mark.asyncio
+async def test_injected_failures_and_outage(fake: FakeTelegram) -> None:
+    async with bot_for(fake) as bot:
+        fake.fail_next("sendMessage", 429, retry_after=3)
+        with pytest.raises(RetryAfter):
+            await bot.send_message(CHAT, "x")
+        fake.set_down(True)
+        with pytest.raises(NetworkError):
+            await bot.send_message(CHAT, "x")
+        assert await bot.get_updates(timeout=0) == ()
+        fake.set_down(False)
+        sent = await bot.send_message(CHAT, "x")
+        with pytest.raises(BadRequest, match="not modified"):
+            await sent.edit_text("x")
+    assert [c.status for c in fake.calls("sendMessage")] == [429, 502, 200]

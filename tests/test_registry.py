@@ -1,0 +1,279 @@
+"""The model store against real folders and a real moto S3 server with bucket versioning."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+
+import ml.registry
+from ml.registry import (
+    ChecksumMismatch,
+    ModelStore,
+    StoreError,
+    UnknownVersion,
+    open_store,
+)
+from tests.fakes.services import free_port
+
+META = {"rows": 1200, "labels": 3, "holdout": {"f1": 0.91}, "versions": {"sklearn": "1.6.1"}}
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> BaseClient:
+    """A raw S3 client on the moto server, with boto3 in the code under test pointed at it too."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    return boto3.client("s3")
+
+
+def new_bucket(s3: BaseClient, versioned: bool = True) -> str:
+    """A fresh bucket, so tests never see each other's objects."""
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    if versioned:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return bucket
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ModelStore:
+    """An empty store of each kind."""
+    if request.param == "file":
+        return open_store(f"file:{tmp_path / 'models'}")
+    return open_store(f"s3://{new_bucket(request.getfixturevalue('s3'))}/rigwatch/models")
+
+
+def test_it_lists_saved_versions_oldest_first_with_their_metadata(store: ModelStore) -> None:
+    first = store.save(b"model one", META)
+    second = store.save(b"model two", {**META, "rows": 1500})
+
+    assert [v.version for v in store.versions()] == [1, 2]
+    assert store.versions() == [first, second]
+    assert store.get(2).meta == {**META, "rows": 1500}
+    assert second.size == len(b"model two")
+    assert second.created.endswith("+00:00")
+
+
+def test_it_activates_only_when_asked(store: ModelStore) -> None:
+    assert store.active() is None
+    store.save(b"model one", META)
+    assert store.active() is None
+
+    store.activate(1)
+    store.save(b"model two", META)
+
+    assert store.active() == 1
+
+
+def test_it_refuses_unknown_versions(store: ModelStore) -> None:
+    store.save(b"model one", META)
+
+    with pytest.raises(UnknownVersion):
+        store.activate(7)
+    with pytest.raises(UnknownVersion):
+        store.get(7)
+    with pytest.raises(UnknownVersion):
+        store.load(7)
+    assert store.active() is None
+
+
+def test_it_loads_the_exact_bytes_of_each_version(store: ModelStore) -> None:
+    blobs = [bytes(range(256)) * 40, b"\x80\x05second model"]
+    for blob in blobs:
+        store.save(blob, META)
+
+    assert [store.load(n) for n in (1, 2)] == blobs
+
+
+def test_it_saves_nothing_when_the_index_write_fails(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save(b"model one", META)
+    store.activate(1)
+
+    def broken(data: bytes) -> None:
+        raise StoreError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_write_index", broken)
+        with pytest.raises(StoreError):
+            store.save(b"model two", META)
+
+    assert [v.version for v in store.versions()] == [1]
+    assert store.active() == 1
+    assert store.save(b"model two", META).version == 2
+    assert store.load(2) == b"model two"
+
+
+def test_it_rejects_metadata_that_is_not_json_before_saving(store: ModelStore) -> None:
+    with pytest.raises(TypeError):
+        store.save(b"model", {"when": object()})
+
+    assert store.versions() == []
+
+
+def test_file_store_rejects_a_tampered_artifact(tmp_path: Path) -> None:
+    store = open_store(f"file:{tmp_path}")
+    store.save(b"trusted model", META)
+
+    (tmp_path / "v0001.pkl").write_bytes(b"evil pickle")
+
+    with pytest.raises(ChecksumMismatch):
+        store.load(1)
+
+
+def test_file_store_keeps_an_index_and_one_file_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("file:models")
+    store.save(b"one", META)
+    store.save(b"two", META)
+    store.activate(2)
+
+    assert store.describe == "file:models"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["index.json", "v0001.pkl", "v0002.pkl"]
+    index = json.loads((tmp_path / "models" / "index.json").read_text())
+    assert index["active"] == 2
+    assert [v["version"] for v in index["versions"]] == [1, 2]
+
+
+def test_file_store_leaves_no_half_written_file_when_a_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(f"file:{tmp_path}")
+    store.save(b"one", META)
+
+    def no_space(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ml.registry.os, "replace", no_space)
+    with pytest.raises(StoreError, match="No space left"):
+        store.save(b"two", META)
+    monkeypatch.undo()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "v0001.pkl"]
+    assert [v.version for v in store.versions()] == [1]
+
+
+def test_file_store_at_an_unwritable_path_is_a_store_error(tmp_path: Path) -> None:
+    # A regular file in the way works even as root, where permission bits would not stop us.
+    (tmp_path / "taken").write_text("not a folder")
+
+    with pytest.raises(StoreError, match="cannot create"):
+        open_store(f"file:{tmp_path / 'taken' / 'models'}")
+
+
+def test_s3_store_keeps_one_object_version_per_save_under_a_single_key(s3: BaseClient) -> None:
+    bucket = new_bucket(s3)
+    store = open_store(f"s3://{bucket}")
+    saved = [store.save(f"model {n}".encode(), META) for n in (1, 2, 3)]
+
+    listing = s3.list_object_versions(Bucket=bucket, Prefix="model.pkl")["Versions"]
+
+    assert store.describe == f"s3://{bucket}/"
+    assert {v["Key"] for v in listing} == {"model.pkl"}
+    assert {v["VersionId"] for v in listing} == {r.object_version for r in saved}
+    index = json.loads(s3.get_object(Bucket=bucket, Key="index.json")["Body"].read())
+    assert [v["object_version"] for v in index["versions"]] == [r.object_version for r in saved]
+
+
+def test_s3_store_rejects_an_index_pointing_at_other_bytes(s3: BaseClient) -> None:
+    bucket = new_bucket(s3)
+    store = open_store(f"s3://{bucket}/models")
+    store.save(b"trusted model", META)
+
+    # A newer object version under the same key does not change what version 1 loads...
+    evil = s3.put_object(Bucket=bucket, Key="models/model.pkl", Body=b"evil pickle")["VersionId"]
+    assert store.load(1) == b"trusted model"
+
+    # ...but an index edited to point at it, with the old digest kept, is caught.
+    index = json.loads(s3.get_object(Bucket=bucket, Key="models/index.json")["Body"].read())
+    index["versions"][0]["object_version"] = evil
+    s3.put_object(Bucket=bucket, Key="models/index.json", Body=json.dumps(index).encode())
+
+    with pytest.raises(ChecksumMismatch):
+        store.load(1)
+
+
+def test_s3_store_enables_versioning_on_a_bucket_without_it(
+    s3: BaseClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    bucket = new_bucket(s3, versioned=False)
+
+    with caplog.at_level(logging.WARNING, logger="ml.registry"):
+        store = open_store(f"s3://{bucket}/models")
+
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    assert f"enabled versioning on bucket {bucket}" in caplog.text
+    assert store.save(b"model", META).object_version
+
+
+def test_s3_store_explains_when_it_may_not_enable_versioning(
+    s3: BaseClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = new_bucket(s3, versioned=False)
+    real_client = boto3.client
+
+    def deny(**kwargs: object) -> None:
+        error = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+        raise ClientError(error, "PutBucketVersioning")
+
+    def client_without_the_right(*args: object, **kwargs: object) -> BaseClient:
+        # moto grants everything, so the refusal an IAM policy would give is injected on the real client.
+        client = real_client(*args, **kwargs)
+        client.meta.events.register("before-call.s3.PutBucketVersioning", deny)
+        return client
+
+    monkeypatch.setattr(ml.registry.boto3, "client", client_without_the_right)
+
+    with pytest.raises(StoreError, match=f"bucket {bucket} has no versioning and these credentials cannot"):
+        open_store(f"s3://{bucket}/models")
+
+
+def test_s3_store_names_a_missing_bucket(s3: BaseClient) -> None:
+    with pytest.raises(StoreError, match="bucket no-such-bucket-here does not exist"):
+        open_store("s3://no-such-bucket-here/models")
+
+
+def test_s3_store_fails_fast_and_readably_when_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+    started = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        open_store("s3://models/rigwatch")
+
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert "Could not connect" in message
+    assert "very-secret-value" not in message and "Traceback" not in message and "\n" not in message
+
+
+def test_s3_store_save_fails_as_store_error_when_the_endpoint_goes_away(
+    s3: BaseClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(f"s3://{new_bucket(s3)}/models")
+    closed = f"http://127.0.0.1:{free_port()}"
+    store.client = boto3.client("s3", endpoint_url=closed, config=ml.registry.S3_CONFIG)
+
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="failed"):
+        store.save(b"model", META)
+    assert time.monotonic() - started < 5
+
+
+def test_unknown_store_urls_name_the_variable() -> None:
+    with pytest.raises(ValueError, match="MODEL_STORE"):
+        open_store("ftp://x")
+    with pytest.raises(ValueError, match="MODEL_STORE"):
+        open_store("s3://")
