@@ -83,7 +83,7 @@ class KafkaSource:
         try:
             batch.samples.append(parse(value, message.key()))
         except WireError as exc:
-            source = f"{partition[0]}[{partition[1]}]@{message.offset()} key={(message.key() or b'')[:64]!r}"
+            source = f"{partition[0]}[{partition[1]}]@{message.offset()}"
             batch.rejects.append(store.Rejection(source, str(exc), value))
 
     def commit(self, batch: Batch) -> None:

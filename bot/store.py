@@ -70,7 +70,7 @@ class Rejected(BaseModel):
     """A message that did not follow the wire format, kept with the reason for an operator."""
 
     received = pw.DoubleField()
-    source = pw.CharField(max_length=300)
+    source = pw.CharField(max_length=300, unique=True)  # topic[partition]@offset: a redelivery adds nothing
     reason = pw.TextField()
     size = pw.IntegerField()
     payload = pw.TextField()  # the first bytes only: enough to recognise the sender
@@ -143,7 +143,7 @@ def store_batch(
                 {"received": now, "source": r.source[:300], "reason": r.reason, "size": len(r.payload or b""),
                  "payload": (r.payload or b"")[:512].decode("utf-8", "replace")}
                 for r in rejects
-            ]).execute()
+            ]).on_conflict_ignore().execute()
     return new
 
 

@@ -1,0 +1,217 @@
+"""The whole product as a user meets it: agent-format messages in Kafka, `python -m bot`, a Telegram chat."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from bot import store
+from tests.fakes.bot_process import BotProcess
+from tests.fakes.services import KafkaBroker
+from tests.fakes.telegram_api import FakeTelegram
+
+TOKEN = "123456:" + "A" * 35
+CHAT = 4242
+ADMIN = 7
+STRANGER_CHAT = 9999
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    with FakeTelegram(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def topic(kafka_broker: KafkaBroker) -> str:
+    name = f"metrics.{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(name)
+    return name
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db/rigwatch.sqlite3"
+    url = request.getfixturevalue("postgres_url")
+    database = store.open_database(url)
+    database.drop_tables(store.TABLES)
+    database.close()
+    return url
+
+
+def bot_env(telegram: FakeTelegram, tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": telegram.url, "ALLOWED_CHAT_IDS": str(CHAT),
+        "ADMIN_USER_IDS": str(ADMIN), "DATABASE_URL": database_url, "MODEL_STORE": f"file:{tmp_path}/models",
+        "KAFKA_SESSION_TIMEOUT_MS": "2000", "POLL_INTERVAL_SECONDS": "0.2", **extra,
+    }
+
+
+def message(device: str, ts: float, **metrics: float) -> bytes:
+    return json.dumps({"v": 1, "device": device, "ts": ts, "metrics": metrics}).encode()
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2_000_000, "linger.ms": 20})
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    assert producer.flush(10) == 0
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met after {timeout} s"
+        time.sleep(0.1)
+
+
+def ask(telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN) -> str:
+    mark = telegram.call_count()
+    telegram.send_text(chat, text, user_id=user)
+    return telegram.wait_for_message(chat, after=mark)["text"]
+
+
+def test_a_stressed_machine_is_alerted_labelled_and_shown_in_status(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, database_url: str
+) -> None:
+    ts = time.time() - 1
+    produce(kafka, topic, [(b"pc1", message("pc1", ts, cpu_percent=99.0, mem_percent=97.5, disk_percent=40.0))])
+    env = bot_env(telegram, tmp_path, database_url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        alert = telegram.wait_for_message(CHAT, lambda text: "pc1" in text, timeout=30)
+        first_line = alert["text"].splitlines()[0]
+        assert "pc1" in first_line and "%" in first_line
+        buttons = alert["reply_markup"]["inline_keyboard"][0]
+        assert [b["text"] for b in buttons] == ["✅ Correct", "❌ Wrong prediction"]
+
+        query = telegram.press_button(CHAT, alert["message_id"], buttons[1]["callback_data"], user_id=ADMIN,
+                                      username="alice")
+        assert "normal" in telegram.answer_for(query).params["text"]
+        edit = telegram.wait_for_call("editMessageText")
+        assert "wrong prediction" in edit.params["text"] and "@alice" in edit.params["text"]
+
+        status = ask(telegram, "/status pc1")
+        assert "pc1" in status and "Memory" in status and "97.5" in status and "v1" in status
+        overview = ask(telegram, "/status")
+        assert "pc1" in overview and "stressed" in overview
+        assert bot.stop() == 0
+
+    store.open_database(database_url)
+    (label,) = store.Label.select()
+    assert (label.value, label.user_id, label.metric.device, label.metric.ts) == (0, ADMIN, "pc1", ts)
+
+
+def test_every_message_is_stored_exactly_once_across_a_sigkill(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    total = 6000
+    start = time.time() - total
+    batch = [(f"pc{i % 7}".encode(), message(f"pc{i % 7}", start + i, cpu_percent=20.0 + i % 50)) for i in range(total)]
+    batch[100] = (b"pc1", b"not json")  # a rejected message must be recorded once as well
+    produce(kafka, topic, batch)
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic, BATCH_SIZE="250")
+    store.open_database(url)
+
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        wait_until(lambda: store.Metric.select().count() > 0, what="first rows stored")
+        bot.kill()
+    stored_before_restart = store.Metric.select().count()
+    assert stored_before_restart < total - 1, "the bot finished before it was killed: nothing was tested"
+
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        wait_until(lambda: store.Metric.select().count() + store.Rejected.select().count() >= total, timeout=60,
+                   what="all messages stored")
+        time.sleep(1)  # anything stored twice would arrive now
+        assert bot.stop() == 0
+    assert store.Metric.select().count() == total - 1
+    assert store.Rejected.select().count() == 1
+    distinct = store.Metric.select(store.Metric.device, store.Metric.ts).distinct().count()
+    assert distinct == total - 1
+
+
+def test_malformed_messages_are_rejected_with_a_reason_and_neighbours_are_stored(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    ts = time.time() - 10
+    bad = {
+        "not JSON": b"{cpu: 1",
+        "not a finite number": b'{"v":1,"device":"pc1","ts":%f,"metrics":{"cpu_percent":NaN}}' % ts,
+        "device must be": json.dumps({"v": 1, "ts": ts, "metrics": {"cpu_percent": 1}}).encode(),
+        "ts": json.dumps({"v": 1, "device": "pc1", "ts": "yesterday", "metrics": {}}).encode(),
+        "unknown version": json.dumps({"v": 2, "device": "pc1", "ts": ts, "metrics": {}}).encode(),
+        "bytes, more than": b'{"v":1,"device":"pc1","ts":1,"metrics":{},"pad":"' + b"x" * 1_000_000 + b'"}',
+    }
+    messages = [(b"good1", message("good1", ts, cpu_percent=10.0))]
+    messages += [(b"pc1", value) for value in bad.values()]
+    messages += [(b"good2", message("good2", ts + 1, cpu_percent=11.0))]
+    produce(kafka, topic, messages)
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("rejected message", count=len(bad))
+        store.open_database(url)
+        wait_until(lambda: store.Metric.select().count() == 2, what="both valid messages stored")
+        assert bot.stop() == 0
+    assert sorted(m.device for m in store.Metric.select()) == ["good1", "good2"]
+    reasons = [r.reason for r in store.Rejected.select().order_by(store.Rejected.id)]
+    assert len(reasons) == len(bad)
+    for expected, reason in zip(bad, reasons, strict=True):
+        assert expected in reason
+    big = store.Rejected.select().order_by(store.Rejected.size.desc()).first()
+    assert big.size > 1_000_000 and len(big.payload) <= 512
+
+
+def test_a_chat_that_is_not_allowed_gets_no_data_and_forged_buttons_store_nothing(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    produce(kafka, topic, [(b"secret-host", message("secret-host", time.time(), cpu_percent=99.5, mem_percent=99.0))])
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        alert = telegram.wait_for_message(CHAT, lambda text: "secret-host" in text, timeout=30)
+        data = alert["reply_markup"]["inline_keyboard"][0][1]["callback_data"]
+
+        for command in ("/status", "/status secret-host", "/help"):
+            reply = ask(telegram, command, chat=STRANGER_CHAT, user=66)
+            assert "secret-host" not in reply
+            assert str(STRANGER_CHAT) in reply and "ALLOWED_CHAT_IDS" in reply
+        assert all(call.params["chat_id"] != STRANGER_CHAT for call in telegram.calls("sendMessage")
+                   if "secret-host" in call.params["text"])
+
+        refused = telegram.answer_for(telegram.press_button(STRANGER_CHAT, alert["message_id"], data, user_id=66))
+        assert "not allowed" in refused.params["text"]
+        metric_id = int(data.split(":")[1])
+        for forged in (f"label:{metric_id}:7", f"label:{metric_id + 1}:0", "drop table", f"label:{metric_id}:0"):
+            # The last one names the right sample but on a message that is not its alert.
+            message_id = alert["message_id"] if forged != f"label:{metric_id}:0" else alert["message_id"] + 50
+            answer = telegram.answer_for(telegram.press_button(CHAT, message_id, forged, user_id=ADMIN))
+            assert "not valid" in answer.params["text"]
+        assert "refused chat 9999" in bot.log
+        assert bot.stop() == 0
+    store.open_database(url)
+    assert store.Label.select().count() == 0
+
+
+def test_without_kafka_the_bot_watches_its_own_machine(telegram: FakeTelegram, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, SAMPLE_INTERVAL_SECONDS="0.3")
+    env.pop("KAFKA_SESSION_TIMEOUT_MS")
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("single-host mode")
+        store.open_database(url)
+        wait_until(lambda: store.Metric.select().count() >= 2, what="two samples of this machine")
+        device = store.Metric.select().first().device
+        status = ask(telegram, f"/status {device}")
+        assert device in status and "CPU" in status and "Memory" in status
+        assert bot.stop() == 0

@@ -1,0 +1,221 @@
+"""The store against a real SQLite file and a real PostgreSQL server: every test runs on both."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from agent.wire import KNOWN_METRICS, Sample
+from bot import store
+from bot.store import Rejection
+
+TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
+
+
+def sample(device: str, ts: float = TS, **metrics: float) -> Sample:
+    return Sample(device=device, ts=ts, metrics={name: float(value) for name, value in metrics.items()})
+
+
+def stored_rows() -> int:
+    return store.Metric.select().count()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    """An empty store on each engine we ship on."""
+    if request.param == "sqlite":
+        folder = tmp_path / "sub" / "dir"
+        assert not folder.exists()
+        database = store.open_database(f"sqlite:///{folder}/rigwatch.sqlite3")
+        assert (folder / "rigwatch.sqlite3").is_file(), "open_database must create the SQLite folder and file"
+    else:
+        database = store.open_database(request.getfixturevalue("postgres_url"))
+        # One database for the whole session: start every test from empty tables.
+        database.drop_tables(store.TABLES)
+        database.create_tables(store.TABLES)
+    yield database
+    database.close()
+
+
+def test_it_returns_new_samples_and_ignores_a_redelivered_batch(database: pw.Database) -> None:
+    pc1, pc2 = sample("pc1", cpu_percent=37.5, mem_percent=50), sample("pc2", cpu_percent=20, mem_percent=61.2)
+    first = store.store_batch([pc1, pc2], [0.2, 0.9], 3, [])
+
+    assert [(s.device, s.ts, s.p_stressed, s.model_version) for s in first] == [
+        ("pc1", TS, 0.2, 3), ("pc2", TS, 0.9, 3)
+    ]
+    assert len({s.id for s in first}) == 2
+
+    # Kafka redelivers the same messages after a crash, scored this time by another model version.
+    again = store.store_batch(
+        [pc1, pc2, sample("pc1", TS + 5, cpu_percent=40, mem_percent=50)],
+        [0.99, 0.01, 0.5], 4, [],
+    )
+
+    assert [(s.device, s.ts) for s in again] == [("pc1", TS + 5)]
+    assert stored_rows() == 3
+    kept = store.latest_sample("pc2")
+    assert kept is not None
+    assert (kept.id, kept.p_stressed, kept.model_version) == (first[1].id, 0.9, 3)
+    assert kept.metrics == {"cpu_percent": 20.0, "mem_percent": 61.2}
+
+
+def test_a_batch_redelivered_whole_returns_nothing_and_stores_nothing(database: pw.Database) -> None:
+    batch = [sample("pc1", TS + i, cpu_percent=i) for i in range(10)]
+    store.store_batch(batch, [0.1] * 10, 1, [])
+
+    assert store.store_batch(batch, [0.8] * 10, 2, []) == []
+    assert stored_rows() == 10
+    assert {row.p_stressed for row in store.Metric.select()} == {0.1}
+
+
+def test_a_duplicate_within_one_batch_is_stored_once(database: pw.Database) -> None:
+    new = store.store_batch([sample("pc1", cpu_percent=50), sample("pc1", cpu_percent=50)], [0.3, 0.3], 1, [])
+
+    assert len(new) == 1
+    assert stored_rows() == 1
+
+
+def test_the_sample_returned_for_an_in_batch_duplicate_is_the_one_stored(database: pw.Database) -> None:
+    # The returned sample drives the alert; /status reads the stored row. Both must tell the same story.
+    new = store.store_batch([sample("pc1", cpu_percent=10), sample("pc1", cpu_percent=99)], [0.05, 0.95], 1, [])
+
+    latest = store.latest_sample("pc1")
+    assert latest is not None
+    assert [(s.id, s.metrics, s.p_stressed) for s in new] == [(latest.id, latest.metrics, latest.p_stressed)]
+
+
+def test_a_missing_metric_is_stored_as_null_and_comes_back_absent(database: pw.Database) -> None:
+    store.store_batch([sample("pi", cpu_percent=12)], [None], None, [])
+
+    row = store.Metric.get(store.Metric.device == "pi")
+    assert row.mem_percent is None
+    assert row.cpu_temp_c is None
+    latest = store.latest_sample("pi")
+    assert latest is not None
+    assert latest.metrics == {"cpu_percent": 12.0}
+    assert (latest.p_stressed, latest.model_version) == (None, None)
+
+
+@pytest.mark.parametrize("order", ["small sample first", "full sample first"])
+def test_samples_with_different_metrics_in_one_batch_each_keep_their_own(database: pw.Database, order: str) -> None:
+    # A Raspberry Pi without a temperature sensor and a PC with one report in the same poll.
+    pi = sample("pi", cpu_percent=20)
+    pc = sample("pc", cpu_percent=30, mem_percent=61.2, cpu_temp_c=58)
+    batch = [pi, pc] if order == "small sample first" else [pc, pi]
+    store.store_batch(batch, [0.1, 0.2], 1, [])
+
+    assert {s.device: s.metrics for s in store.latest_per_device()} == {
+        "pc": {"cpu_percent": 30.0, "mem_percent": 61.2, "cpu_temp_c": 58.0},
+        "pi": {"cpu_percent": 20.0},
+    }
+
+
+def test_unknown_metric_names_are_kept(database: pw.Database) -> None:
+    new = store.store_batch([sample("gpu1", cpu_percent=5, gpu_percent=80.5, fan_rpm=1200)], [0.1], 1, [])
+
+    assert new[0].metrics == {"cpu_percent": 5.0, "gpu_percent": 80.5, "fan_rpm": 1200.0}
+    latest = store.latest_sample("gpu1")
+    assert latest is not None
+    assert latest.metrics == {"cpu_percent": 5.0, "gpu_percent": 80.5, "fan_rpm": 1200.0}
+
+
+def test_rejects_are_kept_with_reason_size_and_the_start_of_the_payload(database: pw.Database) -> None:
+    huge = b'{"v": 1, "device": "' + b"x" * 1_000_000 + b'"}'
+    store.store_batch([], [], None, [Rejection("rigwatch.metrics/0@17", "message is too big", huge)])
+
+    [row] = store.rejected()
+    assert row.reason == "message is too big"
+    assert row.source == "rigwatch.metrics/0@17"
+    assert row.size == len(huge)
+    assert 0 < len(row.payload) <= 512
+    assert row.payload.startswith('{"v": 1, "device": "xxx')
+
+
+def test_an_empty_reject_is_kept_with_size_zero(database: pw.Database) -> None:
+    store.store_batch([], [], None, [Rejection("rigwatch.metrics/0@1", "empty message", None)])
+
+    [row] = store.rejected()
+    assert (row.reason, row.size, row.payload) == ("empty message", 0, "")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\xff\xfe\x80 not utf-8 at all \xc3", gzip.compress(b'{"v": 1, "device": "pc1"}')],
+    ids=["invalid-utf8", "gzip-with-nul-bytes"],
+)
+def test_a_binary_reject_does_not_stop_the_batch(database: pw.Database, payload: bytes) -> None:
+    # A producer that sends compressed or binary values must not block storing the good samples around it.
+    new = store.store_batch([sample("pc1", cpu_percent=10)], [0.1], 1, [Rejection("t/0@3", "not JSON", payload)])
+
+    assert len(new) == 1
+    [row] = store.rejected()
+    assert (row.reason, row.size) == ("not JSON", len(payload))
+    assert len(row.payload) <= 512
+
+
+def test_latest_per_device_is_the_newest_sample_of_each_device_by_name(database: pw.Database) -> None:
+    store.store_batch(
+        [sample("zeta", TS, cpu_percent=1), sample("alpha", TS + 60, cpu_percent=2), sample("mid", TS, cpu_percent=3)],
+        [0.1, 0.2, 0.3], 1, [],
+    )
+    store.store_batch([sample("zeta", TS + 30, cpu_percent=4), sample("alpha", TS, cpu_percent=5)], [0.4, 0.5], 1, [])
+
+    latest = store.latest_per_device()
+
+    assert [(s.device, s.ts, s.metrics["cpu_percent"]) for s in latest] == [
+        ("alpha", TS + 60, 2.0), ("mid", TS, 3.0), ("zeta", TS + 30, 4.0)
+    ]
+
+
+def test_latest_sample_of_a_device_that_never_reported_is_none(database: pw.Database) -> None:
+    store.store_batch([sample("pc1", cpu_percent=10)], [0.1], 1, [])
+
+    assert store.latest_sample("pc9") is None
+    assert store.latest_per_device()[0].device == "pc1"
+
+
+def test_a_button_press_finds_its_sample_only_on_the_exact_alert(database: pw.Database) -> None:
+    hot, quiet = store.store_batch([sample("pc1", cpu_percent=99), sample("pc2", cpu_percent=5)], [0.95, 0.05], 2, [])
+    chat, message = -1001234567890, 42
+    store.record_alert(hot.id, chat, message)
+
+    found = store.alerted_sample(hot.id, chat, message)
+    assert found is not None
+    assert (found.id, found.device, found.metrics, found.p_stressed) == (hot.id, "pc1", {"cpu_percent": 99.0}, 0.95)
+    assert store.alerted_sample(quiet.id, chat, message) is None, "a forged sample id must not be labelled"
+    assert store.alerted_sample(10**9, chat, message) is None
+    assert store.alerted_sample(hot.id, 555, message) is None, "another chat"
+    assert store.alerted_sample(hot.id, chat, message + 1) is None, "another message"
+
+
+def test_labels_of_a_sample_come_back_oldest_first(database: pw.Database) -> None:
+    hot, other = store.store_batch([sample("pc1", cpu_percent=99), sample("pc2", cpu_percent=5)], [0.9, 0.1], 1, [])
+
+    store.add_label(hot.id, 0, 1001, "alice")
+    store.add_label(hot.id, 1, 1002, "bob " + "x" * 300)
+
+    labels = store.labels_of(hot.id)
+    assert [(label.value, label.user_id) for label in labels] == [(0, 1001), (1, 1002)]
+    assert labels[0].user_name == "alice"
+    assert labels[1].user_name.startswith("bob ")
+    assert store.labels_of(other.id) == []
+
+
+def test_a_batch_of_5000_full_samples_is_stored_in_one_call(database: pw.Database) -> None:
+    full = {name: float(i) for i, name in enumerate(KNOWN_METRICS)}
+    batch = [Sample(f"pc{i % 50}", TS + i, {**full, "gpu_percent": 1.0}) for i in range(5000)]
+
+    new = store.store_batch(batch, [0.5] * 5000, 7, [])
+
+    assert len(new) == 5000
+    assert len({s.id for s in new}) == 5000
+    assert stored_rows() == 5000
+    latest = store.latest_sample("pc49")
+    assert latest is not None
+    assert latest.ts == TS + 4999
+    assert latest.metrics == {**full, "gpu_percent": 1.0}
