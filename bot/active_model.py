@@ -29,6 +29,11 @@ class ActiveModel:
         current = self._current
         return current[0] if current else None
 
+    @property
+    def current(self) -> tuple[int, Pipeline] | None:
+        """(version, pipeline) of the model in use, or None."""
+        return self._current
+
     def ensure(self) -> None:
         """Load the active version; with an empty store, first train one from synthetic data and save it."""
         with self._lock:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+import pandas as pd
 import peewee as pw
 from playhouse.db_url import connect
 
@@ -18,6 +20,7 @@ from agent.wire import KNOWN_METRICS, Sample
 
 db = pw.DatabaseProxy()
 INSERT_CHUNK = 1000  # rows per INSERT: well under SQLite's limit of bound variables
+FETCH_CHUNK = 100_000  # rows turned into an array at a time: bounds the memory of Python tuples
 
 
 class BaseModel(pw.Model):
@@ -119,14 +122,17 @@ def store_batch(
     now = time.time()
     rows = []
     for sample, p in zip(samples, predictions, strict=True):
-        known = {k: v for k, v in sample.metrics.items() if k in KNOWN_METRICS}
+        # Every row names every column: insert_many takes its columns from the first row.
+        known = {name: sample.metrics.get(name) for name in KNOWN_METRICS}
         extra = {k: v for k, v in sample.metrics.items() if k not in KNOWN_METRICS}
         rows.append({
             "device": sample.device, "ts": sample.ts, "received": now,
             "extra": json.dumps(extra) if extra else None,
             "p_stressed": p, "model_version": version if p is not None else None, **known,
         })
-    by_key = {(s.device, s.ts): (s, p) for s, p in zip(samples, predictions, strict=True)}
+    by_key: dict[tuple[str, float], tuple[Sample, float | None]] = {}
+    for sample, p in zip(samples, predictions, strict=True):
+        by_key.setdefault((sample.device, sample.ts), (sample, p))  # the first of duplicates is the one stored
     new: list[StoredSample] = []
     with db.atomic():
         for start in range(0, len(rows), INSERT_CHUNK):
@@ -141,7 +147,8 @@ def store_batch(
         if rejects:
             Rejected.insert_many([
                 {"received": now, "source": r.source[:300], "reason": r.reason, "size": len(r.payload or b""),
-                 "payload": (r.payload or b"")[:512].decode("utf-8", "replace")}
+                 # Postgres text cannot hold NUL, and a binary payload must not block the batch.
+                 "payload": (r.payload or b"")[:512].decode("utf-8", "replace").replace("\x00", "\\x00")}
                 for r in rejects
             ]).on_conflict_ignore().execute()
     return new
@@ -201,3 +208,34 @@ def labels_of(metric_id: int) -> list[Label]:
 def rejected(limit: int = 100) -> list[Rejected]:
     """The most recent rejected messages, newest first."""
     return list(Rejected.select().order_by(Rejected.id.desc()).limit(limit))
+
+
+def latest_labels() -> dict[int, int]:
+    """Sample id -> the value of its latest label."""
+    query = Label.select(Label.metric, Label.value).order_by(Label.created, Label.id).tuples()
+    return dict(query)
+
+
+def metrics_frame(columns: list[str], where: str = "") -> pd.DataFrame:
+    """Every stored sample as a float frame indexed by sample id; NULL metrics are NaN.
+
+    Read with a plain cursor in chunks: a million peewee objects would cost seconds and gigabytes.
+    """
+    unknown = set(columns) - set(KNOWN_METRICS) - {"ts", "p_stressed", "model_version"}
+    if unknown:
+        raise ValueError(f"not a numeric column: {sorted(unknown)}")
+    cursor = db.execute_sql(f"SELECT id, {', '.join(columns)} FROM metric {where} ORDER BY id")
+    chunks = []
+    while rows := cursor.fetchmany(FETCH_CHUNK):
+        chunks.append(np.array(rows, dtype=float))
+    values = np.vstack(chunks) if chunks else np.empty((0, len(columns) + 1))
+    frame = pd.DataFrame(values[:, 1:], columns=columns, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
+    return frame
+
+
+def training_frame(features: list[str]) -> pd.DataFrame:
+    """The features of every sample plus `label`: the latest human label, NaN where nobody labelled it."""
+    frame = metrics_frame(features)
+    labels = latest_labels()
+    frame["label"] = pd.Series(labels, dtype=float).reindex(frame.index)
+    return frame

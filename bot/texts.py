@@ -12,9 +12,13 @@ from telegram.constants import MessageLimit
 
 from agent.wire import KNOWN_METRICS
 from bot.store import StoredSample
+from ml.registry import ModelVersion
+from ml.retrain import Retrained
+from ml.versions import table as versions_table
 
 LABEL_VALUES = {1: "stressed", 0: "normal"}
 CALLBACK_RE = re.compile(r"label:(\d{1,18}):([01])")
+ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
 SILENT_AFTER_S = 300  # a device that has not reported for this long is shown as silent
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
@@ -22,6 +26,9 @@ intervention (it is <i>stressed</i>).
 
 /status: every machine: last seen, latest P(stressed), state
 /status &lt;device&gt;: the latest sample of one machine, its prediction and the model version
+/versions: the model versions, newest first, with their scores
+/retrain: train a new model from the data and your labels (admins)
+/rollback [version]: go back to the previous or a given model version (admins)
 /help: this message
 
 On an alert, press <b>✅ Correct</b> or <b>❌ Wrong prediction</b>: your answer is stored as a label \
@@ -32,6 +39,20 @@ def clip(text: str) -> str:
     """Telegram refuses messages longer than 4096 characters."""
     limit = MessageLimit.MAX_TEXT_LENGTH
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pre(rows: list[str], budget: int = 3500) -> str:
+    """Rows as a <pre> block that fits in one message with room around it; cut rows are counted, not cut."""
+    kept: list[str] = []
+    size = 0
+    for index, row in enumerate(rows):
+        line = escape(row)
+        if size + len(line) + 1 > budget:
+            kept.append(f"… and {len(rows) - index} more")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return f"<pre>{chr(10).join(kept)}</pre>"
 
 
 def when(ts: float) -> str:
@@ -115,7 +136,7 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
         f"{s.device:<{width}}  {ago(now - s.ts) + ' ago':>9}  {percent(s.p_stressed):>11}  {state(s, threshold, now)}"
         for s in samples
     ]
-    return clip(f"<b>Fleet</b> ({len(samples)} machines)\n<pre>{escape(chr(10).join(rows))}</pre>")
+    return f"<b>Fleet</b> ({len(samples)} machines)\n{pre(rows)}"
 
 
 def device_status(sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None) -> str:
@@ -124,12 +145,12 @@ def device_status(sample: StoredSample, threshold: float, active_version: int | 
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
     rows = [_table_row(n, sample.metrics[n]) for n in names] or ["(no metrics)"]
     version = f"v{sample.model_version}" if sample.model_version else "none"
-    return clip(
+    return (
         f"<b>{escape(sample.device)}</b>: {state(sample, threshold, now)}\n"
         f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
-        f"<pre>{escape(chr(10).join(rows))}</pre>"
+        f"{pre(rows)}"
     )
 
 
@@ -149,4 +170,70 @@ def refusal(chat_id: int) -> str:
     return (
         f"This chat is not allowed to use this bot. Its chat id is <code>{chat_id}</code>: "
         "add it to ALLOWED_CHAT_IDS where the bot runs, then restart it."
+    )
+
+
+def retrain_progress(step: str) -> str:
+    """The progress message of a running retrain, edited at every step."""
+    return f"⏳ Retraining: {escape(step)}…"
+
+
+def _score(scores: dict | None, name: str) -> str:
+    value = (scores or {}).get(name)
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def retrain_result(result: Retrained, activated: bool) -> str:
+    """Old and new model side by side on the same holdout, and which one is active now."""
+    new, meta = result.saved.version, result.saved.meta
+    old = f"v{result.old_version} (old)" if result.old_version else "no model"
+    rows = [f"{'':<10} {old:>12} {'v' + str(new) + ' (new)':>12}"]
+    for name, label in (("f1", "F1"), ("precision", "precision"), ("recall", "recall"), ("roc_auc", "ROC AUC")):
+        rows.append(f"{label:<10} {_score(result.old_scores, name):>12} {_score(result.new_scores, name):>12}")
+    if activated:
+        verdict = f"✅ v{new} is active now: {escape(result.reason)}."
+    else:
+        verdict = f"⚠️ v{result.old_version} stays active: {escape(result.reason)}. v{new} is saved; activate it anyway?"
+    return (
+        f"<b>Retrain done</b>: v{new} trained on {meta['rows']} samples and {meta['labels']} labels "
+        f"(+{meta['synthetic']} synthetic)\n{pre(rows)}\n"
+        f"Holdout: {escape(meta['holdout'])}, {meta['holdout_rows']} rows.\n{verdict}"
+    )
+
+
+def activate_keyboard(version: int, label: str) -> InlineKeyboardMarkup:
+    """A confirmation button that activates a model version, and one that cancels."""
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton(label, callback_data=f"activate:{version}"),
+        InlineKeyboardButton("Cancel", callback_data="cancel"),
+    ]])
+
+
+def parse_activate(data: str | None) -> int | None:
+    """The version of an activate button's callback data, or None when it is not one."""
+    match = ACTIVATE_RE.fullmatch(data or "")
+    return int(match[1]) if match else None
+
+
+def versions(listing: list[ModelVersion], active: int | None) -> str:
+    """/versions: newest first, with scores and the active one marked."""
+    if not listing:
+        return "The model store is empty."
+    return f"<b>Model versions</b> (▶ active)\n{pre(versions_table(listing, active).splitlines())}"
+
+
+def confirm_rollback(current: int | None, target: ModelVersion) -> str:
+    """The question before a rollback."""
+    f1 = target.meta.get("scores", {}).get("f1")
+    return (
+        f"Roll back from v{current} to <b>v{target.version}</b> (created {escape(target.created[:16])}, "
+        f"F1 {'n/a' if f1 is None else f'{f1:.3f}'})?"
+    )
+
+
+def not_admin(command: str, user_id: int) -> str:
+    """The refusal of an admin command."""
+    return (
+        f"Only admins can use {command}. Your user id is <code>{user_id}</code>; "
+        "an admin can add it to ADMIN_USER_IDS."
     )

@@ -104,3 +104,40 @@ def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -
                       "numpy": np.__version__, "pandas": pd.__version__},
     }
     return Trained(pipeline, meta, holdout.reset_index(drop=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train from the store like /retrain: save a new version, activate it when it is not worse."""
+    import argparse
+    import logging
+    import sys
+
+    from bot import store
+    from bot.config import ConfigError, load_settings
+    from ml import model as ml_model
+    from ml.registry import StoreError, open_store
+    from ml.retrain import retrain
+
+    parser = argparse.ArgumentParser(prog="python -m ml.train", description=main.__doc__)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples and the split")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        settings = load_settings(require_token=False)
+        store.open_database(settings.database_url)
+        model_store = open_store(settings.model_store)
+        active_version = model_store.active()
+        active = None
+        if active_version is not None:
+            active = (active_version, ml_model.from_bytes(model_store.load(active_version)))
+        result = retrain(model_store, active, lambda: store.training_frame(FEATURES), print, args.seed)
+        if result.better:
+            model_store.activate(result.saved.version)
+    except (ConfigError, StoreError, ValueError) as exc:
+        sys.exit(f"rigwatch: {exc}")
+    state = "active" if result.better else f"saved, not active (v{result.old_version} stays)"
+    print(f"v{result.saved.version} {state}: {result.reason}")
+
+
+if __name__ == "__main__":
+    main()

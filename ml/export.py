@@ -1,0 +1,44 @@
+"""`python -m ml.export --out data.csv`: every stored sample with its prediction and label, for a notebook."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from datetime import UTC, datetime
+
+from agent.wire import KNOWN_METRICS
+
+COLUMNS = ["id", "device", "ts", *KNOWN_METRICS, "extra", "p_stressed", "model_version"]
+CHUNK = 50_000
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bot import store
+    from bot.config import ConfigError, load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m ml.export", description=__doc__)
+    parser.add_argument("--out", required=True, help="CSV file to write ('-' for stdout)")
+    args = parser.parse_args(argv)
+    try:
+        store.open_database(load_settings(require_token=False).database_url)
+    except ConfigError as exc:
+        sys.exit(f"rigwatch: {exc}")
+    labels = store.latest_labels()
+    cursor = store.db.execute_sql(f"SELECT {', '.join(COLUMNS)} FROM metric ORDER BY id")
+    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
+    count = 0
+    with out:
+        writer = csv.writer(out)
+        writer.writerow([*COLUMNS, "time_utc", "label"])
+        while rows := cursor.fetchmany(CHUNK):
+            for row in rows:
+                time_utc = datetime.fromtimestamp(row[2], UTC).isoformat()
+                writer.writerow([*row, time_utc, labels.get(row[0], "")])
+            count += len(rows)
+    if args.out != "-":
+        print(f"wrote {count} samples to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

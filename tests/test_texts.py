@@ -1,0 +1,202 @@
+"""What the bot says: alert, status, buttons and refusals, as pure functions of the data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bot import texts
+from bot.store import StoredSample
+
+TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
+LIMIT = 4096
+TAG_RE = re.compile(r"<(/?)([a-z]+)[^>]*>")
+ENTITY_RE = re.compile(r"&(amp|lt|gt|quot|#\d+|#x[0-9a-fA-F]+);")
+
+
+def stored(
+    device: str = "pc1", ts: float = TS, p: float | None = 0.934, version: int | None = 3, metric_id: int = 7,
+    **metrics: float,
+) -> StoredSample:
+    return StoredSample(metric_id, device, ts, {name: float(v) for name, v in metrics.items()}, p, version)
+
+
+def assert_valid_telegram_html(text: str) -> None:
+    """Telegram refuses a message whose tags are not closed or whose entities are cut."""
+    open_tags: list[str] = []
+    for closing, tag in TAG_RE.findall(text):
+        if closing:
+            assert open_tags and open_tags[-1] == tag, f"</{tag}> without its <{tag}>"
+            open_tags.pop()
+        else:
+            open_tags.append(tag)
+    assert open_tags == [], f"unclosed tags {open_tags}"
+    without_tags = TAG_RE.sub("", text)
+    assert "<" not in without_tags and ">" not in without_tags, "a raw < or > outside a tag"
+    assert "&" not in ENTITY_RE.sub("", without_tags), "a raw & or a cut entity"
+
+
+def line_of(text: str, needle: str) -> str:
+    [line] = [line for line in text.splitlines() if needle in line]
+    return line
+
+
+def test_an_alert_names_the_device_first_then_probability_time_and_drivers() -> None:
+    sample = stored(cpu_percent=99.5, mem_percent=97, cpu_temp_c=91, disk_percent=40)
+
+    text = texts.alert(sample, ["cpu_percent", "mem_percent", "cpu_temp_c"])
+
+    first, *rest = text.splitlines()
+    assert "pc1" in first
+    assert "93%" in first
+    body = "\n".join(rest)
+    assert "2025-11-27 07:00:00 UTC" in body
+    assert "CPU 99.5 %" in body
+    assert "Memory 97 %" in body
+    assert "CPU temperature 91 °C" in body
+    assert "Disk" not in body, "only the metrics that drove the prediction are listed"
+    assert_valid_telegram_html(text)
+
+
+def test_an_alert_without_drivers_still_shows_some_metrics() -> None:
+    text = texts.alert(stored(cpu_percent=80, mem_percent=90), [])
+
+    assert "CPU 80 %" in text
+    assert "Memory 90 %" in text
+
+
+def test_html_in_names_is_escaped() -> None:
+    sample = stored(device="<b>pc&1</b>", cpu_percent=99, **{"<script>x</script>": 5, "a&b": 1})
+
+    for text in (
+        texts.alert(sample, ["cpu_percent"]),
+        texts.device_status(sample, 0.7, 3, now=TS + 10),
+        texts.overview([sample], 0.7, now=TS + 10),
+        texts.unknown_device("<i>x", ["<b>pc&1</b>"]),
+        texts.labelled(texts.alert(sample, []), 0, "<u>mallory</u>", TS),
+    ):
+        assert "<script>" not in text
+        assert "<b>pc&1" not in text
+        assert "<u>mallory" not in text
+        assert_valid_telegram_html(text)
+    status = texts.device_status(sample, 0.7, 3, now=TS + 10)
+    assert "&lt;script&gt;x&lt;/script&gt;" in status
+    assert "a&amp;b" in status
+
+
+def test_long_texts_are_clipped_to_telegram_limit() -> None:
+    fleet = [stored(device=f"rack{i:03d}-" + "x" * 50, ts=TS - i) for i in range(200)]
+    odd_metrics = {f"{i:02d}" + "&" * 60: float(i) for i in range(64)}
+
+    for text in (
+        texts.overview(fleet, 0.7, now=TS),
+        texts.device_status(stored(**odd_metrics), 0.7, 3, now=TS),
+        texts.alert(stored(device="x" * 5000, cpu_percent=99), ["cpu_percent"]),
+    ):
+        assert len(text) <= LIMIT
+
+
+def test_a_clipped_fleet_overview_is_still_valid_html() -> None:
+    # 150 machines is a plausible fleet; a clipped <pre> without its end tag makes Telegram refuse /status.
+    fleet = [stored(device=f"server-{i:03d}", ts=TS - 10) for i in range(150)]
+
+    text = texts.overview(fleet, 0.7, now=TS)
+
+    assert len(text) <= LIMIT
+    assert_valid_telegram_html(text)
+
+
+def test_a_clipped_device_status_is_still_valid_html() -> None:
+    sample = stored(**{f"{i:02d}" + "&" * 60: float(i) for i in range(64)})
+
+    text = texts.device_status(sample, 0.7, 3, now=TS)
+
+    assert len(text) <= LIMIT
+    assert_valid_telegram_html(text)
+
+
+def test_the_alert_keyboard_has_the_two_correction_buttons() -> None:
+    keyboard = texts.alert_keyboard(1234)
+
+    buttons = [button for row in keyboard.inline_keyboard for button in row]
+    assert [(b.text, b.callback_data) for b in buttons] == [
+        ("✅ Correct", "label:1234:1"),
+        ("❌ Wrong prediction", "label:1234:0"),
+    ]
+    assert [texts.parse_callback(b.callback_data) for b in buttons] == [(1234, 1), (1234, 0)]
+
+
+@pytest.mark.parametrize(("data", "parsed"), [("label:1:1", (1, 1)), ("label:987654321:0", (987654321, 0))])
+def test_parse_callback_accepts_our_buttons(data: str, parsed: tuple[int, int]) -> None:
+    assert texts.parse_callback(data) == parsed
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["label:1:2", "label:x:1", "label:1:1:extra", "", None, f"label:{'9' * 100}:1", "delete:1", "label:-1:1",
+     " label:1:1", "label:1:1\n", "label::1"],
+)
+def test_parse_callback_rejects_anything_else(data: str | None) -> None:
+    assert texts.parse_callback(data) is None
+
+
+def test_the_overview_lists_every_device_with_its_state() -> None:
+    fleet = [
+        stored(device="alpha", ts=TS - 10, p=0.93),
+        stored(device="bravo", ts=TS - 240, p=0.12),
+        stored(device="charlie", ts=TS - 301, p=0.95),
+        stored(device="delta", ts=TS - 3 * 86400, p=0.10),
+    ]
+
+    text = texts.overview(fleet, 0.7, now=TS)
+
+    assert "4 machines" in text
+    assert "stressed" in line_of(text, "alpha")
+    assert "93%" in line_of(text, "alpha")
+    assert "normal" in line_of(text, "bravo")
+    assert "silent" in line_of(text, "charlie"), "older than 5 minutes is silent, whatever the last prediction"
+    assert "silent" in line_of(text, "delta")
+    assert "3 d ago" in line_of(text, "delta")
+
+
+def test_the_overview_of_an_empty_fleet_says_so() -> None:
+    assert "No machine" in texts.overview([], 0.7, now=TS)
+
+
+def test_device_status_is_a_table_with_metric_labels_and_the_model_versions() -> None:
+    sample = stored(p=0.12, version=3, cpu_percent=37.5, mem_percent=61.2, cpu_temp_c=58, gpu_percent=80)
+
+    text = texts.device_status(sample, 0.7, 4, now=TS + 30)
+
+    assert text.splitlines()[0].startswith("<b>pc1</b>")
+    assert "normal" in text.splitlines()[0]
+    assert "2025-11-27 07:00:00 UTC" in text
+    assert "12%" in text
+    assert "v3" in text and "active model v4" in text
+    table = text[text.index("<pre>") + 5:text.index("</pre>")].splitlines()
+    assert [row.split()[0] for row in table] == ["CPU", "Memory", "CPU", "gpu_percent"]
+    assert "61.2 %" in line_of(text, "Memory")
+    assert "58 °C" in line_of(text, "temperature")
+
+
+def test_device_status_without_a_model_says_none() -> None:
+    text = texts.device_status(stored(p=None, version=None, cpu_percent=5), 0.7, None, now=TS)
+
+    assert "n/a" in text
+    assert "active model none" in text
+
+
+def test_unknown_device_lists_the_known_ones() -> None:
+    text = texts.unknown_device("pc9", ["alpha", "bravo"])
+
+    assert "pc9" in text
+    assert "alpha" in text and "bravo" in text
+    assert "none yet" in texts.unknown_device("pc9", [])
+
+
+def test_a_refusal_tells_the_chat_its_id_and_the_variable_to_set() -> None:
+    text = texts.refusal(-1001234567890)
+
+    assert "-1001234567890" in text
+    assert "ALLOWED_CHAT_IDS" in text
