@@ -13,11 +13,14 @@ from bot.active_model import ActiveModel
 from bot.alerts import Alerter
 from bot.config import Settings
 from bot.poller import KafkaSource, LocalSource, Poller, poll
-from ml.registry import ModelStore
+from ml.registry import ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 COMMANDS = [
     BotCommand("status", "every machine, or /status <device> for one"),
+    BotCommand("versions", "model versions and their scores"),
+    BotCommand("retrain", "train a new model from data and labels (admins)"),
+    BotCommand("rollback", "go back to an earlier model version (admins)"),
     BotCommand("help", "what this bot does"),
 ]
 
@@ -33,11 +36,18 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .post_shutdown(_stop)
         .build()
     )
-    application.bot_data.update(settings=settings, model=ActiveModel(model_store))
+    application.bot_data.update(settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock())
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
     application.add_handler(CommandHandler("status", handlers.status))
-    application.add_handler(CallbackQueryHandler(handlers.label_button))
+    application.add_handler(CommandHandler("versions", handlers.versions_command))
+    # Retraining takes a while: it must not hold up /status and the buttons.
+    application.add_handler(CommandHandler("retrain", handlers.retrain_command, block=False))
+    application.add_handler(CommandHandler("rollback", handlers.rollback_command))
+    application.add_handler(CallbackQueryHandler(handlers.label_button, pattern=r"^label:"))
+    application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=r"^activate:"))
+    application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=r"^cancel$"))
+    application.add_handler(CallbackQueryHandler(handlers.invalid_button))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.unknown_command))
     application.add_error_handler(handlers.on_error)
     return application
@@ -48,7 +58,12 @@ async def _start(application: Application) -> None:
     model: ActiveModel = application.bot_data["model"]
     if not settings.allowed_chat_ids:
         log.warning("ALLOWED_CHAT_IDS is empty: the bot answers nobody and sends no alerts")
-    await asyncio.to_thread(model.ensure)
+    try:
+        await asyncio.to_thread(model.ensure)
+    except StoreError as exc:
+        # The poller retries; meanwhile samples are stored without a prediction. Admins must know.
+        for chat_id in settings.allowed_chat_ids:
+            await application.bot.send_message(chat_id, f"⚠️ No model could be loaded: {exc}")
     if settings.kafka_bootstrap:
         source: KafkaSource | LocalSource = KafkaSource(settings)
         interval = settings.poll_interval_s

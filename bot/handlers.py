@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import html
 import logging
+import re
 import time
 
-from telegram import Update
+from telegram import InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
+from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
 from bot import store, texts
 from bot.active_model import ActiveModel
 from bot.config import Settings
+from ml.features import FEATURES
+from ml.registry import StoreError, UnknownVersion
+from ml.retrain import retrain
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +105,146 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.error("error while handling an update", exc_info=context.error)
     if isinstance(update, Update) and update.effective_message and update.callback_query is None:
         await update.effective_message.reply_text("Sorry, something went wrong; it has been logged.")
+
+
+async def _is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE, command: str) -> bool:
+    """Admin commands: anyone else gets a short refusal and nothing runs."""
+    user = update.effective_user
+    if user is not None and user.id in _settings(context).admin_user_ids:
+        return True
+    log.warning("refused %s for user %s: not in ADMIN_USER_IDS", command, user.id if user else "?")
+    if update.callback_query:
+        await update.callback_query.answer(f"Only admins can use {command}.", show_alert=True)
+    else:
+        await update.effective_message.reply_text(texts.not_admin(command, user.id if user else 0),
+                                                  parse_mode=ParseMode.HTML)
+    return False
+
+
+async def _edit(message: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> None:
+    try:
+        await message.edit_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
+    except BadRequest as exc:  # "message is not modified" and the like: the text is already right
+        log.debug("edit refused: %s", exc.message)
+
+
+async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/retrain (admins): train off the event loop, edit a progress message, compare, activate if not worse."""
+    if not await _is_admin(update, context, "/retrain"):
+        return
+    lock: asyncio.Lock = context.bot_data["retrain_lock"]
+    if lock.locked():
+        await update.effective_message.reply_text("A retrain is already running; its result will be posted here.")
+        return
+    async with lock:
+        model = _model(context)
+        progress = await update.effective_message.reply_text(texts.retrain_progress("starting"))
+        loop = asyncio.get_running_loop()
+        edits: list[concurrent.futures.Future] = []
+
+        def report(step: str) -> None:  # called from the training thread
+            edits.append(asyncio.run_coroutine_threadsafe(_edit(progress, texts.retrain_progress(step)), loop))
+
+        try:
+            result = await asyncio.to_thread(
+                retrain, model.store, model.current, lambda: store.training_frame(FEATURES), report
+            )
+            if result.better:
+                await asyncio.to_thread(model.activate, result.saved.version)
+        except StoreError as exc:
+            await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
+            await _edit(progress, f"❌ Retrain failed: {html.escape(str(exc))}\nThe active model is unchanged "
+                                  f"(v{model.version}).")
+            return
+        await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
+        markup = None if result.better else texts.activate_keyboard(result.saved.version,
+                                                                    f"Activate v{result.saved.version} anyway")
+        await _edit(progress, texts.retrain_result(result, activated=result.better), markup)
+
+
+async def versions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/versions: every model version, newest first."""
+    model_store = _model(context).store
+    try:
+        listing, active = await asyncio.to_thread(lambda: (model_store.versions(), model_store.active()))
+    except StoreError as exc:
+        await update.effective_message.reply_text(f"The model store cannot be read: {exc}")
+        return
+    await update.effective_message.reply_text(texts.versions(listing, active), parse_mode=ParseMode.HTML)
+
+
+async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/rollback [version] (admins): ask to confirm going back to the previous or the given version."""
+    if not await _is_admin(update, context, "/rollback"):
+        return
+    args = context.args or []
+    if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
+        await update.effective_message.reply_text("Usage: /rollback or /rollback <version>, e.g. /rollback 3")
+        return
+    model = _model(context)
+    try:
+        listing = await asyncio.to_thread(model.store.versions)
+    except StoreError as exc:
+        await update.effective_message.reply_text(f"The model store cannot be read: {exc}")
+        return
+    by_number = {v.version: v for v in listing}
+    if args:
+        target = int(args[0].lstrip("v"))
+        if target not in by_number:
+            known = ", ".join(f"v{n}" for n in sorted(by_number)) or "none"
+            await update.effective_message.reply_text(f"There is no model v{target}. Versions: {known}")
+            return
+    else:
+        older = [n for n in by_number if model.version is None or n < model.version]
+        if not older:
+            reply = f"v{model.version} is the oldest version: nothing to roll back to."
+            await update.effective_message.reply_text(reply)
+            return
+        target = max(older)
+    if target == model.version:
+        await update.effective_message.reply_text(f"v{target} is already active.")
+        return
+    await update.effective_message.reply_text(
+        texts.confirm_rollback(model.version, by_number[target]), parse_mode=ParseMode.HTML,
+        reply_markup=texts.activate_keyboard(target, f"Roll back to v{target}"),
+    )
+
+
+async def activate_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A press on "Roll back to vN" or "Activate vN anyway" (admins): verify and activate that version."""
+    query = update.callback_query
+    if not await _is_admin(update, context, "this button"):
+        return
+    version = texts.parse_activate(query.data)
+    if version is None:
+        await query.answer("This button is not valid.")
+        return
+    model = _model(context)
+    try:
+        await asyncio.to_thread(model.activate, version)
+    except UnknownVersion:
+        await query.answer(f"There is no model v{version}.")
+        return
+    except StoreError as exc:
+        await query.answer(f"v{version} refused.")
+        kept = f"v{model.version}" if model.version else "no model"
+        await _edit(query.message, f"❌ Model v{version} refused: {html.escape(str(exc))}\n{kept} stays active.")
+        return
+    await query.answer(f"v{version} is active.")
+    who = f"@{query.from_user.username}" if query.from_user.username else query.from_user.full_name
+    await _edit(query.message, f"✅ Model v{version} is active now (by {html.escape(who)}).")
+
+
+async def cancel_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Cancel on a confirmation (admins): nothing changes."""
+    if not await _is_admin(update, context, "this button"):
+        return
+    await update.callback_query.answer("Cancelled.")
+    await _edit(update.callback_query.message, "Cancelled: nothing changed.")
+
+
+async def invalid_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Callback data no button of ours carries."""
+    log.warning("ignored callback %r from user %d", (update.callback_query.data or "")[:80],
+                update.callback_query.from_user.id)
+    await update.callback_query.answer("This button is not valid.")

@@ -21,7 +21,10 @@ from ml.augment import normal_ranges, synthetic
 from ml.features import FEATURES
 from ml.model import build_pipeline
 
-LABEL_WEIGHT = 20.0  # a person's label counts for this many unlabelled samples
+# A label always beats a default: each weighs at least LABEL_WEIGHT unlabelled samples, and all of them
+# together at least LABEL_SHARE of the synthetic stressed samples, so one "wrong prediction" is heard.
+LABEL_WEIGHT = 20.0
+LABEL_SHARE = 0.2
 MIN_SYNTHETIC_STRESSED = 500
 SYNTHETIC_SHARE = 0.05  # synthetic stressed rows per real row, so real data never drowns them
 MIN_ROWS = 2000  # with fewer real rows, synthetic normal rows fill the training set up to this
@@ -84,7 +87,8 @@ def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -
         pool = pd.concat([unlabelled[[*FEATURES, "label"]], made], ignore_index=True)
         rest, holdout = train_test_split(pool, test_size=HOLDOUT_SHARE, stratify=pool["label"], random_state=seed)
     data = pd.concat([rest, train_labels[[*FEATURES, "label"]]], ignore_index=True)
-    weights = np.r_[np.ones(len(rest)), np.full(len(train_labels), LABEL_WEIGHT)]
+    label_weight = max(LABEL_WEIGHT, LABEL_SHARE * n_stressed / max(1, len(train_labels)))
+    weights = np.r_[np.ones(len(rest)), np.full(len(train_labels), label_weight)]
 
     say("training")
     pipeline = build_pipeline()

@@ -34,8 +34,10 @@ def postgres_url() -> Iterator[str]:
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server, with the AWS variables boto3 needs pointing at it."""
     with s3_server() as endpoint:
-        saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+        names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+        saved = {k: os.environ.get(k) for k in names}
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                          AWS_ENDPOINT_URL=endpoint)
         yield endpoint
         for key, value in saved.items():
             if value is None:

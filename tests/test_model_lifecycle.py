@@ -1,0 +1,130 @@
+"""The model lifecycle from chat: /retrain, /versions, /rollback over a versioned S3 bucket and a folder."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from bot import store
+from ml import model as ml_model
+from ml.registry import open_store
+from tests.fakes.bot_process import BotProcess
+from tests.fakes.services import KafkaBroker, free_port
+from tests.fakes.telegram_api import FakeTelegram
+from tests.test_end_to_end import ADMIN, CHAT, TOKEN, ask, bot_env, message, produce, wait_until
+
+pytestmark = pytest.mark.slow
+STRESSED = {"cpu_percent": 99.0, "mem_percent": 97.0, "disk_percent": 40.0, "load_1m": 0.3}
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    with FakeTelegram(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def topic(kafka_broker: KafkaBroker) -> str:
+    name = f"metrics.{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(name)
+    return name
+
+
+def quiet_fleet(start: float, count: int) -> list[tuple[bytes, bytes]]:
+    """Normal samples of three machines, deterministic."""
+    return [
+        (f"pc{i % 3}".encode(),
+         message(f"pc{i % 3}", start + i, cpu_percent=5.0 + i % 40, mem_percent=30.0 + i % 25,
+                 disk_percent=40.0 + i % 10, load_1m=0.05 + (i % 10) / 20, swap_percent=float(i % 5)))
+        for i in range(count)
+    ]
+
+
+def final_text(telegram: FakeTelegram, chat: int, message_id: int, pattern: str, timeout: float = 60) -> str:
+    """Wait until the bot's message `message_id` has been edited to match `pattern`."""
+    def current() -> str:
+        return next((m["text"] for m in telegram.messages(chat) if m["message_id"] == message_id), "")
+    wait_until(lambda: re.search(pattern, current()) is not None, timeout=timeout, what=f"message matching {pattern}")
+    return current()
+
+
+def reply_to(telegram: FakeTelegram, command: str, pattern: str, user: int = ADMIN) -> dict:
+    """Send a command and return the bot's reply that matches `pattern`."""
+    mark = telegram.call_count()
+    telegram.send_text(CHAT, command, user_id=user)
+    return telegram.wait_for_message(CHAT, lambda text: re.search(pattern, text) is not None, after=mark)
+
+
+def press_and_wait_edit(telegram: FakeTelegram, message: dict, button_text: str, pattern: str) -> str:
+    data = next(b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row
+                if b["text"] == button_text)
+    telegram.press_button(CHAT, message["message_id"], data, user_id=ADMIN, username="admin")
+    return final_text(telegram, CHAT, message["message_id"], pattern)
+
+
+def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, s3_endpoint: str
+) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)  # no versioning yet: the bot turns it on and says so
+    start = time.time() - 4000
+    produce(kafka, topic, [*quiet_fleet(start, 600), (b"pc9", message("pc9", start + 700, **STRESSED))])
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic,
+                  MODEL_STORE=f"s3://{bucket}/fleet", AWS_ENDPOINT_URL=s3_endpoint)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        alert = telegram.wait_for_message(CHAT, lambda text: "pc9" in text, timeout=30)
+        press_and_wait_edit(telegram, alert, "❌ Wrong prediction", "wrong prediction")
+        assert "enabled versioning" in bot.log
+        store.open_database(url)
+        wait_until(lambda: store.Metric.select().count() == 601, what="all samples stored")
+
+        progress = reply_to(telegram, "/retrain", "Retraining")
+        result = final_text(telegram, CHAT, progress["message_id"], "Retrain done")
+        steps = [c.params["text"] for c in telegram.calls("editMessageText")
+                 if c.params["message_id"] == progress["message_id"]]
+        assert any("training" in s for s in steps) and any("evaluating" in s for s in steps)
+        assert "v1 (old)" in result and "v2 (new)" in result and "F1" in result
+        assert "v2 is active now" in result
+
+        versions = ask(telegram, "/versions")
+        assert re.search(r"▶ v2 .*\n\s+v1 ", versions), versions
+        assert "601" in versions  # v2 was trained on every stored sample
+
+        confirm = reply_to(telegram, "/rollback", "Roll back")
+        press_and_wait_edit(telegram, confirm, "Roll back to v1", "v1 is active now")
+        assert "active model v1" in ask(telegram, "/status pc9")
+        model_store = open_store(f"s3://{bucket}/fleet")
+        assert model_store.active() == 1
+        assert len(s3.list_object_versions(Bucket=bucket, Prefix="fleet/model.pkl")["Versions"]) == 2
+
+        # The loop closes: the sample a person called normal is less stressed for the retrained model.
+        labelled = store.Label.select().first().metric
+        sample = {name: getattr(labelled, name) for name in STRESSED}
+        p_v1, p_v2 = (ml_model.predict(ml_model.from_bytes(model_store.load(v)), [sample])[0] for v in (1, 2))
+        assert p_v2 < p_v1
+
+        # Someone swaps v2's artifact in the bucket: activating it is refused, v1 stays.
+        forged = s3.put_object(Bucket=bucket, Key="fleet/model.pkl", Body=ml_model.to_bytes(
+            ml_model.from_bytes(model_store.load(1))))
+        index = json.loads(s3.get_object(Bucket=bucket, Key="fleet/index.json")["Body"].read())
+        for record in index["versions"]:
+            if record["version"] == 2:
+                record["object_version"] = forged["VersionId"]
+        s3.put_object(Bucket=bucket, Key="fleet/index.json", Body=json.dumps(index).encode())
+        confirm = reply_to(telegram, "/rollback 2", "Roll back")
+        refused = press_and_wait_edit(telegram, confirm, "Roll back to v2", "refused")
+        assert "SHA-256" in refused or "checksum" in refused.lower()
+        assert "v1 stays active" in refused
+        assert model_store.active() == 1
+        assert "active model v1" in ask(telegram, "/status pc9")
+        assert bot.stop() == 0
