@@ -128,3 +128,106 @@ def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
         assert model_store.active() == 1
         assert "active model v1" in ask(telegram, "/status pc9")
         assert bot.stop() == 0
+
+
+def fill(url: str, count: int, start: float) -> None:
+    """Store quiet samples directly, as if the poller had."""
+    from agent.wire import parse
+
+    store.open_database(url)
+    samples = [parse(value) for _key, value in quiet_fleet(start, count)]
+    store.store_batch(samples, [0.1] * count, 1, [])
+
+
+def test_only_admins_change_the_model_and_bad_versions_get_a_clear_reply(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    fill(url, 50, time.time() - 100)
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("model v1 is active")
+        for command in ("/retrain", "/rollback", "/rollback 1"):
+            reply = reply_to(telegram, command, "admins", user=55)["text"]
+            assert "Only admins" in reply and "55" in reply and "ADMIN_USER_IDS" in reply
+        forged = telegram.press_button(CHAT, 1, "activate:1", user_id=55)
+        assert "Only admins" in telegram.answer_for(forged).params["text"]
+
+        assert "no model v9" in reply_to(telegram, "/rollback 9", "v9")["text"]
+        assert "Usage" in reply_to(telegram, "/rollback latest", "Usage")["text"]
+        assert "nothing to roll back" in reply_to(telegram, "/rollback", "roll back")["text"]
+        assert "▶ v1" in ask(telegram, "/versions")
+        assert "refused /retrain for user 55" in bot.log
+        assert bot.stop() == 0
+    assert [v.version for v in open_store(f"file:{tmp_path}/models").versions()] == [1]
+
+
+def test_one_retrain_at_a_time_and_an_activate_anyway_button_when_the_new_model_is_worse(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.tree import DecisionTreeClassifier
+
+    from ml.features import FEATURES
+    from ml.train import train
+
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    fill(url, 3000, time.time() - 4000)
+    # The active model has seen the very holdout the bot's retrain will use: no new model can beat it.
+    holdout = train(store.training_frame(FEATURES)).holdout
+    oracle = Pipeline([("impute", SimpleImputer(keep_empty_features=True)), ("tree", DecisionTreeClassifier())])
+    oracle.fit(holdout[FEATURES], holdout["label"])
+    model_store = open_store(f"file:{tmp_path}/models")
+    model_store.activate(model_store.save(ml_model.to_bytes(oracle), {"rows": 0, "labels": 0}).version)
+
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("model v1 is active")
+        progress = reply_to(telegram, "/retrain", "Retraining")
+        busy = reply_to(telegram, "/retrain", "already running")
+        assert busy["message_id"] != progress["message_id"]
+        result = final_text(telegram, CHAT, progress["message_id"], "Retrain done")
+        assert "v1 stays active" in result and "worse" in result
+        assert model_store.active() == 1
+        edited = next(m for m in telegram.messages(CHAT) if m["message_id"] == progress["message_id"])
+        press_and_wait_edit(telegram, edited, "Activate v2 anyway", "v2 is active now")
+        assert model_store.active() == 2
+        assert "active model v2" in ask(telegram, "/status pc1")
+        assert bot.stop() == 0
+
+
+def test_s3_unreachable_during_retrain_saves_nothing_and_keeps_the_model(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    bucket = f"models-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    fill(url, 200, time.time() - 1000)
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic,
+                  MODEL_STORE=f"s3://{bucket}/m", AWS_ENDPOINT_URL=endpoint)
+    try:
+        with BotProcess(env, tmp_path / "bot.log") as bot:
+            bot.wait_log("model v1 is active")
+            server.stop()
+            progress = reply_to(telegram, "/retrain", "Retraining")
+            failed = final_text(telegram, CHAT, progress["message_id"], "failed")
+            assert "Could not connect" in failed and "unchanged (v1)" in failed
+            assert "active model v1" in ask(telegram, "/status pc1")
+            assert bot.stop() == 0
+    finally:
+        # moto keeps its buckets in this process: a new server on the same port shows what was saved.
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        model_store = open_store(f"s3://{bucket}/m")
+        assert [v.version for v in model_store.versions()] == [1]
+        assert model_store.active() == 1
+    finally:
+        server.stop()

@@ -1,0 +1,53 @@
+"""The ml command lines: train from the store, list versions, export for a notebook."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.wire import Sample
+from bot import store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_train_versions_and_export_work_on_a_stored_fleet(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    store.open_database(url)
+    samples = [Sample(f"pc{i % 4}", 1.7e9 + i, {"cpu_percent": 10.0 + i % 30, "mem_percent": 40.0}) for i in range(400)]
+    stored = store.store_batch(samples, [0.2] * 400, None, [])
+    store.add_label(stored[7].id, 1, 42, "@bob")
+    env = {"DATABASE_URL": url, "MODEL_STORE": f"file:{tmp_path}/models"}
+
+    assert "empty" in run("ml.versions", env=env).stdout
+    first = run("ml.train", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "v1 active" in first.stdout
+    second = run("ml.train", "--seed", "1", env=env)
+    assert "v2 " in second.stdout
+    listing = run("ml.versions", env=env).stdout.splitlines()
+    assert listing[1].lstrip("▶ ").startswith("v2") and "400" in listing[1]
+    assert listing[2].lstrip("▶ ").startswith("v1")
+
+    out = tmp_path / "data.csv"
+    exported = run("ml.export", "--out", str(out), env=env)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 400
+    assert rows[7]["label"] == "1" and rows[8]["label"] == ""
+    assert rows[0]["cpu_percent"] == "10.0" and rows[0]["cpu_temp_c"] == ""
+    assert rows[0]["time_utc"].startswith("2023-11-14T22:13:20")
+
+
+def test_a_bad_model_store_is_one_clear_line(tmp_path: Path) -> None:
+    result = run("ml.versions", env={"MODEL_STORE": "ftp://models"})
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "MODEL_STORE" in result.stderr
