@@ -17,6 +17,7 @@ from bot.active_model import ActiveModel
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 500  # alerts kept for a retry while Telegram is down; the oldest go first
+RETRY_S = 5.0  # after a network error or a 5xx: soon enough for an alert, rare enough for the log
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Alerter:
                 self.pending.popleft()
                 continue
             except TelegramError as exc:
-                self._pause(10, exc)
+                self._pause(RETRY_S, exc)
                 return
             self.pending.popleft()
             await asyncio.to_thread(store.record_alert, item.sample.id, item.chat_id, message.message_id)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from telegram import BotCommand
+from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler, filters
 
 from bot import handlers
@@ -76,7 +77,10 @@ async def _start(application: Application) -> None:
     poller = Poller(source, model, alerter)
     application.bot_data["poller"] = poller
     application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
-    await application.bot.set_my_commands(COMMANDS)
+    try:
+        await application.bot.set_my_commands(COMMANDS)
+    except TelegramError as exc:  # only the command menu is missing: everything else works
+        log.warning("could not set the command menu: %s", exc.message)
 
 
 async def _stop(application: Application) -> None:

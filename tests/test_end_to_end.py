@@ -215,3 +215,22 @@ def test_without_kafka_the_bot_watches_its_own_machine(telegram: FakeTelegram, t
         status = ask(telegram, f"/status {device}")
         assert device in status and "CPU" in status and "Memory" in status
         assert bot.stop() == 0
+
+
+def test_an_alert_waits_out_a_telegram_outage_and_the_data_is_stored_meanwhile(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("Application started")
+        telegram.set_down(True)
+        produce(kafka, topic, [(b"pc1", message("pc1", time.time(), cpu_percent=99.0, mem_percent=98.0))])
+        bot.wait_log("Telegram did not take an alert")
+        store.open_database(url)
+        assert store.Metric.select().count() == 1
+        telegram.set_down(False)
+        alert = telegram.wait_for_message(CHAT, lambda text: "pc1" in text, timeout=15)
+        assert alert["reply_markup"]["inline_keyboard"]
+        assert bot.stop() == 0
+    assert store.Alert.select().count() == 1
