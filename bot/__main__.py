@@ -19,6 +19,7 @@ def main() -> None:
     # httpx logs every request URL at INFO, and the URL holds the bot token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("librdkafka").setLevel(logging.ERROR)
     try:
         settings = load_settings()
         open_database(settings.database_url)

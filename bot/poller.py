@@ -49,6 +49,8 @@ class KafkaSource:
             "session.timeout.ms": settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": max(100, settings.kafka_session_timeout_ms // 4),
             "error_cb": self._on_error,
+            # librdkafka repeats its connection failures on every retry: _on_error says it once instead.
+            "logger": logging.getLogger("librdkafka"),
         })
         self.consumer.subscribe([self.topic])
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.fakes.services import KafkaBroker, postgres_cluster, s3_server
+from tests.fakes.telegram_api import FakeTelegram
+
+TOKEN = "123456:" + "A" * 35
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +25,21 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 def kafka(kafka_broker: KafkaBroker) -> str:
     """The bootstrap address of the session's broker."""
     return kafka_broker.bootstrap
+
+
+@pytest.fixture
+def topic(kafka_broker: KafkaBroker) -> str:
+    """A new topic of one partition on the session's broker."""
+    name = f"metrics.{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(name)
+    return name
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    """A fake Bot API server that accepts the token in TOKEN."""
+    with FakeTelegram(token=TOKEN) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

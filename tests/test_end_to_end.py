@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from bot import store
+from tests.conftest import TOKEN
 from tests.fakes.bot_process import BotProcess
-from tests.fakes.services import KafkaBroker
 from tests.fakes.telegram_api import FakeTelegram
 
-TOKEN = "123456:" + "A" * 35
 CHAT = 4242
 ADMIN = 7
 STRANGER_CHAT = 9999
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def telegram() -> Iterator[FakeTelegram]:
-    with FakeTelegram(token=TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture
-def topic(kafka_broker: KafkaBroker) -> str:
-    name = f"metrics.{uuid.uuid4().hex[:8]}"
-    kafka_broker.create_topic(name)
-    return name
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

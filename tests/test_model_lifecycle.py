@@ -6,7 +6,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -17,25 +16,12 @@ from bot import store
 from ml import model as ml_model
 from ml.registry import open_store
 from tests.fakes.bot_process import BotProcess
-from tests.fakes.services import KafkaBroker, free_port
+from tests.fakes.services import free_port
 from tests.fakes.telegram_api import FakeTelegram
-from tests.test_end_to_end import ADMIN, CHAT, TOKEN, ask, bot_env, message, produce, wait_until
+from tests.test_end_to_end import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
 
 pytestmark = pytest.mark.slow
 STRESSED = {"cpu_percent": 99.0, "mem_percent": 97.0, "disk_percent": 40.0, "load_1m": 0.3}
-
-
-@pytest.fixture
-def telegram() -> Iterator[FakeTelegram]:
-    with FakeTelegram(token=TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture
-def topic(kafka_broker: KafkaBroker) -> str:
-    name = f"metrics.{uuid.uuid4().hex[:8]}"
-    kafka_broker.create_topic(name)
-    return name
 
 
 def quiet_fleet(start: float, count: int) -> list[tuple[bytes, bytes]]:
