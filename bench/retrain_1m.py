@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import html
 import io
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -134,6 +136,8 @@ def row_tuples(names: np.ndarray, matrix: np.ndarray) -> list[tuple]:
     """Rows as Python tuples with None for NaN (a missing metric is NULL, never 0)."""
     values = matrix.astype(object)
     values[np.isnan(matrix)] = None
+    version = COLUMNS.index("model_version") - 1
+    values[:, version] = matrix[:, version].astype(np.int64).astype(object)  # an integer column in Postgres
     return [(name, *row) for name, row in zip(names.tolist(), values.tolist(), strict=True)]
 
 
@@ -167,8 +171,10 @@ def add_labels(count: int, rng: np.random.Generator) -> int:
     hot = [r[0] for r in store.Metric.select(store.Metric.id)
            .where((store.Metric.cpu_percent >= 95) | (store.Metric.mem_percent >= 94))
            .order_by(store.Metric.id).tuples()]
+    top = store.Metric.select(store.pw.fn.MAX(store.Metric.id)).scalar() or 0
+    candidates = (rng.choice(top, size=min(top, 3 * count), replace=False) + 1).tolist()
     plain = [r[0] for r in store.Metric.select(store.Metric.id)
-             .where((store.Metric.cpu_percent < 60) & (store.Metric.id % 97 == 0)).tuples()]
+             .where(store.Metric.id.in_(candidates) & (store.Metric.cpu_percent < 60)).tuples()]
     stressed = rng.choice(hot, size=min(half, len(hot)), replace=False).tolist()
     normal = rng.choice(plain, size=min(count - len(stressed), len(plain)), replace=False).tolist()
     wrong = set(stressed[: max(1, len(stressed) // 10)])  # someone said "this spike was fine"
@@ -216,6 +222,7 @@ def database_url(kind: str, tmp: Path) -> Iterator[str]:
 
 @dataclass
 class Measured:
+    started: float = 0.0  # when /retrain was injected (time.time())
     wall_s: float | None = None  # /retrain injected -> final edit of the progress message
     outcome: str = "no answer"
     final_text: str = ""
@@ -229,6 +236,11 @@ class Measured:
 
     def latencies(self) -> list[float]:
         return [a - s for s, a in zip(self.status_sent, self.status_answered, strict=False)]
+
+    def step_at(self, seconds: float) -> str:
+        """The retrain step the progress message showed `seconds` after /retrain."""
+        shown = [text for at, text in self.steps if at <= seconds]
+        return shown[-1].splitlines()[0].removeprefix("⏳ Retraining: ").rstrip("…") if shown else "starting"
 
 
 def process_rss(pid: int) -> int:
@@ -273,9 +285,9 @@ def drive_retrain(fake: FakeTelegram, bot: BotProcess, timeout: float) -> Measur
     pid = bot.proc.pid
     result = Measured(hwm_before=vm_hwm(pid))
     mark = fake.call_count()
-    started = time.time()
+    started = result.started = time.time()
     fake.send_text(CHAT, "/retrain", user_id=ADMIN)
-    next_status = next_rss = started + STATUS_EVERY_S
+    next_status, next_rss = started, started + STATUS_EVERY_S  # the first /status goes with /retrain
     progress_id: int | None = None
     seen_edits = 0
     while result.wall_s is None:
@@ -326,6 +338,11 @@ def drive_retrain(fake: FakeTelegram, bot: BotProcess, timeout: float) -> Measur
 # ---------------------------------------------------------------------------------------------- report
 
 
+def plain(text: str) -> str:
+    """A Telegram HTML text as people read it."""
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -351,14 +368,19 @@ def report(args: argparse.Namespace, build_s: float, labels: int, m: Measured) -
         print(f"  /status during the retrain  {len(latencies)} answered of {len(m.status_sent)} asked; "
               f"median {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s   "
               f"target <= {TARGET_STATUS_S:.0f} s   {verdict(status_ok)}")
+        worst = latencies.index(max(latencies))
+        asked = m.status_sent[worst] - m.started
+        print(f"  slowest /status             asked {asked:.1f} s after /retrain, during '{m.step_at(asked)}'")
     else:
         print(f"  /status during the retrain  0 answered of {len(m.status_sent)} asked   {verdict(status_ok)}")
     print(f"  bot peak RSS (VmHWM)        {m.hwm / mb:.0f} MiB (before /retrain {m.hwm_before / mb:.0f} MiB; "
           f"max sampled incl. children {m.rss_max / mb:.0f} MiB)   target <= {TARGET_RSS_BYTES / 1e9:.1f} GB   "
           f"{verdict(rss_ok)}")
     print("  progress of the retrain (s after /retrain):")
-    for at, text in m.steps:
-        print(f"    {at:7.1f}  {text.splitlines()[0][:110]}")
+    for at, text in sorted(m.steps):
+        print(f"    {at:7.1f}  {plain(text.splitlines()[0])[:110]}")
+    if m.final_text:
+        print(f"             {plain(m.final_text.splitlines()[-1])[:110]}")
     passed = wall_ok and rss_ok and status_ok
     print(f"  RESULT: {verdict(passed)}")
     return passed

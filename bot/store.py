@@ -20,7 +20,7 @@ from agent.wire import KNOWN_METRICS, Sample
 
 db = pw.DatabaseProxy()
 INSERT_CHUNK = 1000  # rows per INSERT: well under SQLite's limit of bound variables
-FETCH_CHUNK = 100_000  # rows turned into an array at a time: bounds the memory of Python tuples
+FETCH_CHUNK = 10_000  # rows turned into an array at a time: bounds the memory of Python tuples
 
 
 class BaseModel(pw.Model):
@@ -160,17 +160,25 @@ def _stored(row: Metric) -> StoredSample:
     return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version)
 
 
+# A loose index scan: one index seek per device instead of reading the whole (device, ts) index, so the
+# cost grows with the number of devices, not with the number of stored samples (SQLite and Postgres).
+LATEST_PER_DEVICE_SQL = """
+WITH RECURSIVE devices(device) AS (
+    SELECT MIN(device) FROM metric
+    UNION ALL
+    SELECT (SELECT MIN(m.device) FROM metric AS m WHERE m.device > devices.device) FROM devices
+    WHERE devices.device IS NOT NULL
+)
+SELECT * FROM metric WHERE id IN (
+    SELECT (SELECT m.id FROM metric AS m WHERE m.device = devices.device ORDER BY m.ts DESC LIMIT 1)
+    FROM devices WHERE devices.device IS NOT NULL
+) ORDER BY device
+"""
+
+
 def latest_per_device() -> list[StoredSample]:
     """The newest sample of every device, by device name."""
-    newest = (
-        Metric.select(Metric.device, pw.fn.MAX(Metric.ts).alias("ts")).group_by(Metric.device).alias("newest")
-    )
-    query = (
-        Metric.select()
-        .join(newest, on=(Metric.device == newest.c.device) & (Metric.ts == newest.c.ts))
-        .order_by(Metric.device)
-    )
-    return [_stored(row) for row in query]
+    return [_stored(row) for row in Metric.raw(LATEST_PER_DEVICE_SQL)]
 
 
 def latest_sample(device: str) -> StoredSample | None:

@@ -63,10 +63,22 @@ def _labelled_holdout(labelled: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, 
     return train, held
 
 
-def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -> Trained:
-    """Fit a pipeline on `real` (FEATURES + `label`: 1, 0, or NaN when nobody labelled it) plus synthetic rows."""
-    say = progress or (lambda _step: None)
-    say("preparing data")
+@dataclass
+class _TrainingSet:
+    features: pd.DataFrame
+    target: np.ndarray
+    weights: np.ndarray
+    holdout: pd.DataFrame
+    holdout_kind: str
+    counts: dict[str, int]
+
+
+def _training_set(real: pd.DataFrame, seed: int) -> _TrainingSet:
+    """Real rows, labels and synthetic rows joined and weighted, and the holdout set apart.
+
+    A function of its own so that its intermediate frames (hundreds of MB for a million rows) are freed
+    before the fit allocates its own.
+    """
     real = real.reindex(columns=[*FEATURES, "label"])
     labelled_mask = real["label"].notna()
     labels = real[labelled_mask].astype({"label": int})
@@ -89,18 +101,26 @@ def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -
     data = pd.concat([rest, train_labels[[*FEATURES, "label"]]], ignore_index=True)
     label_weight = max(LABEL_WEIGHT, LABEL_SHARE * n_stressed / max(1, len(train_labels)))
     weights = np.r_[np.ones(len(rest)), np.full(len(train_labels), label_weight)]
+    counts = {"rows": len(real), "labels": len(labels), "synthetic": len(made)}
+    return _TrainingSet(data[FEATURES], data["label"].to_numpy(), weights, holdout, holdout_kind, counts)
 
+
+def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -> Trained:
+    """Fit a pipeline on `real` (FEATURES + `label`: 1, 0, or NaN when nobody labelled it) plus synthetic rows."""
+    say = progress or (lambda _step: None)
+    say("preparing data")
+    data = _training_set(real, seed)
+    del real  # the caller's frame is ours now: free it before the fit
+    holdout = data.holdout
     say("training")
     pipeline = build_pipeline()
-    pipeline.fit(data[FEATURES], data["label"].to_numpy(), classify__sample_weight=weights)
+    pipeline.fit(data.features, data.target, classify__sample_weight=data.weights)
     say("evaluating")
     meta = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rows": len(real),
-        "labels": len(labels),
-        "synthetic": len(made),
+        **data.counts,
         "seed": seed,
-        "holdout": holdout_kind,
+        "holdout": data.holdout_kind,
         "holdout_rows": len(holdout),
         "scores": scores(pipeline, holdout),
         "features": FEATURES,
