@@ -19,6 +19,7 @@ from ml.registry import ModelStore, StoreError
 log = logging.getLogger(__name__)
 COMMANDS = [
     BotCommand("status", "every machine, or /status <device> for one"),
+    BotCommand("rejected", "latest invalid messages and why"),
     BotCommand("versions", "model versions and their scores"),
     BotCommand("retrain", "train a new model from data and labels (admins)"),
     BotCommand("rollback", "go back to an earlier model version (admins)"),
@@ -41,6 +42,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
     application.add_handler(CommandHandler("status", handlers.status))
+    application.add_handler(CommandHandler("rejected", handlers.rejected_command))
     application.add_handler(CommandHandler("versions", handlers.versions_command))
     # Retraining takes a while: it must not hold up /status and the buttons.
     application.add_handler(CommandHandler("retrain", handlers.retrain_command, block=False))

@@ -73,6 +73,12 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
 
 
+async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/rejected: the latest invalid messages, so a sender can fix its script."""
+    rows = await asyncio.to_thread(store.rejected)
+    await update.effective_message.reply_text(texts.rejected(rows), parse_mode=ParseMode.HTML)
+
+
 async def label_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A press on ✅ Correct or ❌ Wrong prediction: store the label and show it on the alert."""
     query = update.callback_query

@@ -208,12 +208,7 @@ def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> None:
     Label.create(metric=metric_id, value=value, user_id=user_id, user_name=user_name[:200], created=time.time())
 
 
-def labels_of(metric_id: int) -> list[Label]:
-    """Every label of a sample, oldest first."""
-    return list(Label.select().where(Label.metric == metric_id).order_by(Label.created, Label.id))
-
-
-def rejected(limit: int = 100) -> list[Rejected]:
+def rejected(limit: int = 10) -> list[Rejected]:
     """The most recent rejected messages, newest first."""
     return list(Rejected.select().order_by(Rejected.id.desc()).limit(limit))
 

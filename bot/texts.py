@@ -11,7 +11,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import MessageLimit
 
 from agent.wire import KNOWN_METRICS
-from bot.store import StoredSample
+from bot.store import Rejected, StoredSample
 from ml.registry import ModelVersion
 from ml.retrain import Retrained
 from ml.versions import table as versions_table
@@ -26,6 +26,7 @@ intervention (it is <i>stressed</i>).
 
 /status: every machine: last seen, latest P(stressed), state
 /status &lt;device&gt;: the latest sample of one machine, its prediction and the model version
+/rejected: the latest messages that broke the wire format, and why
 /versions: the model versions, newest first, with their scores
 /retrain: train a new model from the data and your labels (admins)
 /rollback [version]: go back to the previous or a given model version (admins)
@@ -237,3 +238,11 @@ def not_admin(command: str, user_id: int) -> str:
         f"Only admins can use {command}. Your user id is <code>{user_id}</code>; "
         "an admin can add it to ADMIN_USER_IDS."
     )
+
+
+def rejected(rows: list[Rejected]) -> str:
+    """/rejected: the latest messages that broke the wire format, with their reasons."""
+    if not rows:
+        return "No message has been rejected."
+    lines = [f"{when(r.received)}  {r.source}  {r.size} B\n  {r.reason}" for r in rows]
+    return f"<b>Latest rejected messages</b> (newest first)\n{pre(lines)}"

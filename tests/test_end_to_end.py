@@ -146,6 +146,8 @@ def test_malformed_messages_are_rejected_with_a_reason_and_neighbours_are_stored
         bot.wait_log("rejected message", count=len(bad))
         store.open_database(url)
         wait_until(lambda: store.Metric.select().count() == 2, what="both valid messages stored")
+        listing = ask(telegram, "/rejected")
+        assert "unknown version" in listing and f"{topic}[0]@" in listing
         assert bot.stop() == 0
     assert sorted(m.device for m in store.Metric.select()) == ["good1", "good2"]
     reasons = [r.reason for r in store.Rejected.select().order_by(store.Rejected.id)]

@@ -193,17 +193,19 @@ def test_a_button_press_finds_its_sample_only_on_the_exact_alert(database: pw.Da
     assert store.alerted_sample(hot.id, chat, message + 1) is None, "another message"
 
 
-def test_labels_of_a_sample_come_back_oldest_first(database: pw.Database) -> None:
+def test_the_latest_label_of_a_sample_wins_and_who_pressed_is_kept(database: pw.Database) -> None:
     hot, other = store.store_batch([sample("pc1", cpu_percent=99), sample("pc2", cpu_percent=5)], [0.9, 0.1], 1, [])
 
     store.add_label(hot.id, 0, 1001, "alice")
     store.add_label(hot.id, 1, 1002, "bob " + "x" * 300)
 
-    labels = store.labels_of(hot.id)
+    assert store.latest_labels() == {hot.id: 1}
+    labels = list(store.Label.select().order_by(store.Label.id))
     assert [(label.value, label.user_id) for label in labels] == [(0, 1001), (1, 1002)]
     assert labels[0].user_name == "alice"
-    assert labels[1].user_name.startswith("bob ")
-    assert store.labels_of(other.id) == []
+    assert labels[1].user_name.startswith("bob ") and len(labels[1].user_name) == 200
+    assert store.training_frame(["cpu_percent"])["label"].isna().tolist() == [False, True]
+    assert other.id not in store.latest_labels()
 
 
 def test_a_batch_of_5000_full_samples_is_stored_in_one_call(database: pw.Database) -> None:
