@@ -151,18 +151,23 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         def report(step: str) -> None:  # called from the training thread
             edits.append(asyncio.run_coroutine_threadsafe(_edit(progress, texts.retrain_progress(step)), loop))
 
+        failure: Exception | None = None
         try:
             result = await asyncio.to_thread(
                 retrain, model.store, model.current, lambda: store.training_frame(FEATURES), report
             )
             if result.better:
                 await asyncio.to_thread(model.activate, result.saved.version)
-        except StoreError as exc:
-            await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
-            await _edit(progress, f"❌ Retrain failed: {html.escape(str(exc))}\nThe active model is unchanged "
+        except Exception as exc:  # the model store, the database: say so here and keep the model
+            failure = exc
+            if not isinstance(exc, StoreError):
+                log.exception("retrain failed")
+        # The step edits must land before the last one, or a late step would overwrite the result.
+        await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
+        if failure is not None:
+            await _edit(progress, f"❌ Retrain failed: {html.escape(str(failure))}\nThe active model is unchanged "
                                   f"(v{model.version}).")
             return
-        await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
         markup = None if result.better else texts.activate_keyboard(result.saved.version,
                                                                     f"Activate v{result.saved.version} anyway")
         await _edit(progress, texts.retrain_result(result, activated=result.better), markup)
