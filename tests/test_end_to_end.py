@@ -220,3 +220,38 @@ def test_an_alert_waits_out_a_telegram_outage_and_the_data_is_stored_meanwhile(
         assert alert["reply_markup"]["inline_keyboard"]
         assert bot.stop() == 0
     assert store.Alert.select().count() == 1
+
+
+def test_a_dead_broker_is_logged_once_and_the_bot_keeps_answering(telegram: FakeTelegram, tmp_path: Path) -> None:
+    from tests.fakes.services import free_port
+
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("Kafka unreachable")
+        assert "No machine has reported yet" in ask(telegram, "/status")
+        time.sleep(2)  # librdkafka retries meanwhile: each retry must not be another log line
+        assert bot.log.count("Kafka unreachable") == 1
+        assert bot.stop() == 0
+
+
+def test_a_tampered_active_model_is_refused_at_start_and_the_chat_is_told(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, SAMPLE_INTERVAL_SECONDS="0.3")
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("model v1 is active")
+        assert bot.stop() == 0
+    artifact = tmp_path / "models" / "v0001.pkl"
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    store.open_database(url)
+    before = store.Metric.select().count()
+
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        warning = telegram.wait_for_message(CHAT, lambda text: "No model could be loaded" in text)
+        assert "SHA-256" in warning["text"]
+        wait_until(lambda: store.Metric.select().count() >= before + 2, what="samples stored without a model")
+        assert bot.stop() == 0
+    unpredicted = store.Metric.select().order_by(store.Metric.id).offset(before)
+    assert [m.p_stressed for m in unpredicted] == [None] * (store.Metric.select().count() - before)
