@@ -219,26 +219,20 @@ def latest_labels() -> dict[int, int]:
     return dict(query)
 
 
-def metrics_frame(columns: list[str], where: str = "") -> pd.DataFrame:
-    """Every stored sample as a float frame indexed by sample id; NULL metrics are NaN.
+def training_frame(features: list[str]) -> pd.DataFrame:
+    """The features of every sample, indexed by sample id, plus `label`: the latest human label, NaN where
+    nobody labelled it. NULL metrics are NaN.
 
     Read with a plain cursor in chunks: a million peewee objects would cost seconds and gigabytes.
     """
-    unknown = set(columns) - set(KNOWN_METRICS) - {"ts", "p_stressed", "model_version"}
+    unknown = set(features) - set(KNOWN_METRICS)
     if unknown:
-        raise ValueError(f"not a numeric column: {sorted(unknown)}")
-    cursor = db.execute_sql(f"SELECT id, {', '.join(columns)} FROM metric {where} ORDER BY id")
+        raise ValueError(f"not a metric column: {sorted(unknown)}")  # the names go into the SQL text
+    cursor = db.execute_sql(f"SELECT id, {', '.join(features)} FROM metric ORDER BY id")
     chunks = []
     while rows := cursor.fetchmany(FETCH_CHUNK):
         chunks.append(np.array(rows, dtype=float))
-    values = np.vstack(chunks) if chunks else np.empty((0, len(columns) + 1))
-    frame = pd.DataFrame(values[:, 1:], columns=columns, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
-    return frame
-
-
-def training_frame(features: list[str]) -> pd.DataFrame:
-    """The features of every sample plus `label`: the latest human label, NaN where nobody labelled it."""
-    frame = metrics_frame(features)
-    labels = latest_labels()
-    frame["label"] = pd.Series(labels, dtype=float).reindex(frame.index)
+    values = np.vstack(chunks) if chunks else np.empty((0, len(features) + 1))
+    frame = pd.DataFrame(values[:, 1:], columns=features, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
+    frame["label"] = pd.Series(latest_labels(), dtype=float).reindex(frame.index)
     return frame

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fakes.scenario import TOKEN
 from tests.fakes.services import KafkaBroker, postgres_cluster, s3_server
 from tests.fakes.telegram_api import FakeTelegram
-
-TOKEN = "123456:" + "A" * 35
 
 
 @pytest.fixture(scope="session")

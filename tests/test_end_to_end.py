@@ -7,15 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
 from bot import store
-from tests.conftest import TOKEN
 from tests.fakes.bot_process import BotProcess
+from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
 
-CHAT = 4242
-ADMIN = 7
 STRANGER_CHAT = 9999
 
 pytestmark = pytest.mark.slow
@@ -30,39 +27,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     database.drop_tables(store.TABLES)
     database.close()
     return url
-
-
-def bot_env(telegram: FakeTelegram, tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": telegram.url, "ALLOWED_CHAT_IDS": str(CHAT),
-        "ADMIN_USER_IDS": str(ADMIN), "DATABASE_URL": database_url, "MODEL_STORE": f"file:{tmp_path}/models",
-        "KAFKA_SESSION_TIMEOUT_MS": "2000", "POLL_INTERVAL_SECONDS": "0.2", **extra,
-    }
-
-
-def message(device: str, ts: float, **metrics: float) -> bytes:
-    return json.dumps({"v": 1, "device": device, "ts": ts, "metrics": metrics}).encode()
-
-
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2_000_000, "linger.ms": 20})
-    for key, value in messages:
-        producer.produce(topic, key=key, value=value)
-        producer.poll(0)
-    assert producer.flush(10) == 0
-
-
-def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met after {timeout} s"
-        time.sleep(0.1)
-
-
-def ask(telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN) -> str:
-    mark = telegram.call_count()
-    telegram.send_text(chat, text, user_id=user)
-    return telegram.wait_for_message(chat, after=mark)["text"]
 
 
 def test_a_stressed_machine_is_alerted_labelled_and_shown_in_status(

@@ -16,9 +16,9 @@ from bot import store
 from ml import model as ml_model
 from ml.registry import open_store
 from tests.fakes.bot_process import BotProcess
+from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, message, produce, wait_until
 from tests.fakes.services import free_port
 from tests.fakes.telegram_api import FakeTelegram
-from tests.test_end_to_end import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
 
 pytestmark = pytest.mark.slow
 STRESSED = {"cpu_percent": 99.0, "mem_percent": 97.0, "disk_percent": 40.0, "load_1m": 0.3}
@@ -46,7 +46,8 @@ def reply_to(telegram: FakeTelegram, command: str, pattern: str, user: int = ADM
     """Send a command and return the bot's reply that matches `pattern`."""
     mark = telegram.call_count()
     telegram.send_text(CHAT, command, user_id=user)
-    return telegram.wait_for_message(CHAT, lambda text: re.search(pattern, text) is not None, after=mark)
+    return telegram.wait_for_message(CHAT, lambda text: re.search(pattern, text) is not None, after=mark,
+                                     timeout=WAIT_S)
 
 
 def press_and_wait_edit(telegram: FakeTelegram, message: dict, button_text: str, pattern: str) -> str:
