@@ -7,9 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ml.config import ConfigError, database_url, model_store
 
-class ConfigError(Exception):
-    """A configuration value that cannot be used; the text names the variable."""
+__all__ = ["ConfigError", "Settings", "load_settings"]
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,6 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     return value
 
 
-def _model_store(raw: str) -> str:
-    if not (raw.startswith("file:") and len(raw) > 5) and not re.fullmatch(r"s3://[a-z0-9.\-]{3,63}(/.*)?", raw):
-        raise ConfigError(f"MODEL_STORE must be file:<dir> or s3://bucket/prefix, got {raw[:60]!r}")
-    return raw
-
-
-def _database_url(raw: str) -> str:
-    if not re.match(r"(sqlite|postgres|postgresql)(\+pool)?://", raw):
-        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
-    return raw
-
-
 def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool = True) -> Settings:
     """Settings from the environment; raises ConfigError naming the first bad variable."""
     env = os.environ if env is None else env
@@ -83,12 +71,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         api_url=api_url,
         allowed_chat_ids=_id_set(env, "ALLOWED_CHAT_IDS"),
         admin_user_ids=_id_set(env, "ADMIN_USER_IDS"),
-        database_url=_database_url(env.get("DATABASE_URL", "").strip() or "sqlite:///data/rigwatch.sqlite3"),
+        database_url=database_url(env),
         kafka_bootstrap=bootstrap,
         kafka_topic=env.get("KAFKA_TOPIC", "").strip() or "rigwatch.metrics",
         kafka_group_id=env.get("KAFKA_GROUP_ID", "").strip() or "rigwatch-bot",
         kafka_session_timeout_ms=int(_number(env, "KAFKA_SESSION_TIMEOUT_MS", 10000, 1000, 300000)),
-        model_store=_model_store(env.get("MODEL_STORE", "").strip() or "file:models"),
+        model_store=model_store(env),
         alert_threshold=_number(env, "ALERT_THRESHOLD", 0.7, 0.0, 1.0),
         alert_repeat_s=60 * _number(env, "ALERT_REPEAT_MINUTES", 30, 0, 7 * 24 * 60),
         sample_interval_s=_number(env, "SAMPLE_INTERVAL_SECONDS", 5, 0.1, 3600),

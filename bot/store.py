@@ -8,19 +8,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
 import peewee as pw
-from playhouse.db_url import connect
 
 from agent.wire import KNOWN_METRICS, Sample
+from ml import data
 
 db = pw.DatabaseProxy()
 INSERT_CHUNK = 1000  # rows per INSERT: well under SQLite's limit of bound variables
-FETCH_CHUNK = 10_000  # rows turned into an array at a time: bounds the memory of Python tuples
 
 
 class BaseModel(pw.Model):
@@ -101,15 +97,7 @@ class StoredSample:
 
 def open_database(url: str) -> pw.Database:
     """Connect the models to DATABASE_URL and create the tables; SQLite's folder is created."""
-    parsed = urlparse(url)
-    if parsed.scheme.startswith("sqlite"):
-        path = url.split("://", 1)[1][1:]  # sqlite:///rel/path and sqlite:////abs/path
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets /status read while the poller writes; busy_timeout waits out a writer.
-        database = connect(url, returning_clause=True, pragmas={"journal_mode": "wal", "busy_timeout": 10000})
-    else:
-        database = connect(url)
+    database = data.connect(url)
     db.initialize(database)
     database.create_tables(TABLES, safe=True)
     return database
@@ -215,24 +203,12 @@ def rejected(limit: int = 10) -> list[Rejected]:
 
 def latest_labels() -> dict[int, int]:
     """Sample id -> the value of its latest label."""
-    query = Label.select(Label.metric, Label.value).order_by(Label.created, Label.id).tuples()
-    return dict(query)
+    return data.latest_labels(db.obj)
 
 
 def training_frame(features: list[str]) -> pd.DataFrame:
-    """The features of every sample, indexed by sample id, plus `label`: the latest human label, NaN where
-    nobody labelled it. NULL metrics are NaN.
-
-    Read with a plain cursor in chunks: a million peewee objects would cost seconds and gigabytes.
-    """
+    """Every sample's features and latest label (see ml.data.training_frame)."""
     unknown = set(features) - set(KNOWN_METRICS)
     if unknown:
-        raise ValueError(f"not a metric column: {sorted(unknown)}")  # the names go into the SQL text
-    cursor = db.execute_sql(f"SELECT id, {', '.join(features)} FROM metric ORDER BY id")
-    chunks = []
-    while rows := cursor.fetchmany(FETCH_CHUNK):
-        chunks.append(np.array(rows, dtype=float))
-    values = np.vstack(chunks) if chunks else np.empty((0, len(features) + 1))
-    frame = pd.DataFrame(values[:, 1:], columns=features, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
-    frame["label"] = pd.Series(latest_labels(), dtype=float).reindex(frame.index)
-    return frame
+        raise ValueError(f"not a metric column: {sorted(unknown)}")
+    return data.training_frame(db.obj, features)

@@ -14,18 +14,18 @@ CHUNK = 50_000
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bot import store
-    from bot.config import ConfigError, load_settings
+    from ml import data
+    from ml.config import ConfigError, load_store_settings
 
     parser = argparse.ArgumentParser(prog="python -m ml.export", description=__doc__)
     parser.add_argument("--out", required=True, help="CSV file to write ('-' for stdout)")
     args = parser.parse_args(argv)
     try:
-        store.open_database(load_settings(require_token=False).database_url)
+        database = data.connect(load_store_settings().database_url)
     except ConfigError as exc:
         sys.exit(f"rigwatch: {exc}")
-    labels = store.latest_labels()
-    cursor = store.db.execute_sql(f"SELECT {', '.join(COLUMNS)} FROM metric ORDER BY id")
+    labels = data.latest_labels(database)
+    cursor = database.execute_sql(f"SELECT {', '.join(COLUMNS)} FROM metric ORDER BY id")
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
     count = 0
     with out:

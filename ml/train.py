@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     import logging
     import sys
 
-    from bot import store
-    from bot.config import ConfigError, load_settings
+    from ml import data
     from ml import model as ml_model
+    from ml.config import ConfigError, load_store_settings
     from ml.registry import StoreError, open_store
     from ml.retrain import retrain
 
@@ -147,14 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        settings = load_settings(require_token=False)
-        store.open_database(settings.database_url)
+        settings = load_store_settings()
+        database = data.connect(settings.database_url)
         model_store = open_store(settings.model_store)
         active_version = model_store.active()
         active = None
         if active_version is not None:
             active = (active_version, ml_model.from_bytes(model_store.load(active_version)))
-        result = retrain(model_store, active, lambda: store.training_frame(FEATURES), print, args.seed)
+        result = retrain(model_store, active, lambda: data.training_frame(database, FEATURES), print, args.seed)
         if result.better:
             model_store.activate(result.saved.version)
     except (ConfigError, StoreError, ValueError) as exc:

@@ -25,10 +25,10 @@ def table(versions: list[ModelVersion], active: int | None) -> str:
 
 
 def main() -> None:
-    from bot.config import ConfigError, load_settings
+    from ml.config import ConfigError, load_store_settings
 
     try:
-        model_store = open_store(load_settings(require_token=False).model_store)
+        model_store = open_store(load_store_settings().model_store)
         versions, active = model_store.versions(), model_store.active()
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
