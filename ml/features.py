@@ -1,14 +1,37 @@
-"""The metrics the model uses, and turning samples into the frame it expects."""
+"""The metrics the model uses, where each one is healthy and where it needs an intervention, and turning
+samples into the frame the model expects."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+
+@dataclass(frozen=True)
+class Zone:
+    """What the values of one metric mean to an operator; every model metric is "more is worse"."""
+
+    typical: float  # a healthy machine's usual value: stands in for a missing metric, reference of explanations
+    healthy: float  # busy but healthy machines go up to here
+    edge: float  # from here on the machine needs a technical intervention (None of CPU's own: see below)
+    top: float  # the largest value a sample sensibly has
+
+
 # Rates (bytes per second) and counts depend on the machine's size, so the model leaves them out.
-FEATURES = ["cpu_percent", "load_1m", "mem_percent", "swap_percent", "disk_percent", "cpu_temp_c"]
+# CPU at 100 % alone is a busy machine; it is stressed when the run queue stays long too (load_1m), so CPU's
+# edge is only ever reached together with load's.
+ZONES: dict[str, Zone] = {
+    "cpu_percent": Zone(typical=20.0, healthy=100.0, edge=100.0, top=100.0),
+    "load_1m": Zone(typical=0.3, healthy=1.2, edge=2.0, top=8.0),
+    "mem_percent": Zone(typical=50.0, healthy=90.0, edge=96.0, top=100.0),
+    "swap_percent": Zone(typical=5.0, healthy=35.0, edge=85.0, top=100.0),
+    "disk_percent": Zone(typical=50.0, healthy=90.0, edge=97.0, top=100.0),
+    "cpu_temp_c": Zone(typical=50.0, healthy=82.0, edge=92.0, top=110.0),
+}
+FEATURES = list(ZONES)
 
 
 def frame(samples: Iterable[Mapping[str, float]]) -> pd.DataFrame:
