@@ -1,9 +1,10 @@
-"""Synthetic training samples generated around edge values.
+"""Synthetic training samples: healthy machines, and machines with one or two metrics at an edge.
 
 Machines that are down send nothing, so real stressed samples are rare. We make them: a sample whose
-metrics lie inside the normal range observed on the fleet, with one or two metrics pushed to an
-extreme (a CPU pinned at 100 %, memory or disk full, swap thrashing, a hot CPU). Everything is drawn
-from a seeded generator, so the same seed gives the same rows.
+metrics lie anywhere in the healthy range (idle to busy), with one or two metrics pushed to their edge
+(memory, swap or disk full, a hot CPU, a run queue far longer than the CPUs, which also pins the CPU).
+Healthy rows span the same range, busy machines included, so that busy-but-healthy stays normal whatever
+the fleet happens to look like. Everything is drawn from a seeded generator: the same seed, the same rows.
 """
 
 from __future__ import annotations
@@ -11,67 +12,73 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ml.features import FEATURES
+from ml.features import FEATURES, ZONES
 
-# Where a metric sits on a healthy machine when the fleet has not told us yet.
-DEFAULT_NORMAL = {
-    "cpu_percent": (1.0, 60.0),
-    "load_1m": (0.01, 0.7),
-    "mem_percent": (15.0, 70.0),
-    "swap_percent": (0.0, 15.0),
-    "disk_percent": (5.0, 75.0),
-    "cpu_temp_c": (30.0, 68.0),
-}
-# Where a metric says the machine needs a technical intervention.
-EDGES = {
-    "cpu_percent": (95.0, 100.0),
-    "load_1m": (1.8, 4.0),
-    "mem_percent": (94.0, 100.0),
-    "swap_percent": (75.0, 100.0),
-    "disk_percent": (96.0, 100.0),
-    "cpu_temp_c": (88.0, 105.0),
-}
-MIN_OBSERVED = 30  # fewer real values than this and the default normal range is used
-NO_SENSOR_SHARE = 0.3  # many machines have no temperature sensor: teach the model to do without
+NO_SENSOR_SHARE = 0.15  # per metric: machines lack sensors (no temperature, no swap): teach the model to do without
+# CPU at 100 % is a busy machine, not an edge of its own: it is pinned only together with a long run queue.
+PUSHABLE = [name for name in FEATURES if name != "cpu_percent"]
+PINNED_CPU = (90.0, 100.0)
 
 
-def normal_ranges(real: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """The 5th to 95th percentile of each metric on real samples, kept below its edge."""
-    ranges = {}
-    for name in FEATURES:
-        values = real[name].dropna() if name in real else pd.Series(dtype=float)
-        low, high = DEFAULT_NORMAL[name]
-        if len(values) >= MIN_OBSERVED:
-            low, high = float(values.quantile(0.05)), float(values.quantile(0.95))
-        edge = EDGES[name][0]
-        high = min(high, edge * 0.9)
-        ranges[name] = (min(low, high), high)
-    return ranges
+def healthy_range(name: str) -> tuple[float, float]:
+    """From an idle to a busy but healthy machine."""
+    zone = ZONES[name]
+    return min(0.0, zone.typical), zone.healthy
 
 
-def _uniform(rng: np.random.Generator, ranges: dict[str, tuple[float, float]], n: int) -> np.ndarray:
-    lows = np.array([ranges[name][0] for name in FEATURES])
-    highs = np.array([ranges[name][1] for name in FEATURES])
-    return lows + rng.random((n, len(FEATURES))) * (highs - lows)
+def edge_range(name: str) -> tuple[float, float]:
+    """Where a metric says the machine needs a technical intervention."""
+    zone = ZONES[name]
+    return zone.edge, zone.top
+
+
+def healthy_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Metrics drawn uniformly from idle to busy-but-healthy, some sensors missing."""
+    bounds = np.array([healthy_range(name) for name in FEATURES])
+    values = bounds[:, 0] + rng.random((n, len(FEATURES))) * (bounds[:, 1] - bounds[:, 0])
+    values[rng.random(values.shape) < NO_SENSOR_SHARE] = np.nan
+    return values
+
+
+def push_edges(backgrounds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The rows with one or two metrics each pushed to an edge value; the rest of each row is kept."""
+    values = backgrounds.copy()
+    cpu, load = FEATURES.index("cpu_percent"), FEATURES.index("load_1m")
+    for row in values:
+        for name in rng.choice(PUSHABLE, size=rng.integers(1, 3), replace=False):
+            row[FEATURES.index(name)] = rng.uniform(*edge_range(name))
+        if row[load] >= ZONES["load_1m"].edge:
+            row[cpu] = rng.uniform(*PINNED_CPU)
+    return values
 
 
 def synthetic(
-    n_stressed: int, n_normal: int, ranges: dict[str, tuple[float, float]], seed: int
+    n_stressed: int, n_normal: int, seed: int, backgrounds: pd.DataFrame | None = None,
+    background_weights: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """`n_stressed` edge-value rows labelled 1 and `n_normal` in-range rows labelled 0."""
+    """`n_stressed` edge-value rows labelled 1 and `n_normal` healthy rows labelled 0.
+
+    The stressed rows' other metrics are drawn from `backgrounds` (real normal rows, by weight) when given,
+    else from the healthy range: either way from where normal rows lie, so a background alone says nothing.
+    """
     rng = np.random.default_rng(seed)
-    normal = _uniform(rng, ranges, n_normal)
-    stressed = _uniform(rng, ranges, n_stressed)
-    edge_lows = np.array([EDGES[name][0] for name in FEATURES])
-    edge_highs = np.array([EDGES[name][1] for name in FEATURES])
-    for row in stressed:
-        pushed = rng.choice(len(FEATURES), size=rng.integers(1, 3), replace=False)
-        row[pushed] = edge_lows[pushed] + rng.random(len(pushed)) * (edge_highs[pushed] - edge_lows[pushed])
-    values = np.vstack([stressed, normal])
-    out = pd.DataFrame(values, columns=FEATURES)
-    temp = FEATURES.index("cpu_temp_c")
-    # Drop the sensor only where it was not the pushed metric, so every stressed row stays stressed.
-    no_sensor = (rng.random(len(out)) < NO_SENSOR_SHARE) & (values[:, temp] < EDGES["cpu_temp_c"][0])
-    out.loc[no_sensor, "cpu_temp_c"] = np.nan
+    normal = healthy_rows(n_normal, rng)
+    if backgrounds is None:
+        base = healthy_rows(n_stressed, rng)
+    else:
+        p = None if background_weights is None else background_weights / background_weights.sum()
+        base = backgrounds[FEATURES].to_numpy(dtype=float)[rng.choice(len(backgrounds), size=n_stressed, p=p)]
+    out = pd.DataFrame(np.vstack([push_edges(base, rng), normal]), columns=FEATURES)
     out["label"] = np.r_[np.ones(n_stressed, dtype=int), np.zeros(n_normal, dtype=int)]
     return out
+
+
+def clearly_normal(real: pd.DataFrame) -> pd.Series:
+    """Rows whose every metric lies in the healthy range: only those may count as normal without a label.
+
+    An unlabelled sample near an edge is most likely an alert nobody answered, not evidence of normal.
+    """
+    inside = pd.Series(True, index=real.index)
+    for name in FEATURES:
+        inside &= real[name].isna() | (real[name] <= ZONES[name].healthy)
+    return inside

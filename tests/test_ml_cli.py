@@ -51,3 +51,30 @@ def test_a_bad_model_store_is_one_clear_line(tmp_path: Path) -> None:
     result = run("ml.versions", env={"MODEL_STORE": "ftp://models"})
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "MODEL_STORE" in result.stderr
+
+
+def test_evaluate_passes_on_the_first_model_and_fails_on_a_model_taught_to_cry_wolf(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from ml import model as ml_model
+    from ml.registry import open_store
+    from ml.scenarios import BACKGROUNDS
+    from ml.train import train
+
+    env = {"MODEL_STORE": f"file:{tmp_path}/models"}
+    first = run("ml.evaluate", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "no active model" in first.stdout and "disk 100 % on idle machine" in first.stdout
+    assert first.stdout.strip().endswith("scenarios hold")
+
+    # Somebody pressed "Correct" on a hundred typical machines: the model now alerts on healthy ones.
+    wolf = pd.DataFrame([BACKGROUNDS["typical"]] * 100).assign(label=1)
+    model_store = open_store(env["MODEL_STORE"])
+    trained = train(wolf)
+    model_store.activate(model_store.save(ml_model.to_bytes(trained.pipeline), trained.meta).version)
+
+    failing = run("ml.evaluate", env=env)
+    assert failing.returncode == 1
+    assert "model v1 of file:" in failing.stdout
+    assert any(line.startswith("typical machine") and line.endswith("FAIL") for line in failing.stdout.splitlines())
+    assert "scenarios FAIL" in failing.stdout.splitlines()[-1]

@@ -1,0 +1,117 @@
+"""Scenarios an operator recognises, each with the verdict a model must give: the yardstick of every model.
+
+A model's own holdout is made of the same synthetic rows it learned from, so a high F1 there says little.
+These rows say what an operator expects: any single metric at its edge alerts, on an idle machine, a
+typical one and a small board alike; busy but healthy machines do not, whatever sensors they lack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+from sklearn.pipeline import Pipeline
+
+from ml import model as ml_model
+from ml.features import FEATURES
+
+STRESSED_AT_LEAST = 0.9
+HEALTHY_AT_MOST = 0.3
+
+BACKGROUNDS: dict[str, dict[str, float]] = {
+    "idle": {"cpu_percent": 3, "load_1m": 0.02, "mem_percent": 20, "swap_percent": 0, "disk_percent": 20,
+             "cpu_temp_c": 35},
+    "typical": {"cpu_percent": 20, "load_1m": 0.3, "mem_percent": 50, "swap_percent": 5, "disk_percent": 50,
+                "cpu_temp_c": 50},
+    # A small board: a Raspberry Pi without swap, warm even when idle.
+    "small board": {"cpu_percent": 12, "load_1m": 0.2, "mem_percent": 45, "disk_percent": 35, "cpu_temp_c": 58},
+}
+EDGES: dict[str, dict[str, float]] = {
+    "disk 99 %": {"disk_percent": 99},
+    "disk 100 %": {"disk_percent": 100},
+    "memory 98 %": {"mem_percent": 98},
+    "memory 99.5 %": {"mem_percent": 99.5},
+    "swap 90 %": {"swap_percent": 90},
+    "temperature 95 °C": {"cpu_temp_c": 95},
+    "CPU 100 %, load 2.5 per CPU": {"cpu_percent": 100, "load_1m": 2.5},
+    "CPU 100 %, load 4 per CPU": {"cpu_percent": 100, "load_1m": 4.0},
+}
+BUSY_HEALTHY = {"cpu_percent": 75, "load_1m": 0.9, "mem_percent": 88, "swap_percent": 25, "disk_percent": 85,
+                "cpu_temp_c": 78}
+SHORT_NAMES = {"cpu_percent": "CPU", "load_1m": "load", "mem_percent": "memory", "swap_percent": "swap",
+               "disk_percent": "disk", "cpu_temp_c": "temperature"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    sample: dict[str, float]
+    stressed: bool  # what an operator expects
+
+    def holds(self, p: float) -> bool:
+        return p >= STRESSED_AT_LEAST if self.stressed else p <= HEALTHY_AT_MOST
+
+
+def _without(sample: dict[str, float], missing: Sequence[str]) -> dict[str, float]:
+    return {k: v for k, v in sample.items() if k not in missing}
+
+
+def scenarios(every_sensor_subset: bool = False) -> list[Scenario]:
+    """The table. With `every_sensor_subset`, the busy healthy machine with each of the 64 subsets of its
+    sensors (the tests); without, with each sensor missing alone and with only one present (the report)."""
+    rows = [Scenario(f"{edge} on {bg} machine", {**BACKGROUNDS[bg], **values}, True)
+            for edge, values in EDGES.items() for bg in BACKGROUNDS]
+    rows += [Scenario(f"{bg} machine", values, False) for bg, values in BACKGROUNDS.items()]
+    rows += [
+        Scenario("busy but healthy (CPU 75 %, load 0.9, memory 88 %, swap 25 %, disk 85 %, 78 °C)", BUSY_HEALTHY,
+                 False),
+        Scenario("busy (CPU 70 %, load 0.8, memory 80 %, swap 20 %, disk 85 %, 75 °C)",
+                 {"cpu_percent": 70, "load_1m": 0.8, "mem_percent": 80, "swap_percent": 20, "disk_percent": 85,
+                  "cpu_temp_c": 75}, False),
+        Scenario("short spike: CPU 96 %, load 1.0 per CPU",
+                 {**BACKGROUNDS["typical"], "cpu_percent": 96, "load_1m": 1.0}, False),
+        Scenario("two burners on two cores: CPU 100 %, load 1.0 per CPU",
+                 {**BACKGROUNDS["typical"], "cpu_percent": 100, "load_1m": 1.0}, False),
+        Scenario("no metrics at all", {}, False),
+    ]
+    if every_sensor_subset:
+        missing_sets = [c for k in range(1, len(FEATURES) + 1) for c in combinations(FEATURES, k)]
+    else:
+        missing_sets = [(name,) for name in FEATURES] + [tuple(n for n in FEATURES if n != name) for name in FEATURES]
+    for missing in missing_sets:
+        present = [SHORT_NAMES[n] for n in FEATURES if n not in missing]
+        what = f"without {', '.join(SHORT_NAMES[n] for n in missing)}" if len(present) > 1 else f"only {present[0]}" \
+            if present else "no sensors"
+        rows.append(Scenario(f"busy but healthy, {what}", _without(BUSY_HEALTHY, missing), False))
+    return rows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    scenario: Scenario
+    p: float
+
+    @property
+    def holds(self) -> bool:
+        return self.scenario.holds(self.p)
+
+
+def evaluate(pipeline: Pipeline, table: list[Scenario] | None = None) -> list[Verdict]:
+    """The model's P(stressed) for every scenario, with whether it is what an operator expects."""
+    table = scenarios() if table is None else table
+    ps = ml_model.predict(pipeline, [s.sample for s in table])
+    return [Verdict(s, float(p)) for s, p in zip(table, ps, strict=True)]
+
+
+def report(verdicts: list[Verdict]) -> str:
+    """The table as text: one scenario per line, with the expected verdict, P and pass or FAIL."""
+    width = max(len(v.scenario.name) for v in verdicts)
+    lines = [f"{'scenario':<{width}}  expected          P(stressed)  result"]
+    for v in verdicts:
+        expected = f"P ≥ {STRESSED_AT_LEAST}" if v.scenario.stressed else f"P ≤ {HEALTHY_AT_MOST}"
+        label = f"stressed {expected}" if v.scenario.stressed else f"healthy  {expected}"
+        lines.append(f"{v.scenario.name:<{width}}  {label:<16}  {v.p:>11.3f}  {'pass' if v.holds else 'FAIL'}")
+    failed = sum(not v.holds for v in verdicts)
+    lines.append(f"{failed} of {len(verdicts)} scenarios FAIL" if failed else f"all {len(verdicts)} scenarios hold")
+    return "\n".join(lines)
