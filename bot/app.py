@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 COMMANDS = [
     BotCommand("status", "every machine, or /status <device> for one"),
     BotCommand("rejected", "latest invalid messages and why"),
-    BotCommand("versions", "model versions and their scores"),
+    BotCommand("versions", "model versions, or /versions <n> for one in full"),
     BotCommand("retrain", "train a new model from data and labels (admins)"),
     BotCommand("rollback", "go back to an earlier model version (admins)"),
     BotCommand("help", "what this bot does"),

@@ -174,14 +174,27 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 
 
 async def versions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/versions: every model version, newest first."""
+    """/versions: every model version, newest first; /versions <n>: one in full."""
+    args = context.args or []
+    if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
+        await update.effective_message.reply_text("Usage: /versions or /versions <version>, e.g. /versions 3")
+        return
     model_store = _model(context).store
     try:
         listing, active = await asyncio.to_thread(lambda: (model_store.versions(), model_store.active()))
     except StoreError as exc:
         await update.effective_message.reply_text(f"The model store cannot be read: {exc}")
         return
-    await update.effective_message.reply_text(texts.versions(listing, active), parse_mode=ParseMode.HTML)
+    if not args:
+        await update.effective_message.reply_text(texts.versions(listing, active), parse_mode=ParseMode.HTML)
+        return
+    wanted = int(args[0].lstrip("v"))
+    record = next((r for r in listing if r.version == wanted), None)
+    if record is None:
+        known = ", ".join(f"v{r.version}" for r in listing) or "none"
+        await update.effective_message.reply_text(f"There is no model v{wanted}. Versions: {known}")
+        return
+    await update.effective_message.reply_text(texts.version(record, active), parse_mode=ParseMode.HTML)
 
 
 async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -14,6 +14,7 @@ from agent.wire import KNOWN_METRICS
 from bot.store import Rejected, StoredSample
 from ml.registry import ModelVersion
 from ml.retrain import Retrained
+from ml.versions import detail as version_detail
 from ml.versions import table as versions_table
 
 LABEL_VALUES = {1: "stressed", 0: "normal"}
@@ -27,7 +28,7 @@ intervention (it is <i>stressed</i>).
 /status: every machine: last seen, latest P(stressed), state
 /status &lt;device&gt;: the latest sample of one machine, its prediction and the model version
 /rejected: the latest messages that broke the wire format, and why
-/versions: the model versions, newest first, with their scores
+/versions [version]: the model versions, newest first, with their scores; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
 /rollback [version]: go back to the previous or a given model version (admins)
 /help: this message
@@ -221,6 +222,11 @@ def versions(listing: list[ModelVersion], active: int | None) -> str:
     if not listing:
         return "The model store is empty."
     return f"<b>Model versions</b> (▶ active)\n{pre(versions_table(listing, active).splitlines())}"
+
+
+def version(record: ModelVersion, active: int | None) -> str:
+    """/versions <n>: one version in full, with its calibration on the holdout."""
+    return f"<b>Model v{record.version}</b>\n{pre(version_detail(record, active).splitlines())}"
 
 
 def confirm_rollback(current: int | None, target: ModelVersion) -> str:

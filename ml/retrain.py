@@ -1,4 +1,5 @@
-"""A retrain: train on the store's data, compare with the active model on the same holdout, save.
+"""A retrain: train on the store's data, check it on operator scenarios, compare with the active model on the
+same holdout, save.
 
 Shared by /retrain in the bot and `python -m ml.train`; the caller decides on activation.
 """
@@ -13,6 +14,7 @@ from sklearn.pipeline import Pipeline
 
 from ml import model as ml_model
 from ml.registry import ModelStore, ModelVersion
+from ml.scenarios import evaluate
 from ml.train import Progress, scores, train
 
 
@@ -22,8 +24,9 @@ class Retrained:
     old_version: int | None
     old_scores: dict | None
     new_scores: dict
-    better: bool  # not worse on F1 than the active model on the same holdout
+    better: bool  # passes every operator scenario, and not worse on F1 on a human-labelled holdout
     reason: str
+    failed_scenarios: list[str]
 
 
 def retrain(
@@ -43,12 +46,31 @@ def retrain(
         old_version = active[0]
         old_scores = scores(active[1], trained.holdout)
     meta = {**trained.meta, "compared_with": old_version, "old_scores": old_scores}
+    say("checking operator scenarios")
+    failed = [v.scenario.name for v in evaluate(trained.pipeline) if not v.holds]
+    meta["scenarios_failed"] = failed
     say("saving")
     saved = model_store.save(ml_model.to_bytes(trained.pipeline), meta)
-    if old_scores is None:
-        better, reason = True, "there was no active model"
-    elif new_scores["f1"] >= old_scores["f1"]:
-        better, reason = True, f"F1 {new_scores['f1']:.3f} is not worse than v{old_version}'s {old_scores['f1']:.3f}"
-    else:
-        better, reason = False, f"F1 {new_scores['f1']:.3f} is worse than v{old_version}'s {old_scores['f1']:.3f}"
-    return Retrained(saved, old_version, old_scores, new_scores, better, reason)
+    better, reason = _verdict(trained.meta["holdout"], new_scores, old_version, old_scores, failed)
+    return Retrained(saved, old_version, old_scores, new_scores, better, reason, failed)
+
+
+def _verdict(
+    holdout: str, new: dict, old_version: int | None, old: dict | None, failed: list[str]
+) -> tuple[bool, str]:
+    """Whether the new model may replace the active one by itself, and why.
+
+    The scenario table always counts. F1 counts only on human labels: on synthetic rows every model
+    scores near 1, so a difference there means nothing.
+    """
+    if failed:
+        shown = "; ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        return False, f"it fails {len(failed)} operator scenario{'s' if len(failed) > 1 else ''} ({shown})"
+    if old is None:
+        return True, "it passes every operator scenario and there was no active model"
+    if "human-labelled" not in holdout:
+        return True, "it passes every operator scenario (too few human labels to compare F1)"
+    if new["f1"] >= old["f1"]:
+        return True, f"it passes every operator scenario, and F1 {new['f1']:.3f} on human labels is not worse " \
+                     f"than v{old_version}'s {old['f1']:.3f}"
+    return False, f"F1 {new['f1']:.3f} on human labels is worse than v{old_version}'s {old['f1']:.3f}"

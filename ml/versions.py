@@ -24,15 +24,46 @@ def table(versions: list[ModelVersion], active: int | None) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def detail(version: ModelVersion, active: int | None) -> str:
+    """One version in full: how it was trained and how it scored, with its reliability table."""
+    meta, scores = version.meta, version.meta.get("scores", {})
+    brier = scores.get("brier")
+    lines = [
+        f"v{version.version}{' (active)' if version.version == active else ''}, created {version.created[:16]}",
+        f"trained on {meta.get('rows', 0)} samples, {meta.get('labels', 0)} labels, {meta.get('synthetic', 0)} "
+        f"synthetic; {meta.get('left_out_near_edge', 0)} unlabelled samples near an edge left out",
+        f"holdout: {meta.get('holdout', 'n/a')}, {meta.get('holdout_rows', 0)} rows",
+        f"F1 {_score(version, 'f1')}  precision {_score(version, 'precision')}  recall {_score(version, 'recall')}  "
+        f"ROC AUC {_score(version, 'roc_auc')}  Brier {'n/a' if brier is None else f'{brier:.4f}'}",
+    ]
+    reliability = scores.get("reliability")
+    if reliability:
+        lines += ["", "reliability: predicted vs observed share stressed", "P bin     rows  predicted  observed"]
+        for row in reliability:
+            shown = [("   -" if row[key] is None else f"{row[key]:.2f}") for key in ("predicted", "observed")]
+            lines.append(f"{row['bin']:<8} {row['rows']:>5}  {shown[0]:>9}  {shown[1]:>8}")
+    lines.append(f"SHA-256 {version.sha256[:16]}…, {version.size} bytes")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     from ml.config import ConfigError, load_store_settings
 
+    parser = argparse.ArgumentParser(prog="python -m ml.versions", description=__doc__)
+    parser.add_argument("version", nargs="?", type=int, help="show this version in full")
+    args = parser.parse_args(argv)
     try:
         model_store = open_store(load_store_settings().model_store)
         versions, active = model_store.versions(), model_store.active()
+        chosen = model_store.get(args.version) if args.version is not None else None
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
-    print(table(versions, active) if versions else "The model store is empty.")
+    if chosen is not None:
+        print(detail(chosen, active))
+    else:
+        print(table(versions, active) if versions else "The model store is empty.")
 
 
 if __name__ == "__main__":
