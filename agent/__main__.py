@@ -12,7 +12,6 @@ import time
 
 from agent.collect import Collector
 from agent.config import AgentConfig, load_config
-from agent.publish import Publisher
 from agent.wire import encode
 
 log = logging.getLogger("agent")
@@ -57,6 +56,14 @@ def run_once(config: AgentConfig) -> None:
 def run(config: AgentConfig) -> None:
     """Sample and publish every interval until SIGTERM or SIGINT, then flush what is queued."""
     assert config.bootstrap_servers is not None  # load_config requires it without --once
+    # Imported here, not at the top: `--once` must run on a machine that has only psutil.
+    try:
+        from agent.publish import Publisher
+    except ModuleNotFoundError as exc:
+        if exc.name != "confluent_kafka":
+            raise
+        sys.stderr.write("rigwatch agent: publishing to Kafka needs confluent-kafka (pip install confluent-kafka)\n")
+        raise SystemExit(2) from None
     stop = StopSignal()
     collector = Collector()
     publisher = Publisher(config.bootstrap_servers, config.topic)

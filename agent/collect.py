@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # sensors (disks, Wi-Fi, the battery) are a last resort.
 _CPU_SENSOR_CHIPS = ("coretemp", "k10temp", "cpu_thermal")
 _CPU_SENSOR_LABEL = "Package id 0"
+# Loopback by name, for platforms where psutil reports no interface flags (Windows).
+_LOOPBACK_NAME_RE = re.compile(r"lo\d*|Loopback Pseudo-Interface.*")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,27 @@ def _cpu_temp_c() -> float:
     return max(readings)
 
 
+def _is_loopback(name: str, flags: str) -> bool:
+    return "loopback" in flags.split(",") or bool(_LOOPBACK_NAME_RE.fullmatch(name))
+
+
+def _net_bytes(field: str) -> float:
+    """Bytes sent or received (`field`) over every interface but loopback.
+
+    Traffic a machine sends to itself (the bot and Kafka on one host) never leaves it; counting it would
+    show a busy network on an idle machine, and count each byte twice (sent and received).
+    """
+    stats = psutil.net_if_stats()
+    counters = {
+        name: nic
+        for name, nic in psutil.net_io_counters(pernic=True).items()
+        if not _is_loopback(name, stats[name].flags if name in stats else "")
+    }
+    if not counters:
+        raise LookupError("no network interface besides loopback")
+    return float(sum(getattr(nic, field) for nic in counters.values()))
+
+
 METRICS: tuple[Metric, ...] = (
     Metric("cpu_percent", lambda: psutil.cpu_percent(interval=None), percent=True),
     Metric("cpu_freq_mhz", _cpu_freq_mhz),
@@ -66,8 +89,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("disk_percent", lambda: psutil.disk_usage("/").percent, percent=True),
     Metric("disk_read_bps", lambda: psutil.disk_io_counters().read_bytes, rate=True),
     Metric("disk_write_bps", lambda: psutil.disk_io_counters().write_bytes, rate=True),
-    Metric("net_sent_bps", lambda: psutil.net_io_counters().bytes_sent, rate=True),
-    Metric("net_recv_bps", lambda: psutil.net_io_counters().bytes_recv, rate=True),
+    Metric("net_sent_bps", lambda: _net_bytes("bytes_sent"), rate=True),
+    Metric("net_recv_bps", lambda: _net_bytes("bytes_recv"), rate=True),
     Metric("cpu_temp_c", _cpu_temp_c),
     Metric("process_count", lambda: len(psutil.pids())),
     Metric("uptime_s", lambda: time.time() - psutil.boot_time()),

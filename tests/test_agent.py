@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agent.collect import Collector, Metric, default_device_id
+from agent.collect import METRICS, Collector, Metric, default_device_id
 from agent.config import parse_config
 from agent.wire import DEVICE_RE, KNOWN_METRICS, parse
 from tests.fakes.services import free_port
@@ -57,7 +59,7 @@ def rates_this_machine_has() -> list[str]:
     names = []
     if psutil.disk_io_counters() is not None:
         names += ["disk_read_bps", "disk_write_bps"]
-    if psutil.net_io_counters() is not None:
+    if set(psutil.net_io_counters(pernic=True)) - {"lo"}:
         names += ["net_sent_bps", "net_recv_bps"]
     return names
 
@@ -115,6 +117,44 @@ def test_collector_gives_no_rate_when_a_counter_goes_backwards() -> None:
     assert collector.sample() == {}  # the counter was reset: no rate for this sample
     time.sleep(0.05)
     assert collector.sample()["net_recv_bps"] > 0
+
+
+def _push_through_loopback(nbytes: int) -> None:
+    """Send `nbytes` from this machine to itself over TCP on 127.0.0.1."""
+    received = 0
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as sender:
+        receiver, _ = server.accept()
+
+        def drain() -> None:
+            nonlocal received
+            with receiver:
+                while data := receiver.recv(1 << 20):
+                    received += len(data)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        chunk = b"x" * (1 << 20)
+        for _ in range(nbytes // len(chunk)):
+            sender.sendall(chunk)
+        sender.shutdown(socket.SHUT_WR)
+        reader.join(timeout=30)
+    assert received == nbytes
+
+
+def test_network_rates_leave_out_traffic_the_machine_sends_to_itself() -> None:
+    names = ("net_sent_bps", "net_recv_bps")
+    collector = Collector([m for m in METRICS if m.name in names])
+    collector.sample()
+    loopback_before = psutil.net_io_counters(pernic=True)["lo"].bytes_recv
+    started = time.monotonic()
+    pushed = 256 << 20
+    _push_through_loopback(pushed)
+    rates = collector.sample()
+    elapsed = time.monotonic() - started
+    assert psutil.net_io_counters(pernic=True)["lo"].bytes_recv - loopback_before >= pushed
+    # The machine's real traffic in that moment is far below what it sent itself.
+    for name in names:
+        assert rates[name] * elapsed < pushed / 4, name
 
 
 def test_default_device_id_is_a_valid_device_id() -> None:
