@@ -167,7 +167,13 @@ class Poller:
         except Exception:
             self.source.rewind(batch)
             raise
-        self.source.commit(batch)
+        try:
+            self.source.commit(batch)
+        except KafkaException as exc:
+            # The batch is stored: its alerts must go out now, because when it is read again (after a
+            # restart or a rebalance) the store finds nothing new in it. A later commit covers it.
+            log.warning("could not commit the offsets of a stored batch (%s); it may be read again, which "
+                        "stores nothing twice", exc)
         if self._store_failing:
             log.info("storing works again")
             self._store_failing = False
