@@ -2,7 +2,9 @@
 
 Kafka key: the device id. Value: one JSON object
 ``{"v": 1, "device": "pc1", "ts": 1764226800.25, "metrics": {"cpu_percent": 37.5}}``.
-Every way a message can be wrong raises :class:`WireError` with a reason an operator can read.
+Every way a message can be wrong raises :class:`WireError` with a reason an operator can read, and
+nothing else: whatever a sender puts in a message, :func:`parse` either returns a :class:`Sample` the
+store can hold or raises :class:`WireError`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+
+import orjson
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -34,6 +38,19 @@ KNOWN_METRICS: dict[str, tuple[str, str]] = {
     "uptime_s": ("Uptime", "s"),
 }
 MAX_METRICS = 64
+MAX_NAME = 64
+# Rates, counts and unknown metrics: any larger number is a unit or overflow error in the sender, and
+# would swamp every sum and model fitted on the column.
+LIMIT = 1e15
+BELOW_LIMIT = math.nextafter(LIMIT, 0.0)
+# Inclusive bounds by unit; any other unit is a rate or a count.
+_BOUNDS_BY_UNIT = {"%": (0.0, 100.0), "°C": (-50.0, 150.0)}
+BOUNDS: dict[str, tuple[float, float]] = {
+    name: _BOUNDS_BY_UNIT.get(unit, (0.0, BELOW_LIMIT)) for name, (_label, unit) in KNOWN_METRICS.items()
+}
+UNKNOWN_BOUNDS = (-BELOW_LIMIT, BELOW_LIMIT)
+# orjson stops at these as at any invalid value; the operator should read what they are.
+_NON_FINITE = ("NaN", "Infinity")
 
 
 class WireError(ValueError):
@@ -56,12 +73,8 @@ def encode(device: str, ts: float, metrics: dict[str, float]) -> bytes:
     ).encode()
 
 
-def _reject_constant(name: str) -> float:
-    raise WireError(f"{name} is not a finite number")
-
-
 def _parse_ts(ts: object) -> float:
-    if isinstance(ts, bool) or not isinstance(ts, (int, float, str)):
+    if type(ts) not in (int, float, str):  # bool is an int subclass: True is not a time
         raise WireError("ts must be Unix seconds or an ISO-8601 string with a UTC offset")
     if isinstance(ts, str):
         try:
@@ -70,12 +83,52 @@ def _parse_ts(ts: object) -> float:
             raise WireError(f"ts {ts[:40]!r} is not an ISO-8601 time") from None
         if when.tzinfo is None:
             raise WireError("ts has no UTC offset")
-        value = when.timestamp()
+        try:
+            value = when.timestamp()
+        except (OverflowError, ValueError):  # year 1 or 9999 shifted by its offset out of datetime's range
+            raise WireError("ts is out of range (expected Unix seconds between 2000 and 2100)") from None
     else:
         value = float(ts)
     # Between 2000-01-01 and 2100-01-01: anything else is a clock or unit error (ms instead of s).
     if not (946684800.0 <= value < 4102444800.0):
         raise WireError("ts is out of range (expected Unix seconds between 2000 and 2100)")
+    return value
+
+
+def _loads(value: bytes) -> object:
+    """The JSON document; orjson refuses NaN, infinities, numbers beyond a float, lone surrogates and
+    nesting deeper than 1024, each with a message that says where."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if exc.doc[exc.pos:exc.pos + 8].startswith(_NON_FINITE):
+            raise WireError(f"not JSON: the value at char {exc.pos} is not a finite number") from None
+        if exc.msg.startswith("number is infinity"):
+            raise WireError(f"not JSON: the number at char {exc.pos} is too large for a float, not a finite "
+                            "number") from None
+        raise WireError(f"not JSON: {exc}") from None
+
+
+def _shown(value: object) -> str:
+    """A sender's value, short and safe to put in a reason (a nested one is only named)."""
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    return orjson.dumps(value).decode()[:20]
+
+
+def _metric(name: str, number: object) -> float:
+    """One metric's value, checked against its bounds."""
+    if type(number) not in (float, int):  # bool is an int subclass: True is not a reading
+        raise WireError(f"metric {name!r} is not a number")
+    # orjson gives finite floats and ints that fit in 64 bits, so this conversion cannot overflow.
+    value = float(number)
+    low, high = BOUNDS.get(name, UNKNOWN_BOUNDS)
+    if not low <= value <= high:
+        if high == BELOW_LIMIT:
+            expected = "from 0 to below 1e15" if low == 0.0 else "of magnitude below 1e15"
+        else:
+            expected = f"from {low:g} to {high:g}"
+        raise WireError(f"metric {name!r} is {value:.6g}, out of range (expected {expected})")
     return value
 
 
@@ -85,16 +138,12 @@ def parse(value: bytes | None, key: bytes | None = None) -> Sample:
         raise WireError("empty message")
     if len(value) > MAX_MESSAGE_BYTES:
         raise WireError(f"message is {len(value)} bytes, more than {MAX_MESSAGE_BYTES}")
-    try:
-        doc = json.loads(value, parse_constant=_reject_constant)
-    except WireError:
-        raise
-    except (UnicodeDecodeError, ValueError):
-        raise WireError("not JSON") from None
+    doc = _loads(value)
     if not isinstance(doc, dict):
         raise WireError("not a JSON object")
-    if doc.get("v") != VERSION:
-        raise WireError(f"unknown version v={str(doc.get('v'))[:20]!r} (expected 1)")
+    version = doc.get("v")
+    if type(version) is not int or version != VERSION:  # true == 1 and 1.0 == 1 in Python, not on the wire
+        raise WireError(f"unknown version v={_shown(version)} (expected 1)")
     device = doc.get("device")
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         raise WireError("device must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
@@ -107,11 +156,10 @@ def parse(value: bytes | None, key: bytes | None = None) -> Sample:
         raise WireError(f"more than {MAX_METRICS} metrics")
     clean: dict[str, float] = {}
     for name, number in metrics.items():
-        if len(name) > 64:
-            raise WireError("metric name longer than 64 characters")
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise WireError(f"metric {name[:64]!r} is not a number")
-        if not math.isfinite(number):
-            raise WireError(f"metric {name[:64]!r} is not a finite number")
-        clean[name] = float(number)
+        if len(name) > MAX_NAME:
+            raise WireError(f"metric name {name[:MAX_NAME]!r}… longer than {MAX_NAME} characters")
+        # Names are shown to people and stored as text: no control, format or invisible characters.
+        if not name or not name.isprintable():
+            raise WireError(f"metric name {name!r} is empty or has a control or invisible character")
+        clean[name] = _metric(name, number)
     return Sample(device=device, ts=_parse_ts(doc.get("ts")), metrics=clean)

@@ -12,7 +12,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from telegram.ext import ContextTypes
 
 from agent.collect import Collector, default_device_id
@@ -29,6 +36,7 @@ MODEL_RETRY_S = 60.0
 @dataclass
 class Batch:
     samples: list[Sample] = field(default_factory=list)
+    origins: list[store.Origin] = field(default_factory=list)  # one per sample: where it came from
     rejects: list[store.Rejection] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # what to commit once stored
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # where to rewind on failure
@@ -82,11 +90,20 @@ class KafkaSource:
         batch.first_offsets.setdefault(partition, message.offset())
         batch.next_offsets[partition] = message.offset() + 1
         value = message.value()
+        kind, sent_ms = message.timestamp()
+        origin = store.Origin(f"{partition[0]}[{partition[1]}]@{message.offset()}", value,
+                              None if kind == TIMESTAMP_NOT_AVAILABLE else sent_ms)
         try:
-            batch.samples.append(parse(value, message.key()))
+            sample = parse(value, message.key())
         except WireError as exc:
-            source = f"{partition[0]}[{partition[1]}]@{message.offset()}"
-            batch.rejects.append(store.Rejection(source, str(exc), value))
+            batch.rejects.append(store.Rejection(origin.source, str(exc), value, origin.sent_ms))
+            return
+        except Exception as exc:  # a bug in parse: still one message, never the whole partition
+            log.exception("parsing %s failed", origin.source)
+            batch.rejects.append(store.Rejection(origin.source, f"could not be read: {exc!r}", value, origin.sent_ms))
+            return
+        batch.samples.append(sample)
+        batch.origins.append(origin)
 
     def commit(self, batch: Batch) -> None:
         """Commit the offsets after the batch: it is stored."""
@@ -146,11 +163,17 @@ class Poller:
             return []
         predictions, version = self.model.predict([s.metrics for s in batch.samples])
         try:
-            new = store.store_batch(batch.samples, predictions, version, batch.rejects)
+            new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins or None)
         except Exception:
             self.source.rewind(batch)
             raise
-        self.source.commit(batch)
+        try:
+            self.source.commit(batch)
+        except KafkaException as exc:
+            # The batch is stored: its alerts must go out now, because when it is read again (after a
+            # restart or a rebalance) the store finds nothing new in it. A later commit covers it.
+            log.warning("could not commit the offsets of a stored batch (%s); it may be read again, which "
+                        "stores nothing twice", exc)
         if self._store_failing:
             log.info("storing works again")
             self._store_failing = False

@@ -5,7 +5,9 @@ Every function here blocks: the bot calls them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import peewee as pw
 from agent.wire import KNOWN_METRICS, Sample
 from ml import data
 
+log = logging.getLogger(__name__)
 db = pw.DatabaseProxy()
 INSERT_CHUNK = 1000  # rows per INSERT: well under SQLite's limit of bound variables
 
@@ -69,10 +72,18 @@ class Rejected(BaseModel):
     """A message that did not follow the wire format, kept with the reason for an operator."""
 
     received = pw.DoubleField()
-    source = pw.CharField(max_length=300, unique=True)  # topic[partition]@offset: a redelivery adds nothing
+    source = pw.CharField(max_length=300)  # topic[partition]@offset
+    # SHA-256 of the source, the Kafka timestamp and the whole payload: a redelivery adds nothing, while a
+    # new message at a reused offset (the topic was recreated) is recorded too.
+    fingerprint = pw.CharField(max_length=64, unique=True)
     reason = pw.TextField()
     size = pw.IntegerField()
     payload = pw.TextField()  # the first bytes only: enough to recognise the sender
+
+    class Meta:
+        # Not "rejected": that table, unique on source alone, has no fingerprint; a new table is created
+        # next to it instead of failing every insert into it.
+        table_name = "rejected_message"
 
 
 TABLES = [Metric, Label, Alert, Rejected]
@@ -83,6 +94,21 @@ class Rejection:
     source: str
     reason: str
     payload: bytes | None
+    sent_ms: int | None = None  # the Kafka message timestamp, when there is one
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a sample came from: what it is recorded as if the database refuses it."""
+
+    source: str
+    payload: bytes | None
+    sent_ms: int | None = None
+
+
+# What a database driver raises for a value it cannot hold (and peewee for a value it cannot convert). A
+# lost connection or a missing table raises something else, and fails the whole batch so it is read again.
+REFUSED = (pw.DataError, pw.IntegrityError, ValueError, TypeError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -104,42 +130,86 @@ def open_database(url: str) -> pw.Database:
 
 
 def store_batch(
-    samples: list[Sample], predictions: list[float | None], version: int | None, rejects: list[Rejection]
+    samples: list[Sample], predictions: list[float | None], version: int | None, rejects: list[Rejection],
+    origins: list[Origin] | None = None,
 ) -> list[StoredSample]:
-    """Store a batch in one transaction; return the samples that were new (not redelivered)."""
+    """Store a batch in one transaction; return the samples that were new (not redelivered).
+
+    A sample the database refuses does not fail the batch: the batch is split in halves until the refused
+    sample is alone, and that one is recorded as rejected, with the database's reason, under its origin.
+    """
     now = time.time()
+    if origins is None:
+        origins = [Origin(f"{s.device}@{s.ts!r}", repr(s).encode("utf-8", "backslashreplace")) for s in samples]
+    refused: list[Rejection] = []
+    with db.atomic():
+        new = _insert(list(zip(samples, predictions, origins, strict=True)), version, now, refused)
+        rows = [_rejected_row(r, now) for r in [*rejects, *refused]]
+        for start in range(0, len(rows), INSERT_CHUNK):
+            Rejected.insert_many(rows[start:start + INSERT_CHUNK]).on_conflict_ignore().execute()
+    for r in refused:
+        log.warning("rejected message %s: %s", r.source, r.reason)
+    return new
+
+
+_Item = tuple[Sample, float | None, Origin]
+
+
+def _insert(items: list[_Item], version: int | None, now: float, refused: list[Rejection]) -> list[StoredSample]:
+    """Insert the items in a savepoint; when the database refuses it, bisect down to the refused items."""
+    if not items:
+        return []
+    try:
+        with db.atomic():  # a savepoint: a refused part is undone alone, the rest of the batch stays
+            return [s for start in range(0, len(items), INSERT_CHUNK)
+                    for s in _insert_chunk(items[start:start + INSERT_CHUNK], version, now)]
+    except REFUSED as exc:
+        if len(items) == 1:
+            origin = items[0][2]
+            reason = f"the database refused it: {type(exc).__name__}: {exc}"
+            refused.append(Rejection(origin.source, reason, origin.payload, origin.sent_ms))
+            return []
+        middle = len(items) // 2
+        return _insert(items[:middle], version, now, refused) + _insert(items[middle:], version, now, refused)
+
+
+def _insert_chunk(items: list[_Item], version: int | None, now: float) -> list[StoredSample]:
     rows = []
-    for sample, p in zip(samples, predictions, strict=True):
+    by_key: dict[tuple[str, float], tuple[Sample, float | None]] = {}
+    for sample, p, _origin in items:
         # Every row names every column: insert_many takes its columns from the first row.
         known = {name: sample.metrics.get(name) for name in KNOWN_METRICS}
         extra = {k: v for k, v in sample.metrics.items() if k not in KNOWN_METRICS}
         rows.append({
             "device": sample.device, "ts": sample.ts, "received": now,
-            "extra": json.dumps(extra) if extra else None,
+            "extra": json.dumps(extra, allow_nan=False) if extra else None,
             "p_stressed": p, "model_version": version if p is not None else None, **known,
         })
-    by_key: dict[tuple[str, float], tuple[Sample, float | None]] = {}
-    for sample, p in zip(samples, predictions, strict=True):
         by_key.setdefault((sample.device, sample.ts), (sample, p))  # the first of duplicates is the one stored
-    new: list[StoredSample] = []
-    with db.atomic():
-        for start in range(0, len(rows), INSERT_CHUNK):
-            query = (
-                Metric.insert_many(rows[start:start + INSERT_CHUNK])
-                .on_conflict_ignore()
-                .returning(Metric.id, Metric.device, Metric.ts)
-            )
-            for metric_id, device, ts in query.tuples().execute():
-                sample, p = by_key[(device, ts)]
-                new.append(StoredSample(metric_id, device, ts, sample.metrics, p, version if p is not None else None))
-        if rejects:
-            Rejected.insert_many([
-                {"received": now, "source": r.source[:300], "reason": r.reason, "size": len(r.payload or b""),
-                 # Postgres text cannot hold NUL, and a binary payload must not block the batch.
-                 "payload": (r.payload or b"")[:512].decode("utf-8", "replace").replace("\x00", "\\x00")}
-                for r in rejects
-            ]).on_conflict_ignore().execute()
+    query = Metric.insert_many(rows).on_conflict_ignore().returning(Metric.id, Metric.device, Metric.ts)
+    new = []
+    for metric_id, device, ts in query.tuples().execute():
+        sample, p = by_key[(device, ts)]
+        new.append(StoredSample(metric_id, device, ts, sample.metrics, p, version if p is not None else None))
     return new
+
+
+def _text(text: str) -> str:
+    """Text any database holds: no lone surrogates (UTF-8 cannot encode them), no NUL (Postgres refuses it)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _rejected_row(rejection: Rejection, now: float) -> dict[str, object]:
+    payload = rejection.payload or b""
+    source = _text(rejection.source)[:300]
+    digest = hashlib.sha256(f"{source}\x00{rejection.sent_ms}\x00".encode())
+    digest.update(payload)
+    return {
+        "received": now, "source": source, "fingerprint": digest.hexdigest(), "reason": _text(rejection.reason)[:1000],
+        "size": len(payload),
+        # A binary payload must not block the batch: the first bytes, as text.
+        "payload": _text(payload[:512].decode("utf-8", "replace")),
+    }
 
 
 def _stored(row: Metric) -> StoredSample:

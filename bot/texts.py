@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from datetime import UTC, datetime
-from html import escape
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import MessageLimit
@@ -35,6 +35,12 @@ intervention (it is <i>stressed</i>).
 
 On an alert, press <b>✅ Correct</b> or <b>❌ Wrong prediction</b>: your answer is stored as a label \
 and the next model learns from it."""
+
+
+def escape(text: str) -> str:
+    """Text from outside (device and metric names, reasons, user names) as HTML that can be sent: a lone
+    surrogate, which Telegram's UTF-8 cannot carry, becomes "?" instead of failing the whole reply."""
+    return html.escape(text.encode("utf-8", "replace").decode("utf-8"))
 
 
 def clip(text: str) -> str:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import peewee as pw
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from agent.wire import KNOWN_METRICS, Sample
+from agent.wire import KNOWN_METRICS, Sample, WireError, parse
 from bot import store
 from bot.store import Rejection
+from tests.test_wire import VALUES
 
 TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
 
@@ -221,3 +226,85 @@ def test_a_batch_of_5000_full_samples_is_stored_in_one_call(database: pw.Databas
     assert latest is not None
     assert latest.ts == TS + 4999
     assert latest.metrics == {**full, "gpu_percent": 1.0}
+
+
+def test_a_sample_the_database_refuses_is_rejected_alone_and_the_rest_is_stored(database: pw.Database) -> None:
+    # The wire format lets no such sample through; if one still comes (a bug, another producer path), the
+    # batch is bisected down to it instead of failing, and being read again, forever.
+    batch = [sample(f"pc{i}", cpu_percent=i) for i in range(9)]
+    batch[3] = sample("pc\udc80", cpu_percent=3)
+    batch[7] = sample("pc7", gpu_percent=math.inf)
+    origins = [store.Origin(f"metrics[0]@{i}", b"payload %d" % i, 1_700_000_000_000 + i) for i in range(9)]
+
+    new = store.store_batch(batch, [0.1] * 9, 1, [Rejection("metrics[0]@9", "not JSON", b"{")], origins)
+
+    assert sorted(s.device for s in new) == ["pc0", "pc1", "pc2", "pc4", "pc5", "pc6", "pc8"]
+    assert stored_rows() == 7
+    reasons = {r.source: r.reason for r in store.Rejected.select()}
+    assert reasons.keys() == {"metrics[0]@3", "metrics[0]@7", "metrics[0]@9"}
+    assert "the database refused it" in reasons["metrics[0]@3"] and "surrogate" in reasons["metrics[0]@3"]
+    assert "the database refused it" in reasons["metrics[0]@7"]
+    assert store.Rejected.get(store.Rejected.source == "metrics[0]@3").payload == "payload 3"
+
+
+def test_a_refused_sample_without_an_origin_is_rejected_under_its_device_and_time(database: pw.Database) -> None:
+    new = store.store_batch([sample("pc\udc80", cpu_percent=3), sample("pc1", cpu_percent=4)], [None, None], None, [])
+
+    assert [s.device for s in new] == ["pc1"]
+    [row] = store.rejected()
+    assert row.source == f"pc\\udc80@{TS!r}" and "the database refused it" in row.reason
+
+
+def test_a_redelivered_reject_is_kept_once_but_a_new_message_at_a_reused_offset_is_kept_too(
+    database: pw.Database,
+) -> None:
+    first = Rejection("metrics[0]@0", "not JSON", b"{", 1_700_000_000_000)
+    store.store_batch([], [], None, [first])
+    store.store_batch([], [], None, [first])  # Kafka redelivers it after a crash
+    # The topic was deleted and created again: offset 0 is another message now.
+    store.store_batch([], [], None, [Rejection("metrics[0]@0", "not JSON", b"{", 1_800_000_000_000)])
+    store.store_batch([], [], None, [Rejection("metrics[0]@0", "not JSON", b"[", None)])
+
+    assert [r.source for r in store.rejected()] == ["metrics[0]@0"] * 3
+
+
+def test_a_reject_with_nul_and_lone_surrogates_in_its_text_is_kept_readable(database: pw.Database) -> None:
+    store.store_batch([], [], None, [Rejection("t[0]@\udc80\x00", "bad \udcff name\x00", b"\x00\xff")])
+
+    [row] = store.rejected()
+    assert (row.source, row.reason, row.payload) == ("t[0]@\\udc80\\x00", "bad \\udcff name\\x00", "\\x00\ufffd")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(values=st.lists(VALUES, min_size=1, max_size=12),
+       forged=st.lists(st.sampled_from(["pc\udc80", "\ud800", "gpu\udfff"]), max_size=2), data=st.data())
+def test_a_batch_of_anything_stores_every_valid_message_and_rejects_the_rest_with_a_reason(
+    database: pw.Database, values: list[bytes], forged: list[str], data: st.DataObject
+) -> None:
+    # The poller's path: each value is parsed; a WireError is a rejection, a sample goes to the store. The
+    # forged samples stand for anything that slips past the wire format and that the database refuses.
+    samples, origins, rejects = [], [], []
+    for offset, value in enumerate(values):
+        source = f"t[0]@{offset}-{hashlib.sha256(value).hexdigest()}"  # examples share the database
+        try:
+            samples.append(parse(value))
+            origins.append(store.Origin(source, value))
+        except WireError as exc:
+            rejects.append(Rejection(source, str(exc), value))
+    valid = list(samples)
+    for device in forged:
+        at = data.draw(st.integers(min_value=0, max_value=len(samples)))
+        samples.insert(at, Sample(device, TS, {"cpu_percent": 1.0}))
+        origins.insert(at, store.Origin(f"forged {device!r}", None))
+
+    store.store_batch(samples, [None] * len(samples), None, rejects, origins)
+
+    for s in valid:
+        row = store.Metric.get_or_none((store.Metric.device == s.device) & (store.Metric.ts == s.ts))
+        assert row is not None, f"{s} was not stored"
+    reasons = {r.source: r.reason for r in store.Rejected.select()}
+    for r in rejects:
+        assert reasons[r.source] == r.reason
+    for device in forged:
+        assert "the database refused it" in reasons[f"forged {device!r}"]

@@ -85,6 +85,20 @@ def test_html_in_names_is_escaped() -> None:
     assert "a&amp;b" in status
 
 
+def test_lone_surrogates_in_names_become_question_marks_so_the_reply_can_be_sent() -> None:
+    sample = stored(device="pc\udc80", cpu_percent=99, **{"fan\ud800": 5})
+
+    for text in (
+        texts.alert(sample, ["cpu_percent", "fan\ud800"]),
+        texts.device_status(sample, 0.7, 3, now=TS + 10),
+        texts.overview([sample], 0.7, now=TS + 10),
+        texts.labelled(texts.alert(sample, []), 0, "mallory\udfff", TS),
+    ):
+        assert text.encode("utf-8")
+        assert "pc?" in text
+    assert "fan?" in texts.device_status(sample, 0.7, 3, now=TS + 10)
+
+
 def test_long_texts_are_clipped_to_telegram_limit() -> None:
     fleet = [stored(device=f"rack{i:03d}-" + "x" * 50, ts=TS - i) for i in range(200)]
     odd_metrics = {f"{i:02d}" + "&" * 60: float(i) for i in range(64)}
