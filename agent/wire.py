@@ -15,7 +15,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
+try:
+    import orjson
+except ImportError:  # the agent alone only builds messages (stdlib json); validating them is the bot's job
+    orjson = None
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
