@@ -24,7 +24,7 @@ from ml.model import fit
 # A label always beats a default: each weighs at least LABEL_WEIGHT unlabelled samples, and all of them
 # together at least LABEL_SHARE of the synthetic stressed samples, so one "wrong prediction" is heard.
 LABEL_WEIGHT = 20.0
-LABEL_SHARE = 0.2
+LABEL_SHARE = 0.05
 SYNTHETIC_NORMAL = 4000  # healthy rows from idle to busy, whatever the fleet looks like
 SYNTHETIC_NORMAL_SHARE = 0.3  # of the weight of normal rows: busy-but-healthy is never drowned by a quiet fleet
 SYNTHETIC_STRESSED = 4000
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
             model_store.activate(result.saved.version)
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
-    state = "active" if result.better else f"saved, not active (v{result.old_version} stays)"
+    kept = f"v{result.old_version} stays" if result.old_version else "no model is active"
+    state = "active" if result.better else f"saved, not active ({kept}; activate it with /rollback {result.saved.version})"
     print(f"v{result.saved.version} {state}: {result.reason}")
 
 

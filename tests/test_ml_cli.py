@@ -24,7 +24,7 @@ def test_train_versions_and_export_work_on_a_stored_fleet(tmp_path: Path) -> Non
     store.open_database(url)
     samples = [Sample(f"pc{i % 4}", 1.7e9 + i, {"cpu_percent": 10.0 + i % 30, "mem_percent": 40.0}) for i in range(400)]
     stored = store.store_batch(samples, [0.2] * 400, None, [])
-    store.add_label(stored[7].id, 1, 42, "@bob")
+    store.add_label(stored[7].id, 0, 42, "@bob")
     env = {"DATABASE_URL": url, "MODEL_STORE": f"file:{tmp_path}/models"}
 
     assert "empty" in run("ml.versions", env=env).stdout
@@ -42,7 +42,7 @@ def test_train_versions_and_export_work_on_a_stored_fleet(tmp_path: Path) -> Non
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 400
-    assert rows[7]["label"] == "1" and rows[8]["label"] == ""
+    assert rows[7]["label"] == "0" and rows[8]["label"] == ""
     assert rows[0]["cpu_percent"] == "10.0" and rows[0]["cpu_temp_c"] == ""
     assert rows[0]["time_utc"].startswith("2023-11-14T22:13:20")
 
