@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
     kept = f"v{result.old_version} stays" if result.old_version else "no model is active"
-    state = "active" if result.better else f"saved, not active ({kept}; activate it with /rollback {result.saved.version})"
+    state = "active" if result.better else f"saved, not active ({kept}; /rollback {result.saved.version} activates it)"
     print(f"v{result.saved.version} {state}: {result.reason}")
 
 
