@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from ml import model as ml_model
+from ml import artifact
 from ml.registry import ModelStore, ModelVersion
 from ml.train import Progress, scores, train
 
@@ -44,7 +44,7 @@ def retrain(
         old_scores = scores(active[1], trained.holdout)
     meta = {**trained.meta, "compared_with": old_version, "old_scores": old_scores}
     say("saving")
-    saved = model_store.save(ml_model.to_bytes(trained.pipeline), meta)
+    saved = model_store.save(artifact.dumps(trained.pipeline), meta)
     if old_scores is None:
         better, reason = True, "there was no active model"
     elif new_scores["f1"] >= old_scores["f1"]:

@@ -28,7 +28,8 @@ def main() -> None:
     from ml.config import ConfigError, load_store_settings
 
     try:
-        model_store = open_store(load_store_settings().model_store)
+        settings = load_store_settings()
+        model_store = open_store(settings.model_store, settings.model_signing_key)
         versions, active = model_store.versions(), model_store.active()
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
