@@ -33,6 +33,7 @@ class ActiveModel:
         self._current: tuple[int, Pipeline] | None = None  # replaced whole, so readers need no lock
         self._lock = threading.Lock()  # one writer at a time
         self._migrated = False
+        self.notices: list[str] = []  # for the chats; whoever tells them empties it
 
     @property
     def version(self) -> int | None:
@@ -44,14 +45,15 @@ class ActiveModel:
         """(version, pipeline) of the model in use, or None."""
         return self._current
 
-    def ensure(self) -> list[str]:
+    def ensure(self) -> None:
         """Load the active version; with an empty store, first train one from synthetic data and save it.
 
-        The first call that reaches the store migrates pickle versions to skops; returns what people should
-        hear about that. Raises StoreError (an ArtifactError too) and keeps the current model.
+        The first call that reaches the store migrates pickle versions to skops, and leaves what people
+        should hear about that in `notices`. Raises StoreError (an ArtifactError too), keeping the model.
         """
         with self._lock:
-            notices = [] if self._migrated else self._migrate()
+            if not self._migrated:
+                self._migrate()
             if not self.store.versions():
                 trained = train(pd.DataFrame())
                 saved = self.store.save(artifact.dumps(trained.pipeline), trained.meta)
@@ -61,17 +63,16 @@ class ActiveModel:
             active = self.store.active()
             if active is not None and active != self.version:
                 self._load(active)
-            return notices
 
-    def _migrate(self) -> list[str]:
+    def _migrate(self) -> None:
         migrated, refused = self.store.migrate(artifact.from_legacy_pickle)
         self._migrated = True
         for line in refused:
             log.error("%s", line)
         if migrated:
             versions = ", ".join(f"v{n}" for n in migrated)
-            refused.insert(0, f"Model versions {versions} were pickles: converted to skops under the same numbers.")
-        return refused
+            self.notices.append(f"Model versions {versions} were pickles: converted to skops under the same numbers.")
+        self.notices.extend(refused)
 
     def activate(self, version: int) -> None:
         """Make `version` active in the store and here; raises StoreError and keeps the current model."""
@@ -119,8 +120,9 @@ class ModelKeeper:
         if self.model.version is not None or time.monotonic() < self.next_try:
             return
         try:
-            notices = await asyncio.to_thread(self.model.ensure)
+            await asyncio.to_thread(self.model.ensure)
         except StoreError as exc:
+            await self._tell_notices(bot)
             self.next_try = time.monotonic() + self.delay
             if type(exc) is not self.failing:
                 log.error("no model loaded: %s; samples are stored without a prediction, retrying with backoff", exc)
@@ -131,12 +133,15 @@ class ModelKeeper:
             self.failing = type(exc)
             self.delay = min(self.delay * 2, MAX_RETRY_S)
             return
-        for notice in notices:
-            await self._tell(bot, notice)
+        await self._tell_notices(bot)
         if self.failing is not None:
             log.info("model v%s loaded after all; predictions resume", self.model.version)
             await self._tell(bot, f"✅ Model v{self.model.version} is loaded: predictions resume.")
         self.failing, self.delay = None, FIRST_RETRY_S
+
+    async def _tell_notices(self, bot: Bot) -> None:
+        while self.model.notices:
+            await self._tell(bot, self.model.notices.pop(0))
 
     async def _tell(self, bot: Bot, text: str) -> None:
         for chat_id in self.chat_ids:

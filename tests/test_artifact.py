@@ -3,7 +3,6 @@ pickle stores to skops, against real folders and a real moto S3 server."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -25,33 +24,15 @@ from ml import model as ml_model
 from ml.artifact import ArtifactError
 from ml.registry import Refused, open_store
 from ml.train import Trained, train
+from tests.fakes.models import evil_pickle, legacy_entry, pickle_folder
 
 KEY = "test-signing-key-0123456789"
 SAMPLES = [{"cpu_percent": 99.0, "load_1m": 3.0}, {"mem_percent": 40.0}, {}, {"disk_percent": 99.5}]
 
 
-class WritesAMarker:
-    """What an attacker pickles: unpickling it runs exec."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return exec, (f"open({self.marker!r}, 'w').write('code ran')",)
-
-
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     return train(pd.DataFrame())
-
-
-def evil_pickle(marker: Path) -> bytes:
-    """A pickled Pipeline with the payload inside, proven live on another marker first."""
-    payload = pickle.dumps(Pipeline([("step", WritesAMarker(marker))]))
-    proof = marker.with_name("proof")
-    pickle.loads(pickle.dumps(WritesAMarker(proof)))
-    assert proof.read_text() == "code ran"
-    return payload
 
 
 def predictions(pipeline: Pipeline) -> np.ndarray:
@@ -97,20 +78,6 @@ def test_an_old_pickled_pipeline_converts_to_skops_with_the_same_predictions(tra
     converted = artifact.from_legacy_pickle(pickle.dumps(trained.pipeline))
 
     np.testing.assert_array_equal(predictions(artifact.loads(converted)), predictions(trained.pipeline))
-
-
-def legacy_entry(version: int, data: bytes, object_version: str | None = None) -> dict:
-    """An index entry as the code before skops wrote it: no format, no signature."""
-    return {"version": version, "created": "2025-01-01T00:00:00+00:00", "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data), "meta": {"rows": version}, "object_version": object_version}
-
-
-def pickle_folder(folder: Path, blobs: list[bytes]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for number, blob in enumerate(blobs, 1):
-        (folder / f"v{number:04d}.pkl").write_bytes(blob)
-    entries = [legacy_entry(n, blob) for n, blob in enumerate(blobs, 1)]
-    (folder / "index.json").write_text(json.dumps({"active": len(blobs), "versions": entries}))
 
 
 def test_a_folder_of_pickles_is_migrated_in_place_once(tmp_path: Path, trained: Trained) -> None:
