@@ -23,7 +23,7 @@ def main() -> None:
     try:
         settings = load_settings()
         open_database(settings.database_url)
-        model_store = open_store(settings.model_store)
+        model_store = open_store(settings.model_store, settings.model_signing_key)
     except ConfigError as exc:
         sys.exit(f"rigwatch: {exc}")
     except peewee.PeeweeException as exc:

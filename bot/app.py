@@ -10,11 +10,11 @@ from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler, filters
 
 from bot import handlers
-from bot.active_model import ActiveModel
+from bot.active_model import ActiveModel, ModelKeeper, keep_model_loaded
 from bot.alerts import Alerter
 from bot.config import Settings
 from bot.poller import KafkaSource, LocalSource, Poller, poll
-from ml.registry import ModelStore, StoreError
+from ml.registry import ModelStore
 
 log = logging.getLogger(__name__)
 COMMANDS = [
@@ -61,12 +61,11 @@ async def _start(application: Application) -> None:
     model: ActiveModel = application.bot_data["model"]
     if not settings.allowed_chat_ids:
         log.warning("ALLOWED_CHAT_IDS is empty: the bot answers nobody and sends no alerts")
-    try:
-        await asyncio.to_thread(model.ensure)
-    except StoreError as exc:
-        # The poller retries; meanwhile samples are stored without a prediction. Admins must know.
-        for chat_id in settings.allowed_chat_ids:
-            await application.bot.send_message(chat_id, f"⚠️ No model could be loaded: {exc}")
+    # One try before the first batch, so a reachable store predicts from the first sample; then a job keeps
+    # trying with backoff while the store is down or refuses, and samples are stored without a prediction.
+    keeper = ModelKeeper(model, settings.allowed_chat_ids)
+    await keeper.attempt(application.bot)
+    application.job_queue.run_repeating(keep_model_loaded, interval=1.0, first=1.0, data=keeper, name="model")
     if settings.kafka_bootstrap:
         source: KafkaSource | LocalSource = KafkaSource(settings)
         interval = settings.poll_interval_s

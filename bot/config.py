@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ml.config import ConfigError, database_url, model_store
+from ml.config import ConfigError, database_url, model_signing_key, model_store
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -24,6 +24,7 @@ class Settings:
     kafka_group_id: str
     kafka_session_timeout_ms: int
     model_store: str
+    model_signing_key: str | None = field(repr=False)  # a secret: never in a repr or a log
     alert_threshold: float
     alert_repeat_s: float
     sample_interval_s: float
@@ -77,6 +78,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         kafka_group_id=env.get("KAFKA_GROUP_ID", "").strip() or "rigwatch-bot",
         kafka_session_timeout_ms=int(_number(env, "KAFKA_SESSION_TIMEOUT_MS", 10000, 1000, 300000)),
         model_store=model_store(env),
+        model_signing_key=model_signing_key(env, model_store(env)),
         alert_threshold=_number(env, "ALERT_THRESHOLD", 0.7, 0.0, 1.0),
         alert_repeat_s=60 * _number(env, "ALERT_REPEAT_MINUTES", 30, 0, 7 * 24 * 60),
         sample_interval_s=_number(env, "SAMPLE_INTERVAL_SECONDS", 5, 0.1, 3600),

@@ -30,7 +30,6 @@ from bot.alerts import Alerter
 from bot.config import Settings
 
 log = logging.getLogger(__name__)
-MODEL_RETRY_S = 60.0
 
 
 @dataclass
@@ -153,7 +152,6 @@ class Poller:
         self.model = model
         self.alerter = alerter
         self._running = asyncio.Lock()
-        self._model_tried = 0.0
         self._store_failing = False
 
     def run_batch(self, timeout: float = 0.5) -> list[store.StoredSample]:
@@ -181,20 +179,11 @@ class Poller:
             log.warning("rejected message %s: %s", reject.source, reject.reason)
         return new
 
-    def _retry_model(self) -> None:
-        try:
-            self.model.ensure()
-        except Exception as exc:  # the store may be down: predictions wait, ingestion goes on
-            log.error("no model loaded (%s); retrying in %.0f s", exc, MODEL_RETRY_S)
-
     async def tick(self, context: ContextTypes.DEFAULT_TYPE) -> None:
         """One run of the repeating job; a run that finds the previous one still busy does nothing."""
         if self._running.locked():
             return
         async with self._running:
-            if self.model.version is None and time.monotonic() - self._model_tried > MODEL_RETRY_S:
-                self._model_tried = time.monotonic()
-                await asyncio.to_thread(self._retry_model)
             try:
                 new = await asyncio.to_thread(self.run_batch)
             except Exception as exc:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_DATABASE_URL = "sqlite:///data/rigwatch.sqlite3"
 DEFAULT_MODEL_STORE = "file:models"
+MIN_SIGNING_KEY_CHARS = 16
 
 
 class ConfigError(Exception):
@@ -22,6 +23,7 @@ class ConfigError(Exception):
 class StoreSettings:
     database_url: str
     model_store: str
+    model_signing_key: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
 
 
 def database_url(env: Mapping[str, str]) -> str:
@@ -40,7 +42,23 @@ def model_store(env: Mapping[str, str]) -> str:
     return raw
 
 
+def model_signing_key(env: Mapping[str, str], store: str) -> str | None:
+    """MODEL_SIGNING_KEY: the HMAC key of the model index; required for s3:// stores, whose bucket others may
+    write. The value is never echoed in an error."""
+    raw = env.get("MODEL_SIGNING_KEY", "").strip()
+    if not raw:
+        if store.startswith("s3://"):
+            raise ConfigError("MODEL_SIGNING_KEY is not set; an s3:// MODEL_STORE needs it to sign and verify "
+                              "model versions (e.g. the output of `openssl rand -hex 32`)")
+        return None
+    if len(raw) < MIN_SIGNING_KEY_CHARS:
+        raise ConfigError(f"MODEL_SIGNING_KEY is too short: use at least {MIN_SIGNING_KEY_CHARS} random characters")
+    return raw
+
+
 def load_store_settings(env: Mapping[str, str] | None = None) -> StoreSettings:
     """The database and the model store from the environment; raises ConfigError naming a bad variable."""
     env = os.environ if env is None else env
-    return StoreSettings(database_url=database_url(env), model_store=model_store(env))
+    store = model_store(env)
+    return StoreSettings(database_url=database_url(env), model_store=store,
+                         model_signing_key=model_signing_key(env, store))

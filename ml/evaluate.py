@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 
-from ml import model as ml_model
+from ml import artifact
 from ml.config import ConfigError, load_store_settings
 from ml.registry import StoreError, open_store
 from ml.scenarios import evaluate, report, scenarios
@@ -26,14 +26,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="the busy healthy machine with all 63 subsets of missing sensors, not 12")
     args = parser.parse_args(argv)
     try:
-        model_store = open_store(load_store_settings().model_store)
+        settings = load_store_settings()
+        model_store = open_store(settings.model_store, settings.model_signing_key)
         version = args.version if args.version is not None else model_store.active()
         if version is None:
             print(f"{model_store.describe} has no active model: evaluating the first model the bot would train")
             pipeline = train(pd.DataFrame()).pipeline
         else:
             print(f"model v{version} of {model_store.describe}")
-            pipeline = ml_model.from_bytes(model_store.load(version))
+            pipeline = artifact.loads(model_store.load(version))
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
     verdicts = evaluate(pipeline, scenarios(every_sensor_subset=args.every_sensor_subset))

@@ -115,20 +115,3 @@ def drivers(pipeline: Pipeline, sample: Mapping[str, float], top: int = 3) -> li
     ranked = sorted(pushes, key=pushes.__getitem__, reverse=True)
     return [name for name in ranked[:top] if pushes[name] >= strongest / 4]
 
-
-def to_bytes(pipeline: Pipeline) -> bytes:
-    """The artifact saved in the model store."""
-    import pickle
-
-    return pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def from_bytes(artifact: bytes) -> Pipeline:
-    """Unpickle an artifact. Only call this on bytes whose SHA-256 the model store has verified."""
-    import io
-    import pickle
-
-    pipeline = pickle.load(io.BytesIO(artifact))
-    if not isinstance(pipeline, Pipeline):
-        raise ValueError(f"artifact holds a {type(pipeline).__name__}, not a scikit-learn Pipeline")
-    return pipeline

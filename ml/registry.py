@@ -1,8 +1,10 @@
 """The model store: every trained model version as opaque bytes plus metadata, in a folder or an S3 bucket.
 
-The registry never unpickles anything: it hands back bytes only after their SHA-256 matches the digest
-recorded at save time. Both stores assume one writer process (the bot), so there is no locking; a second
-writer could race on the version number or the index.
+The registry never parses an artifact: it hands back bytes only after the index entry is valid, signed (in a
+store with a signing key) and in the current format, and their SHA-256 matches the entry. Whoever can write
+the bucket can write index.json too, so the digest alone proves nothing there: each entry carries an HMAC
+of its fields under MODEL_SIGNING_KEY, which the bucket never sees. Both stores assume one writer process
+(the bot), so there is no locking; a second writer could race on the version number or the index.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +30,13 @@ log = logging.getLogger(__name__)
 
 # Small timeouts and few retries: an unreachable S3 should fail in seconds, not minutes.
 S3_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+FORMAT = "skops"  # entries without a format are pickles from before it; only migrate() reads those
+SUFFIX = {FORMAT: "skops", None: "pkl"}
+SIGNED_CONTEXT = b"rigwatch model index entry v1\n"  # an entry's HMAC can never be valid for anything else
+MAX_INDEX_BYTES = 8 * 1024 * 1024
+MAX_INDEX_DEPTH = 32  # our index is 5 levels deep; a deeper one is not ours and could exhaust the stack
+FIELDS = {"version", "created", "sha256", "size", "meta", "object_version", "format", "signature"}
+REQUIRED = {"version", "created", "sha256", "size", "meta"}
 
 
 class StoreError(Exception):
@@ -41,6 +51,14 @@ class UnknownVersion(StoreError):
     """The store has no model version with that number."""
 
 
+class BadIndex(StoreError):
+    """index.json is not an index this code wrote: nothing in it is used."""
+
+
+class Refused(StoreError):
+    """An index entry that is not signed by our key or not in a format the bot loads."""
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One saved model version, as recorded in the store's index."""
@@ -51,12 +69,68 @@ class ModelVersion:
     size: int
     meta: dict
     object_version: str | None = None
+    format: str | None = None  # None: a pickle from before skops
+    signature: str | None = None  # hex HMAC-SHA256 of the other fields, in a store with a signing key
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: every other field, in one canonical JSON form."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "signature"}
+        return SIGNED_CONTEXT + json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in a parsed JSON value; iterative, so no depth can overflow it."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth < MAX_INDEX_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _positive_int(value: object, what: str) -> int:
+    """Version numbers end up in file names and replies: only a positive int is one (bool is not)."""
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{what} {str(value)[:40]!r} is not a positive integer")
+    return value
+
+
+def _record(entry: object) -> ModelVersion:
+    """One index entry, checked field by field."""
+    if not isinstance(entry, dict):
+        raise ValueError("a version entry is not an object")
+    if unknown := set(entry) - FIELDS:
+        raise ValueError(f"a version entry has the unknown field {sorted(unknown)[0][:40]!r}")
+    if missing := REQUIRED - set(entry):
+        raise ValueError(f"a version entry lacks {sorted(missing)[0]!r}")
+    version = _positive_int(entry["version"], "version")
+    checks = {
+        "created": isinstance(entry["created"], str),
+        "sha256": isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64
+        and all(c in "0123456789abcdef" for c in entry["sha256"]),
+        "size": type(entry["size"]) is int and entry["size"] >= 0,
+        "meta": isinstance(entry["meta"], dict),
+        "object_version": isinstance(entry.get("object_version"), str | None),
+        "format": entry.get("format") in SUFFIX,
+        "signature": isinstance(entry.get("signature"), str | None),
+    }
+    if bad := [name for name, ok in checks.items() if not ok]:
+        raise ValueError(f"version {version} has an invalid {bad[0]}")
+    return ModelVersion(**entry)
 
 
 class ModelStore(ABC):
     """Versions, the active pointer and artifacts; subclasses only move the index and artifact bytes."""
 
     describe: str
+    signing_key: bytes | None
+
+    @property
+    def signed(self) -> bool:
+        """Whether entries are signed here and unsigned ones refused."""
+        return self.signing_key is not None
 
     @abstractmethod
     def _read_index(self) -> bytes | None:
@@ -68,7 +142,7 @@ class ModelStore(ABC):
 
     @abstractmethod
     def _put_artifact(self, version: int, artifact: bytes) -> str | None:
-        """Store the bytes of a new version; returns the S3 VersionId, if any."""
+        """Store the bytes of a new version in the current format; returns the S3 VersionId, if any."""
 
     @abstractmethod
     def _get_artifact(self, record: ModelVersion) -> bytes:
@@ -80,16 +154,60 @@ class ModelStore(ABC):
         if data is None:
             return None, []
         try:
+            if len(data) > MAX_INDEX_BYTES:
+                raise ValueError(f"{len(data)} bytes is too large")
             index = json.loads(data)
-            records = [ModelVersion(**entry) for entry in index["versions"]]
-            return index["active"], sorted(records, key=lambda r: r.version)
-        except (ValueError, TypeError, KeyError) as err:
-            raise StoreError(f"{self.describe}: index.json is not a model index ({err})") from err
+            if _depth(index) >= MAX_INDEX_DEPTH:
+                raise ValueError("it nests too deeply")
+            if not isinstance(index, dict) or set(index) != {"active", "versions"}:
+                raise ValueError('it is not an object of "active" and "versions"')
+            if not isinstance(index["versions"], list):
+                raise ValueError('"versions" is not a list')
+            records = sorted((_record(entry) for entry in index["versions"]), key=lambda r: r.version)
+            numbers = [r.version for r in records]
+            if len(set(numbers)) != len(numbers):
+                raise ValueError("a version number appears twice")
+            active = index["active"]
+            if active is not None and _positive_int(active, "active version") not in numbers:
+                raise ValueError(f"the active version {active} is not among the versions")
+            return active, records
+        except (ValueError, RecursionError) as err:  # RecursionError: json's own parser on deep nesting
+            raise BadIndex(f"{self.describe}: index.json is not a valid model index: {str(err)[:200]}") from err
 
     def _store_index(self, active: int | None, records: list[ModelVersion]) -> None:
         """Write the index in the shared layout."""
         index = {"active": active, "versions": [dataclasses.asdict(r) for r in records]}
         self._write_index(json.dumps(index, indent=1).encode())
+
+    def _sign(self, record: ModelVersion) -> ModelVersion:
+        """The record with its signature, in a store with a key."""
+        if self.signing_key is None:
+            return record
+        mac = hmac.new(self.signing_key, record.signed_bytes(), hashlib.sha256).hexdigest()
+        return dataclasses.replace(record, signature=mac)
+
+    def _check_signature(self, record: ModelVersion) -> None:
+        """Refuse an entry that our key did not sign, in a store with a key."""
+        if self.signing_key is None:
+            return
+        if record.signature is None:
+            raise Refused(f"{self.describe}: model version {record.version} has an unsigned index entry; "
+                          "refusing to use it")
+        expected = hmac.new(self.signing_key, record.signed_bytes(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, record.signature):
+            raise Refused(f"{self.describe}: the signature of model version {record.version} does not match "
+                          "MODEL_SIGNING_KEY; refusing to use it")
+
+    def _checked_bytes(self, record: ModelVersion) -> bytes:
+        """The artifact of a record whose signature was checked, only if its SHA-256 matches."""
+        data = self._get_artifact(record)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != record.sha256:
+            raise ChecksumMismatch(
+                f"{self.describe}: model version {record.version} has SHA-256 {digest[:12]}..., "
+                f"recorded {record.sha256[:12]}...; refusing to use it"
+            )
+        return data
 
     def versions(self) -> list[ModelVersion]:
         """All versions, oldest first."""
@@ -111,29 +229,62 @@ class ModelStore(ABC):
         number = max((r.version for r in records), default=0) + 1
         # Artifact first, index second: until the index names it, the version does not exist.
         object_version = self._put_artifact(number, artifact)
-        record = ModelVersion(
+        record = self._sign(ModelVersion(
             version=number,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             sha256=hashlib.sha256(artifact).hexdigest(),
             size=len(artifact),
             meta=meta,
             object_version=object_version,
-        )
+            format=FORMAT,
+        ))
         self._store_index(active, [*records, record])
         log.info("saved model version %d (%d bytes) to %s", number, len(artifact), self.describe)
         return record
 
     def load(self, version: int) -> bytes:
-        """The artifact bytes of a version, only if their SHA-256 matches the record."""
+        """The skops bytes of a version, only if its entry is signed (where the store signs) and their
+        SHA-256 matches the entry: nothing is downloaded for an entry that fails."""
         record = self.get(version)
-        data = self._get_artifact(record)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != record.sha256:
-            raise ChecksumMismatch(
-                f"{self.describe}: model version {version} has SHA-256 {digest[:12]}..., "
-                f"recorded {record.sha256[:12]}...; refusing to use it"
-            )
-        return data
+        self._check_signature(record)
+        if record.format != FORMAT:
+            raise Refused(f"{self.describe}: model version {version} is a pickle from before skops models and "
+                          "was not migrated (the bot migrates signed ones; `python -m ml.migrate` vouches for "
+                          "unsigned ones); refusing to load it")
+        return self._checked_bytes(record)
+
+    def migrate(self, convert: Callable[[bytes], bytes], vouch: bool = False) -> tuple[list[int], list[str]]:
+        """Re-save every pickle version as skops in place (same number, new artifact, new digest, signed).
+
+        A pickle is converted only if its entry is signed (where the store signs; `vouch` is an operator
+        saying the unsigned entries are theirs) and its SHA-256 matches. Returns the versions migrated and
+        one line per version refused, which stays as it was and is never loaded.
+        """
+        active, records = self._index()
+        migrated: list[int] = []
+        refused: list[str] = []
+        for position, record in enumerate(records):
+            if record.format is not None:
+                continue
+            try:
+                if not vouch:
+                    self._check_signature(record)
+                converted = convert(self._checked_bytes(record))
+            except StoreError as exc:  # an ArtifactError too: a pickle of anything but a model pipeline
+                refused.append(f"model version {record.version} not migrated: {exc}")
+                continue
+            object_version = self._put_artifact(record.version, converted)
+            records[position] = self._sign(dataclasses.replace(
+                record, sha256=hashlib.sha256(converted).hexdigest(), size=len(converted),
+                object_version=object_version, format=FORMAT, signature=None,
+                meta={**record.meta, "migrated_from": {"format": "pickle", "sha256": record.sha256}},
+            ))
+            migrated.append(record.version)
+        if migrated:
+            self._store_index(active, records)
+            log.info("migrated model versions %s of %s from pickle to skops in place",
+                     ", ".join(f"v{n}" for n in migrated), self.describe)
+        return migrated, refused
 
     def active(self) -> int | None:
         """The active version, or None when none is active."""
@@ -149,10 +300,11 @@ class ModelStore(ABC):
 
 
 class FileStore(ModelStore):
-    """Artifacts as <dir>/v0001.pkl and one <dir>/index.json, every file written atomically."""
+    """Artifacts as <dir>/v0001.skops (v0001.pkl before skops) and one <dir>/index.json, written atomically."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, signing_key: bytes | None = None) -> None:
         self.describe = f"file:{directory}"
+        self.signing_key = signing_key
         self.root = Path(directory)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -185,10 +337,10 @@ class FileStore(ModelStore):
         self._write_atomic("index.json", data)
 
     def _put_artifact(self, version: int, artifact: bytes) -> None:
-        self._write_atomic(f"v{version:04d}.pkl", artifact)
+        self._write_atomic(f"v{version:04d}.{SUFFIX[FORMAT]}", artifact)
 
     def _get_artifact(self, record: ModelVersion) -> bytes:
-        name = f"v{record.version:04d}.pkl"
+        name = f"v{record.version:04d}.{SUFFIX[record.format]}"
         try:
             return (self.root / name).read_bytes()
         except OSError as err:
@@ -196,20 +348,29 @@ class FileStore(ModelStore):
 
 
 class S3Store(ModelStore):
-    """One key <prefix>/model.pkl whose S3 object versions are the model history, plus <prefix>/index.json."""
+    """One key <prefix>/model.skops whose S3 object versions are the model history, plus <prefix>/index.json.
 
-    def __init__(self, bucket: str, prefix: str) -> None:
+    Pickles from before skops live under <prefix>/model.pkl, so the two formats never share a key. Opening
+    the store does not touch the network: an unreachable S3 is an error of each call, never of start-up.
+    """
+
+    def __init__(self, bucket: str, prefix: str, signing_key: bytes) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.describe = f"s3://{bucket}/{self.prefix}"
+        self.signing_key = signing_key
         folder = f"{self.prefix}/" if self.prefix else ""
-        self.artifact_key, self.index_key = f"{folder}model.pkl", f"{folder}index.json"
+        self.artifact_keys = {fmt: f"{folder}model.{suffix}" for fmt, suffix in SUFFIX.items()}
+        self.index_key = f"{folder}index.json"
+        self._versioned = False
         with self._errors("opening the store"):
             # boto3 picks up AWS_ENDPOINT_URL and the credentials from the environment itself.
             self.client = boto3.client("s3", config=S3_CONFIG)
-            status = self.client.get_bucket_versioning(Bucket=bucket).get("Status")
-        if status != "Enabled":
-            self._enable_versioning()
+
+    @property
+    def artifact_key(self) -> str:
+        """Where new versions go."""
+        return self.artifact_keys[FORMAT]
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -226,8 +387,17 @@ class S3Store(ModelStore):
         except (BotoCoreError, ValueError) as err:  # ValueError: boto3 rejects a malformed endpoint URL
             raise StoreError(f"{self.describe}: {action} failed: {err}") from err
 
+    def _ensure_versioning(self) -> None:
+        """The bucket's own versioning keeps the history, so a store cannot save without it."""
+        if self._versioned:
+            return
+        with self._errors("checking bucket versioning"):
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        if status != "Enabled":
+            self._enable_versioning()
+        self._versioned = True
+
     def _enable_versioning(self) -> None:
-        """The bucket's own versioning keeps the history, so a store without it cannot work."""
         try:
             self.client.put_bucket_versioning(
                 Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
@@ -247,13 +417,14 @@ class S3Store(ModelStore):
 
     def _write_index(self, data: bytes) -> None:
         # If this fails after an artifact upload, the index still lists only the old versions; the new
-        # object version of model.pkl is an orphan nobody points to, which is harmless.
+        # object version of model.skops is an orphan nobody points to, which is harmless.
         with self._errors("writing index.json"):
             self.client.put_object(
                 Bucket=self.bucket, Key=self.index_key, Body=data, ContentType="application/json"
             )
 
     def _put_artifact(self, version: int, artifact: bytes) -> str:
+        self._ensure_versioning()
         with self._errors(f"uploading model version {version}"):
             response = self.client.put_object(Bucket=self.bucket, Key=self.artifact_key, Body=artifact)
         object_version = response.get("VersionId")
@@ -264,20 +435,24 @@ class S3Store(ModelStore):
     def _get_artifact(self, record: ModelVersion) -> bytes:
         with self._errors(f"downloading model version {record.version}"):
             response = self.client.get_object(
-                Bucket=self.bucket, Key=self.artifact_key, VersionId=record.object_version
+                Bucket=self.bucket, Key=self.artifact_keys[record.format], VersionId=record.object_version
             )
             return response["Body"].read()
 
 
-def open_store(url: str) -> ModelStore:
-    """The model store named by MODEL_STORE: "file:<dir>" or "s3://bucket/prefix"."""
+def open_store(url: str, signing_key: str | None = None) -> ModelStore:
+    """The model store named by MODEL_STORE: "file:<dir>" or "s3://bucket/prefix"; an S3 store needs the
+    MODEL_SIGNING_KEY, a folder (as trusted as the code next to it) signs only when given one."""
+    key = signing_key.encode() if signing_key else None
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if bucket:
-            return S3Store(bucket, prefix)
+            if key is None:
+                raise ValueError("MODEL_SIGNING_KEY is required for an s3:// MODEL_STORE")
+            return S3Store(bucket, prefix, key)
     elif url.startswith("file:"):
         directory = url[len("file:"):]
         directory = directory.removeprefix("//")  # file:///abs and file://rel too
         if directory:
-            return FileStore(directory)
+            return FileStore(directory, key)
     raise ValueError(f"MODEL_STORE must be file:<dir> or s3://bucket/prefix, got {url!r}")

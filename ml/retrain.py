@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from ml import model as ml_model
+from ml import artifact
 from ml.registry import ModelStore, ModelVersion
 from ml.scenarios import evaluate
 from ml.train import Progress, scores, train
@@ -50,7 +50,7 @@ def retrain(
     failed = [v.scenario.name for v in evaluate(trained.pipeline) if not v.holds]
     meta["scenarios_failed"] = failed
     say("saving")
-    saved = model_store.save(ml_model.to_bytes(trained.pipeline), meta)
+    saved = model_store.save(artifact.dumps(trained.pipeline), meta)
     better, reason = _verdict(trained.meta["holdout"], new_scores, old_version, old_scores, failed)
     return Retrained(saved, old_version, old_scores, new_scores, better, reason, failed)
 

@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     import logging
     import sys
 
-    from ml import data
-    from ml import model as ml_model
+    from ml import artifact, data
     from ml.config import ConfigError, load_store_settings
     from ml.registry import StoreError, open_store
     from ml.retrain import retrain
@@ -198,11 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_store_settings()
         database = data.connect(settings.database_url)
-        model_store = open_store(settings.model_store)
+        model_store = open_store(settings.model_store, settings.model_signing_key)
         active_version = model_store.active()
         active = None
         if active_version is not None:
-            active = (active_version, ml_model.from_bytes(model_store.load(active_version)))
+            active = (active_version, artifact.loads(model_store.load(active_version)))
         result = retrain(model_store, active, lambda: data.training_frame(database, FEATURES), print, args.seed)
         if result.better:
             model_store.activate(result.saved.version)

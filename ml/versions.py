@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("version", nargs="?", type=int, help="show this version in full")
     args = parser.parse_args(argv)
     try:
-        model_store = open_store(load_store_settings().model_store)
+        settings = load_store_settings()
+        model_store = open_store(settings.model_store, settings.model_signing_key)
         versions, active = model_store.versions(), model_store.active()
         chosen = model_store.get(args.version) if args.version is not None else None
     except (ConfigError, StoreError, ValueError) as exc:

@@ -44,6 +44,7 @@ def test_configured_values_are_used() -> None:
         "KAFKA_TOPIC": "fleet.metrics",
         "KAFKA_GROUP_ID": "bots",
         "MODEL_STORE": "s3://rigwatch-models/prod",
+        "MODEL_SIGNING_KEY": "0123456789abcdef0123456789abcdef",
         "ALERT_THRESHOLD": "0.85",
     })
 
@@ -135,3 +136,17 @@ def test_the_bot_stops_at_start_up_with_one_line_naming_the_variable(
     assert "Traceback" not in done.stderr + done.stdout
     assert TOKEN not in done.stderr + done.stdout, "the bot token must never be printed"
     assert not (tmp_path / "models").exists(), "nothing is created when the configuration is bad"
+
+
+def test_the_model_signing_key_is_required_for_s3_and_never_shown() -> None:
+    key = "k3y-" + "s" * 28
+    with pytest.raises(ConfigError, match=r"^MODEL_SIGNING_KEY is not set"):
+        load_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "MODEL_STORE": "s3://models/fleet"})
+    with pytest.raises(ConfigError, match=r"^MODEL_SIGNING_KEY is too short") as caught:
+        load_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "MODEL_SIGNING_KEY": "short-secret"})
+    assert "short-secret" not in str(caught.value)
+
+    settings = load_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "MODEL_STORE": "s3://models/fleet",
+                              "MODEL_SIGNING_KEY": key})
+    assert settings.model_signing_key == key and key not in repr(settings)
+    assert load_settings({"TELEGRAM_BOT_TOKEN": TOKEN}).model_signing_key is None

@@ -207,7 +207,7 @@ def test_a_tampered_active_model_is_refused_at_start_and_the_chat_is_told(
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log("model v1 is active")
         assert bot.stop() == 0
-    artifact = tmp_path / "models" / "v0001.pkl"
+    artifact = tmp_path / "models" / "v0001.skops"
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
     store.open_database(url)
     before = store.Metric.select().count()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 
@@ -137,19 +136,6 @@ def test_the_model_metadata_says_how_it_was_trained_and_how_calibrated_it_is(fir
     assert len(bins) == 5 and sum(b["rows"] for b in bins) == meta["holdout_rows"]
     assert meta["libraries"]["scikit-learn"] == sklearn.__version__
     assert meta["features"] == FEATURES
-
-
-def test_the_artifact_round_trips_to_the_same_predictions(first_model: Trained) -> None:
-    samples = [BUSY_HEALTHY, {}, {"cpu_temp_c": 95, "load_1m": 2.5}]
-
-    loaded = model.from_bytes(model.to_bytes(first_model.pipeline))
-
-    np.testing.assert_array_equal(model.predict(loaded, samples), model.predict(first_model.pipeline, samples))
-
-
-def test_an_artifact_that_is_not_a_pipeline_is_refused() -> None:
-    with pytest.raises(ValueError, match="not a scikit-learn Pipeline"):
-        model.from_bytes(pickle.dumps({"coef": [1, 2, 3]}))
 
 
 def test_drivers_name_the_metric_at_its_edge_and_only_it(first_model: Trained) -> None:

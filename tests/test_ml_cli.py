@@ -56,7 +56,7 @@ def test_a_bad_model_store_is_one_clear_line(tmp_path: Path) -> None:
 def test_evaluate_passes_on_the_first_model_and_fails_on_a_model_taught_to_cry_wolf(tmp_path: Path) -> None:
     import pandas as pd
 
-    from ml import model as ml_model
+    from ml import artifact
     from ml.registry import open_store
     from ml.scenarios import BACKGROUNDS
     from ml.train import train
@@ -71,7 +71,7 @@ def test_evaluate_passes_on_the_first_model_and_fails_on_a_model_taught_to_cry_w
     wolf = pd.DataFrame([BACKGROUNDS["typical"]] * 100).assign(label=1)
     model_store = open_store(env["MODEL_STORE"])
     trained = train(wolf)
-    model_store.activate(model_store.save(ml_model.to_bytes(trained.pipeline), trained.meta).version)
+    model_store.activate(model_store.save(artifact.dumps(trained.pipeline), trained.meta).version)
 
     failing = run("ml.evaluate", env=env)
     assert failing.returncode == 1

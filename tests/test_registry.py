@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -15,14 +17,17 @@ from botocore.exceptions import ClientError
 
 import ml.registry
 from ml.registry import (
+    BadIndex,
     ChecksumMismatch,
     ModelStore,
+    Refused,
     StoreError,
     UnknownVersion,
     open_store,
 )
 from tests.fakes.services import free_port
 
+KEY = "test-signing-key-0123456789"
 META = {"rows": 1200, "labels": 3, "holdout": {"f1": 0.91}, "versions": {"sklearn": "1.6.1"}}
 
 
@@ -47,7 +52,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ModelStore:
     """An empty store of each kind."""
     if request.param == "file":
         return open_store(f"file:{tmp_path / 'models'}")
-    return open_store(f"s3://{new_bucket(request.getfixturevalue('s3'))}/rigwatch/models")
+    return open_store(f"s3://{new_bucket(request.getfixturevalue('s3'))}/rigwatch/models", KEY)
 
 
 def test_it_lists_saved_versions_oldest_first_with_their_metadata(store: ModelStore) -> None:
@@ -123,7 +128,7 @@ def test_file_store_rejects_a_tampered_artifact(tmp_path: Path) -> None:
     store = open_store(f"file:{tmp_path}")
     store.save(b"trusted model", META)
 
-    (tmp_path / "v0001.pkl").write_bytes(b"evil pickle")
+    (tmp_path / "v0001.skops").write_bytes(b"evil bytes")
 
     with pytest.raises(ChecksumMismatch):
         store.load(1)
@@ -139,7 +144,7 @@ def test_file_store_keeps_an_index_and_one_file_per_version(
     store.activate(2)
 
     assert store.describe == "file:models"
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["index.json", "v0001.pkl", "v0002.pkl"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["index.json", "v0001.skops", "v0002.skops"]
     index = json.loads((tmp_path / "models" / "index.json").read_text())
     assert index["active"] == 2
     assert [v["version"] for v in index["versions"]] == [1, 2]
@@ -159,7 +164,7 @@ def test_file_store_leaves_no_half_written_file_when_a_write_fails(
         store.save(b"two", META)
     monkeypatch.undo()
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "v0001.pkl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "v0001.skops"]
     assert [v.version for v in store.versions()] == [1]
 
 
@@ -173,33 +178,34 @@ def test_file_store_at_an_unwritable_path_is_a_store_error(tmp_path: Path) -> No
 
 def test_s3_store_keeps_one_object_version_per_save_under_a_single_key(s3: BaseClient) -> None:
     bucket = new_bucket(s3)
-    store = open_store(f"s3://{bucket}")
+    store = open_store(f"s3://{bucket}", KEY)
     saved = [store.save(f"model {n}".encode(), META) for n in (1, 2, 3)]
 
-    listing = s3.list_object_versions(Bucket=bucket, Prefix="model.pkl")["Versions"]
+    listing = s3.list_object_versions(Bucket=bucket)["Versions"]
 
     assert store.describe == f"s3://{bucket}/"
-    assert {v["Key"] for v in listing} == {"model.pkl"}
+    assert {v["Key"] for v in listing} == {"model.skops", "index.json"}
+    listing = [v for v in listing if v["Key"] == "model.skops"]
     assert {v["VersionId"] for v in listing} == {r.object_version for r in saved}
     index = json.loads(s3.get_object(Bucket=bucket, Key="index.json")["Body"].read())
     assert [v["object_version"] for v in index["versions"]] == [r.object_version for r in saved]
 
 
-def test_s3_store_rejects_an_index_pointing_at_other_bytes(s3: BaseClient) -> None:
+def test_s3_store_refuses_an_index_edited_to_point_at_other_bytes(s3: BaseClient) -> None:
     bucket = new_bucket(s3)
-    store = open_store(f"s3://{bucket}/models")
+    store = open_store(f"s3://{bucket}/models", KEY)
     store.save(b"trusted model", META)
 
     # A newer object version under the same key does not change what version 1 loads...
-    evil = s3.put_object(Bucket=bucket, Key="models/model.pkl", Body=b"evil pickle")["VersionId"]
+    evil = s3.put_object(Bucket=bucket, Key="models/model.skops", Body=b"evil bytes")["VersionId"]
     assert store.load(1) == b"trusted model"
 
-    # ...but an index edited to point at it, with the old digest kept, is caught.
+    # ...and an index edited to point at it no longer carries our signature.
     index = json.loads(s3.get_object(Bucket=bucket, Key="models/index.json")["Body"].read())
     index["versions"][0]["object_version"] = evil
     s3.put_object(Bucket=bucket, Key="models/index.json", Body=json.dumps(index).encode())
 
-    with pytest.raises(ChecksumMismatch):
+    with pytest.raises(Refused, match="signature"):
         store.load(1)
 
 
@@ -209,11 +215,11 @@ def test_s3_store_enables_versioning_on_a_bucket_without_it(
     bucket = new_bucket(s3, versioned=False)
 
     with caplog.at_level(logging.WARNING, logger="ml.registry"):
-        store = open_store(f"s3://{bucket}/models")
+        saved = open_store(f"s3://{bucket}/models", KEY).save(b"model", META)
 
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     assert f"enabled versioning on bucket {bucket}" in caplog.text
-    assert store.save(b"model", META).object_version
+    assert saved.object_version
 
 
 def test_s3_store_explains_when_it_may_not_enable_versioning(
@@ -235,12 +241,12 @@ def test_s3_store_explains_when_it_may_not_enable_versioning(
     monkeypatch.setattr(ml.registry.boto3, "client", client_without_the_right)
 
     with pytest.raises(StoreError, match=f"bucket {bucket} has no versioning and these credentials cannot"):
-        open_store(f"s3://{bucket}/models")
+        open_store(f"s3://{bucket}/models", KEY).save(b"model", META)
 
 
 def test_s3_store_names_a_missing_bucket(s3: BaseClient) -> None:
     with pytest.raises(StoreError, match="bucket no-such-bucket-here does not exist"):
-        open_store("s3://no-such-bucket-here/models")
+        open_store("s3://no-such-bucket-here/models", KEY).versions()
 
 
 def test_s3_store_fails_fast_and_readably_when_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,9 +255,10 @@ def test_s3_store_fails_fast_and_readably_when_unreachable(monkeypatch: pytest.M
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
+    store = open_store("s3://models/rigwatch", KEY)  # opening never waits for the network
     started = time.monotonic()
     with pytest.raises(StoreError) as caught:
-        open_store("s3://models/rigwatch")
+        store.versions()
 
     assert time.monotonic() - started < 5
     message = str(caught.value)
@@ -262,7 +269,7 @@ def test_s3_store_fails_fast_and_readably_when_unreachable(monkeypatch: pytest.M
 def test_s3_store_save_fails_as_store_error_when_the_endpoint_goes_away(
     s3: BaseClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = open_store(f"s3://{new_bucket(s3)}/models")
+    store = open_store(f"s3://{new_bucket(s3)}/models", KEY)
     closed = f"http://127.0.0.1:{free_port()}"
     store.client = boto3.client("s3", endpoint_url=closed, config=ml.registry.S3_CONFIG)
 
@@ -276,4 +283,94 @@ def test_unknown_store_urls_name_the_variable() -> None:
     with pytest.raises(ValueError, match="MODEL_STORE"):
         open_store("ftp://x")
     with pytest.raises(ValueError, match="MODEL_STORE"):
-        open_store("s3://")
+        open_store("s3://", KEY)
+    with pytest.raises(ValueError, match="MODEL_SIGNING_KEY"):
+        open_store("s3://models/rigwatch")
+
+
+def index_of(store: ModelStore) -> dict:
+    return json.loads(store._read_index() or b"{}")
+
+
+def test_entries_are_signed_and_the_key_is_never_stored(s3: BaseClient) -> None:
+    bucket = new_bucket(s3)
+    store = open_store(f"s3://{bucket}/models", KEY)
+    store.save(b"model", META)
+    store.activate(1)
+
+    entry = index_of(store)["versions"][0]
+    assert entry["format"] == "skops" and len(entry["signature"]) == 64
+    for listed in s3.list_object_versions(Bucket=bucket)["Versions"]:
+        body = s3.get_object(Bucket=bucket, Key=listed["Key"], VersionId=listed["VersionId"])["Body"].read()
+        assert KEY.encode() not in body
+    assert open_store(f"s3://{bucket}/models", KEY).load(1) == b"model"
+
+
+@pytest.mark.parametrize("signature", [None, "0" * 64, "signed with another key"])
+def test_a_planted_artifact_with_its_own_digest_and_a_forged_entry_is_refused(
+    s3: BaseClient, signature: str | None
+) -> None:
+    bucket = new_bucket(s3)
+    store = open_store(f"s3://{bucket}/models", KEY)
+    store.activate(store.save(b"our model", META).version)
+    planted = b"someone else's model"
+    version_id = s3.put_object(Bucket=bucket, Key="models/model.skops", Body=planted)["VersionId"]
+    index = index_of(store)
+    forged = {**index["versions"][0], "version": 2, "object_version": version_id,
+              "sha256": hashlib.sha256(planted).hexdigest(), "size": len(planted), "signature": signature}
+    if signature == "signed with another key":
+        other = open_store(f"s3://{bucket}/models", "another-key-0123456789")
+        forged = dataclasses.asdict(other._sign(ml.registry._record({**forged, "signature": None})))
+    s3.put_object(Bucket=bucket, Key="models/index.json",
+                  Body=json.dumps({"active": 2, "versions": [*index["versions"], forged]}).encode())
+
+    with pytest.raises(Refused, match="model version 2"):
+        store.load(2)
+    assert store.load(1) == b"our model"
+
+
+def test_a_folder_with_a_key_refuses_unsigned_entries_and_one_without_accepts_them(tmp_path: Path) -> None:
+    open_store(f"file:{tmp_path}").save(b"model", META)
+
+    assert open_store(f"file:{tmp_path}").load(1) == b"model"
+    with pytest.raises(Refused, match="unsigned"):
+        open_store(f"file:{tmp_path}", KEY).load(1)
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+GOOD_ENTRY = {"version": 1, "created": "2025-01-01T00:00:00+00:00", "sha256": "a" * 64, "size": 5, "meta": {},
+              "object_version": None, "format": "skops", "signature": None}
+BAD_INDEXES = {
+    "not json": b"{",
+    "a list": b"[]",
+    "deeply nested": f'{{"active": null, "versions": {deep(100_000)}}}'.encode(),
+    "nested in meta": json.dumps({"active": None, "versions": [
+        {**GOOD_ENTRY, "meta": json.loads(deep(40))}]}).encode(),
+    "version is a path": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "version": "../evil"}]}).encode(),
+    "version is a string": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "version": "1"}]}).encode(),
+    "version is zero": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "version": 0}]}).encode(),
+    "version is true": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "version": True}]}).encode(),
+    "version twice": json.dumps({"active": 1, "versions": [GOOD_ENTRY, GOOD_ENTRY]}).encode(),
+    "active is a path": json.dumps({"active": "../evil", "versions": [GOOD_ENTRY]}).encode(),
+    "active is unknown": json.dumps({"active": 7, "versions": [GOOD_ENTRY]}).encode(),
+    "missing field": json.dumps({"active": None, "versions": [{"version": 1}]}).encode(),
+    "unknown field": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "run": "rm -rf /"}]}).encode(),
+    "bad digest": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "sha256": "../x"}]}).encode(),
+    "unknown format": json.dumps({"active": None, "versions": [{**GOOD_ENTRY, "format": "joblib"}]}).encode(),
+    "no versions": json.dumps({"active": None}).encode(),
+}
+
+
+@pytest.mark.parametrize("content", BAD_INDEXES.values(), ids=BAD_INDEXES.keys())
+def test_an_invalid_index_is_one_readable_error_and_is_never_overwritten(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "index.json").write_bytes(content)
+    store = open_store(f"file:{tmp_path}")
+
+    for action in (store.versions, store.active, lambda: store.load(1), lambda: store.save(b"model", META)):
+        with pytest.raises(BadIndex) as caught:
+            action()
+        assert "index.json is not a valid model index" in str(caught.value) and "\n" not in str(caught.value)
+    assert (tmp_path / "index.json").read_bytes() == content
