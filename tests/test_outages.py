@@ -130,7 +130,9 @@ def test_a_bot_started_while_telegram_fails_stores_meanwhile_and_comes_up_when_i
         # Later, getUpdates fails a few times in a row: one line when it starts, one when it ends.
         telegram.fail_next("getUpdates", 502, "Bad Gateway", count=3)
         ask(telegram, "/help")  # returns the long poll in flight, so that the failing calls come next
-        bot.wait_log("Telegram Bot API reachable again", timeout=WAIT_S, count=2)
+        bot.wait_log("cannot reach the Telegram Bot API", count=2)
+        assert "Rigwatch" in ask(telegram, "/help"), "answered once getUpdates works again"
+        bot.wait_log("Telegram Bot API reachable again", count=2)
         assert bot.log.count("cannot reach the Telegram Bot API") == 2
         assert "Traceback" not in bot.log
         assert SECRET not in bot.log
