@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import peewee as pw
 from playhouse.db_url import connect, register_database
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 from playhouse.shortcuts import ReconnectMixin
 
 from agent.wire import KNOWN_METRICS, Sample
@@ -139,10 +139,15 @@ class ReconnectingSqliteDatabase(_Reconnecting, pw.SqliteDatabase):
     """sqlite://"""
 
 
+class ReconnectingPooledSqliteDatabase(_Reconnecting, PooledSqliteDatabase):
+    """sqlite+pool://"""
+
+
 # playhouse.db_url picks the class by scheme: DATABASE_URL and the ml command line both get these.
 register_database(ReconnectingPostgresqlDatabase, "postgres", "postgresql")
 register_database(ReconnectingPooledPostgresqlDatabase, "postgres+pool", "postgresql+pool")
 register_database(ReconnectingSqliteDatabase, "sqlite")
+register_database(ReconnectingPooledSqliteDatabase, "sqlite+pool")
 
 
 def open_database(url: str) -> pw.Database:
