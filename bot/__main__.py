@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import sys
 
 import peewee
-from telegram import Update
+from telegram.error import InvalidToken
 
-from bot.app import build_application
+from bot import logs
+from bot.app import build_application, serve
 from bot.config import ConfigError, load_settings
 from bot.store import open_database
 from ml.registry import StoreError, open_store
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO, and the URL holds the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("librdkafka").setLevel(logging.ERROR)
     try:
         settings = load_settings()
-        open_database(settings.database_url)
-        model_store = open_store(settings.model_store, settings.model_signing_key)
     except ConfigError as exc:
         sys.exit(f"rigwatch: {exc}")
+    logs.configure(settings.log_level, settings.token)
+    try:
+        open_database(settings.database_url)
+        model_store = open_store(settings.model_store, settings.model_signing_key)
     except peewee.PeeweeException as exc:
         sys.exit(f"rigwatch: cannot open DATABASE_URL: {exc}".strip())
     except StoreError as exc:
         sys.exit(f"rigwatch: cannot open MODEL_STORE: {exc}")
-    build_application(settings, model_store).run_polling(allowed_updates=Update.ALL_TYPES)
+    try:
+        asyncio.run(serve(build_application(settings, model_store)))
+    except InvalidToken:
+        # PTB's own text of this error holds the token: say it in our words.
+        sys.exit(f"rigwatch: the Bot API at {settings.api_url} rejected TELEGRAM_BOT_TOKEN; "
+                 "get a valid token from @BotFather")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,35 @@
-"""Wiring: the Telegram application, its handlers and the repeating poll job."""
+"""Wiring: the Telegram application, its handlers and the repeating poll job, and how the process runs.
+
+Metrics are read and stored from the first second; the chat side joins as soon as the Bot API answers.
+An outage of Telegram, at start or later, is retried with backoff and said once in the log when it
+starts and once when it ends.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
 
-from telegram import BotCommand
-from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler, filters
+from telegram import BotCommand, Update
+from telegram.error import InvalidToken, TelegramError
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+from telegram.request import HTTPXRequest
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from bot import handlers
+from bot import handlers, store
 from bot.active_model import ActiveModel, ModelKeeper, keep_model_loaded
 from bot.alerts import Alerter
 from bot.config import Settings
@@ -25,20 +45,59 @@ COMMANDS = [
     BotCommand("rollback", "go back to an earlier model version (admins)"),
     BotCommand("help", "what this bot does"),
 ]
+RETRY_MAX_S = 30.0  # the longest wait between two tries to reach the Bot API
+OUTAGE_CHECK_S = 5.0  # how often the chats' view of Kafka and the database is brought up to date
+
+
+class TelegramLink:
+    """Whether the Bot API answers; the log says so once per change, not once per retry."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def failed(self, error: BaseException) -> None:
+        if self.up:
+            log.warning("cannot reach the Telegram Bot API (%s: %s); retrying with backoff, metrics are still "
+                        "stored and alerts wait", type(error).__name__, error)
+        self.up = False
+
+    def answered(self) -> None:
+        if not self.up:
+            log.info("Telegram Bot API reachable again")
+        self.up = True
+
+
+class _PollingRequest(HTTPXRequest):
+    """The connection getUpdates uses. A failed poll reaches the Updater's error callback, but a good one
+    has no hook: this tells the link when Telegram answers again."""
+
+    __slots__ = ("_link",)
+
+    def __init__(self, link: TelegramLink) -> None:
+        super().__init__(connection_pool_size=1)  # what ApplicationBuilder gives getUpdates by default
+        self._link = link
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        code, payload = await super().do_request(*args, **kwargs)
+        if code == HTTPStatus.OK:
+            self._link.answered()
+        return code, payload
 
 
 def build_application(settings: Settings, model_store: ModelStore) -> Application:
-    """The bot, ready for run_polling; the database must already be open."""
+    """The bot, ready for serve(); the database must already be open."""
+    link = TelegramLink()
     application = (
         Application.builder()
         .token(settings.token)
         .base_url(f"{settings.api_url}/bot")
         .base_file_url(f"{settings.api_url}/file/bot")
-        .post_init(_start)
-        .post_shutdown(_stop)
+        .get_updates_request(_PollingRequest(link))
         .build()
     )
-    application.bot_data.update(settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock())
+    application.bot_data.update(
+        settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock(), link=link
+    )
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
     application.add_handler(CommandHandler("status", handlers.status))
@@ -56,7 +115,67 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     return application
 
 
-async def _start(application: Application) -> None:
+async def serve(application: Application) -> None:
+    """Run until SIGTERM or SIGINT. Raises InvalidToken when the Bot API rejects the token: that cannot heal."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await _start_ingestion(application)
+    try:
+        if not await _unless_stopped(_connect(application), stop):
+            return
+        link: TelegramLink = application.bot_data["link"]
+        # Telegram answered getMe a moment ago: a failure of the bootstrap calls now is retried too.
+        await application.updater.start_polling(
+            allowed_updates=Update.ALL_TYPES, bootstrap_retries=-1, error_callback=link.failed
+        )
+        await application.start()
+        await _greet(application)
+        await stop.wait()
+    finally:
+        await _shut_down(application)
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Await `work` unless `stop` is set first (then cancel it); whether it finished."""
+    task, stopping = asyncio.create_task(work), asyncio.create_task(stop.wait())
+    await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        return False
+    task.result()  # raises what the work raised
+    return True
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    # No connection, a 502, a timeout heal by themselves; a rejected token does not.
+    return isinstance(error, TelegramError) and not isinstance(error, InvalidToken)
+
+
+async def _connect(application: Application) -> None:
+    """Initialize the application (its getMe checks the token), retrying with backoff while Telegram fails."""
+    link: TelegramLink = application.bot_data["link"]
+
+    def on_failure(state: RetryCallState) -> None:
+        if state.outcome is not None and (error := state.outcome.exception()) is not None:
+            link.failed(error)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_worth_retrying),
+        wait=wait_exponential(multiplier=1, max=RETRY_MAX_S),
+        before_sleep=on_failure,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            await application.initialize()
+    link.answered()
+
+
+async def _start_ingestion(application: Application) -> None:
+    """Load the model and start the poll job, before and whatever Telegram does."""
     settings: Settings = application.bot_data["settings"]
     model: ActiveModel = application.bot_data["model"]
     if not settings.allowed_chat_ids:
@@ -78,13 +197,73 @@ async def _start(application: Application) -> None:
     poller = Poller(source, model, alerter)
     application.bot_data["poller"] = poller
     application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
+    application.job_queue.run_repeating(
+        tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages"
+    )
+    # Application.start() would start the job queue only once Telegram answers.
+    await application.job_queue.start()
+
+
+@dataclass
+class Service:
+    """A service whose outage the chats hear about: once when it starts and once when it ends."""
+
+    is_up: Callable[[], bool]
+    down_text: str
+    up_text: str
+    told_up: bool = True  # what the chats were told last
+
+
+async def tell_outages(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The repeating job: a service that went down or came back is said once in every allowed chat."""
+    settings: Settings = context.bot_data["settings"]
+    for service in context.job.data:
+        up = service.is_up()
+        if up == service.told_up:
+            continue
+        try:
+            for chat_id in settings.allowed_chat_ids:
+                await context.bot.send_message(chat_id, service.up_text if up else service.down_text)
+        except TelegramError as exc:  # Telegram is out too: its own outage is in the log
+            log.debug("outage notice not sent (%s); trying again at the next check", exc)
+            return
+        service.told_up = up
+
+
+def _watched(source: KafkaSource | LocalSource) -> list[Service]:
+    services = [Service(
+        store.reachable,
+        "⚠️ The database is unreachable: metrics are not stored and /status cannot answer until it is back.",
+        "✅ The database is reachable again: metrics are stored.",
+    )]
+    if isinstance(source, KafkaSource):
+        services.append(Service(
+            lambda: source.reachable,
+            "⚠️ Kafka is unreachable: no new metrics arrive until it is back. Nothing is lost: "
+            "they are read when it returns.",
+            "✅ Kafka is reachable again: metrics arrive.",
+        ))
+    return services
+
+
+async def _greet(application: Application) -> None:
+    """Once Telegram answers: set the command menu."""
     try:
         await application.bot.set_my_commands(COMMANDS)
-    except TelegramError as exc:  # only the command menu is missing: everything else works
+    except TelegramError as exc:  # the bot works without the menu
         log.warning("could not set the command menu: %s", exc.message)
 
 
-async def _stop(application: Application) -> None:
+async def _shut_down(application: Application) -> None:
+    if application.updater.running:
+        await application.updater.stop()
+    if application.running:
+        await application.stop()  # stops the job queue too, waiting for a running poll
+    else:
+        await application.job_queue.stop()
+    await application.shutdown()
+    # Its connections are open when getMe never succeeded, and the application did not count as initialized.
+    await application.bot.shutdown()
     poller: Poller | None = application.bot_data.get("poller")
     if poller is not None:
         await asyncio.to_thread(poller.source.close)

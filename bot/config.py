@@ -30,6 +30,7 @@ class Settings:
     sample_interval_s: float
     poll_interval_s: float
     batch_size: int
+    log_level: str
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -52,6 +53,15 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not (low <= value <= high):
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw[:30]!r}")
     return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(raw: str) -> str:
+    if raw.upper() not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw[:30]!r}")
+    return raw.upper()
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool = True) -> Settings:
@@ -84,4 +94,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         sample_interval_s=_number(env, "SAMPLE_INTERVAL_SECONDS", 5, 0.1, 3600),
         poll_interval_s=_number(env, "POLL_INTERVAL_SECONDS", 1, 0.05, 60),
         batch_size=int(_number(env, "BATCH_SIZE", 5000, 1, 100000)),
+        log_level=_log_level(env.get("LOG_LEVEL", "").strip() or "INFO"),
     )

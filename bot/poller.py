@@ -41,13 +41,25 @@ class Batch:
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # where to rewind on failure
 
 
+# Errors librdkafka raises for a broker it cannot talk to, again on every retry and sometimes late.
+CONNECTION_ERRORS = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE)
+PROBE_TIMEOUT_S = 2.0
+
+
 class KafkaSource:
-    """Batches of messages from the metrics topic, committed only once stored."""
+    """Batches of messages from the metrics topic, committed only once stored.
+
+    The log says "unreachable" and "reachable again" once per outage, each only after asking the broker
+    itself: librdkafka's connection errors repeat on every retry and can arrive after the broker is back,
+    and messages it fetched before an outage still come out of its local queue during one.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.kafka_topic
         self.batch_size = settings.batch_size
-        self._broker_down = False
+        self.reachable = True  # what the log said last
+        self._connection_error: str | None = None  # since the last probe of the broker
+        self._problem: str | None = None  # the last other error logged: said again only when it changes
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": settings.kafka_group_id,
@@ -55,32 +67,56 @@ class KafkaSource:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": max(100, settings.kafka_session_timeout_ms // 4),
+            # The default (5 minutes) leaves a topic created after the bot started unread for that long.
+            "topic.metadata.refresh.interval.ms": 5000,
             "error_cb": self._on_error,
-            # librdkafka repeats its connection failures on every retry: _on_error says it once instead.
+            # librdkafka logs each failed connection attempt at ERR, the same failures error_cb reports:
+            # only its critical lines reach our log.
             "logger": logging.getLogger("librdkafka"),
+            "log_level": 2,
         })
         self.consumer.subscribe([self.topic])
 
     def _on_error(self, error: KafkaError) -> None:
-        # librdkafka reports a dead broker again and again; say it once per outage.
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            if not self._broker_down:
-                log.warning("Kafka unreachable: %s; retrying, nothing is lost meanwhile", error.str())
-            self._broker_down = True
+        if error.code() in CONNECTION_ERRORS:
+            self._connection_error = error.str()  # _check_broker decides whether it is an outage
         else:
-            log.warning("Kafka: %s", error.str())
+            self._say(f"Kafka: {error.str()}")
+
+    def _say(self, problem: str) -> None:
+        if problem != self._problem:
+            log.warning("%s", problem)
+        self._problem = problem
+
+    def _check_broker(self) -> None:
+        """After a connection error, ask the broker for the topic's metadata; log a change of state."""
+        error, self._connection_error = self._connection_error, None
+        try:
+            self.consumer.list_topics(self.topic, timeout=PROBE_TIMEOUT_S)
+        except KafkaException:
+            if self.reachable:
+                log.warning("Kafka unreachable (%s); retrying, nothing is lost meanwhile", error)
+                self.reachable = False
+            self._connection_error = self._connection_error or error  # ask again on the next fetch
+            return
+        if not self.reachable:
+            log.info("Kafka reachable again")
+            self.reachable = True
 
     def fetch(self, timeout: float) -> Batch:
         """Up to batch_size messages, parsed; an invalid one becomes a rejection with its reason."""
         batch = Batch()
         for message in self.consumer.consume(num_messages=self.batch_size, timeout=timeout):
-            if message.error():
-                log.warning("Kafka: %s", message.error().str())
-                continue
-            if self._broker_down:
-                log.info("Kafka reachable again")
-                self._broker_down = False
-            self._add(batch, message)
+            error = message.error()
+            if error is None:
+                self._problem = None
+                self._add(batch, message)
+            elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                self._say(f"Kafka topic {self.topic} does not exist yet; it is read as soon as it is created")
+            else:
+                self._say(f"Kafka: {error.str()}")
+        if self._connection_error is not None:
+            self._check_broker()
         return batch
 
     @staticmethod

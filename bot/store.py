@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 import peewee as pw
+from playhouse.db_url import register_database
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+from playhouse.shortcuts import ReconnectMixin
 
 from agent.wire import KNOWN_METRICS, Sample
 from ml import data
@@ -121,12 +124,67 @@ class StoredSample:
     model_version: int | None
 
 
+class _Reconnecting(ReconnectMixin):
+    """Opens a new connection when a statement outside a transaction, or the BEGIN of one, finds the old
+    connection dropped (the server restarted, a proxy cut it, it was closed under us): the next batch or
+    command heals instead of failing until the bot restarts. Inside a transaction it never reconnects
+    silently; that batch fails, is read again, and the next BEGIN reconnects."""
+
+    reconnect_errors = (
+        (pw.OperationalError, "server closed the connection"),  # psycopg2
+        (pw.OperationalError, "terminating connection"),  # psycopg2 and psycopg 3
+        (pw.OperationalError, "the connection is closed"),  # psycopg 3
+        (pw.OperationalError, "connection is lost"),  # psycopg 3
+        (pw.InterfaceError, "connection already closed"),  # psycopg2, after a failure like the above
+        (pw.ProgrammingError, "cannot operate on a closed database"),  # sqlite3
+    )
+    reachable = True  # False from a connection attempt that failed until one that works
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        try:
+            opened = super().connect(reuse_if_open)
+        except pw.OperationalError:
+            self.reachable = False
+            raise
+        self.reachable = True
+        return opened
+
+
+class ReconnectingPostgresqlDatabase(_Reconnecting, pw.PostgresqlDatabase):
+    """postgres:// and postgresql://"""
+
+
+class ReconnectingPooledPostgresqlDatabase(_Reconnecting, PooledPostgresqlDatabase):
+    """postgres+pool:// and postgresql+pool://"""
+
+
+class ReconnectingSqliteDatabase(_Reconnecting, pw.SqliteDatabase):
+    """sqlite://"""
+
+
+class ReconnectingPooledSqliteDatabase(_Reconnecting, PooledSqliteDatabase):
+    """sqlite+pool://"""
+
+
+# playhouse.db_url picks the class by scheme: DATABASE_URL and the ml command line both get these.
+register_database(ReconnectingPostgresqlDatabase, "postgres", "postgresql")
+register_database(ReconnectingPooledPostgresqlDatabase, "postgres+pool", "postgresql+pool")
+register_database(ReconnectingSqliteDatabase, "sqlite")
+register_database(ReconnectingPooledSqliteDatabase, "sqlite+pool")
+
+
 def open_database(url: str) -> pw.Database:
     """Connect the models to DATABASE_URL and create the tables; SQLite's folder is created."""
     database = data.connect(url)
     db.initialize(database)
     database.create_tables(TABLES, safe=True)
     return database
+
+
+def reachable() -> bool:
+    """Whether the last attempt to connect to the database worked: False during an outage that something
+    (the poller, a command) ran into, True again once a connection works."""
+    return getattr(db.obj, "reachable", True)
 
 
 def store_batch(

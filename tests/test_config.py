@@ -17,6 +17,7 @@ TOKEN = "123456:" + "A" * 30
 OUR_VARIABLES = (
     "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL", "ALLOWED_CHAT_IDS", "ADMIN_USER_IDS", "DATABASE_URL",
     "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "MODEL_STORE", "ALERT_THRESHOLD",
+    "LOG_LEVEL",
 )
 
 
@@ -33,6 +34,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.alert_threshold == 0.7
     assert settings.allowed_chat_ids == frozenset()
     assert settings.admin_user_ids == frozenset()
+    assert settings.log_level == "INFO"
 
 
 def test_configured_values_are_used() -> None:
@@ -54,6 +56,7 @@ def test_configured_values_are_used() -> None:
     assert (settings.kafka_topic, settings.kafka_group_id) == ("fleet.metrics", "bots")
     assert settings.model_store == "s3://rigwatch-models/prod"
     assert settings.alert_threshold == 0.85
+    assert load_settings(with_token(LOG_LEVEL="debug")).log_level == "DEBUG"
 
 
 def test_id_lists_accept_spaces_and_negative_group_ids() -> None:
@@ -84,9 +87,11 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(MODEL_STORE="ftp://x"), "MODEL_STORE"),
         (with_token(DATABASE_URL="mysql://x"), "DATABASE_URL"),
         (with_token(KAFKA_BOOTSTRAP_SERVERS="nohostport"), "KAFKA_BOOTSTRAP_SERVERS"),
+        (with_token(LOG_LEVEL="verbose"), "LOG_LEVEL"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
-         "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port"],
+         "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
+         "log-level-verbose"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:

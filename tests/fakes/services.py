@@ -79,35 +79,63 @@ class KafkaBroker:
         self.stop()
 
 
-@contextlib.contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster; yields the URL of an empty database `rigwatch`."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
-    if not bins:
-        raise RuntimeError("PostgreSQL is not installed: apt-get install -y postgresql")
-    pgbin = bins[-1]
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="rigwatch-pg-")
-    as_postgres = os.geteuid() == 0
-    if as_postgres:
-        shutil.chown(data, "postgres")
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster with an empty database `rigwatch`; stop() and start() keep its data,
+    as a restart of the server would."""
 
-    def run(*args: str) -> None:
-        cmd = [f"{pgbin}/{args[0]}", *args[1:]]
-        if as_postgres:
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install -y postgresql")
+        self._pgbin = bins[-1]
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/rigwatch"
+        self._data = tempfile.mkdtemp(prefix="rigwatch-pg-")
+        self._as_postgres = os.geteuid() == 0  # initdb and postgres refuse to run as root
+        if self._as_postgres:
+            shutil.chown(self._data, "postgres")
+
+    def _run(self, *args: str) -> None:
+        cmd = [f"{self._pgbin}/{args[0]}", *args[1:]]
+        if self._as_postgres:
             cmd = ["su", "postgres", "-c", " ".join(cmd)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    try:
-        run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "-N")
-        options = f"'-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off'"
-        run("pg_ctl", "-D", data, "-l", f"{data}/log", "-w", "start", "-o", options)
-        run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "rigwatch")
-        yield f"postgresql://postgres@127.0.0.1:{port}/rigwatch"
-    finally:
+    def create(self) -> PostgresCluster:
+        self._run("initdb", "-D", self._data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "-N")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "rigwatch")
+        return self
+
+    def start(self) -> None:
+        options = f"'-c listen_addresses=127.0.0.1 -p {self.port} -k {self._data} -c fsync=off'"
+        self._run("pg_ctl", "-D", self._data, "-l", f"{self._data}/log", "-w", "start", "-o", options)
+
+    def stop(self) -> None:
+        """Stop as an administrator would: open connections are terminated."""
+        self._run("pg_ctl", "-D", self._data, "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
-            run("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
-        shutil.rmtree(data, ignore_errors=True)
+            self._run("pg_ctl", "-D", self._data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self._data, ignore_errors=True)
+
+    def __enter__(self) -> PostgresCluster:
+        try:
+            return self.create()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields the URL of an empty database `rigwatch`."""
+    with PostgresCluster() as cluster:
+        yield cluster.url
 
 
 @contextlib.contextmanager
