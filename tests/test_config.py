@@ -31,6 +31,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.kafka_topic == "rigwatch.metrics"
     assert settings.kafka_group_id == "rigwatch-bot"
     assert settings.alert_threshold == 0.7
+    assert settings.forecast_hours == 4
     assert settings.allowed_chat_ids == frozenset()
     assert settings.admin_user_ids == frozenset()
 
@@ -45,6 +46,7 @@ def test_configured_values_are_used() -> None:
         "KAFKA_GROUP_ID": "bots",
         "MODEL_STORE": "s3://rigwatch-models/prod",
         "ALERT_THRESHOLD": "0.85",
+        "FORECAST_HOURS": "1.5",
     })
 
     assert settings.api_url == "http://127.0.0.1:8081"
@@ -53,6 +55,7 @@ def test_configured_values_are_used() -> None:
     assert (settings.kafka_topic, settings.kafka_group_id) == ("fleet.metrics", "bots")
     assert settings.model_store == "s3://rigwatch-models/prod"
     assert settings.alert_threshold == 0.85
+    assert settings.forecast_hours == 1.5
 
 
 def test_id_lists_accept_spaces_and_negative_group_ids() -> None:
@@ -83,9 +86,12 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(MODEL_STORE="ftp://x"), "MODEL_STORE"),
         (with_token(DATABASE_URL="mysql://x"), "DATABASE_URL"),
         (with_token(KAFKA_BOOTSTRAP_SERVERS="nohostport"), "KAFKA_BOOTSTRAP_SERVERS"),
+        (with_token(FORECAST_HOURS="0"), "FORECAST_HOURS"),
+        (with_token(FORECAST_HOURS="soon"), "FORECAST_HOURS"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
-         "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port"],
+         "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
+         "forecast-hours-0", "forecast-hours-soon"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:
