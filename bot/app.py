@@ -29,9 +29,10 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from bot import handlers, store
+from bot import forecast, handlers, store
 from bot.active_model import ActiveModel, ModelKeeper, keep_model_loaded
-from bot.alerts import Alerter
+from bot.alerts import Alerter, ForecastAlerter
+from bot.baselines import Baselines
 from bot.config import Settings
 from bot.poller import KafkaSource, LocalSource, Poller, poll
 from ml.registry import ModelStore
@@ -96,7 +97,8 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .build()
     )
     application.bot_data.update(
-        settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock(), link=link
+        settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock(), link=link,
+        baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600),
     )
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
@@ -107,6 +109,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     application.add_handler(CommandHandler("retrain", handlers.retrain_command, block=False))
     application.add_handler(CommandHandler("rollback", handlers.rollback_command))
     application.add_handler(CallbackQueryHandler(handlers.label_button, pattern=r"^label:"))
+    application.add_handler(CallbackQueryHandler(handlers.forecast_button, pattern=r"^forecast:"))
     application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=r"^activate:"))
     application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=r"^cancel$"))
     application.add_handler(CallbackQueryHandler(handlers.invalid_button))
@@ -193,8 +196,12 @@ async def _start_ingestion(application: Application) -> None:
         source = LocalSource()
         interval = settings.sample_interval_s
         log.info("single-host mode: watching this machine as %s every %g s", source.device, interval)
-    alerter = Alerter(settings.allowed_chat_ids, settings.alert_threshold, settings.alert_repeat_s)
+    baselines: Baselines = application.bot_data["baselines"]
+    forecaster: forecast.Forecaster = application.bot_data["forecaster"]
+    await asyncio.to_thread(_rebuild_forecasts, forecaster)
+    alerter = Alerter(settings.allowed_chat_ids, settings.alert_threshold, settings.alert_repeat_s, baselines)
     poller = Poller(source, model, alerter)
+    poller.after_store.append(ForecastAlerter(settings.allowed_chat_ids, forecaster, baselines).alert)
     application.bot_data["poller"] = poller
     application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
     application.job_queue.run_repeating(
@@ -252,6 +259,15 @@ async def _greet(application: Application) -> None:
         await application.bot.set_my_commands(COMMANDS)
     except TelegramError as exc:  # the bot works without the menu
         log.warning("could not set the command menu: %s", exc.message)
+
+
+def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
+    """The trends as they were before the restart, from the store's last window of samples; an episode
+    alerted within that window stays alerted, so a restart does not repeat it."""
+    window = forecast.REBUILD_S
+    forecaster.observe(store.recent_per_device(window, list(forecast.TRENDED)))
+    forecaster.restore_alerted(store.forecasts_alerted_since(window))
+    log.info("forecasts rebuilt for %d devices", len({device for device, _ in forecaster.latest}))
 
 
 async def _shut_down(application: Application) -> None:

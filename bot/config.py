@@ -27,6 +27,7 @@ class Settings:
     model_signing_key: str | None = field(repr=False)  # a secret: never in a repr or a log
     alert_threshold: float
     alert_repeat_s: float
+    forecast_hours: float
     sample_interval_s: float
     poll_interval_s: float
     batch_size: int
@@ -91,6 +92,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         model_signing_key=model_signing_key(env, model_store(env)),
         alert_threshold=_number(env, "ALERT_THRESHOLD", 0.7, 0.0, 1.0),
         alert_repeat_s=60 * _number(env, "ALERT_REPEAT_MINUTES", 30, 0, 7 * 24 * 60),
+        forecast_hours=_number(env, "FORECAST_HOURS", 4, 0.25, 7 * 24),
         sample_interval_s=_number(env, "SAMPLE_INTERVAL_SECONDS", 5, 0.1, 3600),
         poll_interval_s=_number(env, "POLL_INTERVAL_SECONDS", 1, 0.05, 60),
         batch_size=int(_number(env, "BATCH_SIZE", 5000, 1, 100000)),

@@ -17,7 +17,9 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 from agent.wire import DEVICE_RE
 from bot import store, texts
 from bot.active_model import ActiveModel
+from bot.baselines import Baselines
 from bot.config import Settings
+from bot.forecast import Forecaster
 from ml.features import FEATURES
 from ml.registry import StoreError, UnknownVersion
 from ml.retrain import retrain
@@ -31,6 +33,14 @@ def _settings(context: ContextTypes.DEFAULT_TYPE) -> Settings:
 
 def _model(context: ContextTypes.DEFAULT_TYPE) -> ActiveModel:
     return context.bot_data["model"]
+
+
+def _baselines(context: ContextTypes.DEFAULT_TYPE) -> Baselines:
+    return context.bot_data["baselines"]
+
+
+def _forecaster(context: ContextTypes.DEFAULT_TYPE) -> Forecaster:
+    return context.bot_data["forecaster"]
 
 
 async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -69,7 +79,10 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             known = [s.device for s in await asyncio.to_thread(store.latest_per_device)]
             text = texts.unknown_device(args[0], known)
         else:
-            text = texts.device_status(sample, settings.alert_threshold, _model(context).version)
+            usual = await asyncio.to_thread(_baselines(context).get, sample.device)
+            forecasts = await asyncio.to_thread(_forecaster(context).forecasts, sample.device)
+            text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
+                                       forecasts=forecasts, horizon_s=settings.forecast_hours * 3600)
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
 
 
@@ -97,8 +110,32 @@ async def label_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     name = f"@{user.username}" if user.username else user.full_name
     await asyncio.to_thread(store.add_label, sample.id, value, user.id, name)
     await query.answer(f"Thanks: stored as {texts.LABEL_VALUES[value]}.")
-    alert = texts.alert(sample, _model(context).drivers(sample.metrics))
+    usual = await asyncio.to_thread(_baselines(context).get, sample.device)
+    alert = texts.alert(sample, _model(context).drivers(sample.metrics), usual)
     await query.edit_message_text(texts.labelled(alert, value, name, time.time()), parse_mode=ParseMode.HTML)
+
+
+async def forecast_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A press on ✅ Right forecast or ❌ Wrong forecast: store the verdict apart from the model's labels."""
+    query = update.callback_query
+    parsed = texts.parse_forecast_callback(query.data)
+    message = query.message
+    alert = None
+    if parsed is not None and message is not None:
+        alert = await asyncio.to_thread(store.forecast_alert, parsed[0], parsed[1], message.chat.id,
+                                        message.message_id)
+    if alert is None:
+        log.warning("ignored callback %r from user %d: not a button of one of our forecasts", query.data[:80],
+                    query.from_user.id)
+        await query.answer("This button is not valid.")
+        return
+    value = parsed[2]
+    user = query.from_user
+    name = f"@{user.username}" if user.username else user.full_name
+    await asyncio.to_thread(store.add_forecast_label, alert.id, value, user.id, name)
+    await query.answer("Thanks: stored as a " + ("right" if value == 1 else "wrong") + " forecast.")
+    text = texts.forecast_labelled(texts.stored_forecast_alert(alert), value, name, time.time())
+    await query.edit_message_text(text, parse_mode=ParseMode.HTML)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
@@ -20,6 +21,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from telegram import Bot
 from telegram.ext import ContextTypes
 
 from agent.collect import Collector, default_device_id
@@ -189,6 +191,8 @@ class Poller:
         self.alerter = alerter
         self._running = asyncio.Lock()
         self._store_failing = False
+        # Called with the new samples of every stored batch, after the alerts (e.g. the forecasts).
+        self.after_store: list[Callable[[Bot, list[store.StoredSample]], Awaitable[None]]] = []
 
     def run_batch(self, timeout: float = 0.5) -> list[store.StoredSample]:
         """Fetch, predict and store one batch; return the samples that are new. Blocks."""
@@ -228,6 +232,8 @@ class Poller:
                 self._store_failing = True
                 return
             await self.alerter.alert(context.bot, new, self.model)
+            for hook in self.after_store:
+                await hook(context.bot, new)
 
 
 async def poll(context: ContextTypes.DEFAULT_TYPE) -> None:

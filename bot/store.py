@@ -89,7 +89,36 @@ class Rejected(BaseModel):
         table_name = "rejected_message"
 
 
-TABLES = [Metric, Label, Alert, Rejected]
+class ForecastAlert(BaseModel):
+    """A forecast alert ("disk will be full in about 3 h") sent to a chat, with the numbers it said."""
+
+    metric = pw.ForeignKeyField(Metric, on_delete="CASCADE")  # the sample the forecast was made at
+    name = pw.CharField(max_length=64)  # the metric forecast, e.g. disk_percent
+    level = pw.DoubleField()
+    slope_per_h = pw.DoubleField()
+    eta_s = pw.DoubleField()
+    usual_low = pw.DoubleField(null=True)
+    usual_high = pw.DoubleField(null=True)
+    chat_id = pw.BigIntegerField()
+    message_id = pw.BigIntegerField()
+    sent = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("chat_id", "message_id"), True),)
+
+
+class ForecastLabel(BaseModel):
+    """A person's verdict on a forecast: 1 = it was right, 0 = it was wrong. Apart from `Label`: the
+    classifier never trains on these."""
+
+    alert = pw.ForeignKeyField(ForecastAlert, on_delete="CASCADE", index=True)
+    value = pw.SmallIntegerField()
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+
+TABLES = [Metric, Label, Alert, Rejected, ForecastAlert, ForecastLabel]
 
 
 @dataclass(frozen=True)
@@ -340,3 +369,103 @@ def training_frame(features: list[str]) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"not a metric column: {sorted(unknown)}")
     return data.training_frame(db.obj, features)
+
+
+def _param() -> str:
+    return db.obj.param  # "?" for SQLite, "%s" for Postgres
+
+
+def history_points(device: str, seconds: float, points: int, columns: list[str],
+                   min_span: float) -> list[tuple[float | None, ...]]:
+    """`columns` of the device at `points` evenly spaced moments over its last `seconds` (the sample in force at
+    each moment), or nothing when its history spans less than `min_span`. Bounded: one index seek per point,
+    whatever the sampling rate, and time-weighted: a burst of samples counts for the time it lasted."""
+    if not columns or set(columns) - set(KNOWN_METRICS):
+        raise ValueError(f"not metric columns: {columns}")
+    newest = Metric.select(pw.fn.MAX(Metric.ts)).where(Metric.device == device).scalar()
+    if newest is None:
+        return []
+    oldest = Metric.select(pw.fn.MIN(Metric.ts)).where((Metric.device == device) & (Metric.ts >= newest - seconds))
+    start = oldest.scalar()
+    if newest - start < min_span:
+        return []
+    p = _param()
+    sql = f"""
+    WITH RECURSIVE points(t, n) AS (
+        SELECT CAST({p} AS DOUBLE PRECISION), 1
+        UNION ALL SELECT t + {p}, n + 1 FROM points WHERE n < {p}
+    )
+    SELECT {", ".join(f"m.{c}" for c in columns)} FROM points JOIN metric AS m ON m.id = (
+        SELECT s.id FROM metric AS s WHERE s.device = {p} AND s.ts <= points.t ORDER BY s.ts DESC LIMIT 1
+    )
+    """
+    step = (newest - start) / (points - 1)
+    return list(db.execute_sql(sql, (start, step, points, device)).fetchall())
+
+
+# Every device's samples of its last `seconds`: a walk over the devices (as above), then a range of the
+# (device, ts) index each.
+RECENT_PER_DEVICE_SQL = """
+WITH RECURSIVE devices(device) AS (
+    SELECT MIN(device) FROM metric
+    UNION ALL
+    SELECT (SELECT MIN(m.device) FROM metric AS m WHERE m.device > devices.device) FROM devices
+    WHERE devices.device IS NOT NULL
+), newest(device, ts) AS (
+    SELECT device, (SELECT MAX(m.ts) FROM metric AS m WHERE m.device = devices.device) FROM devices
+    WHERE devices.device IS NOT NULL
+)
+SELECT m.id, m.device, m.ts, {columns} FROM newest
+JOIN metric AS m ON m.device = newest.device AND m.ts >= newest.ts - {p}
+ORDER BY m.device, m.ts
+"""
+
+
+def recent_per_device(seconds: float, columns: list[str]) -> list[tuple[int, str, float, dict[str, float]]]:
+    """(id, device, ts, metrics) of every device's samples in the last `seconds` before its newest, by device
+    and time; only the given metric columns, and only those present."""
+    if set(columns) - set(KNOWN_METRICS):
+        raise ValueError(f"not metric columns: {columns}")
+    sql = RECENT_PER_DEVICE_SQL.format(columns=", ".join(f"m.{c}" for c in columns), p=_param())
+    return [
+        (metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None})
+        for metric_id, device, ts, *values in db.execute_sql(sql, (seconds,)).fetchall()
+    ]
+
+
+def record_forecast_alert(metric_id: int, name: str, level: float, slope_per_h: float, eta_s: float,
+                          usual: tuple[float, float] | None, chat_id: int, message_id: int) -> None:
+    """Remember that a forecast for this sample and metric is message `message_id` in `chat_id`."""
+    low, high = usual if usual else (None, None)
+    ForecastAlert.insert(metric=metric_id, name=name, level=level, slope_per_h=slope_per_h, eta_s=eta_s,
+                         usual_low=low, usual_high=high, chat_id=chat_id, message_id=message_id,
+                         sent=time.time()).execute()
+
+
+def forecast_alert(metric_id: int, name: str, chat_id: int, message_id: int) -> ForecastAlert | None:
+    """The forecast alert at (chat, message) when it is about this sample and metric; None for anything forged."""
+    return (
+        ForecastAlert.select(ForecastAlert, Metric)
+        .join(Metric)
+        .where((ForecastAlert.chat_id == chat_id) & (ForecastAlert.message_id == message_id)
+               & (ForecastAlert.metric == metric_id) & (ForecastAlert.name == name))
+        .first()
+    )
+
+
+def add_forecast_label(alert_id: int, value: int, user_id: int, user_name: str) -> None:
+    """Store a person's verdict on a forecast."""
+    ForecastLabel.create(alert=alert_id, value=value, user_id=user_id, user_name=user_name[:200],
+                         created=time.time())
+
+
+def forecasts_alerted_since(seconds: float) -> list[tuple[str, str]]:
+    """(device, metric) of the forecasts alerted within `seconds` before their device's newest sample."""
+    latest = list(
+        ForecastAlert.select(Metric.device, ForecastAlert.name, pw.fn.MAX(Metric.ts))
+        .join(Metric).group_by(Metric.device, ForecastAlert.name).tuples()
+    )
+    if not latest:
+        return []
+    newest = {s.device: s.ts for s in latest_per_device()}
+    return [(device, name) for device, name, ts in latest if ts >= newest.get(device, float("inf")) - seconds]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import html
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import MessageLimit
 
 from agent.wire import KNOWN_METRICS
-from bot.store import Rejected, StoredSample
+from bot.baselines import Usual
+from bot.forecast import Forecast
+from bot.store import ForecastAlert, Rejected, StoredSample
+from ml.features import FEATURES, ZONES
 from ml.registry import ModelVersion
 from ml.retrain import Retrained
 from ml.versions import detail as version_detail
@@ -20,6 +24,8 @@ from ml.versions import table as versions_table
 LABEL_VALUES = {1: "stressed", 0: "normal"}
 CALLBACK_RE = re.compile(r"label:(\d{1,18}):([01])")
 ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
+FORECAST_RE = re.compile(r"forecast:(\d{1,18}):(disk_percent|mem_percent|swap_percent):([01])")
+FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
 SILENT_AFTER_S = 300  # a device that has not reported for this long is shown as silent
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
@@ -34,7 +40,8 @@ intervention (it is <i>stressed</i>).
 /help: this message
 
 On an alert, press <b>✅ Correct</b> or <b>❌ Wrong prediction</b>: your answer is stored as a label \
-and the next model learns from it."""
+and the next model learns from it. A forecast ("disk will be full in about 3 h") has its own buttons: \
+your answer is kept apart, as a verdict on the forecast."""
 
 
 def escape(text: str) -> str:
@@ -88,6 +95,29 @@ def metric_value(name: str, value: float) -> str:
     return f"{label} {shown} {unit}".rstrip()
 
 
+def number(value: float) -> str:
+    """A value as people read it: 47, 0.35, 1.2."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+
+
+def usual_range(name: str, usual: Usual | None) -> str:
+    """A metric's usual range on its machine, e.g. '40-55 %'."""
+    if usual is None:
+        return "no usual range yet"
+    unit = KNOWN_METRICS.get(name, (name, ""))[1]
+    return f"{number(usual.low)}–{number(usual.high)} {unit}".rstrip()
+
+
+def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str) -> str:
+    """'Disk (root) 99.4 % (usually 40-55 % on pc1)'; a metric the model does not use gets no range."""
+    shown = metric_value(name, value)
+    if name not in FEATURES:
+        return shown
+    if name not in usual:
+        return f"{shown} (no usual range yet)"
+    return f"{shown} (usually {usual_range(name, usual[name])} on {device})"
+
+
 def percent(p: float | None) -> str:
     return "n/a" if p is None else f"{100 * p:.0f}%"
 
@@ -101,14 +131,15 @@ def state(sample: StoredSample, threshold: float, now: float) -> str:
     return "🔴 stressed" if sample.p_stressed >= threshold else "🟢 normal"
 
 
-def alert(sample: StoredSample, drivers: list[str]) -> str:
-    """The alert for a sample predicted stressed: device first, then probability, time and the driving metrics."""
+def alert(sample: StoredSample, drivers: list[str], usual: Mapping[str, Usual] | None = None) -> str:
+    """The alert for a sample predicted stressed: device first, then probability, time and the driving metrics,
+    strongest first, each with its usual range on this machine."""
     lines = [
         f"⚠️ <b>{escape(sample.device)}</b> is likely stressed: P(stressed) {percent(sample.p_stressed)}",
         f"Sample of {when(sample.ts)}",
     ]
     shown = drivers or [name for name in KNOWN_METRICS if name in sample.metrics][:3]
-    lines += [f"• {escape(metric_value(name, sample.metrics[name]))}" for name in shown]
+    lines += [f"• {escape(_with_usual(name, sample.metrics[name], usual or {}, sample.device))}" for name in shown]
     lines.append(f"Model v{sample.model_version}. Is this right?")
     return clip("\n".join(lines))
 
@@ -147,24 +178,102 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
     return f"<b>Fleet</b> ({len(samples)} machines)\n{pre(rows)}"
 
 
-def device_status(sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None) -> str:
-    """/status <device>: the latest sample as a table, its prediction and the model version."""
+def device_status(
+    sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None,
+    usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
+    horizon_s: float = 4 * 3600,
+) -> str:
+    """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
+    model version and where disk, memory and swap are heading."""
     now = time.time() if now is None else now
+    usual = usual or {}
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
-    rows = [_table_row(n, sample.metrics[n]) for n in names] or ["(no metrics)"]
+    rows = [_table_row(n, sample.metrics[n], usual) for n in names] or ["(no metrics)"]
     version = f"v{sample.model_version}" if sample.model_version else "none"
     return (
         f"<b>{escape(sample.device)}</b>: {state(sample, threshold, now)}\n"
         f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
-        f"{pre(rows)}"
+        f"{pre(rows)}\n"
+        f"{forecast_summary(forecasts or {}, horizon_s)}"
     )
 
 
-def _table_row(name: str, value: float) -> str:
+def _table_row(name: str, value: float, usual: Mapping[str, Usual]) -> str:
     label, _unit = KNOWN_METRICS.get(name, (name, ""))
-    return f"{label[:24]:<24} {metric_value(name, value)[len(label):].strip()}"
+    row = f"{label[:24]:<24} {metric_value(name, value)[len(label):].strip()}"
+    if name not in FEATURES:
+        return row
+    return f"{row:<35} {'usually ' if name in usual else ''}{usual_range(name, usual.get(name))}"
+
+
+def how_soon(eta_s: float) -> str:
+    """How soon, as people say it: 'in about 3 h', 'in about 40 min'."""
+    if eta_s < 5 * 60:
+        return "within minutes"
+    if eta_s < 90 * 60:
+        return f"in about {round(eta_s / 300) * 5} min"
+    return f"in about {round(eta_s / 3600)} h"
+
+
+def _forecast_line(f: Forecast) -> str:
+    word = FORECAST_WORDS[f.metric]
+    when_full = "is at its edge now" if f.eta_s == 0 else f"will be full {how_soon(f.eta_s or 0)}"
+    return f"{word} {when_full} (now {number(f.level)} %, {f.slope_per_h:+.1f} %/h)"
+
+
+def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float) -> str:
+    """/status: the forecasts that reach an edge within the horizon, or why there are none."""
+    hours = f"{horizon_s / 3600:g} h"
+    if not forecasts:
+        return "Forecast: no disk, memory or swap reported"
+    if all(f is None for f in forecasts.values()):
+        return "Forecast: not enough data for a trend yet (40 min)"
+    near = [f for f in forecasts.values() if f is not None and f.within(horizon_s)]
+    if not near:
+        return f"Forecast: no trend toward an edge within {hours}"
+    return "Forecast:\n" + "\n".join(f"• {escape(_forecast_line(f))}" for f in near)
+
+
+def forecast_alert(forecast: Forecast, usual: Usual | None) -> str:
+    """'pc1: disk will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge."""
+    label = KNOWN_METRICS[forecast.metric][0]
+    usual_text = f"usually {usual_range(forecast.metric, usual)}" if usual else "no usual range yet"
+    return clip(
+        f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
+        f"{escape(label)} on {escape(forecast.device)}: {usual_text}; it needs an intervention from "
+        f"{number(ZONES[forecast.metric].edge)} %.\n"
+        f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"
+    )
+
+
+def stored_forecast_alert(row: ForecastAlert) -> str:
+    """A forecast alert again, from what was stored when it was sent."""
+    usual = Usual(row.usual_low, row.usual_high) if row.usual_low is not None else None
+    forecast = Forecast(row.metric.device, row.name, row.metric.id, row.metric.ts, row.level, row.slope_per_h,
+                        row.eta_s)
+    return forecast_alert(forecast, usual)
+
+
+def forecast_keyboard(metric_id: int, name: str) -> InlineKeyboardMarkup:
+    """The two verdict buttons of a forecast alert."""
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton("✅ Right forecast", callback_data=f"forecast:{metric_id}:{name}:1"),
+        InlineKeyboardButton("❌ Wrong forecast", callback_data=f"forecast:{metric_id}:{name}:0"),
+    ]])
+
+
+def parse_forecast_callback(data: str | None) -> tuple[int, str, int] | None:
+    """(sample id, metric, verdict) from a forecast button's callback data, or None when it is not one."""
+    match = FORECAST_RE.fullmatch(data or "")
+    return (int(match[1]), match[2], int(match[3])) if match else None
+
+
+def forecast_labelled(alert_html: str, value: int, user_name: str, at: float) -> str:
+    """The forecast alert after a person judged it."""
+    verdict = "✅ forecast confirmed" if value == 1 else "❌ labelled a wrong forecast"
+    return clip(f"{alert_html}\n\n{verdict} by {escape(user_name)} at {when(at)}")
 
 
 def unknown_device(device: str, known: list[str]) -> str:

@@ -32,6 +32,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.kafka_topic == "rigwatch.metrics"
     assert settings.kafka_group_id == "rigwatch-bot"
     assert settings.alert_threshold == 0.7
+    assert settings.forecast_hours == 4
     assert settings.allowed_chat_ids == frozenset()
     assert settings.admin_user_ids == frozenset()
     assert settings.log_level == "INFO"
@@ -48,6 +49,7 @@ def test_configured_values_are_used() -> None:
         "MODEL_STORE": "s3://rigwatch-models/prod",
         "MODEL_SIGNING_KEY": "0123456789abcdef0123456789abcdef",
         "ALERT_THRESHOLD": "0.85",
+        "FORECAST_HOURS": "1.5",
     })
 
     assert settings.api_url == "http://127.0.0.1:8081"
@@ -57,6 +59,7 @@ def test_configured_values_are_used() -> None:
     assert settings.model_store == "s3://rigwatch-models/prod"
     assert settings.alert_threshold == 0.85
     assert load_settings(with_token(LOG_LEVEL="debug")).log_level == "DEBUG"
+    assert settings.forecast_hours == 1.5
 
 
 def test_id_lists_accept_spaces_and_negative_group_ids() -> None:
@@ -88,10 +91,12 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(DATABASE_URL="mysql://x"), "DATABASE_URL"),
         (with_token(KAFKA_BOOTSTRAP_SERVERS="nohostport"), "KAFKA_BOOTSTRAP_SERVERS"),
         (with_token(LOG_LEVEL="verbose"), "LOG_LEVEL"),
+        (with_token(FORECAST_HOURS="0"), "FORECAST_HOURS"),
+        (with_token(FORECAST_HOURS="soon"), "FORECAST_HOURS"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
          "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
-         "log-level-verbose"],
+         "log-level-verbose", "forecast-hours-0", "forecast-hours-soon"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:

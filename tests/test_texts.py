@@ -7,6 +7,8 @@ import re
 import pytest
 
 from bot import texts
+from bot.baselines import Usual
+from bot.forecast import Forecast
 from bot.store import StoredSample
 
 TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
@@ -214,3 +216,89 @@ def test_a_refusal_tells_the_chat_its_id_and_the_variable_to_set() -> None:
 
     assert "-1001234567890" in text
     assert "ALLOWED_CHAT_IDS" in text
+
+
+def test_an_alert_gives_each_driver_with_its_usual_range_on_that_machine_strongest_first() -> None:
+    sample = stored(disk_percent=99.4, mem_percent=71, cpu_percent=20)
+    usual = {"disk_percent": Usual(40.2, 55.4), "cpu_percent": Usual(5, 30)}
+
+    text = texts.alert(sample, ["disk_percent", "mem_percent"], usual)
+
+    bullets = [line for line in text.splitlines() if line.startswith("•")]
+    assert bullets == ["• Disk (root) 99.4 % (usually 40–55 % on pc1)", "• Memory 71 % (no usual range yet)"]
+    assert_valid_telegram_html(text)
+
+
+def test_device_status_shows_the_usual_range_next_to_each_model_metric() -> None:
+    sample = stored(disk_percent=91.3, load_1m=0.4, cpu_temp_c=58, process_count=310)
+    usual = {"disk_percent": Usual(40, 55), "load_1m": Usual(0.12, 0.8)}
+
+    text = texts.device_status(sample, 0.7, 3, now=TS + 30, usual=usual)
+
+    assert "usually 40–55 %" in line_of(text, "Disk")
+    assert "usually 0.12–0.8" in line_of(text, "Load")
+    assert "no usual range yet" in line_of(text, "temperature")
+    assert "usual" not in line_of(text, "Processes"), "the model does not use it: no range"
+    assert_valid_telegram_html(text)
+
+
+def forecast(metric: str = "disk_percent", level: float = 91.2, slope: float = 2.1, eta_h: float | None = 2.8,
+             device: str = "pc1") -> Forecast:
+    return Forecast(device, metric, 7, TS, level, slope, None if eta_h is None else eta_h * 3600)
+
+
+def test_a_forecast_alert_says_which_machine_what_fills_when_how_full_and_how_fast() -> None:
+    text = texts.forecast_alert(forecast(), Usual(40, 55))
+
+    first = text.splitlines()[0]
+    assert "<b>pc1</b>: disk will be full in about 3 h (now 91 %, +2.1 %/h)" in first
+    assert "usually 40–55 %" in text and "97 %" in text
+    assert "2025-11-27 07:00:00 UTC" in text
+    assert_valid_telegram_html(text)
+
+
+@pytest.mark.parametrize(("eta_h", "said"), [(0.5, "in about 30 min"), (0.02, "within minutes"), (0, "at its edge now"),
+                                             (3.4, "in about 3 h")])
+def test_a_forecast_says_how_soon_as_people_do(eta_h: float, said: str) -> None:
+    assert said in texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
+    assert "memory" in texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
+
+
+def test_device_status_shows_the_forecasts_within_the_horizon_or_that_there_is_no_trend() -> None:
+    sample = stored(disk_percent=91.3, mem_percent=60, swap_percent=2)
+    near = {"disk_percent": forecast(), "mem_percent": forecast("mem_percent", 60, 0.1, 300), "swap_percent": None}
+
+    text = texts.device_status(sample, 0.7, 3, now=TS, forecasts=near, horizon_s=4 * 3600)
+    assert "disk will be full in about 3 h" in text
+    assert "memory" not in text.lower().split("forecast")[-1], "300 h away is no forecast within 4 h"
+
+    flat = {"disk_percent": forecast(slope=0.0, eta_h=None), "mem_percent": None}
+    assert "no trend toward an edge within 4 h" in texts.device_status(sample, 0.7, 3, now=TS, forecasts=flat)
+    assert "not enough data" in texts.device_status(sample, 0.7, 3, now=TS, forecasts={"disk_percent": None})
+
+
+def test_the_forecast_keyboard_has_its_own_verdict_buttons() -> None:
+    keyboard = texts.forecast_keyboard(1234, "swap_percent")
+
+    buttons = [button for row in keyboard.inline_keyboard for button in row]
+    assert [b.text for b in buttons] == ["✅ Right forecast", "❌ Wrong forecast"]
+    assert [texts.parse_forecast_callback(b.callback_data) for b in buttons] == [
+        (1234, "swap_percent", 1), (1234, "swap_percent", 0)]
+    assert all(texts.parse_callback(b.callback_data) is None for b in buttons), "never a stressed/normal label"
+    assert all(len(b.callback_data.encode()) <= 64 for b in texts.forecast_keyboard(10**18 - 1, "swap_percent")
+               .inline_keyboard[0])
+
+
+@pytest.mark.parametrize(
+    "data", ["forecast:1:disk_percent:2", "forecast:1:cpu_percent:1", "forecast:x:disk_percent:1", "label:1:1",
+             "forecast:1:disk_percent:1:x", "forecast:1:disk_percent", None, ""],
+)
+def test_parse_forecast_callback_rejects_anything_else(data: str | None) -> None:
+    assert texts.parse_forecast_callback(data) is None
+
+
+def test_a_judged_forecast_says_who_judged_it_and_stays_valid_html() -> None:
+    text = texts.forecast_labelled(texts.forecast_alert(forecast(device="a&b"), None), 0, "<u>eve</u>", TS)
+
+    assert "wrong forecast" in text and "&lt;u&gt;eve" in text
+    assert_valid_telegram_html(text)

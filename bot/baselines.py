@@ -1,0 +1,75 @@
+"""Each device's usual range of every model metric: what "normal" looks like on that machine.
+
+The 10th to 90th percentile over the device's last 7 days, read from at most POINTS evenly spaced moments
+(a bounded query, whatever the sampling rate), computed when a device is first needed and then at most
+hourly. Blocking: call it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import peewee as pw
+
+from bot import store
+from ml.features import FEATURES
+
+DAYS = 7
+POINTS = 1000  # moments sampled over the history: one seek each
+MIN_SPAN_S = 3600.0  # less history than an hour has no usual range yet
+MIN_PRESENT = 0.5  # a metric needs a value at half the moments at least
+log = logging.getLogger(__name__)
+REFRESH_S = 3600.0
+REFRESH_EMPTY_S = 600.0  # a young device gets its range soon after it has an hour of history
+LOW_PERCENTILE, HIGH_PERCENTILE = 10, 90
+
+
+@dataclass(frozen=True)
+class Usual:
+    low: float
+    high: float
+
+
+def usual_ranges(device: str) -> dict[str, Usual]:
+    """The usual range of each model metric with enough history on this device; blocks on the store."""
+    rows = store.history_points(device, DAYS * 86400.0, POINTS, FEATURES, MIN_SPAN_S)
+    if not rows:
+        return {}
+    values = np.array(rows, dtype=float)  # NULL comes back as None, which becomes NaN
+    ranges = {}
+    for column, name in enumerate(FEATURES):
+        present = values[:, column][~np.isnan(values[:, column])]
+        if len(present) >= MIN_PRESENT * len(values):
+            low, high = np.percentile(present, [LOW_PERCENTILE, HIGH_PERCENTILE])
+            ranges[name] = Usual(float(low), float(high))
+    return ranges
+
+
+class Baselines:
+    """Usual ranges per device, cached: a device's history is read at most once an hour."""
+
+    def __init__(self, refresh_s: float = REFRESH_S) -> None:
+        self.refresh_s = refresh_s
+        self._cache: dict[str, tuple[float, dict[str, Usual]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, device: str) -> dict[str, Usual]:
+        """The device's usual ranges; blocks on the store when they are missing or over an hour old."""
+        with self._lock:
+            cached = self._cache.get(device)
+        if cached is not None:
+            at, ranges = cached
+            if time.monotonic() - at < (self.refresh_s if ranges else min(self.refresh_s, REFRESH_EMPTY_S)):
+                return ranges
+        try:
+            ranges = usual_ranges(device)
+        except pw.PeeweeException as exc:  # an alert without its ranges beats no alert
+            log.warning("usual ranges of %s unavailable: %s", device, exc)
+            return cached[1] if cached else {}
+        with self._lock:
+            self._cache[device] = (time.monotonic(), ranges)
+        return ranges

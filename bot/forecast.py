@@ -1,0 +1,194 @@
+"""Forecasts: when will a filling disk, memory or swap reach its edge, from the device's recent trend.
+
+Like Prometheus' predict_linear over the last hours, but robust: samples are reduced to the median of each
+10-minute interval, the trend is the Theil-Sen line through those medians, and "now" is the median of the last
+three intervals projected to the newest sample. One wild sample moves neither. A sustained jump (a cleanup, a
+big copy) restarts the trend instead of bending it. Time is the samples' own `ts`, never the wall clock.
+
+Every sample costs O(1): it goes into the current interval of its device; the line is refit only when an
+interval closes, over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last
+window of samples, and feeding it the same samples gives the same forecasts as building it live.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scipy.stats import theilslopes
+
+from ml.features import ZONES
+
+TRENDED = ("disk_percent", "mem_percent", "swap_percent")
+BUCKET_S = 600.0  # one median per 10 minutes
+WINDOW_BUCKETS = 18  # the trend looks back 3 hours
+REBUILD_S = (WINDOW_BUCKETS + 2) * BUCKET_S  # reaches back to the start of the oldest interval kept
+MIN_BUCKETS = 4  # 40 minutes of data before any forecast
+VALUES_PER_BUCKET = 256  # a chatty device's interval keeps its newest values only
+LEVEL_BUCKETS = 3  # "now" is the median of this many projected interval medians
+SHIFT_MIN = 3.0  # percentage points: a smaller jump is noise, not a new level
+MIN_SLOPE_PER_S = 0.01 / 3600  # flatter than 0.01 points an hour is no trend at all
+END_FACTOR = 1.5  # an alerted episode ends when the edge moves this far beyond the horizon (no flapping)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Where one metric of one device is heading, as of the sample `sample_id` taken at `ts`."""
+
+    device: str
+    metric: str
+    sample_id: int
+    ts: float
+    level: float  # the metric now, robust to an outlier
+    slope_per_h: float  # percentage points per hour
+    eta_s: float | None  # seconds until the edge at this pace; None when not heading toward it
+
+    def within(self, horizon_s: float) -> bool:
+        """The edge is reached within the horizon."""
+        return self.eta_s is not None and self.eta_s <= horizon_s
+
+
+class Trend:
+    """The recent course of one metric of one device."""
+
+    def __init__(self, edge: float) -> None:
+        self.edge = edge
+        self.medians: deque[tuple[float, float]] = deque()  # (interval centre, median), oldest first
+        self.open_index: int | None = None
+        self.open_values: deque[float] = deque(maxlen=VALUES_PER_BUCKET)
+        self.slope = 0.0  # per second, as of the last closed interval
+        self.ref_ts = 0.0
+        self.ref_level: float | None = None  # the level at ref_ts; None until there is a trend
+
+    def accepts(self, ts: float) -> bool:
+        """A late sample, of an interval already closed, is left out, so live and rebuilt states see the same data."""
+        return self.open_index is None or int(ts // BUCKET_S) >= self.open_index
+
+    def add(self, ts: float, value: float) -> bool:
+        """Take one sample it accepts; True when it closed an interval and the line was refit."""
+        index = int(ts // BUCKET_S)
+        closed = self.open_index is not None and index > self.open_index
+        if closed:
+            self._close()
+        if self.open_index != index:
+            self.open_index = index
+            self.open_values.clear()
+        self.open_values.append(value)
+        return closed
+
+    def _close(self) -> None:
+        assert self.open_index is not None
+        self.medians.append(((self.open_index + 0.5) * BUCKET_S, statistics.median(self.open_values)))
+        while self.medians and self.medians[0][0] < self.medians[-1][0] - WINDOW_BUCKETS * BUCKET_S:
+            self.medians.popleft()
+        self._restart_after_a_shift()
+        self._fit()
+
+    def _restart_after_a_shift(self) -> None:
+        """When the last two intervals both sit far off the line of the ones before, on the same side, the
+        metric moved to a new level: the old intervals say nothing about where it goes from there."""
+        if len(self.medians) < 5:
+            return
+        times, values = zip(*self.medians, strict=True)
+        slope, intercept, *_ = theilslopes(values[:-2], times[:-2], method="joint")
+        residuals = [v - (intercept + slope * t) for t, v in self.medians]
+        tolerance = max(SHIFT_MIN, 4 * statistics.median(abs(r) for r in residuals[:-2]))
+        last = residuals[-2:]
+        if all(r > tolerance for r in last) or all(r < -tolerance for r in last):
+            for _ in range(len(self.medians) - 2):
+                self.medians.popleft()
+
+    def _fit(self) -> None:
+        if len(self.medians) < MIN_BUCKETS:
+            self.ref_level = None
+            return
+        times, values = zip(*self.medians, strict=True)
+        self.slope = float(theilslopes(values, times, method="joint").slope)
+        self.ref_ts = times[-1]
+        self.ref_level = statistics.median(
+            v + self.slope * (self.ref_ts - t) for t, v in list(self.medians)[-LEVEL_BUCKETS:]
+        )
+
+    def at(self, ts: float) -> tuple[float, float, float | None] | None:
+        """(level, slope per hour, seconds to the edge or None) at `ts`; None without enough data."""
+        if self.ref_level is None:
+            return None
+        level = self.ref_level + self.slope * (ts - self.ref_ts)
+        if self.slope < MIN_SLOPE_PER_S:
+            return level, self.slope * 3600, None
+        return level, self.slope * 3600, max(0.0, (self.edge - level) / self.slope)
+
+
+class Forecaster:
+    """Trends of every device's disk, memory and swap, and which forecast episodes were alerted.
+
+    An episode starts when a forecast reaches the edge within the horizon and is alerted once; it ends when
+    the forecast no longer holds (the trend flattened, the metric was cleaned up), so a new fill alerts again.
+    Thread-safe: the poller feeds it from a worker thread while /status reads it.
+    """
+
+    def __init__(self, horizon_s: float) -> None:
+        self.horizon_s = horizon_s
+        self.trends: dict[tuple[str, str], Trend] = {}
+        self.latest: dict[tuple[str, str], tuple[int, float]] = {}  # (sample id, ts) of the newest sample
+        self.alerted: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def observe(self, samples: Iterable[tuple[int, str, float, dict[str, float]]]) -> list[Forecast]:
+        """Feed (id, device, ts, metrics) samples in the order they were taken; return the forecasts that
+        reach the edge within the horizon in an episode not alerted yet (the newest per device and metric)."""
+        due: dict[tuple[str, str], Forecast] = {}
+        with self._lock:
+            for sample_id, device, ts, metrics in samples:
+                for name in TRENDED:
+                    value = metrics.get(name)
+                    if value is None:
+                        continue
+                    key = (device, name)
+                    trend = self.trends.get(key)
+                    if trend is None:
+                        trend = self.trends[key] = Trend(ZONES[name].edge)
+                    if not trend.accepts(ts):
+                        continue
+                    self.latest[key] = (sample_id, ts)
+                    if not trend.add(ts, value):
+                        continue
+                    forecast = self._forecast(key)
+                    if key in self.alerted and self._ended(forecast):
+                        self.alerted.discard(key)
+                    if forecast is not None and forecast.within(self.horizon_s) and key not in self.alerted:
+                        due[key] = forecast
+                    else:
+                        due.pop(key, None)
+        return list(due.values())
+
+    def _forecast(self, key: tuple[str, str]) -> Forecast | None:
+        sample_id, ts = self.latest[key]
+        now = self.trends[key].at(ts)
+        if now is None:
+            return None
+        level, slope_per_h, eta_s = now
+        return Forecast(key[0], key[1], sample_id, ts, level, slope_per_h, eta_s)
+
+    def _ended(self, forecast: Forecast | None) -> bool:
+        return forecast is None or forecast.eta_s is None or forecast.eta_s > END_FACTOR * self.horizon_s
+
+    def mark_alerted(self, forecast: Forecast) -> None:
+        """The forecast's episode was alerted: it alerts no more until it ends."""
+        with self._lock:
+            self.alerted.add((forecast.device, forecast.metric))
+
+    def restore_alerted(self, keys: Iterable[tuple[str, str]]) -> None:
+        """After a rebuild: the episodes alerted before the restart that still hold stay alerted."""
+        with self._lock:
+            for key in keys:
+                if key in self.latest and not self._ended(self._forecast(key)):
+                    self.alerted.add(key)
+
+    def forecasts(self, device: str) -> dict[str, Forecast | None]:
+        """The current forecast of each trended metric the device reports; None while there is too little data."""
+        with self._lock:
+            return {name: self._forecast((device, name)) for name in TRENDED if (device, name) in self.latest}

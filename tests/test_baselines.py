@@ -1,0 +1,72 @@
+"""Each device's usual range, read from its stored history on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from agent.wire import Sample
+from bot import store
+from bot.baselines import Baselines, Usual, usual_ranges
+
+NOW = 1764226800.0
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    if request.param == "sqlite":
+        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
+    else:
+        database = store.open_database(request.getfixturevalue("postgres_url"))
+        database.drop_tables(store.TABLES)
+        database.create_tables(store.TABLES)
+    yield database
+    database.close()
+
+
+def put(device: str, start: float, step: float, values: list[float], name: str = "disk_percent") -> None:
+    samples = [Sample(device, start + i * step, {name: value, "cpu_percent": 20.0}) for i, value in enumerate(values)]
+    store.store_batch(samples, [None] * len(samples), None, [])
+
+
+def test_the_usual_range_is_the_10th_to_90th_percentile_of_the_last_7_days(database: pw.Database) -> None:
+    put("pc1", NOW - 9 * DAY, 3600, [95.0] * 48)  # older than a week: forgotten
+    put("pc1", NOW - 7 * DAY + 60, 600, [40.0 + i % 16 for i in range(7 * 144 - 1)])  # 40..55, evenly
+
+    ranges = usual_ranges("pc1")
+
+    assert ranges["disk_percent"].low == pytest.approx(41.5, abs=0.6)
+    assert ranges["disk_percent"].high == pytest.approx(53.5, abs=0.6)
+    assert ranges["cpu_percent"] == Usual(20.0, 20.0)
+    assert "mem_percent" not in ranges, "a metric the device does not send has no range"
+
+
+def test_a_burst_of_samples_counts_for_the_time_it_lasted(database: pw.Database) -> None:
+    put("pc1", NOW - 2 * DAY, 600, [50.0] * 288)  # two days at 50 %, one sample every 10 minutes
+    put("pc1", NOW - 3600, 1, [90.0] * 3600)  # then one hour at 90 %, one sample a second
+
+    ranges = usual_ranges("pc1")
+
+    assert ranges["disk_percent"].high == 50.0, "one hour in 49 is not this machine's usual"
+
+
+def test_a_device_with_less_than_an_hour_of_history_has_no_usual_range_yet(database: pw.Database) -> None:
+    put("young", NOW - 1800, 10, [50.0] * 180)
+
+    assert usual_ranges("young") == {}
+    assert usual_ranges("never-seen") == {}
+
+
+def test_ranges_are_cached_and_read_again_once_the_cache_is_old(database: pw.Database) -> None:
+    put("pc1", NOW - 2 * 3600, 60, [50.0] * 120)
+    cached = Baselines()
+    assert cached.get("pc1")["disk_percent"] == Usual(50.0, 50.0)
+
+    put("pc1", NOW, 60, [70.0] * 300)
+
+    assert cached.get("pc1")["disk_percent"] == Usual(50.0, 50.0), "read at most once an hour"
+    assert Baselines(refresh_s=0).get("pc1")["disk_percent"].high == 70.0

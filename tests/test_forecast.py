@@ -1,0 +1,192 @@
+"""Forecasts of disk, memory and swap: the trend, its episodes, and its state rebuilt from the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from agent.wire import Sample
+from bot import store
+from bot.forecast import REBUILD_S, TRENDED, WINDOW_BUCKETS, Forecast, Forecaster
+
+T0 = 1764226800.0  # 2025-11-27 07:00:00 UTC
+HORIZON_S = 4 * 3600
+MINUTE = 60.0
+_ids = count(1)
+
+
+def feed(forecaster: Forecaster, start: float, values: list[float], step: float = MINUTE, device: str = "pc1",
+         name: str = "disk_percent") -> tuple[list[Forecast], float]:
+    """One sample per `step` seconds from `start`; the forecasts that came due, and the time after the last."""
+    due = []
+    for index, value in enumerate(values):
+        due += forecaster.observe([(next(_ids), device, start + index * step, {name: value})])
+    return due, start + len(values) * step
+
+
+def filling(start: float, minutes: int, per_10_min: float = 1.0) -> list[float]:
+    """A disk that grows by `per_10_min` points every 10 minutes, sampled every minute."""
+    return [min(100.0, start + per_10_min * (minute // 10)) for minute in range(minutes)]
+
+
+def alerting(forecaster: Forecaster, start: float, values: list[float], step: float = MINUTE,
+             device: str = "pc1") -> tuple[list[Forecast], float]:
+    """Feed samples as the bot does: every forecast that comes due is alerted. Returns those."""
+    alerted = []
+    for index, value in enumerate(values):
+        for forecast in forecaster.observe([(next(_ids), device, start + index * step, {"disk_percent": value})]):
+            forecaster.mark_alerted(forecast)
+            alerted.append(forecast)
+    return alerted, start + len(values) * step
+
+
+def test_a_disk_filling_1_percent_every_10_minutes_from_80_is_forecast_once_before_it_reaches_95() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    values = filling(80.0, 300)  # past 97 % and on to 100 %
+
+    alerted, _ = alerting(forecaster, T0, values)
+
+    assert len(alerted) == 1, "one fill, one forecast"
+    [forecast] = alerted
+    assert forecast.metric == "disk_percent" and forecast.device == "pc1"
+    assert forecast.level < 95
+    assert forecast.slope_per_h == pytest.approx(6.0, rel=0.1)
+    assert forecast.eta_s == pytest.approx((97 - forecast.level) / 6.0 * 3600, rel=0.1)
+
+
+def test_due_forecasts_come_back_until_one_is_alerted() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    due, now = feed(forecaster, T0, filling(80.0, 60))
+    assert len(due) > 1, "a forecast that was not alerted (not above its usual level yet) is due again later"
+
+    forecaster.mark_alerted(due[-1])
+    more, _ = feed(forecaster, now, filling(86.0, 60))
+
+    assert more == []
+
+
+def test_a_flat_disk_at_90_never_is() -> None:
+    forecaster = Forecaster(HORIZON_S)
+
+    due, _ = feed(forecaster, T0, [90.0 + (minute % 3) * 0.1 for minute in range(10 * 60)])
+
+    assert due == []
+    [forecast] = forecaster.forecasts("pc1").values()
+    assert forecast is not None and not forecast.within(HORIZON_S)
+
+
+def test_a_disk_filled_then_cleaned_does_not_keep_alerting_and_a_new_fill_alerts_again() -> None:
+    forecaster = Forecaster(HORIZON_S)
+
+    alerted, now = alerting(forecaster, T0, filling(80.0, 120))
+    assert len(alerted) == 1
+    alerted, now = alerting(forecaster, now, [50.0] * 180)
+    assert alerted == []
+    assert not forecaster.forecasts("pc1")["disk_percent"] or \
+        not forecaster.forecasts("pc1")["disk_percent"].within(HORIZON_S), "the cleaned disk has no forecast"
+    assert forecaster.alerted == set(), "the cleanup ended the episode"
+
+    alerted, _ = alerting(forecaster, now, filling(50.0, 300, per_10_min=2.0))
+    assert len(alerted) == 1, "a new fill is a new episode"
+
+
+def test_one_outlier_sample_does_not_trigger_a_forecast() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    values = [90.0] * 600
+    values[300] = 99.9
+
+    due, _ = feed(forecaster, T0, values)
+
+    assert due == []
+
+
+def test_one_outlier_sample_does_not_cancel_a_forecast() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    alerted, now = alerting(forecaster, T0, filling(80.0, 60))
+    assert len(alerted) == 1
+
+    alerted, now = alerting(forecaster, now, [86.0, 86.0, 20.0, 86.0, 86.0, 86.0, 86.0, 86.0, 86.0, 86.0])
+    alerted_after, _ = alerting(forecaster, now, filling(87.0, 30))
+
+    assert alerted + alerted_after == [], "the episode went on: a cancelled one would alert again"
+    forecast = forecaster.forecasts("pc1")["disk_percent"]
+    assert forecast is not None and forecast.within(HORIZON_S)
+
+
+def test_one_outlier_of_a_device_that_reports_every_10_minutes_neither_triggers_nor_cancels() -> None:
+    flat = Forecaster(HORIZON_S)
+    values = [60.0] * 30
+    values[15] = 99.0
+    due, _ = feed(flat, T0, values, step=600)
+    assert due == []
+
+    values = [70.0 + 2 * i for i in range(12)]
+    values[8] = 5.0
+    alerted, _ = alerting(Forecaster(HORIZON_S), T0, values, step=600, device="pi")
+    assert len(alerted) == 1
+
+
+def test_memory_and_swap_are_forecast_too_and_other_metrics_are_not() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    due = []
+    for minute in range(90):
+        metrics = {"mem_percent": 70 + minute / 5, "swap_percent": 20 + minute / 3, "cpu_percent": minute}
+        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics)])
+
+    assert {f.metric for f in due} == {"mem_percent", "swap_percent"}
+    assert set(forecaster.forecasts("db1")) == {"mem_percent", "swap_percent"}
+
+
+def test_the_state_of_a_device_stays_bounded_over_a_long_run() -> None:
+    forecaster = Forecaster(HORIZON_S)
+
+    feed(forecaster, T0, [50.0 + (minute % 7) for minute in range(3 * 24 * 60)])
+
+    assert len(forecaster.trends[("pc1", "disk_percent")].medians) <= WINDOW_BUCKETS + 1
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    if request.param == "sqlite":
+        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
+    else:
+        database = store.open_database(request.getfixturevalue("postgres_url"))
+        database.drop_tables(store.TABLES)
+        database.create_tables(store.TABLES)
+    yield database
+    database.close()
+
+
+def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_built_live(
+    database: pw.Database,
+) -> None:
+    live = Forecaster(HORIZON_S)
+    alerted: list[Forecast] = []
+    start = T0 - 10 * 3600
+    for minute in range(5 * 60):  # hours of history, then pc1's disk and db1's memory fill; pc2 stays flat
+        ts = start + minute * MINUTE
+        fill = max(0, minute - 200)
+        samples = [
+            Sample("pc1", ts, {"disk_percent": 50.0 + (minute % 4) if fill == 0 else 80.0 + fill // 10}),
+            Sample("pc2", ts + 7, {"disk_percent": 40.0, "mem_percent": 30.0 + minute % 5}),
+            Sample("db1", ts + 13, {"mem_percent": 60.0 + minute / 10, "cpu_percent": 50.0}),
+        ]
+        new = store.store_batch(samples, [None] * 3, None, [])
+        for forecast in live.observe([(s.id, s.device, s.ts, s.metrics) for s in new]):
+            live.mark_alerted(forecast)
+            alerted.append(forecast)
+            store.record_forecast_alert(forecast.sample_id, forecast.metric, forecast.level, forecast.slope_per_h,
+                                        forecast.eta_s or 0.0, None, 4242, len(alerted))
+    assert {(f.device, f.metric) for f in alerted} == {("pc1", "disk_percent"), ("db1", "mem_percent")}
+
+    rebuilt = Forecaster(HORIZON_S)
+    rebuilt.observe(store.recent_per_device(REBUILD_S, list(TRENDED)))
+    rebuilt.restore_alerted(store.forecasts_alerted_since(REBUILD_S))
+
+    for device in ("pc1", "pc2", "db1"):
+        assert rebuilt.forecasts(device) == live.forecasts(device)
+    assert rebuilt.alerted == live.alerted, "an episode alerted before the restart is not alerted again"
