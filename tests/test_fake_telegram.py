@@ -145,3 +145,38 @@ async def test_injected_failures_and_outage(fake: FakeTelegram) -> None:
         with pytest.raises(BadRequest, match="not modified"):
             await sent.edit_text("x")
     assert [c.status for c in fake.calls("sendMessage")] == [429, 502, 200]
+
+
+def png(width: int, height: int) -> bytes:
+    """A tiny but valid PNG header of the given dimensions: all the fake reads."""
+    return (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+            + b"\x08\x02\x00\x00\x00" + b"\x00" * 4)
+
+
+@pytest.mark.asyncio
+async def test_a_photo_is_uploaded_as_multipart_and_its_bytes_are_recorded(fake: FakeTelegram) -> None:
+    image = png(800, 700)
+    async with bot_for(fake) as bot:
+        sent = await bot.send_photo(CHAT, image, caption="<b>pc1</b>, the last 2 h", parse_mode="HTML",
+                                    filename="pc1.png")
+        again = await bot.send_photo(CHAT, sent.photo[-1].file_id)
+    call = fake.calls("sendPhoto")[0]
+    assert call.params["photo"]["data"] == image and call.params["photo"]["filename"] == "pc1.png"
+    assert call.params["caption"] == "<b>pc1</b>, the last 2 h" and call.params["parse_mode"] == "HTML"
+    assert (sent.photo[-1].width, sent.photo[-1].height, sent.photo[-1].file_size) == (800, 700, len(image))
+    assert sent.caption == "<b>pc1</b>, the last 2 h" and sent.text is None
+    assert again.photo[-1].file_id == sent.photo[-1].file_id and again.message_id == sent.message_id + 1
+
+
+@pytest.mark.asyncio
+async def test_a_photo_telegram_would_refuse_is_refused(fake: FakeTelegram) -> None:
+    async with bot_for(fake) as bot:
+        with pytest.raises(BadRequest, match=r"(?i)image_process_failed"):
+            await bot.send_photo(CHAT, b"not an image at all", filename="x.png")
+        with pytest.raises(BadRequest, match=r"(?i)photo_invalid_dimensions"):
+            await bot.send_photo(CHAT, png(4000, 100), filename="x.png")
+        with pytest.raises(BadRequest, match=r"(?i)caption is too long"):
+            await bot.send_photo(CHAT, png(100, 100), caption="x" * 1025, filename="x.png")
+        with pytest.raises(BadRequest, match=r"(?i)wrong file identifier"):
+            await bot.send_photo(CHAT, "AgACAgNoSuchFile")
+    assert [c.status for c in fake.calls("sendPhoto")] == [400] * 4

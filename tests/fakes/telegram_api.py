@@ -32,10 +32,12 @@ STRING_PARAMS = {
 }
 METHODS = [
     "getMe", "getUpdates", "deleteWebhook", "setWebhook", "getWebhookInfo", "setMyCommands",
-    "getMyCommands", "deleteMyCommands", "sendMessage", "editMessageText", "editMessageReplyMarkup",
+    "getMyCommands", "deleteMyCommands", "sendMessage", "sendPhoto", "editMessageText", "editMessageReplyMarkup",
     "answerCallbackQuery", "sendChatAction", "close", "logOut",
 ]
 CANONICAL = {name.lower(): name for name in METHODS}
+CAPTION_LIMIT = 1024
+PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -75,6 +77,7 @@ class _State:
     chats: dict[int, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, list[ApiError]] = field(default_factory=dict)
     callback_ids: set[str] = field(default_factory=set)
+    photos: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> its PhotoSize
     commands: dict[str, list[Any]] = field(default_factory=dict)
     allowed_updates: list[str] = field(default_factory=list)
     webhook_url: str = ""
@@ -84,15 +87,32 @@ class _State:
 
 
 def decode_value(key: str, value: Any) -> Any:
-    """Undo PTB's encoding: non-string values arrive as JSON text, files as multipart parts."""
+    """Undo PTB's encoding: non-string values arrive as JSON text, files as multipart parts (kept whole, so
+    tests can look at what was sent)."""
     if isinstance(value, web.FileField):
-        return {"filename": value.filename, "content_type": value.content_type, "size": len(value.file.read())}
+        data = value.file.read()
+        return {"filename": value.filename, "content_type": value.content_type, "size": len(data), "data": data}
     if key in STRING_PARAMS or not isinstance(value, str):
         return value
     try:
         return json.loads(value)
     except ValueError:
         return value  # e.g. chat_id="@channel"
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG or JPEG, from its header; None for anything Telegram could not process."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(b"\xff\xd8"):
+        index = 2
+        while index + 9 < len(data) and data[index] == 0xFF:
+            marker, length = data[index + 1], int.from_bytes(data[index + 2:index + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+                height = int.from_bytes(data[index + 5:index + 7], "big")
+                return int.from_bytes(data[index + 7:index + 9], "big"), height
+            index += 2 + length
+    return None
 
 
 def chat_type(chat_id: int) -> str:
@@ -277,6 +297,8 @@ class FakeTelegram:
                 state.commands.pop(scope, None)
             case "sendMessage":
                 return self._send_message(params)
+            case "sendPhoto":
+                return self._send_photo(params)
             case "editMessageText":
                 return self._edit(params, {k: params.get(k) for k in ("text", "entities", "reply_markup")})
             case "editMessageReplyMarkup":
@@ -302,6 +324,46 @@ class FakeTelegram:
         self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
         return dict(message)
 
+    def _send_photo(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A photo uploaded as a multipart file, or re-sent by the file_id of an earlier one."""
+        chat_id, photo = params.get("chat_id"), params.get("photo")
+        if not isinstance(chat_id, int):
+            raise ApiError(400, "Bad Request: chat not found")
+        if isinstance(photo, str):
+            if photo not in self._state.photos:
+                raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            size = dict(self._state.photos[photo])
+        elif isinstance(photo, dict) and "data" in photo:
+            size = self._photo_size(photo["data"])
+        else:
+            raise ApiError(400, "Bad Request: there is no photo in the request")
+        caption = str(params.get("caption") or "")
+        if len(caption) > CAPTION_LIMIT:
+            raise ApiError(400, "Bad Request: message caption is too long")
+        message = self._new_message(chat_id, BOT_FROM, None)
+        message["photo"] = [size]
+        if caption:
+            message["caption"] = caption
+        message.update({k: params[k] for k in ("caption_entities", "reply_markup") if params.get(k)})
+        self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
+        return dict(message)
+
+    def _photo_size(self, data: bytes) -> dict[str, Any]:
+        """Check an upload as Telegram does and remember it under a new file_id."""
+        if len(data) > PHOTO_LIMIT_BYTES:
+            raise ApiError(400, "Bad Request: file is too big")
+        dimensions = image_size(data)
+        if dimensions is None:
+            raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        width, height = dimensions
+        if not width or not height or width + height > 10000 or max(width, height) > 20 * min(width, height):
+            raise ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        number = len(self._state.photos) + 1
+        size = {"file_id": f"AgACAgPhoto{number:06d}", "file_unique_id": f"AQADPhoto{number:06d}",
+                "width": width, "height": height, "file_size": len(data)}
+        self._state.photos[size["file_id"]] = size
+        return dict(size)
+
     def _edit(self, params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         """Edit a stored message; omitted reply_markup removes the keyboard, as in Telegram."""
         chat_id = params.get("chat_id")
@@ -326,12 +388,13 @@ class FakeTelegram:
         default = {"first_name": "Tester"} if kind == "private" else {"title": f"Test {kind}"}
         return {"id": chat_id, "type": kind, **self._state.chats.get(chat_id, default)}
 
-    def _new_message(self, chat_id: int, sender: dict[str, Any], text: str) -> dict[str, Any]:
-        """A complete Message with the next message_id of that chat."""
+    def _new_message(self, chat_id: int, sender: dict[str, Any], text: str | None) -> dict[str, Any]:
+        """A complete Message with the next message_id of that chat; a photo message has no text."""
         message_id = self._state.last_message_id.get(chat_id, 0) + 1
         self._state.last_message_id[chat_id] = message_id
-        return {"message_id": message_id, "date": int(time.time()), "chat": self._chat(chat_id),
-                "from": dict(sender), "text": text}
+        message = {"message_id": message_id, "date": int(time.time()), "chat": self._chat(chat_id),
+                   "from": dict(sender)}
+        return message if text is None else {**message, "text": text}
 
     def _user(self, chat_id: int, user_id: int | None, username: str, first_name: str) -> dict[str, Any]:
         user_id = user_id if user_id is not None else (chat_id if chat_id > 0 else 4242)
@@ -428,6 +491,13 @@ class FakeTelegram:
             "sendMessage", lambda c: c.status == 200 and c.params.get("chat_id") == chat_id
             and predicate_on_text(str(c.params.get("text", ""))), timeout, after)
         return dict(call.result)
+
+    def wait_for_photo(self, chat_id: int, predicate_on_caption: Callable[[str], bool] = lambda caption: True,
+                       timeout: float = 15, after: int = 0) -> Call:
+        """A successful sendPhoto to chat_id; its params["photo"]["data"] holds the uploaded bytes."""
+        return self.wait_for_call(
+            "sendPhoto", lambda c: c.status == 200 and c.params.get("chat_id") == chat_id
+            and predicate_on_caption(str(c.params.get("caption", ""))), timeout, after)
 
     def answer_for(self, callback_query_id: str, timeout: float = 15) -> Call:
         """The answerCallbackQuery call for that query id."""
