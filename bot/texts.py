@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -76,12 +77,21 @@ def when(ts: float) -> str:
 
 
 def ago(seconds: float) -> str:
-    """A duration such as 12 s, 5 min, 3 h or 2 d."""
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit}"
-    return f"{int(seconds)} s"
+    """A duration as people say it, to two units at most: 12 s, 5 min, 2 h 5 min, 3 d 4 h."""
+    seconds = int(max(0.0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min" if minutes else f"{seconds} s"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 machine', '2 machines', '1,000 machines'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def metric_value(name: str, value: float) -> str:
@@ -122,13 +132,25 @@ def percent(p: float | None) -> str:
     return "n/a" if p is None else f"{100 * p:.0f}%"
 
 
-def state(sample: StoredSample, threshold: float, now: float) -> str:
+# Most urgent first: the order of /status and of its counts. "muted" (an incident someone silenced) will
+# come between silent and normal: still worth a look, no longer news.
+RISK_ORDER = ("stressed", "silent", "normal", "unknown")
+STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "normal": "🟢", "unknown": "❔"}
+
+
+def condition(sample: StoredSample, threshold: float, now: float) -> str:
     """stressed, normal, silent (no recent data) or unknown (no prediction yet)."""
     if now - sample.ts > SILENT_AFTER_S:
-        return "⚪ silent"
+        return "silent"
     if sample.p_stressed is None:
-        return "❔ unknown"
-    return "🔴 stressed" if sample.p_stressed >= threshold else "🟢 normal"
+        return "unknown"
+    return "stressed" if sample.p_stressed >= threshold else "normal"
+
+
+def state(sample: StoredSample, threshold: float, now: float) -> str:
+    """The condition with its icon, e.g. '🔴 stressed'."""
+    name = condition(sample, threshold, now)
+    return f"{STATE_ICONS[name]} {name}"
 
 
 def alert(sample: StoredSample, drivers: list[str], usual: Mapping[str, Usual] | None = None) -> str:
@@ -164,18 +186,42 @@ def labelled(alert_html: str, value: int, user_name: str, at: float) -> str:
     return clip(f"{alert_html}\n\n{verdict} by {escape(user_name)} at {when(at)}")
 
 
+OVERVIEW_ROWS = 25  # the worst machines shown by /status; the rest are counted
+
+
+def by_risk(samples: list[StoredSample], threshold: float, now: float) -> list[StoredSample]:
+    """Most urgent first: by condition (see RISK_ORDER), then by P(stressed) descending, then by name."""
+    rank = {name: index for index, name in enumerate(RISK_ORDER)}
+    return sorted(samples, key=lambda s: (
+        rank[condition(s, threshold, now)], -(s.p_stressed if s.p_stressed is not None else -1.0), s.device,
+    ))
+
+
+def counts(samples: list[StoredSample], threshold: float, now: float) -> str:
+    """'3 stressed, 2 silent, 995 normal': the machines per condition, most urgent first, zeros left out."""
+    found = Counter(condition(s, threshold, now) for s in samples)
+    return ", ".join(f"{found[name]:,} {name}" for name in RISK_ORDER if found[name])
+
+
 def overview(samples: list[StoredSample], threshold: float, now: float | None = None) -> str:
-    """/status: every device with last seen, latest P(stressed) and state."""
+    """/status: the counts per condition, then the worst machines with last seen, latest P(stressed) and
+    state; one message for any fleet."""
     if not samples:
         return "No machine has reported yet."
     now = time.time() if now is None else now
-    width = max(6, *(len(s.device) for s in samples))
-    rows = [f"{'device':<{width}}  last seen  P(stressed)  state"]
+    ranked = by_risk(samples, threshold, now)
+    shown, hidden = ranked[:OVERVIEW_ROWS], ranked[OVERVIEW_ROWS:]
+    seen = [f"{ago(now - s.ts)} ago" for s in shown]
+    width, seen_width = max(6, *(len(s.device) for s in shown)), max(9, *map(len, seen))
+    rows = [f"{'device':<{width}}  {'last seen':>{seen_width}}  P(stressed)  state"]
     rows += [
-        f"{s.device:<{width}}  {ago(now - s.ts) + ' ago':>9}  {percent(s.p_stressed):>11}  {state(s, threshold, now)}"
-        for s in samples
+        f"{s.device:<{width}}  {last:>{seen_width}}  {percent(s.p_stressed):>11}  {state(s, threshold, now)}"
+        for s, last in zip(shown, seen, strict=True)
     ]
-    return f"<b>Fleet</b> ({len(samples)} machines)\n{pre(rows)}"
+    text = f"<b>Fleet: {plural(len(samples), 'machine')}</b> — {counts(samples, threshold, now)}\n{pre(rows)}"
+    if hidden:
+        text += f"\n… and {len(hidden):,} more: {counts(hidden, threshold, now)}"
+    return text
 
 
 def device_status(
