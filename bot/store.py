@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 
 import pandas as pd
 import peewee as pw
+from peewee import fn
 from playhouse.db_url import register_database
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 from playhouse.shortcuts import ReconnectMixin
@@ -330,6 +332,60 @@ def latest_sample(device: str) -> StoredSample | None:
     """The newest sample of one device, or None when the device never reported."""
     row = Metric.select().where(Metric.device == device).order_by(Metric.ts.desc()).first()
     return _stored(row) if row else None
+
+
+CHART_POINTS = 600  # per series, whatever the window: enough for a phone screen, small enough to draw fast
+
+
+@dataclass(frozen=True)
+class ChartPoint:
+    """One time bucket of a device's samples: when its first and last samples were taken, the mean of each
+    metric (a metric no sample in the bucket had is absent) and the highest P(stressed)."""
+
+    first_ts: float
+    last_ts: float
+    metrics: dict[str, float]
+    p_stressed: float | None
+
+
+@dataclass(frozen=True)
+class ChartSeries:
+    bucket_s: int
+    points: list[ChartPoint]
+
+
+def chart_bucket_s(start_ts: float, end_ts: float, max_points: int = CHART_POINTS) -> int:
+    """Whole seconds per bucket so that [start_ts, end_ts] falls into at most `max_points` buckets."""
+    return max(1, math.ceil((end_ts - start_ts) / max(1, max_points - 1)))
+
+
+def chart_series(
+    device: str, start_ts: float, end_ts: float, metrics: list[str], max_points: int = CHART_POINTS
+) -> ChartSeries:
+    """A device's samples in [start_ts, end_ts], downsampled in the database to at most `max_points` buckets:
+    the query returns as many rows for a month as for an hour."""
+    unknown = set(metrics) - set(KNOWN_METRICS)
+    if unknown:
+        raise ValueError(f"not a metric column: {sorted(unknown)}")
+    bucket_s = chart_bucket_s(start_ts, end_ts, max_points)
+    scaled = Metric.ts / bucket_s
+    # SQLite has floor() only when built with its math functions; ts is after 2000 (the wire format says so),
+    # and truncating a positive number is its floor.
+    bucket = scaled.cast("INTEGER") if isinstance(db.obj, pw.SqliteDatabase) else fn.FLOOR(scaled)
+    columns = [getattr(Metric, name) for name in metrics]
+    query = (
+        Metric.select(fn.MIN(Metric.ts), fn.MAX(Metric.ts), fn.MAX(Metric.p_stressed), *map(fn.AVG, columns))
+        .where((Metric.device == device) & (Metric.ts >= start_ts) & (Metric.ts <= end_ts))
+        .group_by(bucket)
+        .order_by(fn.MIN(Metric.ts))
+        .tuples()
+    )
+    points = [
+        ChartPoint(first, last, {n: float(v) for n, v in zip(metrics, means, strict=True) if v is not None},
+                   None if p is None else float(p))
+        for first, last, p, *means in query
+    ]
+    return ChartSeries(bucket_s, points)
 
 
 def record_alert(metric_id: int, chat_id: int, message_id: int) -> None:
