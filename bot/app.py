@@ -40,6 +40,7 @@ from ml.registry import ModelStore
 log = logging.getLogger(__name__)
 COMMANDS = [
     BotCommand("status", "every machine, or /status <device> for one"),
+    BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
     BotCommand("rejected", "latest invalid messages and why"),
     BotCommand("versions", "model versions, or /versions <n> for one in full"),
     BotCommand("retrain", "train a new model from data and labels (admins)"),
@@ -103,6 +104,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
     application.add_handler(CommandHandler("status", handlers.status))
+    application.add_handler(CommandHandler("chart", handlers.chart_command))
     application.add_handler(CommandHandler("rejected", handlers.rejected_command))
     application.add_handler(CommandHandler("versions", handlers.versions_command))
     # Retraining takes a while: it must not hold up /status and the buttons.

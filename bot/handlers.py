@@ -15,16 +15,19 @@ from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
-from bot import store, texts
+from bot import charts, store, texts
 from bot.active_model import ActiveModel
 from bot.baselines import Baselines
 from bot.config import Settings
 from bot.forecast import Forecaster
+from bot.store import StoredSample
 from ml.features import FEATURES
 from ml.registry import StoreError, UnknownVersion
 from ml.retrain import retrain
 
 log = logging.getLogger(__name__)
+STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
+CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most store.CHART_POINTS rows whatever the window
 
 
 def _settings(context: ContextTypes.DEFAULT_TYPE) -> Settings:
@@ -84,6 +87,53 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
                                        forecasts=forecasts, horizon_s=settings.forecast_hours * 3600)
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
+    if args and sample is not None:
+        await _send_chart(update, context, sample, STATUS_CHART_HOURS)
+
+
+def _chart_hours(args: list[str]) -> int | None:
+    """The window of /chart <device> [hours] in hours, or None when the arguments are not that."""
+    if not 1 <= len(args) <= 2 or not DEVICE_RE.fullmatch(args[0]):
+        return None
+    if len(args) == 1:
+        return STATUS_CHART_HOURS
+    hours = int(args[1]) if re.fullmatch(r"\d{1,4}", args[1]) else 0
+    return hours if 1 <= hours <= CHART_MAX_HOURS else None
+
+
+async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/chart <device> [hours]: one machine's metrics and P(stressed) over the last hours, as a picture."""
+    args = context.args or []
+    hours = _chart_hours(args)
+    if hours is None:
+        await update.effective_message.reply_text(
+            f"Usage: /chart <device> [hours], hours from 1 to {CHART_MAX_HOURS}, e.g. /chart pc1 6"
+        )
+        return
+    sample = await asyncio.to_thread(store.latest_sample, args[0])
+    if sample is None:
+        known = [s.device for s in await asyncio.to_thread(store.latest_per_device)]
+        await update.effective_message.reply_text(texts.unknown_device(args[0], known), parse_mode=ParseMode.HTML)
+        return
+    if not await _send_chart(update, context, sample, hours):
+        await update.effective_message.reply_text(texts.no_chart_data(sample.device, hours * 3600, sample.ts),
+                                                  parse_mode=ParseMode.HTML)
+
+
+async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, latest: StoredSample, hours: int) -> bool:
+    """Reply with the chart of the last `hours` of `latest`'s device; False when it sent nothing in them."""
+    end = time.time()
+    start = end - hours * 3600
+    if latest.ts < start:
+        return False
+    threshold = _settings(context).alert_threshold
+    # Drawing takes a tenth of a second or more: off the event loop, like the query it makes.
+    png = await asyncio.to_thread(charts.render_chart, latest.device, start, end, threshold)
+    await update.effective_message.reply_photo(
+        png, caption=texts.chart_caption(latest.device, end - start, threshold), parse_mode=ParseMode.HTML,
+        filename=f"{latest.device}-{hours}h.png",
+    )
+    return True
 
 
 async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -33,7 +33,9 @@ HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likel
 intervention (it is <i>stressed</i>).
 
 /status: every machine: last seen, latest P(stressed), state
-/status &lt;device&gt;: the latest sample of one machine, its prediction and the model version
+/status &lt;device&gt;: the latest sample of one machine, its prediction and the model version, and a chart of \
+its last 2 hours
+/chart &lt;device&gt; [hours]: a chart of one machine over the last hours (1 to 720; 2 by default)
 /rejected: the latest messages that broke the wire format, and why
 /versions [version]: the model versions, newest first, with their scores; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
@@ -320,6 +322,23 @@ def forecast_labelled(alert_html: str, value: int, user_name: str, at: float) ->
     """The forecast alert after a person judged it."""
     verdict = "✅ forecast confirmed" if value == 1 else "❌ labelled a wrong forecast"
     return clip(f"{alert_html}\n\n{verdict} by {escape(user_name)} at {when(at)}")
+
+
+def chart_caption(device: str, span_s: float, threshold: float) -> str:
+    """The caption of a chart: the machine, the window and what the shading means."""
+    return (
+        f"<b>{escape(device)}</b>, the last {ago(span_s)} (UTC): CPU, memory, swap and disk in %, P(stressed) "
+        f"below; shaded where P(stressed) reached {percent(threshold)}"
+    )
+
+
+def no_chart_data(device: str, span_s: float, latest_ts: float, now: float | None = None) -> str:
+    """The reply to /chart for a window in which the machine sent nothing."""
+    now = time.time() if now is None else now
+    return (
+        f"<b>{escape(device)}</b> sent nothing in the last {ago(span_s)}: its latest sample is from "
+        f"{when(latest_ts)} ({ago(now - latest_ts)} ago)."
+    )
 
 
 def unknown_device(device: str, known: list[str]) -> str:
