@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
-from telegram import BotCommand, Update
+from telegram import BotCommand, InlineKeyboardMarkup, Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
+    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -29,12 +32,13 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from bot import forecast, handlers, store
+from bot import forecast, handlers, incidents, store, texts
 from bot.active_model import ActiveModel, ModelKeeper, keep_model_loaded
-from bot.alerts import Alerter, ForecastAlerter
 from bot.baselines import Baselines
 from bot.config import Settings
+from bot.incidents import Decider, Rules
 from bot.poller import KafkaSource, LocalSource, Poller, poll
+from bot.sender import Sender
 from ml.registry import ModelStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ COMMANDS = [
 ]
 RETRY_MAX_S = 30.0  # the longest wait between two tries to reach the Bot API
 OUTAGE_CHECK_S = 5.0  # how often the chats' view of Kafka and the database is brought up to date
+SEND_EVERY_S = 1.0  # the outbox is also delivered at once after a batch that queued a message
+WATCH_EVERY_S = 15.0  # silent machines, reminders and ended mutes
 
 
 class TelegramLink:
@@ -95,6 +101,9 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .base_url(f"{settings.api_url}/bot")
         .base_file_url(f"{settings.api_url}/file/bot")
         .get_updates_request(_PollingRequest(link))
+        # Telegram's flood limits: at most ~30 messages a second, ~20 a minute per group. A 429 still
+        # reaching the sender pauses it for as long as Telegram asks.
+        .rate_limiter(AIORateLimiter())
         .build()
     )
     application.bot_data.update(
@@ -102,7 +111,8 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600),
     )
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
-    application.add_handler(CommandHandler(["start", "help"], handlers.help_command))
+    application.add_handler(CommandHandler("start", handlers.start_command))
+    application.add_handler(CommandHandler("help", handlers.help_command))
     application.add_handler(CommandHandler("status", handlers.status))
     application.add_handler(CommandHandler("chart", handlers.chart_command))
     application.add_handler(CommandHandler("rejected", handlers.rejected_command))
@@ -110,8 +120,11 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     # Retraining takes a while: it must not hold up /status and the buttons.
     application.add_handler(CommandHandler("retrain", handlers.retrain_command, block=False))
     application.add_handler(CommandHandler("rollback", handlers.rollback_command))
-    application.add_handler(CallbackQueryHandler(handlers.label_button, pattern=r"^label:"))
-    application.add_handler(CallbackQueryHandler(handlers.forecast_button, pattern=r"^forecast:"))
+    application.add_handler(CommandHandler("mute", handlers.mute_command))
+    application.add_handler(CommandHandler("unmute", handlers.unmute_command))
+    application.add_handler(CommandHandler("muted", handlers.muted_command))
+    application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=r"^i:"))
+    application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=r"^missed:"))
     application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=r"^activate:"))
     application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=r"^cancel$"))
     application.add_handler(CallbackQueryHandler(handlers.invalid_button))
@@ -201,11 +214,16 @@ async def _start_ingestion(application: Application) -> None:
     baselines: Baselines = application.bot_data["baselines"]
     forecaster: forecast.Forecaster = application.bot_data["forecaster"]
     await asyncio.to_thread(_rebuild_forecasts, forecaster)
-    alerter = Alerter(settings.allowed_chat_ids, settings.alert_threshold, settings.alert_repeat_s, baselines)
-    poller = Poller(source, model, alerter)
-    poller.after_store.append(ForecastAlerter(settings.allowed_chat_ids, forecaster, baselines).alert)
-    application.bot_data["poller"] = poller
+    rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
+                  settings.alert_repeat_s, settings.silent_after_s, tuple(sorted(settings.allowed_chat_ids)))
+    decider = Decider(rules, model.drivers, forecaster, baselines)
+    sender = Sender(partial(_render, baselines), settings.alert_edit_s)
+    poller = Poller(source, model, decider, sender)
+    application.bot_data.update(poller=poller, decider=decider, sender=sender)
     application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
+    application.job_queue.run_repeating(send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
+    application.job_queue.run_repeating(watch, interval=WATCH_EVERY_S, first=WATCH_EVERY_S, data=decider,
+                                        name="watch")
     application.job_queue.run_repeating(
         tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages"
     )
@@ -263,12 +281,33 @@ async def _greet(application: Application) -> None:
         log.warning("could not set the command menu: %s", exc.message)
 
 
+def _render(baselines: Baselines, incident: store.Incident) -> tuple[str, InlineKeyboardMarkup | None]:
+    """An incident's message as of its newest state (blocks: the usual ranges may be read)."""
+    return (texts.incident(incident, baselines.get(incident.device), time.time()),
+            texts.incident_keyboard(incident))
+
+
+async def send(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The repeating job that delivers the outbox: the Sender comes in as job data."""
+    await context.job.data.run(context.bot)
+
+
+async def watch(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The repeating job for what no sample announces: silent machines, due reminders, mutes that ended."""
+    decider: Decider = context.job.data
+    await asyncio.to_thread(decider.check_silent)
+    await asyncio.to_thread(decider.due_reminders)
+    await asyncio.to_thread(decider.end_mutes)
+    if decider.queued:
+        decider.queued = False
+        await context.bot_data["sender"].run(context.bot)
+
+
 def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
     """The trends as they were before the restart, from the store's last window of samples; an episode
-    alerted within that window stays alerted, so a restart does not repeat it."""
-    window = forecast.REBUILD_S
-    forecaster.observe(store.recent_per_device(window, list(forecast.TRENDED)))
-    forecaster.restore_alerted(store.forecasts_alerted_since(window))
+    with an open incident stays alerted, so a restart does not repeat it."""
+    forecaster.observe(store.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
+    forecaster.restore_alerted(incidents.open_forecasts())
     log.info("forecasts rebuilt for %d devices", len({device for device, _ in forecaster.latest}))
 
 

@@ -26,7 +26,11 @@ class Settings:
     model_store: str
     model_signing_key: str | None = field(repr=False)  # a secret: never in a repr or a log
     alert_threshold: float
+    alert_hysteresis: float
+    recover_samples: int
     alert_repeat_s: float
+    alert_edit_s: float
+    silent_after_s: float | None  # None: 3 x each device's usual interval, at least 60 s
     forecast_hours: float
     sample_interval_s: float
     poll_interval_s: float
@@ -78,6 +82,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
     if bootstrap and not re.fullmatch(r"[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*", bootstrap):
         raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port], got {bootstrap[:60]!r}")
+    threshold = _number(env, "ALERT_THRESHOLD", 0.7, 0.0, 1.0)
+    silent_after = env.get("SILENT_AFTER", "").strip()
     return Settings(
         token=token,
         api_url=api_url,
@@ -90,8 +96,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         kafka_session_timeout_ms=int(_number(env, "KAFKA_SESSION_TIMEOUT_MS", 10000, 1000, 300000)),
         model_store=model_store(env),
         model_signing_key=model_signing_key(env, model_store(env)),
-        alert_threshold=_number(env, "ALERT_THRESHOLD", 0.7, 0.0, 1.0),
+        alert_threshold=threshold,
+        alert_hysteresis=_number(env, "ALERT_HYSTERESIS", 0.15, 0.0, threshold),
+        recover_samples=int(_number(env, "RECOVER_SAMPLES", 3, 1, 1000)),
         alert_repeat_s=60 * _number(env, "ALERT_REPEAT_MINUTES", 30, 0, 7 * 24 * 60),
+        alert_edit_s=_number(env, "ALERT_EDIT_SECONDS", 60, 1, 3600),
+        silent_after_s=_number(env, "SILENT_AFTER", 0, 10, 7 * 86400) if silent_after else None,
         forecast_hours=_number(env, "FORECAST_HOURS", 4, 0.25, 7 * 24),
         sample_interval_s=_number(env, "SAMPLE_INTERVAL_SECONDS", 5, 0.1, 3600),
         poll_interval_s=_number(env, "POLL_INTERVAL_SECONDS", 1, 0.05, 60),

@@ -181,6 +181,11 @@ class Forecaster:
         with self._lock:
             self.alerted.add((forecast.device, forecast.metric))
 
+    def holds(self, device: str, metric: str) -> bool:
+        """Whether the alerted episode of this device and metric still holds."""
+        with self._lock:
+            return (device, metric) in self.alerted
+
     def restore_alerted(self, keys: Iterable[tuple[str, str]]) -> None:
         """After a rebuild: the episodes alerted before the restart that still hold stay alerted."""
         with self._lock:

@@ -15,18 +15,19 @@ from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
-from bot import charts, store, texts
+from bot import charts, incidents, store, texts
 from bot.active_model import ActiveModel
 from bot.baselines import Baselines
 from bot.config import Settings
 from bot.forecast import Forecaster
-from bot.store import StoredSample
+from bot.sender import Sender
 from ml.features import FEATURES
 from ml.registry import StoreError, UnknownVersion
 from ml.retrain import retrain
 
 log = logging.getLogger(__name__)
 STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
+CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
 CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most store.CHART_POINTS rows whatever the window
 
 
@@ -61,8 +62,25 @@ async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     raise ApplicationHandlerStop
 
 
+def _sender(context: ContextTypes.DEFAULT_TYPE) -> Sender:
+    return context.bot_data["sender"]
+
+
+async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/start: what this bot watches and where its alerts go, then the help."""
+    settings = _settings(context)
+    poller = context.bot_data.get("poller")
+    machines = await asyncio.to_thread(store.device_count)
+    if settings.kafka_bootstrap:
+        watched = texts.watching_fleet(settings.kafka_topic, machines)
+    else:
+        watched = texts.watching_this_machine(getattr(poller.source, "device", "") if poller else "")
+    text = texts.greeting(watched, update.effective_chat.id, sorted(settings.allowed_chat_ids))
+    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
+
+
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/start and /help: what the bot does and its commands."""
+    """/help: what the bot does and its commands."""
     await update.effective_message.reply_text(texts.HELP, parse_mode=ParseMode.HTML)
 
 
@@ -73,9 +91,11 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if len(args) > 1 or (args and not DEVICE_RE.fullmatch(args[0])):
         await update.effective_message.reply_text("Usage: /status or /status <device>")
         return
+    markup = None
     if not args:
-        samples = await asyncio.to_thread(store.latest_per_device)
-        text = texts.overview(samples, settings.alert_threshold)
+        samples, silent, muted = await asyncio.to_thread(
+            lambda: (store.latest_per_device(), store.silent_devices(), store.muted_devices(time.time())))
+        text = texts.overview(samples, settings.alert_threshold, silent=silent, muted=muted)
     else:
         sample = await asyncio.to_thread(store.latest_sample, args[0])
         if sample is None:
@@ -86,9 +106,12 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             forecasts = await asyncio.to_thread(_forecaster(context).forecasts, sample.device)
             text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
                                        forecasts=forecasts, horizon_s=settings.forecast_hours * 3600)
-    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
+            markup = texts.missed_keyboard(sample.id)
+    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if args and sample is not None:
-        await _send_chart(update, context, sample, STATUS_CHART_HOURS)
+        end = time.time()
+        if sample.ts >= end - STATUS_CHART_HOURS * 3600:
+            await _send_chart(update, context, sample.device, end - STATUS_CHART_HOURS * 3600, end)
 
 
 def _chart_hours(args: list[str]) -> int | None:
@@ -115,25 +138,27 @@ async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         known = [s.device for s in await asyncio.to_thread(store.latest_per_device)]
         await update.effective_message.reply_text(texts.unknown_device(args[0], known), parse_mode=ParseMode.HTML)
         return
-    if not await _send_chart(update, context, sample, hours):
+    end = time.time()
+    if sample.ts < end - hours * 3600:
         await update.effective_message.reply_text(texts.no_chart_data(sample.device, hours * 3600, sample.ts),
                                                   parse_mode=ParseMode.HTML)
+        return
+    await _send_chart(update, context, sample.device, end - hours * 3600, end)
 
 
-async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, latest: StoredSample, hours: int) -> bool:
-    """Reply with the chart of the last `hours` of `latest`'s device; False when it sent nothing in them."""
-    end = time.time()
-    start = end - hours * 3600
-    if latest.ts < start:
-        return False
+async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device: str, start: float,
+                      end: float) -> None:
+    """Reply with the chart of one device from `start` to `end`, its incidents shaded."""
     threshold = _settings(context).alert_threshold
-    # Drawing takes a tenth of a second or more: off the event loop, like the query it makes.
-    png = await asyncio.to_thread(charts.render_chart, latest.device, start, end, threshold)
+
+    def render() -> bytes:  # a query and a drawing of a tenth of a second or more: off the event loop
+        return charts.render_chart(device, start, end, threshold, store.incident_spans(device, start, end))
+
+    png = await asyncio.to_thread(render)
     await update.effective_message.reply_photo(
-        png, caption=texts.chart_caption(latest.device, end - start, threshold), parse_mode=ParseMode.HTML,
-        filename=f"{latest.device}-{hours}h.png",
+        png, caption=texts.chart_caption(device, start, end), parse_mode=ParseMode.HTML,
+        filename=f"{device}-{int(start)}.png",
     )
-    return True
 
 
 async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -142,50 +167,81 @@ async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     await update.effective_message.reply_text(texts.rejected(rows), parse_mode=ParseMode.HTML)
 
 
-async def label_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A press on ✅ Correct or ❌ Wrong prediction: store the label and show it on the alert."""
+def _who(update: Update) -> tuple[int, str]:
+    user = update.effective_user
+    return user.id, f"@{user.username}" if user.username else user.full_name
+
+
+async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button on an incident: ✅/❌ (a label and an acknowledgement), 🔕 (snooze reminders), 📈 (chart)."""
     query = update.callback_query
-    parsed = texts.parse_callback(query.data)
-    message = query.message
-    sample = None
-    if parsed is not None and message is not None:
-        sample = await asyncio.to_thread(store.alerted_sample, parsed[0], message.chat.id, message.message_id)
+    parsed = texts.parse_incident_callback(query.data)
+    chat = update.effective_chat
+    incident = None
+    if parsed is not None and chat is not None:
+        incident = await asyncio.to_thread(store.incident_for_button, parsed[0], chat.id)
+    if incident is None or parsed[1] not in incidents.ACTIONS_OF[incident.kind]:
+        log.warning("ignored callback %r from user %d: not a button of one of our incidents", query.data[:80],
+                    query.from_user.id)
+        await query.answer("This button is not valid.")
+        return
+    if parsed[1] == "chart":
+        await query.answer()
+        await _send_chart(update, context, incident.device, incident.opened_ts - CHART_MARGIN_S,
+                          (incident.resolved_ts or time.time()) + CHART_MARGIN_S)
+        return
+    user_id, name = _who(update)
+    answer = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time())
+    await query.answer(answer)
+    await _sender(context).run(context.bot)
+
+
+async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """⚠️ Something is wrong here, under /status <device>: the model missed a problem; label the sample stressed."""
+    query = update.callback_query
+    metric_id = texts.parse_missed(query.data)
+    sample = await asyncio.to_thread(store.sample_by_id, metric_id) if metric_id is not None else None
     if sample is None:
-        log.warning("ignored callback %r from user %d: not a button of one of our alerts", query.data[:80],
-                    query.from_user.id)
+        log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
         await query.answer("This button is not valid.")
         return
-    value = parsed[1]
-    user = query.from_user
-    name = f"@{user.username}" if user.username else user.full_name
-    await asyncio.to_thread(store.add_label, sample.id, value, user.id, name)
-    await query.answer(f"Thanks: stored as {texts.LABEL_VALUES[value]}.")
-    usual = await asyncio.to_thread(_baselines(context).get, sample.device)
-    alert = texts.alert(sample, _model(context).drivers(sample.metrics), usual)
-    await query.edit_message_text(texts.labelled(alert, value, name, time.time()), parse_mode=ParseMode.HTML)
+    user_id, name = _who(update)
+    await asyncio.to_thread(store.add_label, sample.id, 1, user_id, name)
+    await query.answer(f"Thanks: {sample.device} at {texts.when(sample.ts)} is labelled stressed; "
+                       "the next /retrain learns from it.", show_alert=True)
 
 
-async def forecast_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A press on ✅ Right forecast or ❌ Wrong forecast: store the verdict apart from the model's labels."""
-    query = update.callback_query
-    parsed = texts.parse_forecast_callback(query.data)
-    message = query.message
-    alert = None
-    if parsed is not None and message is not None:
-        alert = await asyncio.to_thread(store.forecast_alert, parsed[0], parsed[1], message.chat.id,
-                                        message.message_id)
-    if alert is None:
-        log.warning("ignored callback %r from user %d: not a button of one of our forecasts", query.data[:80],
-                    query.from_user.id)
-        await query.answer("This button is not valid.")
+async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/mute <device> [duration] [reason]: no incidents for a machine under maintenance."""
+    parsed = texts.parse_mute(context.args or [])
+    if parsed is None:
+        await update.effective_message.reply_text(texts.MUTE_USAGE)
         return
-    value = parsed[2]
-    user = query.from_user
-    name = f"@{user.username}" if user.username else user.full_name
-    await asyncio.to_thread(store.add_forecast_label, alert.id, value, user.id, name)
-    await query.answer("Thanks: stored as a " + ("right" if value == 1 else "wrong") + " forecast.")
-    text = texts.forecast_labelled(texts.stored_forecast_alert(alert), value, name, time.time())
-    await query.edit_message_text(text, parse_mode=ParseMode.HTML)
+    device, seconds, reason = parsed
+    user_id, name = _who(update)
+    until = time.time() + seconds
+    await asyncio.to_thread(store.mute, device, until, reason, user_id, name)
+    log.info("%s muted %s until %s: %s", name, device, texts.when(until), reason)
+    await update.effective_message.reply_text(texts.muted_reply(device, until, seconds, reason, name),
+                                              parse_mode=ParseMode.HTML)
+
+
+async def unmute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/unmute <device>: alerts again from its next sample."""
+    args = context.args or []
+    if len(args) != 1 or not DEVICE_RE.fullmatch(args[0]):
+        await update.effective_message.reply_text("Usage: /unmute <device>, e.g. /unmute pc1")
+        return
+    ended = await asyncio.to_thread(store.unmute, args[0])
+    text = (f"🔔 {texts.escape(args[0])} is no longer muted: its next sample can alert again." if ended
+            else f"{texts.escape(args[0])} is not muted.")
+    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
+
+
+async def muted_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/muted: which machines are muted, by whom, until when and why."""
+    mutes = await asyncio.to_thread(store.mutes, time.time())
+    await update.effective_message.reply_text(texts.mutes(mutes), parse_mode=ParseMode.HTML)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
@@ -21,15 +20,15 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from telegram import Bot
 from telegram.ext import ContextTypes
 
 from agent.collect import Collector, default_device_id
 from agent.wire import Sample, WireError, parse
 from bot import store
 from bot.active_model import ActiveModel
-from bot.alerts import Alerter
 from bot.config import Settings
+from bot.incidents import Decider
+from bot.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -183,16 +182,16 @@ class LocalSource:
 
 
 class Poller:
-    """The repeating job's state: a source, the model and the alerter."""
+    """The repeating job's state: a source, the model, what decides incidents and what sends their messages."""
 
-    def __init__(self, source: KafkaSource | LocalSource, model: ActiveModel, alerter: Alerter) -> None:
+    def __init__(self, source: KafkaSource | LocalSource, model: ActiveModel, decider: Decider,
+                 sender: Sender) -> None:
         self.source = source
         self.model = model
-        self.alerter = alerter
+        self.decider = decider
+        self.sender = sender
         self._running = asyncio.Lock()
         self._store_failing = False
-        # Called with the new samples of every stored batch, after the alerts (e.g. the forecasts).
-        self.after_store: list[Callable[[Bot, list[store.StoredSample]], Awaitable[None]]] = []
 
     def run_batch(self, timeout: float = 0.5) -> list[store.StoredSample]:
         """Fetch, predict and store one batch; return the samples that are new. Blocks."""
@@ -201,7 +200,8 @@ class Poller:
             return []
         predictions, version = self.model.predict([s.metrics for s in batch.samples])
         try:
-            new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins or None)
+            new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins or None,
+                                    on_stored=self.decider.decide)
         except Exception:
             self.source.rewind(batch)
             raise
@@ -225,15 +225,15 @@ class Poller:
             return
         async with self._running:
             try:
-                new = await asyncio.to_thread(self.run_batch)
+                await asyncio.to_thread(self.run_batch)
             except Exception as exc:
                 if not self._store_failing:
                     log.exception("storing a batch failed; it will be read again: %s", exc)
                 self._store_failing = True
                 return
-            await self.alerter.alert(context.bot, new, self.model)
-            for hook in self.after_store:
-                await hook(context.bot, new)
+        if self.decider.queued:  # an incident opened, changed or ended: its messages go out now, beside the poll
+            self.decider.queued = False
+            context.application.create_task(self.sender.run(context.bot), name="send")
 
 
 async def poll(context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -61,16 +62,76 @@ class Label(BaseModel):
     created = pw.DoubleField()
 
 
-class Alert(BaseModel):
-    """An alert message sent to a chat; a button press is valid only on a message listed here."""
+class Device(BaseModel):
+    """One row per device that ever reported: its newest sample and usual interval (for /status and silence)."""
 
-    metric = pw.ForeignKeyField(Metric, on_delete="CASCADE")
+    name = pw.CharField(max_length=64, unique=True)
+    last_ts = pw.DoubleField()  # sample time of the newest sample
+    last_received = pw.DoubleField()  # when the bot last stored one: a silence is measured on the bot's clock
+    last_metric = pw.BigIntegerField(null=True)  # id of the newest sample
+    last_p = pw.DoubleField(null=True)
+    interval = pw.DoubleField(null=True)  # the usual seconds between samples
+
+
+class Incident(BaseModel):
+    """A stressed stretch, a silence or a forecast of one device: opened once, updated, resolved.
+
+    `revision` grows with every change, so the newest state wins over any stale message edit.
+    """
+
+    device = pw.CharField(max_length=64, index=True)
+    kind = pw.CharField(max_length=16)  # stressed | silent | forecast
+    state = pw.CharField(max_length=16, index=True)  # open | resolved | false alarm
+    opened_ts = pw.DoubleField()  # sample time it started
+    last_ts = pw.DoubleField()
+    resolved_ts = pw.DoubleField(null=True)
+    sample = pw.ForeignKeyField(Metric, null=True, on_delete="SET NULL")  # what a label on it is about
+    last_p = pw.DoubleField(null=True)
+    peak_p = pw.DoubleField(null=True)
+    below = pw.IntegerField(default=0)  # consecutive samples under threshold - hysteresis
+    detail = pw.TextField(default="{}")  # JSON: the drivers, a forecast's numbers
+    acked_by = pw.CharField(max_length=200, null=True)
+    acked_at = pw.DoubleField(null=True)
+    snoozed_until = pw.DoubleField(null=True)
+    acted = pw.DoubleField(null=True)  # when a person last pressed one of its buttons
+    next_reminder = pw.DoubleField(null=True)
+    revision = pw.IntegerField(default=1)
+    created = pw.DoubleField()
+    updated = pw.DoubleField()
+
+
+class Notice(BaseModel):
+    """The outbox: one message to one chat about an incident, written in the transaction that decided it.
+
+    kind "alert" is the incident's own message, rendered from its newest state and edited while it lasts;
+    kind "reply" (recovered, reminder) is a short reply to it with a fixed text. A row exists before its
+    message is sent, so its buttons are valid from the first moment.
+    """
+
+    incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
     chat_id = pw.BigIntegerField()
-    message_id = pw.BigIntegerField()
-    sent = pw.DoubleField()
+    kind = pw.CharField(max_length=8)
+    text = pw.TextField(null=True)
+    created = pw.DoubleField()
+    due = pw.DoubleField(index=True)  # next try
+    attempts = pw.IntegerField(default=0)
+    sent = pw.DoubleField(null=True)
+    failed = pw.TextField(null=True)  # why it can never be delivered (bot blocked, chat gone)
+    message_id = pw.BigIntegerField(null=True)
+    shown_revision = pw.IntegerField(default=0)  # the incident revision the message shows
+    edited = pw.DoubleField(null=True)
+    claimed_until = pw.DoubleField(null=True)  # a sender working on it: others keep off until then
 
-    class Meta:
-        indexes = ((("chat_id", "message_id"), True),)
+
+class Mute(BaseModel):
+    """A device under maintenance: stored and predicted, but no incident opens until `until`."""
+
+    device = pw.CharField(max_length=64, unique=True)
+    until = pw.DoubleField()
+    reason = pw.CharField(max_length=200)
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
 
 
 class Rejected(BaseModel):
@@ -91,36 +152,18 @@ class Rejected(BaseModel):
         table_name = "rejected_message"
 
 
-class ForecastAlert(BaseModel):
-    """A forecast alert ("disk will be full in about 3 h") sent to a chat, with the numbers it said."""
-
-    metric = pw.ForeignKeyField(Metric, on_delete="CASCADE")  # the sample the forecast was made at
-    name = pw.CharField(max_length=64)  # the metric forecast, e.g. disk_percent
-    level = pw.DoubleField()
-    slope_per_h = pw.DoubleField()
-    eta_s = pw.DoubleField()
-    usual_low = pw.DoubleField(null=True)
-    usual_high = pw.DoubleField(null=True)
-    chat_id = pw.BigIntegerField()
-    message_id = pw.BigIntegerField()
-    sent = pw.DoubleField()
-
-    class Meta:
-        indexes = ((("chat_id", "message_id"), True),)
-
-
 class ForecastLabel(BaseModel):
     """A person's verdict on a forecast: 1 = it was right, 0 = it was wrong. Apart from `Label`: the
     classifier never trains on these."""
 
-    alert = pw.ForeignKeyField(ForecastAlert, on_delete="CASCADE", index=True)
+    incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
     value = pw.SmallIntegerField()
     user_id = pw.BigIntegerField()
     user_name = pw.CharField(max_length=200)
     created = pw.DoubleField()
 
 
-TABLES = [Metric, Label, Alert, Rejected, ForecastAlert, ForecastLabel]
+TABLES = [Metric, Label, Rejected, Device, Incident, Notice, Mute, ForecastLabel]
 
 
 @dataclass(frozen=True)
@@ -220,9 +263,12 @@ def reachable() -> bool:
 
 def store_batch(
     samples: list[Sample], predictions: list[float | None], version: int | None, rejects: list[Rejection],
-    origins: list[Origin] | None = None,
+    origins: list[Origin] | None = None, on_stored: Callable[[list[StoredSample]], None] | None = None,
 ) -> list[StoredSample]:
     """Store a batch in one transaction; return the samples that were new (not redelivered).
+
+    `on_stored` gets the new samples inside that transaction: what it decides (incidents, their messages)
+    is stored together with the batch, or not at all.
 
     A sample the database refuses does not fail the batch: the batch is split in halves until the refused
     sample is alone, and that one is recorded as rejected, with the database's reason, under its origin.
@@ -236,6 +282,8 @@ def store_batch(
         rows = [_rejected_row(r, now) for r in [*rejects, *refused]]
         for start in range(0, len(rows), INSERT_CHUNK):
             Rejected.insert_many(rows[start:start + INSERT_CHUNK]).on_conflict_ignore().execute()
+        if on_stored is not None:
+            on_stored(new)
     for r in refused:
         log.warning("rejected message %s: %s", r.source, r.reason)
     return new
@@ -328,6 +376,12 @@ def latest_per_device() -> list[StoredSample]:
     return [_stored(row) for row in Metric.raw(LATEST_PER_DEVICE_SQL)]
 
 
+def sample_by_id(metric_id: int | None) -> StoredSample | None:
+    """One stored sample, or None."""
+    row = Metric.get_or_none(Metric.id == metric_id) if metric_id is not None else None
+    return _stored(row) if row else None
+
+
 def latest_sample(device: str) -> StoredSample | None:
     """The newest sample of one device, or None when the device never reported."""
     row = Metric.select().where(Metric.device == device).order_by(Metric.ts.desc()).first()
@@ -388,20 +442,10 @@ def chart_series(
     return ChartSeries(bucket_s, points)
 
 
-def record_alert(metric_id: int, chat_id: int, message_id: int) -> None:
-    """Remember that an alert for this sample is message `message_id` in `chat_id`."""
-    Alert.insert(metric=metric_id, chat_id=chat_id, message_id=message_id, sent=time.time()).execute()
-
-
-def alerted_sample(metric_id: int, chat_id: int, message_id: int) -> StoredSample | None:
-    """The sample of the alert at (chat, message) when it is about `metric_id`; None for anything forged."""
-    alert = (
-        Alert.select(Alert, Metric)
-        .join(Metric)
-        .where((Alert.chat_id == chat_id) & (Alert.message_id == message_id) & (Alert.metric == metric_id))
-        .first()
-    )
-    return _stored(alert.metric) if alert else None
+def incident_for_button(incident_id: int, chat_id: int) -> Incident | None:
+    """The incident a button is about, when an incident message went (or goes) to this chat; None if forged."""
+    return (Incident.select().join(Notice)
+            .where((Incident.id == incident_id) & (Notice.chat_id == chat_id) & (Notice.kind == "alert")).first())
 
 
 def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> None:
@@ -489,39 +533,48 @@ def recent_per_device(seconds: float, columns: list[str]) -> list[tuple[int, str
     ]
 
 
-def record_forecast_alert(metric_id: int, name: str, level: float, slope_per_h: float, eta_s: float,
-                          usual: tuple[float, float] | None, chat_id: int, message_id: int) -> None:
-    """Remember that a forecast for this sample and metric is message `message_id` in `chat_id`."""
-    low, high = usual if usual else (None, None)
-    ForecastAlert.insert(metric=metric_id, name=name, level=level, slope_per_h=slope_per_h, eta_s=eta_s,
-                         usual_low=low, usual_high=high, chat_id=chat_id, message_id=message_id,
-                         sent=time.time()).execute()
-
-
-def forecast_alert(metric_id: int, name: str, chat_id: int, message_id: int) -> ForecastAlert | None:
-    """The forecast alert at (chat, message) when it is about this sample and metric; None for anything forged."""
-    return (
-        ForecastAlert.select(ForecastAlert, Metric)
-        .join(Metric)
-        .where((ForecastAlert.chat_id == chat_id) & (ForecastAlert.message_id == message_id)
-               & (ForecastAlert.metric == metric_id) & (ForecastAlert.name == name))
-        .first()
-    )
-
-
-def add_forecast_label(alert_id: int, value: int, user_id: int, user_name: str) -> None:
+def add_forecast_label(incident_id: int, value: int, user_id: int, user_name: str) -> None:
     """Store a person's verdict on a forecast."""
-    ForecastLabel.create(alert=alert_id, value=value, user_id=user_id, user_name=user_name[:200],
+    ForecastLabel.create(incident=incident_id, value=value, user_id=user_id, user_name=user_name[:200],
                          created=time.time())
 
 
-def forecasts_alerted_since(seconds: float) -> list[tuple[str, str]]:
-    """(device, metric) of the forecasts alerted within `seconds` before their device's newest sample."""
-    latest = list(
-        ForecastAlert.select(Metric.device, ForecastAlert.name, pw.fn.MAX(Metric.ts))
-        .join(Metric).group_by(Metric.device, ForecastAlert.name).tuples()
-    )
-    if not latest:
-        return []
-    newest = {s.device: s.ts for s in latest_per_device()}
-    return [(device, name) for device, name, ts in latest if ts >= newest.get(device, float("inf")) - seconds]
+def mute(device: str, until: float, reason: str, user_id: int, user_name: str) -> None:
+    """Mute a device until `until`, replacing an earlier mute of it; who and why are kept."""
+    with db.atomic():
+        Mute.delete().where(Mute.device == device).execute()
+        Mute.create(device=device, until=until, reason=reason[:200], user_id=user_id, user_name=user_name[:200],
+                    created=time.time())
+
+
+def unmute(device: str) -> bool:
+    """End a device's mute; whether it had one."""
+    return Mute.delete().where(Mute.device == device).execute() > 0
+
+
+def mutes(now: float) -> list[Mute]:
+    """The mutes in force, ending soonest first."""
+    return list(Mute.select().where(Mute.until > now).order_by(Mute.until))
+
+
+def device_count() -> int:
+    """How many machines have reported."""
+    return Device.select().count()
+
+
+def incident_spans(device: str, start: float, end: float) -> list[tuple[float, float]]:
+    """(from, to) of the device's stressed and silent incidents that overlap [start, end], for a chart."""
+    query = Incident.select(Incident.opened_ts, Incident.resolved_ts, Incident.last_ts).where(
+        (Incident.device == device) & (Incident.kind != "forecast") & (Incident.opened_ts <= end)
+        & (Incident.resolved_ts.is_null() | (Incident.resolved_ts >= start)))
+    return [(i.opened_ts, i.resolved_ts or max(i.last_ts, end)) for i in query]
+
+
+def silent_devices() -> set[str]:
+    """The devices with an open silence incident."""
+    return {i.device for i in Incident.select(Incident.device).where(
+        (Incident.state == "open") & (Incident.kind == "silent"))}
+
+
+def muted_devices(now: float) -> set[str]:
+    return {m.device for m in mutes(now)}

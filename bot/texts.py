@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import MessageLimit
 
-from agent.wire import KNOWN_METRICS
+from agent.wire import DEVICE_RE, KNOWN_METRICS
 from bot.baselines import Usual
 from bot.forecast import Forecast
-from bot.store import ForecastAlert, Rejected, StoredSample
+from bot.store import Incident, Mute, Rejected, StoredSample
 from ml.features import FEATURES, ZONES
 from ml.registry import ModelVersion
 from ml.retrain import Retrained
@@ -23,28 +24,29 @@ from ml.versions import detail as version_detail
 from ml.versions import table as versions_table
 
 LABEL_VALUES = {1: "stressed", 0: "normal"}
-CALLBACK_RE = re.compile(r"label:(\d{1,18}):([01])")
 ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
-FORECAST_RE = re.compile(r"forecast:(\d{1,18}):(disk_percent|mem_percent|swap_percent):([01])")
 FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
 SILENT_AFTER_S = 300  # a device that has not reported for this long is shown as silent
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
-intervention (it is <i>stressed</i>).
+intervention (it is <i>stressed</i>), when its disk, memory or swap is heading for full, and when it stops \
+reporting.
 
-/status: every machine: last seen, latest P(stressed), state
-/status &lt;device&gt;: the latest sample of one machine, its prediction and the model version, and a chart of \
-its last 2 hours
+/status: every machine, the riskiest first
+/status &lt;device&gt;: one machine: its latest sample, usual ranges, forecast and a chart of its last 2 hours
 /chart &lt;device&gt; [hours]: a chart of one machine over the last hours (1 to 720; 2 by default)
+/mute &lt;device&gt; [duration] [reason]: no alerts for a machine under maintenance (default 1 h)
+/unmute &lt;device&gt;, /muted: end a mute; list the mutes
 /rejected: the latest messages that broke the wire format, and why
-/versions [version]: the model versions, newest first, with their scores; one in full with its calibration
+/versions [version]: the model versions, newest first; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
 /rollback [version]: go back to the previous or a given model version (admins)
 /help: this message
 
-On an alert, press <b>✅ Correct</b> or <b>❌ Wrong prediction</b>: your answer is stored as a label \
-and the next model learns from it. A forecast ("disk will be full in about 3 h") has its own buttons: \
-your answer is kept apart, as a verdict on the forecast."""
+An alert is one message, edited while the incident lasts and marked when it recovers. Its buttons: \
+<b>✅ Correct</b> acknowledges it (no more reminders) and stores a label; <b>❌ Wrong prediction</b> stores \
+the sample as normal and closes the alert; <b>🔕</b> snoozes its reminders. The next model learns from \
+your labels. A forecast has its own buttons: your verdict on it is kept apart."""
 
 
 def escape(text: str) -> str:
@@ -134,95 +136,63 @@ def percent(p: float | None) -> str:
     return "n/a" if p is None else f"{100 * p:.0f}%"
 
 
-# Most urgent first: the order of /status and of its counts. "muted" (an incident someone silenced) will
-# come between silent and normal: still worth a look, no longer news.
-RISK_ORDER = ("stressed", "silent", "normal", "unknown")
-STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "normal": "🟢", "unknown": "❔"}
+# Most urgent first: the order of /status and of its counts. A muted machine (under maintenance) is still
+# worth a look, but no longer news.
+RISK_ORDER = ("stressed", "silent", "muted", "normal", "unknown")
+STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "muted": "🔕", "normal": "🟢", "unknown": "❔"}
+NONE: frozenset[str] = frozenset()
 
 
-def condition(sample: StoredSample, threshold: float, now: float) -> str:
-    """stressed, normal, silent (no recent data) or unknown (no prediction yet)."""
-    if now - sample.ts > SILENT_AFTER_S:
+def condition(sample: StoredSample, threshold: float, now: float, silent: Set[str] = NONE,
+              muted: Set[str] = NONE) -> str:
+    """stressed, silent (it stopped reporting), muted, normal or unknown (no prediction yet)."""
+    if sample.device in muted:
+        return "muted"
+    if sample.device in silent or now - sample.ts > SILENT_AFTER_S:
         return "silent"
     if sample.p_stressed is None:
         return "unknown"
     return "stressed" if sample.p_stressed >= threshold else "normal"
 
 
-def state(sample: StoredSample, threshold: float, now: float) -> str:
+def state(sample: StoredSample, threshold: float, now: float, silent: Set[str] = NONE,
+          muted: Set[str] = NONE) -> str:
     """The condition with its icon, e.g. '🔴 stressed'."""
-    name = condition(sample, threshold, now)
+    name = condition(sample, threshold, now, silent, muted)
     return f"{STATE_ICONS[name]} {name}"
-
-
-def alert(sample: StoredSample, drivers: list[str], usual: Mapping[str, Usual] | None = None) -> str:
-    """The alert for a sample predicted stressed: device first, then probability, time and the driving metrics,
-    strongest first, each with its usual range on this machine."""
-    lines = [
-        f"⚠️ <b>{escape(sample.device)}</b> is likely stressed: P(stressed) {percent(sample.p_stressed)}",
-        f"Sample of {when(sample.ts)}",
-    ]
-    shown = drivers or [name for name in KNOWN_METRICS if name in sample.metrics][:3]
-    lines += [f"• {escape(_with_usual(name, sample.metrics[name], usual or {}, sample.device))}" for name in shown]
-    lines.append(f"Model v{sample.model_version}. Is this right?")
-    return clip("\n".join(lines))
-
-
-def alert_keyboard(metric_id: int) -> InlineKeyboardMarkup:
-    """The two correction buttons of an alert."""
-    return InlineKeyboardMarkup([[
-        InlineKeyboardButton("✅ Correct", callback_data=f"label:{metric_id}:1"),
-        InlineKeyboardButton("❌ Wrong prediction", callback_data=f"label:{metric_id}:0"),
-    ]])
-
-
-def parse_callback(data: str | None) -> tuple[int, int] | None:
-    """(sample id, label) from a button's callback data, or None when it is not ours."""
-    match = CALLBACK_RE.fullmatch(data or "")
-    return (int(match[1]), int(match[2])) if match else None
-
-
-def labelled(alert_html: str, value: int, user_name: str, at: float) -> str:
-    """The alert after a person labelled it."""
-    verdict = "✅ confirmed stressed" if value == 1 else "❌ wrong prediction: labelled normal"
-    return clip(f"{alert_html}\n\n{verdict} by {escape(user_name)} at {when(at)}")
 
 
 OVERVIEW_ROWS = 25  # the worst machines shown by /status; the rest are counted
 
 
-def by_risk(samples: list[StoredSample], threshold: float, now: float) -> list[StoredSample]:
-    """Most urgent first: by condition (see RISK_ORDER), then by P(stressed) descending, then by name."""
-    rank = {name: index for index, name in enumerate(RISK_ORDER)}
-    return sorted(samples, key=lambda s: (
-        rank[condition(s, threshold, now)], -(s.p_stressed if s.p_stressed is not None else -1.0), s.device,
-    ))
-
-
-def counts(samples: list[StoredSample], threshold: float, now: float) -> str:
-    """'3 stressed, 2 silent, 995 normal': the machines per condition, most urgent first, zeros left out."""
-    found = Counter(condition(s, threshold, now) for s in samples)
-    return ", ".join(f"{found[name]:,} {name}" for name in RISK_ORDER if found[name])
-
-
-def overview(samples: list[StoredSample], threshold: float, now: float | None = None) -> str:
+def overview(samples: list[StoredSample], threshold: float, now: float | None = None, silent: Set[str] = NONE,
+             muted: Set[str] = NONE) -> str:
     """/status: the counts per condition, then the worst machines with last seen, latest P(stressed) and
-    state; one message for any fleet."""
+    state, most urgent first (by condition, then P(stressed), then name); one message for any fleet."""
     if not samples:
         return "No machine has reported yet."
     now = time.time() if now is None else now
-    ranked = by_risk(samples, threshold, now)
+    rank = {name: index for index, name in enumerate(RISK_ORDER)}
+    conditions = {s.device: condition(s, threshold, now, silent, muted) for s in samples}
+    ranked = sorted(samples, key=lambda s: (
+        rank[conditions[s.device]], -(s.p_stressed if s.p_stressed is not None else -1.0), s.device))
+
+    def counts(part: list[StoredSample]) -> str:  # '3 stressed, 2 silent, 995 normal'; zeros left out
+        found = Counter(conditions[s.device] for s in part)
+        return ", ".join(f"{found[name]:,} {name}" for name in RISK_ORDER if found[name])
+
     shown, hidden = ranked[:OVERVIEW_ROWS], ranked[OVERVIEW_ROWS:]
     seen = [f"{ago(now - s.ts)} ago" for s in shown]
     width, seen_width = max(6, *(len(s.device) for s in shown)), max(9, *map(len, seen))
     rows = [f"{'device':<{width}}  {'last seen':>{seen_width}}  P(stressed)  state"]
     rows += [
-        f"{s.device:<{width}}  {last:>{seen_width}}  {percent(s.p_stressed):>11}  {state(s, threshold, now)}"
+        f"{s.device:<{width}}  {last:>{seen_width}}  {percent(s.p_stressed):>11}  "
+        f"{STATE_ICONS[conditions[s.device]]} {conditions[s.device]}"
         for s, last in zip(shown, seen, strict=True)
     ]
-    text = f"<b>Fleet: {plural(len(samples), 'machine')}</b> — {counts(samples, threshold, now)}\n{pre(rows)}"
+    text = f"<b>Fleet: {plural(len(samples), 'machine')}</b> — {counts(samples)}\n{pre(rows)}"
     if hidden:
-        text += f"\n… and {len(hidden):,} more: {counts(hidden, threshold, now)}"
+        text += f"\n… and {len(hidden):,} more: {counts(hidden)}"
     return text
 
 
@@ -296,40 +266,10 @@ def forecast_alert(forecast: Forecast, usual: Usual | None) -> str:
     )
 
 
-def stored_forecast_alert(row: ForecastAlert) -> str:
-    """A forecast alert again, from what was stored when it was sent."""
-    usual = Usual(row.usual_low, row.usual_high) if row.usual_low is not None else None
-    forecast = Forecast(row.metric.device, row.name, row.metric.id, row.metric.ts, row.level, row.slope_per_h,
-                        row.eta_s)
-    return forecast_alert(forecast, usual)
-
-
-def forecast_keyboard(metric_id: int, name: str) -> InlineKeyboardMarkup:
-    """The two verdict buttons of a forecast alert."""
-    return InlineKeyboardMarkup([[
-        InlineKeyboardButton("✅ Right forecast", callback_data=f"forecast:{metric_id}:{name}:1"),
-        InlineKeyboardButton("❌ Wrong forecast", callback_data=f"forecast:{metric_id}:{name}:0"),
-    ]])
-
-
-def parse_forecast_callback(data: str | None) -> tuple[int, str, int] | None:
-    """(sample id, metric, verdict) from a forecast button's callback data, or None when it is not one."""
-    match = FORECAST_RE.fullmatch(data or "")
-    return (int(match[1]), match[2], int(match[3])) if match else None
-
-
-def forecast_labelled(alert_html: str, value: int, user_name: str, at: float) -> str:
-    """The forecast alert after a person judged it."""
-    verdict = "✅ forecast confirmed" if value == 1 else "❌ labelled a wrong forecast"
-    return clip(f"{alert_html}\n\n{verdict} by {escape(user_name)} at {when(at)}")
-
-
-def chart_caption(device: str, span_s: float, threshold: float) -> str:
+def chart_caption(device: str, start: float, end: float) -> str:
     """The caption of a chart: the machine, the window and what the shading means."""
-    return (
-        f"<b>{escape(device)}</b>, the last {ago(span_s)} (UTC): CPU, memory, swap and disk in %, P(stressed) "
-        f"below; shaded where P(stressed) reached {percent(threshold)}"
-    )
+    return (f"<b>{escape(device)}</b>, {_span(start, end)} ({ago(end - start)}): CPU, memory, swap and disk in %, "
+            "P(stressed) below; incidents shaded")
 
 
 def no_chart_data(device: str, span_s: float, latest_ts: float, now: float | None = None) -> str:
@@ -432,3 +372,145 @@ def rejected(rows: list[Rejected]) -> str:
         return "No message has been rejected."
     lines = [f"{when(r.received)}  {r.source}  {r.size} B\n  {r.reason}" for r in rows]
     return f"<b>Latest rejected messages</b> (newest first)\n{pre(lines)}"
+
+
+# --- incidents -----------------------------------------------------------------------------------------------
+
+INCIDENT_RE = re.compile(r"i:(\d{1,18}):(ok|no|s1|s8|chart|right|wrong)")
+MISSED_RE = re.compile(r"missed:(\d{1,18})")
+DURATION_RE = re.compile(r"(\d{1,4})(m|min|h|d)", re.IGNORECASE)
+DURATION_S = {"m": 60, "min": 60, "h": 3600, "d": 86400}
+DEFAULT_MUTE_S = 3600
+MAX_MUTE_S = 30 * 86400
+MUTE_USAGE = ("Usage: /mute <device> [duration] [reason], e.g. /mute pc1 2h kernel upgrade "
+              "(duration like 30m, 2h, 3d; default 1 h, at most 30 d)")
+
+
+def incident_keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
+    """The buttons of an incident's message: verdict, snooze and chart while it is open; the chart after."""
+    data = f"i:{incident.id}:"
+    chart = InlineKeyboardButton("📈 Chart", callback_data=data + "chart")
+    if incident.state != "open":
+        return InlineKeyboardMarkup([[chart]]) if incident.kind != "silent" else None
+    snooze = [InlineKeyboardButton("🔕 1 h", callback_data=data + "s1"),
+              InlineKeyboardButton("🔕 8 h", callback_data=data + "s8")]
+    if incident.kind == "forecast":
+        verdict = [InlineKeyboardButton("✅ Right forecast", callback_data=data + "right"),
+                   InlineKeyboardButton("❌ Wrong forecast", callback_data=data + "wrong")]
+    elif incident.kind == "stressed" and incident.acked_by is None:
+        verdict = [InlineKeyboardButton("✅ Correct", callback_data=data + "ok"),
+                   InlineKeyboardButton("❌ Wrong prediction", callback_data=data + "no")]
+    else:
+        verdict = []
+    rows = [row for row in (verdict, [*snooze, chart] if incident.kind != "silent" else snooze) if row]
+    return InlineKeyboardMarkup(rows)
+
+
+def parse_incident_callback(data: str | None) -> tuple[int, str] | None:
+    """(incident id, action) from an incident button's callback data, or None when it is not one."""
+    match = INCIDENT_RE.fullmatch(data or "")
+    return (int(match[1]), match[2]) if match else None
+
+
+def _span(start: float, end: float) -> str:
+    return f"{datetime.fromtimestamp(start, UTC):%H:%M}–{datetime.fromtimestamp(end, UTC):%H:%M} UTC"
+
+
+def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
+    """An incident's message, from its newest state: opened, updated while it lasts, resolved."""
+    detail = json.loads(incident.detail or "{}")
+    metrics = detail.get("metrics", {})
+    device = escape(incident.device)
+    if incident.kind == "silent":
+        last_seen = ago(now - incident.opened_ts)
+        if incident.state == "open":
+            head = f"⚪ <b>{device}</b> stopped reporting at {when(incident.opened_ts)} (last seen {last_seen} ago)"
+        else:
+            head = (f"✅ <b>{device}</b> is reporting again after {ago(incident.resolved_ts - incident.opened_ts)} "
+                    f"of silence ({_span(incident.opened_ts, incident.resolved_ts)})")
+        return clip(head + _footer(incident))
+    if incident.kind == "forecast":
+        forecast = Forecast(incident.device, detail["metric"], incident.sample_id or 0, detail["ts"], detail["level"],
+                            detail["slope_per_h"], detail["eta_s"])
+        text = forecast_alert(forecast, usual.get(detail["metric"]))
+        if incident.state != "open":
+            text = f"{text}\n\n✅ No longer heading for its edge ({when(incident.resolved_ts)})."
+        return clip(text + _footer(incident))
+    drivers = [name for name in detail.get("drivers", []) if name in metrics]
+    shown = drivers or [name for name in FEATURES if name in metrics][:3]
+    lines = [f"• {escape(_with_usual(name, metrics[name], usual, incident.device))}" for name in shown]
+    lasted = ago((incident.resolved_ts or incident.last_ts) - incident.opened_ts)
+    if incident.state == "open":
+        head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",
+                f"Stressed since {when(incident.opened_ts)} ({lasted}), peak {percent(incident.peak_p)}"]
+    elif incident.state == "resolved":
+        head = [f"✅ <b>{device}</b> recovered after {lasted}",
+                f"Was stressed {_span(incident.opened_ts, incident.resolved_ts)}, peak {percent(incident.peak_p)}"]
+    else:
+        head = [f"❌ <b>{device}</b>: a false alarm ({_span(incident.opened_ts, incident.resolved_ts)})",
+                f"Peak P(stressed) {percent(incident.peak_p)}"]
+    return clip("\n".join([*head, *lines]) + _footer(incident))
+
+
+def _footer(incident: Incident) -> str:
+    lines = []
+    if incident.acked_by:
+        what = "Labelled a false alarm" if incident.state == "false alarm" else "Acknowledged"
+        lines.append(f"{what} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
+    if incident.snoozed_until and incident.state == "open":
+        lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
+    return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def missed_keyboard(metric_id: int) -> InlineKeyboardMarkup:
+    """Under /status <device>: a way to say the model missed a problem with this sample."""
+    return InlineKeyboardMarkup([[InlineKeyboardButton("⚠️ Something is wrong here",
+                                                       callback_data=f"missed:{metric_id}")]])
+
+
+def parse_missed(data: str | None) -> int | None:
+    match = MISSED_RE.fullmatch(data or "")
+    return int(match[1]) if match else None
+
+
+def parse_mute(args: list[str]) -> tuple[str, float, str] | None:
+    """(device, seconds, reason) from /mute's arguments, or None when they make no sense."""
+    if not args or not DEVICE_RE.fullmatch(args[0]):
+        return None
+    seconds, rest = float(DEFAULT_MUTE_S), args[1:]
+    if rest and (match := DURATION_RE.fullmatch(rest[0])):
+        seconds, rest = float(int(match[1]) * DURATION_S[match[2].lower()]), rest[1:]
+    elif rest and rest[0][:1].isdigit():
+        return None  # "2 hours", "1.5h": a duration we do not read, not a reason
+    if not 0 < seconds <= MAX_MUTE_S:
+        return None
+    return args[0], seconds, " ".join(rest)[:200] or "no reason given"
+
+
+def muted_reply(device: str, until: float, seconds: float, reason: str, user_name: str) -> str:
+    return (f"🔕 <b>{escape(device)}</b> is muted for {ago(seconds)}, until {when(until)}, by {escape(user_name)}: "
+            f"{escape(reason)}.\nIts samples are still stored and predicted; /unmute {escape(device)} ends it.")
+
+
+def mutes(rows: list[Mute]) -> str:
+    """/muted: who muted what, until when, and why."""
+    if not rows:
+        return "No machine is muted."
+    lines = [f"🔕 <b>{escape(m.device)}</b> until {when(m.until)}, by {escape(m.user_name)} at {when(m.created)}: "
+             f"{escape(m.reason)}" for m in rows]
+    return clip(f"<b>Muted machines</b> ({len(rows)})\n" + "\n".join(lines))
+
+
+def watching_fleet(topic: str, machines: int) -> str:
+    return f"the fleet on Kafka topic <code>{escape(topic)}</code>: {plural(machines, 'machine')} so far"
+
+
+def watching_this_machine(name: str) -> str:
+    return f"this machine, <b>{escape(name)}</b> (single-host mode)"
+
+
+def greeting(watched: str, chat_id: int, chat_ids: list[int]) -> str:
+    """/start: what this bot watches, where alerts go, and what it can do."""
+    others = len([c for c in chat_ids if c != chat_id])
+    where = "this chat" + (f" and {plural(others, 'other chat')}" if others else "")
+    return f"👋 I watch {watched}. Alerts go to {where}.\n\n{HELP}"

@@ -20,10 +20,18 @@ from ml.registry import StoreError
 
 # Types outside skops' default trust that our pipeline holds. When the pipeline changes, the round trip
 # test in tests/test_artifact.py names any type that is missing here; add it only after reading what it is.
-ALLOWED_TYPES: frozenset[str] = frozenset({"numpy.dtype"})
+ALLOWED_TYPES: frozenset[str] = frozenset({
+    "numpy.dtype",
+    # SplineTransformer keeps one scipy BSpline per metric (knots and coefficients: data, no code) and a
+    # reference to the array-API shim of numpy.asarray, which it calls to build arrays.
+    "scipy.interpolate._bsplines.BSpline",
+    "scipy._lib.array_api_compat.numpy._aliases.asarray",
+})
 
-# What numpy writes into a pickle of arrays and scalars (numpy.core before numpy 2, numpy._core since).
+# What numpy writes into a pickle of arrays and scalars (numpy.core before numpy 2, numpy._core since), and
+# the one builtin a pipeline holds.
 PICKLE_NUMPY_GLOBALS: frozenset[tuple[str, str]] = frozenset({
+    ("builtins", "slice"),  # ColumnTransformer's output_indices_
     ("numpy", "dtype"),
     ("numpy", "ndarray"),
     *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
@@ -66,11 +74,11 @@ def loads(data: bytes) -> Pipeline:
 
 
 class _ModelUnpickler(pickle.Unpickler):
-    """Resolves only scikit-learn estimator classes and numpy's array helpers: a pickle naming any other
-    callable (os.system, builtins.eval, ...) fails before anything of it runs."""
+    """Resolves only scikit-learn estimator classes, numpy's array helpers and the allowlisted types: a pickle
+    naming any other callable (os.system, builtins.eval, ...) fails before anything of it runs."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in PICKLE_NUMPY_GLOBALS:
+        if (module, name) in PICKLE_NUMPY_GLOBALS or f"{module}.{name}" in ALLOWED_TYPES:
             return super().find_class(module, name)
         if (module == "sklearn" or module.startswith("sklearn.")) and "." not in name:
             found = super().find_class(module, name)  # imports a module of scikit-learn, not of the pickle

@@ -177,8 +177,8 @@ def test_status_and_chart_of_a_machine_send_its_chart_as_a_photo(telegram: FakeT
         assert bot.stop() == 0
     assert not telegram.calls("sendPhoto")[2:], "no chart for a machine silent for the whole window"
 
-    assert status_chart.params["caption"].startswith("<b>pc1</b>, the last 2 h")
-    assert six_hours.params["caption"].startswith("<b>pc1</b>, the last 6 h")
+    assert status_chart.params["caption"].startswith("<b>pc1</b>, ") and "UTC (2 h)" in status_chart.params["caption"]
+    assert "UTC (6 h)" in six_hours.params["caption"]
     for call in (status_chart, six_hours):
         png = call.params["photo"]["data"]
         assert len(png) < 150_000

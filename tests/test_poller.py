@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 from telegram import Bot
 
-from bot import store
+from bot import store, texts
 from bot.active_model import ActiveModel
-from bot.alerts import Alerter
+from bot.baselines import Baselines
 from bot.config import load_settings
+from bot.forecast import Forecaster
+from bot.incidents import Decider, Rules
 from bot.poller import Batch, KafkaSource, Poller
+from bot.sender import Sender
 from ml.registry import open_store
 from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, bot_env, message, produce
 from tests.fakes.telegram_api import FakeTelegram
@@ -42,14 +44,19 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
         raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
 
     source.commit = broker_gone  # type: ignore[method-assign]
-    poller = Poller(source, model, Alerter(settings.allowed_chat_ids, settings.alert_threshold, 1800))
+    rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples, 1800, None,
+                  tuple(settings.allowed_chat_ids))
+    decider = Decider(rules, model.drivers, Forecaster(3600), Baselines())
+    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), 60)
+    poller = Poller(source, model, decider, sender)
 
     async def poll_until_stored() -> None:
+        deadline = time.monotonic() + WAIT_S
+        while store.Metric.select().count() < len(devices):
+            assert time.monotonic() < deadline, "the batch was not stored"
+            await asyncio.to_thread(poller.run_batch)
         async with Bot(TOKEN, base_url=f"{telegram.url}/bot") as bot:
-            deadline = time.monotonic() + WAIT_S
-            while store.Metric.select().count() < len(devices):
-                assert time.monotonic() < deadline, "the batch was not stored"
-                await poller.tick(SimpleNamespace(bot=bot))  # type: ignore[arg-type]
+            await sender.run(bot)
 
     try:
         asyncio.run(poll_until_stored())
@@ -59,6 +66,6 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
     assert commits, "no commit was attempted: nothing was tested"
     sent = [c.params["text"] for c in telegram.calls("sendMessage") if c.params["chat_id"] == CHAT]
     first_lines = [text.splitlines()[0] for text in sent]
-    assert sorted(line.split("</b>")[0].removeprefix("⚠️ <b>") for line in first_lines) == devices
+    assert sorted(line.split("</b>")[0].removeprefix("🔴 <b>") for line in first_lines) == devices
     assert "could not commit the offsets of a stored batch" in caplog.text
     assert "storing a batch failed" not in caplog.text

@@ -184,20 +184,6 @@ def test_latest_sample_of_a_device_that_never_reported_is_none(database: pw.Data
     assert store.latest_per_device()[0].device == "pc1"
 
 
-def test_a_button_press_finds_its_sample_only_on_the_exact_alert(database: pw.Database) -> None:
-    hot, quiet = store.store_batch([sample("pc1", cpu_percent=99), sample("pc2", cpu_percent=5)], [0.95, 0.05], 2, [])
-    chat, message = -1001234567890, 42
-    store.record_alert(hot.id, chat, message)
-
-    found = store.alerted_sample(hot.id, chat, message)
-    assert found is not None
-    assert (found.id, found.device, found.metrics, found.p_stressed) == (hot.id, "pc1", {"cpu_percent": 99.0}, 0.95)
-    assert store.alerted_sample(quiet.id, chat, message) is None, "a forged sample id must not be labelled"
-    assert store.alerted_sample(10**9, chat, message) is None
-    assert store.alerted_sample(hot.id, 555, message) is None, "another chat"
-    assert store.alerted_sample(hot.id, chat, message + 1) is None, "another message"
-
-
 def test_the_latest_label_of_a_sample_wins_and_who_pressed_is_kept(database: pw.Database) -> None:
     hot, other = store.store_batch([sample("pc1", cpu_percent=99), sample("pc2", cpu_percent=5)], [0.9, 0.1], 1, [])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from bot import texts
 from bot.baselines import Usual
 from bot.forecast import Forecast
-from bot.store import StoredSample
+from bot.store import Incident, StoredSample
 
 TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
 LIMIT = 4096
@@ -39,44 +40,36 @@ def assert_valid_telegram_html(text: str) -> None:
     assert "&" not in ENTITY_RE.sub("", without_tags), "a raw & or a cut entity"
 
 
+def incident(kind: str = "stressed", state: str = "open", device: str = "pc1", **fields: object) -> Incident:
+    """An incident as the store would hold it, without a database."""
+    detail = fields.pop("detail", {"drivers": ["disk_percent", "mem_percent"]})
+    detail = {**detail, "metrics": fields.pop("metrics", {})}
+    values = {"id": 42, "device": device, "kind": kind, "state": state, "opened_ts": TS, "last_ts": TS + 23 * 60,
+              "last_p": 0.934, "peak_p": 0.97, "detail": json.dumps(detail), "created": TS, "updated": TS,
+              "revision": 3, "sample": 7}
+    if state != "open":
+        values["resolved_ts"] = TS + 23 * 60
+    return Incident(**{**values, **fields})
+
+
+def buttons(markup: object) -> list[tuple[str, str]]:
+    return [(b.text, b.callback_data) for row in markup.inline_keyboard for b in row] if markup else []
+
+
 def line_of(text: str, needle: str) -> str:
     [line] = [line for line in text.splitlines() if needle in line]
     return line
-
-
-def test_an_alert_names_the_device_first_then_probability_time_and_drivers() -> None:
-    sample = stored(cpu_percent=99.5, mem_percent=97, cpu_temp_c=91, disk_percent=40)
-
-    text = texts.alert(sample, ["cpu_percent", "mem_percent", "cpu_temp_c"])
-
-    first, *rest = text.splitlines()
-    assert "pc1" in first
-    assert "93%" in first
-    body = "\n".join(rest)
-    assert "2025-11-27 07:00:00 UTC" in body
-    assert "CPU 99.5 %" in body
-    assert "Memory 97 %" in body
-    assert "CPU temperature 91 °C" in body
-    assert "Disk" not in body, "only the metrics that drove the prediction are listed"
-    assert_valid_telegram_html(text)
-
-
-def test_an_alert_without_drivers_still_shows_some_metrics() -> None:
-    text = texts.alert(stored(cpu_percent=80, mem_percent=90), [])
-
-    assert "CPU 80 %" in text
-    assert "Memory 90 %" in text
 
 
 def test_html_in_names_is_escaped() -> None:
     sample = stored(device="<b>pc&1</b>", cpu_percent=99, **{"<script>x</script>": 5, "a&b": 1})
 
     for text in (
-        texts.alert(sample, ["cpu_percent"]),
+        texts.incident(incident(device="<b>pc&1</b>", acked_by="<u>mallory</u>", acked_at=TS,
+                                metrics={"cpu_percent": 99}), {}, TS),
         texts.device_status(sample, 0.7, 3, now=TS + 10),
         texts.overview([sample], 0.7, now=TS + 10),
         texts.unknown_device("<i>x", ["<b>pc&1</b>"]),
-        texts.labelled(texts.alert(sample, []), 0, "<u>mallory</u>", TS),
     ):
         assert "<script>" not in text
         assert "<b>pc&1" not in text
@@ -91,10 +84,10 @@ def test_lone_surrogates_in_names_become_question_marks_so_the_reply_can_be_sent
     sample = stored(device="pc\udc80", cpu_percent=99, **{"fan\ud800": 5})
 
     for text in (
-        texts.alert(sample, ["cpu_percent", "fan\ud800"]),
+        texts.incident(incident(device="pc\udc80", acked_by="mallory\udfff", acked_at=TS,
+                                metrics={"cpu_percent": 99}), {}, TS),
         texts.device_status(sample, 0.7, 3, now=TS + 10),
         texts.overview([sample], 0.7, now=TS + 10),
-        texts.labelled(texts.alert(sample, []), 0, "mallory\udfff", TS),
     ):
         assert text.encode("utf-8")
         assert "pc?" in text
@@ -108,7 +101,7 @@ def test_long_texts_are_clipped_to_telegram_limit() -> None:
     for text in (
         texts.overview(fleet, 0.7, now=TS),
         texts.device_status(stored(**odd_metrics), 0.7, 3, now=TS),
-        texts.alert(stored(device="x" * 5000, cpu_percent=99), ["cpu_percent"]),
+        texts.incident(incident(device="x" * 5000, metrics={"cpu_percent": 99}), {}, TS),
     ):
         assert len(text) <= LIMIT
 
@@ -130,31 +123,6 @@ def test_a_clipped_device_status_is_still_valid_html() -> None:
 
     assert len(text) <= LIMIT
     assert_valid_telegram_html(text)
-
-
-def test_the_alert_keyboard_has_the_two_correction_buttons() -> None:
-    keyboard = texts.alert_keyboard(1234)
-
-    buttons = [button for row in keyboard.inline_keyboard for button in row]
-    assert [(b.text, b.callback_data) for b in buttons] == [
-        ("✅ Correct", "label:1234:1"),
-        ("❌ Wrong prediction", "label:1234:0"),
-    ]
-    assert [texts.parse_callback(b.callback_data) for b in buttons] == [(1234, 1), (1234, 0)]
-
-
-@pytest.mark.parametrize(("data", "parsed"), [("label:1:1", (1, 1)), ("label:987654321:0", (987654321, 0))])
-def test_parse_callback_accepts_our_buttons(data: str, parsed: tuple[int, int]) -> None:
-    assert texts.parse_callback(data) == parsed
-
-
-@pytest.mark.parametrize(
-    "data",
-    ["label:1:2", "label:x:1", "label:1:1:extra", "", None, f"label:{'9' * 100}:1", "delete:1", "label:-1:1",
-     " label:1:1", "label:1:1\n", "label::1"],
-)
-def test_parse_callback_rejects_anything_else(data: str | None) -> None:
-    assert texts.parse_callback(data) is None
 
 
 def test_the_overview_lists_every_device_with_its_state() -> None:
@@ -218,17 +186,6 @@ def test_a_refusal_tells_the_chat_its_id_and_the_variable_to_set() -> None:
     assert "ALLOWED_CHAT_IDS" in text
 
 
-def test_an_alert_gives_each_driver_with_its_usual_range_on_that_machine_strongest_first() -> None:
-    sample = stored(disk_percent=99.4, mem_percent=71, cpu_percent=20)
-    usual = {"disk_percent": Usual(40.2, 55.4), "cpu_percent": Usual(5, 30)}
-
-    text = texts.alert(sample, ["disk_percent", "mem_percent"], usual)
-
-    bullets = [line for line in text.splitlines() if line.startswith("•")]
-    assert bullets == ["• Disk (root) 99.4 % (usually 40–55 % on pc1)", "• Memory 71 % (no usual range yet)"]
-    assert_valid_telegram_html(text)
-
-
 def test_device_status_shows_the_usual_range_next_to_each_model_metric() -> None:
     sample = stored(disk_percent=91.3, load_1m=0.4, cpu_temp_c=58, process_count=310)
     usual = {"disk_percent": Usual(40, 55), "load_1m": Usual(0.12, 0.8)}
@@ -277,28 +234,80 @@ def test_device_status_shows_the_forecasts_within_the_horizon_or_that_there_is_n
     assert "not enough data" in texts.device_status(sample, 0.7, 3, now=TS, forecasts={"disk_percent": None})
 
 
-def test_the_forecast_keyboard_has_its_own_verdict_buttons() -> None:
-    keyboard = texts.forecast_keyboard(1234, "swap_percent")
+def test_an_incident_names_the_device_first_then_p_how_long_and_each_driver_with_its_usual_range() -> None:
+    metrics = {"disk_percent": 99.4, "mem_percent": 71, "cpu_percent": 20}
+    usual = {"disk_percent": Usual(40.2, 55.4), "cpu_percent": Usual(5, 30)}
 
-    buttons = [button for row in keyboard.inline_keyboard for button in row]
-    assert [b.text for b in buttons] == ["✅ Right forecast", "❌ Wrong forecast"]
-    assert [texts.parse_forecast_callback(b.callback_data) for b in buttons] == [
-        (1234, "swap_percent", 1), (1234, "swap_percent", 0)]
-    assert all(texts.parse_callback(b.callback_data) is None for b in buttons), "never a stressed/normal label"
-    assert all(len(b.callback_data.encode()) <= 64 for b in texts.forecast_keyboard(10**18 - 1, "swap_percent")
-               .inline_keyboard[0])
+    text = texts.incident(incident(metrics=metrics), usual, TS + 23 * 60)
+
+    first, second, *rest = text.splitlines()
+    assert first == "🔴 <b>pc1</b> is stressed: P(stressed) 93%"
+    assert "2025-11-27 07:00:00 UTC (23 min), peak 97%" in second
+    assert rest == ["• Disk (root) 99.4 % (usually 40–55 % on pc1)", "• Memory 71 % (no usual range yet)"]
+    assert_valid_telegram_html(text)
+
+
+def test_an_incident_says_how_it_ended_and_who_acted() -> None:
+    recovered = texts.incident(incident(state="resolved", metrics={"disk_percent": 60}), {}, TS + 3600)
+    false_alarm = texts.incident(incident(state="false alarm", acked_by="@bob", acked_at=TS + 60), {}, TS + 3600)
+    acked = texts.incident(incident(acked_by="@alice", acked_at=TS + 60), {}, TS + 3600)
+
+    assert recovered.startswith("✅ <b>pc1</b> recovered after 23 min") and "07:00–07:23 UTC" in recovered
+    assert false_alarm.startswith("❌ <b>pc1</b>: a false alarm") and "Labelled a false alarm by @bob" in false_alarm
+    assert "Acknowledged by @alice" in acked
+
+
+def test_a_silence_says_when_the_machine_stopped_and_when_it_came_back() -> None:
+    silent = texts.incident(incident(kind="silent", detail={}), {}, TS + 240)
+    back = texts.incident(incident(kind="silent", state="resolved", detail={}, resolved_ts=TS + 720), {}, TS + 800)
+
+    assert silent == "⚪ <b>pc1</b> stopped reporting at 2025-11-27 07:00:00 UTC (last seen 4 min ago)"
+    assert back.startswith("✅ <b>pc1</b> is reporting again after 12 min of silence")
+
+
+def test_a_forecast_incident_reads_like_the_forecast() -> None:
+    detail = {"metric": "disk_percent", "ts": TS, "level": 91.2, "slope_per_h": 2.1, "eta_s": 2.8 * 3600}
+
+    text = texts.incident(incident(kind="forecast", detail=detail), {"disk_percent": Usual(40, 55)}, TS)
+
+    assert "<b>pc1</b>: disk will be full in about 3 h (now 91 %, +2.1 %/h)" in text.splitlines()[0]
+    assert_valid_telegram_html(text)
+
+
+def test_the_buttons_follow_the_incident() -> None:
+    assert buttons(texts.incident_keyboard(incident())) == [
+        ("✅ Correct", "i:42:ok"), ("❌ Wrong prediction", "i:42:no"),
+        ("🔕 1 h", "i:42:s1"), ("🔕 8 h", "i:42:s8"), ("📈 Chart", "i:42:chart")]
+    assert [text for text, _ in buttons(texts.incident_keyboard(incident(acked_by="@alice")))] == [
+        "🔕 1 h", "🔕 8 h", "📈 Chart"]
+    assert buttons(texts.incident_keyboard(incident(state="resolved"))) == [("📈 Chart", "i:42:chart")]
+    assert [t for t, _ in buttons(texts.incident_keyboard(incident(kind="forecast")))][:2] == [
+        "✅ Right forecast", "❌ Wrong forecast"]
+    assert [t for t, _ in buttons(texts.incident_keyboard(incident(kind="silent")))] == ["🔕 1 h", "🔕 8 h"]
+    assert texts.incident_keyboard(incident(kind="silent", state="resolved")) is None
+    for _, data in buttons(texts.incident_keyboard(incident(id=10**18 - 1))):
+        assert len(data.encode()) <= 64 and texts.parse_incident_callback(data)[0] == 10**18 - 1
 
 
 @pytest.mark.parametrize(
-    "data", ["forecast:1:disk_percent:2", "forecast:1:cpu_percent:1", "forecast:x:disk_percent:1", "label:1:1",
-             "forecast:1:disk_percent:1:x", "forecast:1:disk_percent", None, ""],
+    "data", ["i:1:yes", "i:x:ok", "i:1:ok:x", "i:1", "", None, f"i:{'9' * 100}:ok", "label:1:1", " i:1:ok",
+             "i:1:ok\n", "i:-1:ok"],
 )
-def test_parse_forecast_callback_rejects_anything_else(data: str | None) -> None:
-    assert texts.parse_forecast_callback(data) is None
+def test_parse_incident_callback_rejects_anything_else(data: str | None) -> None:
+    assert texts.parse_incident_callback(data) is None
 
 
-def test_a_judged_forecast_says_who_judged_it_and_stays_valid_html() -> None:
-    text = texts.forecast_labelled(texts.forecast_alert(forecast(device="a&b"), None), 0, "<u>eve</u>", TS)
+@pytest.mark.parametrize(("args", "parsed"), [
+    (["pc1"], ("pc1", 3600.0, "no reason given")),
+    (["pc1", "2h", "kernel", "upgrade"], ("pc1", 7200.0, "kernel upgrade")),
+    (["pc1", "30m"], ("pc1", 1800.0, "no reason given")),
+    (["pc1", "3d", "moving", "racks"], ("pc1", 3 * 86400.0, "moving racks")),
+    (["pc1", "disk", "swap"], ("pc1", 3600.0, "disk swap")),
+])
+def test_mute_reads_a_device_an_optional_duration_and_a_reason(args: list[str], parsed: tuple) -> None:
+    assert texts.parse_mute(args) == parsed
 
-    assert "wrong forecast" in text and "&lt;u&gt;eve" in text
-    assert_valid_telegram_html(text)
+
+@pytest.mark.parametrize("args", [[], ["pc 1"], ["pc1", "2 hours"], ["pc1", "31d"], ["pc1", "0h"], ["pc1", "1.5h"]])
+def test_mute_refuses_what_it_cannot_read(args: list[str]) -> None:
+    assert texts.parse_mute(args) is None
