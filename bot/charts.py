@@ -34,37 +34,10 @@ WIDTH_IN, HEIGHT_IN, DPI = 8.0, 7.0, 100  # 800 x 700 px: sharp on a phone, tens
 _lock = threading.Lock()
 
 
-def render_chart(device: str, start_ts: float, end_ts: float, threshold: float,
-                 spans: list[Span] | None = None) -> bytes:
-    """The PNG chart of `device` from `start_ts` to `end_ts`, shading `spans`; with None, the stretches where
-    the stored P(stressed) reached `threshold`. Reads the store."""
+def render_chart(device: str, start_ts: float, end_ts: float, threshold: float, spans: list[Span]) -> bytes:
+    """The PNG chart of `device` from `start_ts` to `end_ts`, shading `spans` (its incidents). Reads the store."""
     series = store.chart_series(device, start_ts, end_ts, list(METRICS))
-    if spans is None:
-        spans = stressed_spans(series, threshold)
     return draw(device, series, start_ts, end_ts, threshold, spans)
-
-
-def stressed_spans(series: ChartSeries, threshold: float) -> list[Span]:
-    """The contiguous stretches of buckets whose highest P(stressed) reached `threshold`. A stretch lasts
-    until the next bucket that was not stressed (or until a silence), and at least one bucket."""
-    spans: list[Span] = []
-    start: float | None = None
-    points = series.points
-    gaps = _gaps(series)
-    for index, point in enumerate(points):
-        stressed = point.p_stressed is not None and point.p_stressed >= threshold
-        if stressed and start is None:
-            start = point.first_ts
-        if start is None:
-            continue
-        follows = index + 1 < len(points) and index not in gaps
-        if not stressed:
-            spans.append((start, point.first_ts))
-            start = None
-        elif not follows:
-            spans.append((start, max(point.last_ts, start + series.bucket_s)))
-            start = None
-    return spans
 
 
 def _gaps(series: ChartSeries) -> set[int]:

@@ -15,7 +15,7 @@ from matplotlib import image
 
 from agent.wire import Sample
 from bot import charts, store
-from bot.store import ChartPoint, ChartSeries
+from bot.store import ChartPoint
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import CHAT, WAIT_S, ask, bot_env
 from tests.fakes.telegram_api import FakeTelegram
@@ -115,19 +115,6 @@ def point(ts: float, p: float | None) -> ChartPoint:
     return ChartPoint(ts, ts, {"cpu_percent": 50.0}, p)
 
 
-def test_stressed_stretches_last_until_the_next_normal_sample_and_stop_at_a_silence() -> None:
-    series = ChartSeries(10, [
-        point(T0, 0.1), point(T0 + 10, 0.8), point(T0 + 20, 0.9), point(T0 + 30, 0.2),
-        point(T0 + 40, 0.75),  # stressed, then the machine went silent for an hour
-        point(T0 + 3640, 0.7), point(T0 + 3650, 0.69), point(T0 + 3660, None), point(T0 + 3670, 0.95),
-    ])
-
-    assert charts.stressed_spans(series, 0.7) == [
-        (T0 + 10, T0 + 30), (T0 + 40, T0 + 50), (T0 + 3640, T0 + 3650), (T0 + 3670, T0 + 3680),
-    ]
-    assert charts.stressed_spans(series, 0.99) == []
-
-
 def test_the_chart_is_a_small_png_that_shades_the_stressed_stretches(tmp_path: Path) -> None:
     store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
     end = T0 + 7200
@@ -136,10 +123,10 @@ def test_the_chart_is_a_small_png_that_shades_the_stressed_stretches(tmp_path: P
               "disk_percent": 70.0}) for i in range(720)]
     put("pc1", rows)
 
-    derived = charts.render_chart("pc1", T0, end, 0.7)
+    derived = charts.render_chart("pc1", T0, end, 0.7, [(T0 + 3000, T0 + 3600)])  # the incident
     given = charts.render_chart("pc1", T0, end, 0.7, [(T0 + 600, T0 + 1200), (T0 + 6000, T0 + 6600)])
     plain = charts.render_chart("pc1", T0, end, 0.7, [])
-    empty = charts.render_chart("pc9", T0, end, 0.7)
+    empty = charts.render_chart("pc9", T0, end, 0.7, [])
 
     for png in (derived, given, plain, empty):
         assert len(png) < 150_000
