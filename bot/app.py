@@ -54,7 +54,7 @@ COMMANDS = [
 RETRY_MAX_S = 30.0  # the longest wait between two tries to reach the Bot API
 OUTAGE_CHECK_S = 5.0  # how often the chats' view of Kafka and the database is brought up to date
 SEND_EVERY_S = 1.0  # the outbox is also delivered at once after a batch that queued a message
-WATCH_EVERY_S = 15.0  # silent machines, reminders and ended mutes
+WATCH_EVERY_S = 15.0  # silent machines, reminders and ended mutes (more often for shorter settings)
 
 
 class TelegramLink:
@@ -222,8 +222,10 @@ async def _start_ingestion(application: Application) -> None:
     application.bot_data.update(poller=poller, decider=decider, sender=sender)
     application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
     application.job_queue.run_repeating(send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
-    application.job_queue.run_repeating(watch, interval=WATCH_EVERY_S, first=WATCH_EVERY_S, data=decider,
-                                        name="watch")
+    # Often enough that a silence, a reminder or the end of a mute is seen within a quarter of its time.
+    every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
+                (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
+    application.job_queue.run_repeating(watch, interval=every, first=every, data=decider, name="watch")
     application.job_queue.run_repeating(
         tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages"
     )

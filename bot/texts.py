@@ -378,8 +378,8 @@ def rejected(rows: list[Rejected]) -> str:
 
 INCIDENT_RE = re.compile(r"i:(\d{1,18}):(ok|no|s1|s8|chart|right|wrong)")
 MISSED_RE = re.compile(r"missed:(\d{1,18})")
-DURATION_RE = re.compile(r"(\d{1,4})(m|min|h|d)", re.IGNORECASE)
-DURATION_S = {"m": 60, "min": 60, "h": 3600, "d": 86400}
+DURATION_RE = re.compile(r"(\d{1,5})(s|m|min|h|d)", re.IGNORECASE)
+DURATION_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 DEFAULT_MUTE_S = 3600
 MAX_MUTE_S = 30 * 86400
 MUTE_USAGE = ("Usage: /mute <device> [duration] [reason], e.g. /mute pc1 2h kernel upgrade "

@@ -76,6 +76,7 @@ class _State:
     last_message_id: dict[int, int] = field(default_factory=dict)
     chats: dict[int, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, list[ApiError]] = field(default_factory=dict)
+    delays: dict[str, list[float]] = field(default_factory=dict)
     callback_ids: set[str] = field(default_factory=set)
     photos: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> its PhotoSize
     commands: dict[str, list[Any]] = field(default_factory=dict)
@@ -243,7 +244,12 @@ class FakeTelegram:
         if method == "getUpdates":
             return await self._get_updates(params)
         with self._lock:
-            return self._call(method, params)
+            result = self._call(method, params)
+            delays = self._state.delays.get(method.lower())
+            delay = delays.pop(0) if delays else 0.0
+        if delay:  # done, but the answer comes late: as a slow network or a busy Telegram would
+            await asyncio.sleep(delay)
+        return result
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Long-poll: answer as soon as an update is queued, or [] after ``timeout`` seconds."""
@@ -321,6 +327,9 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: message text is empty")
         message = self._new_message(chat_id, BOT_FROM, str(params["text"]))
         message.update({k: params[k] for k in ("entities", "reply_markup") if params.get(k)})
+        reply = params.get("reply_parameters") or {}
+        if reply.get("message_id"):
+            message["reply_to_message"] = {"message_id": reply["message_id"], "chat": message["chat"]}
         self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
         return dict(message)
 
@@ -437,6 +446,11 @@ class FakeTelegram:
                                               "chat_instance": f"ci{abs(chat_id)}", "data": data}})
         self._notify()
         return query_id
+
+    def delay_next(self, method: str, seconds: float) -> None:
+        """Carry out the next call of ``method`` at once, but answer it only after ``seconds``."""
+        with self._lock:
+            self._state.delays.setdefault(method.lower(), []).append(seconds)
 
     def fail_next(self, method: str, error_code: int = 500, description: str | None = None,
                   count: int = 1, retry_after: int | None = None) -> None:

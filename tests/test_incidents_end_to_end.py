@@ -1,0 +1,205 @@
+"""Incidents with the real bot process, a real broker and the fake Bot API: what an operator sees in the chat."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bot import store
+from tests.fakes.bot_process import BotProcess
+from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
+from tests.fakes.telegram_api import FakeTelegram
+
+pytestmark = pytest.mark.slow
+HEALTHY = {"cpu_percent": 20.0, "load_1m": 0.3, "mem_percent": 50.0, "disk_percent": 50.0}
+FULL_DISK = {**HEALTHY, "disk_percent": 99.5}
+
+
+def samples(device: str, start: float, metrics: list[dict[str, float]], step: float = 5.0) -> list:
+    return [(device.encode(), message(device, start + i * step, **m)) for i, m in enumerate(metrics)]
+
+
+def incident_messages(telegram: FakeTelegram, device: str) -> list[dict]:
+    """The bot's incident messages about the device (its alerts, however edited since)."""
+    return [m for m in telegram.messages(CHAT) if m["from"]["is_bot"] and "reply_to_message" not in m
+            and m["text"].startswith(("🔴", "✅", "❌", "⚪", "📈")) and f"<b>{device}</b>" in m["text"]]
+
+
+def replies_to(telegram: FakeTelegram, message_id: int) -> list[str]:
+    return [m["text"] for m in telegram.messages(CHAT)
+            if m.get("reply_to_message", {}).get("message_id") == message_id]
+
+
+def press(telegram: FakeTelegram, alert: dict, label: str, username: str = "alice") -> str:
+    data = next(b["callback_data"] for row in alert["reply_markup"]["inline_keyboard"] for b in row
+                if b["text"] == label)
+    query = telegram.press_button(CHAT, alert["message_id"], data, user_id=ADMIN, username=username)
+    return telegram.answer_for(query).params["text"]
+
+
+def current(telegram: FakeTelegram, message_id: int) -> dict:
+    return next(m for m in telegram.messages(CHAT) if m["message_id"] == message_id)
+
+
+@pytest.fixture
+def env(kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path) -> dict[str, str]:
+    return bot_env(telegram, tmp_path, f"sqlite:///{tmp_path}/rigwatch.sqlite3", KAFKA_BOOTSTRAP_SERVERS=kafka,
+                   KAFKA_TOPIC=topic, ALERT_EDIT_SECONDS="1")
+
+
+def test_a_stressed_stretch_is_one_message_edited_while_it_lasts_then_recovered_with_a_reply(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    start = time.time() - 600
+    # P wobbles around the threshold for a while (a full disk being cleaned and filled), then recovers.
+    wobble = [FULL_DISK, {**HEALTHY, "disk_percent": 95.5}] * 10
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        produce(kafka, topic, samples("pc1", start, [FULL_DISK] * 3))
+        alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
+        assert "Disk (root) 99.5 %" in alert["text"]
+        produce(kafka, topic, samples("pc1", start + 15, wobble))
+        wait_until(lambda: "(1 min" in current(telegram, alert["message_id"])["text"], what="an edit: 1 min")
+        produce(kafka, topic, samples("pc1", start + 115, [HEALTHY] * 3))
+        wait_until(lambda: "recovered" in current(telegram, alert["message_id"])["text"], what="recovered")
+        wait_until(lambda: replies_to(telegram, alert["message_id"]), what="the recovery reply")
+        assert bot.stop() == 0
+    final = current(telegram, alert["message_id"])["text"]
+    assert final.startswith("✅ <b>pc1</b> recovered after 2 min")
+    assert replies_to(telegram, alert["message_id"]) == ["✅ pc1 recovered after 2 min"]
+    assert len(incident_messages(telegram, "pc1")) == 1, "one incident, however much P wobbled"
+    assert "Sorry" not in " ".join(m["text"] for m in telegram.messages(CHAT))
+
+
+def test_an_alert_decided_before_a_crash_is_sent_after_the_restart_and_never_twice(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("Application started")
+        telegram.set_down(True)  # stored and decided, but not sent: then the process dies
+        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        bot.wait_log("Telegram did not take a message")
+        bot.kill()
+    telegram.set_down(False)
+    store.open_database(env["DATABASE_URL"])
+    assert store.Incident.select().count() == 1
+
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
+        assert "labelled stressed" in press(telegram, alert, "✅ Correct")
+        bot.kill()  # right after delivering: a restart must not send it again
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        produce(kafka, topic, samples("pc1", time.time() - 10, [FULL_DISK] * 2))
+        wait_until(lambda: store.Metric.select().count() == 4, what="the new samples stored")
+        time.sleep(1.5)  # the sender runs every second: a repeated alert would be out by now
+        assert bot.stop() == 0
+    assert len(incident_messages(telegram, "pc1")) == 1
+    assert store.Label.get().value == 1
+
+
+def test_a_slow_answer_to_sendmessage_is_not_sent_again_and_its_buttons_work(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    telegram.delay_next("sendMessage", 7.0)  # longer than the Bot API client's default read timeout of 5 s
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
+        assert "labelled normal" in press(telegram, alert, "❌ Wrong prediction")  # before Telegram answered
+        wait_until(lambda: "false alarm" in current(telegram, alert["message_id"])["text"], what="the edit")
+        assert bot.stop() == 0
+    assert len(incident_messages(telegram, "pc1")) == 1
+    assert len(telegram.calls("sendMessage")) == 1
+
+
+def test_a_flood_limit_pauses_sending_for_as_long_as_telegram_asks(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    telegram.fail_next("sendMessage", 429, retry_after=3)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text, timeout=30)
+        assert bot.stop() == 0
+    refused, sent = telegram.calls("sendMessage")
+    assert refused.status == 429 and sent.status == 200
+    assert sent.time - refused.time >= 3.0
+    assert "Telegram asks to wait 3 s" in bot.log
+
+
+def test_six_hundred_alerts_due_after_an_outage_are_all_delivered(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    devices = [f"node{i:03d}" for i in range(600)]
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("Application started")
+        telegram.set_down(True)
+        produce(kafka, topic, [(d.encode(), message(d, time.time() - 20, **FULL_DISK)) for d in devices])
+        store.open_database(env["DATABASE_URL"])
+        wait_until(lambda: store.Incident.select().count() == 600, what="600 incidents decided")
+        telegram.set_down(False)
+        wait_until(lambda: len([c for c in telegram.calls("sendMessage") if c.status == 200]) >= 600,
+                   timeout=90, what="600 alerts delivered")
+        overview = ask(telegram, "/status")
+        assert len(overview) <= 4096 and "Fleet: 600 machines" in overview and "… and 575 more" in overview
+        assert bot.stop() == 0
+    alerted = {m["text"].split("</b>")[0].removeprefix("🔴 <b>") for m in telegram.messages(CHAT)}
+    assert set(devices) <= alerted
+
+
+def test_a_silent_machine_opens_an_incident_and_its_return_resolves_it(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    env = {**env, "SILENT_AFTER": "10"}
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        produce(kafka, topic, samples("pc1", time.time() - 10, [HEALTHY] * 3))
+        produce(kafka, topic, samples("pc2", time.time() - 10, [HEALTHY] * 3))
+        silent = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> stopped reporting" in text, timeout=40)
+        assert "last seen" in silent["text"]
+        overview = ask(telegram, "/status")
+        assert overview.index("pc1") < overview.index("pc2") and "silent" in overview
+        produce(kafka, topic, samples("pc1", time.time(), [HEALTHY]))
+        wait_until(lambda: "reporting again" in current(telegram, silent["message_id"])["text"], what="resolved")
+        assert bot.stop() == 0
+    assert replies_to(telegram, silent["message_id"])[0].startswith("✅ pc1 is reporting again after")
+
+
+def test_mute_snooze_reminders_and_the_missed_problem_button(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    env = {**env, "ALERT_REPEAT_MINUTES": "0.05"}  # a reminder every 3 s
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        muted = ask(telegram, "/mute db1 4s kernel upgrade")
+        assert "db1" in muted and "kernel upgrade" in muted
+        assert "kernel upgrade" in ask(telegram, "/muted")
+        assert "Usage" in ask(telegram, "/mute")
+        produce(kafka, topic, samples("db1", time.time() - 30, [FULL_DISK] * 2))
+        store.open_database(env["DATABASE_URL"])
+        wait_until(lambda: store.Metric.select().count() == 2, what="db1 stored while muted")
+        assert not incident_messages(telegram, "db1"), "muted: stored and predicted, not alerted"
+        # The mute ends while db1 is still stressed: the incident opens then.
+        alert = telegram.wait_for_message(CHAT, lambda text: "<b>db1</b> is stressed" in text, timeout=20)
+        wait_until(lambda: replies_to(telegram, alert["message_id"]), what="a reminder")
+        assert replies_to(telegram, alert["message_id"])[0].startswith("⏰ db1 is still stressed")
+
+        assert "snoozed for 8 h" in press(telegram, alert, "🔕 8 h")
+        wait_until(lambda: "snoozed until" in current(telegram, alert["message_id"])["text"], what="snooze shown")
+        reminded = len(replies_to(telegram, alert["message_id"]))
+        time.sleep(4)
+        assert len(replies_to(telegram, alert["message_id"])) == reminded, "no reminder while snoozed"
+
+        assert "/unmute" in ask(telegram, "/mute pc7 2h disk swap")
+        assert "no longer muted" in ask(telegram, "/unmute pc7")
+        assert "Usage" in ask(telegram, "/mute pc7 2 hours")
+
+        produce(kafka, topic, samples("pc3", time.time() - 5, [HEALTHY]))
+        wait_until(lambda: store.Metric.select().where(store.Metric.device == "pc3").count() == 1, what="pc3")
+        mark = telegram.call_count()
+        telegram.send_text(CHAT, "/status pc3", user_id=ADMIN)
+        status = telegram.wait_for_message(CHAT, lambda text: "pc3" in text, after=mark)
+        chart = telegram.wait_for_call("sendPhoto", lambda call: call.time >= status["date"] - 1)
+        assert chart.params["caption"].startswith("<b>pc3</b>")
+        assert "labelled stressed" in press(telegram, status, "⚠️ Something is wrong here")
+        assert bot.stop() == 0
+    missed = store.Label.get()
+    assert (missed.value, missed.metric.device, missed.user_name) == (1, "pc3", "@alice")
+    assert store.Mute.select().where(store.Mute.device == "db1").count() == 0, "the ended mute is gone"
