@@ -104,8 +104,10 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         else:
             usual = await asyncio.to_thread(_baselines(context).get, sample.device)
             forecasts = await asyncio.to_thread(_forecaster(context).forecasts, sample.device)
+            silent, muted = await asyncio.to_thread(lambda: (store.silent_devices(), store.muted_devices(time.time())))
             text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
-                                       forecasts=forecasts, horizon_s=settings.forecast_hours * 3600)
+                                       forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
+                                       silent=silent, muted=muted)
             markup = texts.missed_keyboard(sample.id)
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if args and sample is not None:

@@ -145,8 +145,12 @@ class Decider:
                     incident = self.open(device, STRESSED, sample, sample.ts, self._detail(sample), now)
                 continue
             incident.last_ts, incident.last_p, incident.updated = sample.ts, p, now
-            incident.peak_p = max(p, incident.peak_p or 0.0)
-            incident.detail = json.dumps(self._detail(sample))
+            detail = json.loads(incident.detail)
+            detail["metrics"] = _model_metrics(sample.metrics)
+            if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
+                incident.peak_p = p
+                detail.update(self._detail(sample), peak=detail["metrics"])
+            incident.detail = json.dumps(detail)
             incident.below = incident.below + 1 if p < below else 0
             incident.revision += 1
             if incident.below >= self.rules.recover_samples:
@@ -157,7 +161,8 @@ class Decider:
             incident.save()
 
     def _detail(self, sample: StoredSample) -> dict:
-        return {"drivers": self.drivers(sample.metrics), "metrics": _model_metrics(sample.metrics)}
+        metrics = _model_metrics(sample.metrics)
+        return {"drivers": self.drivers(sample.metrics), "metrics": metrics, "peak": metrics}
 
     def _forecasts(self, new: list[StoredSample], by_device: dict[str, list[StoredSample]],
                    open_incidents: dict[tuple[str, str], Incident], muted: set[str], now: float) -> None:

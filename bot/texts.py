@@ -26,7 +26,6 @@ from ml.versions import table as versions_table
 LABEL_VALUES = {1: "stressed", 0: "normal"}
 ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
 FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
-SILENT_AFTER_S = 300  # a device that has not reported for this long is shown as silent
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
 intervention (it is <i>stressed</i>), when its disk, memory or swap is heading for full, and when it stops \
@@ -148,7 +147,7 @@ def condition(sample: StoredSample, threshold: float, now: float, silent: Set[st
     """stressed, silent (it stopped reporting), muted, normal or unknown (no prediction yet)."""
     if sample.device in muted:
         return "muted"
-    if sample.device in silent or now - sample.ts > SILENT_AFTER_S:
+    if sample.device in silent:  # an open silence incident: see SILENT_AFTER
         return "silent"
     if sample.p_stressed is None:
         return "unknown"
@@ -199,7 +198,7 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
 def device_status(
     sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None,
     usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
-    horizon_s: float = 4 * 3600,
+    horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Set[str] = NONE,
 ) -> str:
     """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
     model version and where disk, memory and swap are heading."""
@@ -209,7 +208,7 @@ def device_status(
     rows = [_table_row(n, sample.metrics[n], usual) for n in names] or ["(no metrics)"]
     version = f"v{sample.model_version}" if sample.model_version else "none"
     return (
-        f"<b>{escape(sample.device)}</b>: {state(sample, threshold, now)}\n"
+        f"<b>{escape(sample.device)}</b>: {state(sample, threshold, now, silent, muted)}\n"
         f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
@@ -436,9 +435,12 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
         if incident.state != "open":
             text = f"{text}\n\n✅ No longer heading for its edge ({when(incident.resolved_ts)})."
         return clip(text + _footer(incident))
-    drivers = [name for name in detail.get("drivers", []) if name in metrics]
-    shown = drivers or [name for name in FEATURES if name in metrics][:3]
-    lines = [f"• {escape(_with_usual(name, metrics[name], usual, incident.device))}" for name in shown]
+    # While it lasts: the driving metrics as they are now; once over: as they were at its worst.
+    shown_values = metrics if incident.state == "open" else detail.get("peak", metrics)
+    drivers = [name for name in detail.get("drivers", []) if name in shown_values]
+    shown = drivers or [name for name in FEATURES if name in shown_values][:3]
+    worst = "" if incident.state == "open" else " at its worst"
+    lines = [f"• {escape(_with_usual(name, shown_values[name], usual, incident.device))}{worst}" for name in shown]
     lasted = ago((incident.resolved_ts or incident.last_ts) - incident.opened_ts)
     if incident.state == "open":
         head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",

@@ -39,17 +39,18 @@ def test_two_machines_are_counted_and_the_stressed_one_comes_first() -> None:
     assert table_devices(text) == ["bravo", "alpha"]
 
 
-def test_the_order_is_stressed_silent_then_by_probability_with_no_prediction_last() -> None:
+def test_the_order_is_stressed_silent_muted_then_by_probability_with_no_prediction_last() -> None:
     fleet = [
         machine("calm", p=0.05), machine("unscored", p=None), machine("busy", p=0.6),
         machine("gone", seen_ago=3600, p=0.1), machine("burning", p=0.99), machine("hot", p=0.75),
         machine("gone-hot", seen_ago=7200, p=0.8),
     ]
 
-    text = texts.overview(fleet, 0.7, now=NOW)
+    text = texts.overview(fleet, 0.7, now=NOW, silent={"gone", "gone-hot"}, muted={"busy"})
 
     assert table_devices(text) == ["burning", "hot", "gone-hot", "gone", "busy", "calm", "unscored"]
-    assert text.splitlines()[0] == "<b>Fleet: 7 machines</b> — 2 stressed, 2 silent, 2 normal, 1 unknown"
+    assert text.splitlines()[0] == "<b>Fleet: 7 machines</b> — 2 stressed, 2 silent, 1 muted, 1 normal, 1 unknown"
+    assert "🔕 muted" in text
 
 
 def test_a_thousand_machines_fit_one_message_with_the_worst_first_and_the_rest_counted() -> None:
@@ -58,7 +59,7 @@ def test_a_thousand_machines_fit_one_message_with_the_worst_first_and_the_rest_c
     fleet += [machine(f"hot-{i}", p=0.8 + i / 100) for i in range(3)]
     fleet += [machine(f"gone-{i}", seen_ago=86400 * (i + 1), p=0.1) for i in range(2)]
 
-    text = texts.overview(fleet, 0.7, now=NOW)
+    text = texts.overview(fleet, 0.7, now=NOW, silent={"gone-0", "gone-1"})
 
     assert len(text) <= LIMIT
     assert text.splitlines()[0] == "<b>Fleet: 1,000 machines</b> — 3 stressed, 2 silent, 990 normal, 5 unknown"
@@ -70,7 +71,7 @@ def test_a_thousand_machines_fit_one_message_with_the_worst_first_and_the_rest_c
 
 
 def test_silent_machines_show_how_long_ago_they_were_seen_in_days_and_hours() -> None:
-    text = texts.overview([machine("gone", seen_ago=3 * 86400 + 4 * 3600 + 59)], 0.7, now=NOW)
+    text = texts.overview([machine("gone", seen_ago=3 * 86400 + 4 * 3600 + 59)], 0.7, now=NOW, silent={"gone"})
 
     assert "3 d 4 h ago" in text and "silent" in text
 

@@ -133,13 +133,13 @@ def test_the_overview_lists_every_device_with_its_state() -> None:
         stored(device="delta", ts=TS - 3 * 86400, p=0.10),
     ]
 
-    text = texts.overview(fleet, 0.7, now=TS)
+    text = texts.overview(fleet, 0.7, now=TS, silent={"charlie", "delta"})
 
     assert "4 machines" in text
     assert "stressed" in line_of(text, "alpha")
     assert "93%" in line_of(text, "alpha")
-    assert "normal" in line_of(text, "bravo")
-    assert "silent" in line_of(text, "charlie"), "older than 5 minutes is silent, whatever the last prediction"
+    assert "normal" in line_of(text, "bravo"), "a machine that reports every 5 minutes is not silent"
+    assert "silent" in line_of(text, "charlie"), "silent, whatever the last prediction"
     assert "silent" in line_of(text, "delta")
     assert "3 d ago" in line_of(text, "delta")
 
