@@ -11,7 +11,7 @@ import time
 
 from telegram import InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
@@ -254,8 +254,15 @@ async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Log everything unexpected with its traceback; tell the chat something went wrong."""
     log.error("error while handling an update", exc_info=context.error)
-    if isinstance(update, Update) and update.effective_message and update.callback_query is None:
-        await update.effective_message.reply_text("Sorry, something went wrong; it has been logged.")
+    if not isinstance(update, Update):
+        return
+    try:
+        if update.callback_query is not None:  # else the button spins until Telegram gives up
+            await update.callback_query.answer("Sorry, something went wrong; it has been logged. Try again.")
+        elif update.effective_message:
+            await update.effective_message.reply_text("Sorry, something went wrong; it has been logged.")
+    except TelegramError as exc:  # answered already, or Telegram is out: the log has the error
+        log.debug("could not say so in the chat: %s", exc)
 
 
 async def _is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE, command: str) -> bool:

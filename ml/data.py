@@ -23,8 +23,11 @@ def connect(url: str) -> pw.Database:
         path = url.split("://", 1)[1][1:]  # sqlite:///rel/path and sqlite:////abs/path
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets readers read while the poller writes; busy_timeout waits out a writer.
-        return connect_url(url, returning_clause=True, pragmas={"journal_mode": "wal", "busy_timeout": 10000})
+        # WAL lets readers read while the poller writes; busy_timeout waits out a writer. Every transaction
+        # takes the write lock when it begins (IMMEDIATE): one that read first and wrote later would fail at
+        # once with "database is locked" when another connection wrote in between, busy_timeout or not.
+        return connect_url(url, returning_clause=True, lock_type="IMMEDIATE",
+                           pragmas={"journal_mode": "wal", "busy_timeout": 10000})
     return connect_url(url)
 
 
