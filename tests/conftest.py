@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import peewee as pw
 import pytest
 
 from tests.fakes.scenario import TOKEN
@@ -46,6 +48,21 @@ def postgres_url() -> Iterator[str]:
     """The URL of an empty database on a throwaway PostgreSQL cluster."""
     with postgres_cluster() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    """An empty store on each engine we ship on: a new SQLite file, or the session's Postgres emptied."""
+    from bot import store
+
+    if request.param == "sqlite":
+        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
+    else:
+        database = store.open_database(request.getfixturevalue("postgres_url"))
+        database.drop_tables(store.TABLES)
+        database.create_tables(store.TABLES)
+    yield database
+    database.close()
 
 
 @pytest.fixture(scope="session")

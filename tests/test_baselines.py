@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import peewee as pw
 import pytest
 
@@ -14,18 +11,6 @@ from bot.baselines import Baselines, Usual, usual_ranges
 
 NOW = 1764226800.0
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
-    else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
-    yield database
-    database.close()
 
 
 def put(device: str, start: float, step: float, values: list[float], name: str = "disk_percent") -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,6 @@ WEEK = 7 * 86400
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The stressed shading (#D55E00 at 15 % on white), as it comes out of the renderer.
 SHADE_RGB = np.array([249, 231, 217]) / 255
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    """An empty store on each engine we ship on."""
-    if request.param == "sqlite":
-        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
-    else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
-    yield database
-    database.close()
 
 
 def put(device: str, rows: list[tuple[float, float | None, dict[str, float]]]) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import count
-from pathlib import Path
 
 import peewee as pw
 import pytest
@@ -147,18 +145,6 @@ def test_the_state_of_a_device_stays_bounded_over_a_long_run() -> None:
     feed(forecaster, T0, [50.0 + (minute % 7) for minute in range(3 * 24 * 60)])
 
     assert len(forecaster.trends[("pc1", "disk_percent")].medians) <= WINDOW_BUCKETS + 1
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
-    else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
-    yield database
-    database.close()
 
 
 def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_built_live(

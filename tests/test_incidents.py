@@ -4,8 +4,6 @@ hysteresis, silence, reminders, snooze, mute, forecasts, and the buttons' effect
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import peewee as pw
 import pytest
@@ -22,18 +20,6 @@ CHATS = (11, 22)
 RULES = Rules(threshold=0.7, hysteresis=0.15, recover_samples=3, repeat_s=1800, silent_after_s=None,
               chat_ids=CHATS)
 TYPICAL = {"cpu_percent": 20.0, "mem_percent": 50.0, "disk_percent": 50.0}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
-    else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
-    yield database
-    database.close()
 
 
 @pytest.fixture
