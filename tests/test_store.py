@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import peewee as pw
@@ -29,21 +28,12 @@ def stored_rows() -> int:
     return store.Metric.select().count()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    """An empty store on each engine we ship on."""
-    if request.param == "sqlite":
-        folder = tmp_path / "sub" / "dir"
-        assert not folder.exists()
-        database = store.open_database(f"sqlite:///{folder}/rigwatch.sqlite3")
-        assert (folder / "rigwatch.sqlite3").is_file(), "open_database must create the SQLite folder and file"
-    else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        # One database for the whole session: start every test from empty tables.
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
-    yield database
-    database.close()
+def test_open_database_creates_the_sqlite_folder_and_file(tmp_path: Path) -> None:
+    folder = tmp_path / "sub" / "dir"
+
+    store.open_database(f"sqlite:///{folder}/rigwatch.sqlite3").close()
+
+    assert (folder / "rigwatch.sqlite3").is_file()
 
 
 def test_it_returns_new_samples_and_ignores_a_redelivered_batch(database: pw.Database) -> None:
