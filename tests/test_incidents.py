@@ -161,3 +161,12 @@ def test_a_filling_disk_opens_one_forecast_incident_which_ends_when_the_disk_is_
                           on_stored=decider.decide)
     assert Incident.get_by_id(forecast.id).state == "resolved"
     assert Incident.select().where(Incident.kind == "forecast").count() == 1
+
+
+def test_a_flood_limit_is_read_in_seconds_or_as_a_timedelta() -> None:
+    from datetime import timedelta
+
+    from bot.sender import retry_seconds
+
+    assert retry_seconds(3) == 3.0
+    assert retry_seconds(timedelta(seconds=42)) == 42.0

@@ -15,6 +15,7 @@ from tests.fakes.telegram_api import FakeTelegram
 pytestmark = pytest.mark.slow
 HEALTHY = {"cpu_percent": 20.0, "load_1m": 0.3, "mem_percent": 50.0, "disk_percent": 50.0}
 FULL_DISK = {**HEALTHY, "disk_percent": 99.5}
+OTHER_CHAT = -100123  # a group: sorted first
 
 
 def samples(device: str, start: float, metrics: list[dict[str, float]], step: float = 5.0) -> list:
@@ -24,7 +25,7 @@ def samples(device: str, start: float, metrics: list[dict[str, float]], step: fl
 def incident_messages(telegram: FakeTelegram, device: str) -> list[dict]:
     """The bot's incident messages about the device (its alerts, however edited since)."""
     return [m for m in telegram.messages(CHAT) if m["from"]["is_bot"] and "reply_to_message" not in m
-            and m["text"].startswith(("🔴", "✅", "❌", "⚪", "📈")) and f"<b>{device}</b>" in m["text"]]
+            and m.get("text", "").startswith(("🔴", "✅", "❌", "⚪", "📈")) and f"<b>{device}</b>" in m["text"]]
 
 
 def replies_to(telegram: FakeTelegram, message_id: int) -> list[str]:
@@ -36,7 +37,7 @@ def press(telegram: FakeTelegram, alert: dict, label: str, username: str = "alic
     data = next(b["callback_data"] for row in alert["reply_markup"]["inline_keyboard"] for b in row
                 if b["text"] == label)
     query = telegram.press_button(CHAT, alert["message_id"], data, user_id=ADMIN, username=username)
-    return telegram.answer_for(query).params["text"]
+    return telegram.answer_for(query).params.get("text", "")
 
 
 def current(telegram: FakeTelegram, message_id: int) -> dict:
@@ -64,12 +65,15 @@ def test_a_stressed_stretch_is_one_message_edited_while_it_lasts_then_recovered_
         produce(kafka, topic, samples("pc1", start + 115, [HEALTHY] * 3))
         wait_until(lambda: "recovered" in current(telegram, alert["message_id"])["text"], what="recovered")
         wait_until(lambda: replies_to(telegram, alert["message_id"]), what="the recovery reply")
+        press(telegram, current(telegram, alert["message_id"]), "📈 Chart")
+        chart = telegram.wait_for_call("sendPhoto")
+        assert chart.params["caption"].startswith("<b>pc1</b>, ") and chart.params["photo"]["size"] > 10_000
         assert bot.stop() == 0
     final = current(telegram, alert["message_id"])["text"]
     assert final.startswith("✅ <b>pc1</b> recovered after 2 min")
     assert replies_to(telegram, alert["message_id"]) == ["✅ pc1 recovered after 2 min"]
     assert len(incident_messages(telegram, "pc1")) == 1, "one incident, however much P wobbled"
-    assert "Sorry" not in " ".join(m["text"] for m in telegram.messages(CHAT))
+    assert "Sorry" not in " ".join(m.get("text", "") for m in telegram.messages(CHAT))
 
 
 def test_an_alert_decided_before_a_crash_is_sent_after_the_restart_and_never_twice(
@@ -112,6 +116,24 @@ def test_a_slow_answer_to_sendmessage_is_not_sent_again_and_its_buttons_work(
     assert len(telegram.calls("sendMessage")) == 1
 
 
+def test_a_chat_that_blocked_the_bot_is_logged_once_and_the_other_chats_get_their_alerts(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
+) -> None:
+    env = {**env, "ALLOWED_CHAT_IDS": f"{CHAT},{OTHER_CHAT}"}
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        start = ask(telegram, "/start")
+        assert "I watch the fleet on Kafka topic" in start and "this chat and 1 other chat" in start
+        telegram.fail_next("sendMessage", 403)  # the next send: the first alert to the lower chat id, the group
+        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
+        produce(kafka, topic, samples("pc2", time.time() - 30, [FULL_DISK] * 2))
+        telegram.wait_for_message(CHAT, lambda text: "<b>pc2</b> is stressed" in text)
+        assert bot.stop() == 0
+    assert bot.log.count(f"chat {OTHER_CHAT} cannot receive messages") == 1
+    assert [c.status for c in telegram.calls("sendMessage") if c.params["chat_id"] == OTHER_CHAT
+            and "is stressed" in c.params["text"]] == [403, 200], "the next incident is tried again"
+
+
 def test_a_flood_limit_pauses_sending_for_as_long_as_telegram_asks(
     kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -142,7 +164,7 @@ def test_six_hundred_alerts_due_after_an_outage_are_all_delivered(
         overview = ask(telegram, "/status")
         assert len(overview) <= 4096 and "Fleet: 600 machines" in overview and "… and 575 more" in overview
         assert bot.stop() == 0
-    alerted = {m["text"].split("</b>")[0].removeprefix("🔴 <b>") for m in telegram.messages(CHAT)}
+    alerted = {m.get("text", "").split("</b>")[0].removeprefix("🔴 <b>") for m in telegram.messages(CHAT)}
     assert set(devices) <= alerted
 
 
