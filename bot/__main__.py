@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 
@@ -15,7 +16,11 @@ from bot.store import open_database
 from ml.registry import StoreError, open_store
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="The Rigwatch bot.")
+    parser.add_argument("--worker", action="store_true",
+                        help="ingest, predict and send alerts, but leave commands and buttons to the one bot process")
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -29,7 +34,7 @@ def main() -> None:
     except StoreError as exc:
         sys.exit(f"rigwatch: cannot open MODEL_STORE: {exc}")
     try:
-        asyncio.run(serve(build_application(settings, model_store)))
+        asyncio.run(serve(build_application(settings, model_store), worker=args.worker))
     except InvalidToken:
         # PTB's own text of this error holds the token: say it in our words.
         sys.exit(f"rigwatch: the Bot API at {settings.api_url} rejected TELEGRAM_BOT_TOKEN; "

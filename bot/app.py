@@ -133,15 +133,24 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     return application
 
 
-async def serve(application: Application) -> None:
-    """Run until SIGTERM or SIGINT. Raises InvalidToken when the Bot API rejects the token: that cannot heal."""
+async def serve(application: Application, worker: bool = False) -> None:
+    """Run until SIGTERM or SIGINT. Raises InvalidToken when the Bot API rejects the token: that cannot heal.
+
+    A worker ingests, predicts, decides incidents and sends their messages, but does not poll Telegram for
+    updates: several workers share the partitions of one consumer group, and exactly one plain bot process
+    answers commands and buttons (Telegram refuses two pollers of one token) and watches for silences.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await _start_ingestion(application)
+    await _start_ingestion(application, watch_silences=not worker)
     try:
         if not await _unless_stopped(_connect(application), stop):
+            return
+        if worker:
+            log.info("worker: ingesting and sending; commands and buttons are the bot process's")
+            await stop.wait()
             return
         link: TelegramLink = application.bot_data["link"]
         # Telegram answered getMe a moment ago: a failure of the bootstrap calls now is retried too.
@@ -192,8 +201,9 @@ async def _connect(application: Application) -> None:
     link.answered()
 
 
-async def _start_ingestion(application: Application) -> None:
-    """Load the model and start the poll job, before and whatever Telegram does."""
+async def _start_ingestion(application: Application, watch_silences: bool) -> None:
+    """Load the model and start the poll job, before and whatever Telegram does; the watch of silences,
+    reminders and mutes runs in one process of a fleet only (`watch_silences`)."""
     settings: Settings = application.bot_data["settings"]
     model: ActiveModel = application.bot_data["model"]
     if not settings.allowed_chat_ids:
@@ -225,7 +235,8 @@ async def _start_ingestion(application: Application) -> None:
     # Often enough that a silence, a reminder or the end of a mute is seen within a quarter of its time.
     every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
                 (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
-    application.job_queue.run_repeating(watch, interval=every, first=every, data=decider, name="watch")
+    if watch_silences:
+        application.job_queue.run_repeating(watch, interval=every, first=every, data=decider, name="watch")
     application.job_queue.run_repeating(
         tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages"
     )

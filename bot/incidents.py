@@ -90,8 +90,8 @@ class Decider:
     def open(self, device: str, kind: str, sample: StoredSample | None, opened_ts: float, detail: dict,
              now: float) -> Incident:
         incident = Incident.create(
-            device=device, kind=kind, state=OPEN, opened_ts=opened_ts, last_ts=opened_ts,
-            sample=sample.id if sample else None, last_p=sample.p_stressed if sample else None,
+            device=device, kind=kind, metric=detail.get("metric", ""), state=OPEN, opened_ts=opened_ts,
+            last_ts=opened_ts, sample=sample.id if sample else None, last_p=sample.p_stressed if sample else None,
             peak_p=sample.p_stressed if sample else None, detail=json.dumps(detail), created=now, updated=now,
             next_reminder=now + self.rules.repeat_s if self.rules.repeat_s else None,
         )
@@ -119,9 +119,7 @@ class Decider:
         _update_devices(by_device, now)
         open_incidents: dict[tuple[str, str], Incident] = {}
         for incident in Incident.select().where((Incident.state == OPEN) & Incident.device.in_(list(by_device))):
-            key = (incident.device, json.loads(incident.detail).get("metric", "") if incident.kind == FORECAST
-                   else incident.kind)
-            open_incidents[key] = incident
+            open_incidents[(incident.device, incident.metric or incident.kind)] = incident
         muted = _muted(now)
         for device, samples in by_device.items():
             silent = open_incidents.get((device, SILENT))
@@ -288,8 +286,8 @@ def _muted(now: float) -> set[str]:
 
 def open_forecasts() -> Iterable[tuple[str, str]]:
     """(device, metric) of every open forecast incident: episodes a restart must not alert again."""
-    return [(i.device, json.loads(i.detail)["metric"])
-            for i in Incident.select().where((Incident.state == OPEN) & (Incident.kind == FORECAST))]
+    return list(Incident.select(Incident.device, Incident.metric)
+                .where((Incident.state == OPEN) & (Incident.kind == FORECAST)).tuples())
 
 
 def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> None:

@@ -81,6 +81,7 @@ class Incident(BaseModel):
 
     device = pw.CharField(max_length=64, index=True)
     kind = pw.CharField(max_length=16)  # stressed | silent | forecast
+    metric = pw.CharField(max_length=32, default="")  # a forecast's metric; "" for the others
     state = pw.CharField(max_length=16, index=True)  # open | resolved | false alarm
     opened_ts = pw.DoubleField()  # sample time it started
     last_ts = pw.DoubleField()
@@ -98,6 +99,11 @@ class Incident(BaseModel):
     revision = pw.IntegerField(default=1)
     created = pw.DoubleField()
     updated = pw.DoubleField()
+
+
+# One open incident per device and kind (and metric), however many processes decide: a second one fails
+# its batch's transaction, which is read again and then finds the first.
+Incident.add_index(Incident.device, Incident.kind, Incident.metric, unique=True, where=(Incident.state == "open"))
 
 
 class Notice(BaseModel):
