@@ -17,15 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 class BotProcess:
     """Start the bot with extra environment; read its log; stop or kill it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: list[str] | None = None) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bot"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "bot", *self.args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         return self
 
