@@ -195,7 +195,7 @@ async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     user_id, name = _who(update)
     answer = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time())
     await query.answer(answer)
-    await _sender(context).run(context.bot)
+    context.application.create_task(_sender(context).run(context.bot), name="send")  # every copy shows it
 
 
 async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
