@@ -12,6 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from agent.wire import Sample
 from bot import store
 from ml import artifact
 from ml import model as ml_model
@@ -72,7 +73,7 @@ def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
                   MODEL_STORE=f"s3://{bucket}/fleet", AWS_ENDPOINT_URL=s3_endpoint, MODEL_SIGNING_KEY=KEY)
     with BotProcess(env, tmp_path / "bot.log") as bot:
         alert = telegram.wait_for_message(CHAT, lambda text: "pc9" in text, timeout=30)
-        press_and_wait_edit(telegram, alert, "✅ Correct", "confirmed stressed")
+        press_and_wait_edit(telegram, alert, "✅ Correct", "Acknowledged by")
         assert "enabled versioning" in bot.log
         store.open_database(url)
         wait_until(lambda: store.Metric.select().count() == 601, what="all samples stored")
@@ -158,9 +159,12 @@ def test_one_retrain_at_a_time_and_an_activate_anyway_button_when_the_new_model_
 ) -> None:
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
     fill(url, 20_000, time.time() - 30_000)  # enough rows that the second /retrain finds the first one running
-    # Somebody pressed "Correct" on thirty ordinary samples: a model that learns it alerts on healthy machines.
-    for metric in store.Metric.select().limit(30):
-        store.add_label(metric.id, 1, ADMIN, "@crywolf")
+    # This team calls a disk at 86 % trouble and said so thirty times: a model that learns it alerts on
+    # machines an operator calls busy but healthy, so it waits for an admin.
+    full = store.store_batch([Sample("pc7", time.time() - 3000 + i, {"cpu_percent": 20.0, "disk_percent": 86.0})
+                              for i in range(30)], [0.3] * 30, 1, [])
+    for sample in full:
+        store.add_label(sample.id, 1, ADMIN, "@alice")
     model_store = open_store(f"file:{tmp_path}/models")
 
     env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
@@ -170,7 +174,7 @@ def test_one_retrain_at_a_time_and_an_activate_anyway_button_when_the_new_model_
         busy = reply_to(telegram, "/retrain", "already running")
         assert busy["message_id"] != progress["message_id"]
         result = final_text(telegram, CHAT, progress["message_id"], "Retrain done")
-        assert "v1 stays active" in result and "fails 1 operator scenario" in result, result
+        assert "v1 stays active" in result and "operator scenario" in result and "busy but healthy" in result
         assert model_store.active() == 1
         edited = next(m for m in telegram.messages(CHAT) if m["message_id"] == progress["message_id"])
         press_and_wait_edit(telegram, edited, "Activate v2 anyway", "v2 is active now")

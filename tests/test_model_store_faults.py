@@ -46,7 +46,7 @@ def status(telegram: FakeTelegram, env: dict[str, str]) -> str:
 
 
 def chat_texts(telegram: FakeTelegram) -> list[str]:
-    return [m["text"] for m in telegram.messages(CHAT)]
+    return [m.get("text", "") for m in telegram.messages(CHAT)]
 
 
 def wait_chat(telegram: FakeTelegram, needle: str) -> str:
