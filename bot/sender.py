@@ -148,6 +148,11 @@ class Sender:
                 await asyncio.to_thread(record_retry, notice.id, wait, time.time(), exc.message)
                 await asyncio.to_thread(release, [n.id for n, _, _ in notices[index + 1:]])
                 return
+            except Exception as exc:  # a bug must cost one message a delay, not the whole outbox
+                log.exception("sending notice %d failed", notice.id)
+                wait = RETRY_S[min(notice.attempts, len(RETRY_S) - 1)]
+                await asyncio.to_thread(record_retry, notice.id, wait, time.time(), repr(exc))
+                continue
             self._up()
             await asyncio.to_thread(record_sent, notice.id, message.message_id, incident.revision, time.time())
             log.info("sent %s about incident %d (%s) to chat %d", notice.kind, incident.id, incident.device,

@@ -74,6 +74,7 @@ def test_a_stressed_stretch_is_one_message_edited_while_it_lasts_then_recovered_
     assert replies_to(telegram, alert["message_id"]) == ["✅ pc1 recovered after 2 min"]
     assert len(incident_messages(telegram, "pc1")) == 1, "one incident, however much P wobbled"
     assert "Sorry" not in " ".join(m.get("text", "") for m in telegram.messages(CHAT))
+    assert "Traceback" not in bot.log
 
 
 def test_an_alert_decided_before_a_crash_is_sent_after_the_restart_and_never_twice(

@@ -328,8 +328,11 @@ class FakeTelegram:
         message = self._new_message(chat_id, BOT_FROM, str(params["text"]))
         message.update({k: params[k] for k in ("entities", "reply_markup") if params.get(k)})
         reply = params.get("reply_parameters") or {}
-        if reply.get("message_id"):
-            message["reply_to_message"] = {"message_id": reply["message_id"], "chat": message["chat"]}
+        original = self._state.messages.get(chat_id, {}).get(reply.get("message_id"))  # type: ignore[arg-type]
+        if original is not None:  # Telegram answers with the whole message replied to
+            message["reply_to_message"] = {k: v for k, v in original.items() if k != "reply_to_message"}
+        elif reply.get("message_id") and not reply.get("allow_sending_without_reply"):
+            raise ApiError(400, "Bad Request: message to be replied not found")
         self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
         return dict(message)
 
