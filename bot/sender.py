@@ -37,15 +37,18 @@ def retry_seconds(retry_after: float | timedelta) -> float:
     return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
 
 
+def _free(now: float) -> object:
+    return Notice.claimed_until.is_null() | (Notice.claimed_until < now)
+
+
 def _claim(notice_id: int, now: float) -> bool:
-    free = Notice.claimed_until.is_null() | (Notice.claimed_until < now)
-    return Notice.update(claimed_until=now + CLAIM_S).where((Notice.id == notice_id) & free).execute() == 1
+    return Notice.update(claimed_until=now + CLAIM_S).where((Notice.id == notice_id) & _free(now)).execute() == 1
 
 
 def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
     """Claimed unsent notices whose time has come, oldest first, with the message a reply answers."""
     rows = (Notice.select(Notice, Incident).join(Incident)
-            .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now))
+            .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(now))
             .order_by(Notice.id).limit(BATCH))
     out = []
     for notice in rows:
@@ -65,7 +68,7 @@ def stale(now: float, edit_every_s: float) -> list[tuple[Notice, Incident]]:
     """Sent incident messages that show an older state of their incident, and may be edited now: at once when
     the incident ended or a person acted on it, else at most every `edit_every_s`."""
     query = (Notice.select(Notice, Incident).join(Incident)
-             .where((Notice.kind == "alert") & Notice.message_id.is_null(False)
+             .where((Notice.kind == "alert") & Notice.message_id.is_null(False) & _free(now)
                     & (Incident.revision > Notice.shown_revision)
                     & ((Incident.state != "open") | Notice.edited.is_null() | (Incident.acted > Notice.edited)
                        | (Notice.edited <= now - edit_every_s)))
