@@ -5,13 +5,16 @@ Every function here blocks: the bot calls them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 import peewee as pw
@@ -25,7 +28,7 @@ from ml import data
 
 log = logging.getLogger(__name__)
 db = pw.DatabaseProxy()
-INSERT_CHUNK = 1000  # rows per INSERT: well under SQLite's limit of bound variables
+INSERT_CHUNK = 1000  # rejected rows per INSERT: well under SQLite's limit of bound variables
 
 
 class BaseModel(pw.Model):
@@ -271,20 +274,21 @@ def store_batch(
     samples: list[Sample], predictions: list[float | None], version: int | None, rejects: list[Rejection],
     origins: list[Origin] | None = None, on_stored: Callable[[list[StoredSample]], None] | None = None,
 ) -> list[StoredSample]:
-    """Store a batch in one transaction; return the samples that were new (not redelivered).
+    """Store a batch in one transaction; return the samples that were new (not redelivered), in batch order.
 
     `on_stored` gets the new samples inside that transaction: what it decides (incidents, their messages)
     is stored together with the batch, or not at all.
 
     A sample the database refuses does not fail the batch: the batch is split in halves until the refused
     sample is alone, and that one is recorded as rejected, with the database's reason, under its origin.
+    `on_stored`, when given, runs inside the same transaction with the new samples: what it writes is
+    committed with them or not at all.
     """
     now = time.time()
-    if origins is None:
-        origins = [Origin(f"{s.device}@{s.ts!r}", repr(s).encode("utf-8", "backslashreplace")) for s in samples]
     refused: list[Rejection] = []
+    items = _items(samples, predictions, origins, version, now, refused)
     with db.atomic():
-        new = _insert(list(zip(samples, predictions, origins, strict=True)), version, now, refused)
+        new = _insert(items, refused)
         rows = [_rejected_row(r, now) for r in [*rejects, *refused]]
         for start in range(0, len(rows), INSERT_CHUNK):
             Rejected.insert_many(rows[start:start + INSERT_CHUNK]).on_conflict_ignore().execute()
@@ -295,46 +299,119 @@ def store_batch(
     return new
 
 
-_Item = tuple[Sample, float | None, Origin]
+# The columns of a stored sample, in the order of the row tuples handed to the driver.
+COLUMNS = ("device", "ts", "received", "extra", "p_stressed", "model_version", *KNOWN_METRICS)
+_KNOWN = frozenset(KNOWN_METRICS)
 
 
-def _insert(items: list[_Item], version: int | None, now: float, refused: list[Rejection]) -> list[StoredSample]:
+class _Item(NamedTuple):
+    row: tuple[object, ...]  # the values of COLUMNS
+    sample: Sample
+    origin: Origin | None
+
+
+def _refusal(item: _Item, exc: Exception) -> Rejection:
+    """The rejection of a refused item; without an origin it is named by its device and time."""
+    sample = item.sample
+    origin = item.origin or Origin(f"{sample.device}@{sample.ts!r}", repr(sample).encode("utf-8", "backslashreplace"))
+    return Rejection(origin.source, f"the database refused it: {type(exc).__name__}: {exc}", origin.payload,
+                     origin.sent_ms)
+
+
+def _items(
+    samples: list[Sample], predictions: list[float | None], origins: list[Origin] | None, version: int | None,
+    now: float, refused: list[Rejection],
+) -> list[_Item]:
+    """One plain row tuple per distinct (device, ts); the first of duplicates in a batch is the one stored."""
+    items: dict[tuple[str, float], _Item] = {}
+    for sample, p, origin in zip(samples, predictions, origins or [None] * len(samples), strict=True):
+        key = (sample.device, sample.ts)
+        if key in items:
+            continue
+        metrics = sample.metrics
+        try:
+            extra = None
+            if not metrics.keys() <= _KNOWN:
+                extra = json.dumps({k: v for k, v in metrics.items() if k not in _KNOWN}, allow_nan=False)
+        except ValueError as exc:  # an infinite unknown metric: no database can hold it as JSON
+            refused.append(_refusal(_Item((), sample, origin), exc))
+            continue
+        used = version if p is not None else None
+        row = (sample.device, sample.ts, now, extra, p, used, *map(metrics.get, KNOWN_METRICS))
+        items[key] = _Item(row, sample, origin)
+    return list(items.values())
+
+
+def _insert(items: list[_Item], refused: list[Rejection]) -> list[StoredSample]:
     """Insert the items in a savepoint; when the database refuses it, bisect down to the refused items."""
     if not items:
         return []
     try:
-        with db.atomic():  # a savepoint: a refused part is undone alone, the rest of the batch stays
-            return [s for start in range(0, len(items), INSERT_CHUNK)
-                    for s in _insert_chunk(items[start:start + INSERT_CHUNK], version, now)]
+        # A savepoint: a refused part is undone alone, the rest of the batch stays. The driver's errors are
+        # turned into peewee's, as for any peewee query.
+        with db.atomic(), pw.__exception_wrapper__:
+            inserted = _insert_postgres(items) if _is_postgres() else _insert_sqlite(items)
     except REFUSED as exc:
         if len(items) == 1:
-            origin = items[0][2]
-            reason = f"the database refused it: {type(exc).__name__}: {exc}"
-            refused.append(Rejection(origin.source, reason, origin.payload, origin.sent_ms))
+            refused.append(_refusal(items[0], exc))
             return []
         middle = len(items) // 2
-        return _insert(items[:middle], version, now, refused) + _insert(items[middle:], version, now, refused)
-
-
-def _insert_chunk(items: list[_Item], version: int | None, now: float) -> list[StoredSample]:
-    rows = []
-    by_key: dict[tuple[str, float], tuple[Sample, float | None]] = {}
-    for sample, p, _origin in items:
-        # Every row names every column: insert_many takes its columns from the first row.
-        known = {name: sample.metrics.get(name) for name in KNOWN_METRICS}
-        extra = {k: v for k, v in sample.metrics.items() if k not in KNOWN_METRICS}
-        rows.append({
-            "device": sample.device, "ts": sample.ts, "received": now,
-            "extra": json.dumps(extra, allow_nan=False) if extra else None,
-            "p_stressed": p, "model_version": version if p is not None else None, **known,
-        })
-        by_key.setdefault((sample.device, sample.ts), (sample, p))  # the first of duplicates is the one stored
-    query = Metric.insert_many(rows).on_conflict_ignore().returning(Metric.id, Metric.device, Metric.ts)
+        return _insert(items[:middle], refused) + _insert(items[middle:], refused)
+    by_key = {(item.row[0], item.row[1]): item for item in items}
     new = []
-    for metric_id, device, ts in query.tuples().execute():
-        sample, p = by_key[(device, ts)]
-        new.append(StoredSample(metric_id, device, ts, sample.metrics, p, version if p is not None else None))
+    for metric_id, device, ts in sorted(inserted):
+        row, sample, _origin = by_key[(device, ts)]
+        new.append(StoredSample(metric_id, device, ts, sample.metrics, row[4], row[5]))  # type: ignore[arg-type]
     return new
+
+
+def _is_postgres() -> bool:
+    return isinstance(db.obj, pw.PostgresqlDatabase)
+
+
+_SQLITE_INSERT = (f"INSERT INTO metric ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                  "ON CONFLICT (device, ts) DO NOTHING")
+
+
+def _insert_sqlite(items: list[_Item]) -> list[tuple[int, str, float]]:
+    """executemany of plain tuples: peewee's query builder costs far more than SQLite's insert itself.
+
+    SQLite's executemany returns no RETURNING rows; but the write lock is held until commit, so the rows
+    inserted here got consecutive rowids ending at last_insert_rowid().
+    """
+    connection = db.connection()
+    inserted = connection.executemany(_SQLITE_INSERT, [item.row for item in items]).rowcount
+    if inserted <= 0:
+        return []
+    (last,) = connection.execute("SELECT last_insert_rowid()").fetchone()
+    return connection.execute("SELECT id, device, ts FROM metric WHERE id > ? AND id <= ?",
+                              (last - inserted, last)).fetchall()
+
+
+_STAGE = "metric_stage"
+_PG_STAGE_TABLE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (device TEXT, ts DOUBLE PRECISION, received DOUBLE PRECISION, "
+    f"extra TEXT, p_stressed DOUBLE PRECISION, model_version INTEGER, "
+    f"{', '.join(f'{name} DOUBLE PRECISION' for name in KNOWN_METRICS)}) ON COMMIT DELETE ROWS"
+)
+# An empty device is text, not NULL: only an unquoted empty field is NULL.
+_PG_COPY = f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (device))"
+_PG_INSERT = (f"INSERT INTO metric ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {_STAGE} "
+              "ON CONFLICT (device, ts) DO NOTHING RETURNING id, device, ts")
+
+
+def _insert_postgres(items: list[_Item]) -> list[tuple[int, str, float]]:
+    """COPY into a per-session staging table, then one INSERT … ON CONFLICT DO NOTHING RETURNING."""
+    text = io.StringIO()
+    csv.writer(text).writerows(item.row for item in items)
+    # Encoded here: a lone surrogate is refused before the COPY starts.
+    data = io.BytesIO(text.getvalue().encode("utf-8"))
+    cursor = db.cursor()
+    cursor.execute(_PG_STAGE_TABLE)
+    cursor.execute(f"TRUNCATE {_STAGE}")  # rows of an earlier savepoint of this transaction
+    cursor.copy_expert(_PG_COPY, data)
+    cursor.execute(_PG_INSERT)
+    return cursor.fetchall()
 
 
 def _text(text: str) -> str:
