@@ -1,4 +1,4 @@
-"""Wiring: the Telegram application, its handlers and the repeating poll job, and how the process runs.
+"""Wiring: the Telegram application, its handlers, ingestion and the repeating jobs, and how the process runs.
 
 Metrics are read and stored from the first second; the chat side joins as soon as the Bot API answers.
 An outage of Telegram, at start or later, is retried with backoff and said once in the log when it
@@ -37,7 +37,7 @@ from bot.active_model import ActiveModel, ModelKeeper, keep_model_loaded
 from bot.baselines import Baselines
 from bot.config import Settings
 from bot.incidents import Decider, Rules
-from bot.poller import KafkaSource, LocalSource, Poller, poll
+from bot.poller import KafkaSource, LocalSource, Poller
 from bot.sender import Sender
 from ml.registry import ModelStore
 
@@ -202,7 +202,7 @@ async def _connect(application: Application) -> None:
 
 
 async def _start_ingestion(application: Application, watch_silences: bool) -> None:
-    """Load the model and start the poll job, before and whatever Telegram does; the watch of silences,
+    """Load the model and start ingestion, before and whatever Telegram does; the watch of silences,
     reminders and mutes runs in one process of a fleet only (`watch_silences`)."""
     settings: Settings = application.bot_data["settings"]
     model: ActiveModel = application.bot_data["model"]
@@ -228,9 +228,8 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
                   settings.alert_repeat_s, settings.silent_after_s, tuple(sorted(settings.allowed_chat_ids)))
     decider = Decider(rules, model.drivers, forecaster, baselines)
     sender = Sender(partial(_render, baselines), settings.alert_edit_s)
-    poller = Poller(source, model, decider, sender)
+    poller = Poller(source, model, decider, sender, interval)
     application.bot_data.update(poller=poller, decider=decider, sender=sender)
-    application.job_queue.run_repeating(poll, interval=interval, first=0, data=poller, name="poll")
     application.job_queue.run_repeating(send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
     # Often enough that a silence, a reminder or the end of a mute is seen within a quarter of its time.
     every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
@@ -242,6 +241,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     )
     # Application.start() would start the job queue only once Telegram answers.
     await application.job_queue.start()
+    poller.start(application.bot)
 
 
 @dataclass
@@ -325,15 +325,17 @@ def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
 
 
 async def _shut_down(application: Application) -> None:
+    poller: Poller | None = application.bot_data.get("poller")
+    if poller is not None:
+        await poller.stop()  # its messages go out while the bot can still send
     if application.updater.running:
         await application.updater.stop()
     if application.running:
-        await application.stop()  # stops the job queue too, waiting for a running poll
+        await application.stop()  # stops the job queue too, waiting for a running job
     else:
         await application.job_queue.stop()
     await application.shutdown()
     # Its connections are open when getMe never succeeded, and the application did not count as initialized.
     await application.bot.shutdown()
-    poller: Poller | None = application.bot_data.get("poller")
     if poller is not None:
         await asyncio.to_thread(poller.source.close)

@@ -8,6 +8,7 @@ and the (device, ts) uniqueness makes a redelivered message change nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from telegram.ext import ContextTypes
+from telegram import Bot
 
 from agent.collect import Collector, default_device_id
 from agent.wire import Sample, WireError, parse
@@ -31,6 +32,9 @@ from bot.incidents import Decider
 from bot.sender import Sender
 
 log = logging.getLogger(__name__)
+# A batch also ends at this many bytes of messages: BATCH_SIZE messages of 60 KiB each would hold 300 MB.
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+CONSUME_CHUNK = 500  # messages taken from librdkafka's queue at a time while a batch fills
 
 
 @dataclass
@@ -54,6 +58,8 @@ class KafkaSource:
     itself: librdkafka's connection errors repeat on every retry and can arrive after the broker is back,
     and messages it fetched before an outage still come out of its local queue during one.
     """
+
+    streams = True  # fetch waits for the first message: ingestion asks again at once
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.kafka_topic
@@ -105,17 +111,27 @@ class KafkaSource:
             self.reachable = True
 
     def fetch(self, timeout: float) -> Batch:
-        """Up to batch_size messages, parsed; an invalid one becomes a rejection with its reason."""
+        """Up to batch_size messages or MAX_BATCH_BYTES, parsed; an invalid one becomes a rejection with its
+        reason. Waits up to `timeout` for the first message only, then takes what has already arrived."""
         batch = Batch()
-        for message in self.consumer.consume(num_messages=self.batch_size, timeout=timeout):
-            error = message.error()
-            if error is None:
-                self._problem = None
-                self._add(batch, message)
-            elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                self._say(f"Kafka topic {self.topic} does not exist yet; it is read as soon as it is created")
-            else:
-                self._say(f"Kafka: {error.str()}")
+        first = self.consumer.poll(timeout)
+        messages = [first] if first is not None else []
+        count = size = 0
+        while messages:
+            for message in messages:
+                error = message.error()
+                if error is None:
+                    self._problem = None
+                    self._add(batch, message)
+                    count += 1
+                    size += len(message.value() or b"")
+                elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    self._say(f"Kafka topic {self.topic} does not exist yet; it is read as soon as it is created")
+                else:
+                    self._say(f"Kafka: {error.str()}")
+            if count >= self.batch_size or size >= MAX_BATCH_BYTES:
+                break
+            messages = self.consumer.consume(num_messages=min(CONSUME_CHUNK, self.batch_size - count), timeout=0)
         if self._connection_error is not None:
             self._check_broker()
         return batch
@@ -163,6 +179,8 @@ class KafkaSource:
 class LocalSource:
     """Single-host mode: one sample of this machine per call, through the agent's collector."""
 
+    streams = False  # one sample per interval
+
     def __init__(self) -> None:
         self.collector = Collector()
         self.device = default_device_id()
@@ -182,16 +200,44 @@ class LocalSource:
 
 
 class Poller:
-    """The repeating job's state: a source, the model, what decides incidents and what sends their messages."""
+    """Ingestion, a long-lived task of the bot: a source, the model, what decides incidents and what sends
+    their messages."""
 
     def __init__(self, source: KafkaSource | LocalSource, model: ActiveModel, decider: Decider,
-                 sender: Sender) -> None:
+                 sender: Sender, interval: float = 1.0) -> None:
         self.source = source
         self.model = model
         self.decider = decider
         self.sender = sender
-        self._running = asyncio.Lock()
+        self.interval = interval
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self._store_failing = False
+
+    def start(self, bot: Bot) -> None:
+        self._task = asyncio.create_task(self._run(bot), name="ingestion")
+
+    async def stop(self) -> None:
+        """Stop after the batch under way (what is not stored is read again); its messages still go out."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        await asyncio.gather(*self._sending)
+
+    async def _run(self, bot: Bot) -> None:
+        """Batch after batch as fast as they come, not one per tick of a timer: ingestion runs at the pace
+        of the machine. An idle source is waited on for up to one interval at a time."""
+        while not self._stopping.is_set():
+            try:
+                stored = await self.step(bot)
+            except Exception:  # a bug must not end ingestion for good
+                log.exception("ingestion step failed")
+                stored = False
+            if not stored or not self.source.streams:
+                # A failing store is tried again, and this machine sampled, once per interval.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     def run_batch(self, timeout: float = 0.5) -> list[store.StoredSample]:
         """Fetch, predict and store one batch; return the samples that are new. Blocks."""
@@ -219,23 +265,19 @@ class Poller:
             log.warning("rejected message %s: %s", reject.source, reject.reason)
         return new
 
-    async def tick(self, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """One run of the repeating job; a run that finds the previous one still busy does nothing."""
-        if self._running.locked():
-            return
-        async with self._running:
-            try:
-                await asyncio.to_thread(self.run_batch)
-            except Exception as exc:
-                if not self._store_failing:
-                    log.exception("storing a batch failed; it will be read again: %s", exc)
-                self._store_failing = True
-                return
-        if self.decider.queued:  # an incident opened, changed or ended: its messages go out now, beside the poll
+    async def step(self, bot: Bot) -> bool:
+        """One batch, waiting up to one interval for its first message; False when storing it failed."""
+        try:
+            # In a thread: the event loop answers commands and sends messages meanwhile.
+            await asyncio.to_thread(self.run_batch, self.interval)
+        except Exception as exc:
+            if not self._store_failing:
+                log.exception("storing a batch failed; it will be read again: %s", exc)
+            self._store_failing = True
+            return False
+        if self.decider.queued:  # an incident opened, changed or ended: its messages go out now, beside ingestion
             self.decider.queued = False
-            context.application.create_task(self.sender.run(context.bot), name="send")
-
-
-async def poll(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The repeating job: the Poller comes in as job data."""
-    await context.job.data.tick(context)
+            task = asyncio.create_task(self.sender.run(bot), name="send")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return True
