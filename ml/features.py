@@ -36,5 +36,5 @@ FEATURES = list(ZONES)
 
 def frame(samples: Iterable[Mapping[str, float]]) -> pd.DataFrame:
     """A float frame with one column per feature; a metric a sample lacks is NaN, never 0."""
-    rows = [[sample.get(name, np.nan) for name in FEATURES] for sample in samples]
+    rows = [[*map(sample.get, FEATURES)] for sample in samples]  # None becomes NaN in the float array
     return pd.DataFrame(np.array(rows, dtype=float).reshape(-1, len(FEATURES)), columns=FEATURES)
