@@ -36,6 +36,7 @@ class Settings:
     poll_interval_s: float
     batch_size: int
     log_level: str
+    retention_days: float
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -107,4 +108,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         poll_interval_s=_number(env, "POLL_INTERVAL_SECONDS", 1, 0.05, 60),
         batch_size=int(_number(env, "BATCH_SIZE", 5000, 1, 100000)),
         log_level=_log_level(env.get("LOG_LEVEL", "").strip() or "INFO"),
+        retention_days=_number(env, "RETENTION_DAYS", 14, 1, 36500),
     )

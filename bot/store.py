@@ -172,7 +172,27 @@ class ForecastLabel(BaseModel):
     created = pw.DoubleField()
 
 
-TABLES = [Metric, Label, Rejected, Device, Incident, Notice, Mute, ForecastLabel]
+class Aggregate(BaseModel):
+    """Five minutes of one device's samples older than RETENTION_DAYS (see bot/retention.py): per metric the
+    minimum (`<name>_min`), the mean (`<name>`, the same column name as a raw sample's) and the maximum."""
+
+    device = pw.CharField(max_length=64)
+    bucket = pw.DoubleField()  # start of the five minutes, Unix seconds
+    samples = pw.IntegerField()  # how many raw samples it stands for
+    p_stressed = pw.DoubleField(null=True)  # the highest of them
+
+    class Meta:
+        table_name = "metric_5m"
+        indexes = ((("device", "bucket"), True),)
+
+
+for _name in KNOWN_METRICS:
+    Aggregate._meta.add_field(f"{_name}_min", pw.DoubleField(null=True))
+    Aggregate._meta.add_field(_name, pw.DoubleField(null=True))
+    Aggregate._meta.add_field(f"{_name}_max", pw.DoubleField(null=True))
+
+
+TABLES = [Metric, Label, Rejected, Device, Incident, Notice, Mute, ForecastLabel, Aggregate]
 
 
 @dataclass(frozen=True)
@@ -183,9 +203,9 @@ class Rejection:
     sent_ms: int | None = None  # the Kafka message timestamp, when there is one
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a sample came from: what it is recorded as if the database refuses it."""
+class Origin(NamedTuple):
+    """Where a sample came from: what it is recorded as if the database refuses it. A tuple: one is made per
+    message, and a frozen dataclass costs several times as much to make."""
 
     source: str
     payload: bytes | None
@@ -440,23 +460,39 @@ def _stored(row: Metric) -> StoredSample:
 
 # A loose index scan: one index seek per device instead of reading the whole (device, ts) index, so the
 # cost grows with the number of devices, not with the number of stored samples (SQLite and Postgres).
-LATEST_PER_DEVICE_SQL = """
+_LATEST_PER_DEVICE_SQL = """
 WITH RECURSIVE devices(device) AS (
-    SELECT MIN(device) FROM metric
+    SELECT MIN(device) FROM {table}
     UNION ALL
-    SELECT (SELECT MIN(m.device) FROM metric AS m WHERE m.device > devices.device) FROM devices
+    SELECT (SELECT MIN(m.device) FROM {table} AS m WHERE m.device > devices.device) FROM devices
     WHERE devices.device IS NOT NULL
 )
-SELECT * FROM metric WHERE id IN (
-    SELECT (SELECT m.id FROM metric AS m WHERE m.device = devices.device ORDER BY m.ts DESC LIMIT 1)
+SELECT * FROM {table} WHERE id IN (
+    SELECT (SELECT m.id FROM {table} AS m WHERE m.device = devices.device ORDER BY m.{ts} DESC LIMIT 1)
     FROM devices WHERE devices.device IS NOT NULL
 ) ORDER BY device
 """
+LATEST_PER_DEVICE_SQL = _LATEST_PER_DEVICE_SQL.format(table="metric", ts="ts")
+LATEST_AGGREGATE_PER_DEVICE_SQL = _LATEST_PER_DEVICE_SQL.format(table="metric_5m", ts="bucket")
+
+
+def _aggregated(row: Aggregate) -> StoredSample:
+    """Five downsampled minutes as a sample: the means, at the start of the five minutes."""
+    metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
+    return StoredSample(-row.id, row.device, row.bucket, metrics, row.p_stressed, None)
+
+
+def _newest(*candidates: StoredSample | None) -> StoredSample | None:
+    found = [c for c in candidates if c is not None]
+    return max(found, key=lambda s: s.ts) if found else None
 
 
 def latest_per_device() -> list[StoredSample]:
-    """The newest sample of every device, by device name."""
-    return [_stored(row) for row in Metric.raw(LATEST_PER_DEVICE_SQL)]
+    """The newest sample of every device, by device name; a device silent for longer than the retention
+    has only downsampled five minutes left, and shows the newest of those."""
+    raw = {row.device: _stored(row) for row in Metric.raw(LATEST_PER_DEVICE_SQL)}
+    old = {row.device: _aggregated(row) for row in Aggregate.raw(LATEST_AGGREGATE_PER_DEVICE_SQL)}
+    return [_newest(raw.get(d), old.get(d)) for d in sorted(raw.keys() | old.keys())]  # type: ignore[misc]
 
 
 def sample_by_id(metric_id: int | None) -> StoredSample | None:
@@ -466,9 +502,10 @@ def sample_by_id(metric_id: int | None) -> StoredSample | None:
 
 
 def latest_sample(device: str) -> StoredSample | None:
-    """The newest sample of one device, or None when the device never reported."""
+    """The newest sample of one device (raw, else downsampled), or None when the device never reported."""
     row = Metric.select().where(Metric.device == device).order_by(Metric.ts.desc()).first()
-    return _stored(row) if row else None
+    old = Aggregate.select().where(Aggregate.device == device).order_by(Aggregate.bucket.desc()).first()
+    return _newest(_stored(row) if row else None, _aggregated(old) if old else None)
 
 
 CHART_POINTS = 600  # per series, whatever the window: enough for a phone screen, small enough to draw fast
@@ -562,28 +599,39 @@ def history_points(device: str, seconds: float, points: int, columns: list[str],
                    min_span: float) -> list[tuple[float | None, ...]]:
     """`columns` of the device at `points` evenly spaced moments over its last `seconds` (the sample in force at
     each moment), or nothing when its history spans less than `min_span`. Bounded: one index seek per point,
-    whatever the sampling rate, and time-weighted: a burst of samples counts for the time it lasted."""
+    whatever the sampling rate, and time-weighted: a burst of samples counts for the time it lasted. Where
+    only downsampled five minutes are left (see bot/retention.py), their means are in force."""
     if not columns or set(columns) - set(KNOWN_METRICS):
         raise ValueError(f"not metric columns: {columns}")
-    newest = Metric.select(pw.fn.MAX(Metric.ts)).where(Metric.device == device).scalar()
+    tables = ((Metric, Metric.ts), (Aggregate, Aggregate.bucket))
+    newest = max((t for t in (model.select(pw.fn.MAX(ts)).where(model.device == device).scalar()
+                              for model, ts in tables) if t is not None), default=None)
     if newest is None:
         return []
-    oldest = Metric.select(pw.fn.MIN(Metric.ts)).where((Metric.device == device) & (Metric.ts >= newest - seconds))
-    start = oldest.scalar()
+    start = min(t for t in (model.select(pw.fn.MIN(ts)).where((model.device == device) & (ts >= newest - seconds))
+                            .scalar() for model, ts in tables) if t is not None)
     if newest - start < min_span:
         return []
+    step = (newest - start) / (points - 1)
+    in_force: dict[int, tuple[float, tuple[float | None, ...]]] = {}
+    for table, ts in (("metric", "ts"), ("metric_5m", "bucket")):
+        for n, at, *values in db.execute_sql(_points_sql(table, ts, columns), (start, step, points, device)):
+            if n not in in_force or at > in_force[n][0]:
+                in_force[n] = (at, tuple(values))
+    return [in_force[n][1] for n in sorted(in_force)]
+
+
+def _points_sql(table: str, ts: str, columns: list[str]) -> str:
     p = _param()
-    sql = f"""
+    return f"""
     WITH RECURSIVE points(t, n) AS (
         SELECT CAST({p} AS DOUBLE PRECISION), 1
         UNION ALL SELECT t + {p}, n + 1 FROM points WHERE n < {p}
     )
-    SELECT {", ".join(f"m.{c}" for c in columns)} FROM points JOIN metric AS m ON m.id = (
-        SELECT s.id FROM metric AS s WHERE s.device = {p} AND s.ts <= points.t ORDER BY s.ts DESC LIMIT 1
+    SELECT points.n, m.{ts}, {", ".join(f"m.{c}" for c in columns)} FROM points JOIN {table} AS m ON m.id = (
+        SELECT s.id FROM {table} AS s WHERE s.device = {p} AND s.{ts} <= points.t ORDER BY s.{ts} DESC LIMIT 1
     )
     """
-    step = (newest - start) / (points - 1)
-    return list(db.execute_sql(sql, (start, step, points, device)).fetchall())
 
 
 # Every device's samples of its last `seconds`: a walk over the devices (as above), then a range of the

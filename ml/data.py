@@ -6,6 +6,9 @@ chunks: a million ORM objects would cost seconds and gigabytes.
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from playhouse.db_url import connect as connect_url
 
 FETCH_CHUNK = 10_000  # rows turned into an array at a time: bounds the memory of Python tuples
 METRIC_COLUMN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+AGGREGATE_TABLE = "metric_5m"  # five-minute aggregates of old samples (bot/store.py Aggregate)
 
 
 def connect(url: str) -> pw.Database:
@@ -26,8 +30,10 @@ def connect(url: str) -> pw.Database:
         # WAL lets readers read while the poller writes; busy_timeout waits out a writer. Every transaction
         # takes the write lock when it begins (IMMEDIATE): one that read first and wrote later would fail at
         # once with "database is locked" when another connection wrote in between, busy_timeout or not.
-        return connect_url(url, returning_clause=True, lock_type="IMMEDIATE",
-                           pragmas={"journal_mode": "wal", "busy_timeout": 10000})
+        # Incremental auto-vacuum (it only takes on a new file) lets retention give freed pages back.
+        return connect_url(url, returning_clause=True, lock_type="IMMEDIATE", pragmas={
+            "auto_vacuum": "incremental", "journal_mode": "wal", "busy_timeout": 10000,
+        })
     return connect_url(url)
 
 
@@ -37,16 +43,55 @@ def latest_labels(database: pw.Database) -> dict[int, int]:
     return {int(metric_id): int(value) for metric_id, value in cursor.fetchall()}
 
 
+@contextlib.contextmanager
+def _streamed(database: pw.Database, sql: str) -> Iterator[object]:
+    """A cursor over the rows of `sql`. On PostgreSQL a server-side one: the driver would otherwise hold the
+    whole result set in memory next to the arrays made from it."""
+    if not isinstance(database, pw.PostgresqlDatabase):
+        yield database.execute_sql(sql)
+        return
+    with database.atomic():
+        # psycopg2 names a cursor only WITH HOLD while peewee keeps autocommit on; read whole inside the
+        # transaction, it streams and is never materialised.
+        cursor = database.connection().cursor(name=f"rigwatch_{uuid.uuid4().hex}", withhold=True)
+        try:
+            cursor.execute(sql)
+            yield cursor
+        finally:
+            cursor.close()
+
+
+def _values(database: pw.Database, queries: list[str], width: int) -> np.ndarray:
+    """The rows of the queries, one after the other, as one float array. It is allocated once for the rows
+    counted first and filled chunk by chunk, so no copy of the whole result is ever made; rows stored since
+    the count are appended."""
+    tables = [query.split(" FROM ", 1)[1].split()[0] for query in queries]
+    expected = sum(database.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables)
+    out = np.empty((expected, width))
+    filled, late = 0, []
+    for query in queries:
+        with _streamed(database, query) as cursor:
+            while rows := cursor.fetchmany(FETCH_CHUNK):  # type: ignore[attr-defined]
+                block = np.array(rows, dtype=float)
+                take = min(len(block), expected - filled)
+                out[filled:filled + take] = block[:take]
+                filled += take
+                if take < len(block):
+                    late.append(block[take:])
+    return np.vstack([out[:filled], *late]) if late else out[:filled]
+
+
 def training_frame(database: pw.Database, features: list[str]) -> pd.DataFrame:
     """The features of every sample, indexed by sample id, plus `label`: the latest human label, NaN where
-    nobody labelled it. NULL metrics are NaN."""
+    nobody labelled it. NULL metrics are NaN. Five downsampled minutes (see bot/retention.py) count as one
+    sample of their means, indexed by minus their id."""
     if any(set(name) - METRIC_COLUMN_CHARS for name in features):
         raise ValueError(f"not a metric column: {features}")  # the names go into the SQL text
-    cursor = database.execute_sql(f"SELECT id, {', '.join(features)} FROM metric ORDER BY id")
-    chunks = []
-    while rows := cursor.fetchmany(FETCH_CHUNK):
-        chunks.append(np.array(rows, dtype=float))
-    values = np.vstack(chunks) if chunks else np.empty((0, len(features) + 1))
+    columns = ", ".join(features)
+    queries = [f"SELECT id, {columns} FROM metric ORDER BY id"]
+    if database.table_exists(AGGREGATE_TABLE):  # a store the bot has not opened since retention came
+        queries.append(f"SELECT -id, {columns} FROM {AGGREGATE_TABLE} ORDER BY id DESC")
+    values = _values(database, queries, len(features) + 1)
     frame = pd.DataFrame(values[:, 1:], columns=features, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
     frame["label"] = pd.Series(latest_labels(database), dtype=float).reindex(frame.index)
     return frame
