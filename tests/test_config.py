@@ -36,6 +36,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.allowed_chat_ids == frozenset()
     assert settings.admin_user_ids == frozenset()
     assert settings.log_level == "INFO"
+    assert settings.retention_days == 14
 
 
 def test_configured_values_are_used() -> None:
@@ -93,10 +94,11 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(LOG_LEVEL="verbose"), "LOG_LEVEL"),
         (with_token(FORECAST_HOURS="0"), "FORECAST_HOURS"),
         (with_token(FORECAST_HOURS="soon"), "FORECAST_HOURS"),
+        (with_token(RETENTION_DAYS="0"), "RETENTION_DAYS"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
          "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
-         "log-level-verbose", "forecast-hours-0", "forecast-hours-soon"],
+         "log-level-verbose", "forecast-hours-0", "forecast-hours-soon", "retention-0-days"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:
