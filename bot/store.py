@@ -301,8 +301,6 @@ def store_batch(
 
     A sample the database refuses does not fail the batch: the batch is split in halves until the refused
     sample is alone, and that one is recorded as rejected, with the database's reason, under its origin.
-    `on_stored`, when given, runs inside the same transaction with the new samples: what it writes is
-    committed with them or not at all.
     """
     now = time.time()
     refused: list[Rejection] = []
