@@ -540,23 +540,39 @@ def chart_series(
     if unknown:
         raise ValueError(f"not a metric column: {sorted(unknown)}")
     bucket_s = chart_bucket_s(start_ts, end_ts, max_points)
-    scaled = Metric.ts / bucket_s
-    # SQLite has floor() only when built with its math functions; ts is after 2000 (the wire format says so),
-    # and truncating a positive number is its floor.
-    bucket = scaled.cast("INTEGER") if isinstance(db.obj, pw.SqliteDatabase) else fn.FLOOR(scaled)
-    columns = [getattr(Metric, name) for name in metrics]
-    query = (
-        Metric.select(fn.MIN(Metric.ts), fn.MAX(Metric.ts), fn.MAX(Metric.p_stressed), *map(fn.AVG, columns))
-        .where((Metric.device == device) & (Metric.ts >= start_ts) & (Metric.ts <= end_ts))
-        .group_by(bucket)
-        .order_by(fn.MIN(Metric.ts))
-        .tuples()
-    )
-    points = [
-        ChartPoint(first, last, {n: float(v) for n, v in zip(metrics, means, strict=True) if v is not None},
-                   None if p is None else float(p))
-        for first, last, p, *means in query
-    ]
+    # Per bucket: [first, last, highest P, then the sum and the count of each metric]. Downsampled five minutes
+    # (see bot/retention.py) count for as many samples as they stand for.
+    buckets: dict[int, list] = {}
+    for model, ts, weight in ((Metric, Metric.ts, None), (Aggregate, Aggregate.bucket, Aggregate.samples)):
+        scaled = ts / bucket_s
+        # SQLite has floor() only when built with its math functions; ts is after 2000 (the wire format says
+        # so), and truncating a positive number is its floor.
+        bucket = scaled.cast("INTEGER") if isinstance(db.obj, pw.SqliteDatabase) else fn.FLOOR(scaled)
+        sums: list[pw.Node] = []
+        for column in (getattr(model, name) for name in metrics):
+            if weight is None:
+                sums += [fn.SUM(column), fn.COUNT(column)]
+            else:
+                sums += [fn.SUM(column * weight), fn.SUM(pw.Case(None, [(column.is_null(False), weight)], 0))]
+        query = (
+            model.select(bucket, fn.MIN(ts), fn.MAX(ts), fn.MAX(model.p_stressed), *sums)
+            .where((model.device == device) & (ts >= start_ts) & (ts <= end_ts))
+            .group_by(bucket)
+            .tuples()
+        )
+        for key, first, last, p, *figures in query:
+            if key not in buckets:
+                buckets[key] = [first, last, p, *figures]
+                continue
+            seen = buckets[key]
+            seen[0], seen[1] = min(seen[0], first), max(seen[1], last)
+            seen[2] = max((x for x in (seen[2], p) if x is not None), default=None)
+            seen[3:] = [(a or 0) + (b or 0) for a, b in zip(seen[3:], figures, strict=True)]
+    points = []
+    for first, last, p, *figures in sorted(buckets.values(), key=lambda b: b[0]):
+        means = {name: float(figures[2 * i]) / figures[2 * i + 1] for i, name in enumerate(metrics)
+                 if figures[2 * i + 1]}
+        points.append(ChartPoint(first, last, means, None if p is None else float(p)))
     return ChartSeries(bucket_s, points)
 
 

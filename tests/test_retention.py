@@ -114,6 +114,9 @@ def test_status_charts_and_training_read_the_downsampled_samples(database: pw.Da
     assert store.latest_sample("live") == recent[-1]
 
     assert store.history_points("gone", 30 * DAY, 5, ["mem_percent"], 60) == [(70.0,)] * 5, "charts read them too"
+    chart = store.chart_series("gone", NOW - 21 * DAY, NOW, ["cpu_percent", "mem_percent"])
+    assert [p.metrics for p in chart.points] == [{"cpu_percent": 29.5, "mem_percent": 70.0}]
+    assert chart.points[0].first_ts == NOW - 20 * DAY
 
     frame = training_frame(database, ["cpu_percent", "mem_percent"])
     assert len(frame) == 12 + 2, "twelve raw samples and two five-minute aggregates"
