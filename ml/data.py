@@ -61,15 +61,14 @@ def _streamed(database: pw.Database, sql: str) -> Iterator[object]:
             cursor.close()
 
 
-def _values(database: pw.Database, queries: list[str], width: int) -> np.ndarray:
-    """The rows of the queries, one after the other, as one float array. It is allocated once for the rows
-    counted first and filled chunk by chunk, so no copy of the whole result is ever made; rows stored since
-    the count are appended."""
-    tables = [query.split(" FROM ", 1)[1].split()[0] for query in queries]
-    expected = sum(database.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables)
+def _values(database: pw.Database, queries: list[tuple[str, str]], width: int) -> np.ndarray:
+    """The rows of the (table, query) pairs, one after the other, as one float array. It is allocated once for
+    the rows of the tables counted first and filled chunk by chunk, so no copy of the whole result is ever
+    made; rows stored since the count are appended."""
+    expected = sum(database.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0] for table, _ in queries)
     out = np.empty((expected, width))
     filled, late = 0, []
-    for query in queries:
+    for _table, query in queries:
         with _streamed(database, query) as cursor:
             while rows := cursor.fetchmany(FETCH_CHUNK):  # type: ignore[attr-defined]
                 block = np.array(rows, dtype=float)
@@ -88,9 +87,9 @@ def training_frame(database: pw.Database, features: list[str]) -> pd.DataFrame:
     if any(set(name) - METRIC_COLUMN_CHARS for name in features):
         raise ValueError(f"not a metric column: {features}")  # the names go into the SQL text
     columns = ", ".join(features)
-    queries = [f"SELECT id, {columns} FROM metric ORDER BY id"]
+    queries = [("metric", f"SELECT id, {columns} FROM metric ORDER BY id")]
     if database.table_exists(AGGREGATE_TABLE):  # a store the bot has not opened since retention came
-        queries.append(f"SELECT -id, {columns} FROM {AGGREGATE_TABLE} ORDER BY id DESC")
+        queries.append((AGGREGATE_TABLE, f"SELECT -id, {columns} FROM {AGGREGATE_TABLE} ORDER BY id DESC"))
     values = _values(database, queries, len(features) + 1)
     frame = pd.DataFrame(values[:, 1:], columns=features, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
     frame["label"] = pd.Series(latest_labels(database), dtype=float).reindex(frame.index)
