@@ -290,24 +290,51 @@ def open_forecasts() -> Iterable[tuple[str, str]]:
                 .where((Incident.state == OPEN) & (Incident.kind == FORECAST)).tuples())
 
 
+# One statement for a whole batch's devices: a save() per device per batch cost more than the batch's insert.
+_DEVICE_CHUNK = 500
+# A row whose `newer` is 0 only says the device was heard from: its newest sample stays.
+_UPDATE_DEVICES_SQL = (
+    'WITH v(id, last_ts, last_received, last_metric, last_p, gap, newer) AS (VALUES {rows}) '
+    'UPDATE device SET last_received = v.last_received, '
+    'last_ts = CASE WHEN v.newer = 1 THEN v.last_ts ELSE device.last_ts END, '
+    'last_metric = CASE WHEN v.newer = 1 THEN v.last_metric ELSE device.last_metric END, '
+    'last_p = CASE WHEN v.newer = 1 THEN v.last_p ELSE device.last_p END, '
+    '"interval" = CASE WHEN v.newer = 1 THEN v.gap ELSE device."interval" END '
+    'FROM v WHERE device.id = v.id'
+)
+
+
 def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> None:
     """One row per device: the newest sample and the usual interval, for /status and the silence check."""
-    known = {d.name: d for d in Device.select().where(Device.name.in_(list(by_device)))}
+    known = {name: (device_id, last_ts, interval) for device_id, name, last_ts, interval in
+             Device.select(Device.id, Device.name, Device.last_ts, Device.interval)
+             .where(Device.name.in_(list(by_device))).tuples()}
+    created, changed = [], []
     for name, samples in by_device.items():
         newest = samples[-1]
-        device = known.get(name)
-        gap = _gap(samples) if device is None or len(samples) > 1 else newest.ts - device.last_ts
-        if device is None:
-            Device.create(name=name, last_ts=newest.ts, last_received=now, last_metric=newest.id,
-                          last_p=newest.p_stressed, interval=gap)
+        if name not in known:
+            created.append({"name": name, "last_ts": newest.ts, "last_received": now, "last_metric": newest.id,
+                            "last_p": newest.p_stressed, "interval": _gap(samples)})
             continue
-        if newest.ts >= device.last_ts:
-            if gap and gap > 0:
-                device.interval = gap if device.interval is None else (
-                    (1 - INTERVAL_WEIGHT) * device.interval + INTERVAL_WEIGHT * gap)
-            device.last_ts, device.last_metric, device.last_p = newest.ts, newest.id, newest.p_stressed
-        device.last_received = now
-        device.save()
+        device_id, last_ts, interval = known[name]
+        if newest.ts < last_ts:  # only late samples: the device was heard from, its newest stays
+            changed.append((device_id, None, now, None, None, None))
+            continue
+        gap = _gap(samples) if len(samples) > 1 else newest.ts - last_ts
+        if gap and gap > 0:
+            interval = gap if interval is None else (1 - INTERVAL_WEIGHT) * interval + INTERVAL_WEIGHT * gap
+        changed.append((device_id, newest.ts, now, newest.id, newest.p_stressed, interval))
+    for start in range(0, len(created), _DEVICE_CHUNK):
+        Device.insert_many(created[start:start + _DEVICE_CHUNK]).execute()
+    # The casts give a column of NULLs a type (PostgreSQL); SQLite reads them as its REAL and INTEGER.
+    p = store.db.obj.param
+    row = (f"(CAST({p} AS BIGINT), CAST({p} AS DOUBLE PRECISION), CAST({p} AS DOUBLE PRECISION), "
+           f"CAST({p} AS BIGINT), CAST({p} AS DOUBLE PRECISION), CAST({p} AS DOUBLE PRECISION), "
+           f"CAST({p} AS INTEGER))")
+    for start in range(0, len(changed), _DEVICE_CHUNK):
+        chunk = [(*values, int(values[1] is not None)) for values in changed[start:start + _DEVICE_CHUNK]]
+        store.db.obj.execute_sql(_UPDATE_DEVICES_SQL.format(rows=", ".join([row] * len(chunk))),
+                                 [value for values in chunk for value in values])
 
 
 def _gap(samples: list[StoredSample]) -> float | None:
