@@ -481,23 +481,29 @@ def fill_sqlite(url: str, rows: int, devices: int) -> None:
 
 
 def status_latency(url: str, bootstrap: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path,
-                   asks: int = 7) -> list[float]:
+                   asks: int = 7) -> tuple[float, list[float]]:
+    """(the first /status after start-up, then `asks` more), in seconds."""
     topic = f"bench.status.{uuid.uuid4().hex[:6]}"
     broker.create_topic(topic)
     out = []
     bot = BotProcess(bot_env(fake, tmp, url, bootstrap, topic), tmp / "bot-status.log")
     with bot:
-        bot.wait_log("reading metrics from Kafka", timeout=120)
-        time.sleep(1)
+        bot.wait_log("Application started", timeout=300)
+        first = ask_status(fake)
         for _ in range(asks):
-            mark = fake.call_count()
-            sent = time.time()
-            fake.send_text(CHAT, "/status", user_id=CHAT)
-            call = fake.wait_for_call("sendMessage", lambda c: "Fleet" in str(c.params.get("text", "")),
-                                      timeout=60, after=mark)
-            out.append(call.time - sent)
+            out.append(ask_status(fake))
         bot.stop()
-    return out
+    return first, out
+
+
+def ask_status(fake: FakeTelegram) -> float:
+    """Seconds from sending /status until the fleet overview reaches the fake Bot API."""
+    mark = fake.call_count()
+    sent = time.time()
+    fake.send_text(CHAT, "/status", user_id=CHAT)
+    call = fake.wait_for_call("sendMessage", lambda c: "Fleet" in str(c.params.get("text", "")), timeout=300,
+                              after=mark)
+    return call.time - sent
 
 
 # ---------------------------------------------------------------------------------------------- backlog
@@ -599,7 +605,7 @@ def run(args: argparse.Namespace, tmp: Path, command: str, load_before: str) -> 
         fill_started = time.monotonic()
         fill_sqlite(status_url, args.status_rows, args.devices)
         fill_s = time.monotonic() - fill_started
-        status = status_latency(status_url, broker.bootstrap, broker, fake, tmp)
+        first_status, status = status_latency(status_url, broker.bootstrap, broker, fake, tmp)
 
         print(f"backlog of {args.backlog:,} messages of {args.backlog_bytes // 1024} KiB ...", flush=True)
         big_topic = f"bench.big.{uuid.uuid4().hex[:6]}"
@@ -642,7 +648,8 @@ def run(args: argparse.Namespace, tmp: Path, command: str, load_before: str) -> 
     print(f"  /status (fleet) at {args.status_rows:,} samples, {args.devices:,} devices: median "
           f"{statistics.median(status):.3f} s, max {max(status):.3f} s of {len(status)} "
           f"({', '.join(f'{x:.3f}' for x in status)})   target ≤ "
-          f"{TARGET_STATUS_S:.1f} s   {verdict(status_ok)}   (store filled in {fill_s:.0f} s)")
+          f"{TARGET_STATUS_S:.1f} s   {verdict(status_ok)}")
+    print(f"      (store filled in {fill_s:.0f} s; first /status after start-up, not counted: {first_status:.3f} s)")
     ok.append(status_ok)
     peak = max(lite.hwm, pg.hwm)
     rss_ok = 0 < peak <= TARGET_RSS_BYTES

@@ -76,6 +76,8 @@ class KafkaSource:
             "heartbeat.interval.ms": max(100, settings.kafka_session_timeout_ms // 4),
             # The default (5 minutes) leaves a topic created after the bot started unread for that long.
             "topic.metadata.refresh.interval.ms": 5000,
+            # librdkafka's read-ahead (64 MiB by default) is memory of the bot too; 16 MiB keeps several batches.
+            "queued.max.messages.kbytes": 16384,
             "error_cb": self._on_error,
             # librdkafka logs each failed connection attempt at ERR, the same failures error_cb reports:
             # only its critical lines reach our log.
