@@ -205,7 +205,7 @@ async def _connect(application: Application) -> None:
 
 async def _start_ingestion(application: Application, watch_silences: bool) -> None:
     """Load the model and start ingestion, before and whatever Telegram does; the watch of silences,
-    reminders and mutes runs in one process of a fleet only (`watch_silences`)."""
+    reminders and mutes, and retention, run in one process of a fleet only (`watch_silences`)."""
     settings: Settings = application.bot_data["settings"]
     model: ActiveModel = application.bot_data["model"]
     if not settings.allowed_chat_ids:
@@ -241,9 +241,11 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     application.job_queue.run_repeating(
         tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages"
     )
-    # Soon after start as well as daily: a bot restarted every day still downsamples.
-    application.job_queue.run_repeating(retention.daily, interval=retention.DAY_S, first=RETENTION_FIRST_S,
-                                        data=settings.retention_days, name="retention")
+    if watch_silences:
+        # In one process of a fleet: two downsampling the same device at once would count samples twice.
+        # Soon after start as well as daily: a bot restarted every day still downsamples.
+        application.job_queue.run_repeating(retention.daily, interval=retention.DAY_S, first=RETENTION_FIRST_S,
+                                            data=settings.retention_days, name="retention")
     # Everything made so far (libraries, the model) lives as long as the process: the garbage collector
     # need not walk it again on every full collection, which cost ingestion about a third of its time.
     gc.freeze()
