@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import peewee as pw
@@ -15,18 +14,6 @@ from ml.data import training_frame
 NOW = 1764226800.0  # 2025-11-27 07:00 UTC, a multiple of five minutes
 DAY = 86400.0
 DAYS = 14
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
-    else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
-    yield database
-    database.close()
 
 
 def every_5s(device: str, start: float, count: int, **metrics: float) -> list[Sample]:
