@@ -14,18 +14,16 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
 
 from telegram import Bot, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
-from bot import store
 from bot.store import Incident, Notice
 
 log = logging.getLogger(__name__)
-CLAIM_S = 60.0  # a claimed row is another sender's for this long (longer than one send with retries)
 SEND_TIMEOUT_S = 30.0  # wait long for an answer: a send that times out may have gone through
+CLAIM_S = SEND_TIMEOUT_S + 15  # a row is claimed just before its send, for longer than that send can take
 RETRY_S = (5.0, 15.0, 60.0, 300.0)  # after a network error or a 5xx, by attempt
 BATCH = 50
 
@@ -41,12 +39,14 @@ def _free(now: float) -> object:
     return Notice.claimed_until.is_null() | (Notice.claimed_until < now)
 
 
-def _claim(notice_id: int, now: float) -> bool:
+def claim(notice_id: int) -> bool:
+    """Take one row for this process, or learn that another process has it."""
+    now = time.time()
     return Notice.update(claimed_until=now + CLAIM_S).where((Notice.id == notice_id) & _free(now)).execute() == 1
 
 
 def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
-    """Claimed unsent notices whose time has come, oldest first, with the message a reply answers."""
+    """Unsent, unclaimed notices whose time has come, oldest first, with the message a reply answers."""
     rows = (Notice.select(Notice, Incident).join(Incident)
             .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(now))
             .order_by(Notice.id).limit(BATCH))
@@ -59,8 +59,7 @@ def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
             if alert is not None and alert.sent is None and alert.failed is None:
                 continue  # the alert goes first; this reply answers it
             reply_to = alert.message_id if alert is not None else None
-        if _claim(notice.id, now):
-            out.append((notice, notice.incident, reply_to))
+        out.append((notice, notice.incident, reply_to))
     return out
 
 
@@ -73,7 +72,7 @@ def stale(now: float, edit_every_s: float) -> list[tuple[Notice, Incident]]:
                     & ((Incident.state != "open") | Notice.edited.is_null() | (Incident.acted > Notice.edited)
                        | (Notice.edited <= now - edit_every_s)))
              .order_by(Notice.id).limit(BATCH))
-    return [(n, n.incident) for n in query if _claim(n.id, now)]
+    return [(n, n.incident) for n in query]
 
 
 def record_sent(notice_id: int, message_id: int, revision: int, now: float) -> None:
@@ -98,9 +97,8 @@ def record_failed(notice_id: int, error: str) -> None:
     Notice.update(failed=error[:500], claimed_until=None).where(Notice.id == notice_id).execute()
 
 
-def release(notice_ids: list[int]) -> None:
-    if notice_ids:
-        Notice.update(claimed_until=None).where(Notice.id.in_(notice_ids)).execute()
+def release(notice_id: int) -> None:
+    Notice.update(claimed_until=None).where(Notice.id == notice_id).execute()
 
 
 class Sender:
@@ -120,14 +118,16 @@ class Sender:
             return
         async with self._running:
             now = time.time()
-            notices = await asyncio.to_thread(_atomic, due, now)
+            notices = await asyncio.to_thread(due, now)
             await self._deliver(bot, notices)
             if time.monotonic() >= self._paused_until:
-                edits = await asyncio.to_thread(_atomic, partial(stale, edit_every_s=self.edit_every_s), time.time())
+                edits = await asyncio.to_thread(stale, time.time(), self.edit_every_s)
                 await self._edit(bot, edits)
 
     async def _deliver(self, bot: Bot, notices: list[tuple[Notice, Incident, int | None]]) -> None:
-        for index, (notice, incident, reply_to) in enumerate(notices):
+        for notice, incident, reply_to in notices:
+            if not await asyncio.to_thread(claim, notice.id):
+                continue  # another process sends this one
             if notice.kind == "alert":
                 text, markup = await asyncio.to_thread(self.render, incident)
             else:
@@ -139,7 +139,7 @@ class Sender:
                     read_timeout=SEND_TIMEOUT_S, write_timeout=SEND_TIMEOUT_S,
                 )
             except RetryAfter as exc:
-                await self._flood(exc, [n.id for n, _, _ in notices[index:]])
+                await self._flood(exc, notice.id)
                 return
             except (Forbidden, BadRequest) as exc:
                 await asyncio.to_thread(record_failed, notice.id, exc.message)
@@ -149,7 +149,6 @@ class Sender:
                 self._down(exc)
                 wait = RETRY_S[min(notice.attempts, len(RETRY_S) - 1)]
                 await asyncio.to_thread(record_retry, notice.id, wait, time.time(), exc.message)
-                await asyncio.to_thread(release, [n.id for n, _, _ in notices[index + 1:]])
                 return
             except Exception as exc:  # a bug must cost one message a delay, not the whole outbox
                 log.exception("sending notice %d failed", notice.id)
@@ -162,13 +161,15 @@ class Sender:
                      notice.chat_id)
 
     async def _edit(self, bot: Bot, edits: list[tuple[Notice, Incident]]) -> None:
-        for index, (notice, incident) in enumerate(edits):
+        for notice, incident in edits:
+            if not await asyncio.to_thread(claim, notice.id):
+                continue
             text, markup = await asyncio.to_thread(self.render, incident)
             try:
                 await bot.edit_message_text(text, notice.chat_id, notice.message_id, parse_mode=ParseMode.HTML,
                                             reply_markup=markup)
             except RetryAfter as exc:
-                await self._flood(exc, [n.id for n, _ in edits[index:]])
+                await self._flood(exc, notice.id)
                 return
             except BadRequest as exc:
                 if "not modified" not in exc.message.lower():
@@ -179,15 +180,15 @@ class Sender:
                 self._dead(notice.chat_id, exc)
             except TelegramError as exc:
                 self._down(exc)
-                await asyncio.to_thread(release, [n.id for n, _ in edits[index:]])
+                await asyncio.to_thread(release, notice.id)
                 return
             await asyncio.to_thread(record_edit, notice.id, incident.revision, time.time())
 
-    async def _flood(self, exc: RetryAfter, unsent: list[int]) -> None:
+    async def _flood(self, exc: RetryAfter, notice_id: int) -> None:
         seconds = retry_seconds(exc.retry_after)
-        log.warning("Telegram asks to wait %.0f s (flood limit); %d messages wait", seconds, len(unsent))
+        log.warning("Telegram asks to wait %.0f s (flood limit); the messages wait", seconds)
         self._paused_until = time.monotonic() + seconds
-        await asyncio.to_thread(release, unsent)
+        await asyncio.to_thread(release, notice_id)
 
     def _dead(self, chat_id: int, exc: TelegramError) -> None:
         if chat_id not in self._dead_chats:
@@ -205,7 +206,3 @@ class Sender:
             self._outage = False
             log.info("Telegram takes messages again")
 
-
-def _atomic(function: Callable[[float], list], now: float) -> list:
-    with store.db.atomic():
-        return function(now)

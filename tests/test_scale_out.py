@@ -55,7 +55,7 @@ def test_a_bot_and_two_workers_store_every_sample_once_and_alert_each_stressed_d
         produce(kafka_broker.bootstrap, topic, fleet(start, SAMPLES // 2, SAMPLES))
         wait_until(lambda: store.Metric.select().count() == DEVICES * SAMPLES, timeout=120,
                    what="every sample stored")
-        # A worker killed while sending keeps the rows it claimed for CLAIM_S; then another process sends them.
+        # A worker killed while sending keeps the one row it claimed for CLAIM_S; then another process sends it.
         wait_until(lambda: len(alerts(telegram)) >= len(STRESSED), timeout=CLAIM_S + 30,
                    what="an alert per stressed device")
         time.sleep(2)  # a second alert for a device would be out by now
