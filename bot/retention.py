@@ -91,13 +91,7 @@ def downsample(now: float, days: float) -> Downsampled:
 
 
 # A loose index scan over (device, ts): one seek per device, not a pass over every sample.
-DEVICES_WITH_OLD_SAMPLES_SQL = """
-WITH RECURSIVE devices(device) AS (
-    SELECT MIN(device) FROM metric
-    UNION ALL
-    SELECT (SELECT MIN(m.device) FROM metric AS m WHERE m.device > devices.device) FROM devices
-    WHERE devices.device IS NOT NULL
-)
+DEVICES_WITH_OLD_SAMPLES_SQL = store.DEVICES_CTE.format(table="metric") + """
 SELECT device FROM devices
 WHERE device IS NOT NULL AND (SELECT MIN(m.ts) FROM metric AS m WHERE m.device = devices.device) < {param}
 """

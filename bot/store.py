@@ -458,13 +458,14 @@ def _stored(row: Metric) -> StoredSample:
 
 # A loose index scan: one index seek per device instead of reading the whole (device, ts) index, so the
 # cost grows with the number of devices, not with the number of stored samples (SQLite and Postgres).
-_LATEST_PER_DEVICE_SQL = """
+DEVICES_CTE = """
 WITH RECURSIVE devices(device) AS (
     SELECT MIN(device) FROM {table}
     UNION ALL
     SELECT (SELECT MIN(m.device) FROM {table} AS m WHERE m.device > devices.device) FROM devices
     WHERE devices.device IS NOT NULL
-)
+)"""
+_LATEST_PER_DEVICE_SQL = DEVICES_CTE + """
 SELECT * FROM {table} WHERE id IN (
     SELECT (SELECT m.id FROM {table} AS m WHERE m.device = devices.device ORDER BY m.{ts} DESC LIMIT 1)
     FROM devices WHERE devices.device IS NOT NULL
@@ -650,13 +651,7 @@ def _points_sql(table: str, ts: str, columns: list[str]) -> str:
 
 # Every device's samples of its last `seconds`: a walk over the devices (as above), then a range of the
 # (device, ts) index each.
-RECENT_PER_DEVICE_SQL = """
-WITH RECURSIVE devices(device) AS (
-    SELECT MIN(device) FROM metric
-    UNION ALL
-    SELECT (SELECT MIN(m.device) FROM metric AS m WHERE m.device > devices.device) FROM devices
-    WHERE devices.device IS NOT NULL
-), newest(device, ts) AS (
+RECENT_PER_DEVICE_SQL = DEVICES_CTE.format(table="metric") + """, newest(device, ts) AS (
     SELECT device, (SELECT MAX(m.ts) FROM metric AS m WHERE m.device = devices.device) FROM devices
     WHERE devices.device IS NOT NULL
 )
