@@ -118,8 +118,10 @@ class Decider:
             by_device.setdefault(sample.device, []).append(sample)
         _update_devices(by_device, now)
         open_incidents: dict[tuple[str, str], Incident] = {}
-        for incident in Incident.select().where((Incident.state == OPEN) & Incident.device.in_(list(by_device))):
-            open_incidents[(incident.device, incident.metric or incident.kind)] = incident
+        # Few open incidents, many devices: ask for the open ones, then keep those of this batch's devices.
+        for incident in Incident.select().where(Incident.state == OPEN):
+            if incident.device in by_device:
+                open_incidents[(incident.device, incident.metric or incident.kind)] = incident
         muted = _muted(now)
         for device, samples in by_device.items():
             silent = open_incidents.get((device, SILENT))
@@ -307,8 +309,7 @@ _UPDATE_DEVICES_SQL = (
 def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> None:
     """One row per device: the newest sample and the usual interval, for /status and the silence check."""
     known = {name: (device_id, last_ts, interval) for device_id, name, last_ts, interval in
-             Device.select(Device.id, Device.name, Device.last_ts, Device.interval)
-             .where(Device.name.in_(list(by_device))).tuples()}
+             _rows_of("SELECT id, name, last_ts, interval FROM device WHERE name IN ({})", list(by_device))}
     created, changed = [], []
     for name, samples in by_device.items():
         newest = samples[-1]
@@ -335,6 +336,15 @@ def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> Non
         chunk = [(*values, int(values[1] is not None)) for values in changed[start:start + _DEVICE_CHUNK]]
         store.db.obj.execute_sql(_UPDATE_DEVICES_SQL.format(rows=", ".join([row] * len(chunk))),
                                  [value for values in chunk for value in values])
+
+
+def _rows_of(sql: str, names: list[str]) -> list[tuple]:
+    """A query with one `IN ({})` list of names, in chunks of _DEVICE_CHUNK; plain SQL, as it runs per batch."""
+    param, rows = store.db.obj.param, []
+    for start in range(0, len(names), _DEVICE_CHUNK):
+        chunk = names[start:start + _DEVICE_CHUNK]
+        rows += store.db.obj.execute_sql(sql.format(", ".join([param] * len(chunk))), chunk).fetchall()
+    return rows
 
 
 def _gap(samples: list[StoredSample]) -> float | None:
