@@ -23,7 +23,6 @@ from ml.retrain import Retrained
 from ml.versions import detail as version_detail
 from ml.versions import table as versions_table
 
-LABEL_VALUES = {1: "stressed", 0: "normal"}
 ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
 FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
 
