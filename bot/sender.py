@@ -39,10 +39,14 @@ def _free(now: float) -> object:
     return Notice.claimed_until.is_null() | (Notice.claimed_until < now)
 
 
-def claim(notice_id: int) -> bool:
-    """Take one row for this process, or learn that another process has it."""
+def claim(notice_id: int, unsent: bool) -> bool:
+    """Take one row for this process, or learn that another process has it (or, with `unsent`, has sent it
+    since this one read it: the claim is checked against the row as it is now)."""
     now = time.time()
-    return Notice.update(claimed_until=now + CLAIM_S).where((Notice.id == notice_id) & _free(now)).execute() == 1
+    which = (Notice.id == notice_id) & _free(now)
+    if unsent:
+        which &= Notice.sent.is_null() & Notice.failed.is_null()
+    return Notice.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
 
 
 def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
@@ -126,8 +130,8 @@ class Sender:
 
     async def _deliver(self, bot: Bot, notices: list[tuple[Notice, Incident, int | None]]) -> None:
         for notice, incident, reply_to in notices:
-            if not await asyncio.to_thread(claim, notice.id):
-                continue  # another process sends this one
+            if not await asyncio.to_thread(claim, notice.id, True):
+                continue  # another process sends (or sent) this one
             if notice.kind == "alert":
                 text, markup = await asyncio.to_thread(self.render, incident)
             else:
@@ -162,7 +166,7 @@ class Sender:
 
     async def _edit(self, bot: Bot, edits: list[tuple[Notice, Incident]]) -> None:
         for notice, incident in edits:
-            if not await asyncio.to_thread(claim, notice.id):
+            if not await asyncio.to_thread(claim, notice.id, False):
                 continue
             text, markup = await asyncio.to_thread(self.render, incident)
             try:

@@ -4,6 +4,7 @@ hysteresis, silence, reminders, snooze, mute, forecasts, and the buttons' effect
 from __future__ import annotations
 
 import json
+import time
 
 import peewee as pw
 import pytest
@@ -170,3 +171,15 @@ def test_a_flood_limit_is_read_in_seconds_or_as_a_timedelta() -> None:
 
     assert retry_seconds(3) == 3.0
     assert retry_seconds(timedelta(seconds=42)) == 42.0
+
+
+def test_a_notice_another_process_sent_after_this_one_read_it_is_not_claimed_again(decider: Decider) -> None:
+    from bot.sender import claim, due, record_sent
+
+    feed(decider, "pc1", [0.9])
+    read_here = [notice.id for notice, _, _ in due(time.time())]  # this process reads the outbox...
+    for notice_id in read_here:  # ...while another one claims, sends and records every row
+        assert claim(notice_id, True)
+        record_sent(notice_id, 100 + notice_id, 1, time.time())
+
+    assert read_here and not any(claim(notice_id, True) for notice_id in read_here)
