@@ -113,8 +113,9 @@ class Decider:
         if not new:
             return
         now = time.time() if now is None else now
+        ordered = sorted(new, key=lambda s: s.ts)  # the state machines and the trends walk time forward
         by_device: dict[str, list[StoredSample]] = {}
-        for sample in sorted(new, key=lambda s: s.ts):
+        for sample in ordered:
             by_device.setdefault(sample.device, []).append(sample)
         _update_devices(by_device, now)
         open_incidents: dict[tuple[str, str], Incident] = {}
@@ -130,7 +131,7 @@ class Decider:
                 self.resolve(silent, RESOLVED, samples[0].ts, f"✅ {device} is reporting again after {gap} of silence",
                              now)
             self._follow(device, samples, open_incidents.get((device, STRESSED)), device in muted, now)
-        self._forecasts(new, by_device, open_incidents, muted, now)
+        self._forecasts(ordered, by_device, open_incidents, muted, now)
 
     def _follow(self, device: str, samples: list[StoredSample], incident: Incident | None, muted: bool,
                 now: float) -> None:
@@ -164,10 +165,10 @@ class Decider:
         metrics = _model_metrics(sample.metrics)
         return {"drivers": self.drivers(sample.metrics), "metrics": metrics, "peak": metrics}
 
-    def _forecasts(self, new: list[StoredSample], by_device: dict[str, list[StoredSample]],
+    def _forecasts(self, ordered: list[StoredSample], by_device: dict[str, list[StoredSample]],
                    open_incidents: dict[tuple[str, str], Incident], muted: set[str], now: float) -> None:
         """A new forecast episode opens an incident; an open one follows its forecast and ends with it."""
-        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics) for s in sorted(new, key=lambda s: s.ts))
+        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics) for s in ordered)
         for (device, metric), incident in open_incidents.items():
             if incident.kind != FORECAST:
                 continue
