@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,7 +61,7 @@ class WireError(ValueError):
     """A message that does not follow wire format v1; the text is the reason."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is made per message, and a frozen one costs twice as much to make
 class Sample:
     device: str
     ts: float
@@ -140,6 +141,10 @@ def _device(device: object) -> str:
 
 
 MAX_DEVICES_SEEN = 100_000
+# (lows, highs) of the known metrics in the order a sender lists them; a fleet's agents use one or a few orders.
+_BOUNDS_BY_NAMES: dict[tuple[str, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+MAX_NAME_ORDERS = 1000
+_FLOAT = {float}
 _DEVICES_SEEN: set[str] = set()
 
 
@@ -163,8 +168,25 @@ def parse(value: bytes | None, key: bytes | None = None) -> Sample:
         raise WireError("metrics must be an object of names to numbers")
     if len(metrics) > MAX_METRICS:
         raise WireError(f"more than {MAX_METRICS} metrics")
+    return Sample(device=device, ts=_parse_ts(doc.get("ts")), metrics=_metrics(metrics))
+
+
+def _metrics(metrics: dict) -> dict[str, float]:
+    """The metrics as floats, each checked. The bot's hot path: a message of known metrics, all floats within
+    their bounds, is checked in a few passes in C; anything else goes through the loop that names the fault."""
+    names = tuple(metrics)
+    bounds = _BOUNDS_BY_NAMES.get(names)
+    if bounds is None and metrics.keys() <= BOUNDS.keys():
+        if len(_BOUNDS_BY_NAMES) >= MAX_NAME_ORDERS:
+            _BOUNDS_BY_NAMES.clear()
+        bounds = _BOUNDS_BY_NAMES[names] = (tuple(BOUNDS[n][0] for n in names), tuple(BOUNDS[n][1] for n in names))
+    if bounds is not None:
+        values = tuple(metrics.values())
+        lows, highs = bounds
+        if (set(map(type, values)) == _FLOAT and all(map(operator.le, lows, values))
+                and all(map(operator.ge, highs, values))):
+            return metrics  # a new dict of orjson's, no one else's
     clean: dict[str, float] = {}
-    # The bot's hot path: one loop, no call per metric.
     for name, number in metrics.items():
         bounds = BOUNDS.get(name)
         if bounds is None:  # a known name is valid; any other is checked
@@ -183,4 +205,5 @@ def parse(value: bytes | None, key: bytes | None = None) -> Sample:
         if not low <= value <= high:
             raise _out_of_range(name, value, low, high)
         clean[name] = value
-    return Sample(device=device, ts=_parse_ts(doc.get("ts")), metrics=clean)
+    return clean
+
