@@ -331,7 +331,7 @@ def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
     with an open incident stays alerted, so a restart does not repeat it."""
     forecaster.observe(store.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
     forecaster.restore_alerted(incidents.open_forecasts())
-    log.info("forecasts rebuilt for %d devices", len({device for device, _ in forecaster.latest}))
+    log.info("forecasts rebuilt for %d devices", forecaster.devices())
 
 
 async def _shut_down(application: Application) -> None:

@@ -57,19 +57,16 @@ class Trend:
     def __init__(self, edge: float) -> None:
         self.edge = edge
         self.medians: deque[tuple[float, float]] = deque()  # (interval centre, median), oldest first
-        self.open_index: int | None = None
+        self.open_index: int | None = None  # the interval samples go into; an earlier one's are late
+        self.latest: tuple[int, float] = (0, 0.0)  # (sample id, ts) of the newest sample taken
         self.open_values: deque[float] = deque(maxlen=VALUES_PER_BUCKET)
         self.slope = 0.0  # per second, as of the last closed interval
         self.ref_ts = 0.0
         self.ref_level: float | None = None  # the level at ref_ts; None until there is a trend
 
-    def accepts(self, ts: float) -> bool:
-        """A late sample, of an interval already closed, is left out, so live and rebuilt states see the same data."""
-        return self.open_index is None or int(ts // BUCKET_S) >= self.open_index
-
-    def add(self, ts: float, value: float) -> bool:
-        """Take one sample it accepts; True when it closed an interval and the line was refit."""
-        index = int(ts // BUCKET_S)
+    def add(self, index: int, value: float) -> bool:
+        """Take one sample of interval `index` (not an interval already closed); True when it closed an
+        interval and the line was refit."""
         closed = self.open_index is not None and index > self.open_index
         if closed:
             self._close()
@@ -132,30 +129,40 @@ class Forecaster:
 
     def __init__(self, horizon_s: float) -> None:
         self.horizon_s = horizon_s
-        self.trends: dict[tuple[str, str], Trend] = {}
-        self.latest: dict[tuple[str, str], tuple[int, float]] = {}  # (sample id, ts) of the newest sample
+        self.trends: dict[str, dict[str, Trend]] = {}  # device -> metric -> trend
         self.alerted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def observe(self, samples: Iterable[tuple[int, str, float, dict[str, float]]]) -> list[Forecast]:
         """Feed (id, device, ts, metrics) samples in the order they were taken; return the forecasts that
-        reach the edge within the horizon in an episode not alerted yet (the newest per device and metric)."""
+        reach the edge within the horizon in an episode not alerted yet (the newest per device and metric).
+
+        A late sample, of an interval already closed, is left out, so live and rebuilt states see the same data.
+        """
         due: dict[tuple[str, str], Forecast] = {}
         with self._lock:
             for sample_id, device, ts, metrics in samples:
+                trends = self.trends.get(device)
+                if trends is None:
+                    trends = self.trends[device] = {}
+                index = int(ts // BUCKET_S)
                 for name in TRENDED:
                     value = metrics.get(name)
                     if value is None:
                         continue
-                    key = (device, name)
-                    trend = self.trends.get(key)
+                    trend = trends.get(name)
                     if trend is None:
-                        trend = self.trends[key] = Trend(ZONES[name].edge)
-                    if not trend.accepts(ts):
+                        trend = trends[name] = Trend(ZONES[name].edge)
+                    elif trend.open_index == index:  # nearly every sample: into the interval already open
+                        trend.open_values.append(value)
+                        trend.latest = (sample_id, ts)
                         continue
-                    self.latest[key] = (sample_id, ts)
-                    if not trend.add(ts, value):
+                    elif index < trend.open_index:  # type: ignore[operator]  # a trend has an open interval
                         continue
+                    trend.latest = (sample_id, ts)
+                    if not trend.add(index, value):
+                        continue
+                    key = (device, name)
                     forecast = self._forecast(key)
                     if key in self.alerted and self._ended(forecast):
                         self.alerted.discard(key)
@@ -165,9 +172,15 @@ class Forecaster:
                         due.pop(key, None)
         return list(due.values())
 
+    def devices(self) -> int:
+        """How many devices have a trend."""
+        with self._lock:
+            return len(self.trends)
+
     def _forecast(self, key: tuple[str, str]) -> Forecast | None:
-        sample_id, ts = self.latest[key]
-        now = self.trends[key].at(ts)
+        trend = self.trends[key[0]][key[1]]
+        sample_id, ts = trend.latest
+        now = trend.at(ts)
         if now is None:
             return None
         level, slope_per_h, eta_s = now
@@ -190,10 +203,11 @@ class Forecaster:
         """After a rebuild: the episodes alerted before the restart that still hold stay alerted."""
         with self._lock:
             for key in keys:
-                if key in self.latest and not self._ended(self._forecast(key)):
+                if key[1] in self.trends.get(key[0], {}) and not self._ended(self._forecast(key)):
                     self.alerted.add(key)
 
     def forecasts(self, device: str) -> dict[str, Forecast | None]:
         """The current forecast of each trended metric the device reports; None while there is too little data."""
         with self._lock:
-            return {name: self._forecast((device, name)) for name in TRENDED if (device, name) in self.latest}
+            trends = self.trends.get(device, {})
+            return {name: self._forecast((device, name)) for name in TRENDED if name in trends}

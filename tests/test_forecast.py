@@ -144,7 +144,7 @@ def test_the_state_of_a_device_stays_bounded_over_a_long_run() -> None:
 
     feed(forecaster, T0, [50.0 + (minute % 7) for minute in range(3 * 24 * 60)])
 
-    assert len(forecaster.trends[("pc1", "disk_percent")].medians) <= WINDOW_BUCKETS + 1
+    assert len(forecaster.trends["pc1"]["disk_percent"].medians) <= WINDOW_BUCKETS + 1
 
 
 def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_built_live(
