@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 
+import peewee as pw
+
 from bot import store
 from bot.baselines import Baselines
 from bot.forecast import Forecast, Forecaster
@@ -296,15 +298,24 @@ def open_forecasts() -> Iterable[tuple[str, str]]:
 # One statement for a whole batch's devices: a save() per device per batch cost more than the batch's insert.
 _DEVICE_CHUNK = 500
 # A row whose `newer` is 0 only says the device was heard from: its newest sample stays.
-_UPDATE_DEVICES_SQL = (
-    'WITH v(id, last_ts, last_received, last_metric, last_p, gap, newer) AS (VALUES {rows}) '
+_SET_DEVICES = (
     'UPDATE device SET last_received = v.last_received, '
     'last_ts = CASE WHEN v.newer = 1 THEN v.last_ts ELSE device.last_ts END, '
     'last_metric = CASE WHEN v.newer = 1 THEN v.last_metric ELSE device.last_metric END, '
     'last_p = CASE WHEN v.newer = 1 THEN v.last_p ELSE device.last_p END, '
     '"interval" = CASE WHEN v.newer = 1 THEN v.gap ELSE device."interval" END '
-    'FROM v WHERE device.id = v.id'
+    'FROM {source} WHERE device.id = v.id'
 )
+_DEVICE_COLUMNS = "v(id, last_ts, last_received, last_metric, last_p, gap, newer)"
+_SQLITE_DEVICE_ROW = "(?, ?, ?, ?, ?, ?, ?)"  # SQLite: the rows as VALUES
+# PostgreSQL: one array literal per column, several times faster for it to read than rows of VALUES.
+_PG_SET_DEVICES = _SET_DEVICES.format(source="unnest(%s::bigint[], %s::float8[], %s::float8[], %s::bigint[], "
+                                             f"%s::float8[], %s::float8[], %s::int[]) AS {_DEVICE_COLUMNS}")
+
+
+def _array(column: Iterable[object]) -> str:
+    """A PostgreSQL array literal of numbers and NULLs."""
+    return "{" + ",".join("NULL" if value is None else repr(value) for value in column) + "}"
 
 
 def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> None:
@@ -328,15 +339,15 @@ def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> Non
         changed.append((device_id, newest.ts, now, newest.id, newest.p_stressed, interval))
     for start in range(0, len(created), _DEVICE_CHUNK):
         Device.insert_many(created[start:start + _DEVICE_CHUNK]).execute()
-    # The casts give a column of NULLs a type (PostgreSQL); SQLite reads them as its REAL and INTEGER.
-    p = store.db.obj.param
-    row = (f"(CAST({p} AS BIGINT), CAST({p} AS DOUBLE PRECISION), CAST({p} AS DOUBLE PRECISION), "
-           f"CAST({p} AS BIGINT), CAST({p} AS DOUBLE PRECISION), CAST({p} AS DOUBLE PRECISION), "
-           f"CAST({p} AS INTEGER))")
-    for start in range(0, len(changed), _DEVICE_CHUNK):
-        chunk = [(*values, int(values[1] is not None)) for values in changed[start:start + _DEVICE_CHUNK]]
-        store.db.obj.execute_sql(_UPDATE_DEVICES_SQL.format(rows=", ".join([row] * len(chunk))),
-                                 [value for values in chunk for value in values])
+    rows = [(*values, int(values[1] is not None)) for values in changed]
+    if rows and isinstance(store.db.obj, pw.PostgresqlDatabase):
+        store.db.obj.execute_sql(_PG_SET_DEVICES, [_array(column) for column in zip(*rows)])
+        return
+    for start in range(0, len(rows), _DEVICE_CHUNK):
+        chunk = rows[start:start + _DEVICE_CHUNK]
+        values = ", ".join([_SQLITE_DEVICE_ROW] * len(chunk))
+        store.db.obj.execute_sql(f"WITH {_DEVICE_COLUMNS} AS (VALUES {values}) " + _SET_DEVICES.format(source="v"),
+                                 [value for row in chunk for value in row])
 
 
 def _rows_of(sql: str, names: list[str]) -> list[tuple]:
