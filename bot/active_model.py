@@ -96,7 +96,7 @@ class ActiveModel:
         if current is None:
             return [None] * len(samples), None
         version, pipeline = current
-        return [float(p) for p in ml_model.predict(pipeline, samples)], version
+        return ml_model.predict(pipeline, samples).tolist(), version
 
     def drivers(self, sample: Mapping[str, float]) -> list[str]:
         """The metrics that pushed this sample toward stressed."""

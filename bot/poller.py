@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
@@ -37,10 +38,30 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 CONSUME_CHUNK = 500  # messages taken from librdkafka's queue at a time while a batch fills
 
 
+class Origins(Sequence[store.Origin]):
+    """Where each sample of a batch came from: its Kafka message. The store asks only for a sample it refuses,
+    so an origin is made only then, not once per message."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __getitem__(self, index: int) -> store.Origin:  # type: ignore[override]  # no slices
+        return origin(self.messages[index])
+
+
+def origin(message: Message) -> store.Origin:
+    kind, sent_ms = message.timestamp()
+    return store.Origin(f"{message.topic()}[{message.partition()}]@{message.offset()}", message.value(),
+                        None if kind == TIMESTAMP_NOT_AVAILABLE else sent_ms)
+
+
 @dataclass
 class Batch:
     samples: list[Sample] = field(default_factory=list)
-    origins: list[store.Origin] = field(default_factory=list)  # one per sample: where it came from
+    origins: Sequence[store.Origin] | None = None  # one per sample: where it came from
     rejects: list[store.Rejection] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # what to commit once stored
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # where to rewind on failure
@@ -115,7 +136,8 @@ class KafkaSource:
     def fetch(self, timeout: float) -> Batch:
         """Up to batch_size messages or MAX_BATCH_BYTES, parsed; an invalid one becomes a rejection with its
         reason. Waits up to `timeout` for the first message only, then takes what has already arrived."""
-        batch = Batch()
+        origins = Origins()
+        batch = Batch(origins=origins)
         first = self.consumer.poll(timeout)
         messages = [first] if first is not None else []
         count = size = 0
@@ -124,7 +146,7 @@ class KafkaSource:
                 error = message.error()
                 if error is None:
                     self._problem = None
-                    self._add(batch, message)
+                    self._add(batch, origins, message)
                     count += 1
                     size += len(message.value() or b"")
                 elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -139,25 +161,23 @@ class KafkaSource:
         return batch
 
     @staticmethod
-    def _add(batch: Batch, message: Message) -> None:
+    def _add(batch: Batch, origins: Origins, message: Message) -> None:
         partition = (message.topic(), message.partition())
         batch.first_offsets.setdefault(partition, message.offset())
         batch.next_offsets[partition] = message.offset() + 1
-        value = message.value()
-        kind, sent_ms = message.timestamp()
-        origin = store.Origin(f"{partition[0]}[{partition[1]}]@{message.offset()}", value,
-                              None if kind == TIMESTAMP_NOT_AVAILABLE else sent_ms)
         try:
-            sample = parse(value, message.key())
-        except WireError as exc:
-            batch.rejects.append(store.Rejection(origin.source, str(exc), value, origin.sent_ms))
-            return
-        except Exception as exc:  # a bug in parse: still one message, never the whole partition
-            log.exception("parsing %s failed", origin.source)
-            batch.rejects.append(store.Rejection(origin.source, f"could not be read: {exc!r}", value, origin.sent_ms))
+            sample = parse(message.value(), message.key())
+        except Exception as exc:
+            where = origin(message)
+            if isinstance(exc, WireError):
+                reason = str(exc)
+            else:  # a bug in parse: still one message, never the whole partition
+                log.exception("parsing %s failed", where.source)
+                reason = f"could not be read: {exc!r}"
+            batch.rejects.append(store.Rejection(where.source, reason, where.payload, where.sent_ms))
             return
         batch.samples.append(sample)
-        batch.origins.append(origin)
+        origins.messages.append(message)
 
     def commit(self, batch: Batch) -> None:
         """Commit the offsets after the batch: it is stored."""
@@ -246,9 +266,9 @@ class Poller:
         batch = self.source.fetch(timeout)
         if not batch.samples and not batch.rejects:
             return []
-        predictions, version = self.model.predict([s.metrics for s in batch.samples])
         try:
-            new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins or None,
+            predictions, version = self.model.predict([s.metrics for s in batch.samples])
+            new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins,
                                     on_stored=self.decider.decide)
         except Exception:
             self.source.rewind(batch)

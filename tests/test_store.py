@@ -110,6 +110,27 @@ def test_samples_with_different_metrics_in_one_batch_each_keep_their_own(databas
     }
 
 
+def test_any_device_name_and_value_is_stored_as_given(database: pw.Database) -> None:
+    # Past the wire format's checks: names that JSON escapes or that look like its syntax, numbers at the
+    # ends of a float, a missing prediction. Postgres gets a batch as JSON lines when it can, as CSV
+    # otherwise: each name alone, then the plain ones in one batch.
+    odd = ["a],[b", 'q"uote', "back\\slash", "line\nbreak"]
+    plain = ["null", "", "pé", "comma,s", "pc1"]
+    batches = [[(name, TS)] for name in odd + plain] + [[(name, TS + 5) for name in plain]]
+    for batch in batches:
+        samples = [sample(name, ts, cpu_percent=1e-7, uptime_s=1.5e14, mem_percent=0) for name, ts in batch]
+        new = store.store_batch(samples, [None, *[0.5] * (len(batch) - 1)], 4, [])
+        assert [(s.device, s.ts) for s in new] == batch
+
+    rows = {(row.device, row.ts): row for row in store.Metric.select()}
+    assert len(rows) == len(odd + plain) + len(plain)
+    for batch in batches:
+        for i, key in enumerate(batch):
+            row = rows[key]
+            assert (row.cpu_percent, row.uptime_s, row.mem_percent, row.swap_percent) == (1e-7, 1.5e14, 0.0, None)
+            assert (row.p_stressed, row.model_version) == ((None, None) if i == 0 else (0.5, 4))
+
+
 def test_unknown_metric_names_are_kept(database: pw.Database) -> None:
     new = store.store_batch([sample("gpu1", cpu_percent=5, gpu_percent=80.5, fan_rpm=1200)], [0.1], 1, [])
 
