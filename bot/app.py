@@ -18,6 +18,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any
 
+import peewee as pw
 from telegram import BotCommand, InlineKeyboardMarkup, Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
@@ -233,6 +234,8 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     poller = Poller(source, model, decider, sender, interval)
     application.bot_data.update(poller=poller, decider=decider, sender=sender)
     application.job_queue.run_repeating(send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
+    if store.checkpoint_in_background():
+        application.job_queue.run_repeating(checkpoint, interval=store.CHECKPOINT_S, name="checkpoint")
     # Often enough that a silence, a reminder or the end of a mute is seen within a quarter of its time.
     every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
                 (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
@@ -313,6 +316,15 @@ def _render(baselines: Baselines, incident: store.Incident) -> tuple[str, Inline
 async def send(context: ContextTypes.DEFAULT_TYPE) -> None:
     """The repeating job that delivers the outbox: the Sender comes in as job data."""
     await context.job.data.run(context.bot)
+
+
+async def checkpoint(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The repeating job that checkpoints SQLite beside ingestion. One that fails costs nothing: a commit
+    checkpoints once the log is long."""
+    try:
+        await asyncio.to_thread(store.checkpoint)
+    except pw.DatabaseError as exc:
+        log.debug("SQLite checkpoint failed: %s", exc)
 
 
 async def watch(context: ContextTypes.DEFAULT_TYPE) -> None:

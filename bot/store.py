@@ -285,6 +285,29 @@ def open_database(url: str) -> pw.Database:
     return database
 
 
+# SQLite copies its write-ahead log into the database file (a checkpoint) inside the commit that grows the log
+# past wal_autocheckpoint pages: by default 1,000 (4 MiB), every few batches, and the batch waits for it. The bot
+# checkpoints every CHECKPOINT_S beside ingestion instead (as SQLite's documentation suggests for busy writers),
+# and a commit checkpoints only what is left past WAL_PAGES: the log cannot grow without bound.
+CHECKPOINT_S = 1.0
+WAL_PAGES = 10_000
+
+
+def checkpoint_in_background() -> bool:
+    """SQLite: commits leave the checkpoints to `checkpoint`, to be called every CHECKPOINT_S beside
+    ingestion; False (nothing to do) on PostgreSQL."""
+    if _is_postgres():
+        return False
+    db.pragma("wal_autocheckpoint", WAL_PAGES, permanent=True)
+    return True
+
+
+def checkpoint() -> None:
+    """Copy what SQLite's write-ahead log holds into the database file, neither waiting for nor holding up
+    readers and writers (PASSIVE)."""
+    db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 def reachable() -> bool:
     """Whether the last attempt to connect to the database worked: False during an outage that something
     (the poller, a command) ran into, True again once a connection works."""

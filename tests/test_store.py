@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import threading
 from pathlib import Path
 
 import peewee as pw
@@ -34,6 +35,23 @@ def test_open_database_creates_the_sqlite_folder_and_file(tmp_path: Path) -> Non
     store.open_database(f"sqlite:///{folder}/rigwatch.sqlite3").close()
 
     assert (folder / "rigwatch.sqlite3").is_file()
+
+
+def test_sqlite_commits_leave_the_checkpoint_to_the_background_and_it_copies_the_whole_log(tmp_path: Path) -> None:
+    path = tmp_path / "rigwatch.sqlite3"
+    store.open_database(f"sqlite:///{path}")
+    assert store.checkpoint_in_background()
+    for batch in range(20):  # about 1,500 pages of log: past SQLite's own checkpoint at 1,000
+        samples = [sample(f"pc{i}", TS + 5 * batch, cpu_percent=i % 100, mem_percent=50) for i in range(1000)]
+        store.store_batch(samples, [0.1] * len(samples), 1, [])
+    wal = path.with_name(path.name + "-wal")
+    assert path.stat().st_size < 200_000 < 4_000_000 < wal.stat().st_size, "a commit checkpointed"
+
+    job = threading.Thread(target=store.checkpoint)  # as the bot's job does, from another thread
+    job.start()
+    job.join()
+
+    assert path.stat().st_size > 1_000_000  # the database file itself now holds the rows
 
 
 def test_it_returns_new_samples_and_ignores_a_redelivered_batch(database: pw.Database) -> None:
