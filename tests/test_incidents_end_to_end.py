@@ -9,7 +9,7 @@ import pytest
 
 from bot import store
 from tests.fakes.bot_process import BotProcess
-from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
+from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -178,6 +178,8 @@ def test_a_silent_machine_opens_an_incident_and_its_return_resolves_it(
         produce(kafka, topic, samples("pc2", time.time() - 10, [HEALTHY] * 3))
         silent = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> stopped reporting" in text, timeout=40)
         assert "last seen" in silent["text"]
+        # pc2 went silent too: its alert, after pc1's, would otherwise come before the answer to /status.
+        telegram.wait_for_message(CHAT, lambda text: "<b>pc2</b> stopped reporting" in text, timeout=WAIT_S)
         overview = ask(telegram, "/status")
         assert overview.index("pc1") < overview.index("pc2") and "silent" in overview
         produce(kafka, topic, samples("pc1", time.time(), [HEALTHY]))
