@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot import store
+from bot.forecast import BUCKET_S
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
@@ -45,7 +46,9 @@ def forecast_part(status: str) -> str:
 def test_a_filling_disk_is_forecast_once_explained_and_judged_and_a_restart_does_not_repeat_it(
     kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
 ) -> None:
-    fill_start = time.time() - 3 * 3600
+    # On the forecasts' 10-minute grid: an hour of fill is then six whole intervals, whatever the clock says.
+    # (Starting mid-interval, the trend needs one interval more, and this first hour may end without one.)
+    fill_start = (time.time() - 3 * 3600) // BUCKET_S * BUCKET_S
     flat = [(b"pc2", message("pc2", fill_start - 12 * 3600 + m * 2 * MINUTE, disk_percent=90.0 + m % 3 / 10))
             for m in range(7 * 60)]
     flat[-30] = (b"pc2", message("pc2", fill_start + 2 * 3600 - 60 * MINUTE + 1, disk_percent=99.9))  # one outlier
