@@ -90,8 +90,9 @@ class ActiveModel:
         self._current = (version, pipeline)
         log.info("model v%d is active", version)
 
-    def predict(self, samples: Sequence[Mapping[str, float]]) -> tuple[list[float | None], int | None]:
-        """P(stressed) of each sample and the version that said it; None for all when no model is loaded."""
+    def predict(self, samples: Sequence[Mapping[str, float]] | pd.DataFrame) -> tuple[list[float | None], int | None]:
+        """P(stressed) of each sample (its metrics, or a row of ml.features' frame) and the version that said
+        it; None for all when no model is loaded."""
         current = self._current
         if current is None:
             return [None] * len(samples), None

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
+from operator import attrgetter
 
 import peewee as pw
 
@@ -115,7 +116,7 @@ class Decider:
         if not new:
             return
         now = time.time() if now is None else now
-        ordered = sorted(new, key=lambda s: s.ts)  # the state machines and the trends walk time forward
+        ordered = sorted(new, key=attrgetter("ts"))  # the state machines and the trends walk time forward
         by_device: dict[str, list[StoredSample]] = {}
         for sample in ordered:
             by_device.setdefault(sample.device, []).append(sample)

@@ -25,12 +25,13 @@ from confluent_kafka import (
 from telegram import Bot
 
 from agent.collect import Collector, default_device_id
-from agent.wire import Sample, WireError, parse
+from agent.wire import KNOWN_METRICS, Sample, WireError, parse
 from bot import store
 from bot.active_model import ActiveModel
 from bot.config import Settings
 from bot.incidents import Decider
 from bot.sender import Sender
+from ml import features
 
 log = logging.getLogger(__name__)
 # A batch also ends at this many bytes of messages: BATCH_SIZE messages of 60 KiB each would hold 300 MB.
@@ -267,9 +268,11 @@ class Poller:
         if not batch.samples and not batch.rejects:
             return []
         try:
-            predictions, version = self.model.predict([s.metrics for s in batch.samples])
+            # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
+            values = store.known_values(batch.samples)
+            predictions, version = self.model.predict(features.table(values, KNOWN_METRICS))
             new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins,
-                                    on_stored=self.decider.decide)
+                                    on_stored=self.decider.decide, values=values)
         except Exception:
             self.source.rewind(batch)
             raise

@@ -317,8 +317,10 @@ def reachable() -> bool:
 def store_batch(
     samples: list[Sample], predictions: list[float | None], version: int | None, rejects: list[Rejection],
     origins: Sequence[Origin] | None = None, on_stored: Callable[[list[StoredSample]], None] | None = None,
+    values: list[tuple[float | None, ...]] | None = None,
 ) -> list[StoredSample]:
     """Store a batch in one transaction; return the samples that were new (not redelivered), in batch order.
+    `values` are the samples' `known_values`, when the caller has them already.
 
     `on_stored` gets the new samples inside that transaction: what it decides (incidents, their messages)
     is stored together with the batch, or not at all.
@@ -328,7 +330,8 @@ def store_batch(
     """
     now = time.time()
     refused: list[Rejection] = []
-    items = _items(samples, predictions, origins, version, now, refused)
+    items = _items(samples, predictions, known_values(samples) if values is None else values, origins, version, now,
+                   refused)
     with db.atomic():
         new = _insert(items, refused, origins)
         rows = [_rejected_row(r, now) for r in [*rejects, *refused]]
@@ -344,6 +347,11 @@ def store_batch(
 # The columns of a stored sample, in the order of the row tuples handed to the driver.
 COLUMNS = ("device", "ts", "received", "extra", "p_stressed", "model_version", *KNOWN_METRICS)
 _KNOWN = frozenset(KNOWN_METRICS)
+
+
+def known_values(samples: Sequence[Sample]) -> list[tuple[float | None, ...]]:
+    """Each sample's known metrics in the order of KNOWN_METRICS, None where it has none."""
+    return [tuple(map(sample.metrics.get, KNOWN_METRICS)) for sample in samples]
 
 
 class _Item(NamedTuple):
@@ -364,27 +372,25 @@ def _refusal(item: _Item, exc: Exception, origins: Sequence[Origin] | None) -> R
 
 
 def _items(
-    samples: list[Sample], predictions: list[float | None], origins: Sequence[Origin] | None, version: int | None,
-    now: float, refused: list[Rejection],
+    samples: list[Sample], predictions: list[float | None], values: list[tuple[float | None, ...]],
+    origins: Sequence[Origin] | None, version: int | None, now: float, refused: list[Rejection],
 ) -> list[_Item]:
     """One plain row tuple per distinct (device, ts); the first of duplicates in a batch is the one stored."""
     if origins is not None and len(origins) != len(samples):
         raise ValueError("an origin for each sample")
     items: dict[tuple[str, float], _Item] = {}
-    for index, (sample, p) in enumerate(zip(samples, predictions, strict=True)):
+    for index, (sample, p, known) in enumerate(zip(samples, predictions, values, strict=True)):
         key = (sample.device, sample.ts)
         if key in items:
             continue
-        metrics = sample.metrics
         extra = None
-        if not metrics.keys() <= _KNOWN:
+        if not sample.metrics.keys() <= _KNOWN:
             try:
-                extra = json.dumps({k: v for k, v in metrics.items() if k not in _KNOWN}, allow_nan=False)
+                extra = json.dumps({k: v for k, v in sample.metrics.items() if k not in _KNOWN}, allow_nan=False)
             except ValueError as exc:  # an infinite unknown metric: no database can hold it as JSON
                 refused.append(_refusal(_Item((), sample, index), exc, origins))
                 continue
-        row = (*key, now, extra, p, version if p is not None else None, *map(metrics.get, KNOWN_METRICS))
-        items[key] = _Item(row, sample, index)
+        items[key] = _Item((*key, now, extra, p, version if p is not None else None, *known), sample, index)
     return list(items.values())
 
 

@@ -3,7 +3,7 @@ samples into the frame the model expects."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,3 +38,10 @@ def frame(samples: Iterable[Mapping[str, float]]) -> pd.DataFrame:
     """A float frame with one column per feature; a metric a sample lacks is NaN, never 0."""
     rows = [[*map(sample.get, FEATURES)] for sample in samples]  # None becomes NaN in the float array
     return pd.DataFrame(np.array(rows, dtype=float).reshape(-1, len(FEATURES)), columns=FEATURES)
+
+
+def table(rows: Sequence[Sequence[float | None]], columns: Sequence[str]) -> pd.DataFrame:
+    """The same frame from rows of values in the order of `columns` (None where a metric is missing), such as
+    the rows a store writes: one conversion of the whole batch, no lookup in a mapping per sample."""
+    at = [list(columns).index(name) for name in FEATURES]
+    return pd.DataFrame(np.array(rows, dtype=float).reshape(-1, len(columns))[:, at], columns=FEATURES)

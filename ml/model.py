@@ -80,11 +80,11 @@ def fit(features: pd.DataFrame, target: np.ndarray, weights: np.ndarray) -> Pipe
     return pipeline
 
 
-def predict(pipeline: Pipeline, samples: Sequence[Mapping[str, float]]) -> np.ndarray:
-    """P(stressed) for each sample."""
-    if not samples:
+def predict(pipeline: Pipeline, samples: Sequence[Mapping[str, float]] | pd.DataFrame) -> np.ndarray:
+    """P(stressed) for each sample: a mapping of its metrics, or a row of a frame made by `frame` or `table`."""
+    if len(samples) == 0:
         return np.empty(0)
-    return pipeline.predict_proba(frame(samples))[:, 1]
+    return pipeline.predict_proba(samples if isinstance(samples, pd.DataFrame) else frame(samples))[:, 1]
 
 
 def contributions(pipeline: Pipeline, sample: Mapping[str, float]) -> dict[str, float]:
