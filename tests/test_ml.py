@@ -12,7 +12,8 @@ import sklearn
 
 from ml import model
 from ml.augment import clearly_normal, edge_range, synthetic
-from ml.features import FEATURES, ZONES
+from agent.wire import KNOWN_METRICS
+from ml.features import FEATURES, ZONES, table
 from ml.scenarios import BACKGROUNDS, BUSY_HEALTHY, evaluate, scenarios
 from ml.train import Trained, train
 
@@ -198,3 +199,15 @@ def test_the_model_tools_do_not_import_the_bot() -> None:
             "sys.exit(1 if any(m == 'bot' or m.startswith('bot.') for m in sys.modules) else 0)")
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_model_says_the_same_from_the_rows_the_store_writes_as_from_the_samples(any_model: Trained) -> None:
+    # The bot predicts from the tuples of known metrics it also stores; a missing metric must stay missing.
+    samples = [{"cpu_percent": 97.0, "load_1m": 3.1}, {"disk_percent": 99.5, "net_sent_bps": 5e5}, {},
+               {**BUSY_HEALTHY, "uptime_s": 1e6}]
+    rows = [tuple(map(sample.get, KNOWN_METRICS)) for sample in samples]
+
+    from_rows = model.predict(any_model.pipeline, table(rows, list(KNOWN_METRICS)))
+
+    assert from_rows.tolist() == model.predict(any_model.pipeline, samples).tolist()
+    assert from_rows[1] > 0.9 > 0.3 > from_rows[3]
