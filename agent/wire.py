@@ -13,8 +13,10 @@ import json
 import math
 import operator
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 try:
     import orjson
@@ -66,6 +68,9 @@ class Sample:
     device: str
     ts: float
     metrics: dict[str, float]
+    # The values of KNOWN_METRICS in that order, None where the sample has none, when parse had them at hand:
+    # the bot's store and model read them, and would otherwise look each one up again in `metrics`.
+    known: tuple[float | None, ...] | None = field(default=None, compare=False, repr=False)
 
 
 def encode(device: str, ts: float, metrics: dict[str, float]) -> bytes:
@@ -141,8 +146,8 @@ def _device(device: object) -> str:
 
 
 MAX_DEVICES_SEEN = 100_000
-# (lows, highs) of the known metrics in the order a sender lists them; a fleet's agents use one or a few orders.
-_BOUNDS_BY_NAMES: dict[tuple[str, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+# What parse needs of each order of known metric names a sender lists; a fleet's agents use one or a few orders.
+_ORDERS: dict[tuple[str, ...], _Order] = {}
 MAX_NAME_ORDERS = 1000
 _FLOAT = {float}
 _DEVICES_SEEN: set[str] = set()
@@ -168,24 +173,37 @@ def parse(value: bytes | None, key: bytes | None = None) -> Sample:
         raise WireError("metrics must be an object of names to numbers")
     if len(metrics) > MAX_METRICS:
         raise WireError(f"more than {MAX_METRICS} metrics")
-    return Sample(device=device, ts=_parse_ts(doc.get("ts")), metrics=_metrics(metrics))
+    return Sample(device, _parse_ts(doc.get("ts")), *_metrics(metrics))
 
 
-def _metrics(metrics: dict) -> dict[str, float]:
-    """The metrics as floats, each checked. The bot's hot path: a message of known metrics, all floats within
-    their bounds, is checked in a few passes in C; anything else goes through the loop that names the fault."""
+class _Order(NamedTuple):
+    """What parse needs of one order of known metric names."""
+
+    lows: tuple[float, ...]  # their bounds, in that order
+    highs: tuple[float, ...]
+    known: Callable[[tuple[float | None, ...]], tuple[float | None, ...]]  # (*values, None) -> Sample.known
+
+
+def _order(names: tuple[str, ...]) -> _Order:
+    at = [names.index(name) if name in names else len(names) for name in KNOWN_METRICS]  # len: the None after
+    return _Order(tuple(BOUNDS[n][0] for n in names), tuple(BOUNDS[n][1] for n in names), operator.itemgetter(*at))
+
+
+def _metrics(metrics: dict) -> tuple[dict[str, float], tuple[float | None, ...] | None]:
+    """The metrics as floats, each checked, and their Sample.known when at hand. The bot's hot path: a message
+    of known metrics, all floats within their bounds, is checked in a few passes in C; anything else goes
+    through the loop that names the fault."""
     names = tuple(metrics)
-    bounds = _BOUNDS_BY_NAMES.get(names)
-    if bounds is None and metrics.keys() <= BOUNDS.keys():
-        if len(_BOUNDS_BY_NAMES) >= MAX_NAME_ORDERS:
-            _BOUNDS_BY_NAMES.clear()
-        bounds = _BOUNDS_BY_NAMES[names] = (tuple(BOUNDS[n][0] for n in names), tuple(BOUNDS[n][1] for n in names))
-    if bounds is not None:
+    order = _ORDERS.get(names)
+    if order is None and metrics.keys() <= BOUNDS.keys():
+        if len(_ORDERS) >= MAX_NAME_ORDERS:
+            _ORDERS.clear()
+        order = _ORDERS[names] = _order(names)
+    if order is not None:
         values = tuple(metrics.values())
-        lows, highs = bounds
-        if (set(map(type, values)) == _FLOAT and all(map(operator.le, lows, values))
-                and all(map(operator.ge, highs, values))):
-            return metrics  # a new dict of orjson's, no one else's
+        if (set(map(type, values)) == _FLOAT and all(map(operator.le, order.lows, values))
+                and all(map(operator.ge, order.highs, values))):
+            return metrics, order.known((*values, None))  # metrics: a new dict of orjson's, no one else's
     clean: dict[str, float] = {}
     for name, number in metrics.items():
         bounds = BOUNDS.get(name)
@@ -205,5 +223,5 @@ def _metrics(metrics: dict) -> dict[str, float]:
         if not low <= value <= high:
             raise _out_of_range(name, value, low, high)
         clean[name] = value
-    return clean
+    return clean, None
 

@@ -351,7 +351,8 @@ _KNOWN = frozenset(KNOWN_METRICS)
 
 def known_values(samples: Sequence[Sample]) -> list[tuple[float | None, ...]]:
     """Each sample's known metrics in the order of KNOWN_METRICS, None where it has none."""
-    return [tuple(map(sample.metrics.get, KNOWN_METRICS)) for sample in samples]
+    return [sample.known if sample.known is not None else tuple(map(sample.metrics.get, KNOWN_METRICS))
+            for sample in samples]
 
 
 class _Item(NamedTuple):

@@ -135,3 +135,23 @@ def check(value: bytes, key: bytes | None) -> Sample | None:
 @given(value=VALUES, key=st.none() | st.binary(max_size=10))
 def test_any_value_parses_into_a_sane_sample_or_raises_wire_error(value: bytes, key: bytes | None) -> None:
     check(value, key)
+
+
+@pytest.mark.parametrize("metrics", [
+    {"disk_percent": 99.5, "cpu_percent": 3.0},  # a sender's own order
+    {name: 1.0 for name in reversed(KNOWN_METRICS)},
+    {"mem_percent": 100.0, "swap_percent": 0.0, "cpu_temp_c": -50.0},  # on their bounds
+])
+def test_a_sample_of_known_float_metrics_knows_them_in_their_order(metrics: dict[str, float]) -> None:
+    sample = parse(encode("pc1", TS, metrics))
+
+    assert sample.metrics == metrics
+    assert sample.known == tuple(metrics.get(name) for name in KNOWN_METRICS)
+
+
+@pytest.mark.parametrize("metrics", [{"cpu_percent": 3}, {"cpu_percent": 3.0, "gpu_percent": 80.5}, {}])
+def test_other_samples_leave_their_known_metrics_to_be_looked_up(metrics: dict[str, float]) -> None:
+    sample = parse(encode("pc1", TS, metrics))
+
+    assert sample.metrics == {name: float(value) for name, value in metrics.items()}
+    assert sample.known is None
