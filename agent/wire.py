@@ -68,8 +68,9 @@ class Sample:
     device: str
     ts: float
     metrics: dict[str, float]
-    # The values of KNOWN_METRICS in that order, None where the sample has none, when parse had them at hand:
-    # the bot's store and model read them, and would otherwise look each one up again in `metrics`.
+    # The values of KNOWN_METRICS in that order, None where the sample has none, when parse had them at hand
+    # (only for a sample of known metrics alone): the bot's store and model read them, and would otherwise
+    # look each one up again in `metrics`.
     known: tuple[float | None, ...] | None = field(default=None, compare=False, repr=False)
 
 

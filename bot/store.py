@@ -355,17 +355,15 @@ def known_values(samples: Sequence[Sample]) -> list[tuple[float | None, ...]]:
             for sample in samples]
 
 
-class _Item(NamedTuple):
-    row: tuple[object, ...]  # the values of COLUMNS
-    sample: Sample
-    index: int  # in the batch, for its origin
+# (row: the values of COLUMNS, the sample, its index in the batch); a plain tuple, as one is made per message.
+_Item = tuple[tuple[object, ...], Sample, int]
 
 
 def _refusal(item: _Item, exc: Exception, origins: Sequence[Origin] | None) -> Rejection:
     """The rejection of a refused item; without an origin it is named by its device and time."""
-    sample = item.sample
+    _row, sample, index = item
     if origins is not None:
-        origin = origins[item.index]
+        origin = origins[index]
     else:
         origin = Origin(f"{sample.device}@{sample.ts!r}", repr(sample).encode("utf-8", "backslashreplace"))
     return Rejection(origin.source, f"the database refused it: {type(exc).__name__}: {exc}", origin.payload,
@@ -385,13 +383,13 @@ def _items(
         if key in items:
             continue
         extra = None
-        if not sample.metrics.keys() <= _KNOWN:
+        if sample.known is None and not sample.metrics.keys() <= _KNOWN:  # known: every metric is a known one
             try:
                 extra = json.dumps({k: v for k, v in sample.metrics.items() if k not in _KNOWN}, allow_nan=False)
             except ValueError as exc:  # an infinite unknown metric: no database can hold it as JSON
-                refused.append(_refusal(_Item((), sample, index), exc, origins))
+                refused.append(_refusal(((), sample, index), exc, origins))
                 continue
-        items[key] = _Item((*key, now, extra, p, version if p is not None else None, *known), sample, index)
+        items[key] = ((*key, now, extra, p, version if p is not None else None, *known), sample, index)
     return list(items.values())
 
 
@@ -416,7 +414,7 @@ def _insert(items: list[_Item], refused: list[Rejection], origins: Sequence[Orig
 
 def _matched(inserted: list[tuple[int, str, float]], items: list[_Item]) -> list[tuple[int, _Item]]:
     """(id, item) of each inserted (id, device, ts), in the order of the ids."""
-    by_key = {(item.row[0], item.row[1]): item for item in items}
+    by_key = {item[0][:2]: item for item in items}
     return [(metric_id, by_key[(device, ts)]) for metric_id, device, ts in sorted(inserted)]
 
 
@@ -436,7 +434,7 @@ def _insert_sqlite(items: list[_Item]) -> list[tuple[int, _Item]]:
     every item was new, that says which id each got; otherwise the new rows are read back.
     """
     connection = db.connection()
-    inserted = connection.executemany(_SQLITE_INSERT, [item.row for item in items]).rowcount
+    inserted = connection.executemany(_SQLITE_INSERT, [item[0] for item in items]).rowcount
     if inserted <= 0:
         return []
     (last,) = connection.execute("SELECT last_insert_rowid()").fetchone()
@@ -481,7 +479,7 @@ def _copy_data(rows: list[tuple[object, ...]]) -> tuple[str, bytes]:
 
 def _insert_postgres(items: list[_Item]) -> list[tuple[int, _Item]]:
     """COPY into a per-session staging table, then one INSERT … ON CONFLICT DO NOTHING RETURNING."""
-    copy, data = _copy_data([item.row for item in items])
+    copy, data = _copy_data([item[0] for item in items])
     cursor = db.cursor()
     cursor.execute(_PG_STAGE_TABLE)
     cursor.execute(f"DELETE FROM {_STAGE}")  # rows of an earlier savepoint of this transaction (bisecting)
