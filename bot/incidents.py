@@ -342,7 +342,7 @@ def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> Non
         Device.insert_many(created[start:start + _DEVICE_CHUNK]).execute()
     rows = [(*values, int(values[1] is not None)) for values in changed]
     if rows and isinstance(store.db.obj, pw.PostgresqlDatabase):
-        store.db.obj.execute_sql(_PG_SET_DEVICES, [_array(column) for column in zip(*rows)])
+        store.db.obj.execute_sql(_PG_SET_DEVICES, [_array(column) for column in zip(*rows, strict=True)])
         return
     for start in range(0, len(rows), _DEVICE_CHUNK):
         chunk = rows[start:start + _DEVICE_CHUNK]

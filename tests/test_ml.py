@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import sklearn
 
+from agent.wire import KNOWN_METRICS
 from ml import model
 from ml.augment import clearly_normal, edge_range, synthetic
-from agent.wire import KNOWN_METRICS
 from ml.features import FEATURES, ZONES, table
 from ml.scenarios import BACKGROUNDS, BUSY_HEALTHY, evaluate, scenarios
 from ml.train import Trained, train
