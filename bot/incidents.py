@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from itertools import pairwise
 from operator import attrgetter
 
-import peewee as pw
-
 from bot import store
 from bot.baselines import Baselines
 from bot.forecast import Forecast, Forecaster
@@ -341,7 +339,7 @@ def _update_devices(by_device: dict[str, list[StoredSample]], now: float) -> Non
     for start in range(0, len(created), _DEVICE_CHUNK):
         Device.insert_many(created[start:start + _DEVICE_CHUNK]).execute()
     rows = [(*values, int(values[1] is not None)) for values in changed]
-    if rows and isinstance(store.db.obj, pw.PostgresqlDatabase):
+    if rows and store.is_postgres():
         store.db.obj.execute_sql(_PG_SET_DEVICES, [_array(column) for column in zip(*rows, strict=True)])
         return
     for start in range(0, len(rows), _DEVICE_CHUNK):

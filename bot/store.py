@@ -296,7 +296,7 @@ WAL_PAGES = 10_000
 def checkpoint_in_background() -> bool:
     """SQLite: commits leave the checkpoints to `checkpoint`, to be called every CHECKPOINT_S beside
     ingestion; False (nothing to do) on PostgreSQL."""
-    if _is_postgres():
+    if is_postgres():
         return False
     db.pragma("wal_autocheckpoint", WAL_PAGES, permanent=True)
     return True
@@ -401,7 +401,7 @@ def _insert(items: list[_Item], refused: list[Rejection], origins: Sequence[Orig
         # A savepoint: a refused part is undone alone, the rest of the batch stays. The driver's errors are
         # turned into peewee's, as for any peewee query.
         with db.atomic(), pw.__exception_wrapper__:
-            inserted = _insert_postgres(items) if _is_postgres() else _insert_sqlite(items)
+            inserted = _insert_postgres(items) if is_postgres() else _insert_sqlite(items)
     except REFUSED as exc:
         if len(items) == 1:
             refused.append(_refusal(items[0], exc, origins))
@@ -418,7 +418,8 @@ def _matched(inserted: list[tuple[int, str, float]], items: list[_Item]) -> list
     return [(metric_id, by_key[(device, ts)]) for metric_id, device, ts in sorted(inserted)]
 
 
-def _is_postgres() -> bool:
+def is_postgres() -> bool:
+    """Whether the store is PostgreSQL (else SQLite)."""
     return isinstance(db.obj, pw.PostgresqlDatabase)
 
 
