@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import hmac
 import json
@@ -209,6 +210,10 @@ class ModelStore(ABC):
             )
         return data
 
+    def _updating(self) -> contextlib.AbstractContextManager[object]:
+        """Held while the index is read, changed and written back: another process's update waits."""
+        return contextlib.nullcontext()
+
     def versions(self) -> list[ModelVersion]:
         """All versions, oldest first."""
         return self._index()[1]
@@ -225,20 +230,21 @@ class ModelStore(ABC):
         # A JSON round trip up front: unserialisable metadata fails before any upload, and the record
         # returned now equals the one read back later.
         meta = json.loads(json.dumps(meta))
-        active, records = self._index()
-        number = max((r.version for r in records), default=0) + 1
-        # Artifact first, index second: until the index names it, the version does not exist.
-        object_version = self._put_artifact(number, artifact)
-        record = self._sign(ModelVersion(
-            version=number,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            sha256=hashlib.sha256(artifact).hexdigest(),
-            size=len(artifact),
-            meta=meta,
-            object_version=object_version,
-            format=FORMAT,
-        ))
-        self._store_index(active, [*records, record])
+        with self._updating():
+            active, records = self._index()
+            number = max((r.version for r in records), default=0) + 1
+            # Artifact first, index second: until the index names it, the version does not exist.
+            object_version = self._put_artifact(number, artifact)
+            record = self._sign(ModelVersion(
+                version=number,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                sha256=hashlib.sha256(artifact).hexdigest(),
+                size=len(artifact),
+                meta=meta,
+                object_version=object_version,
+                format=FORMAT,
+            ))
+            self._store_index(active, [*records, record])
         log.info("saved model version %d (%d bytes) to %s", number, len(artifact), self.describe)
         return record
 
@@ -260,6 +266,10 @@ class ModelStore(ABC):
         saying the unsigned entries are theirs) and its SHA-256 matches. Returns the versions migrated and
         one line per version refused, which stays as it was and is never loaded.
         """
+        with self._updating():
+            return self._migrate(convert, vouch)
+
+    def _migrate(self, convert: Callable[[bytes], bytes], vouch: bool) -> tuple[list[int], list[str]]:
         active, records = self._index()
         migrated: list[int] = []
         refused: list[str] = []
@@ -292,10 +302,11 @@ class ModelStore(ABC):
 
     def activate(self, version: int) -> None:
         """Make a saved version the active one; UnknownVersion if absent."""
-        _, records = self._index()
-        if version not in {r.version for r in records}:
-            raise UnknownVersion(f"{self.describe} has no model version {version}")
-        self._store_index(version, records)
+        with self._updating():
+            _, records = self._index()
+            if version not in {r.version for r in records}:
+                raise UnknownVersion(f"{self.describe} has no model version {version}")
+            self._store_index(version, records)
         log.info("activated model version %d in %s", version, self.describe)
 
 
@@ -313,7 +324,7 @@ class FileStore(ModelStore):
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         """Write a temp file in the same folder, then rename it over the target: no half-written file."""
-        tmp = self.root / f".{name}.tmp"  # one writer, so a fixed temp name cannot clash
+        tmp = self.root / f".{name}.tmp"  # writers hold the folder's lock, so a fixed temp name cannot clash
         try:
             with open(tmp, "wb") as out:
                 out.write(data)
@@ -324,6 +335,19 @@ class FileStore(ModelStore):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise StoreError(f"{self.describe}: cannot write {name} ({err.strerror})") from err
+
+    @contextlib.contextmanager
+    def _updating(self) -> Iterator[None]:
+        """An exclusive lock on the folder itself: a bot and its workers may bootstrap it at once."""
+        try:
+            folder = os.open(self.root, os.O_RDONLY)
+        except OSError as err:
+            raise StoreError(f"{self.describe}: cannot open the folder ({err.strerror})") from err
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # and with it the lock
 
     def _read_index(self) -> bytes | None:
         try:

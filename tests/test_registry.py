@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -132,6 +133,31 @@ def test_file_store_rejects_a_tampered_artifact(tmp_path: Path) -> None:
 
     with pytest.raises(ChecksumMismatch):
         store.load(1)
+
+
+def test_processes_starting_together_on_an_empty_file_store_each_write_it(tmp_path: Path) -> None:
+    # A bot and its workers started at once each find the store empty and save a first model.
+    errors: list[Exception] = []
+
+    def bootstrap() -> None:
+        store = open_store(f"file:{tmp_path}")
+        try:
+            for _ in range(20):
+                store.activate(store.save(b"first model", META).version)
+        except Exception as exc:
+            errors.append(exc)
+
+    starters = [threading.Thread(target=bootstrap) for _ in range(4)]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join()
+
+    assert errors == []
+    store = open_store(f"file:{tmp_path}")
+    active = store.active()
+    assert active is not None and store.load(active) == b"first model"
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_file_store_keeps_an_index_and_one_file_per_version(
