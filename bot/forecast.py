@@ -5,8 +5,10 @@ Like Prometheus' predict_linear over the last hours, but robust: samples are red
 three intervals projected to the newest sample. One wild sample moves neither. A sustained jump (a cleanup, a
 big copy) restarts the trend instead of bending it. Time is the samples' own `ts`, never the wall clock.
 
-Every sample costs O(1): it goes into the current interval of its device; the line is refit only when an
-interval closes, over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last
+An interval's median is of one sample per 20-second slot of the device (the first to arrive), so a device
+that reports every second costs no more than one that reports every 20 seconds, and most samples cost one
+comparison. A taken sample goes into the current interval; the line is refit only when an interval closes,
+over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last
 window of samples, and feeding it the same samples gives the same forecasts as building it live.
 """
 
@@ -27,7 +29,8 @@ BUCKET_S = 600.0  # one median per 10 minutes
 WINDOW_BUCKETS = 18  # the trend looks back 3 hours
 REBUILD_S = (WINDOW_BUCKETS + 2) * BUCKET_S  # reaches back to the start of the oldest interval kept
 MIN_BUCKETS = 4  # 40 minutes of data before any forecast
-VALUES_PER_BUCKET = 256  # a chatty device's interval keeps its newest values only
+SLOTS_PER_BUCKET = 30  # at most one sample per 20 s goes into an interval's median
+SLOT_S = BUCKET_S / SLOTS_PER_BUCKET
 LEVEL_BUCKETS = 3  # "now" is the median of this many projected interval medians
 SHIFT_MIN = 3.0  # percentage points: a smaller jump is noise, not a new level
 MIN_SLOPE_PER_S = 0.01 / 3600  # flatter than 0.01 points an hour is no trend at all
@@ -59,7 +62,7 @@ class Trend:
         self.medians: deque[tuple[float, float]] = deque()  # (interval centre, median), oldest first
         self.open_index: int | None = None  # the interval samples go into; an earlier one's are late
         self.latest: tuple[int, float] = (0, 0.0)  # (sample id, ts) of the newest sample taken
-        self.open_values: deque[float] = deque(maxlen=VALUES_PER_BUCKET)
+        self.open_values: list[float] = []  # at most SLOTS_PER_BUCKET
         self.slope = 0.0  # per second, as of the last closed interval
         self.ref_ts = 0.0
         self.ref_level: float | None = None  # the level at ref_ts; None until there is a trend
@@ -130,6 +133,7 @@ class Forecaster:
     def __init__(self, horizon_s: float) -> None:
         self.horizon_s = horizon_s
         self.trends: dict[str, dict[str, Trend]] = {}  # device -> metric -> trend
+        self.slots: dict[str, float] = {}  # device -> the slot (ts // SLOT_S) of its last sample taken
         self.alerted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -137,11 +141,17 @@ class Forecaster:
         """Feed (id, device, ts, metrics) samples in the order they were taken; return the forecasts that
         reach the edge within the horizon in an episode not alerted yet (the newest per device and metric).
 
-        A late sample, of an interval already closed, is left out, so live and rebuilt states see the same data.
+        Only the first sample of each slot of a device is taken; a late one, of a slot before the last one
+        taken, is left out, so live and rebuilt states see the same data.
         """
         due: dict[tuple[str, str], Forecast] = {}
+        slots = self.slots
         with self._lock:
             for sample_id, device, ts, metrics in samples:
+                slot = ts // SLOT_S
+                if slot <= slots.get(device, -1.0):  # its slot is taken: 3 samples of 4 at one per 5 s
+                    continue
+                slots[device] = slot
                 trends = self.trends.get(device)
                 if trends is None:
                     trends = self.trends[device] = {}
@@ -153,11 +163,9 @@ class Forecaster:
                     trend = trends.get(name)
                     if trend is None:
                         trend = trends[name] = Trend(ZONES[name].edge)
-                    elif trend.open_index == index:  # nearly every sample: into the interval already open
+                    elif trend.open_index == index:  # most samples taken: into the interval already open
                         trend.open_values.append(value)
                         trend.latest = (sample_id, ts)
-                        continue
-                    elif index < trend.open_index:  # type: ignore[operator]  # a trend has an open interval
                         continue
                     trend.latest = (sample_id, ts)
                     if not trend.add(index, value):

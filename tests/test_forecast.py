@@ -147,6 +147,17 @@ def test_the_state_of_a_device_stays_bounded_over_a_long_run() -> None:
     assert len(forecaster.trends["pc1"]["disk_percent"].medians) <= WINDOW_BUCKETS + 1
 
 
+def test_a_device_that_reports_every_second_is_forecast_as_one_that_reports_every_20_seconds() -> None:
+    chatty, calm = Forecaster(HORIZON_S), Forecaster(HORIZON_S)
+
+    chatty_due, _ = feed(chatty, T0, [80.0 + second // 600 for second in range(3600)], step=1.0)
+    calm_due, _ = feed(calm, T0, [80.0 + second // 600 for second in range(0, 3600, 20)], step=20.0)
+
+    assert [(f.level, f.slope_per_h, f.eta_s) for f in chatty_due] == [(f.level, f.slope_per_h, f.eta_s)
+                                                                      for f in calm_due] != []
+    assert len(chatty.trends["pc1"]["disk_percent"].open_values) <= 30, "one value per 20 s is kept"
+
+
 def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_built_live(
     database: pw.Database,
 ) -> None:
