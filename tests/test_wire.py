@@ -74,9 +74,11 @@ def test_a_hostile_message_is_refused_with_a_reason(value: bytes | None, reason:
         ("fan_rpm", -LIMIT, "magnitude below 1e15"),
     ],
 )
-def test_a_metric_out_of_its_bounds_is_refused_and_named(name: str, value: float, expected: str) -> None:
+@pytest.mark.parametrize("others", [{}, {metric: 1.0 for metric in KNOWN_METRICS}], ids=["alone", "among all"])
+def test_a_metric_out_of_its_bounds_is_refused_and_named(name: str, value: float, expected: str,
+                                                         others: dict[str, float]) -> None:
     with pytest.raises(WireError, match=f"metric '{name}' is .*out of range.*{expected}"):
-        parse(doc(metrics={name: value}))
+        parse(doc(metrics={**others, name: value}))
 
 
 def test_the_edges_of_every_bound_are_accepted() -> None:
@@ -141,6 +143,7 @@ def test_any_value_parses_into_a_sane_sample_or_raises_wire_error(value: bytes, 
     {"disk_percent": 99.5, "cpu_percent": 3.0},  # a sender's own order
     {name: 1.0 for name in reversed(KNOWN_METRICS)},
     {"mem_percent": 100.0, "swap_percent": 0.0, "cpu_temp_c": -50.0},  # on their bounds
+    {**{name: 100.0 for name in KNOWN_METRICS}, "cpu_temp_c": -50.0, "load_1m": 0.0},
 ])
 def test_a_sample_of_known_float_metrics_knows_them_in_their_order(metrics: dict[str, float]) -> None:
     sample = parse(encode("pc1", TS, metrics))
