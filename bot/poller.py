@@ -43,8 +43,8 @@ class Origins(Sequence[store.Origin]):
     """Where each sample of a batch came from: its Kafka message. The store asks only for a sample it refuses,
     so an origin is made only then, not once per message."""
 
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -64,8 +64,19 @@ class Batch:
     samples: list[Sample] = field(default_factory=list)
     origins: Sequence[store.Origin] | None = None  # one per sample: where it came from
     rejects: list[store.Rejection] = field(default_factory=list)
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # what to commit once stored
-    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # where to rewind on failure
+    # Kafka: the messages of the samples and those of the rejects, each in the order read. Their offsets are
+    # worked out once a batch is stored (or fails), not kept up to date message by message.
+    messages: list[Message] = field(default_factory=list)
+    refused: list[Message] = field(default_factory=list)
+
+    def offsets(self, first: bool) -> dict[int, int]:
+        """The first or the last offset read of each partition."""
+        offsets = {m.partition(): m.offset() for m in (reversed(self.messages) if first else self.messages)}
+        pick = min if first else max
+        for message in self.refused:
+            partition, offset = message.partition(), message.offset()
+            offsets[partition] = pick(offset, offsets.get(partition, offset))
+        return offsets
 
 
 # Errors librdkafka raises for a broker it cannot talk to, again on every retry and sometimes late.
@@ -137,23 +148,29 @@ class KafkaSource:
     def fetch(self, timeout: float) -> Batch:
         """Up to batch_size messages or MAX_BATCH_BYTES, parsed; an invalid one becomes a rejection with its
         reason. Waits up to `timeout` for the first message only, then takes what has already arrived."""
-        origins = Origins()
-        batch = Batch(origins=origins)
+        batch = Batch()
+        batch.origins = Origins(batch.messages)
+        samples, kept = batch.samples, batch.messages
         first = self.consumer.poll(timeout)
         messages = [first] if first is not None else []
         count = size = 0
         while messages:
-            for message in messages:
-                error = message.error()
-                if error is None:
-                    self._problem = None
-                    self._add(batch, origins, message)
-                    count += 1
-                    size += len(message.value() or b"")
-                elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    self._say(f"Kafka topic {self.topic} does not exist yet; it is read as soon as it is created")
+            for message in messages:  # the bot's hot loop: nothing but what each message needs
+                if message.error() is not None:
+                    self._message_error(message.error())
+                    continue
+                value = message.value()
+                try:
+                    samples.append(parse(value, message.key()))
+                except Exception as exc:
+                    self._refuse(batch, message, exc)
                 else:
-                    self._say(f"Kafka: {error.str()}")
+                    kept.append(message)
+                if value:
+                    size += len(value)
+            count += len(messages)
+            if kept or batch.refused:
+                self._problem = None
             if count >= self.batch_size or size >= MAX_BATCH_BYTES:
                 break
             messages = self.consumer.consume(num_messages=min(CONSUME_CHUNK, self.batch_size - count), timeout=0)
@@ -161,39 +178,37 @@ class KafkaSource:
             self._check_broker()
         return batch
 
+    def _message_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            self._say(f"Kafka topic {self.topic} does not exist yet; it is read as soon as it is created")
+        else:
+            self._say(f"Kafka: {error.str()}")
+
     @staticmethod
-    def _add(batch: Batch, origins: Origins, message: Message) -> None:
-        partition = (message.topic(), message.partition())
-        batch.first_offsets.setdefault(partition, message.offset())
-        batch.next_offsets[partition] = message.offset() + 1
-        try:
-            sample = parse(message.value(), message.key())
-        except Exception as exc:
-            where = origin(message)
-            if isinstance(exc, WireError):
-                reason = str(exc)
-            else:  # a bug in parse: still one message, never the whole partition
-                log.exception("parsing %s failed", where.source)
-                reason = f"could not be read: {exc!r}"
-            batch.rejects.append(store.Rejection(where.source, reason, where.payload, where.sent_ms))
-            return
-        batch.samples.append(sample)
-        origins.messages.append(message)
+    def _refuse(batch: Batch, message: Message, exc: Exception) -> None:
+        where = origin(message)
+        if isinstance(exc, WireError):
+            reason = str(exc)
+        else:  # a bug in parse: still one message, never the whole partition
+            log.exception("parsing %s failed", where.source)
+            reason = f"could not be read: {exc!r}"
+        batch.rejects.append(store.Rejection(where.source, reason, where.payload, where.sent_ms))
+        batch.refused.append(message)
 
     def commit(self, batch: Batch) -> None:
         """Commit the offsets after the batch: it is stored."""
-        if batch.next_offsets:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+        if offsets := batch.offsets(first=False):
+            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1) for p, o in offsets.items()],
+                                 asynchronous=False)
 
     def rewind(self, batch: Batch) -> None:
         """Read the batch again from its first message: storing it failed."""
-        for (topic, partition), offset in batch.first_offsets.items():
+        for partition, offset in batch.offsets(first=True).items():
             try:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
+                self.consumer.seek(TopicPartition(self.topic, partition, offset))
             except KafkaException as exc:
                 # The partition moved to another consumer: it restarts from the committed offset there.
-                log.warning("could not rewind %s[%d]: %s", topic, partition, exc)
+                log.warning("could not rewind %s[%d]: %s", self.topic, partition, exc)
 
     def close(self) -> None:
         self.consumer.close()

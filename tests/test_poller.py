@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from telegram import Bot
 
 from bot import store, texts
@@ -20,6 +21,7 @@ from bot.poller import Batch, KafkaSource, Poller
 from bot.sender import Sender
 from ml.registry import open_store
 from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, bot_env, message, produce
+from tests.fakes.services import KafkaBroker
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -69,3 +71,52 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
     assert sorted(line.split("</b>")[0].removeprefix("🔴 <b>") for line in first_lines) == devices
     assert "could not commit the offsets of a stored batch" in caplog.text
     assert "storing a batch failed" not in caplog.text
+
+
+def read(source: KafkaSource, count: int) -> Batch:
+    """Fetch until `count` messages (samples and rejects) were read: one batch of them all."""
+    whole = Batch()
+    deadline = time.monotonic() + WAIT_S
+    while len(whole.samples) + len(whole.rejects) < count:
+        assert time.monotonic() < deadline, f"read {len(whole.samples) + len(whole.rejects)} of {count} messages"
+        batch = source.fetch(0.5)
+        whole.samples += batch.samples
+        whole.rejects += batch.rejects
+        whole.messages += batch.messages
+        whole.refused += batch.refused
+    return whole
+
+
+def test_a_batch_commits_past_its_last_message_of_each_partition_malformed_or_not_and_rewinds_to_its_first(
+    kafka_broker: KafkaBroker, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    topic = f"metrics.{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, partitions=2)
+    ts = time.time() - 60
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    for partition, value in [(0, message("pc1", ts, cpu_percent=1.0)), (0, b"{"),
+                             (1, b"not json"), (1, message("pc2", ts, cpu_percent=2.0))]:
+        producer.produce(topic, value=value, partition=partition)
+    assert producer.flush(10) == 0
+    settings = load_settings(bot_env(telegram, tmp_path, f"sqlite:///{tmp_path}/unused.sqlite3",
+                                     KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap, KAFKA_TOPIC=topic))
+    source = KafkaSource(settings)
+    try:
+        first = read(source, 4)
+        source.rewind(first)  # storing it failed
+        again = read(source, 4)
+        source.commit(again)
+    finally:
+        source.close()
+
+    for batch in (first, again):
+        assert sorted(s.device for s in batch.samples) == ["pc1", "pc2"]
+        assert sorted(r.source for r in batch.rejects) == [f"{topic}[0]@1", f"{topic}[1]@0"]
+    producer.produce(topic, value=message("pc3", ts + 5, cpu_percent=3.0), partition=1)
+    assert producer.flush(10) == 0
+    later = KafkaSource(settings)  # the same group, as after a restart
+    try:
+        after = read(later, 1)
+    finally:
+        later.close()
+    assert [s.device for s in after.samples] == ["pc3"] and after.rejects == [], "nothing stored was read again"
