@@ -112,6 +112,7 @@ class KafkaSource:
             # librdkafka's read-ahead (64 MiB by default) is memory of the bot too; 16 MiB keeps several batches.
             "queued.max.messages.kbytes": 16384,
             "error_cb": self._on_error,
+            "on_commit": self._on_commit,
             # librdkafka logs each failed connection attempt at ERR, the same failures error_cb reports:
             # only its critical lines reach our log.
             "logger": logging.getLogger("librdkafka"),
@@ -124,6 +125,13 @@ class KafkaSource:
             self._connection_error = error.str()  # _check_broker decides whether it is an outage
         else:
             self._say(f"Kafka: {error.str()}")
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The broker's answer to a commit, delivered by a later fetch."""
+        failed = error or next((p.error for p in partitions if p.error is not None), None)
+        if failed is not None:
+            self._say(f"could not commit the offsets of a stored batch ({failed.str()}); it may be read again, "
+                      "which stores nothing twice")
 
     def _say(self, problem: str) -> None:
         if problem != self._problem:
@@ -196,10 +204,12 @@ class KafkaSource:
         batch.refused.append(message)
 
     def commit(self, batch: Batch) -> None:
-        """Commit the offsets after the batch: it is stored."""
+        """Commit the offsets after the batch: it is stored. The next batch does not wait for the broker's
+        answer (_on_commit hears it): a commit that fails makes a batch be read again, which stores nothing
+        twice, and librdkafka sends the commits under way before it closes."""
         if offsets := batch.offsets(first=False):
             self.consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1) for p, o in offsets.items()],
-                                 asynchronous=False)
+                                 asynchronous=True)
 
     def rewind(self, batch: Batch) -> None:
         """Read the batch again from its first message: storing it failed."""
