@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -718,16 +718,17 @@ ORDER BY m.device, m.ts
 """
 
 
-def recent_per_device(seconds: float, columns: list[str]) -> list[tuple[int, str, float, dict[str, float]]]:
+def recent_per_device(seconds: float, columns: list[str]) -> Iterator[tuple[int, str, float, dict[str, float]]]:
     """(id, device, ts, metrics) of every device's samples in the last `seconds` before its newest, by device
-    and time; only the given metric columns, and only those present."""
+    and time; only the given metric columns, and only those present. Read as they are taken: a fleet's last
+    hours are millions of samples, never held at once."""
     if set(columns) - set(KNOWN_METRICS):
         raise ValueError(f"not metric columns: {columns}")
     sql = RECENT_PER_DEVICE_SQL.format(columns=", ".join(f"m.{c}" for c in columns), p=_param())
-    return [
-        (metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None})
-        for metric_id, device, ts, *values in db.execute_sql(sql, (seconds,)).fetchall()
-    ]
+    with data.streamed(db.obj, sql, (seconds,)) as cursor:
+        while rows := cursor.fetchmany(data.FETCH_CHUNK):  # type: ignore[attr-defined]
+            for metric_id, device, ts, *values in rows:
+                yield metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None}
 
 
 def add_forecast_label(incident_id: int, value: int, user_id: int, user_name: str) -> None:

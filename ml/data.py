@@ -44,18 +44,18 @@ def latest_labels(database: pw.Database) -> dict[int, int]:
 
 
 @contextlib.contextmanager
-def _streamed(database: pw.Database, sql: str) -> Iterator[object]:
-    """A cursor over the rows of `sql`. On PostgreSQL a server-side one: the driver would otherwise hold the
-    whole result set in memory next to the arrays made from it."""
+def streamed(database: pw.Database, sql: str, params: tuple = ()) -> Iterator[object]:
+    """A cursor over the rows of `sql`, to read with fetchmany. On PostgreSQL a server-side one: the driver
+    would otherwise hold the whole result set in memory next to what is made from it."""
     if not isinstance(database, pw.PostgresqlDatabase):
-        yield database.execute_sql(sql)
+        yield database.execute_sql(sql, params)
         return
     with database.atomic():
         # psycopg2 names a cursor only WITH HOLD while peewee keeps autocommit on; read whole inside the
         # transaction, it streams and is never materialised.
         cursor = database.connection().cursor(name=f"rigwatch_{uuid.uuid4().hex}", withhold=True)
         try:
-            cursor.execute(sql)
+            cursor.execute(sql, params)
             yield cursor
         finally:
             cursor.close()
@@ -69,7 +69,7 @@ def _values(database: pw.Database, queries: list[tuple[str, str]], width: int) -
     out = np.empty((expected, width))
     filled, late = 0, []
     for _table, query in queries:
-        with _streamed(database, query) as cursor:
+        with streamed(database, query) as cursor:
             while rows := cursor.fetchmany(FETCH_CHUNK):  # type: ignore[attr-defined]
                 block = np.array(rows, dtype=float)
                 take = min(len(block), expected - filled)

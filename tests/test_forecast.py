@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from itertools import count
 
 import peewee as pw
 import pytest
+from scipy.stats import theilslopes
 
 from agent.wire import Sample
 from bot import store
-from bot.forecast import REBUILD_S, TRENDED, WINDOW_BUCKETS, Forecast, Forecaster
+from bot.forecast import REBUILD_S, TRENDED, WINDOW_BUCKETS, Forecast, Forecaster, theil_sen
 
 T0 = 1764226800.0  # 2025-11-27 07:00:00 UTC
 HORIZON_S = 4 * 3600
@@ -40,6 +42,18 @@ def alerting(forecaster: Forecaster, start: float, values: list[float], step: fl
             forecaster.mark_alerted(forecast)
             alerted.append(forecast)
     return alerted, start + len(values) * step
+
+
+@pytest.mark.parametrize("points", [2, 3, 4, 7, WINDOW_BUCKETS])
+def test_the_trend_is_the_theil_sen_line_of_scipy(points: int) -> None:
+    rng = random.Random(points)
+    for _ in range(20):
+        times = [T0 + 600.0 * i + 300.0 for i in sorted(rng.sample(range(40), points))]
+        values = [rng.choice([50.0, rng.uniform(0.0, 100.0)]) for _ in times]  # ties, as in a flat metric
+
+        expected = theilslopes(values, times, method="joint")
+
+        assert theil_sen(times, values) == pytest.approx((expected.slope, expected.intercept), rel=1e-9)
 
 
 def test_a_disk_filling_1_percent_every_10_minutes_from_80_is_forecast_once_before_it_reaches_95() -> None:
