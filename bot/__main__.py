@@ -4,16 +4,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 import peewee
 from telegram.error import InvalidToken
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from bot import logs
-from bot.app import build_application, serve
+from bot.app import RETRY_MAX_S, build_application, serve
 from bot.config import ConfigError, load_settings
 from bot.store import open_database
 from ml.registry import StoreError, open_store
+
+log = logging.getLogger("bot")
+# What a database that is down, starting or out of reach says. Anything else (a wrong password, a database
+# that does not exist) is a mistake in DATABASE_URL, said at once.
+UNREACHABLE = ("connection refused", "timeout expired", "the database system is starting up",
+               "the database system is shutting down", "could not translate host name", "no such file or directory",
+               "server closed the connection unexpectedly")
+
+
+def _unreachable(error: BaseException) -> bool:
+    return isinstance(error, peewee.OperationalError) and any(text in str(error).lower() for text in UNREACHABLE)
+
+
+def open_database_when_up(url: str) -> None:
+    """Open the database, waiting with backoff while it is down or starting: a fleet's services start in any
+    order. The log says so once, and once more when it answers."""
+    waited: list[BaseException] = []
+
+    def on_failure(state: RetryCallState) -> None:
+        if not waited and state.outcome is not None and (error := state.outcome.exception()) is not None:
+            log.warning("the database is unreachable (%s); retrying with backoff", str(error).strip().splitlines()[0])
+            waited.append(error)
+
+    for attempt in Retrying(retry=retry_if_exception(_unreachable), wait=wait_exponential(max=RETRY_MAX_S),
+                            before_sleep=on_failure, reraise=True):
+        with attempt:
+            open_database(url)
+    if waited:
+        log.info("the database is reachable")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"rigwatch: {exc}")
     logs.configure(settings.log_level, settings.token)
     try:
-        open_database(settings.database_url)
+        open_database_when_up(settings.database_url)
         model_store = open_store(settings.model_store, settings.model_signing_key)
     except peewee.PeeweeException as exc:
         sys.exit(f"rigwatch: cannot open DATABASE_URL: {exc}".strip())

@@ -110,6 +110,38 @@ def test_postgres_restarted_under_the_bot_heals_without_a_restart(
 
 
 @pytest.mark.slow
+def test_a_bot_started_while_its_database_is_down_waits_for_it_and_then_stores(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    with PostgresCluster() as postgres:
+        postgres.stop()
+        env = bot_env(telegram, tmp_path, postgres.url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+        produce(kafka, topic, [(b"pc1", message("pc1", time.time() - 5, cpu_percent=10.0))])
+        with BotProcess(env, tmp_path / "bot.log") as bot:
+            bot.wait_log("the database is unreachable")
+            time.sleep(4)  # a few more tries meanwhile
+            assert bot.proc is not None and bot.proc.poll() is None, "the bot gave up instead of waiting"
+            postgres.start()
+
+            bot.wait_log("the database is reachable")
+            assert "pc1" in ask(telegram, "/status pc1"), "the sample sent while the database was down is stored"
+            assert bot.log.count("unreachable") == 1, "said once, not once per try"
+            assert bot.stop() == 0
+
+
+def test_a_wrong_database_url_stops_the_bot_at_once_with_one_line(
+    postgres_url: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    wrong = postgres_url.rsplit("/", 1)[0] + "/no_such_database"
+    bot = BotProcess(bot_env(telegram, tmp_path, wrong), tmp_path / "bot.log")
+    with bot:
+        assert bot.proc is not None
+        assert bot.proc.wait(timeout=WAIT_S) == 1
+    assert "rigwatch: cannot open DATABASE_URL" in bot.log and "no_such_database" in bot.log
+    assert "unreachable" not in bot.log
+
+
+@pytest.mark.slow
 def test_a_bot_started_while_telegram_fails_stores_meanwhile_and_comes_up_when_it_answers(
     kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
 ) -> None:
