@@ -3,8 +3,10 @@
 The registry never parses an artifact: it hands back bytes only after the index entry is valid, signed (in a
 store with a signing key) and in the current format, and their SHA-256 matches the entry. Whoever can write
 the bucket can write index.json too, so the digest alone proves nothing there: each entry carries an HMAC
-of its fields under MODEL_SIGNING_KEY, which the bucket never sees. Both stores assume one writer process
-(the bot), so there is no locking; a second writer could race on the version number or the index.
+of its fields under MODEL_SIGNING_KEY, which the bucket never sees. A bot and its workers may write one
+store at once (each bootstraps an empty one): a folder is locked while its index is read, changed and
+written, and S3 writes the index only if it is still the one read (a conditional PUT), else the update is
+done again from a fresh read.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import hmac
 import json
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,10 @@ MAX_INDEX_BYTES = 8 * 1024 * 1024
 MAX_INDEX_DEPTH = 32  # our index is 5 levels deep; a deeper one is not ours and could exhaust the stack
 FIELDS = {"version", "created", "sha256", "size", "meta", "object_version", "format", "signature"}
 REQUIRED = {"version", "created", "sha256", "size", "meta"}
+INDEX_TRIES = 20  # an update of the index that other writers keep overtaking gives up after this many
+# S3's answers to a conditional PUT whose condition no longer holds (AWS may say either).
+CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -54,6 +63,10 @@ class UnknownVersion(StoreError):
 
 class BadIndex(StoreError):
     """index.json is not an index this code wrote: nothing in it is used."""
+
+
+class IndexChanged(StoreError):
+    """Another process wrote the index between this one's read and its write."""
 
 
 class Refused(StoreError):
@@ -214,6 +227,17 @@ class ModelStore(ABC):
         """Held while the index is read, changed and written back: another process's update waits."""
         return contextlib.nullcontext()
 
+    def _update(self, change: Callable[[], T]) -> T:
+        """Run `change` (read the index, change it, write it back) so that no other writer's update is lost:
+        under _updating, and again from a fresh read whenever the write finds the index changed meanwhile."""
+        def locked() -> T:
+            with self._updating():
+                return change()
+
+        retrying = Retrying(retry=retry_if_exception_type(IndexChanged), stop=stop_after_attempt(INDEX_TRIES),
+                            wait=wait_random(0, 0.2), reraise=True)
+        return retrying(locked)
+
     def versions(self) -> list[ModelVersion]:
         """All versions, oldest first."""
         return self._index()[1]
@@ -230,7 +254,8 @@ class ModelStore(ABC):
         # A JSON round trip up front: unserialisable metadata fails before any upload, and the record
         # returned now equals the one read back later.
         meta = json.loads(json.dumps(meta))
-        with self._updating():
+
+        def change() -> ModelVersion:
             active, records = self._index()
             number = max((r.version for r in records), default=0) + 1
             # Artifact first, index second: until the index names it, the version does not exist.
@@ -245,7 +270,10 @@ class ModelStore(ABC):
                 format=FORMAT,
             ))
             self._store_index(active, [*records, record])
-        log.info("saved model version %d (%d bytes) to %s", number, len(artifact), self.describe)
+            return record
+
+        record = self._update(change)
+        log.info("saved model version %d (%d bytes) to %s", record.version, len(artifact), self.describe)
         return record
 
     def load(self, version: int) -> bytes:
@@ -266,8 +294,7 @@ class ModelStore(ABC):
         saying the unsigned entries are theirs) and its SHA-256 matches. Returns the versions migrated and
         one line per version refused, which stays as it was and is never loaded.
         """
-        with self._updating():
-            return self._migrate(convert, vouch)
+        return self._update(lambda: self._migrate(convert, vouch))
 
     def _migrate(self, convert: Callable[[bytes], bytes], vouch: bool) -> tuple[list[int], list[str]]:
         active, records = self._index()
@@ -302,11 +329,13 @@ class ModelStore(ABC):
 
     def activate(self, version: int) -> None:
         """Make a saved version the active one; UnknownVersion if absent."""
-        with self._updating():
+        def change() -> None:
             _, records = self._index()
             if version not in {r.version for r in records}:
                 raise UnknownVersion(f"{self.describe} has no model version {version}")
             self._store_index(version, records)
+
+        self._update(change)
         log.info("activated model version %d in %s", version, self.describe)
 
 
@@ -387,6 +416,7 @@ class S3Store(ModelStore):
         self.artifact_keys = {fmt: f"{folder}model.{suffix}" for fmt, suffix in SUFFIX.items()}
         self.index_key = f"{folder}index.json"
         self._versioned = False
+        self._read = threading.local()  # .etag: the ETag of the index this thread read last (None: there was none)
         with self._errors("opening the store"):
             # boto3 picks up AWS_ENDPOINT_URL and the credentials from the environment itself.
             self.client = boto3.client("s3", config=S3_CONFIG)
@@ -435,17 +465,27 @@ class S3Store(ModelStore):
     def _read_index(self) -> bytes | None:
         with self._errors("reading index.json"):
             try:
-                return self.client.get_object(Bucket=self.bucket, Key=self.index_key)["Body"].read()
+                response = self.client.get_object(Bucket=self.bucket, Key=self.index_key)
             except self.client.exceptions.NoSuchKey:
+                self._read.etag = None
                 return None
+            self._read.etag = response["ETag"]
+            return response["Body"].read()
 
     def _write_index(self, data: bytes) -> None:
         # If this fails after an artifact upload, the index still lists only the old versions; the new
         # object version of model.skops is an orphan nobody points to, which is harmless.
+        etag = getattr(self._read, "etag", None)
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}  # still the index read, or still none
         with self._errors("writing index.json"):
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.index_key, Body=data, ContentType="application/json"
-            )
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self.index_key, Body=data,
+                                       ContentType="application/json", **condition)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in CONFLICT_CODES:
+                    raise IndexChanged(f"{self.describe}: index.json kept changing under this update; "
+                                       "another process writes it too") from err
+                raise
 
     def _put_artifact(self, version: int, artifact: bytes) -> str:
         self._ensure_versioning()

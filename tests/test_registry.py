@@ -135,12 +135,16 @@ def test_file_store_rejects_a_tampered_artifact(tmp_path: Path) -> None:
         store.load(1)
 
 
-def test_processes_starting_together_on_an_empty_file_store_each_write_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_processes_starting_together_on_an_empty_store_each_write_it_and_no_version_is_lost(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     # A bot and its workers started at once each find the store empty and save a first model.
+    url = f"file:{tmp_path}" if kind == "file" else f"s3://{new_bucket(request.getfixturevalue('s3'))}/models"
     errors: list[Exception] = []
 
     def bootstrap() -> None:
-        store = open_store(f"file:{tmp_path}")
+        store = open_store(url, KEY)  # a store of its own, as in a process of its own
         try:
             for _ in range(20):
                 store.activate(store.save(b"first model", META).version)
@@ -154,7 +158,8 @@ def test_processes_starting_together_on_an_empty_file_store_each_write_it(tmp_pa
         starter.join()
 
     assert errors == []
-    store = open_store(f"file:{tmp_path}")
+    store = open_store(url, KEY)
+    assert [r.version for r in store.versions()] == list(range(1, 81)), "every save is in the index"
     active = store.active()
     assert active is not None and store.load(active) == b"first model"
     assert not list(tmp_path.glob(".*.tmp"))
