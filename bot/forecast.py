@@ -8,8 +8,8 @@ big copy) restarts the trend instead of bending it. Time is the samples' own `ts
 An interval's median is of one sample per 20-second slot of the device (the first to arrive), so a device
 that reports every second costs no more than one that reports every 20 seconds, and most samples cost one
 comparison. A taken sample goes into the current interval; the line is refit only when an interval closes,
-over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last
-window of samples, and feeding it the same samples gives the same forecasts as building it live.
+over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last window of samples,
+and feeding it the same samples gives the same forecasts as building it live.
 """
 
 from __future__ import annotations
