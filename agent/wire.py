@@ -57,6 +57,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
 UNKNOWN_BOUNDS = (-BELOW_LIMIT, BELOW_LIMIT)
 # Between 2000-01-01 and 2100-01-01: any other time is a clock or unit error (ms instead of s).
 TS_FROM, TS_TO = 946684800.0, 4102444800.0
+# A receiver (the bot) also refuses a sample from further ahead of its own clock than this: the sender's clock
+# is wrong, and taken as the device's newest sample it would hide every real one that follows.
+MAX_AHEAD_S = 900.0
 # orjson stops at these as at any invalid value; the operator should read what they are.
 _NON_FINITE = ("NaN", "Infinity")
 
@@ -85,7 +88,7 @@ def encode(device: str, ts: float, metrics: dict[str, float]) -> bytes:
     ).encode()
 
 
-def _parse_ts(ts: object) -> float:
+def _parse_ts(ts: object, now: float | None) -> float:
     if type(ts) not in (int, float, str):  # bool is an int subclass: True is not a time
         raise WireError("ts must be Unix seconds or an ISO-8601 string with a UTC offset")
     if isinstance(ts, str):
@@ -103,6 +106,12 @@ def _parse_ts(ts: object) -> float:
         value = float(ts)
     if not (TS_FROM <= value < TS_TO):
         raise WireError("ts is out of range (expected Unix seconds between 2000 and 2100)")
+    if now is not None and value > now + MAX_AHEAD_S:
+        ahead = value - now
+        shown = (f"{ahead / 86400:.0f} d" if ahead >= 86400 else f"{ahead / 3600:.0f} h" if ahead >= 3600
+                 else f"{ahead / 60:.0f} min")
+        raise WireError(f"ts is {shown} ahead of the receiver's clock (at most {MAX_AHEAD_S / 60:.0f} min): "
+                        "the sender's clock is wrong")
     return value
 
 
@@ -150,8 +159,9 @@ _FLOAT = {float}
 _DEVICES_SEEN: set[str] = set()
 
 
-def parse(value: bytes | None, key: bytes | None = None) -> Sample:
-    """Validate one message value (and key, when given) and return its sample."""
+def parse(value: bytes | None, key: bytes | None = None, now: float | None = None) -> Sample:
+    """Validate one message value (and key, when given) and return its sample; given the receiver's clock
+    (`now`), a ts more than MAX_AHEAD_S ahead of it is refused too."""
     if value is None:
         raise WireError("empty message")
     if len(value) > MAX_MESSAGE_BYTES:
@@ -178,8 +188,8 @@ def parse(value: bytes | None, key: bytes | None = None) -> Sample:
     if len(metrics) > MAX_METRICS:
         raise WireError(f"more than {MAX_METRICS} metrics")
     ts = doc.get("ts")
-    if type(ts) is not float or not TS_FROM <= ts < TS_TO:
-        ts = _parse_ts(ts)
+    if type(ts) is not float or not TS_FROM <= ts < (TS_TO if now is None else now + MAX_AHEAD_S):
+        ts = _parse_ts(ts, now)
     return Sample(device, ts, *_metrics(metrics))
 
 

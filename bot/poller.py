@@ -162,6 +162,7 @@ class KafkaSource:
         first = self.consumer.poll(timeout)
         messages = [first] if first is not None else []
         count = size = 0
+        now = time.time()  # a sample from well ahead of it has a wrong clock (wire.MAX_AHEAD_S)
         while messages:
             for message in messages:  # the bot's hot loop: nothing but what each message needs
                 if message.error() is not None:
@@ -169,7 +170,7 @@ class KafkaSource:
                     continue
                 value = message.value()
                 try:
-                    samples.append(parse(value, message.key()))
+                    samples.append(parse(value, message.key(), now))
                 except Exception as exc:
                     self._refuse(batch, message, exc)
                 else:

@@ -27,6 +27,8 @@ def test_poison_messages_in_one_batch_are_rejected_and_every_valid_one_is_stored
         "out of range (expected from 0 to 100)": head + b'"metrics":{"cpu_percent":1e200}}',
         "unknown version v=true": b'{"v":true,"device":"pc1","ts":%d,"metrics":{}}' % ts,
         "surrogate": head + b'"metrics":{"\\udc80":1}}',
+        # A clock a year ahead: stored, it would stay the machine's newest sample and hide every real one.
+        "365 d ahead of the receiver": b'{"v":1,"device":"pc1","ts":%d,"metrics":{}}' % (ts + 365 * 86400),
     }
     valid = [(f"ok{i}".encode(), message(f"ok{i}", ts + i, cpu_percent=10.0 + i)) for i in range(len(poison) + 1)]
     messages = [valid[0]]

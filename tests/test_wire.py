@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -158,3 +159,17 @@ def test_other_samples_leave_their_known_metrics_to_be_looked_up(metrics: dict[s
 
     assert sample.metrics == {name: float(value) for name, value in metrics.items()}
     assert sample.known is None
+
+
+@pytest.mark.parametrize("ahead", [16 * 60, 3 * 3600, 400 * 86400])
+def test_a_receiver_refuses_a_time_well_ahead_of_its_clock_and_says_how_far(ahead: float) -> None:
+    now = TS
+    shown = {16 * 60: "16 min", 3 * 3600: "3 h", 400 * 86400: "400 d"}[ahead]
+    for ts in (now + ahead, datetime.fromtimestamp(now + ahead, UTC).isoformat()):
+        with pytest.raises(WireError, match=f"ts is {shown} ahead of the receiver's clock.*clock is wrong"):
+            parse(doc(ts=ts), now=now)
+        assert parse(doc(ts=ts)).ts == pytest.approx(now + ahead), "the sender itself does not check"
+
+
+def test_a_clock_a_little_ahead_is_accepted() -> None:
+    assert parse(doc(ts=TS + 120.5), now=TS).ts == TS + 120.5
