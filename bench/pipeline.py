@@ -52,9 +52,10 @@ import psutil
 from confluent_kafka import Consumer, Producer
 
 from agent.wire import KNOWN_METRICS, encode, parse
-from bot import store
+from bot import db
 from ml import model as ml_model
 from ml.train import train
+from schema import tables
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.services import KafkaBroker, postgres_cluster
 from tests.fakes.telegram_api import FakeTelegram
@@ -67,7 +68,7 @@ TARGET_ALERT_P99_S = 1.0
 TARGET_STATUS_S = 0.2
 TARGET_RSS_BYTES = 400 * 1024 * 1024
 MIB = 1024 * 1024
-COLUMNS = store.COLUMNS
+COLUMNS = db.COLUMNS
 KAFKA_TEST_TIMEOUTS = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 500}  # Tansu joins in ~1 s
 
 
@@ -233,9 +234,9 @@ def postgres_inserter(database: pw.Database) -> Callable[[list[tuple]], None]:
 @contextlib.contextmanager
 def fresh_store(url: str) -> Iterator[pw.Database]:
     """The bot's schema, empty."""
-    database = store.open_database(url)
-    database.drop_tables(store.TABLES)
-    database.create_tables(store.TABLES)
+    database = db.open_database(url)
+    database.drop_tables(db.TABLES)
+    database.create_tables(db.TABLES)
     try:
         yield database
     finally:
@@ -352,7 +353,7 @@ class Ingest:
 def stored_count(url: str, exact: bool = True) -> int:
     """Rows in the metric table; not `exact`: the highest id, a cheap upper bound to watch progress with.
     Counting every row 5 times a second would load the machine under the bot, and no ceiling is watched so."""
-    database = store.data.connect(url)
+    database = tables.connect(url)
     try:
         query = "SELECT count(*) FROM metric" if exact else "SELECT coalesce(max(id), 0) FROM metric"
         return database.execute_sql(query).fetchone()[0]
@@ -379,7 +380,7 @@ def run_bot_ingest(n: int, url: str, bootstrap: str, topic: str, fake: FakeTeleg
             time.sleep(1.0)  # anything stored twice would arrive now
         result.rss_max, result.hwm = rss.max, rss.hwm()
         bot.stop()
-    database = store.data.connect(url)
+    database = tables.connect(url)
     try:
         q = database.execute_sql
         first, last = q("SELECT min(received), max(received) FROM metric").fetchone()
@@ -469,7 +470,7 @@ def alert_latency(url: str, bootstrap: str, broker: KafkaBroker, fake: FakeTeleg
 def fill_sqlite(url: str, rows: int, devices: int) -> None:
     """`rows` samples of `devices` devices, generated inside SQLite (one statement, no Python per row), device
     by device so that the (device, ts) index grows at its end instead of everywhere."""
-    database = store.open_database(url)
+    database = db.open_database(url)
     metrics = ", ".join(KNOWN_METRICS)
     values = ", ".join("abs(random() % 5000) / 100.0" for _ in KNOWN_METRICS)
     per = rows // devices

@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import peewee as pw
 import psutil
 
 from agent.wire import KNOWN_METRICS
-from bot import store
+from bot import db
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.services import postgres_cluster
 from tests.fakes.telegram_api import FakeTelegram
@@ -141,7 +142,7 @@ def row_tuples(names: np.ndarray, matrix: np.ndarray) -> list[tuple]:
     return [(name, *row) for name, row in zip(names.tolist(), values.tolist(), strict=True)]
 
 
-def insert_sqlite(database: store.pw.Database, names: np.ndarray, matrix: np.ndarray) -> None:
+def insert_sqlite(database: pw.Database, names: np.ndarray, matrix: np.ndarray) -> None:
     """executemany on the raw sqlite3 connection, one transaction."""
     sql = f"INSERT INTO metric ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     connection = database.connection()
@@ -151,7 +152,7 @@ def insert_sqlite(database: store.pw.Database, names: np.ndarray, matrix: np.nda
             connection.executemany(sql, row_tuples(names[start:stop], matrix[start:stop]))
 
 
-def insert_postgres(database: store.pw.Database, names: np.ndarray, matrix: np.ndarray) -> None:
+def insert_postgres(database: pw.Database, names: np.ndarray, matrix: np.ndarray) -> None:
     """COPY ... FROM STDIN in CSV chunks (an empty unquoted field is NULL), one transaction."""
     sql = f"COPY metric ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
     with database.atomic():
@@ -165,16 +166,16 @@ def insert_postgres(database: store.pw.Database, names: np.ndarray, matrix: np.n
 
 
 def add_labels(count: int, rng: np.random.Generator) -> int:
-    """Human labels through bot.store.Label: stressed on real overloads, normal on ordinary samples, a few
+    """Human labels through bot.db.Label: stressed on real overloads, normal on ordinary samples, a few
     "wrong prediction" corrections on overloads that were fine."""
     half = count // 2
-    hot = [r[0] for r in store.Metric.select(store.Metric.id)
-           .where((store.Metric.cpu_percent >= 95) | (store.Metric.mem_percent >= 94))
-           .order_by(store.Metric.id).tuples()]
-    top = store.Metric.select(store.pw.fn.MAX(store.Metric.id)).scalar() or 0
+    hot = [r[0] for r in db.Metric.select(db.Metric.id)
+           .where((db.Metric.cpu_percent >= 95) | (db.Metric.mem_percent >= 94))
+           .order_by(db.Metric.id).tuples()]
+    top = db.Metric.select(pw.fn.MAX(db.Metric.id)).scalar() or 0
     candidates = (rng.choice(top, size=min(top, 3 * count), replace=False) + 1).tolist()
-    plain = [r[0] for r in store.Metric.select(store.Metric.id)
-             .where(store.Metric.id.in_(candidates) & (store.Metric.cpu_percent < 60)).tuples()]
+    plain = [r[0] for r in db.Metric.select(db.Metric.id)
+             .where(db.Metric.id.in_(candidates) & (db.Metric.cpu_percent < 60)).tuples()]
     stressed = rng.choice(hot, size=min(half, len(hot)), replace=False).tolist()
     normal = rng.choice(plain, size=min(count - len(stressed), len(plain)), replace=False).tolist()
     wrong = set(stressed[: max(1, len(stressed) // 10)])  # someone said "this spike was fine"
@@ -183,9 +184,9 @@ def add_labels(count: int, rng: np.random.Generator) -> int:
              "created": now - i} for i, m in enumerate(stressed)]
     rows += [{"metric": m, "value": 0, "user_id": ADMIN + 1, "user_name": "@ops", "created": now - i}
              for i, m in enumerate(normal)]
-    with store.db.atomic():
-        for start in range(0, len(rows), 500):
-            store.Label.insert_many(rows[start:start + 500]).execute()
+    with db.db.atomic():
+        for chunk in pw.chunked(rows, 500):
+            db.Label.insert_many(chunk).execute()
     return len(rows)
 
 
@@ -196,7 +197,7 @@ def build_dataset(url: str, rows: int, n_devices: int, n_labels: int, seed: int)
     devices = fleet(n_devices, rng)
     dev_idx, matrix = generate(rows, devices, rng, end=time.time() - 10)
     names = np.array([d.name for d in devices], dtype=object)[dev_idx]
-    database = store.open_database(url)
+    database = db.open_database(url)
     try:
         if url.startswith("sqlite"):
             insert_sqlite(database, names, matrix)

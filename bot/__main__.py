@@ -12,9 +12,10 @@ from telegram.error import InvalidToken
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from bot import logs
-from bot.app import RETRY_MAX_S, build_application, serve
+from bot.app import build_application, serve
+from bot.chat.link import RETRY_MAX_S
 from bot.config import ConfigError, load_settings
-from bot.store import open_database
+from bot.db import open_database
 from ml.registry import StoreError, open_store
 
 log = logging.getLogger("bot")
@@ -32,19 +33,17 @@ def _unreachable(error: BaseException) -> bool:
 def open_database_when_up(url: str) -> None:
     """Open the database, waiting with backoff while it is down or starting: a fleet's services start in any
     order. The log says so once, and once more when it answers."""
-    waited: list[BaseException] = []
+    outage = logs.Outage(log, "the database is unreachable (%s); retrying with backoff", "the database is reachable")
 
     def on_failure(state: RetryCallState) -> None:
-        if not waited and state.outcome is not None and (error := state.outcome.exception()) is not None:
-            log.warning("the database is unreachable (%s); retrying with backoff", str(error).strip().splitlines()[0])
-            waited.append(error)
+        if state.outcome is not None and (error := state.outcome.exception()) is not None:
+            outage.down(str(error).strip().splitlines()[0])
 
     for attempt in Retrying(retry=retry_if_exception(_unreachable), wait=wait_exponential(max=RETRY_MAX_S),
                             before_sleep=on_failure, reraise=True):
         with attempt:
             open_database(url)
-    if waited:
-        log.info("the database is reachable")
+    outage.up()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,7 @@
-"""Wiring: the Telegram application, its handlers, ingestion and the repeating jobs, and how the process runs.
+"""The composition root: builds the Telegram application from the three rooms (chat, pipeline, database) and
+runs the process.
 
 Metrics are read and stored from the first second; the chat side joins as soon as the Bot API answers.
-An outage of Telegram, at start or later, is retried with backoff and said once in the log when it
-starts and once when it ends.
 """
 
 from __future__ import annotations
@@ -11,89 +10,38 @@ import asyncio
 import gc
 import logging
 import signal
-import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from functools import partial
-from http import HTTPStatus
 from typing import Any
 
-import peewee as pw
-from telegram import BotCommand, InlineKeyboardMarkup, Update
-from telegram.error import InvalidToken, TelegramError
-from telegram.ext import (
-    AIORateLimiter,
-    Application,
-    CallbackQueryHandler,
-    CommandHandler,
-    ContextTypes,
-    MessageHandler,
-    TypeHandler,
-    filters,
-)
-from telegram.request import HTTPXRequest
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
+from telegram import Update
+from telegram.error import TelegramError
+from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler
+from telegram.ext import filters as tg_filters
 
-from bot import forecast, handlers, incidents, retention, store, texts
-from bot.active_model import ActiveModel, ModelKeeper, keep_model_loaded
-from bot.baselines import Baselines
+from bot import db
+from bot.chat import callbacks, handlers, jobs, texts
+from bot.chat.link import PollingRequest, TelegramLink, connect
+from bot.chat.sender import Sender
 from bot.config import Settings
-from bot.incidents import Decider, Rules
-from bot.poller import KafkaSource, LocalSource, Poller
-from bot.sender import Sender
+from bot.db import incidents as stored
+from bot.db import retention
+from bot.pipeline import forecast
+from bot.pipeline.baselines import Baselines
+from bot.pipeline.decide import Decider
+from bot.pipeline.incidents import Incidents, Rules
+from bot.pipeline.model import ActiveModel, ModelKeeper
+from bot.pipeline.poller import Poller
+from bot.pipeline.sources import KafkaSource, LocalSource
+from bot.pipeline.watch import Watch
 from ml.registry import ModelStore
 
 log = logging.getLogger(__name__)
 RETENTION_FIRST_S = 300.0
-COMMANDS = [
-    BotCommand("status", "every machine, or /status <device> for one"),
-    BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
-    BotCommand("rejected", "latest invalid messages and why"),
-    BotCommand("versions", "model versions, or /versions <n> for one in full"),
-    BotCommand("retrain", "train a new model from data and labels (admins)"),
-    BotCommand("rollback", "go back to an earlier model version (admins)"),
-    BotCommand("help", "what this bot does"),
-]
-RETRY_MAX_S = 30.0  # the longest wait between two tries to reach the Bot API
 OUTAGE_CHECK_S = 5.0  # how often the chats' view of Kafka and the database is brought up to date
 GC_YOUNG = 50_000  # allocations between collections of the youngest generation (Python's default: 700)
 SEND_EVERY_S = 1.0  # the outbox is also delivered at once after a batch that queued a message
 WATCH_EVERY_S = 15.0  # silent machines, reminders and ended mutes (more often for shorter settings)
-
-
-class TelegramLink:
-    """Whether the Bot API answers; the log says so once per change, not once per retry."""
-
-    def __init__(self) -> None:
-        self.up = True
-
-    def failed(self, error: BaseException) -> None:
-        if self.up:
-            log.warning("cannot reach the Telegram Bot API (%s: %s); retrying with backoff, metrics are still "
-                        "stored and alerts wait", type(error).__name__, error)
-        self.up = False
-
-    def answered(self) -> None:
-        if not self.up:
-            log.info("Telegram Bot API reachable again")
-        self.up = True
-
-
-class _PollingRequest(HTTPXRequest):
-    """The connection getUpdates uses. A failed poll reaches the Updater's error callback, but a good one
-    has no hook: this tells the link when Telegram answers again."""
-
-    __slots__ = ("_link",)
-
-    def __init__(self, link: TelegramLink) -> None:
-        super().__init__(connection_pool_size=1)  # what ApplicationBuilder gives getUpdates by default
-        self._link = link
-
-    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
-        code, payload = await super().do_request(*args, **kwargs)
-        if code == HTTPStatus.OK:
-            self._link.answered()
-        return code, payload
 
 
 def build_application(settings: Settings, model_store: ModelStore) -> Application:
@@ -104,7 +52,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .token(settings.token)
         .base_url(f"{settings.api_url}/bot")
         .base_file_url(f"{settings.api_url}/file/bot")
-        .get_updates_request(_PollingRequest(link))
+        .get_updates_request(PollingRequest(link))
         # Telegram's flood limits: at most ~30 messages a second, ~20 a minute per group. A 429 still
         # reaching the sender pauses it for as long as Telegram asks.
         .rate_limiter(AIORateLimiter())
@@ -127,12 +75,12 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     application.add_handler(CommandHandler("mute", handlers.mute_command))
     application.add_handler(CommandHandler("unmute", handlers.unmute_command))
     application.add_handler(CommandHandler("muted", handlers.muted_command))
-    application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=r"^i:"))
-    application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=r"^missed:"))
-    application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=r"^activate:"))
-    application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=r"^cancel$"))
+    application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=callbacks.INCIDENT_PATTERN))
+    application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=callbacks.MISSED_PATTERN))
+    application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=callbacks.ACTIVATE_PATTERN))
+    application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=callbacks.CANCEL_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.invalid_button))
-    application.add_handler(MessageHandler(filters.COMMAND, handlers.unknown_command))
+    application.add_handler(MessageHandler(tg_filters.COMMAND, handlers.unknown_command))
     application.add_error_handler(handlers.on_error)
     return application
 
@@ -149,14 +97,14 @@ async def serve(application: Application, worker: bool = False) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await _start_ingestion(application, watch_silences=not worker)
+    link: TelegramLink = application.bot_data["link"]
     try:
-        if not await _unless_stopped(_connect(application), stop):
+        if not await _unless_stopped(connect(application, link), stop):
             return
         if worker:
             log.info("worker: ingesting and sending; commands and buttons are the bot process's")
             await stop.wait()
             return
-        link: TelegramLink = application.bot_data["link"]
         # Telegram answered getMe a moment ago: a failure of the bootstrap calls now is retried too.
         await application.updater.start_polling(
             allowed_updates=Update.ALL_TYPES, bootstrap_retries=-1, error_callback=link.failed
@@ -180,43 +128,19 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) 
     return True
 
 
-def _worth_retrying(error: BaseException) -> bool:
-    # No connection, a 502, a timeout heal by themselves; a rejected token does not.
-    return isinstance(error, TelegramError) and not isinstance(error, InvalidToken)
-
-
-async def _connect(application: Application) -> None:
-    """Initialize the application (its getMe checks the token), retrying with backoff while Telegram fails."""
-    link: TelegramLink = application.bot_data["link"]
-
-    def on_failure(state: RetryCallState) -> None:
-        if state.outcome is not None and (error := state.outcome.exception()) is not None:
-            link.failed(error)
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(_worth_retrying),
-        wait=wait_exponential(multiplier=1, max=RETRY_MAX_S),
-        before_sleep=on_failure,
-        reraise=True,
-    )
-    async for attempt in retrying:
-        with attempt:
-            await application.initialize()
-    link.answered()
-
-
 async def _start_ingestion(application: Application, watch_silences: bool) -> None:
     """Load the model and start ingestion, before and whatever Telegram does; the watch of silences,
     reminders and mutes, and retention, run in one process of a fleet only (`watch_silences`)."""
     settings: Settings = application.bot_data["settings"]
     model: ActiveModel = application.bot_data["model"]
+    queue = application.job_queue
     if not settings.allowed_chat_ids:
         log.warning("ALLOWED_CHAT_IDS is empty: the bot answers nobody and sends no alerts")
-    # One try before the first batch, so a reachable store predicts from the first sample; then a job keeps
-    # trying with backoff while the store is down or refuses, and samples are stored without a prediction.
-    keeper = ModelKeeper(model, settings.allowed_chat_ids)
-    await keeper.attempt(application.bot)
-    application.job_queue.run_repeating(keep_model_loaded, interval=1.0, first=1.0, data=keeper, name="model")
+    # One try before the first batch, so a reachable store predicts from the first sample; then the keeper
+    # goes on trying with backoff while the store is down or refuses, and samples are stored without a prediction.
+    keeper = ModelKeeper(model, jobs.model_news_teller(application.bot, settings.allowed_chat_ids))
+    application.bot_data["model_keeper"] = asyncio.create_task(keeper.keep_loaded(), name="model")
+    await keeper.tried.wait()
     if settings.kafka_bootstrap:
         source: KafkaSource | LocalSource = KafkaSource(settings)
         interval = settings.poll_interval_s
@@ -230,124 +154,55 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     await asyncio.to_thread(_rebuild_forecasts, forecaster)
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
                   settings.alert_repeat_s, settings.silent_after_s, tuple(sorted(settings.allowed_chat_ids)))
-    decider = Decider(rules, model.drivers, forecaster, baselines)
-    sender = Sender(partial(_render, baselines), settings.alert_edit_s)
-    poller = Poller(source, model, decider, sender, interval)
-    application.bot_data.update(poller=poller, decider=decider, sender=sender)
-    application.job_queue.run_repeating(send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
-    if store.checkpoint_in_background():
-        application.job_queue.run_repeating(checkpoint, interval=store.CHECKPOINT_S, name="checkpoint")
-    # Often enough that a silence, a reminder or the end of a mute is seen within a quarter of its time.
-    every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
-                (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
+    incidents = Incidents(rules, texts.reply)
+    decider = Decider(incidents, model.drivers, forecaster, baselines)
+    sender = Sender(jobs.renderer(baselines), settings.alert_edit_s)
+    poller = Poller(source, model, decider, partial(sender.run, application.bot), interval)
+    application.bot_data.update(poller=poller, sender=sender)
+    queue.run_repeating(jobs.send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
+    if db.checkpoint_in_background():
+        queue.run_repeating(jobs.in_thread, interval=db.CHECKPOINT_S, data=db.checkpoint, name="checkpoint")
     if watch_silences:
-        application.job_queue.run_repeating(watch, interval=every, first=every, data=decider, name="watch")
-    application.job_queue.run_repeating(
-        tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages"
-    )
-    if watch_silences:
+        # Often enough that a silence, a reminder or the end of a mute is seen within a quarter of its time.
+        every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
+                    (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
+        queue.run_repeating(jobs.watch, interval=every, first=every,
+                            data=jobs.Watching(Watch(incidents, model.drivers), sender), name="watch")
         # In one process of a fleet: two downsampling the same device at once would count samples twice.
         # Soon after start as well as daily: a bot restarted every day still downsamples.
-        application.job_queue.run_repeating(retention.daily, interval=retention.DAY_S, first=RETENTION_FIRST_S,
-                                            data=settings.retention_days, name="retention")
-    # Everything made so far (libraries, the model) lives as long as the process: the garbage collector
-    # need not walk it again on every full collection, which cost ingestion about a third of its time.
+        queue.run_repeating(jobs.in_thread, interval=retention.DAY_S, first=RETENTION_FIRST_S,
+                            data=partial(retention.daily, settings.retention_days), name="retention")
+    queue.run_repeating(jobs.tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages")
+    # Everything made so far (libraries, the model) lives as long as the process: the garbage collector need
+    # not walk it again. A batch's many short-lived objects go by their reference counts, nearly none in a
+    # cycle: the youngest generation is collected less often (bench/README.md, the hot path).
     gc.freeze()
-    # A batch makes some 100,000 objects that live until it is stored, nearly none in a cycle (they go by
-    # their reference counts). At the default threshold of 700 the collector looked at them over a hundred
-    # times a batch; at GC_YOUNG a few times, a few per cent of ingestion.
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     # Application.start() would start the job queue only once Telegram answers.
-    await application.job_queue.start()
-    poller.start(application.bot)
+    await queue.start()
+    poller.start()
 
 
-@dataclass
-class Service:
-    """A service whose outage the chats hear about: once when it starts and once when it ends."""
-
-    is_up: Callable[[], bool]
-    down_text: str
-    up_text: str
-    told_up: bool = True  # what the chats were told last
-
-
-async def tell_outages(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The repeating job: a service that went down or came back is said once in every allowed chat."""
-    settings: Settings = context.bot_data["settings"]
-    for service in context.job.data:
-        up = service.is_up()
-        if up == service.told_up:
-            continue
-        try:
-            for chat_id in settings.allowed_chat_ids:
-                await context.bot.send_message(chat_id, service.up_text if up else service.down_text)
-        except TelegramError as exc:  # Telegram is out too: its own outage is in the log
-            log.debug("outage notice not sent (%s); trying again at the next check", exc)
-            return
-        service.told_up = up
-
-
-def _watched(source: KafkaSource | LocalSource) -> list[Service]:
-    services = [Service(
-        store.reachable,
-        "⚠️ The database is unreachable: metrics are not stored and /status cannot answer until it is back.",
-        "✅ The database is reachable again: metrics are stored.",
-    )]
+def _watched(source: KafkaSource | LocalSource) -> list[jobs.Service]:
+    services = [jobs.Service(db.reachable, texts.DATABASE_DOWN, texts.DATABASE_UP)]
     if isinstance(source, KafkaSource):
-        services.append(Service(
-            lambda: source.reachable,
-            "⚠️ Kafka is unreachable: no new metrics arrive until it is back. Nothing is lost: "
-            "they are read when it returns.",
-            "✅ Kafka is reachable again: metrics arrive.",
-        ))
+        services.append(jobs.Service(lambda: source.reachable, texts.KAFKA_DOWN, texts.KAFKA_UP))
     return services
 
 
 async def _greet(application: Application) -> None:
     """Once Telegram answers: set the command menu."""
     try:
-        await application.bot.set_my_commands(COMMANDS)
+        await application.bot.set_my_commands(texts.COMMANDS)
     except TelegramError as exc:  # the bot works without the menu
         log.warning("could not set the command menu: %s", exc.message)
-
-
-def _render(baselines: Baselines, incident: store.Incident) -> tuple[str, InlineKeyboardMarkup | None]:
-    """An incident's message as of its newest state (blocks: the usual ranges may be read)."""
-    return (texts.incident(incident, baselines.get(incident.device), time.time()),
-            texts.incident_keyboard(incident))
-
-
-async def send(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The repeating job that delivers the outbox: the Sender comes in as job data."""
-    await context.job.data.run(context.bot)
-
-
-async def checkpoint(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The repeating job that checkpoints SQLite beside ingestion. One that fails costs nothing: a commit
-    checkpoints once the log is long."""
-    try:
-        await asyncio.to_thread(store.checkpoint)
-    except pw.DatabaseError as exc:
-        log.debug("SQLite checkpoint failed: %s", exc)
-
-
-async def watch(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The repeating job for what no sample announces: silent machines, due reminders, mutes that ended."""
-    decider: Decider = context.job.data
-    await asyncio.to_thread(decider.check_silent)
-    await asyncio.to_thread(decider.due_reminders)
-    await asyncio.to_thread(decider.end_mutes)
-    if decider.queued:
-        decider.queued = False
-        await context.bot_data["sender"].run(context.bot)
 
 
 def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
     """The trends as they were before the restart, from the store's last window of samples; an episode
     with an open incident stays alerted, so a restart does not repeat it."""
-    forecaster.observe(store.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
-    forecaster.restore_alerted(incidents.open_forecasts())
+    forecaster.observe(db.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
+    forecaster.restore_alerted(stored.open_forecasts())
     log.info("forecasts rebuilt for %d devices", forecaster.devices())
 
 
@@ -355,6 +210,9 @@ async def _shut_down(application: Application) -> None:
     poller: Poller | None = application.bot_data.get("poller")
     if poller is not None:
         await poller.stop()  # its messages go out while the bot can still send
+    keeper: asyncio.Task[None] | None = application.bot_data.get("model_keeper")
+    if keeper is not None:
+        keeper.cancel()
     if application.updater.running:
         await application.updater.stop()
     if application.running:

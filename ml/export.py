@@ -16,19 +16,20 @@ CHUNK = 50_000
 def main(argv: list[str] | None = None) -> None:
     from ml import data
     from ml.config import ConfigError, load_store_settings
+    from schema.tables import Metric, open_database
 
     parser = argparse.ArgumentParser(prog="python -m ml.export", description=__doc__)
     parser.add_argument("--out", required=True, help="CSV file to write ('-' for stdout)")
     args = parser.parse_args(argv)
     try:
-        database = data.connect(load_store_settings().database_url)
+        open_database(load_store_settings().database_url)
     except ConfigError as exc:
         sys.exit(f"rigwatch: {exc}")
-    labels = data.latest_labels(database)
-    cursor = database.execute_sql(f"SELECT {', '.join(COLUMNS)} FROM metric ORDER BY id")
+    labels = data.latest_labels()
+    query = Metric.select(*(getattr(Metric, name) for name in COLUMNS)).order_by(Metric.id)
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
     count = 0
-    with out:
+    with out, data.streamed(*query.sql()) as cursor:
         writer = csv.writer(out)
         writer.writerow([*COLUMNS, "time_utc", "label"])
         while rows := cursor.fetchmany(CHUNK):

@@ -51,12 +51,12 @@ def retrain(
     meta["scenarios_failed"] = failed
     say("saving")
     saved = model_store.save(artifact.dumps(trained.pipeline), meta)
-    better, reason = _verdict(trained.meta["holdout"], new_scores, old_version, old_scores, failed)
+    better, reason = _verdict(trained.human_holdout, new_scores, old_version, old_scores, failed)
     return Retrained(saved, old_version, old_scores, new_scores, better, reason, failed)
 
 
 def _verdict(
-    holdout: str, new: dict, old_version: int | None, old: dict | None, failed: list[str]
+    human_holdout: bool, new: dict, old_version: int | None, old: dict | None, failed: list[str]
 ) -> tuple[bool, str]:
     """Whether the new model may replace the active one by itself, and why.
 
@@ -68,7 +68,7 @@ def _verdict(
         return False, f"it fails {len(failed)} operator scenario{'s' if len(failed) > 1 else ''} ({shown})"
     if old is None:
         return True, "it passes every operator scenario and there was no active model"
-    if "human-labelled" not in holdout:
+    if not human_holdout:
         return True, "it passes every operator scenario (too few human labels to compare F1)"
     if new["f1"] >= old["f1"]:
         return True, f"it passes every operator scenario, and F1 {new['f1']:.3f} on human labels is not worse " \

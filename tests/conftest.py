@@ -1,4 +1,5 @@
-"""Fixtures that start the real services the tests talk to."""
+"""Fixtures shared by the tests: the real services they talk to, empty stores on each engine, and a decider
+on a store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import peewee as pw
 import pytest
@@ -13,6 +15,10 @@ import pytest
 from tests.fakes.scenario import TOKEN
 from tests.fakes.services import KafkaBroker, postgres_cluster, s3_server
 from tests.fakes.telegram_api import FakeTelegram
+
+if TYPE_CHECKING:
+    from bot.pipeline.decide import Decider
+    from bot.pipeline.incidents import Incidents
 
 
 @pytest.fixture(scope="session")
@@ -53,16 +59,52 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
     """An empty store on each engine we ship on: a new SQLite file, or the session's Postgres emptied."""
-    from bot import store
+    from bot import db
 
     if request.param == "sqlite":
-        database = store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
+        database = db.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
     else:
-        database = store.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(store.TABLES)
-        database.create_tables(store.TABLES)
+        database = db.open_database(request.getfixturevalue("postgres_url"))
+        database.drop_tables(db.TABLES)
+        database.create_tables(db.TABLES)
     yield database
     database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty store on each engine, for a bot process: a SQLite file in a folder not made yet, or
+    the session's Postgres emptied."""
+    from bot import db
+
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db/rigwatch.sqlite3"
+    url = request.getfixturevalue("postgres_url")
+    database = db.open_database(url)
+    database.drop_tables(db.TABLES)
+    database.close()
+    return url
+
+
+@pytest.fixture
+def incidents(database: pw.Database) -> Incidents:
+    """The incidents of the store under RULES, replying with the bot's texts."""
+    from bot.chat import texts
+    from bot.pipeline.incidents import Incidents
+    from tests.fakes.incidents import RULES
+
+    return Incidents(RULES, texts.reply)
+
+
+@pytest.fixture
+def decider(incidents: Incidents) -> Decider:
+    """A decider on those incidents, as the poller's: disk_percent past 90 drives an alert."""
+    from bot.pipeline.baselines import Baselines
+    from bot.pipeline.decide import Decider
+    from bot.pipeline.forecast import Forecaster
+    from tests.fakes.incidents import drivers
+
+    return Decider(incidents, drivers, Forecaster(4 * 3600), Baselines())
 
 
 @pytest.fixture(scope="session")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import peewee as pw
 import pytest
 
-from agent.wire import Sample
-from bot import store
-from bot.baselines import Baselines, Usual, usual_ranges
+from bot import db
+from bot.pipeline.baselines import Baselines, Usual, usual_ranges
+from tests.fakes.samples import series
 
 NOW = 1764226800.0
 DAY = 86400.0
 
 
 def put(device: str, start: float, step: float, values: list[float], name: str = "disk_percent") -> None:
-    samples = [Sample(device, start + i * step, {name: value, "cpu_percent": 20.0}) for i, value in enumerate(values)]
-    store.store_batch(samples, [None] * len(samples), None, [])
+    samples = series(device, start, [{name: value, "cpu_percent": 20.0} for value in values], step)
+    db.store_batch(samples, [None] * len(samples), None, [])
 
 
 def test_the_usual_range_is_the_10th_to_90th_percentile_of_the_last_7_days(database: pw.Database) -> None:

@@ -13,8 +13,9 @@ import pytest
 from matplotlib import image
 
 from agent.wire import Sample
-from bot import charts, store
-from bot.store import ChartPoint
+from bot import db
+from bot.chat import charts
+from bot.db import ChartPoint
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import CHAT, WAIT_S, bot_env
 from tests.fakes.telegram_api import FakeTelegram
@@ -28,7 +29,7 @@ SHADE_RGB = np.array([249, 231, 217]) / 255
 
 def put(device: str, rows: list[tuple[float, float | None, dict[str, float]]]) -> None:
     """Store samples (ts, P(stressed), metrics) of one device, as the poller would."""
-    store.store_batch([Sample(device, ts, metrics) for ts, _p, metrics in rows], [p for _ts, p, _m in rows], 1, [])
+    db.store_batch([Sample(device, ts, metrics) for ts, _p, metrics in rows], [p for _ts, p, _m in rows], 1, [])
 
 
 def answer(telegram: FakeTelegram, command: str, expected: str) -> str:
@@ -59,7 +60,7 @@ def test_a_week_of_samples_comes_back_as_at_most_600_bucket_means(database: pw.D
     put("pc1", rows)
     put("pc2", [(T0 + 60, 0.99, {"cpu_percent": 100.0})])  # another machine stays out of pc1's chart
 
-    series = store.chart_series("pc1", T0, T0 + WEEK, ["cpu_percent", "mem_percent", "swap_percent", "disk_percent"])
+    series = db.chart_series("pc1", T0, T0 + WEEK, ["cpu_percent", "mem_percent", "swap_percent", "disk_percent"])
 
     assert 590 <= len(series.points) <= 600
     buckets: dict[int, list[tuple[float, float | None, dict[str, float]]]] = defaultdict(list)
@@ -88,7 +89,7 @@ def test_a_bucket_averages_its_metrics_and_keeps_its_highest_probability(databas
         (T0 + 3601, 0.99, {"cpu_percent": 99.0}),  # after it
     ])
 
-    series = store.chart_series("pc1", T0, T0 + 3600, ["cpu_percent", "mem_percent"], max_points=3)
+    series = db.chart_series("pc1", T0, T0 + 3600, ["cpu_percent", "mem_percent"], max_points=3)
 
     assert series.bucket_s == 1800
     assert series.points == [
@@ -101,8 +102,8 @@ def test_a_bucket_averages_its_metrics_and_keeps_its_highest_probability(databas
 def test_a_machine_with_no_sample_in_the_window_has_an_empty_series(database: pw.Database) -> None:
     put("pc1", [(T0, 0.1, {"cpu_percent": 10.0})])
 
-    assert store.chart_series("pc1", T0 + 60, T0 + 7200, ["cpu_percent"]).points == []
-    assert store.chart_series("pc9", T0 - 60, T0 + 7200, ["cpu_percent"]).points == []
+    assert db.chart_series("pc1", T0 + 60, T0 + 7200, ["cpu_percent"]).points == []
+    assert db.chart_series("pc9", T0 - 60, T0 + 7200, ["cpu_percent"]).points == []
 
 
 def point(ts: float, p: float | None) -> ChartPoint:
@@ -110,7 +111,7 @@ def point(ts: float, p: float | None) -> ChartPoint:
 
 
 def test_the_chart_is_a_small_png_that_shades_the_stressed_stretches(tmp_path: Path) -> None:
-    store.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
+    db.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
     end = T0 + 7200
     rows = [(T0 + 10 * i, 0.9 if 300 <= i < 360 else 0.1,
              {"cpu_percent": 50.0 + (40 if 300 <= i < 360 else 0), "mem_percent": 60.0, "swap_percent": 2.0,
@@ -135,7 +136,7 @@ def test_the_chart_is_a_small_png_that_shades_the_stressed_stretches(tmp_path: P
 @pytest.mark.slow
 def test_status_and_chart_of_a_machine_send_its_chart_as_a_photo(telegram: FakeTelegram, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
-    store.open_database(url)
+    db.open_database(url)
     now = time.time()
     put("pc1", [(now - 8 * 3600 + 30 * i, 0.95 if 900 <= i < 920 else 0.1,
                  {"cpu_percent": 30.0 + i % 20, "mem_percent": 55.0, "disk_percent": 71.0}) for i in range(960)])

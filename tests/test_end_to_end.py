@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import store
+from bot import db
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
@@ -16,17 +16,6 @@ from tests.fakes.telegram_api import FakeTelegram
 STRANGER_CHAT = 9999
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/db/rigwatch.sqlite3"
-    url = request.getfixturevalue("postgres_url")
-    database = store.open_database(url)
-    database.drop_tables(store.TABLES)
-    database.close()
-    return url
 
 
 def test_a_stressed_machine_is_alerted_labelled_and_shown_in_status(
@@ -54,8 +43,8 @@ def test_a_stressed_machine_is_alerted_labelled_and_shown_in_status(
         assert "pc1" in overview and "stressed" in overview
         assert bot.stop() == 0
 
-    store.open_database(database_url)
-    (label,) = store.Label.select()
+    db.open_database(database_url)
+    (label,) = db.Label.select()
     assert (label.value, label.user_id, label.metric.device, label.metric.ts) == (0, ADMIN, "pc1", ts)
 
 
@@ -69,22 +58,22 @@ def test_every_message_is_stored_exactly_once_across_a_sigkill(
     produce(kafka, topic, batch)
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
     env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic, BATCH_SIZE="250")
-    store.open_database(url)
+    db.open_database(url)
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        wait_until(lambda: store.Metric.select().count() > 0, what="first rows stored")
+        wait_until(lambda: db.Metric.select().count() > 0, what="first rows stored")
         bot.kill()
-    stored_before_restart = store.Metric.select().count()
+    stored_before_restart = db.Metric.select().count()
     assert stored_before_restart < total - 1, "the bot finished before it was killed: nothing was tested"
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        wait_until(lambda: store.Metric.select().count() + store.Rejected.select().count() >= total, timeout=60,
+        wait_until(lambda: db.Metric.select().count() + db.Rejected.select().count() >= total, timeout=60,
                    what="all messages stored")
         time.sleep(1)  # anything stored twice would arrive now
         assert bot.stop() == 0
-    assert store.Metric.select().count() == total - 1
-    assert store.Rejected.select().count() == 1
-    distinct = store.Metric.select(store.Metric.device, store.Metric.ts).distinct().count()
+    assert db.Metric.select().count() == total - 1
+    assert db.Rejected.select().count() == 1
+    distinct = db.Metric.select(db.Metric.device, db.Metric.ts).distinct().count()
     assert distinct == total - 1
 
 
@@ -108,17 +97,17 @@ def test_malformed_messages_are_rejected_with_a_reason_and_neighbours_are_stored
     env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log("rejected message", count=len(bad))
-        store.open_database(url)
-        wait_until(lambda: store.Metric.select().count() == 2, what="both valid messages stored")
+        db.open_database(url)
+        wait_until(lambda: db.Metric.select().count() == 2, what="both valid messages stored")
         listing = ask(telegram, "/rejected")
         assert "unknown version" in listing and f"{topic}[0]@" in listing
         assert bot.stop() == 0
-    assert sorted(m.device for m in store.Metric.select()) == ["good1", "good2"]
-    reasons = [r.reason for r in store.Rejected.select().order_by(store.Rejected.id)]
+    assert sorted(m.device for m in db.Metric.select()) == ["good1", "good2"]
+    reasons = [r.reason for r in db.Rejected.select().order_by(db.Rejected.id)]
     assert len(reasons) == len(bad)
     for expected, reason in zip(bad, reasons, strict=True):
         assert expected in reason
-    big = store.Rejected.select().order_by(store.Rejected.size.desc()).first()
+    big = db.Rejected.select().order_by(db.Rejected.size.desc()).first()
     assert big.size > 1_000_000 and len(big.payload) <= 512
 
 
@@ -148,8 +137,8 @@ def test_a_chat_that_is_not_allowed_gets_no_data_and_forged_buttons_store_nothin
             assert "not valid" in answer.params["text"]
         assert "refused chat 9999" in bot.log
         assert bot.stop() == 0
-    store.open_database(url)
-    assert store.Label.select().count() == 0
+    db.open_database(url)
+    assert db.Label.select().count() == 0
 
 
 def test_without_kafka_the_bot_watches_its_own_machine(telegram: FakeTelegram, tmp_path: Path) -> None:
@@ -158,9 +147,9 @@ def test_without_kafka_the_bot_watches_its_own_machine(telegram: FakeTelegram, t
     env.pop("KAFKA_SESSION_TIMEOUT_MS")
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log("single-host mode")
-        store.open_database(url)
-        wait_until(lambda: store.Metric.select().count() >= 2, what="two samples of this machine")
-        device = store.Metric.select().first().device
+        db.open_database(url)
+        wait_until(lambda: db.Metric.select().count() >= 2, what="two samples of this machine")
+        device = db.Metric.select().first().device
         status = ask(telegram, f"/status {device}")
         assert device in status and "CPU" in status and "Memory" in status
         assert bot.stop() == 0
@@ -176,13 +165,13 @@ def test_an_alert_waits_out_a_telegram_outage_and_the_data_is_stored_meanwhile(
         telegram.set_down(True)
         produce(kafka, topic, [(b"pc1", message("pc1", time.time(), cpu_percent=99.0, mem_percent=98.0))])
         bot.wait_log("Telegram did not take a message")
-        store.open_database(url)
-        assert store.Metric.select().count() == 1
+        db.open_database(url)
+        assert db.Metric.select().count() == 1
         telegram.set_down(False)
         alert = telegram.wait_for_message(CHAT, lambda text: "pc1" in text, timeout=15)
         assert alert["reply_markup"]["inline_keyboard"]
         assert bot.stop() == 0
-    assert store.Notice.select().where(store.Notice.sent.is_null(False)).count() == 1
+    assert db.Notice.select().where(db.Notice.sent.is_null(False)).count() == 1
 
 
 def test_a_dead_broker_is_logged_once_and_the_bot_keeps_answering(telegram: FakeTelegram, tmp_path: Path) -> None:
@@ -208,13 +197,13 @@ def test_a_tampered_active_model_is_refused_at_start_and_the_chat_is_told(
         assert bot.stop() == 0
     artifact = tmp_path / "models" / "v0001.skops"
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
-    store.open_database(url)
-    before = store.Metric.select().count()
+    db.open_database(url)
+    before = db.Metric.select().count()
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
         warning = telegram.wait_for_message(CHAT, lambda text: "No model could be loaded" in text)
         assert "SHA-256" in warning["text"]
-        wait_until(lambda: store.Metric.select().count() >= before + 2, what="samples stored without a model")
+        wait_until(lambda: db.Metric.select().count() >= before + 2, what="samples stored without a model")
         assert bot.stop() == 0
-    unpredicted = store.Metric.select().order_by(store.Metric.id).offset(before)
-    assert [m.p_stressed for m in unpredicted] == [None] * (store.Metric.select().count() - before)
+    unpredicted = db.Metric.select().order_by(db.Metric.id).offset(before)
+    assert [m.p_stressed for m in unpredicted] == [None] * (db.Metric.select().count() - before)

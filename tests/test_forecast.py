@@ -10,8 +10,8 @@ import pytest
 from scipy.stats import theilslopes
 
 from agent.wire import Sample
-from bot import store
-from bot.forecast import REBUILD_S, TRENDED, WINDOW_BUCKETS, Forecast, Forecaster, theil_sen
+from bot import db
+from bot.pipeline.forecast import REBUILD_S, TRENDED, WINDOW_BUCKETS, Forecast, Forecaster, theil_sen
 
 T0 = 1764226800.0  # 2025-11-27 07:00:00 UTC
 HORIZON_S = 4 * 3600
@@ -186,14 +186,14 @@ def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_bu
             Sample("pc2", ts + 7, {"disk_percent": 40.0, "mem_percent": 30.0 + minute % 5}),
             Sample("db1", ts + 13, {"mem_percent": 60.0 + minute / 10, "cpu_percent": 50.0}),
         ]
-        new = store.store_batch(samples, [None] * 3, None, [])
+        new = db.store_batch(samples, [None] * 3, None, [])
         for forecast in live.observe([(s.id, s.device, s.ts, s.metrics) for s in new]):
             live.mark_alerted(forecast)
             alerted.append(forecast)
     assert {(f.device, f.metric) for f in alerted} == {("pc1", "disk_percent"), ("db1", "mem_percent")}
 
     rebuilt = Forecaster(HORIZON_S)
-    rebuilt.observe(store.recent_per_device(REBUILD_S, list(TRENDED)))
+    rebuilt.observe(db.recent_per_device(REBUILD_S, list(TRENDED)))
     rebuilt.restore_alerted({(f.device, f.metric) for f in alerted})  # the open forecast incidents
 
     for device in ("pc1", "pc2", "db1"):

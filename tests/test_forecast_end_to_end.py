@@ -11,27 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from bot import store
-from bot.forecast import BUCKET_S
+from bot import db
+from bot.pipeline.forecast import BUCKET_S
 from tests.fakes.bot_process import BotProcess
+from tests.fakes.samples import messages
 from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
 MINUTE = 60.0
+QUIET = {"cpu_percent": 20.0, "mem_percent": 50.0}
 
 
 def history(device: str, end: float, hours: float, disk: float = 47.5, step: float = 240) -> list[tuple[bytes, bytes]]:
     """A quiet machine: disk between 40 and 55 % around `disk`, one sample every `step` seconds until `end`."""
     count = int(hours * 3600 / step)
-    return [(device.encode(), message(device, end - (count - i) * step, cpu_percent=20.0, mem_percent=50.0,
-                                      disk_percent=disk - 7.5 + i % 16)) for i in range(count)]
+    return messages(device, end - count * step, [{**QUIET, "disk_percent": disk - 7.5 + i % 16} for i in range(count)],
+                    step)
 
 
 def fill(device: str, start: float, minutes: int, disk: float, per_10_min: float = 1.0) -> list[tuple[bytes, bytes]]:
     """The disk grows by `per_10_min` points every 10 minutes, one sample a minute."""
-    return [(device.encode(), message(device, start + m * MINUTE, cpu_percent=20.0, mem_percent=50.0,
-                                      disk_percent=min(100.0, disk + per_10_min * (m // 10)))) for m in range(minutes)]
+    disks = [min(100.0, disk + per_10_min * (m // 10)) for m in range(minutes)]
+    return messages(device, start, [{**QUIET, "disk_percent": d} for d in disks], MINUTE)
 
 
 def forecasts_for(telegram: FakeTelegram, device: str) -> list[str]:
@@ -61,10 +63,10 @@ def test_a_filling_disk_is_forecast_once_explained_and_judged_and_a_restart_does
         now = float(re.search(r"now (\d+) %", first)[1])
         assert 80 < now < 95, first
         assert re.search(r"in about \d+ h \(now \d+ %, \+[5-7]\.\d %/h\)", first), first
-        store.open_database(url)
-        stored = store.Metric.select().count()
+        db.open_database(url)
+        stored = db.Metric.select().count()
         produce(kafka, topic, fill("pc1", fill_start + 60 * MINUTE, 40, 86.0))
-        wait_until(lambda: store.Metric.select().count() == stored + 40, what="the rest of the fill stored")
+        wait_until(lambda: db.Metric.select().count() == stored + 40, what="the rest of the fill stored")
         assert re.search(r"usually 4\d–5\d %", alert["text"]), alert["text"]
         buttons = [b for row in alert["reply_markup"]["inline_keyboard"] for b in row]
         assert [b["text"] for b in buttons][:2] == ["✅ Right forecast", "❌ Wrong forecast"]
@@ -89,15 +91,15 @@ def test_a_filling_disk_is_forecast_once_explained_and_judged_and_a_restart_does
         assert bot.stop() == 0
     assert len(forecasts_for(telegram, "pc1")) == 1
     assert forecasts_for(telegram, "pc2") == []
-    assert [(f.value, f.user_id, f.incident.kind) for f in store.ForecastLabel.select()] == [(1, ADMIN, "forecast")]
-    assert store.Label.select().count() == 0, "a verdict on a forecast is no stressed/normal label"
+    assert [(f.value, f.user_id, f.incident.kind) for f in db.ForecastLabel.select()] == [(1, ADMIN, "forecast")]
+    assert db.Label.select().count() == 0, "a verdict on a forecast is no stressed/normal label"
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log("forecasts rebuilt for 2 devices")
         assert forecast_part(ask(telegram, "/status pc1")) == forecast_part(status), "same trend after a restart"
-        stored = store.Metric.select().count()
+        stored = db.Metric.select().count()
         produce(kafka, topic, fill("pc1", fill_start + 100 * MINUTE, 20, 90.0))
-        wait_until(lambda: store.Metric.select().count() == stored + 20, what="the fill goes on")
+        wait_until(lambda: db.Metric.select().count() == stored + 20, what="the fill goes on")
         time.sleep(1)  # a repeated forecast would be sent now
         assert bot.stop() == 0
     assert len(forecasts_for(telegram, "pc1")) == 1, "the episode was alerted before the restart"
@@ -112,11 +114,11 @@ def test_a_disk_that_is_cleaned_up_stops_its_forecast_and_a_new_fill_is_forecast
     produce(kafka, topic, history("pc3", start, 24) + fill("pc3", start, 100, 80.0))
     with BotProcess(env, tmp_path / "bot.log") as bot:
         telegram.wait_for_message(CHAT, lambda text: "<b>pc3</b>: disk will be full" in text, timeout=30)
-        store.open_database(url)
+        db.open_database(url)
 
         cleaned = [(b"pc3", message("pc3", start + (100 + m) * MINUTE, disk_percent=50.0)) for m in range(90)]
         produce(kafka, topic, cleaned)
-        wait_until(lambda: store.Metric.select().count() == 360 + 100 + 90, what="the cleaned disk stored")
+        wait_until(lambda: db.Metric.select().count() == 360 + 100 + 90, what="the cleaned disk stored")
         wait_until(lambda: "no trend toward an edge" in forecast_part(ask(telegram, "/status pc3")),
                    what="the forecast ended by the cleanup")
 

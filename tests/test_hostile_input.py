@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.wire import Sample
-from bot import store
+from bot import db
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
@@ -37,14 +37,14 @@ def test_poison_messages_in_one_batch_are_rejected_and_every_valid_one_is_stored
     produce(kafka, topic, messages)
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
     env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
-    store.open_database(url)
+    db.open_database(url)
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        wait_until(lambda: store.Metric.select().count() == len(valid), what="every valid message stored")
+        wait_until(lambda: db.Metric.select().count() == len(valid), what="every valid message stored")
         bot.wait_log("rejected message", count=len(poison))
         listing = ask(telegram, "/rejected")
         assert bot.stop() == 0
-    assert sorted(m.device for m in store.Metric.select()) == sorted(key.decode() for key, _ in valid)
-    reasons = [r.reason for r in store.Rejected.select().order_by(store.Rejected.id)]
+    assert sorted(m.device for m in db.Metric.select()) == sorted(key.decode() for key, _ in valid)
+    reasons = [r.reason for r in db.Rejected.select().order_by(db.Rejected.id)]
     assert len(reasons) == len(poison)
     for expected, reason in zip(poison, reasons, strict=True):
         assert expected in reason
@@ -57,8 +57,8 @@ def test_status_of_a_machine_with_a_lone_surrogate_in_a_metric_name_is_answered(
 ) -> None:
     # A row stored before the wire format refused such names: what the bot says about it must still be sendable.
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
-    store.open_database(url)
-    store.store_batch([Sample("pc1", time.time(), {"cpu_percent": 12.0, "fan\udc80": 900.0})], [0.1], 1, [])
+    db.open_database(url)
+    db.store_batch([Sample("pc1", time.time(), {"cpu_percent": 12.0, "fan\udc80": 900.0})], [0.1], 1, [])
     env = bot_env(telegram, tmp_path, url, SAMPLE_INTERVAL_SECONDS="60")
     with BotProcess(env, tmp_path / "bot.log") as bot:
         status = ask(telegram, "/status pc1")

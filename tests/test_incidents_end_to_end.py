@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import store
+from bot import db
 from tests.fakes.bot_process import BotProcess
+from tests.fakes.samples import messages
 from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, message, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -16,10 +17,6 @@ pytestmark = pytest.mark.slow
 HEALTHY = {"cpu_percent": 20.0, "load_1m": 0.3, "mem_percent": 50.0, "disk_percent": 50.0}
 FULL_DISK = {**HEALTHY, "disk_percent": 99.5}
 OTHER_CHAT = -100123  # a group: sorted first
-
-
-def samples(device: str, start: float, metrics: list[dict[str, float]], step: float = 5.0) -> list:
-    return [(device.encode(), message(device, start + i * step, **m)) for i, m in enumerate(metrics)]
 
 
 def incident_messages(telegram: FakeTelegram, device: str) -> list[dict]:
@@ -57,12 +54,12 @@ def test_a_stressed_stretch_is_one_message_edited_while_it_lasts_then_recovered_
     # P wobbles around the threshold for a while (a full disk being cleaned and filled), then recovers.
     wobble = [FULL_DISK, {**HEALTHY, "disk_percent": 95.5}] * 10
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        produce(kafka, topic, samples("pc1", start, [FULL_DISK] * 3))
+        produce(kafka, topic, messages("pc1", start, [FULL_DISK] * 3))
         alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
         assert "Disk (root) 99.5 %" in alert["text"]
-        produce(kafka, topic, samples("pc1", start + 15, wobble))
+        produce(kafka, topic, messages("pc1", start + 15, wobble))
         wait_until(lambda: "(1 min" in current(telegram, alert["message_id"])["text"], what="an edit: 1 min")
-        produce(kafka, topic, samples("pc1", start + 115, [HEALTHY] * 3))
+        produce(kafka, topic, messages("pc1", start + 115, [HEALTHY] * 3))
         wait_until(lambda: "recovered" in current(telegram, alert["message_id"])["text"], what="recovered")
         wait_until(lambda: replies_to(telegram, alert["message_id"]), what="the recovery reply")
         press(telegram, current(telegram, alert["message_id"]), "📈 Chart")
@@ -83,24 +80,24 @@ def test_an_alert_decided_before_a_crash_is_sent_after_the_restart_and_never_twi
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log("Application started")
         telegram.set_down(True)  # stored and decided, but not sent: then the process dies
-        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        produce(kafka, topic, messages("pc1", time.time() - 30, [FULL_DISK] * 2))
         bot.wait_log("Telegram did not take a message")
         bot.kill()
     telegram.set_down(False)
-    store.open_database(env["DATABASE_URL"])
-    assert store.Incident.select().count() == 1
+    db.open_database(env["DATABASE_URL"])
+    assert db.Incident.select().count() == 1
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
         alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
         assert "labelled stressed" in press(telegram, alert, "✅ Correct")
         bot.kill()  # right after delivering: a restart must not send it again
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        produce(kafka, topic, samples("pc1", time.time() - 10, [FULL_DISK] * 2))
-        wait_until(lambda: store.Metric.select().count() == 4, what="the new samples stored")
+        produce(kafka, topic, messages("pc1", time.time() - 10, [FULL_DISK] * 2))
+        wait_until(lambda: db.Metric.select().count() == 4, what="the new samples stored")
         time.sleep(1.5)  # the sender runs every second: a repeated alert would be out by now
         assert bot.stop() == 0
     assert len(incident_messages(telegram, "pc1")) == 1
-    assert store.Label.get().value == 1
+    assert db.Label.get().value == 1
 
 
 def test_a_slow_answer_to_sendmessage_is_not_sent_again_and_its_buttons_work(
@@ -108,7 +105,7 @@ def test_a_slow_answer_to_sendmessage_is_not_sent_again_and_its_buttons_work(
 ) -> None:
     telegram.delay_next("sendMessage", 7.0)  # longer than the Bot API client's default read timeout of 5 s
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        produce(kafka, topic, messages("pc1", time.time() - 30, [FULL_DISK] * 2))
         alert = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
         assert "labelled normal" in press(telegram, alert, "❌ Wrong prediction")  # before Telegram answered
         wait_until(lambda: "false alarm" in current(telegram, alert["message_id"])["text"], what="the edit")
@@ -125,9 +122,9 @@ def test_a_chat_that_blocked_the_bot_is_logged_once_and_the_other_chats_get_thei
         start = ask(telegram, "/start")
         assert "I watch the fleet on Kafka topic" in start and "this chat and 1 other chat" in start
         telegram.fail_next("sendMessage", 403)  # the next send: the first alert to the lower chat id, the group
-        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        produce(kafka, topic, messages("pc1", time.time() - 30, [FULL_DISK] * 2))
         telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text)
-        produce(kafka, topic, samples("pc2", time.time() - 30, [FULL_DISK] * 2))
+        produce(kafka, topic, messages("pc2", time.time() - 30, [FULL_DISK] * 2))
         telegram.wait_for_message(CHAT, lambda text: "<b>pc2</b> is stressed" in text)
         assert bot.stop() == 0
     assert bot.log.count(f"chat {OTHER_CHAT} cannot receive messages") == 1
@@ -140,7 +137,7 @@ def test_a_flood_limit_pauses_sending_for_as_long_as_telegram_asks(
 ) -> None:
     telegram.fail_next("sendMessage", 429, retry_after=3)
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        produce(kafka, topic, samples("pc1", time.time() - 30, [FULL_DISK] * 2))
+        produce(kafka, topic, messages("pc1", time.time() - 30, [FULL_DISK] * 2))
         telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> is stressed" in text, timeout=30)
         assert bot.stop() == 0
     refused, sent = telegram.calls("sendMessage")
@@ -157,8 +154,8 @@ def test_six_hundred_alerts_due_after_an_outage_are_all_delivered(
         bot.wait_log("Application started")
         telegram.set_down(True)
         produce(kafka, topic, [(d.encode(), message(d, time.time() - 20, **FULL_DISK)) for d in devices])
-        store.open_database(env["DATABASE_URL"])
-        wait_until(lambda: store.Incident.select().count() == 600, what="600 incidents decided")
+        db.open_database(env["DATABASE_URL"])
+        wait_until(lambda: db.Incident.select().count() == 600, what="600 incidents decided")
         telegram.set_down(False)
         wait_until(lambda: len([c for c in telegram.calls("sendMessage") if c.status == 200]) >= 600,
                    timeout=90, what="600 alerts delivered")
@@ -174,15 +171,15 @@ def test_a_silent_machine_opens_an_incident_and_its_return_resolves_it(
 ) -> None:
     env = {**env, "SILENT_AFTER": "10"}
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        produce(kafka, topic, samples("pc1", time.time() - 10, [HEALTHY] * 3))
-        produce(kafka, topic, samples("pc2", time.time() - 10, [HEALTHY] * 3))
+        produce(kafka, topic, messages("pc1", time.time() - 10, [HEALTHY] * 3))
+        produce(kafka, topic, messages("pc2", time.time() - 10, [HEALTHY] * 3))
         silent = telegram.wait_for_message(CHAT, lambda text: "<b>pc1</b> stopped reporting" in text, timeout=40)
         assert "last seen" in silent["text"]
         # pc2 went silent too: its alert, after pc1's, would otherwise come before the answer to /status.
         telegram.wait_for_message(CHAT, lambda text: "<b>pc2</b> stopped reporting" in text, timeout=WAIT_S)
         overview = ask(telegram, "/status")
         assert overview.index("pc1") < overview.index("pc2") and "silent" in overview
-        produce(kafka, topic, samples("pc1", time.time(), [HEALTHY]))
+        produce(kafka, topic, messages("pc1", time.time(), [HEALTHY]))
         wait_until(lambda: "reporting again" in current(telegram, silent["message_id"])["text"], what="resolved")
         assert bot.stop() == 0
     assert replies_to(telegram, silent["message_id"])[0].startswith("✅ pc1 is reporting again after")
@@ -197,9 +194,9 @@ def test_mute_snooze_reminders_and_the_missed_problem_button(
         assert "db1" in muted and "kernel upgrade" in muted
         assert "kernel upgrade" in ask(telegram, "/muted")
         assert "Usage" in ask(telegram, "/mute")
-        produce(kafka, topic, samples("db1", time.time() - 30, [FULL_DISK] * 2))
-        store.open_database(env["DATABASE_URL"])
-        wait_until(lambda: store.Metric.select().count() == 2, what="db1 stored while muted")
+        produce(kafka, topic, messages("db1", time.time() - 30, [FULL_DISK] * 2))
+        db.open_database(env["DATABASE_URL"])
+        wait_until(lambda: db.Metric.select().count() == 2, what="db1 stored while muted")
         assert not incident_messages(telegram, "db1"), "muted: stored and predicted, not alerted"
         # The mute ends while db1 is still stressed: the incident opens then.
         alert = telegram.wait_for_message(CHAT, lambda text: "<b>db1</b> is stressed" in text, timeout=20)
@@ -216,8 +213,8 @@ def test_mute_snooze_reminders_and_the_missed_problem_button(
         assert "no longer muted" in ask(telegram, "/unmute pc7")
         assert "Usage" in ask(telegram, "/mute pc7 2 hours")
 
-        produce(kafka, topic, samples("pc3", time.time() - 5, [HEALTHY]))
-        wait_until(lambda: store.Metric.select().where(store.Metric.device == "pc3").count() == 1, what="pc3")
+        produce(kafka, topic, messages("pc3", time.time() - 5, [HEALTHY]))
+        wait_until(lambda: db.Metric.select().where(db.Metric.device == "pc3").count() == 1, what="pc3")
         mark = telegram.call_count()
         telegram.send_text(CHAT, "/status pc3", user_id=ADMIN)
         status = telegram.wait_for_message(CHAT, lambda text: "pc3" in text, after=mark)
@@ -225,6 +222,6 @@ def test_mute_snooze_reminders_and_the_missed_problem_button(
         assert chart.params["caption"].startswith("<b>pc3</b>")
         assert "labelled stressed" in press(telegram, status, "⚠️ Something is wrong here")
         assert bot.stop() == 0
-    missed = store.Label.get()
+    missed = db.Label.get()
     assert (missed.value, missed.metric.device, missed.user_name) == (1, "pc3", "@alice")
-    assert store.Mute.select().where(store.Mute.device == "db1").count() == 0, "the ended mute is gone"
+    assert db.Mute.select().where(db.Mute.device == "db1").count() == 0, "the ended mute is gone"

@@ -195,7 +195,7 @@ def test_rows_no_machine_can_report_are_left_out_of_training() -> None:
 
 
 def test_the_model_tools_do_not_import_the_bot() -> None:
-    code = ("import sys, ml.train, ml.evaluate, ml.export, ml.versions, ml.retrain, ml.data; "
+    code = ("import sys, ml.train, ml.train.__main__, ml.evaluate, ml.export, ml.versions, ml.retrain, ml.data; "
             "sys.exit(1 if any(m == 'bot' or m.startswith('bot.') for m in sys.modules) else 0)")
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

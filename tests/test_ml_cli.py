@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from agent.wire import Sample
-from bot import store
+from bot import db
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,10 +21,10 @@ def run(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedPro
 
 def test_train_versions_and_export_work_on_a_stored_fleet(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
-    store.open_database(url)
+    db.open_database(url)
     samples = [Sample(f"pc{i % 4}", 1.7e9 + i, {"cpu_percent": 10.0 + i % 30, "mem_percent": 40.0}) for i in range(400)]
-    stored = store.store_batch(samples, [0.2] * 400, None, [])
-    store.add_label(stored[7].id, 0, 42, "@bob")
+    stored = db.store_batch(samples, [0.2] * 400, None, [])
+    db.add_label(stored[7].id, 0, 42, "@bob")
     env = {"DATABASE_URL": url, "MODEL_STORE": f"file:{tmp_path}/models"}
 
     assert "empty" in run("ml.versions", env=env).stdout

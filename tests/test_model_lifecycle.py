@@ -13,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from agent.wire import Sample
-from bot import store
+from bot import db
 from ml import artifact
 from ml import model as ml_model
 from ml.registry import open_store
@@ -75,8 +75,8 @@ def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
         alert = telegram.wait_for_message(CHAT, lambda text: "pc9" in text, timeout=30)
         press_and_wait_edit(telegram, alert, "✅ Correct", "Acknowledged by")
         assert "enabled versioning" in bot.log
-        store.open_database(url)
-        wait_until(lambda: store.Metric.select().count() == 601, what="all samples stored")
+        db.open_database(url)
+        wait_until(lambda: db.Metric.select().count() == 601, what="all samples stored")
 
         progress = reply_to(telegram, "/retrain", "Retraining")
         result = final_text(telegram, CHAT, progress["message_id"], "Retrain done")
@@ -98,7 +98,7 @@ def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
         assert len(s3.list_object_versions(Bucket=bucket, Prefix="fleet/model.skops")["Versions"]) == 2
 
         # The loop closes: the retrained model is surer still of the sample a person confirmed as stressed.
-        labelled = store.Label.select().first().metric
+        labelled = db.Label.select().first().metric
         sample = {name: getattr(labelled, name) for name in STRESSED}
         p_v1, p_v2 = (ml_model.predict(artifact.loads(model_store.load(v)), [sample])[0] for v in (1, 2))
         assert p_v2 > p_v1
@@ -123,9 +123,9 @@ def fill(url: str, count: int, start: float) -> None:
     """Store quiet samples directly, as if the poller had."""
     from agent.wire import parse
 
-    store.open_database(url)
+    db.open_database(url)
     samples = [parse(value) for _key, value in quiet_fleet(start, count)]
-    store.store_batch(samples, [0.1] * count, 1, [])
+    db.store_batch(samples, [0.1] * count, 1, [])
 
 
 def test_only_admins_change_the_model_and_bad_versions_get_a_clear_reply(
@@ -161,10 +161,10 @@ def test_one_retrain_at_a_time_and_an_activate_anyway_button_when_the_new_model_
     fill(url, 20_000, time.time() - 30_000)  # enough rows that the second /retrain finds the first one running
     # This team calls a disk at 86 % trouble and said so thirty times: a model that learns it alerts on
     # machines an operator calls busy but healthy, so it waits for an admin.
-    full = store.store_batch([Sample("pc7", time.time() - 3000 + i, {"cpu_percent": 20.0, "disk_percent": 86.0})
+    full = db.store_batch([Sample("pc7", time.time() - 3000 + i, {"cpu_percent": 20.0, "disk_percent": 86.0})
                               for i in range(30)], [0.3] * 30, 1, [])
     for sample in full:
-        store.add_label(sample.id, 1, ADMIN, "@alice")
+        db.add_label(sample.id, 1, ADMIN, "@alice")
     model_store = open_store(f"file:{tmp_path}/models")
 
     env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)

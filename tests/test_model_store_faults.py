@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import uuid
 from pathlib import Path
 
 import boto3
@@ -16,14 +15,14 @@ import skops.io as sio
 from moto.server import ThreadedMotoServer
 
 from agent.collect import default_device_id
-from bot import store
+from bot import db
 from ml import artifact
 from ml.registry import open_store
 from ml.train import train
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.models import evil_pickle, legacy_entry, pickle_folder
-from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, wait_until
-from tests.fakes.services import free_port
+from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, chat_texts, wait_until
+from tests.fakes.services import free_port, new_bucket
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -40,13 +39,9 @@ def single_host(telegram: FakeTelegram, tmp_path: Path, **extra: str) -> dict[st
 
 def status(telegram: FakeTelegram, env: dict[str, str]) -> str:
     """/status of this machine, once it has a stored sample."""
-    store.open_database(env["DATABASE_URL"])
-    wait_until(lambda: store.Metric.select().exists(), what="a stored sample")
+    db.open_database(env["DATABASE_URL"])
+    wait_until(lambda: db.Metric.select().exists(), what="a stored sample")
     return ask(telegram, f"/status {DEVICE}")
-
-
-def chat_texts(telegram: FakeTelegram) -> list[str]:
-    return [m.get("text", "") for m in telegram.messages(CHAT)]
 
 
 def wait_chat(telegram: FakeTelegram, needle: str) -> str:
@@ -59,14 +54,6 @@ def edited_to(telegram: FakeTelegram, message_id: int, needle: str) -> str:
         return next((m["text"] for m in telegram.messages(CHAT) if m["message_id"] == message_id), "")
     wait_until(lambda: needle in text(), what=f"message edited to {needle!r}")
     return text()
-
-
-def new_bucket(endpoint: str) -> str:
-    bucket = f"models-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    return bucket
 
 
 def test_s3_down_at_start_then_up_the_bot_answers_meanwhile_then_loads_a_model_and_predicts(
@@ -87,8 +74,8 @@ def test_s3_down_at_start_then_up_the_bot_answers_meanwhile_then_loads_a_model_a
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models-later")
             wait_chat(telegram, "Model v1 is loaded")
             bot.wait_log("model v1 is active")
-            store.open_database(env["DATABASE_URL"])
-            wait_until(lambda: store.Metric.select().where(store.Metric.model_version == 1).exists(),
+            db.open_database(env["DATABASE_URL"])
+            wait_until(lambda: db.Metric.select().where(db.Metric.model_version == 1).exists(),
                        what="a sample predicted by v1")
             assert "by model v1; active model v1" in status(telegram, env)
             assert bot.stop() == 0
@@ -113,7 +100,7 @@ def plant(endpoint: str, bucket: str, prefix: str, signature: str | None, versio
 def test_a_planted_artifact_with_a_forged_entry_is_refused_and_the_bot_keeps_its_model(
     telegram: FakeTelegram, tmp_path: Path, s3_endpoint: str
 ) -> None:
-    bucket = new_bucket(s3_endpoint)
+    bucket = new_bucket(boto3.client("s3", endpoint_url=s3_endpoint))
     env = single_host(telegram, tmp_path, MODEL_STORE=f"s3://{bucket}/fleet", MODEL_SIGNING_KEY=KEY,
                       AWS_ENDPOINT_URL=s3_endpoint)
     with BotProcess(env, tmp_path / "bot.log") as bot:
@@ -149,7 +136,7 @@ def test_a_pickle_that_runs_code_is_never_executed_whatever_the_index_says(
     payload = evil_pickle(marker)
     if kind == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
-        bucket = new_bucket(endpoint)
+        bucket = new_bucket(boto3.client("s3", endpoint_url=endpoint))
         s3 = boto3.client("s3", endpoint_url=endpoint)
         version_id = s3.put_object(Bucket=bucket, Key="fleet/model.pkl", Body=payload)["VersionId"]
         index = {"active": 1, "versions": [legacy_entry(1, payload, version_id)]}
@@ -210,8 +197,8 @@ def test_an_old_pickle_folder_is_migrated_at_start_and_predicts(telegram: FakeTe
     with BotProcess(env, tmp_path / "bot.log") as bot:
         assert "v1, v2" in wait_chat(telegram, "converted to skops under the same numbers")
         bot.wait_log("model v2 is active")
-        store.open_database(env["DATABASE_URL"])
-        wait_until(lambda: store.Metric.select().where(store.Metric.model_version == 2).exists(),
+        db.open_database(env["DATABASE_URL"])
+        wait_until(lambda: db.Metric.select().where(db.Metric.model_version == 2).exists(),
                    what="a sample predicted by v2")
         assert "by model v2; active model v2" in status(telegram, env)
         assert bot.stop() == 0

@@ -14,22 +14,13 @@ import psycopg2
 import pytest
 
 from agent.wire import Sample
-from bot import logs, store
+from bot import db, logs
 from tests.fakes.bot_process import BotProcess
-from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, ask, bot_env, message, produce, wait_until
+from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, ask, bot_env, chat_texts, message, produce, wait_until
 from tests.fakes.services import KafkaBroker, PostgresCluster
 from tests.fakes.telegram_api import FakeTelegram
 
 SECRET = logs.secret_part(TOKEN)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/rigwatch.sqlite3"
-    url = request.getfixturevalue("postgres_url")
-    store.open_database(url).drop_tables(store.TABLES)
-    return url
 
 
 def drop_connection(database: pw.Database, url: str) -> None:
@@ -46,20 +37,16 @@ def drop_connection(database: pw.Database, url: str) -> None:
         database.connection().close()
 
 
-def chat_texts(telegram: FakeTelegram) -> str:
-    return "\n".join(call.params["text"] for call in telegram.calls("sendMessage") if call.status == 200)
-
-
 def test_a_batch_after_a_dropped_connection_is_stored(database_url: str) -> None:
-    database = store.open_database(database_url)
-    store.store_batch([Sample("pc1", 1.0, {"cpu_percent": 10.0})], [0.1], 1, [])
+    database = db.open_database(database_url)
+    db.store_batch([Sample("pc1", 1.0, {"cpu_percent": 10.0})], [0.1], 1, [])
     drop_connection(database, database_url)
 
-    new = store.store_batch([Sample("pc1", 2.0, {"cpu_percent": 20.0})], [0.2], 1, [])
+    new = db.store_batch([Sample("pc1", 2.0, {"cpu_percent": 20.0})], [0.2], 1, [])
 
     assert [sample.ts for sample in new] == [2.0]
     drop_connection(database, database_url)
-    assert [sample.metrics["cpu_percent"] for sample in store.latest_per_device()] == [20.0]
+    assert [sample.metrics["cpu_percent"] for sample in db.latest_per_device()] == [20.0]
 
 
 def test_the_token_is_masked_in_message_arguments_and_exception_text() -> None:
@@ -91,22 +78,23 @@ def test_postgres_restarted_under_the_bot_heals_without_a_restart(
         env = bot_env(telegram, tmp_path, postgres.url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
         produce(kafka, topic, [(b"pc1", message("pc1", time.time() - 5, cpu_percent=10.0))])
         with BotProcess(env, tmp_path / "bot.log") as bot:
-            store.open_database(postgres.url)
-            wait_until(lambda: store.Metric.select().count() == 1, what="the first sample stored")
+            db.open_database(postgres.url)
+            wait_until(lambda: db.Metric.select().count() == 1, what="the first sample stored")
             postgres.stop()
             produce(kafka, topic, [(b"pc2", message("pc2", time.time(), cpu_percent=20.0))])
             bot.wait_log("storing a batch failed")
             telegram.wait_for_message(CHAT, lambda text: "database is unreachable" in text, timeout=WAIT_S)
             postgres.start()
 
-            wait_until(lambda: store.Metric.select().count() == 2, what="the sample sent during the outage stored")
+            wait_until(lambda: db.Metric.select().count() == 2, what="the sample sent during the outage stored")
             assert "pc2" in ask(telegram, "/status pc2")
             assert "pc1" in ask(telegram, "/status")
             bot.wait_log("storing works again")
             telegram.wait_for_message(CHAT, lambda text: "database is reachable again" in text, timeout=WAIT_S)
             assert bot.log.count("storing a batch failed") == 1
             assert bot.stop() == 0
-        assert [chat_texts(telegram).count(notice) for notice in ("database is unreachable", "again")] == [1, 1]
+        said = "\n".join(chat_texts(telegram))
+        assert [said.count(notice) for notice in ("database is unreachable", "again")] == [1, 1]
 
 
 @pytest.mark.slow
@@ -151,8 +139,8 @@ def test_a_bot_started_while_telegram_fails_stores_meanwhile_and_comes_up_when_i
     telegram.set_down(True)
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log("cannot reach the Telegram Bot API")
-        store.open_database(url)
-        wait_until(lambda: store.Metric.select().count() == 1, what="a sample stored while Telegram is down")
+        db.open_database(url)
+        wait_until(lambda: db.Metric.select().count() == 1, what="a sample stored while Telegram is down")
         telegram.set_down(False)
 
         bot.wait_log("Telegram Bot API reachable again", timeout=WAIT_S)
@@ -212,8 +200,8 @@ def test_a_broker_outage_is_said_once_and_its_end_once_the_broker_answers(
         produce(broker.bootstrap, "metrics", [(b"pc1", message("pc1", time.time() - 5, cpu_percent=10.0))])
         env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC="metrics")
         with BotProcess(env, tmp_path / "bot.log") as bot:
-            store.open_database(url)
-            wait_until(lambda: store.Metric.select().count() == 1, what="the first sample stored")
+            db.open_database(url)
+            wait_until(lambda: db.Metric.select().count() == 1, what="the first sample stored")
             broker.stop()
             bot.wait_log("Kafka unreachable")
             telegram.wait_for_message(CHAT, lambda text: "Kafka is unreachable" in text, timeout=WAIT_S)
@@ -223,14 +211,15 @@ def test_a_broker_outage_is_said_once_and_its_end_once_the_broker_answers(
             broker.start()  # the same port; its storage is in memory, so the topic is made again
             broker.create_topic("metrics")
             produce(broker.bootstrap, "metrics", [(b"pc2", message("pc2", time.time(), cpu_percent=20.0))])
-            wait_until(lambda: store.Metric.select().count() == 2, what="a sample sent after the outage stored")
+            wait_until(lambda: db.Metric.select().count() == 2, what="a sample sent after the outage stored")
             bot.wait_log("Kafka reachable again")
             assert bot.log.count("Kafka unreachable") == 1
             assert bot.log.count("Kafka reachable again") == 1
             assert bot.log.index("Kafka unreachable") < bot.log.index("Kafka reachable again")
             telegram.wait_for_message(CHAT, lambda text: "Kafka is reachable again" in text, timeout=WAIT_S)
             assert bot.stop() == 0
-    assert [chat_texts(telegram).count(notice) for notice in ("Kafka is unreachable", "again")] == [1, 1]
+    said = "\n".join(chat_texts(telegram))
+    assert [said.count(notice) for notice in ("Kafka is unreachable", "again")] == [1, 1]
 
 
 @pytest.mark.slow
@@ -245,8 +234,8 @@ def test_a_topic_created_after_the_bot_started_is_read(
         kafka_broker.create_topic(topic)
         produce(kafka, topic, [(b"pc1", message("pc1", time.time(), cpu_percent=10.0))])
 
-        store.open_database(url)
-        wait_until(lambda: store.Metric.select().count() == 1, what="a sample in the new topic stored")
+        db.open_database(url)
+        wait_until(lambda: db.Metric.select().count() == 1, what="a sample in the new topic stored")
         assert bot.log.count("does not exist yet") == 1
         assert bot.stop() == 0
 

@@ -6,15 +6,16 @@ import re
 
 import pytest
 
-from bot import texts
-from bot.store import StoredSample
+from bot.chat import texts
+from bot.db import StoredSample
+from tests.fakes.samples import stored
 
 NOW = 1764226800.0
 LIMIT = 4096
 
 
 def machine(device: str, seen_ago: float = 10, p: float | None = 0.1) -> StoredSample:
-    return StoredSample(1, device, NOW - seen_ago, {"cpu_percent": 10.0}, p, 1 if p is not None else None)
+    return stored(device, NOW - seen_ago, p, 1 if p is not None else None, 1, cpu_percent=10.0)
 
 
 def table_devices(text: str) -> list[str]:

@@ -11,14 +11,17 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 from telegram import Bot
 
-from bot import store, texts
-from bot.active_model import ActiveModel
-from bot.baselines import Baselines
+from bot import db
+from bot.chat import texts
+from bot.chat.sender import Sender
 from bot.config import load_settings
-from bot.forecast import Forecaster
-from bot.incidents import Decider, Rules
-from bot.poller import Batch, KafkaSource, Poller
-from bot.sender import Sender
+from bot.pipeline.baselines import Baselines
+from bot.pipeline.decide import Decider
+from bot.pipeline.forecast import Forecaster
+from bot.pipeline.incidents import Incidents, Rules
+from bot.pipeline.model import ActiveModel
+from bot.pipeline.poller import Poller
+from bot.pipeline.sources import Batch, KafkaSource
 from ml.registry import open_store
 from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, bot_env, message, produce
 from tests.fakes.services import KafkaBroker
@@ -35,7 +38,7 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
     produce(kafka, topic, [(d.encode(), message(d, ts, cpu_percent=99.0, mem_percent=98.0)) for d in devices])
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
     settings = load_settings(bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic))
-    store.open_database(url)
+    db.open_database(url)
     model = ActiveModel(open_store(settings.model_store))
     model.ensure()
     source = KafkaSource(settings)
@@ -48,13 +51,13 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
     source.commit = broker_gone  # type: ignore[method-assign]
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples, 1800, None,
                   tuple(settings.allowed_chat_ids))
-    decider = Decider(rules, model.drivers, Forecaster(3600), Baselines())
+    decider = Decider(Incidents(rules, texts.reply), model.drivers, Forecaster(3600), Baselines())
     sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), 60)
-    poller = Poller(source, model, decider, sender)
+    poller = Poller(source, model, decider, lambda: asyncio.sleep(0))  # the test sends itself, below
 
     async def poll_until_stored() -> None:
         deadline = time.monotonic() + WAIT_S
-        while store.Metric.select().count() < len(devices):
+        while db.Metric.select().count() < len(devices):
             assert time.monotonic() < deadline, "the batch was not stored"
             await asyncio.to_thread(poller.run_batch)
         async with Bot(TOKEN, base_url=f"{telegram.url}/bot") as bot:

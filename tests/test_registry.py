@@ -8,7 +8,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import boto3
@@ -26,7 +25,7 @@ from ml.registry import (
     UnknownVersion,
     open_store,
 )
-from tests.fakes.services import free_port
+from tests.fakes.services import free_port, new_bucket
 
 KEY = "test-signing-key-0123456789"
 META = {"rows": 1200, "labels": 3, "holdout": {"f1": 0.91}, "versions": {"sklearn": "1.6.1"}}
@@ -37,15 +36,6 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> BaseClient:
     """A raw S3 client on the moto server, with boto3 in the code under test pointed at it too."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     return boto3.client("s3")
-
-
-def new_bucket(s3: BaseClient, versioned: bool = True) -> str:
-    """A fresh bucket, so tests never see each other's objects."""
-    bucket = f"models-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    if versioned:
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    return bucket
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -8,8 +8,10 @@ import peewee as pw
 import pytest
 
 from agent.wire import Sample
-from bot import retention, store
-from ml.data import training_frame
+from bot import db
+from bot.db import retention
+from ml.data import latest_labels, training_frame
+from tests.fakes.samples import series
 
 NOW = 1764226800.0  # 2025-11-27 07:00 UTC, a multiple of five minutes
 DAY = 86400.0
@@ -18,15 +20,15 @@ DAYS = 14
 
 def every_5s(device: str, start: float, count: int, **metrics: float) -> list[Sample]:
     """`count` samples 5 s apart; cpu_percent counts up 0, 1, 2, ... so each five minutes has known figures."""
-    return [Sample(device, start + 5 * i, {"cpu_percent": float(i % 60), **metrics}) for i in range(count)]
+    return series(device, start, [{"cpu_percent": float(i % 60), **metrics} for i in range(count)])
 
 
-def store_samples(samples: list[Sample]) -> list[store.StoredSample]:
-    return store.store_batch(samples, [0.1] * len(samples), 1, [])
+def store_samples(samples: list[Sample]) -> list[db.StoredSample]:
+    return db.store_batch(samples, [0.1] * len(samples), 1, [])
 
 
 def raw_count(device: str) -> int:
-    return store.Metric.select().where(store.Metric.device == device).count()
+    return db.Metric.select().where(db.Metric.device == device).count()
 
 
 def test_samples_older_than_the_retention_become_five_minute_min_mean_max_and_recent_ones_stay_raw(
@@ -40,7 +42,7 @@ def test_samples_older_than_the_retention_become_five_minute_min_mean_max_and_re
 
     assert (done.samples, done.devices) == (720, 1)
     assert raw_count("pc1") == 720, "the recent hour stays raw"
-    buckets = list(store.Aggregate.select().order_by(store.Aggregate.bucket))
+    buckets = list(db.Aggregate.select().order_by(db.Aggregate.bucket))
     assert [b.bucket for b in buckets] == [old_start + 300 * k for k in range(12)]
     first = buckets[0]
     assert first.samples == 60
@@ -52,19 +54,19 @@ def test_samples_older_than_the_retention_become_five_minute_min_mean_max_and_re
 def test_labelled_samples_samples_that_raised_an_alert_and_the_newest_stay_raw(database: pw.Database) -> None:
     stored = store_samples(every_5s("pc1", NOW - 30 * DAY, 120))
     labelled, alerted, newest = stored[10], stored[70], stored[-1]
-    store.add_label(labelled.id, 0, 7, "alice")
+    db.add_label(labelled.id, 0, 7, "alice")
     start = alerted.ts
-    store.Incident.create(device="pc1", kind="stressed", state="resolved", opened_ts=start, last_ts=start,
+    db.Incident.create(device="pc1", kind="stressed", state="resolved", opened_ts=start, last_ts=start,
                           sample=alerted.id, created=start, updated=start)
-    store.Device.create(name="pc1", last_ts=newest.ts, last_received=newest.ts, last_metric=newest.id)
+    db.Device.create(name="pc1", last_ts=newest.ts, last_received=newest.ts, last_metric=newest.id)
 
     retention.downsample(NOW, DAYS)
 
-    assert {m.id for m in store.Metric.select()} == {labelled.id, alerted.id, newest.id}
-    assert store.latest_labels() == {labelled.id: 0}
-    assert store.sample_by_id(alerted.id) == alerted, "a label on the incident is still about its sample"
-    assert store.latest_sample("pc1") == newest
-    assert sum(b.samples for b in store.Aggregate.select()) == 117
+    assert {m.id for m in db.Metric.select()} == {labelled.id, alerted.id, newest.id}
+    assert latest_labels() == {labelled.id: 0}
+    assert db.sample_by_id(alerted.id) == alerted, "a label on the incident is still about its sample"
+    assert db.latest_sample("pc1") == newest
+    assert sum(b.samples for b in db.Aggregate.select()) == 117
 
 
 def test_running_it_again_changes_nothing_and_a_late_sample_joins_its_five_minutes(database: pw.Database) -> None:
@@ -77,7 +79,7 @@ def test_running_it_again_changes_nothing_and_a_late_sample_joins_its_five_minut
     store_samples([Sample("pc1", start + 2.5, {"cpu_percent": 90.0, "mem_percent": 40.0})])
     retention.downsample(NOW, DAYS)
 
-    (bucket,) = store.Aggregate.select()
+    (bucket,) = db.Aggregate.select()
     assert bucket.samples == 61
     assert bucket.cpu_percent == pytest.approx((29.5 * 60 + 90.0) / 61)
     assert (bucket.cpu_percent_min, bucket.cpu_percent_max) == (0.0, 90.0)
@@ -91,21 +93,21 @@ def test_status_charts_and_training_read_the_downsampled_samples(database: pw.Da
 
     retention.downsample(NOW, DAYS)
 
-    fleet = store.latest_per_device()
+    fleet = db.latest_per_device()
     assert [s.device for s in fleet] == ["gone", "live"]
-    gone = store.latest_sample("gone")
+    gone = db.latest_sample("gone")
     assert gone is not None
     assert gone.ts == NOW - 20 * DAY + 300
     assert gone.metrics == {"cpu_percent": 29.5, "mem_percent": 70.0}
     assert fleet[0] == gone
-    assert store.latest_sample("live") == recent[-1]
+    assert db.latest_sample("live") == recent[-1]
 
-    assert store.history_points("gone", 30 * DAY, 5, ["mem_percent"], 60) == [(70.0,)] * 5, "charts read them too"
-    chart = store.chart_series("gone", NOW - 21 * DAY, NOW, ["cpu_percent", "mem_percent"])
+    assert db.history_points("gone", 30 * DAY, 5, ["mem_percent"], 60) == [(70.0,)] * 5, "charts read them too"
+    chart = db.chart_series("gone", NOW - 21 * DAY, NOW, ["cpu_percent", "mem_percent"])
     assert [p.metrics for p in chart.points] == [{"cpu_percent": 29.5, "mem_percent": 70.0}]
     assert chart.points[0].first_ts == NOW - 20 * DAY
 
-    frame = training_frame(database, ["cpu_percent", "mem_percent"])
+    frame = training_frame(["cpu_percent", "mem_percent"])
     assert len(frame) == 12 + 2, "twelve raw samples and two five-minute aggregates"
     assert sorted(frame.loc[frame.index < 0, "mem_percent"]) == [70.0, 70.0]
     assert frame["label"].isna().all()
@@ -113,7 +115,7 @@ def test_status_charts_and_training_read_the_downsampled_samples(database: pw.Da
 
 def test_sqlite_gives_the_freed_space_back_to_the_disk(tmp_path: Path) -> None:
     path = tmp_path / "rigwatch.sqlite3"
-    database = store.open_database(f"sqlite:///{path}")
+    database = db.open_database(f"sqlite:///{path}")
     try:
         for day in range(3):
             store_samples(every_5s("pc1", NOW - (30 - day) * DAY, 17280, mem_percent=50.0, disk_percent=20.0))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import store
-from bot.sender import CLAIM_S
+from bot import db
+from bot.db.outbox import CLAIM_S
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import CHAT, ask, bot_env, message, produce, wait_until
 from tests.fakes.services import KafkaBroker
@@ -38,9 +38,9 @@ def test_a_bot_and_two_workers_store_every_sample_once_and_alert_each_stressed_d
 ) -> None:
     topic = f"fleet.{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topic(topic, partitions=4)
-    database = store.open_database(postgres_url)
-    database.drop_tables(store.TABLES)
-    database.create_tables(store.TABLES)
+    database = db.open_database(postgres_url)
+    database.drop_tables(db.TABLES)
+    database.create_tables(db.TABLES)
     env = bot_env(telegram, tmp_path, postgres_url, KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
                   KAFKA_TOPIC=topic, BATCH_SIZE="2000")
     start = time.time() - SAMPLES * 5
@@ -50,10 +50,10 @@ def test_a_bot_and_two_workers_store_every_sample_once_and_alert_each_stressed_d
     doomed = BotProcess(env, tmp_path / "worker1.log", ["--worker"]).start()
     worker = BotProcess(env, tmp_path / "worker2.log", ["--worker"]).start()
     try:
-        wait_until(lambda: store.Metric.select().count() > 2000, timeout=60, what="ingestion under way")
+        wait_until(lambda: db.Metric.select().count() > 2000, timeout=60, what="ingestion under way")
         doomed.kill()  # mid-stream: what it read but did not commit is read again by the others
         produce(kafka_broker.bootstrap, topic, fleet(start, SAMPLES // 2, SAMPLES))
-        wait_until(lambda: store.Metric.select().count() == DEVICES * SAMPLES, timeout=120,
+        wait_until(lambda: db.Metric.select().count() == DEVICES * SAMPLES, timeout=120,
                    what="every sample stored")
         # A worker killed while sending keeps the one row it claimed for CLAIM_S; then another process sends it.
         wait_until(lambda: len(alerts(telegram)) >= len(STRESSED), timeout=CLAIM_S + 30,
@@ -66,10 +66,10 @@ def test_a_bot_and_two_workers_store_every_sample_once_and_alert_each_stressed_d
         for process in (bot, doomed, worker):
             process.__exit__()
     assert sorted(alerts(telegram)) == sorted(STRESSED), "one alert per stressed device, from whichever process"
-    duplicates = store.db.execute_sql("SELECT COUNT(*) FROM (SELECT device, ts FROM metric GROUP BY device, ts "
+    duplicates = db.db.execute_sql("SELECT COUNT(*) FROM (SELECT device, ts FROM metric GROUP BY device, ts "
                                       "HAVING COUNT(*) > 1) AS d").fetchone()[0]
     assert duplicates == 0
-    assert store.Incident.select().count() == len(STRESSED)
+    assert db.Incident.select().count() == len(STRESSED)
 
 
 def alerts(telegram: FakeTelegram) -> list[str]:

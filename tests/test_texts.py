@@ -7,22 +7,16 @@ import re
 
 import pytest
 
-from bot import texts
-from bot.baselines import Usual
-from bot.forecast import Forecast
-from bot.store import Incident, StoredSample
+from bot.chat import callbacks, texts
+from bot.db import Incident
+from bot.pipeline.baselines import Usual
+from bot.pipeline.forecast import Forecast
+from schema.domain import IncidentDetail
+from tests.fakes.samples import TS, stored
 
-TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
 LIMIT = 4096
 TAG_RE = re.compile(r"<(/?)([a-z]+)[^>]*>")
 ENTITY_RE = re.compile(r"&(amp|lt|gt|quot|#\d+|#x[0-9a-fA-F]+);")
-
-
-def stored(
-    device: str = "pc1", ts: float = TS, p: float | None = 0.934, version: int | None = 3, metric_id: int = 7,
-    **metrics: float,
-) -> StoredSample:
-    return StoredSample(metric_id, device, ts, {name: float(v) for name, v in metrics.items()}, p, version)
 
 
 def assert_valid_telegram_html(text: str) -> None:
@@ -45,7 +39,8 @@ def incident(kind: str = "stressed", state: str = "open", device: str = "pc1", *
     detail = fields.pop("detail", {"drivers": ["disk_percent", "mem_percent"]})
     detail = {**detail, "metrics": fields.pop("metrics", {})}
     values = {"id": 42, "device": device, "kind": kind, "state": state, "opened_ts": TS, "last_ts": TS + 23 * 60,
-              "last_p": 0.934, "peak_p": 0.97, "detail": json.dumps(detail), "created": TS, "updated": TS,
+              "last_p": 0.934, "peak_p": 0.97, "detail": IncidentDetail.from_json(json.dumps(detail)), "created": TS,
+              "updated": TS,
               "revision": 3, "sample": 7}
     if state != "open":
         values["resolved_ts"] = TS + 23 * 60
@@ -286,7 +281,7 @@ def test_the_buttons_follow_the_incident() -> None:
     assert [t for t, _ in buttons(texts.incident_keyboard(incident(kind="silent")))] == ["🔕 1 h", "🔕 8 h"]
     assert texts.incident_keyboard(incident(kind="silent", state="resolved")) is None
     for _, data in buttons(texts.incident_keyboard(incident(id=10**18 - 1))):
-        assert len(data.encode()) <= 64 and texts.parse_incident_callback(data)[0] == 10**18 - 1
+        assert len(data.encode()) <= 64 and callbacks.parse_incident(data)[0] == 10**18 - 1
 
 
 @pytest.mark.parametrize(
@@ -294,7 +289,7 @@ def test_the_buttons_follow_the_incident() -> None:
              "i:1:ok\n", "i:-1:ok"],
 )
 def test_parse_incident_callback_rejects_anything_else(data: str | None) -> None:
-    assert texts.parse_incident_callback(data) is None
+    assert callbacks.parse_incident(data) is None
 
 
 @pytest.mark.parametrize(("args", "parsed"), [

@@ -51,3 +51,8 @@ def ask(telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN) 
     mark = telegram.call_count()
     telegram.send_text(chat, text, user_id=user)
     return telegram.wait_for_message(chat, after=mark, timeout=WAIT_S)["text"]
+
+
+def chat_texts(telegram: FakeTelegram, chat: int = CHAT) -> list[str]:
+    """The texts of the bot's messages in the chat, oldest first, as they stand now (after edits)."""
+    return [m.get("text", "") for m in telegram.messages(chat)]

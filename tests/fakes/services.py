@@ -13,7 +13,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 
 def free_port() -> int:
@@ -150,3 +155,12 @@ def s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def new_bucket(s3: BaseClient, versioned: bool = True) -> str:
+    """A fresh bucket, so tests never see each other's objects."""
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    if versioned:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return bucket

@@ -477,6 +477,11 @@ class FakeTelegram:
         with self._lock:
             return [c for c in self._state.calls if method is None or c.method.lower() == method.lower()]
 
+    def last_update(self) -> dict[str, Any]:
+        """The update queued last, as getUpdates hands it out, for a test that processes it itself."""
+        with self._lock:
+            return self._state.updates[-1]
+
     def call_count(self) -> int:
         """Length of the call log; pass it as ``after=`` to wait only for later calls."""
         with self._lock:

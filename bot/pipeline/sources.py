@@ -1,14 +1,11 @@
 """Where samples come in: a Kafka topic (fleet mode) or this machine's own collector (single-host mode).
 
-Both feed one batched path: parse, predict the whole batch, store it in one transaction, then alert.
-Kafka offsets are committed only after the batch is stored, so a crash redelivers instead of losing,
-and the (device, ts) uniqueness makes a redelivered message change nothing.
+Both hand the poller (bot/pipeline/poller.py) batches of parsed samples and rejected messages. Kafka offsets
+are committed only after the batch is stored, so a crash redelivers instead of losing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -22,16 +19,12 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from telegram import Bot
 
 from agent.collect import Collector, default_device_id
-from agent.wire import KNOWN_METRICS, Sample, WireError, parse
-from bot import store
-from bot.active_model import ActiveModel
+from agent.wire import Sample, WireError, parse
 from bot.config import Settings
-from bot.incidents import Decider
-from bot.sender import Sender
-from ml import features
+from bot.db import Origin, Rejection
+from bot.logs import Outage
 
 log = logging.getLogger(__name__)
 # A batch also ends at this many bytes of messages: BATCH_SIZE messages of 60 KiB each would hold 300 MB.
@@ -39,7 +32,7 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 CONSUME_CHUNK = 500  # messages taken from librdkafka's queue at a time while a batch fills
 
 
-class Origins(Sequence[store.Origin]):
+class Origins(Sequence[Origin]):
     """Where each sample of a batch came from: its Kafka message. The store asks only for a sample it refuses,
     so an origin is made only then, not once per message."""
 
@@ -49,21 +42,21 @@ class Origins(Sequence[store.Origin]):
     def __len__(self) -> int:
         return len(self.messages)
 
-    def __getitem__(self, index: int) -> store.Origin:  # type: ignore[override]  # no slices
+    def __getitem__(self, index: int) -> Origin:  # type: ignore[override]  # no slices
         return origin(self.messages[index])
 
 
-def origin(message: Message) -> store.Origin:
+def origin(message: Message) -> Origin:
     kind, sent_ms = message.timestamp()
-    return store.Origin(f"{message.topic()}[{message.partition()}]@{message.offset()}", message.value(),
+    return Origin(f"{message.topic()}[{message.partition()}]@{message.offset()}", message.value(),
                         None if kind == TIMESTAMP_NOT_AVAILABLE else sent_ms)
 
 
 @dataclass
 class Batch:
     samples: list[Sample] = field(default_factory=list)
-    origins: Sequence[store.Origin] | None = None  # one per sample: where it came from
-    rejects: list[store.Rejection] = field(default_factory=list)
+    origins: Sequence[Origin] | None = None  # one per sample: where it came from
+    rejects: list[Rejection] = field(default_factory=list)
     # Kafka: the messages of the samples and those of the rejects, each in the order read. Their offsets are
     # worked out once a batch is stored (or fails), not kept up to date message by message.
     messages: list[Message] = field(default_factory=list)
@@ -97,7 +90,8 @@ class KafkaSource:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.kafka_topic
         self.batch_size = settings.batch_size
-        self.reachable = True  # what the log said last
+        self.outage = Outage(log, "Kafka unreachable (%s); retrying, nothing is lost meanwhile",
+                             "Kafka reachable again")
         self._connection_error: str | None = None  # since the last probe of the broker
         self._problem: str | None = None  # the last other error logged: said again only when it changes
         self.consumer = Consumer({
@@ -144,14 +138,15 @@ class KafkaSource:
         try:
             self.consumer.list_topics(self.topic, timeout=PROBE_TIMEOUT_S)
         except KafkaException:
-            if self.reachable:
-                log.warning("Kafka unreachable (%s); retrying, nothing is lost meanwhile", error)
-                self.reachable = False
+            self.outage.down(error)
             self._connection_error = self._connection_error or error  # ask again on the next fetch
             return
-        if not self.reachable:
-            log.info("Kafka reachable again")
-            self.reachable = True
+        self.outage.up()
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the broker answered the last probe."""
+        return not self.outage.is_down
 
     def fetch(self, timeout: float) -> Batch:
         """Up to batch_size messages or MAX_BATCH_BYTES, parsed; an invalid one becomes a rejection with its
@@ -201,7 +196,7 @@ class KafkaSource:
         else:  # a bug in parse: still one message, never the whole partition
             log.exception("parsing %s failed", where.source)
             reason = f"could not be read: {exc!r}"
-        batch.rejects.append(store.Rejection(where.source, reason, where.payload, where.sent_ms))
+        batch.rejects.append(Rejection(where.source, reason, where.payload, where.sent_ms))
         batch.refused.append(message)
 
     def commit(self, batch: Batch) -> None:
@@ -246,89 +241,3 @@ class LocalSource:
 
     def close(self) -> None:
         """Nothing to close."""
-
-
-class Poller:
-    """Ingestion, a long-lived task of the bot: a source, the model, what decides incidents and what sends
-    their messages."""
-
-    def __init__(self, source: KafkaSource | LocalSource, model: ActiveModel, decider: Decider,
-                 sender: Sender, interval: float = 1.0) -> None:
-        self.source = source
-        self.model = model
-        self.decider = decider
-        self.sender = sender
-        self.interval = interval
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
-        self._store_failing = False
-
-    def start(self, bot: Bot) -> None:
-        self._task = asyncio.create_task(self._run(bot), name="ingestion")
-
-    async def stop(self) -> None:
-        """Stop after the batch under way (what is not stored is read again); its messages still go out."""
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
-        await asyncio.gather(*self._sending)
-
-    async def _run(self, bot: Bot) -> None:
-        """Batch after batch as fast as they come, not one per tick of a timer: ingestion runs at the pace
-        of the machine. An idle source is waited on for up to one interval at a time."""
-        while not self._stopping.is_set():
-            try:
-                stored = await self.step(bot)
-            except Exception:  # a bug must not end ingestion for good
-                log.exception("ingestion step failed")
-                stored = False
-            if not stored or not self.source.streams:
-                # A failing store is tried again, and this machine sampled, once per interval.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.interval)
-
-    def run_batch(self, timeout: float = 0.5) -> list[store.StoredSample]:
-        """Fetch, predict and store one batch; return the samples that are new. Blocks."""
-        batch = self.source.fetch(timeout)
-        if not batch.samples and not batch.rejects:
-            return []
-        try:
-            # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
-            values = store.known_values(batch.samples)
-            predictions, version = self.model.predict(features.table(values, KNOWN_METRICS))
-            new = store.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins,
-                                    on_stored=self.decider.decide, values=values)
-        except Exception:
-            self.source.rewind(batch)
-            raise
-        try:
-            self.source.commit(batch)
-        except KafkaException as exc:
-            # The batch is stored: its alerts must go out now, because when it is read again (after a
-            # restart or a rebalance) the store finds nothing new in it. A later commit covers it.
-            log.warning("could not commit the offsets of a stored batch (%s); it may be read again, which "
-                        "stores nothing twice", exc)
-        if self._store_failing:
-            log.info("storing works again")
-            self._store_failing = False
-        for reject in batch.rejects:
-            log.warning("rejected message %s: %s", reject.source, reject.reason)
-        return new
-
-    async def step(self, bot: Bot) -> bool:
-        """One batch, waiting up to one interval for its first message; False when storing it failed."""
-        try:
-            # In a thread: the event loop answers commands and sends messages meanwhile.
-            await asyncio.to_thread(self.run_batch, self.interval)
-        except Exception as exc:
-            if not self._store_failing:
-                log.exception("storing a batch failed; it will be read again: %s", exc)
-            self._store_failing = True
-            return False
-        if self.decider.queued:  # an incident opened, changed or ended: its messages go out now, beside ingestion
-            self.decider.queued = False
-            task = asyncio.create_task(self.sender.run(bot), name="send")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-        return True

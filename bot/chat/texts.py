@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import MessageLimit
 
 from agent.wire import DEVICE_RE, KNOWN_METRICS
-from bot.baselines import Usual
-from bot.forecast import Forecast
-from bot.store import Incident, Mute, Rejected, StoredSample
+from bot.chat import callbacks
+from bot.db import Incident, Mute, Rejected, StoredSample
+from bot.pipeline.baselines import Usual
+from bot.pipeline.forecast import Forecast
+from bot.pipeline.model import ModelNews
 from ml.features import FEATURES, ZONES
 from ml.registry import ModelVersion
 from ml.retrain import Retrained
 from ml.versions import detail as version_detail
 from ml.versions import table as versions_table
+from schema.domain import SNOOZE_HOURS, Action, Kind, Reply, State
 
-ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
 FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
@@ -45,6 +46,17 @@ An alert is one message, edited while the incident lasts and marked when it reco
 <b>✅ Correct</b> acknowledges it (no more reminders) and stores a label; <b>❌ Wrong prediction</b> stores \
 the sample as normal and closes the alert; <b>🔕</b> snoozes its reminders. The next model learns from \
 your labels. A forecast has its own buttons: your verdict on it is kept apart."""
+
+
+COMMANDS = [  # the command menu
+    BotCommand("status", "every machine, or /status <device> for one"),
+    BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
+    BotCommand("rejected", "latest invalid messages and why"),
+    BotCommand("versions", "model versions, or /versions <n> for one in full"),
+    BotCommand("retrain", "train a new model from data and labels (admins)"),
+    BotCommand("rollback", "go back to an earlier model version (admins)"),
+    BotCommand("help", "what this bot does"),
+]
 
 
 def escape(text: str) -> str:
@@ -141,8 +153,7 @@ STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "muted": "🔕", "normal": "
 NONE: frozenset[str] = frozenset()
 
 
-def condition(sample: StoredSample, threshold: float, now: float, silent: Set[str] = NONE,
-              muted: Set[str] = NONE) -> str:
+def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Set[str] = NONE) -> str:
     """stressed, silent (it stopped reporting), muted, normal or unknown (no prediction yet)."""
     if sample.device in muted:
         return "muted"
@@ -153,10 +164,9 @@ def condition(sample: StoredSample, threshold: float, now: float, silent: Set[st
     return "stressed" if sample.p_stressed >= threshold else "normal"
 
 
-def state(sample: StoredSample, threshold: float, now: float, silent: Set[str] = NONE,
-          muted: Set[str] = NONE) -> str:
+def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Set[str] = NONE) -> str:
     """The condition with its icon, e.g. '🔴 stressed'."""
-    name = condition(sample, threshold, now, silent, muted)
+    name = condition(sample, threshold, silent, muted)
     return f"{STATE_ICONS[name]} {name}"
 
 
@@ -171,7 +181,7 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
         return "No machine has reported yet."
     now = time.time() if now is None else now
     rank = {name: index for index, name in enumerate(RISK_ORDER)}
-    conditions = {s.device: condition(s, threshold, now, silent, muted) for s in samples}
+    conditions = {s.device: condition(s, threshold, silent, muted) for s in samples}
     ranked = sorted(samples, key=lambda s: (
         rank[conditions[s.device]], -(s.p_stressed if s.p_stressed is not None else -1.0), s.device))
 
@@ -207,7 +217,7 @@ def device_status(
     rows = [_table_row(n, sample.metrics[n], usual) for n in names] or ["(no metrics)"]
     version = f"v{sample.model_version}" if sample.model_version else "none"
     return (
-        f"<b>{escape(sample.device)}</b>: {state(sample, threshold, now, silent, muted)}\n"
+        f"<b>{escape(sample.device)}</b>: {state(sample, threshold, silent, muted)}\n"
         f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
@@ -324,15 +334,9 @@ def retrain_result(result: Retrained, activated: bool) -> str:
 def activate_keyboard(version: int, label: str) -> InlineKeyboardMarkup:
     """A confirmation button that activates a model version, and one that cancels."""
     return InlineKeyboardMarkup([[
-        InlineKeyboardButton(label, callback_data=f"activate:{version}"),
-        InlineKeyboardButton("Cancel", callback_data="cancel"),
+        InlineKeyboardButton(label, callback_data=callbacks.activate(version)),
+        InlineKeyboardButton("Cancel", callback_data=callbacks.CANCEL),
     ]])
-
-
-def parse_activate(data: str | None) -> int | None:
-    """The version of an activate button's callback data, or None when it is not one."""
-    match = ACTIVATE_RE.fullmatch(data or "")
-    return int(match[1]) if match else None
 
 
 def versions(listing: list[ModelVersion], active: int | None) -> str:
@@ -374,8 +378,6 @@ def rejected(rows: list[Rejected]) -> str:
 
 # --- incidents -----------------------------------------------------------------------------------------------
 
-INCIDENT_RE = re.compile(r"i:(\d{1,18}):(ok|no|s1|s8|chart|right|wrong)")
-MISSED_RE = re.compile(r"missed:(\d{1,18})")
 DURATION_RE = re.compile(r"(\d{1,5})(s|m|min|h|d)", re.IGNORECASE)
 DURATION_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 DEFAULT_MUTE_S = 3600
@@ -386,28 +388,22 @@ MUTE_USAGE = ("Usage: /mute <device> [duration] [reason], e.g. /mute pc1 2h kern
 
 def incident_keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
     """The buttons of an incident's message: verdict, snooze and chart while it is open; the chart after."""
-    data = f"i:{incident.id}:"
-    chart = InlineKeyboardButton("📈 Chart", callback_data=data + "chart")
-    if incident.state != "open":
-        return InlineKeyboardMarkup([[chart]]) if incident.kind != "silent" else None
-    snooze = [InlineKeyboardButton("🔕 1 h", callback_data=data + "s1"),
-              InlineKeyboardButton("🔕 8 h", callback_data=data + "s8")]
-    if incident.kind == "forecast":
-        verdict = [InlineKeyboardButton("✅ Right forecast", callback_data=data + "right"),
-                   InlineKeyboardButton("❌ Wrong forecast", callback_data=data + "wrong")]
-    elif incident.kind == "stressed" and incident.acked_by is None:
-        verdict = [InlineKeyboardButton("✅ Correct", callback_data=data + "ok"),
-                   InlineKeyboardButton("❌ Wrong prediction", callback_data=data + "no")]
+    def button(label: str, action: Action) -> InlineKeyboardButton:
+        return InlineKeyboardButton(label, callback_data=callbacks.incident(incident.id, action))
+
+    chart = button("📈 Chart", Action.CHART)
+    if incident.state != State.OPEN:
+        return InlineKeyboardMarkup([[chart]]) if incident.kind != Kind.SILENT else None
+    snooze = [button("🔕 1 h", Action.SNOOZE_1H), button("🔕 8 h", Action.SNOOZE_8H)]
+    if incident.kind == Kind.FORECAST:
+        verdict = [button("✅ Right forecast", Action.RIGHT_FORECAST),
+                   button("❌ Wrong forecast", Action.WRONG_FORECAST)]
+    elif incident.kind == Kind.STRESSED and incident.acked_by is None:
+        verdict = [button("✅ Correct", Action.CORRECT), button("❌ Wrong prediction", Action.WRONG_PREDICTION)]
     else:
         verdict = []
-    rows = [row for row in (verdict, [*snooze, chart] if incident.kind != "silent" else snooze) if row]
+    rows = [row for row in (verdict, [*snooze, chart] if incident.kind != Kind.SILENT else snooze) if row]
     return InlineKeyboardMarkup(rows)
-
-
-def parse_incident_callback(data: str | None) -> tuple[int, str] | None:
-    """(incident id, action) from an incident button's callback data, or None when it is not one."""
-    match = INCIDENT_RE.fullmatch(data or "")
-    return (int(match[1]), match[2]) if match else None
 
 
 def _span(start: float, end: float) -> str:
@@ -416,35 +412,34 @@ def _span(start: float, end: float) -> str:
 
 def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
     """An incident's message, from its newest state: opened, updated while it lasts, resolved."""
-    detail = json.loads(incident.detail or "{}")
-    metrics = detail.get("metrics", {})
+    detail = incident.detail
     device = escape(incident.device)
-    if incident.kind == "silent":
+    if incident.kind == Kind.SILENT:
         last_seen = ago(now - incident.opened_ts)
-        if incident.state == "open":
+        if incident.state == State.OPEN:
             head = f"⚪ <b>{device}</b> stopped reporting at {when(incident.opened_ts)} (last seen {last_seen} ago)"
         else:
             head = (f"✅ <b>{device}</b> is reporting again after {ago(incident.resolved_ts - incident.opened_ts)} "
                     f"of silence ({_span(incident.opened_ts, incident.resolved_ts)})")
         return clip(head + _footer(incident))
-    if incident.kind == "forecast":
-        forecast = Forecast(incident.device, detail["metric"], incident.sample_id or 0, detail["ts"], detail["level"],
-                            detail["slope_per_h"], detail["eta_s"])
-        text = forecast_alert(forecast, usual.get(detail["metric"]))
-        if incident.state != "open":
+    if incident.kind == Kind.FORECAST:
+        forecast = Forecast(incident.device, detail.metric, incident.sample_id or 0, detail.ts or 0.0,
+                            detail.level or 0.0, detail.slope_per_h or 0.0, detail.eta_s)
+        text = forecast_alert(forecast, usual.get(detail.metric))
+        if incident.state != State.OPEN:
             text = f"{text}\n\n✅ No longer heading for its edge ({when(incident.resolved_ts)})."
         return clip(text + _footer(incident))
     # While it lasts: the driving metrics as they are now; once over: as they were at its worst.
-    shown_values = metrics if incident.state == "open" else detail.get("peak", metrics)
-    drivers = [name for name in detail.get("drivers", []) if name in shown_values]
+    shown_values = detail.metrics if incident.state == State.OPEN else (detail.peak or detail.metrics)
+    drivers = [name for name in detail.drivers if name in shown_values]
     shown = drivers or [name for name in FEATURES if name in shown_values][:3]
-    worst = "" if incident.state == "open" else " at its worst"
+    worst = "" if incident.state == State.OPEN else " at its worst"
     lines = [f"• {escape(_with_usual(name, shown_values[name], usual, incident.device))}{worst}" for name in shown]
     lasted = ago((incident.resolved_ts or incident.last_ts) - incident.opened_ts)
-    if incident.state == "open":
+    if incident.state == State.OPEN:
         head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",
                 f"Stressed since {when(incident.opened_ts)} ({lasted}), peak {percent(incident.peak_p)}"]
-    elif incident.state == "resolved":
+    elif incident.state == State.RESOLVED:
         head = [f"✅ <b>{device}</b> recovered after {lasted}",
                 f"Was stressed {_span(incident.opened_ts, incident.resolved_ts)}, peak {percent(incident.peak_p)}"]
     else:
@@ -456,9 +451,9 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
 def _footer(incident: Incident) -> str:
     lines = []
     if incident.acked_by:
-        what = "Labelled a false alarm" if incident.state == "false alarm" else "Acknowledged"
+        what = "Labelled a false alarm" if incident.state == State.FALSE_ALARM else "Acknowledged"
         lines.append(f"{what} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
-    if incident.snoozed_until and incident.state == "open":
+    if incident.snoozed_until and incident.state == State.OPEN:
         lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
     return "\n\n" + "\n".join(lines) if lines else ""
 
@@ -466,12 +461,7 @@ def _footer(incident: Incident) -> str:
 def missed_keyboard(metric_id: int) -> InlineKeyboardMarkup:
     """Under /status <device>: a way to say the model missed a problem with this sample."""
     return InlineKeyboardMarkup([[InlineKeyboardButton("⚠️ Something is wrong here",
-                                                       callback_data=f"missed:{metric_id}")]])
-
-
-def parse_missed(data: str | None) -> int | None:
-    match = MISSED_RE.fullmatch(data or "")
-    return int(match[1]) if match else None
+                                                       callback_data=callbacks.missed(metric_id))]])
 
 
 def parse_mute(args: list[str]) -> tuple[str, float, str] | None:
@@ -515,3 +505,135 @@ def greeting(watched: str, chat_id: int, chat_ids: list[int]) -> str:
     others = len([c for c in chat_ids if c != chat_id])
     where = "this chat" + (f" and {plural(others, 'other chat')}" if others else "")
     return f"👋 I watch {watched}. Alerts go to {where}.\n\n{HELP}"
+
+
+# --- replies to incidents, buttons and news ------------------------------------------------------------------
+
+def reply(kind: Reply, incident: Incident, now: float) -> str:
+    """A short reply to an incident's message: the machine reports again, recovered, or a reminder."""
+    if kind == Reply.REPORTING_AGAIN:
+        gap = ago(incident.resolved_ts - incident.last_ts)
+        return f"✅ {incident.device} is reporting again after {gap} of silence"
+    if kind == Reply.RECOVERED:
+        return f"✅ {incident.device} recovered after {ago(incident.resolved_ts - incident.opened_ts)}"
+    what = {Kind.SILENT: "still silent", Kind.FORECAST: "still heading for its edge"}.get(incident.kind,
+                                                                                         "still stressed")
+    return (f"⏰ {incident.device} is {what} (since {ago(now - incident.created)} ago). ✅ acknowledges it; "
+            "🔕 snoozes it.")
+
+
+def pressed(action: Action, device: str) -> str:
+    """What the person who pressed a button on an incident is told."""
+    if action in SNOOZE_HOURS:
+        return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
+    if action in (Action.RIGHT_FORECAST, Action.WRONG_FORECAST):
+        return f"Thanks: stored as a {action.value} forecast."
+    if action == Action.CORRECT:
+        return "Thanks: labelled stressed. No more reminders about it."
+    return "Thanks: labelled normal, and the alert is closed as a false alarm."
+
+
+def missed_labelled(sample: StoredSample) -> str:
+    return (f"Thanks: {sample.device} at {when(sample.ts)} is labelled stressed; the next /retrain learns "
+            "from it.")
+
+
+def model_news(news: ModelNews) -> str:
+    """What the chats hear about the model: it cannot be loaded, it is loaded again, versions converted."""
+    if news.error is not None:
+        return (f"⚠️ No model could be loaded: {news.error}\nSamples are stored without a prediction; the bot keeps "
+                "trying and says so here once a model is loaded.")
+    if news.loaded is not None:
+        return f"✅ Model v{news.loaded} is loaded: predictions resume."
+    if news.migrated:
+        versions = ", ".join(f"v{n}" for n in news.migrated)
+        return f"Model versions {versions} were pickles: converted to skops under the same numbers."
+    return news.store_said or ""
+
+
+DATABASE_DOWN = "⚠️ The database is unreachable: metrics are not stored and /status cannot answer until it is back."
+DATABASE_UP = "✅ The database is reachable again: metrics are stored."
+KAFKA_DOWN = ("⚠️ Kafka is unreachable: no new metrics arrive until it is back. Nothing is lost: they are read "
+              "when it returns.")
+KAFKA_UP = "✅ Kafka is reachable again: metrics arrive."
+
+# --- replies to commands -------------------------------------------------------------------------------------
+
+STATUS_USAGE = "Usage: /status or /status <device>"
+UNMUTE_USAGE = "Usage: /unmute <device>, e.g. /unmute pc1"
+VERSIONS_USAGE = "Usage: /versions or /versions <version>, e.g. /versions 3"
+ROLLBACK_USAGE = "Usage: /rollback or /rollback <version>, e.g. /rollback 3"
+UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
+NOT_ALLOWED_BUTTON = "This chat is not allowed to use this bot."
+INVALID_BUTTON = "This button is not valid."
+WENT_WRONG = "Sorry, something went wrong; it has been logged."
+WENT_WRONG_BUTTON = "Sorry, something went wrong; it has been logged. Try again."
+RETRAIN_RUNNING = "A retrain is already running; its result will be posted here."
+CANCELLED = "Cancelled."
+CANCELLED_NOTHING_CHANGED = "Cancelled: nothing changed."
+
+
+def chart_usage(max_hours: int) -> str:
+    return f"Usage: /chart <device> [hours], hours from 1 to {max_hours}, e.g. /chart pc1 6"
+
+
+def unmuted(device: str, ended: bool) -> str:
+    """The reply to /unmute."""
+    if ended:
+        return f"🔔 {escape(device)} is no longer muted: its next sample can alert again."
+    return f"{escape(device)} is not muted."
+
+
+def admins_only(command: str) -> str:
+    """The answer to a button only admins may press."""
+    return f"Only admins can use {command}."
+
+
+def store_unreadable(error: Exception) -> str:
+    return f"The model store cannot be read: {error}"
+
+
+def no_such_version(wanted: int, known: list[int]) -> str:
+    return f"There is no model v{wanted}. Versions: {', '.join(f'v{n}' for n in known) or 'none'}"
+
+
+def nothing_older(version: int | None) -> str:
+    return f"v{version} is the oldest version: nothing to roll back to."
+
+
+def already_active(version: int) -> str:
+    return f"v{version} is already active."
+
+
+def retrain_failed(error: Exception, version: int | None) -> str:
+    return f"❌ Retrain failed: {escape(str(error))}\nThe active model is unchanged (v{version})."
+
+
+def activate_anyway(version: int) -> str:
+    return f"Activate v{version} anyway"
+
+
+def roll_back_to(version: int) -> str:
+    return f"Roll back to v{version}"
+
+
+def version_refused(version: int) -> str:
+    """The short answer to a button whose version the store refused."""
+    return f"v{version} refused."
+
+
+def version_refused_kept(version: int, error: Exception, kept: int | None) -> str:
+    return (f"❌ Model v{version} refused: {escape(str(error))}\n"
+            f"{f'v{kept}' if kept else 'no model'} stays active.")
+
+
+def no_version(version: int) -> str:
+    return f"There is no model v{version}."
+
+
+def version_active(version: int) -> str:
+    return f"v{version} is active."
+
+
+def version_activated(version: int, who: str) -> str:
+    return f"✅ Model v{version} is active now (by {escape(who)})."

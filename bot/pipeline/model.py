@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 from sklearn.pipeline import Pipeline
-from telegram import Bot
-from telegram.error import TelegramError
-from telegram.ext import ContextTypes
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from bot.logs import Outage
 from ml import artifact
 from ml import model as ml_model
 from ml.registry import ModelStore, StoreError
@@ -25,6 +24,17 @@ FIRST_RETRY_S = 2.0
 MAX_RETRY_S = 60.0
 
 
+@dataclass(frozen=True)
+class ModelNews:
+    """What the chats hear about the model: it cannot be loaded (`error`), it is loaded after all (`loaded`),
+    versions were converted (`migrated`), or what the store said of a version it refused to convert."""
+
+    error: StoreError | None = None
+    loaded: int | None = None
+    migrated: tuple[int, ...] = ()  # versions converted from pickle to skops
+    store_said: str | None = None
+
+
 class ActiveModel:
     """Holds (version, pipeline); every method but `predict` and `drivers` blocks on the store."""
 
@@ -33,7 +43,7 @@ class ActiveModel:
         self._current: tuple[int, Pipeline] | None = None  # replaced whole, so readers need no lock
         self._lock = threading.Lock()  # one writer at a time
         self._migrated = False
-        self.notices: list[str] = []  # for the chats; whoever tells them empties it
+        self.news: list[ModelNews] = []  # for the chats; whoever tells them empties it
 
     @property
     def version(self) -> int | None:
@@ -49,7 +59,7 @@ class ActiveModel:
         """Load the active version; with an empty store, first train one from synthetic data and save it.
 
         The first call that reaches the store migrates pickle versions to skops, and leaves what people
-        should hear about that in `notices`. Raises StoreError (an ArtifactError too), keeping the model.
+        should hear about that in `news`. Raises StoreError (an ArtifactError too), keeping the model.
         """
         with self._lock:
             if not self._migrated:
@@ -70,9 +80,8 @@ class ActiveModel:
         for line in refused:
             log.error("%s", line)
         if migrated:
-            versions = ", ".join(f"v{n}" for n in migrated)
-            self.notices.append(f"Model versions {versions} were pickles: converted to skops under the same numbers.")
-        self.notices.extend(refused)
+            self.news.append(ModelNews(migrated=tuple(migrated)))
+        self.news.extend(ModelNews(store_said=line) for line in refused)
 
     def activate(self, version: int) -> None:
         """Make `version` active in the store and here; raises StoreError and keeps the current model."""
@@ -106,52 +115,40 @@ class ActiveModel:
 
 
 class ModelKeeper:
-    """Tries to load the active model until one is loaded, with backoff, and tells the log and the chats
-    once when it fails (again when the reason changes) and once when a model is back."""
+    """Tries to load the active model until one is loaded, with backoff, and tells `tell` once when it fails
+    (again when the reason changes) and once when a model is back."""
 
-    def __init__(self, model: ActiveModel, chat_ids: frozenset[int]) -> None:
+    def __init__(self, model: ActiveModel, tell: Callable[[ModelNews], Awaitable[None]]) -> None:
         self.model = model
-        self.chat_ids = chat_ids
-        self.delay = FIRST_RETRY_S
-        self.next_try = 0.0
-        self.failing: type[Exception] | None = None
+        self.tell = tell
+        self.tried = asyncio.Event()  # the first try is over
+        self.outage = Outage(log, "no model loaded: %s; samples are stored without a prediction, retrying with "
+                                  "backoff", "a model is loaded after all; predictions resume", level=logging.ERROR)
 
-    async def attempt(self, bot: Bot) -> None:
-        """One try, unless a model is loaded or the backoff is not over; start-up and the repeating job call it."""
-        if self.model.version is not None or time.monotonic() < self.next_try:
-            return
-        try:
-            await asyncio.to_thread(self.model.ensure)
-        except StoreError as exc:
-            await self._tell_notices(bot)
-            self.next_try = time.monotonic() + self.delay
-            if type(exc) is not self.failing:
-                log.error("no model loaded: %s; samples are stored without a prediction, retrying with backoff", exc)
-                await self._tell(bot, f"⚠️ No model could be loaded: {exc}\nSamples are stored without a "
-                                          "prediction; the bot keeps trying and says so here once a model is loaded.")
+    async def keep_loaded(self) -> None:
+        """Until a model is loaded: try, and after a failure wait with backoff and try again."""
+        retrying = AsyncRetrying(retry=retry_if_exception_type(Exception), before_sleep=self._failed,
+                                 wait=wait_exponential(multiplier=FIRST_RETRY_S, max=MAX_RETRY_S))
+        async for attempt in retrying:
+            with attempt:
+                await asyncio.to_thread(self.model.ensure)
+        await self._tell_store()
+        if self.outage.up():
+            await self.tell(ModelNews(loaded=self.model.version))
+        self.tried.set()
+
+    async def _failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if not isinstance(exc, StoreError):  # a bug: logged, and tried again like an outage of the store
+            log.error("loading the model failed", exc_info=exc)
+        else:
+            await self._tell_store()
+            if self.outage.down(exc, cause=type(exc)):
+                await self.tell(ModelNews(error=exc))
             else:
-                log.debug("still no model: %s; next try in %.0f s", exc, self.delay)
-            self.failing = type(exc)
-            self.delay = min(self.delay * 2, MAX_RETRY_S)
-            return
-        await self._tell_notices(bot)
-        if self.failing is not None:
-            log.info("model v%s loaded after all; predictions resume", self.model.version)
-            await self._tell(bot, f"✅ Model v{self.model.version} is loaded: predictions resume.")
-        self.failing, self.delay = None, FIRST_RETRY_S
+                log.debug("still no model: %s", exc)
+        self.tried.set()
 
-    async def _tell_notices(self, bot: Bot) -> None:
-        while self.model.notices:
-            await self._tell(bot, self.model.notices.pop(0))
-
-    async def _tell(self, bot: Bot, text: str) -> None:
-        for chat_id in self.chat_ids:
-            try:
-                await bot.send_message(chat_id, text)
-            except TelegramError as exc:  # the log has it; the chat hears the next news
-                log.warning("could not tell chat %d about the model: %s", chat_id, exc.message)
-
-
-async def keep_model_loaded(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The repeating job: the ModelKeeper comes in as job data."""
-    await context.job.data.attempt(context.bot)
+    async def _tell_store(self) -> None:
+        while self.model.news:
+            await self.tell(self.model.news.pop(0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import html
 import logging
 import re
 import time
@@ -15,20 +14,24 @@ from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
-from bot import charts, incidents, store, texts
-from bot.active_model import ActiveModel
-from bot.baselines import Baselines
+from bot import db
+from bot.chat import callbacks, charts, texts
+from bot.chat.sender import Sender
 from bot.config import Settings
-from bot.forecast import Forecaster
-from bot.sender import Sender
+from bot.db import incidents
+from bot.pipeline.baselines import Baselines
+from bot.pipeline.forecast import Forecaster
+from bot.pipeline.model import ActiveModel
+from ml.data import training_frame
 from ml.features import FEATURES
 from ml.registry import StoreError, UnknownVersion
 from ml.retrain import retrain
+from schema.domain import ACTIONS_OF, Action
 
 log = logging.getLogger(__name__)
 STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
 CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
-CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most store.CHART_POINTS rows whatever the window
+CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most db.CHART_POINTS rows whatever the window
 
 
 def _settings(context: ContextTypes.DEFAULT_TYPE) -> Settings:
@@ -56,7 +59,7 @@ async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.warning("refused chat %s (user %s): not in ALLOWED_CHAT_IDS", chat.id if chat else "?",
                 user.id if user else "?")
     if update.callback_query:
-        await update.callback_query.answer("This chat is not allowed to use this bot.", show_alert=True)
+        await update.callback_query.answer(texts.NOT_ALLOWED_BUTTON, show_alert=True)
     elif update.effective_message and chat is not None:
         await update.effective_message.reply_text(texts.refusal(chat.id), parse_mode=ParseMode.HTML)
     raise ApplicationHandlerStop
@@ -70,7 +73,7 @@ async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     """/start: what this bot watches and where its alerts go, then the help."""
     settings = _settings(context)
     poller = context.bot_data.get("poller")
-    machines = await asyncio.to_thread(store.device_count)
+    machines = await asyncio.to_thread(db.device_count)
     if settings.kafka_bootstrap:
         watched = texts.watching_fleet(settings.kafka_topic, machines)
     else:
@@ -89,22 +92,22 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     settings = _settings(context)
     args = context.args or []
     if len(args) > 1 or (args and not DEVICE_RE.fullmatch(args[0])):
-        await update.effective_message.reply_text("Usage: /status or /status <device>")
+        await update.effective_message.reply_text(texts.STATUS_USAGE)
         return
     markup = None
     if not args:
         samples, silent, muted = await asyncio.to_thread(
-            lambda: (store.latest_per_device(), store.silent_devices(), store.muted_devices(time.time())))
+            lambda: (db.latest_per_device(), db.silent_devices(), db.muted_devices(time.time())))
         text = texts.overview(samples, settings.alert_threshold, silent=silent, muted=muted)
     else:
-        sample = await asyncio.to_thread(store.latest_sample, args[0])
+        sample = await asyncio.to_thread(db.latest_sample, args[0])
         if sample is None:
-            known = [s.device for s in await asyncio.to_thread(store.latest_per_device)]
+            known = [s.device for s in await asyncio.to_thread(db.latest_per_device)]
             text = texts.unknown_device(args[0], known)
         else:
             usual = await asyncio.to_thread(_baselines(context).get, sample.device)
             forecasts = await asyncio.to_thread(_forecaster(context).forecasts, sample.device)
-            silent, muted = await asyncio.to_thread(lambda: (store.silent_devices(), store.muted_devices(time.time())))
+            silent, muted = await asyncio.to_thread(lambda: (db.silent_devices(), db.muted_devices(time.time())))
             text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
                                        forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
                                        silent=silent, muted=muted)
@@ -131,13 +134,11 @@ async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     args = context.args or []
     hours = _chart_hours(args)
     if hours is None:
-        await update.effective_message.reply_text(
-            f"Usage: /chart <device> [hours], hours from 1 to {CHART_MAX_HOURS}, e.g. /chart pc1 6"
-        )
+        await update.effective_message.reply_text(texts.chart_usage(CHART_MAX_HOURS))
         return
-    sample = await asyncio.to_thread(store.latest_sample, args[0])
+    sample = await asyncio.to_thread(db.latest_sample, args[0])
     if sample is None:
-        known = [s.device for s in await asyncio.to_thread(store.latest_per_device)]
+        known = [s.device for s in await asyncio.to_thread(db.latest_per_device)]
         await update.effective_message.reply_text(texts.unknown_device(args[0], known), parse_mode=ParseMode.HTML)
         return
     end = time.time()
@@ -154,7 +155,7 @@ async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device
     threshold = _settings(context).alert_threshold
 
     def render() -> bytes:  # a query and a drawing of a tenth of a second or more: off the event loop
-        return charts.render_chart(device, start, end, threshold, store.incident_spans(device, start, end))
+        return charts.render_chart(device, start, end, threshold, db.incident_spans(device, start, end))
 
     png = await asyncio.to_thread(render)
     await update.effective_message.reply_photo(
@@ -165,7 +166,7 @@ async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device
 
 async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/rejected: the latest invalid messages, so a sender can fix its script."""
-    rows = await asyncio.to_thread(store.rejected)
+    rows = await asyncio.to_thread(db.rejected)
     await update.effective_message.reply_text(texts.rejected(rows), parse_mode=ParseMode.HTML)
 
 
@@ -177,40 +178,39 @@ def _who(update: Update) -> tuple[int, str]:
 async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A button on an incident: ✅/❌ (a label and an acknowledgement), 🔕 (snooze reminders), 📈 (chart)."""
     query = update.callback_query
-    parsed = texts.parse_incident_callback(query.data)
+    parsed = callbacks.parse_incident(query.data)
     chat = update.effective_chat
     incident = None
     if parsed is not None and chat is not None:
-        incident = await asyncio.to_thread(store.incident_for_button, parsed[0], chat.id)
-    if incident is None or parsed[1] not in incidents.ACTIONS_OF[incident.kind]:
+        incident = await asyncio.to_thread(db.incident_for_button, parsed[0], chat.id)
+    if incident is None or parsed[1] not in ACTIONS_OF[incident.kind]:
         log.warning("ignored callback %r from user %d: not a button of one of our incidents", query.data[:80],
                     query.from_user.id)
-        await query.answer("This button is not valid.")
+        await query.answer(texts.INVALID_BUTTON)
         return
-    if parsed[1] == "chart":
+    if parsed[1] == Action.CHART:
         await query.answer()
         await _send_chart(update, context, incident.device, incident.opened_ts - CHART_MARGIN_S,
                           (incident.resolved_ts or time.time()) + CHART_MARGIN_S)
         return
     user_id, name = _who(update)
-    answer = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time())
-    await query.answer(answer)
+    await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time())
+    await query.answer(texts.pressed(parsed[1], incident.device))
     context.application.create_task(_sender(context).run(context.bot), name="send")  # every copy shows it
 
 
 async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """⚠️ Something is wrong here, under /status <device>: the model missed a problem; label the sample stressed."""
     query = update.callback_query
-    metric_id = texts.parse_missed(query.data)
-    sample = await asyncio.to_thread(store.sample_by_id, metric_id) if metric_id is not None else None
+    metric_id = callbacks.parse_missed(query.data)
+    sample = await asyncio.to_thread(db.sample_by_id, metric_id) if metric_id is not None else None
     if sample is None:
         log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
-        await query.answer("This button is not valid.")
+        await query.answer(texts.INVALID_BUTTON)
         return
     user_id, name = _who(update)
-    await asyncio.to_thread(store.add_label, sample.id, 1, user_id, name)
-    await query.answer(f"Thanks: {sample.device} at {texts.when(sample.ts)} is labelled stressed; "
-                       "the next /retrain learns from it.", show_alert=True)
+    await asyncio.to_thread(db.add_label, sample.id, 1, user_id, name)
+    await query.answer(texts.missed_labelled(sample), show_alert=True)
 
 
 async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -222,7 +222,7 @@ async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     device, seconds, reason = parsed
     user_id, name = _who(update)
     until = time.time() + seconds
-    await asyncio.to_thread(store.mute, device, until, reason, user_id, name)
+    await asyncio.to_thread(db.mute, device, until, reason, user_id, name)
     log.info("%s muted %s until %s: %s", name, device, texts.when(until), reason)
     await update.effective_message.reply_text(texts.muted_reply(device, until, seconds, reason, name),
                                               parse_mode=ParseMode.HTML)
@@ -232,23 +232,21 @@ async def unmute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     """/unmute <device>: alerts again from its next sample."""
     args = context.args or []
     if len(args) != 1 or not DEVICE_RE.fullmatch(args[0]):
-        await update.effective_message.reply_text("Usage: /unmute <device>, e.g. /unmute pc1")
+        await update.effective_message.reply_text(texts.UNMUTE_USAGE)
         return
-    ended = await asyncio.to_thread(store.unmute, args[0])
-    text = (f"🔔 {texts.escape(args[0])} is no longer muted: its next sample can alert again." if ended
-            else f"{texts.escape(args[0])} is not muted.")
-    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
+    ended = await asyncio.to_thread(db.unmute, args[0])
+    await update.effective_message.reply_text(texts.unmuted(args[0], ended), parse_mode=ParseMode.HTML)
 
 
 async def muted_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/muted: which machines are muted, by whom, until when and why."""
-    mutes = await asyncio.to_thread(store.mutes, time.time())
+    mutes = await asyncio.to_thread(db.mutes, time.time())
     await update.effective_message.reply_text(texts.mutes(mutes), parse_mode=ParseMode.HTML)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any other command: point to /help."""
-    await update.effective_message.reply_text("I don't know that command. /help lists what I can do.")
+    await update.effective_message.reply_text(texts.UNKNOWN_COMMAND)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -258,9 +256,9 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     try:
         if update.callback_query is not None:  # else the button spins until Telegram gives up
-            await update.callback_query.answer("Sorry, something went wrong; it has been logged. Try again.")
+            await update.callback_query.answer(texts.WENT_WRONG_BUTTON)
         elif update.effective_message:
-            await update.effective_message.reply_text("Sorry, something went wrong; it has been logged.")
+            await update.effective_message.reply_text(texts.WENT_WRONG)
     except TelegramError as exc:  # answered already, or Telegram is out: the log has the error
         log.debug("could not say so in the chat: %s", exc)
 
@@ -272,7 +270,7 @@ async def _is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE, command:
         return True
     log.warning("refused %s for user %s: not in ADMIN_USER_IDS", command, user.id if user else "?")
     if update.callback_query:
-        await update.callback_query.answer(f"Only admins can use {command}.", show_alert=True)
+        await update.callback_query.answer(texts.admins_only(command), show_alert=True)
     else:
         await update.effective_message.reply_text(texts.not_admin(command, user.id if user else 0),
                                                   parse_mode=ParseMode.HTML)
@@ -292,7 +290,7 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         return
     lock: asyncio.Lock = context.bot_data["retrain_lock"]
     if lock.locked():
-        await update.effective_message.reply_text("A retrain is already running; its result will be posted here.")
+        await update.effective_message.reply_text(texts.RETRAIN_RUNNING)
         return
     async with lock:
         model = _model(context)
@@ -306,7 +304,7 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         failure: Exception | None = None
         try:
             result = await asyncio.to_thread(
-                retrain, model.store, model.current, lambda: store.training_frame(FEATURES), report
+                retrain, model.store, model.current, lambda: training_frame(FEATURES), report
             )
             if result.better:
                 await asyncio.to_thread(model.activate, result.saved.version)
@@ -317,11 +315,10 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         # The step edits must land before the last one, or a late step would overwrite the result.
         await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
         if failure is not None:
-            await _edit(progress, f"❌ Retrain failed: {html.escape(str(failure))}\nThe active model is unchanged "
-                                  f"(v{model.version}).")
+            await _edit(progress, texts.retrain_failed(failure, model.version))
             return
         markup = None if result.better else texts.activate_keyboard(result.saved.version,
-                                                                    f"Activate v{result.saved.version} anyway")
+                                                                    texts.activate_anyway(result.saved.version))
         await _edit(progress, texts.retrain_result(result, activated=result.better), markup)
 
 
@@ -329,13 +326,13 @@ async def versions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     """/versions: every model version, newest first; /versions <n>: one in full."""
     args = context.args or []
     if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
-        await update.effective_message.reply_text("Usage: /versions or /versions <version>, e.g. /versions 3")
+        await update.effective_message.reply_text(texts.VERSIONS_USAGE)
         return
     model_store = _model(context).store
     try:
         listing, active = await asyncio.to_thread(lambda: (model_store.versions(), model_store.active()))
     except StoreError as exc:
-        await update.effective_message.reply_text(f"The model store cannot be read: {exc}")
+        await update.effective_message.reply_text(texts.store_unreadable(exc))
         return
     if not args:
         await update.effective_message.reply_text(texts.versions(listing, active), parse_mode=ParseMode.HTML)
@@ -343,8 +340,7 @@ async def versions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     wanted = int(args[0].lstrip("v"))
     record = next((r for r in listing if r.version == wanted), None)
     if record is None:
-        known = ", ".join(f"v{r.version}" for r in listing) or "none"
-        await update.effective_message.reply_text(f"There is no model v{wanted}. Versions: {known}")
+        await update.effective_message.reply_text(texts.no_such_version(wanted, [r.version for r in listing]))
         return
     await update.effective_message.reply_text(texts.version(record, active), parse_mode=ParseMode.HTML)
 
@@ -355,34 +351,32 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         return
     args = context.args or []
     if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
-        await update.effective_message.reply_text("Usage: /rollback or /rollback <version>, e.g. /rollback 3")
+        await update.effective_message.reply_text(texts.ROLLBACK_USAGE)
         return
     model = _model(context)
     try:
         listing = await asyncio.to_thread(model.store.versions)
     except StoreError as exc:
-        await update.effective_message.reply_text(f"The model store cannot be read: {exc}")
+        await update.effective_message.reply_text(texts.store_unreadable(exc))
         return
     by_number = {v.version: v for v in listing}
     if args:
         target = int(args[0].lstrip("v"))
         if target not in by_number:
-            known = ", ".join(f"v{n}" for n in sorted(by_number)) or "none"
-            await update.effective_message.reply_text(f"There is no model v{target}. Versions: {known}")
+            await update.effective_message.reply_text(texts.no_such_version(target, sorted(by_number)))
             return
     else:
         older = [n for n in by_number if model.version is None or n < model.version]
         if not older:
-            reply = f"v{model.version} is the oldest version: nothing to roll back to."
-            await update.effective_message.reply_text(reply)
+            await update.effective_message.reply_text(texts.nothing_older(model.version))
             return
         target = max(older)
     if target == model.version:
-        await update.effective_message.reply_text(f"v{target} is already active.")
+        await update.effective_message.reply_text(texts.already_active(target))
         return
     await update.effective_message.reply_text(
         texts.confirm_rollback(model.version, by_number[target]), parse_mode=ParseMode.HTML,
-        reply_markup=texts.activate_keyboard(target, f"Roll back to v{target}"),
+        reply_markup=texts.activate_keyboard(target, texts.roll_back_to(target)),
     )
 
 
@@ -391,36 +385,34 @@ async def activate_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     query = update.callback_query
     if not await _is_admin(update, context, "this button"):
         return
-    version = texts.parse_activate(query.data)
+    version = callbacks.parse_activate(query.data)
     if version is None:
-        await query.answer("This button is not valid.")
+        await query.answer(texts.INVALID_BUTTON)
         return
     model = _model(context)
     try:
         await asyncio.to_thread(model.activate, version)
     except UnknownVersion:
-        await query.answer(f"There is no model v{version}.")
+        await query.answer(texts.no_version(version))
         return
     except StoreError as exc:
-        await query.answer(f"v{version} refused.")
-        kept = f"v{model.version}" if model.version else "no model"
-        await _edit(query.message, f"❌ Model v{version} refused: {html.escape(str(exc))}\n{kept} stays active.")
+        await query.answer(texts.version_refused(version))
+        await _edit(query.message, texts.version_refused_kept(version, exc, model.version))
         return
-    await query.answer(f"v{version} is active.")
-    who = f"@{query.from_user.username}" if query.from_user.username else query.from_user.full_name
-    await _edit(query.message, f"✅ Model v{version} is active now (by {html.escape(who)}).")
+    await query.answer(texts.version_active(version))
+    await _edit(query.message, texts.version_activated(version, _who(update)[1]))
 
 
 async def cancel_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Cancel on a confirmation (admins): nothing changes."""
     if not await _is_admin(update, context, "this button"):
         return
-    await update.callback_query.answer("Cancelled.")
-    await _edit(update.callback_query.message, "Cancelled: nothing changed.")
+    await update.callback_query.answer(texts.CANCELLED)
+    await _edit(update.callback_query.message, texts.CANCELLED_NOTHING_CHANGED)
 
 
 async def invalid_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Callback data no button of ours carries."""
     log.warning("ignored callback %r from user %d", (update.callback_query.data or "")[:80],
                 update.callback_query.from_user.id)
-    await update.callback_query.answer("This button is not valid.")
+    await update.callback_query.answer(texts.INVALID_BUTTON)

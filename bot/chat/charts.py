@@ -16,8 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bot import store
-from bot.store import ChartPoint, ChartSeries
+from bot import db
+from bot.db import ChartPoint, ChartSeries
 
 Span = tuple[float, float]  # (start_ts, end_ts) of a stretch to shade
 
@@ -36,7 +36,7 @@ _lock = threading.Lock()
 
 def render_chart(device: str, start_ts: float, end_ts: float, threshold: float, spans: list[Span]) -> bytes:
     """The PNG chart of `device` from `start_ts` to `end_ts`, shading `spans` (its incidents). Reads the store."""
-    series = store.chart_series(device, start_ts, end_ts, list(METRICS))
+    series = db.chart_series(device, start_ts, end_ts, list(METRICS))
     return draw(device, series, start_ts, end_ts, threshold, spans)
 
 
@@ -94,7 +94,7 @@ def draw(device: str, series: ChartSeries, start_ts: float, end_ts: float, thres
         for first, last in spans:
             for axes in (metrics_axes, p_axes):
                 axes.axvspan(*_datetimes([max(first, start_ts), min(last, end_ts)]), **SHADE)
-        _style(metrics_axes, p_axes, times, start_ts, end_ts)
+        _style(metrics_axes, p_axes, start_ts, end_ts)
         if metrics_axes.get_legend_handles_labels()[0]:
             metrics_axes.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=4, frameon=False,
                                 fontsize=FONT_SIZE, handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
@@ -106,7 +106,7 @@ def draw(device: str, series: ChartSeries, start_ts: float, end_ts: float, thres
     return output.getvalue()
 
 
-def _style(metrics_axes: Axes, p_axes: Axes, times: np.ndarray, start_ts: float, end_ts: float) -> None:
+def _style(metrics_axes: Axes, p_axes: Axes, start_ts: float, end_ts: float) -> None:
     """Large fonts, a 0-100 % scale on both panels, and times in UTC as short as they can be."""
     for axes, ylabel in ((metrics_axes, "%"), (p_axes, "P(stressed) %")):
         axes.set_ylim(0, 100)

@@ -1,6 +1,6 @@
 """Training: real samples, human labels and synthetic edge values in; a fitted pipeline and its scores out.
 
-Run as ``python -m ml.train`` to train from the store and save a new version (what /retrain does).
+``python -m ml.train`` (ml/train/__main__.py) trains from the store and saves a new version, as /retrain does.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Trained:
     pipeline: Pipeline
     meta: dict
     holdout: pd.DataFrame  # FEATURES + label: the rows the scores were measured on
+    human_holdout: bool  # the holdout is human labels (else a split of the training rows)
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS) -> list[dict]:
@@ -92,6 +93,7 @@ class _TrainingSet:
     weights: np.ndarray
     holdout: pd.DataFrame
     holdout_kind: str
+    human_holdout: bool
     counts: dict[str, int]
 
 
@@ -152,7 +154,7 @@ def _training_set(real: pd.DataFrame, seed: int) -> _TrainingSet:
     counts = {"rows": len(real), "labels": len(labels), "synthetic": len(made_normal) + len(stressed),
               "left_out_near_edge": int(left_out)}
     return _TrainingSet(data[FEATURES], data["label"].to_numpy(), weights, holdout[[*FEATURES, "label"]], holdout_kind,
-                        counts)
+                        split is not None, counts)
 
 
 def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -> Trained:
@@ -176,41 +178,4 @@ def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -
         "libraries": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
                       "numpy": np.__version__, "pandas": pd.__version__},
     }
-    return Trained(pipeline, meta, holdout.reset_index(drop=True))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Train from the store like /retrain: save a new version, activate it when it is not worse."""
-    import argparse
-    import logging
-    import sys
-
-    from ml import artifact, data
-    from ml.config import ConfigError, load_store_settings
-    from ml.registry import StoreError, open_store
-    from ml.retrain import retrain
-
-    parser = argparse.ArgumentParser(prog="python -m ml.train", description=main.__doc__)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples and the split")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        settings = load_store_settings()
-        database = data.connect(settings.database_url)
-        model_store = open_store(settings.model_store, settings.model_signing_key)
-        active_version = model_store.active()
-        active = None
-        if active_version is not None:
-            active = (active_version, artifact.loads(model_store.load(active_version)))
-        result = retrain(model_store, active, lambda: data.training_frame(database, FEATURES), print, args.seed)
-        if result.better:
-            model_store.activate(result.saved.version)
-    except (ConfigError, StoreError, ValueError) as exc:
-        sys.exit(f"rigwatch: {exc}")
-    kept = f"v{result.old_version} stays" if result.old_version else "no model is active"
-    state = "active" if result.better else f"saved, not active ({kept}; /rollback {result.saved.version} activates it)"
-    print(f"v{result.saved.version} {state}: {result.reason}")
-
-
-if __name__ == "__main__":
-    main()
+    return Trained(pipeline, meta, holdout.reset_index(drop=True), data.human_holdout)

@@ -9,16 +9,16 @@ Every function here blocks: the bot calls them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 
 import peewee as pw
-from telegram.ext import ContextTypes
 
 from agent.wire import KNOWN_METRICS
-from bot import store
+from bot.db.connection import is_postgres
+from bot.db.samples import DEVICES_CTE
+from schema.tables import db
 
 log = logging.getLogger(__name__)
 BUCKET_S = 300
@@ -71,9 +71,9 @@ def downsample(now: float, days: float) -> Downsampled:
     One transaction per device, so the poller's batches wait at most for one device's share; running it
     again, or after a crash in the middle, changes nothing that is done.
     """
-    database = store.db.obj
+    database = db.obj
     cutoff = (now - days * DAY_S) // BUCKET_S * BUCKET_S
-    postgres = isinstance(database, pw.PostgresqlDatabase)
+    postgres = is_postgres()
     aggregate, delete = _sql(postgres, database.param)
     samples = devices = 0
     for device in _devices_with_samples_before(cutoff):
@@ -91,14 +91,14 @@ def downsample(now: float, days: float) -> Downsampled:
 
 
 # A loose index scan over (device, ts): one seek per device, not a pass over every sample.
-DEVICES_WITH_OLD_SAMPLES_SQL = store.DEVICES_CTE.format(table="metric") + """
+DEVICES_WITH_OLD_SAMPLES_SQL = DEVICES_CTE.format(table="metric") + """
 SELECT device FROM devices
 WHERE device IS NOT NULL AND (SELECT MIN(m.ts) FROM metric AS m WHERE m.device = devices.device) < {param}
 """
 
 
 def _devices_with_samples_before(cutoff: float) -> list[str]:
-    database = store.db.obj
+    database = db.obj
     rows = database.execute_sql(DEVICES_WITH_OLD_SAMPLES_SQL.format(param=database.param), (cutoff,))
     return [device for (device,) in rows.fetchall()]
 
@@ -114,9 +114,10 @@ def _give_back_space(database: pw.Database) -> None:
                  "the space, and a VACUUM while the bot is stopped returns it")
 
 
-async def daily(context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The daily job: RETENTION_DAYS comes in as job data."""
+def daily(days: float) -> None:
+    """The daily run: downsample what is older than `days`. One that fails is logged, and tomorrow's run tries
+    again: samples are only kept raw a little longer."""
     try:
-        await asyncio.to_thread(downsample, time.time(), context.job.data)
-    except Exception:  # tomorrow's run tries again; samples are only kept raw a little longer
+        downsample(time.time(), days)
+    except Exception:
         log.exception("retention: downsampling failed")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import peewee as pw
 
-from bot import store
+from bot import db
 from ml.features import FEATURES
 
 DAYS = 7
@@ -36,7 +36,7 @@ class Usual:
 
 def usual_ranges(device: str) -> dict[str, Usual]:
     """The usual range of each model metric with enough history on this device; blocks on the store."""
-    rows = store.history_points(device, DAYS * 86400.0, POINTS, FEATURES, MIN_SPAN_S)
+    rows = db.history_points(device, DAYS * 86400.0, POINTS, FEATURES, MIN_SPAN_S)
     if not rows:
         return {}
     values = np.array(rows, dtype=float)  # NULL comes back as None, which becomes NaN

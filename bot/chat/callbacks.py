@@ -1,0 +1,53 @@
+"""The callback data of every button: built and parsed here and nowhere else.
+
+Telegram hands callback data back as any client sent it, so a parser accepts only what a builder here makes:
+anything else is None, and the handler says the button is not valid.
+"""
+
+from __future__ import annotations
+
+import re
+
+from schema.domain import Action
+
+# The prefixes the application routes on (bot/app.py); each parser below checks the whole string.
+INCIDENT_PATTERN = r"^i:"
+MISSED_PATTERN = r"^missed:"
+ACTIVATE_PATTERN = r"^activate:"
+CANCEL = "cancel"
+CANCEL_PATTERN = rf"^{CANCEL}$"
+
+_INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
+_MISSED_RE = re.compile(r"missed:(\d{1,18})")
+_ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
+
+
+def incident(incident_id: int, action: Action) -> str:
+    """A button on an incident's message."""
+    return f"i:{incident_id}:{action.value}"
+
+
+def parse_incident(data: str | None) -> tuple[int, Action] | None:
+    """(incident id, action) of an incident button, or None when the data is not one."""
+    match = _INCIDENT_RE.fullmatch(data or "")
+    return (int(match[1]), Action(match[2])) if match else None
+
+
+def missed(metric_id: int) -> str:
+    """⚠️ Something is wrong here, under /status <device>: about one sample."""
+    return f"missed:{metric_id}"
+
+
+def parse_missed(data: str | None) -> int | None:
+    match = _MISSED_RE.fullmatch(data or "")
+    return int(match[1]) if match else None
+
+
+def activate(version: int) -> str:
+    """Activate (or roll back to) a model version."""
+    return f"activate:{version}"
+
+
+def parse_activate(data: str | None) -> int | None:
+    match = _ACTIVATE_RE.fullmatch(data or "")
+    return int(match[1]) if match else None

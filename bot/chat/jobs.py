@@ -1,0 +1,99 @@
+"""The repeating jobs that talk to Telegram: deliver the outbox, run the watch and send what it queued, tell
+the chats about the model and about outages of the services metrics depend on. Their data comes in as job
+data (`run_repeating(..., data=...)`), never through globals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from telegram import Bot, InlineKeyboardMarkup
+from telegram.error import TelegramError
+from telegram.ext import ContextTypes
+
+from bot.chat import texts
+from bot.chat.sender import Sender
+from bot.db import Incident
+from bot.pipeline.baselines import Baselines
+from bot.pipeline.model import ModelNews
+from bot.pipeline.watch import Watch
+
+log = logging.getLogger(__name__)
+
+
+def renderer(baselines: Baselines) -> Callable[[Incident], tuple[str, InlineKeyboardMarkup | None]]:
+    """An incident's message as of its newest state (blocks: the usual ranges may be read)."""
+
+    def render(incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
+        return texts.incident(incident, baselines.get(incident.device), time.time()), texts.incident_keyboard(incident)
+
+    return render
+
+
+async def send(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Deliver the outbox: the Sender comes in as job data."""
+    await context.job.data.run(context.bot)
+
+
+@dataclass
+class Watching:
+    watch: Watch
+    sender: Sender
+
+
+async def watch(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Silent machines, due reminders, mutes that ended; what that queued goes out at once."""
+    watching: Watching = context.job.data
+    if await asyncio.to_thread(watching.watch.run):
+        await watching.sender.run(context.bot)
+
+
+async def in_thread(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A blocking job that does not talk to Telegram (a checkpoint, retention): the function is the job data."""
+    await asyncio.to_thread(context.job.data)
+
+
+async def tell(bot: Bot, chat_ids: Iterable[int], text: str) -> None:
+    """Say `text` in every chat; a chat Telegram refuses is logged, and the others still hear it."""
+    for chat_id in chat_ids:
+        try:
+            await bot.send_message(chat_id, text)
+        except TelegramError as exc:  # the log has it; the chat hears the next news
+            log.warning("could not tell chat %d: %s", chat_id, exc.message)
+
+
+def model_news_teller(bot: Bot, chat_ids: Iterable[int]) -> Callable[[ModelNews], object]:
+    """What the model keeper is handed to tell the chats about the model."""
+
+    async def tell_news(news: ModelNews) -> None:
+        await tell(bot, chat_ids, texts.model_news(news))
+
+    return tell_news
+
+
+@dataclass
+class Service:
+    """A service whose outage the chats hear about: once when it starts and once when it ends."""
+
+    is_up: Callable[[], bool]
+    down_text: str
+    up_text: str
+    told_up: bool = True  # what the chats were told last
+
+
+async def tell_outages(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A service that went down or came back is said once in every allowed chat."""
+    for service in context.job.data:
+        up = service.is_up()
+        if up == service.told_up:
+            continue
+        try:
+            for chat_id in context.bot_data["settings"].allowed_chat_ids:
+                await context.bot.send_message(chat_id, service.up_text if up else service.down_text)
+        except TelegramError as exc:  # Telegram is out too: its own outage is in the log
+            log.debug("outage notice not sent (%s); trying again at the next check", exc)
+            return
+        service.told_up = up

@@ -1,0 +1,136 @@
+"""Incidents, labels and mutes: what the incident decisions and the buttons read and write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+
+from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, NoticeKind, State
+from schema.tables import ForecastLabel, Incident, Label, Mute, Notice, db
+
+log = logging.getLogger(__name__)
+
+
+def create(device: str, kind: Kind, sample_id: int | None, p: float | None, opened_ts: float, detail: IncidentDetail,
+           now: float, next_reminder: float | None) -> Incident:
+    """A new open incident."""
+    return Incident.create(
+        device=device, kind=kind, metric=detail.metric, state=State.OPEN, opened_ts=opened_ts, last_ts=opened_ts,
+        sample=sample_id, last_p=p, peak_p=p, detail=detail, created=now, updated=now, next_reminder=next_reminder,
+    )
+
+
+def open_of(devices: Collection[str]) -> dict[tuple[str, str], Incident]:
+    """The open incidents of these devices, by (device, its metric or else its kind)."""
+    # Few open incidents, many devices: ask for the open ones, then keep those of these devices.
+    return {(i.device, i.metric or i.kind): i for i in Incident.select().where(Incident.state == State.OPEN)
+            if i.device in devices}
+
+
+def has_open(device: str, kind: Kind) -> bool:
+    return Incident.select().where((Incident.device == device) & (Incident.state == State.OPEN)
+                                   & (Incident.kind == kind)).exists()
+
+
+def open_forecasts() -> list[tuple[str, str]]:
+    """(device, metric) of every open forecast incident: episodes a restart must not alert again."""
+    return list(Incident.select(Incident.device, Incident.metric)
+                .where((Incident.state == State.OPEN) & (Incident.kind == Kind.FORECAST)).tuples())
+
+
+def reminders_due(now: float) -> list[Incident]:
+    """Open, unacknowledged, unsnoozed incidents whose reminder is due."""
+    return list(Incident.select().where(
+        (Incident.state == State.OPEN) & Incident.acked_by.is_null() & (Incident.next_reminder <= now)
+        & (Incident.snoozed_until.is_null() | (Incident.snoozed_until <= now))))
+
+
+def end_mutes(now: float) -> list[str]:
+    """Delete the mutes that ran out; their devices."""
+    ended = [m.device for m in Mute.select(Mute.device).where(Mute.until <= now)]
+    Mute.delete().where(Mute.until <= now).execute()
+    return ended
+
+
+def press(incident_id: int, action: Action, user_id: int, user_name: str, now: float) -> Incident:
+    """What a button on an incident does, stored in one transaction; returns the incident as it is now.
+
+    ✅/❌ store a label on the sample that opened the incident and acknowledge it (no more reminders); ❌ also
+    closes it as a false alarm. 🔕 snoozes its reminders. The new revision makes the sender edit every copy.
+    """
+    with db.atomic():
+        incident = Incident.get_by_id(incident_id)
+        if action in SNOOZE_HOURS:
+            incident.snoozed_until = now + SNOOZE_HOURS[action] * 3600
+        elif action in (Action.RIGHT_FORECAST, Action.WRONG_FORECAST):
+            add_forecast_label(incident.id, int(action == Action.RIGHT_FORECAST), user_id, user_name)
+            incident.acked_by, incident.acked_at = user_name, now
+        else:
+            value = int(action == Action.CORRECT)
+            if incident.sample_id is not None:
+                add_label(incident.sample_id, value, user_id, user_name)
+            incident.acked_by, incident.acked_at = user_name, now
+            if not value:
+                incident.state, incident.resolved_ts = State.FALSE_ALARM, incident.resolved_ts or incident.last_ts
+        incident.revision += 1
+        incident.updated = incident.acted = now
+        incident.save()
+    log.info("%s pressed %s on incident %d (%s)", user_name, action, incident_id, incident.device)
+    return incident
+
+
+def incident_for_button(incident_id: int, chat_id: int) -> Incident | None:
+    """The incident a button is about, when an incident message went (or goes) to this chat; None if forged."""
+    return (Incident.select().join(Notice)
+            .where((Incident.id == incident_id) & (Notice.chat_id == chat_id) & (Notice.kind == NoticeKind.ALERT))
+            .first())
+
+
+def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> None:
+    """Store a person's label for a sample."""
+    Label.create(metric=metric_id, value=value, user_id=user_id, user_name=user_name[:200], created=time.time())
+
+
+
+def add_forecast_label(incident_id: int, value: int, user_id: int, user_name: str) -> None:
+    """Store a person's verdict on a forecast."""
+    ForecastLabel.create(incident=incident_id, value=value, user_id=user_id, user_name=user_name[:200],
+                         created=time.time())
+
+
+def mute(device: str, until: float, reason: str, user_id: int, user_name: str) -> None:
+    """Mute a device until `until`, replacing an earlier mute of it; who and why are kept."""
+    with db.atomic():
+        Mute.delete().where(Mute.device == device).execute()
+        Mute.create(device=device, until=until, reason=reason[:200], user_id=user_id, user_name=user_name[:200],
+                    created=time.time())
+
+
+def unmute(device: str) -> bool:
+    """End a device's mute; whether it had one."""
+    return Mute.delete().where(Mute.device == device).execute() > 0
+
+
+def mutes(now: float) -> list[Mute]:
+    """The mutes in force, ending soonest first."""
+    return list(Mute.select().where(Mute.until > now).order_by(Mute.until))
+
+
+
+def incident_spans(device: str, start: float, end: float) -> list[tuple[float, float]]:
+    """(from, to) of the device's stressed and silent incidents that overlap [start, end], for a chart."""
+    query = Incident.select(Incident.opened_ts, Incident.resolved_ts, Incident.last_ts).where(
+        (Incident.device == device) & (Incident.kind != Kind.FORECAST) & (Incident.opened_ts <= end)
+        & (Incident.resolved_ts.is_null() | (Incident.resolved_ts >= start)))
+    return [(i.opened_ts, i.resolved_ts or max(i.last_ts, end)) for i in query]
+
+
+def silent_devices() -> set[str]:
+    """The devices with an open silence incident."""
+    return {i.device for i in Incident.select(Incident.device).where(
+        (Incident.state == State.OPEN) & (Incident.kind == Kind.SILENT))}
+
+
+def muted_devices(now: float) -> set[str]:
+    return {m.device for m in mutes(now)}

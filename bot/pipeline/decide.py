@@ -1,0 +1,128 @@
+"""What one batch decides: a stressed stretch or a forecast opens an incident, edits it while it lasts,
+resolves it; a silent machine that reports again resolves its silence.
+
+Decisions are made in the same transaction as the batch that causes them, and every message they need is
+written to the outbox there too: a crash between storing and sending delivers the alert after the restart,
+and a restart never repeats one already delivered. The chat's sender delivers.
+
+Rules (ALERT_THRESHOLD, ALERT_HYSTERESIS, RECOVER_SAMPLES):
+- a device whose P(stressed) reaches the threshold, with no open incident and not muted, opens one;
+- while it lasts every sample updates it (latest P, peak, drivers); the sender edits its message;
+- it resolves after RECOVER_SAMPLES consecutive samples below threshold - hysteresis, so a P wobbling
+  around the threshold gives one incident, not ten.
+A forecast episode (bot/pipeline/forecast.py) is an incident too, resolved when the forecast no longer holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from operator import attrgetter
+
+from bot.db import Incident, StoredSample, ingest, muted_devices
+from bot.db import incidents as stored
+from bot.pipeline.baselines import Baselines
+from bot.pipeline.forecast import Forecast, Forecaster
+from bot.pipeline.incidents import Incidents
+from ml.features import FEATURES, ZONES
+from schema.domain import IncidentDetail, Kind, Reply
+
+Drivers = Callable[[dict[str, float]], list[str]]
+
+
+def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: metrics[name] for name in FEATURES if name in metrics}
+
+
+def stressed_detail(sample: StoredSample, drivers: Drivers) -> IncidentDetail:
+    """What a stressed incident shows of its sample: what drove it, and its metrics now and at its worst."""
+    metrics = model_metrics(sample.metrics)
+    return IncidentDetail(drivers=drivers(sample.metrics), metrics=metrics, peak=metrics)
+
+
+def _forecast_detail(forecast: Forecast) -> IncidentDetail:
+    return IncidentDetail(metric=forecast.metric, ts=forecast.ts, level=forecast.level,
+                          slope_per_h=forecast.slope_per_h, eta_s=forecast.eta_s)
+
+
+class Decider:
+    """Walks a batch's new samples through the incidents' state machines; blocks on the store."""
+
+    def __init__(self, incidents: Incidents, drivers: Drivers, forecaster: Forecaster, baselines: Baselines) -> None:
+        self.incidents = incidents
+        self.rules = incidents.rules
+        self.drivers = drivers
+        self.forecaster = forecaster
+        self.baselines = baselines
+
+    def decide(self, new: list[StoredSample], now: float | None = None) -> None:
+        """Update the devices and their incidents for a batch's new samples; called inside its transaction."""
+        if not new:
+            return
+        now = time.time() if now is None else now
+        ordered = sorted(new, key=attrgetter("ts"))  # the state machines and the trends walk time forward
+        by_device: dict[str, list[StoredSample]] = {}
+        for sample in ordered:
+            by_device.setdefault(sample.device, []).append(sample)
+        ingest.update_devices(by_device, now)
+        open_incidents = stored.open_of(by_device)
+        muted = muted_devices(now)
+        for device, samples in by_device.items():
+            silent = open_incidents.get((device, Kind.SILENT))
+            if silent is not None:
+                self.incidents.resolve(silent, samples[0].ts, Reply.REPORTING_AGAIN, now)
+            self._follow(device, samples, open_incidents.get((device, Kind.STRESSED)), device in muted, now)
+        self._forecasts(ordered, by_device, open_incidents, muted, now)
+
+    def _follow(self, device: str, samples: list[StoredSample], incident: Incident | None, muted: bool,
+                now: float) -> None:
+        """Walk one device's new samples through the stressed state machine."""
+        below = self.rules.threshold - self.rules.hysteresis
+        for sample in samples:
+            p = sample.p_stressed
+            if p is None:
+                continue
+            if incident is None:
+                if p >= self.rules.threshold and not muted:
+                    incident = self.incidents.open(device, Kind.STRESSED, sample, sample.ts,
+                                                   stressed_detail(sample, self.drivers), now)
+                continue
+            incident.last_ts, incident.last_p, incident.updated = sample.ts, p, now
+            detail = replace(incident.detail, metrics=model_metrics(sample.metrics))
+            if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
+                incident.peak_p = p
+                detail = stressed_detail(sample, self.drivers)
+            incident.detail = detail
+            incident.below = incident.below + 1 if p < below else 0
+            incident.revision += 1
+            if incident.below >= self.rules.recover_samples:
+                self.incidents.resolve(incident, sample.ts, Reply.RECOVERED, now)
+                incident = None
+                continue
+            incident.save()
+
+    def _forecasts(self, ordered: list[StoredSample], by_device: dict[str, list[StoredSample]],
+                   open_incidents: dict[tuple[str, str], Incident], muted: set[str], now: float) -> None:
+        """A new forecast episode opens an incident; an open one follows its forecast and ends with it."""
+        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics) for s in ordered)
+        for (device, metric), incident in open_incidents.items():
+            if incident.kind != Kind.FORECAST:
+                continue
+            current = self.forecaster.forecasts(device).get(metric)
+            if not self.forecaster.holds(device, metric) or current is None:
+                self.incidents.resolve(incident, by_device[device][-1].ts, None, now)
+                continue
+            incident.last_ts, incident.updated = current.ts, now
+            incident.detail = _forecast_detail(current)
+            incident.revision += 1
+            incident.save()
+        for forecast in due:
+            usual = self.baselines.get(forecast.device).get(forecast.metric)
+            if forecast.level <= (usual.high if usual else ZONES[forecast.metric].typical):
+                continue  # a machine that always runs this full and this fast: its normal, not news
+            self.forecaster.mark_alerted(forecast)
+            if forecast.device in muted or (forecast.device, forecast.metric) in open_incidents:
+                continue
+            sample = StoredSample(forecast.sample_id, forecast.device, forecast.ts, {}, None, None)
+            self.incidents.open(forecast.device, Kind.FORECAST, sample, forecast.ts, _forecast_detail(forecast), now)

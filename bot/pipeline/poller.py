@@ -1,0 +1,108 @@
+"""Ingestion: batch after batch from a source, predicted as a whole, stored in one transaction together with
+the incident decisions it causes, then committed at the source.
+
+Kafka offsets are committed only after the batch is stored, so a crash redelivers instead of losing, and the
+(device, ts) uniqueness makes a redelivered message change nothing. When a batch queued a message, the poller
+calls the `on_queued` it was handed; it knows nothing of the chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from confluent_kafka import KafkaException
+
+from agent.wire import KNOWN_METRICS
+from bot import db
+from bot.logs import Outage
+from bot.pipeline.decide import Decider
+from bot.pipeline.model import ActiveModel
+from bot.pipeline.sources import KafkaSource, LocalSource
+from ml import features
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    """Ingestion, a long-lived task of the bot: a source, the model, what decides incidents, and what to call
+    when their messages are queued."""
+
+    def __init__(self, source: KafkaSource | LocalSource, model: ActiveModel, decider: Decider,
+                 on_queued: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
+        self.source = source
+        self.model = model
+        self.decider = decider
+        self.on_queued = on_queued
+        self.interval = interval
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self.storing = Outage(log, "storing a batch failed; it will be read again: %s", "storing works again",
+                              level=logging.ERROR)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingestion")
+
+    async def stop(self) -> None:
+        """Stop after the batch under way (what is not stored is read again); its messages still go out."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        await asyncio.gather(*self._sending)
+
+    async def _run(self) -> None:
+        """Batch after batch as fast as they come, not one per tick of a timer: ingestion runs at the pace
+        of the machine. An idle source is waited on for up to one interval at a time."""
+        while not self._stopping.is_set():
+            try:
+                stored = await self.step()
+            except Exception:  # a bug must not end ingestion for good
+                log.exception("ingestion step failed")
+                stored = False
+            if not stored or not self.source.streams:
+                # A failing store is tried again, and this machine sampled, once per interval.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.interval)
+
+    def run_batch(self, timeout: float = 0.5) -> list[db.StoredSample]:
+        """Fetch, predict and store one batch; return the samples that are new. Blocks."""
+        batch = self.source.fetch(timeout)
+        if not batch.samples and not batch.rejects:
+            return []
+        try:
+            # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
+            values = db.known_values(batch.samples)
+            predictions, version = self.model.predict(features.table(values, KNOWN_METRICS))
+            new = db.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins,
+                                 on_stored=self.decider.decide, values=values)
+        except Exception:
+            self.source.rewind(batch)
+            raise
+        try:
+            self.source.commit(batch)
+        except KafkaException as exc:
+            # The batch is stored: its alerts must go out now, because when it is read again (after a
+            # restart or a rebalance) the store finds nothing new in it. A later commit covers it.
+            log.warning("could not commit the offsets of a stored batch (%s); it may be read again, which "
+                        "stores nothing twice", exc)
+        self.storing.up()
+        for reject in batch.rejects:
+            log.warning("rejected message %s: %s", reject.source, reject.reason)
+        return new
+
+    async def step(self) -> bool:
+        """One batch, waiting up to one interval for its first message; False when storing it failed."""
+        try:
+            # In a thread: the event loop answers commands and sends messages meanwhile.
+            await asyncio.to_thread(self.run_batch, self.interval)
+        except Exception as exc:
+            self.storing.down(exc, exc_info=True)
+            return False
+        if self.decider.incidents.take_queued():  # its messages go out now, beside ingestion
+            task = asyncio.create_task(self.on_queued(), name="send")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return True

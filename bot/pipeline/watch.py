@@ -1,0 +1,77 @@
+"""The periodic watch, for what no sample announces: a machine that stopped reporting opens a silence incident,
+an incident nobody acknowledged gets its reminder, a mute that ran out lets a stressed machine alert.
+
+Reads the device table (one row per device), never the samples, so its cost does not grow with them.
+Every method blocks on the store: the bot runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from bot.db import incidents as stored
+from bot.db import muted_devices, sample_by_id, samples, silent_devices, transaction
+from bot.pipeline.decide import Drivers, stressed_detail
+from bot.pipeline.incidents import Incidents
+from schema.domain import IncidentDetail, Kind
+
+log = logging.getLogger(__name__)
+
+
+class Watch:
+    def __init__(self, incidents: Incidents, drivers: Drivers) -> None:
+        self.incidents = incidents
+        self.rules = incidents.rules
+        self.drivers = drivers
+
+    def run(self, now: float | None = None) -> bool:
+        """One round of all three; whether it queued a message."""
+        now = time.time() if now is None else now
+        self.check_silent(now)
+        self.due_reminders(now)
+        self.end_mutes(now)
+        return self.incidents.take_queued()
+
+    def check_silent(self, now: float | None = None) -> int:
+        """Open a silence incident for every device that has stopped reporting; returns how many opened."""
+        now = time.time() if now is None else now
+        opened = 0
+        with transaction():
+            already, muted = silent_devices(), muted_devices(now)
+            for device in samples.devices():
+                if device.name in already or device.name in muted:
+                    continue
+                if now - device.last_received < self.rules.silent_after(device.interval):
+                    continue
+                self.incidents.open(device.name, Kind.SILENT, None, device.last_ts, IncidentDetail(), now)
+                opened += 1
+        return opened
+
+    def due_reminders(self, now: float | None = None) -> int:
+        """Queue a reminder (a reply) for every open, unacknowledged, unsnoozed incident whose time has come."""
+        now = time.time() if now is None else now
+        with transaction():
+            due = stored.reminders_due(now)
+            for incident in due:
+                self.incidents.remind(incident, now)
+        return len(due)
+
+    def end_mutes(self, now: float | None = None) -> list[str]:
+        """Lift the mutes that ran out; a device still stressed then opens an incident. Returns their devices."""
+        now = time.time() if now is None else now
+        with transaction():
+            ended = stored.end_mutes(now)
+            for name in ended:
+                device = samples.device(name)
+                if device is None or device.last_p is None or device.last_p < self.rules.threshold:
+                    continue
+                if stored.has_open(name, Kind.STRESSED):
+                    continue
+                sample = sample_by_id(device.last_metric)
+                if sample is not None:
+                    self.incidents.open(name, Kind.STRESSED, sample, sample.ts, stressed_detail(sample, self.drivers),
+                                        now)
+        for name in ended:
+            log.info("the mute of %s ended", name)
+        return ended

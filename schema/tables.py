@@ -1,0 +1,224 @@
+"""The tables, bound to one proxy that `open_database` points at DATABASE_URL (peewee; SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import peewee as pw
+from playhouse.db_url import connect as connect_url
+
+from agent.wire import KNOWN_METRICS
+from schema.domain import IncidentDetail, Kind, NoticeKind, State
+
+db = pw.DatabaseProxy()
+
+
+class EnumField(pw.CharField):
+    """A StrEnum stored as its text and read back as the enum."""
+
+    def __init__(self, enum: type[StrEnum], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.enum = enum
+
+    def python_value(self, value: str | None) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
+class DetailField(pw.TextField):
+    """An incident's IncidentDetail, stored as its JSON."""
+
+    def db_value(self, value: IncidentDetail | str | None) -> str | None:
+        return value.to_json() if isinstance(value, IncidentDetail) else value
+
+    def python_value(self, value: str | None) -> IncidentDetail:
+        return IncidentDetail.from_json(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+
+
+class Metric(BaseModel):
+    """One sample of one device; unique on (device, ts) so a redelivered message changes nothing."""
+
+    device = pw.CharField(max_length=64)
+    ts = pw.DoubleField()
+    received = pw.DoubleField()
+    extra = pw.TextField(null=True)  # JSON of metric names the model does not know
+    p_stressed = pw.DoubleField(null=True)
+    model_version = pw.IntegerField(null=True)
+
+    class Meta:
+        indexes = ((("device", "ts"), True),)
+
+
+# One nullable column per known metric: a missing metric is NULL, never 0.
+for _name in KNOWN_METRICS:
+    Metric._meta.add_field(_name, pw.DoubleField(null=True))
+
+
+class Verdict(BaseModel):
+    """What a person said, who and when: the columns `Label` and `ForecastLabel` share (no table of its own)."""
+
+    value = pw.SmallIntegerField()
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+
+class Label(Verdict):
+    """A person's verdict on a sample: 1 = stressed, 0 = normal. The latest label of a sample wins."""
+
+    metric = pw.ForeignKeyField(Metric, on_delete="CASCADE", index=True)
+
+
+class Device(BaseModel):
+    """One row per device that ever reported: its newest sample and usual interval (for /status and silence)."""
+
+    name = pw.CharField(max_length=64, unique=True)
+    last_ts = pw.DoubleField()  # sample time of the newest sample
+    last_received = pw.DoubleField()  # when the bot last stored one: a silence is measured on the bot's clock
+    last_metric = pw.BigIntegerField(null=True)  # id of the newest sample
+    last_p = pw.DoubleField(null=True)
+    interval = pw.DoubleField(null=True)  # the usual seconds between samples
+
+
+class Incident(BaseModel):
+    """A stressed stretch, a silence or a forecast of one device: opened once, updated, resolved.
+
+    `revision` grows with every change, so the newest state wins over any stale message edit.
+    """
+
+    device = pw.CharField(max_length=64, index=True)
+    kind = EnumField(Kind, max_length=16)
+    metric = pw.CharField(max_length=32, default="")  # a forecast's metric; "" for the others
+    state = EnumField(State, max_length=16, index=True)
+    opened_ts = pw.DoubleField()  # sample time it started
+    last_ts = pw.DoubleField()
+    resolved_ts = pw.DoubleField(null=True)
+    sample = pw.ForeignKeyField(Metric, null=True, on_delete="SET NULL")  # what a label on it is about
+    last_p = pw.DoubleField(null=True)
+    peak_p = pw.DoubleField(null=True)
+    below = pw.IntegerField(default=0)  # consecutive samples under threshold - hysteresis
+    detail = DetailField(default=IncidentDetail)
+    acked_by = pw.CharField(max_length=200, null=True)
+    acked_at = pw.DoubleField(null=True)
+    snoozed_until = pw.DoubleField(null=True)
+    acted = pw.DoubleField(null=True)  # when a person last pressed one of its buttons
+    next_reminder = pw.DoubleField(null=True)
+    revision = pw.IntegerField(default=1)
+    created = pw.DoubleField()
+    updated = pw.DoubleField()
+
+
+# One open incident per device and kind (and metric), however many processes decide: a second one fails
+# its batch's transaction, which is read again and then finds the first.
+Incident.add_index(Incident.device, Incident.kind, Incident.metric, unique=True, where=(Incident.state == State.OPEN))
+
+
+class Notice(BaseModel):
+    """The outbox: one message to one chat about an incident, written in the transaction that decided it.
+
+    An ALERT is the incident's own message, rendered from its newest state and edited while it lasts; a REPLY
+    (recovered, reminder) is a short reply to it with a fixed text. A row exists before its
+    message is sent, so its buttons are valid from the first moment.
+    """
+
+    incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
+    chat_id = pw.BigIntegerField()
+    kind = EnumField(NoticeKind, max_length=8)
+    text = pw.TextField(null=True)
+    created = pw.DoubleField()
+    due = pw.DoubleField(index=True)  # next try
+    attempts = pw.IntegerField(default=0)
+    sent = pw.DoubleField(null=True)
+    failed = pw.TextField(null=True)  # why it can never be delivered (bot blocked, chat gone)
+    message_id = pw.BigIntegerField(null=True)
+    shown_revision = pw.IntegerField(default=0)  # the incident revision the message shows
+    edited = pw.DoubleField(null=True)
+    claimed_until = pw.DoubleField(null=True)  # a sender working on it: others keep off until then
+
+
+class Mute(BaseModel):
+    """A device under maintenance: stored and predicted, but no incident opens until `until`."""
+
+    device = pw.CharField(max_length=64, unique=True)
+    until = pw.DoubleField()
+    reason = pw.CharField(max_length=200)
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+
+class Rejected(BaseModel):
+    """A message that did not follow the wire format, kept with the reason for an operator."""
+
+    received = pw.DoubleField()
+    source = pw.CharField(max_length=300)  # topic[partition]@offset
+    # SHA-256 of the source, the Kafka timestamp and the whole payload: a redelivery adds nothing, while a
+    # new message at a reused offset (the topic was recreated) is recorded too.
+    fingerprint = pw.CharField(max_length=64, unique=True)
+    reason = pw.TextField()
+    size = pw.IntegerField()
+    payload = pw.TextField()  # the first bytes only: enough to recognise the sender
+
+    class Meta:
+        # Not "rejected": that table, unique on source alone, has no fingerprint; a new table is created
+        # next to it instead of failing every insert into it.
+        table_name = "rejected_message"
+
+
+class ForecastLabel(Verdict):
+    """A person's verdict on a forecast: 1 = it was right, 0 = it was wrong. Apart from `Label`: the
+    classifier never trains on these."""
+
+    incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
+
+
+class Aggregate(BaseModel):
+    """Five minutes of one device's samples older than RETENTION_DAYS (see bot/db/retention.py): per metric the
+    minimum (`<name>_min`), the mean (`<name>`, the same column name as a raw sample's) and the maximum."""
+
+    device = pw.CharField(max_length=64)
+    bucket = pw.DoubleField()  # start of the five minutes, Unix seconds
+    samples = pw.IntegerField()  # how many raw samples it stands for
+    p_stressed = pw.DoubleField(null=True)  # the highest of them
+
+    class Meta:
+        table_name = "metric_5m"
+        indexes = ((("device", "bucket"), True),)
+
+
+for _name in KNOWN_METRICS:
+    Aggregate._meta.add_field(f"{_name}_min", pw.DoubleField(null=True))
+    Aggregate._meta.add_field(_name, pw.DoubleField(null=True))
+    Aggregate._meta.add_field(f"{_name}_max", pw.DoubleField(null=True))
+
+
+TABLES = [Metric, Label, Rejected, Device, Incident, Notice, Mute, ForecastLabel, Aggregate]
+
+
+def connect(url: str) -> pw.Database:
+    """A connection to DATABASE_URL; SQLite's folder is created and a busy writer is waited out."""
+    if url.startswith("sqlite"):
+        path = url.split("://", 1)[1][1:]  # sqlite:///rel/path and sqlite:////abs/path
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets readers read while the poller writes; busy_timeout waits out a writer. Every transaction
+        # takes the write lock when it begins (IMMEDIATE): one that read first and wrote later would fail at
+        # once with "database is locked" when another connection wrote in between, busy_timeout or not.
+        # Incremental auto-vacuum (it only takes on a new file) lets retention give freed pages back.
+        return connect_url(url, returning_clause=True, lock_type="IMMEDIATE", pragmas={
+            "auto_vacuum": "incremental", "journal_mode": "wal", "busy_timeout": 10000,
+        })
+    return connect_url(url)
+
+
+def open_database(url: str) -> pw.Database:
+    """Point the tables at DATABASE_URL and create those missing."""
+    database = connect(url)
+    db.initialize(database)
+    database.create_tables(TABLES, safe=True)
+    return database

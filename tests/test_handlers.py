@@ -1,0 +1,101 @@
+"""Handlers driven in-process through `application.process_update`, as python-telegram-bot's own tests do:
+the real application and client, the fake Bot API over HTTP, a real database; no bot process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+import pytest_asyncio
+from telegram import Update
+from telegram.ext import Application
+
+from agent.wire import Sample
+from bot import db
+from bot.app import build_application
+from bot.config import load_settings
+from ml.registry import open_store
+from tests.fakes.scenario import ADMIN, CHAT, bot_env
+from tests.fakes.telegram_api import FakeTelegram
+
+STRANGER = 999
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def application(telegram: FakeTelegram, tmp_path: Path, database: pw.Database) -> AsyncIterator[Application]:
+    """The bot's application, initialized against the fake Bot API (its getMe), on the test's database."""
+    settings = load_settings(bot_env(telegram, tmp_path, "sqlite:///unused"))
+    app = build_application(settings, open_store(settings.model_store))
+    async with app:
+        yield app
+
+
+async def process(app: Application, telegram: FakeTelegram) -> None:
+    await app.process_update(Update.de_json(telegram.last_update(), app.bot))
+
+
+async def say(app: Application, telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN) -> list[str]:
+    """The texts the bot sends in answer to one message."""
+    mark = telegram.call_count()
+    telegram.send_text(chat, text, user_id=user)
+    await process(app, telegram)
+    return [c.params["text"] for c in telegram.calls()[mark:] if c.method == "sendMessage"]
+
+
+async def test_a_chat_that_is_not_allowed_is_told_its_id_and_nothing_else(
+    application: Application, telegram: FakeTelegram,
+) -> None:
+    db.store_batch([Sample("pc1", time.time(), {"cpu_percent": 12.0})], [0.1], 1, [])
+
+    assert await say(application, telegram, "/status", chat=STRANGER, user=STRANGER) == [
+        f"This chat is not allowed to use this bot. Its chat id is <code>{STRANGER}</code>: add it to "
+        "ALLOWED_CHAT_IDS where the bot runs, then restart it."]
+
+
+async def test_a_wrong_argument_gets_the_usage_line(application: Application, telegram: FakeTelegram) -> None:
+    assert await say(application, telegram, "/status pc 1") == ["Usage: /status or /status <device>"]
+    assert await say(application, telegram, "/unmute") == ["Usage: /unmute <device>, e.g. /unmute pc1"]
+    assert await say(application, telegram, "/versions three") == [
+        "Usage: /versions or /versions <version>, e.g. /versions 3"]
+    assert await say(application, telegram, "/frobnicate") == ["I don't know that command. /help lists what I can do."]
+
+
+async def test_status_names_a_machine_and_its_button_labels_the_sample_stressed(
+    application: Application, telegram: FakeTelegram,
+) -> None:
+    (stored,) = db.store_batch([Sample("pc1", time.time() - 3 * 3600, {"disk_percent": 71.5})], [0.12], 1, [])
+
+    (text,) = await say(application, telegram, "/status pc1")
+    assert text.startswith("<b>pc1</b>: 🟢 normal") and "71.5 %" in text
+    (sent,) = telegram.messages(CHAT)[-1:]
+    (button,) = sent["reply_markup"]["inline_keyboard"][0]
+
+    query = telegram.press_button(CHAT, sent["message_id"], button["callback_data"], user_id=ADMIN)
+    await process(application, telegram)
+
+    assert "pc1" in telegram.answer_for(query).params["text"]
+    assert [(label.metric_id, label.value) for label in db.Label.select()] == [(stored.id, 1)]
+
+
+async def test_a_forged_button_is_not_valid_and_changes_nothing(
+    application: Application, telegram: FakeTelegram,
+) -> None:
+    (stored,) = db.store_batch([Sample("pc1", time.time(), {"cpu_percent": 12.0})], [0.1], 1, [])
+
+    for forged in (f"missed:{stored.id + 1}", "i:1:ok", f"missed:{stored.id}:x", "activate:1"):
+        query = telegram.press_button(CHAT, 1, forged, user_id=STRANGER if forged.startswith("activate") else ADMIN)
+        await process(application, telegram)
+        answer = telegram.answer_for(query).params["text"]
+        assert answer in ("This button is not valid.", "Only admins can use this button."), (forged, answer)
+
+    assert db.Label.select().count() == 0
+
+
+async def test_only_admins_roll_back(application: Application, telegram: FakeTelegram) -> None:
+    (refusal,) = await say(application, telegram, "/rollback", user=STRANGER)
+
+    assert refusal.startswith("Only admins can use /rollback.") and f"<code>{STRANGER}</code>" in refusal
