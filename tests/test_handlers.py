@@ -99,3 +99,16 @@ async def test_only_admins_roll_back(application: Application, telegram: FakeTel
     (refusal,) = await say(application, telegram, "/rollback", user=STRANGER)
 
     assert refusal.startswith("Only admins can use /rollback.") and f"<code>{STRANGER}</code>" in refusal
+
+
+async def test_an_activate_button_answers_at_once_and_says_in_its_message_what_came_of_it(
+    application: Application, telegram: FakeTelegram,
+) -> None:
+    question = await application.bot.send_message(CHAT, "Roll back from v1 to v9?")
+
+    query = telegram.press_button(CHAT, question.message_id, "activate:9", user_id=ADMIN)
+    await process(application, telegram)
+
+    assert telegram.answer_for(query).params["text"] == "Activating v9…"
+    assert [m["text"] for m in telegram.messages(CHAT) if m["message_id"] == question.message_id] == [
+        "There is no model v9."]

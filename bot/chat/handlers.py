@@ -389,17 +389,16 @@ async def activate_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     if version is None:
         await query.answer(texts.INVALID_BUTTON)
         return
+    await query.answer(texts.activating(version))  # loading a version can take a while: the button stops spinning
     model = _model(context)
     try:
         await asyncio.to_thread(model.activate, version)
     except UnknownVersion:
-        await query.answer(texts.no_version(version))
+        await _edit(query.message, texts.no_version(version))
         return
     except StoreError as exc:
-        await query.answer(texts.version_refused(version))
         await _edit(query.message, texts.version_refused_kept(version, exc, model.version))
         return
-    await query.answer(texts.version_active(version))
     await _edit(query.message, texts.version_activated(version, _who(update)[1]))
 
 

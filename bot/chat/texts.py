@@ -617,9 +617,8 @@ def roll_back_to(version: int) -> str:
     return f"Roll back to v{version}"
 
 
-def version_refused(version: int) -> str:
-    """The short answer to a button whose version the store refused."""
-    return f"v{version} refused."
+def activating(version: int) -> str:
+    return f"Activating v{version}…"
 
 
 def version_refused_kept(version: int, error: Exception, kept: int | None) -> str:
@@ -629,10 +628,6 @@ def version_refused_kept(version: int, error: Exception, kept: int | None) -> st
 
 def no_version(version: int) -> str:
     return f"There is no model v{version}."
-
-
-def version_active(version: int) -> str:
-    return f"v{version} is active."
 
 
 def version_activated(version: int, who: str) -> str:
