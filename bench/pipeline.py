@@ -54,7 +54,7 @@ from confluent_kafka import Consumer, Producer
 from agent.wire import KNOWN_METRICS, encode, parse
 from bot import db
 from ml import model as ml_model
-from ml.train import train
+from ml.training import train
 from schema import tables
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.services import KafkaBroker, postgres_cluster

@@ -16,7 +16,7 @@ from ml import artifact
 from ml.config import ConfigError, load_store_settings
 from ml.registry import StoreError, open_store
 from ml.scenarios import evaluate, report, scenarios
-from ml.train import train
+from ml.training import train
 
 
 def main(argv: list[str] | None = None) -> None:

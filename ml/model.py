@@ -40,7 +40,7 @@ def knots(name: str) -> np.ndarray:
 
 
 def build_pipeline() -> Pipeline:
-    """Per-metric bases side by side, then logistic regression (training weighs the classes, see ml.train)."""
+    """Per-metric bases side by side, then logistic regression (training weighs the classes, see ml.training)."""
     bases = [
         (name, make_pipeline(
             SimpleImputer(strategy="constant", fill_value=ZONES[name].typical, keep_empty_features=True),

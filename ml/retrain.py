@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from ml import artifact
 from ml.registry import ModelStore, ModelVersion
 from ml.scenarios import evaluate
-from ml.train import Progress, scores, train
+from ml.training import Progress, scores, train
 
 
 @dataclass(frozen=True)

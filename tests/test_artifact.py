@@ -23,7 +23,7 @@ from ml import artifact
 from ml import model as ml_model
 from ml.artifact import ArtifactError
 from ml.registry import Refused, open_store
-from ml.train import Trained, train
+from ml.training import Trained, train
 from tests.fakes.models import evil_pickle, legacy_entry, pickle_folder
 
 KEY = "test-signing-key-0123456789"

@@ -59,7 +59,7 @@ def test_evaluate_passes_on_the_first_model_and_fails_on_a_model_taught_to_cry_w
     from ml import artifact
     from ml.registry import open_store
     from ml.scenarios import BACKGROUNDS
-    from ml.train import train
+    from ml.training import train
 
     env = {"MODEL_STORE": f"file:{tmp_path}/models"}
     first = run("ml.evaluate", env=env)

@@ -18,7 +18,7 @@ from agent.collect import default_device_id
 from bot import db
 from ml import artifact
 from ml.registry import open_store
-from ml.train import train
+from ml.training import train
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.models import evil_pickle, legacy_entry, pickle_folder
 from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, chat_texts, wait_until

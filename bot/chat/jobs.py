@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from telegram import Bot, InlineKeyboardMarkup
@@ -15,7 +15,7 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot.chat import texts
-from bot.chat.sender import Sender
+from bot.chat.sender import Render, Sender
 from bot.db import Incident
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.model import ModelNews
@@ -24,7 +24,7 @@ from bot.pipeline.watch import Watch
 log = logging.getLogger(__name__)
 
 
-def renderer(baselines: Baselines) -> Callable[[Incident], tuple[str, InlineKeyboardMarkup | None]]:
+def renderer(baselines: Baselines) -> Render:
     """An incident's message as of its newest state (blocks: the usual ranges may be read)."""
 
     def render(incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
@@ -65,7 +65,7 @@ async def tell(bot: Bot, chat_ids: Iterable[int], text: str) -> None:
             log.warning("could not tell chat %d: %s", chat_id, exc.message)
 
 
-def model_news_teller(bot: Bot, chat_ids: Iterable[int]) -> Callable[[ModelNews], object]:
+def model_news_teller(bot: Bot, chat_ids: Iterable[int]) -> Callable[[ModelNews], Awaitable[None]]:
     """What the model keeper is handed to tell the chats about the model."""
 
     async def tell_news(news: ModelNews) -> None:

@@ -17,7 +17,7 @@ from bot.logs import Outage
 from ml import artifact
 from ml import model as ml_model
 from ml.registry import ModelStore, StoreError
-from ml.train import train
+from ml.training import train
 
 log = logging.getLogger(__name__)
 FIRST_RETRY_S = 2.0
