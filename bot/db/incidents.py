@@ -92,7 +92,6 @@ def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> None:
     Label.create(metric=metric_id, value=value, user_id=user_id, user_name=user_name[:200], created=time.time())
 
 
-
 def add_forecast_label(incident_id: int, value: int, user_id: int, user_name: str) -> None:
     """Store a person's verdict on a forecast."""
     ForecastLabel.create(incident=incident_id, value=value, user_id=user_id, user_name=user_name[:200],
@@ -115,7 +114,6 @@ def unmute(device: str) -> bool:
 def mutes(now: float) -> list[Mute]:
     """The mutes in force, ending soonest first."""
     return list(Mute.select().where(Mute.until > now).order_by(Mute.until))
-
 
 
 def incident_spans(device: str, start: float, end: float) -> list[tuple[float, float]]:

@@ -157,7 +157,6 @@ def _matched(inserted: list[tuple[int, str, float]], items: list[_Item]) -> list
     return [(metric_id, by_key[(device, ts)]) for metric_id, device, ts in sorted(inserted)]
 
 
-
 _SQLITE_INSERT = (f"INSERT INTO metric ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                   "ON CONFLICT (device, ts) DO NOTHING")
 
@@ -240,7 +239,6 @@ def _rejected_row(rejection: Rejection, now: float) -> dict[str, object]:
         # A binary payload must not block the batch: the first bytes, as text.
         "payload": _text(payload[:512].decode("utf-8", "replace")),
     }
-
 
 
 # One statement for a whole batch's devices: a save() per device per batch cost more than the batch's insert.

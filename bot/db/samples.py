@@ -26,7 +26,6 @@ class StoredSample:
     model_version: int | None
 
 
-
 def _stored(row: Metric) -> StoredSample:
     metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
     metrics.update(json.loads(row.extra) if row.extra else {})
@@ -154,11 +153,9 @@ def chart_series(
     return ChartSeries(bucket_s, points)
 
 
-
 def rejected(limit: int = 10) -> list[Rejected]:
     """The most recent rejected messages, newest first."""
     return list(Rejected.select().order_by(Rejected.id.desc()).limit(limit))
-
 
 
 def history_points(device: str, seconds: float, points: int, columns: list[str],
@@ -225,12 +222,9 @@ def recent_per_device(seconds: float, columns: list[str]) -> Iterator[tuple[int,
                 yield metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None}
 
 
-
 def device_count() -> int:
     """How many machines have reported."""
     return Device.select().count()
-
-
 
 
 def devices() -> list[Device]:
