@@ -15,7 +15,7 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
 from bot import db
-from bot.chat import callbacks, charts, texts
+from bot.chat import callbacks, charts, model_texts, texts
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents
@@ -290,16 +290,16 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         return
     lock: asyncio.Lock = context.bot_data["retrain_lock"]
     if lock.locked():
-        await update.effective_message.reply_text(texts.RETRAIN_RUNNING)
+        await update.effective_message.reply_text(model_texts.RETRAIN_RUNNING)
         return
     async with lock:
         model = _model(context)
-        progress = await update.effective_message.reply_text(texts.retrain_progress("starting"))
+        progress = await update.effective_message.reply_text(model_texts.retrain_progress("starting"))
         loop = asyncio.get_running_loop()
         edits: list[concurrent.futures.Future] = []
 
         def report(step: str) -> None:  # called from the training thread
-            edits.append(asyncio.run_coroutine_threadsafe(_edit(progress, texts.retrain_progress(step)), loop))
+            edits.append(asyncio.run_coroutine_threadsafe(_edit(progress, model_texts.retrain_progress(step)), loop))
 
         failure: Exception | None = None
         try:
@@ -315,34 +315,34 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         # The step edits must land before the last one, or a late step would overwrite the result.
         await asyncio.gather(*map(asyncio.wrap_future, edits), return_exceptions=True)
         if failure is not None:
-            await _edit(progress, texts.retrain_failed(failure, model.version))
+            await _edit(progress, model_texts.retrain_failed(failure, model.version))
             return
-        markup = None if result.better else texts.activate_keyboard(result.saved.version,
-                                                                    texts.activate_anyway(result.saved.version))
-        await _edit(progress, texts.retrain_result(result, activated=result.better), markup)
+        markup = None if result.better else model_texts.activate_keyboard(result.saved.version,
+                                                                    model_texts.activate_anyway(result.saved.version))
+        await _edit(progress, model_texts.retrain_result(result, activated=result.better), markup)
 
 
 async def versions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/versions: every model version, newest first; /versions <n>: one in full."""
     args = context.args or []
     if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
-        await update.effective_message.reply_text(texts.VERSIONS_USAGE)
+        await update.effective_message.reply_text(model_texts.VERSIONS_USAGE)
         return
     model_store = _model(context).store
     try:
         listing, active = await asyncio.to_thread(lambda: (model_store.versions(), model_store.active()))
     except StoreError as exc:
-        await update.effective_message.reply_text(texts.store_unreadable(exc))
+        await update.effective_message.reply_text(model_texts.store_unreadable(exc))
         return
     if not args:
-        await update.effective_message.reply_text(texts.versions(listing, active), parse_mode=ParseMode.HTML)
+        await update.effective_message.reply_text(model_texts.versions(listing, active), parse_mode=ParseMode.HTML)
         return
     wanted = int(args[0].lstrip("v"))
     record = next((r for r in listing if r.version == wanted), None)
     if record is None:
-        await update.effective_message.reply_text(texts.no_such_version(wanted, [r.version for r in listing]))
+        await update.effective_message.reply_text(model_texts.no_such_version(wanted, [r.version for r in listing]))
         return
-    await update.effective_message.reply_text(texts.version(record, active), parse_mode=ParseMode.HTML)
+    await update.effective_message.reply_text(model_texts.version(record, active), parse_mode=ParseMode.HTML)
 
 
 async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -351,32 +351,32 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         return
     args = context.args or []
     if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
-        await update.effective_message.reply_text(texts.ROLLBACK_USAGE)
+        await update.effective_message.reply_text(model_texts.ROLLBACK_USAGE)
         return
     model = _model(context)
     try:
         listing = await asyncio.to_thread(model.store.versions)
     except StoreError as exc:
-        await update.effective_message.reply_text(texts.store_unreadable(exc))
+        await update.effective_message.reply_text(model_texts.store_unreadable(exc))
         return
     by_number = {v.version: v for v in listing}
     if args:
         target = int(args[0].lstrip("v"))
         if target not in by_number:
-            await update.effective_message.reply_text(texts.no_such_version(target, sorted(by_number)))
+            await update.effective_message.reply_text(model_texts.no_such_version(target, sorted(by_number)))
             return
     else:
         older = [n for n in by_number if model.version is None or n < model.version]
         if not older:
-            await update.effective_message.reply_text(texts.nothing_older(model.version))
+            await update.effective_message.reply_text(model_texts.nothing_older(model.version))
             return
         target = max(older)
     if target == model.version:
-        await update.effective_message.reply_text(texts.already_active(target))
+        await update.effective_message.reply_text(model_texts.already_active(target))
         return
     await update.effective_message.reply_text(
-        texts.confirm_rollback(model.version, by_number[target]), parse_mode=ParseMode.HTML,
-        reply_markup=texts.activate_keyboard(target, texts.roll_back_to(target)),
+        model_texts.confirm_rollback(model.version, by_number[target]), parse_mode=ParseMode.HTML,
+        reply_markup=model_texts.activate_keyboard(target, model_texts.roll_back_to(target)),
     )
 
 
@@ -389,17 +389,17 @@ async def activate_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     if version is None:
         await query.answer(texts.INVALID_BUTTON)
         return
-    await query.answer(texts.activating(version))  # loading a version can take a while: the button stops spinning
+    await query.answer(model_texts.activating(version))  # loading a version can take a while: the button stops spinning
     model = _model(context)
     try:
         await asyncio.to_thread(model.activate, version)
     except UnknownVersion:
-        await _edit(query.message, texts.no_version(version))
+        await _edit(query.message, model_texts.no_version(version))
         return
     except StoreError as exc:
-        await _edit(query.message, texts.version_refused_kept(version, exc, model.version))
+        await _edit(query.message, model_texts.version_refused_kept(version, exc, model.version))
         return
-    await _edit(query.message, texts.version_activated(version, _who(update)[1]))
+    await _edit(query.message, model_texts.version_activated(version, _who(update)[1]))
 
 
 async def cancel_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -14,7 +14,7 @@ from telegram import Bot, InlineKeyboardMarkup
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
-from bot.chat import texts
+from bot.chat import model_texts, texts
 from bot.chat.sender import Render, Sender
 from bot.db import Incident
 from bot.pipeline.baselines import Baselines
@@ -69,7 +69,7 @@ def model_news_teller(bot: Bot, chat_ids: Iterable[int]) -> Callable[[ModelNews]
     """What the model keeper is handed to tell the chats about the model."""
 
     async def tell_news(news: ModelNews) -> None:
-        await tell(bot, chat_ids, texts.model_news(news))
+        await tell(bot, chat_ids, model_texts.model_news(news))
 
     return tell_news
 
