@@ -1,7 +1,10 @@
 """Wire format v1 of a metrics message: building it (agent) and validating it (bot).
 
 Kafka key: the device id. Value: one JSON object
-``{"v": 1, "device": "pc1", "ts": 1764226800.25, "metrics": {"cpu_percent": 37.5}}``.
+``{"v": 1, "device": "pc1", "ts": 1764226800.25, "metrics": {"cpu_percent": 37.5}}``, and optionally
+``"filesystems": {"/": 41.2, "/data": 99.4}`` (percent used by mount point; ``disk_percent`` is the fullest) and
+``"processes": {"cpu": [["java", 4121, 61.0]], "memory": [["java", 4121, 38.5]]}`` (the top few by each, as
+name, pid, percent). Messages without them stay valid.
 Every way a message can be wrong raises :class:`WireError` with a reason an operator can read, and
 nothing else: whatever a sender puts in a message, :func:`parse` either returns a :class:`Sample` the
 store can hold or raises :class:`WireError`.
@@ -77,15 +80,19 @@ class Sample:
     # (only for a sample of known metrics alone): the bot's store and model read them, and would otherwise
     # look each one up again in `metrics`.
     known: tuple[float | None, ...] | None = field(default=None, compare=False, repr=False)
+    filesystems: dict[str, float] | None = None  # percent used by mount point
+    processes: dict[str, list[tuple[str, int, float]]] | None = None  # "cpu"/"memory" -> top (name, pid, percent)
 
 
-def encode(device: str, ts: float, metrics: dict[str, float]) -> bytes:
+def encode(device: str, ts: float, metrics: dict[str, float], filesystems: dict[str, float] | None = None,
+           processes: dict[str, list[tuple[str, int, float]]] | None = None) -> bytes:
     """The message value for one sample."""
-    return json.dumps(
-        {"v": VERSION, "device": device, "ts": round(ts, 3), "metrics": metrics},
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
+    doc: dict[str, object] = {"v": VERSION, "device": device, "ts": round(ts, 3), "metrics": metrics}
+    if filesystems:
+        doc["filesystems"] = filesystems
+    if processes:
+        doc["processes"] = processes
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _parse_ts(ts: object, now: float | None) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import peewee as pw
 from playhouse.db_url import connect as connect_url
+from playhouse.migrate import SchemaMigrator, migrate
 
 from agent.wire import KNOWN_METRICS
 from schema.domain import IncidentDetail, Kind, NoticeKind, State
@@ -217,8 +218,22 @@ def connect(url: str) -> pw.Database:
 
 
 def open_database(url: str) -> pw.Database:
-    """Point the tables at DATABASE_URL and create those missing."""
+    """Point the tables at DATABASE_URL, create those missing and add the columns a newer version added."""
     database = connect(url)
     db.initialize(database)
     database.create_tables(TABLES, safe=True)
+    add_missing_columns(database)
     return database
+
+
+def add_missing_columns(database: pw.Database) -> None:
+    """A table made by an older version gets the nullable (or defaulted) columns added since, so an upgrade
+    keeps its data: a new column must be nullable or have a default."""
+    migrator = SchemaMigrator.from_database(database)
+    for table in TABLES:
+        name = table._meta.table_name
+        have = {column.name for column in database.get_columns(name)}
+        missing = [f for f in table._meta.sorted_fields if f.column_name not in have]
+        if missing:
+            with database.atomic():
+                migrate(*(migrator.add_column(name, f.column_name, f) for f in missing))
