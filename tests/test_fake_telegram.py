@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 import pytest
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
+from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler, ContextTypes, ExtBot
 
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.timeout(30)
 CHAT = 4242
+GROUP = -100777  # a supergroup
 
 
 @pytest.fixture
@@ -180,3 +184,52 @@ async def test_a_photo_telegram_would_refuse_is_refused(fake: FakeTelegram) -> N
         with pytest.raises(BadRequest, match=r"(?i)wrong file identifier"):
             await bot.send_photo(CHAT, "AgACAgNoSuchFile")
     assert [c.status for c in fake.calls("sendPhoto")] == [400] * 4
+
+
+def retry_seconds(error: RetryAfter) -> float:
+    """retry_after in seconds, whichever type this PTB gives it as."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PTB 22 announces that it will become a timedelta
+        value = error.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@pytest.mark.asyncio
+async def test_a_client_pacing_itself_with_aioratelimiter_is_never_refused() -> None:
+    with FakeTelegram(group_limit_per_minute=20) as fake:
+        bot = ExtBot(fake.token, base_url=f"{fake.url}/bot", base_file_url=f"{fake.url}/file/bot",
+                     rate_limiter=AIORateLimiter())  # PTB's defaults: 20 a minute per group
+        async with bot:
+            sent = await asyncio.gather(*(bot.send_message(GROUP, f"alert {n}") for n in range(21)))
+            await bot.edit_message_text("alert 0, resolved", GROUP, sent[0].message_id)
+    assert fake.refused() == [] and len(fake.messages(GROUP)) == 21
+    times = [c.time for c in fake.calls() if c.method in ("sendMessage", "editMessageText")]
+    assert max(times) - min(times) > 5.5  # a burst of 20, then one every 3 s: the limit was reached
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_does_not_pace_itself_is_refused_with_retry_after(fake: FakeTelegram) -> None:
+    fake.limit_groups(per_minute=20)
+    async with bot_for(fake) as bot:
+        await asyncio.gather(*(bot.send_message(CHAT, f"private {n}") for n in range(25)))  # not a group
+        results = await asyncio.gather(*(bot.send_message(GROUP, f"alert {n}") for n in range(21)),
+                                       return_exceptions=True)
+        [refusal] = [r for r in results if isinstance(r, Exception)]
+        assert isinstance(refusal, RetryAfter)
+        first = fake.calls("sendMessage")[25]
+        [refused] = fake.refused(GROUP)
+        # A token every 3 s: the 21st waits for the one due 3 s after the burst began.
+        assert retry_seconds(refusal) in {math.ceil(3 - (refused.time - first.time) + d) for d in (-0.05, 0.05)}
+        assert len(fake.messages(GROUP)) == 20  # the refused call made no message
+        with pytest.raises(RetryAfter):
+            await bot.edit_message_text("edited", GROUP, 1)  # edits count too, and change nothing
+        assert all(m["text"].startswith("alert") and "edit_date" not in m for m in fake.messages(GROUP))
+        raw = httpx.post(f"{fake.url}/bot{fake.token}/sendMessage", data={"chat_id": str(GROUP), "text": "x"})
+        retry = raw.json()["parameters"]["retry_after"]
+        assert raw.status_code == 429 and raw.json() == {
+            "ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {retry}",
+            "parameters": {"retry_after": retry}}
+        await asyncio.sleep(retry)  # waiting as told is enough
+        await bot.send_message(GROUP, "after the wait")
+    assert [c.method for c in fake.refused(GROUP)] == ["sendMessage", "editMessageText", "sendMessage"]
+    assert fake.refused(CHAT) == [] and len(fake.messages(GROUP)) == 21

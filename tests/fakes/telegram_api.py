@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,12 @@ METHODS = [
 CANONICAL = {name.lower(): name for name in METHODS}
 CAPTION_LIMIT = 1024
 PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
+# The methods Telegram counts against a group's flood limit (about 20 messages a minute per group).
+GROUP_LIMITED = {"sendMessage", "sendPhoto", "editMessageText", "editMessageReplyMarkup"}
+# A client that paces itself takes its tokens when it decides to send; its requests reach the server a
+# little later and not all equally late. The limit lets a call through that would be within it this much
+# later, so pacing is never refused for network jitter, yet the long-run rate stays the limit.
+GROUP_LIMIT_SLACK_S = 1.0
 
 
 class ApiError(Exception):
@@ -82,6 +89,8 @@ class _State:
     commands: dict[str, list[Any]] = field(default_factory=dict)
     allowed_updates: list[str] = field(default_factory=list)
     webhook_url: str = ""
+    group_limit: float = 0.0  # messages a minute per group chat; 0: unlimited
+    buckets: dict[int, tuple[float, float]] = field(default_factory=dict)  # chat_id -> (tokens, monotonic)
     next_update_id: int = 1
     next_callback_id: int = 1
     down: bool = False
@@ -132,12 +141,15 @@ def command_entities(text: str) -> list[dict[str, Any]]:
 
 
 class FakeTelegram:
-    """The fake Bot API server; start()/stop() or use as a context manager."""
+    """The fake Bot API server; start()/stop() or use as a context manager.
 
-    def __init__(self, token: str = "123456:TEST-token") -> None:
+    ``group_limit_per_minute`` turns on Telegram's flood limit for group chats (see limit_groups).
+    """
+
+    def __init__(self, token: str = "123456:TEST-token", group_limit_per_minute: float | None = None) -> None:
         self.token = token
         self._lock = threading.Lock()
-        self._state = _State()
+        self._state = _State(group_limit=group_limit_per_minute or 0.0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -283,7 +295,30 @@ class FakeTelegram:
         return [dict(u) for u in state.updates]
 
     def _call(self, method: str, params: dict[str, Any]) -> Any:
-        """Every method except getUpdates; runs with the lock held."""
+        """Every method except getUpdates; runs with the lock held. A message in a group that is over its
+        flood limit is refused before anything happens; one that fails otherwise costs nothing."""
+        chat_id = params.get("chat_id")
+        if method not in GROUP_LIMITED or not self._state.group_limit or not isinstance(chat_id, int) or chat_id > 0:
+            return self._call_unlimited(method, params)
+        tokens, now = self._group_tokens(chat_id)
+        result = self._call_unlimited(method, params)
+        self._state.buckets[chat_id] = (tokens - 1, now)
+        return result
+
+    def _group_tokens(self, chat_id: int) -> tuple[float, float]:
+        """The chat's token bucket (capacity N, refilled at N a minute) brought up to now; raises Telegram's
+        429 with the whole seconds until a token is free when the chat has none."""
+        per_minute = self._state.group_limit
+        rate, now = per_minute / 60, time.monotonic()
+        tokens, then = self._state.buckets.get(chat_id, (per_minute, now))
+        tokens = min(per_minute, tokens + (now - then) * rate)
+        self._state.buckets[chat_id] = (tokens, now)
+        if tokens + GROUP_LIMIT_SLACK_S * rate < 1:
+            wait = max(1, math.ceil((1 - tokens) / rate - 1e-9))
+            raise ApiError(429, f"Too Many Requests: retry after {wait}", {"retry_after": wait})
+        return tokens, now
+
+    def _call_unlimited(self, method: str, params: dict[str, Any]) -> Any:
         state, scope = self._state, json.dumps([params.get("scope"), params.get("language_code", "")])
         match method:
             case "getMe":
@@ -449,6 +484,22 @@ class FakeTelegram:
                                               "chat_instance": f"ci{abs(chat_id)}", "data": data}})
         self._notify()
         return query_id
+
+    def limit_groups(self, per_minute: float | None = 20) -> None:
+        """Enforce Telegram's flood limit in group chats (negative ids): sendMessage, sendPhoto,
+        editMessageText and editMessageReplyMarkup of each group take a token from a bucket of
+        ``per_minute`` tokens refilled at ``per_minute`` a minute (a burst, then one every 60/per_minute
+        s); a call finding none is answered 429 with retry_after, the whole seconds until one is free,
+        and changes nothing. None or 0 lifts the limit. Every group starts with a full bucket."""
+        with self._lock:
+            self._state.group_limit = per_minute or 0.0
+            self._state.buckets.clear()
+
+    def refused(self, chat_id: int | None = None) -> list[Call]:
+        """Sends and edits answered 429 (by the group limit, or injected with fail_next), optionally only
+        those to one chat."""
+        return [c for c in self.calls() if c.status == 429 and c.method in GROUP_LIMITED
+                and (chat_id is None or c.params.get("chat_id") == chat_id)]
 
     def delay_next(self, method: str, seconds: float) -> None:
         """Carry out the next call of ``method`` at once, but answer it only after ``seconds``."""
