@@ -17,7 +17,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler, ContextTypes, ExtBot
 
-from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.telegram_api import GENERAL_TOPIC, FakeTelegram
 
 pytestmark = pytest.mark.timeout(30)
 CHAT = 4242
@@ -233,3 +233,67 @@ async def test_a_client_that_does_not_pace_itself_is_refused_with_retry_after(fa
         await bot.send_message(GROUP, "after the wait")
     assert [c.method for c in fake.refused(GROUP)] == ["sendMessage", "editMessageText", "sendMessage"]
     assert fake.refused(CHAT) == [] and len(fake.messages(GROUP)) == 21
+
+
+def updates_seen(fake: FakeTelegram) -> list[dict]:
+    """Every update the bot fetched, in order."""
+    return [u for c in fake.calls("getUpdates") for u in c.result or []]
+
+
+@pytest.mark.asyncio
+async def test_a_command_in_a_topic_is_answered_in_that_topic(fake: FakeTelegram) -> None:
+    fake.make_forum(GROUP)
+    ops = fake.open_topic(GROUP, "ops")
+    async with running_bot(fake):
+        fake.send_text(GROUP, "/ping", thread_id=ops)
+        reply = await asyncio.to_thread(fake.wait_for_message, GROUP, lambda text: text == "pong", 10, 0, ops)
+        fake.send_text(GROUP, "/ping")
+        general = await asyncio.to_thread(fake.wait_for_message, GROUP, lambda text: True, 10, 0, GENERAL_TOPIC)
+        query_id = fake.press_button(GROUP, reply["message_id"], "again")
+        await asyncio.to_thread(fake.answer_for, query_id, 10)
+        edit = await asyncio.to_thread(fake.wait_for_call, "editMessageText", lambda c: True, 10)
+    asked = updates_seen(fake)[0]["message"]
+    assert asked["chat"]["is_forum"] is True and asked["is_topic_message"] is True
+    assert asked["message_thread_id"] == ops and asked["reply_to_message"]["forum_topic_created"]["name"] == "ops"
+    assert reply["message_thread_id"] == ops and reply["is_topic_message"] is True
+    assert reply["reply_to_message"]["message_id"] == asked["message_id"]  # PTB quotes in groups
+    assert "message_thread_id" not in general and "is_topic_message" not in general
+    pressed = updates_seen(fake)[-1]["callback_query"]["message"]
+    assert pressed["message_thread_id"] == ops and pressed["text"] == "pong"
+    assert edit.status == 200 and edit.result["message_thread_id"] == ops
+    assert [m["text"] for m in fake.messages(GROUP, thread_id=ops)] == ["pressed: again"]
+    assert [m["message_id"] for m in fake.messages(GROUP, thread_id=GENERAL_TOPIC)] == [general["message_id"]]
+    assert len(fake.messages(GROUP)) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_closed_deleted_or_unknown_topic_is_refused(fake: FakeTelegram) -> None:
+    fake.make_forum(GROUP)
+    ops, db = fake.open_topic(GROUP, "ops"), fake.open_topic(GROUP, "db")
+    async with bot_for(fake) as bot:
+        sent = await bot.send_message(GROUP, "disk full", message_thread_id=ops)
+        photo = await bot.send_photo(GROUP, png(100, 100), message_thread_id=db, filename="c.png")
+        assert (sent.message_thread_id, sent.is_topic_message, sent.chat.is_forum) == (ops, True, True)
+        assert sent.reply_to_message.forum_topic_created.name == "ops" and photo.message_thread_id == db
+        fake.close_topic(GROUP, ops)
+        with pytest.raises(BadRequest, match=r"(?i)topic_closed"):
+            await bot.send_message(GROUP, "again", message_thread_id=ops)
+        with pytest.raises(BadRequest, match=r"(?i)topic_closed"):  # a reply goes where its message is
+            await sent.reply_text("again")
+        assert (await sent.edit_text("disk fine")).message_thread_id == ops  # old messages stay editable
+        fake.close_topic(GROUP, ops, closed=False)
+        assert (await sent.reply_text("reopened")).message_thread_id == ops
+        fake.delete_topic(GROUP, db)
+        with pytest.raises(BadRequest, match=r"(?i)message thread not found"):
+            await bot.send_message(GROUP, "x", message_thread_id=db)
+        with pytest.raises(BadRequest, match=r"(?i)message thread not found"):
+            await bot.send_message(GROUP, "x", message_thread_id=999)
+        with pytest.raises(BadRequest, match=r"(?i)message thread not found"):
+            await bot.send_message(-100555, "x", message_thread_id=ops)  # not a forum
+        keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Zoom", callback_data="zoom")]])
+        with pytest.raises(BadRequest, match=r"(?i)message to edit not found"):  # gone with its topic
+            await photo.edit_reply_markup(keyboard)
+    assert [m["text"] for m in fake.messages(GROUP, thread_id=ops)] == ["disk fine", "reopened"]
+    assert fake.messages(GROUP, thread_id=db) == []
+    with pytest.raises(ValueError, match="no topic"):
+        fake.send_text(GROUP, "hi", thread_id=db)

@@ -45,6 +45,9 @@ GROUP_LIMITED = {"sendMessage", "sendPhoto", "editMessageText", "editMessageRepl
 # little later and not all equally late. The limit lets a call through that would be within it this much
 # later, so pacing is never refused for network jitter, yet the long-run rate stays the limit.
 GROUP_LIMIT_SLACK_S = 1.0
+# Telegram's General topic of a forum: its messages carry no message_thread_id, and no topic gets this id.
+GENERAL_TOPIC = 1
+TOPIC_ICON_COLOR = 7322096  # the first of the colours Telegram offers for a new topic
 
 
 class ApiError(Exception):
@@ -74,12 +77,22 @@ class Call:
 
 
 @dataclass
+class _Topic:
+    """A forum topic: its id is the message_id of ``root``, the service message that created it."""
+
+    name: str
+    root: dict[str, Any]
+    closed: bool = False
+
+
+@dataclass
 class _State:
     """Everything mutable, guarded by FakeTelegram._lock."""
 
     calls: list[Call] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
-    messages: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    messages: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)  # the bot's
+    inbound: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)  # users', for replies
     last_message_id: dict[int, int] = field(default_factory=dict)
     chats: dict[int, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, list[ApiError]] = field(default_factory=dict)
@@ -89,6 +102,7 @@ class _State:
     commands: dict[str, list[Any]] = field(default_factory=dict)
     allowed_updates: list[str] = field(default_factory=list)
     webhook_url: str = ""
+    forums: dict[int, dict[int, _Topic]] = field(default_factory=dict)  # chat_id -> thread_id -> topic
     group_limit: float = 0.0  # messages a minute per group chat; 0: unlimited
     buckets: dict[int, tuple[float, float]] = field(default_factory=dict)  # chat_id -> (tokens, monotonic)
     next_update_id: int = 1
@@ -130,6 +144,15 @@ def chat_type(chat_id: int) -> str:
     if chat_id > 0:
         return "private"
     return "supergroup" if str(chat_id).startswith("-100") else "group"
+
+
+def in_topic(message: dict[str, Any], thread_id: int | None) -> bool:
+    """Whether a message is in that topic; None matches any, GENERAL_TOPIC those outside every topic."""
+    if thread_id is None:
+        return True
+    if not message.get("is_topic_message"):
+        return thread_id == GENERAL_TOPIC
+    return message.get("message_thread_id") == thread_id
 
 
 def command_entities(text: str) -> list[dict[str, Any]]:
@@ -360,16 +383,48 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: chat not found")
         if not params.get("text"):
             raise ApiError(400, "Bad Request: message text is empty")
+        placement = self._placement(chat_id, params)
         message = self._new_message(chat_id, BOT_FROM, str(params["text"]))
-        message.update({k: params[k] for k in ("entities", "reply_markup") if params.get(k)})
-        reply = params.get("reply_parameters") or {}
-        original = self._state.messages.get(chat_id, {}).get(reply.get("message_id"))  # type: ignore[arg-type]
-        if original is not None:  # Telegram answers with the whole message replied to
-            message["reply_to_message"] = {k: v for k, v in original.items() if k != "reply_to_message"}
-        elif reply.get("message_id") and not reply.get("allow_sending_without_reply"):
-            raise ApiError(400, "Bad Request: message to be replied not found")
+        message.update({k: params[k] for k in ("entities", "reply_markup") if params.get(k)}, **placement)
         self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
         return dict(message)
+
+    def _placement(self, chat_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        """The topic and reply fields of a message the bot sends, checked as Telegram does.
+
+        A reply goes to the topic of the message it answers unless message_thread_id says otherwise; a
+        message in a topic that answers nothing is a reply to the topic's root (its creation message).
+        """
+        reply = params.get("reply_parameters") or {}
+        original = self._find(chat_id, reply.get("message_id"))
+        thread = params.get("message_thread_id")
+        if thread is None and original is not None and original.get("is_topic_message"):
+            thread = original["message_thread_id"]
+        if original is not None and original.get("message_thread_id") != thread:
+            original = None  # a message in another topic is not found from this one
+        placement: dict[str, Any] = {}
+        if thread is not None:
+            topic = self._state.forums.get(chat_id, {}).get(thread)
+            if topic is None:
+                raise ApiError(400, "Bad Request: message thread not found")
+            if topic.closed:
+                raise ApiError(400, "Bad Request: TOPIC_CLOSED")
+            placement = {"message_thread_id": thread, "is_topic_message": True, "reply_to_message": topic.root}
+        if original is not None:  # Telegram answers with the whole message replied to
+            placement["reply_to_message"] = original
+        elif reply.get("message_id") and not reply.get("allow_sending_without_reply"):
+            raise ApiError(400, "Bad Request: message to be replied not found")
+        if "reply_to_message" in placement:
+            placement["reply_to_message"] = {k: v for k, v in placement["reply_to_message"].items()
+                                             if k != "reply_to_message"}
+        return placement
+
+    def _find(self, chat_id: int, message_id: Any) -> dict[str, Any] | None:
+        """A stored message of the bot or of a user in that chat."""
+        if not isinstance(message_id, int):
+            return None
+        state = self._state
+        return state.messages.get(chat_id, {}).get(message_id) or state.inbound.get(chat_id, {}).get(message_id)
 
     def _send_photo(self, params: dict[str, Any]) -> dict[str, Any]:
         """A photo uploaded as a multipart file, or re-sent by the file_id of an earlier one."""
@@ -387,11 +442,12 @@ class FakeTelegram:
         caption = str(params.get("caption") or "")
         if len(caption) > CAPTION_LIMIT:
             raise ApiError(400, "Bad Request: message caption is too long")
+        placement = self._placement(chat_id, params)
         message = self._new_message(chat_id, BOT_FROM, None)
         message["photo"] = [size]
         if caption:
             message["caption"] = caption
-        message.update({k: params[k] for k in ("caption_entities", "reply_markup") if params.get(k)})
+        message.update({k: params[k] for k in ("caption_entities", "reply_markup") if params.get(k)}, **placement)
         self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
         return dict(message)
 
@@ -433,7 +489,8 @@ class FakeTelegram:
         """The Chat object, remembering the private user's names from injected messages."""
         kind = chat_type(chat_id)
         default = {"first_name": "Tester"} if kind == "private" else {"title": f"Test {kind}"}
-        return {"id": chat_id, "type": kind, **self._state.chats.get(chat_id, default)}
+        chat = {"id": chat_id, "type": kind, **self._state.chats.get(chat_id, default)}
+        return {**chat, "is_forum": True} if chat_id in self._state.forums else chat
 
     def _new_message(self, chat_id: int, sender: dict[str, Any], text: str | None) -> dict[str, Any]:
         """A complete Message with the next message_id of that chat; a photo message has no text."""
@@ -458,15 +515,74 @@ class FakeTelegram:
         return update_id
 
     def send_text(self, chat_id: int, text: str, user_id: int | None = None,
-                  username: str = "tester", first_name: str = "Tester") -> int:
-        """Queue a user's text message (with a bot_command entity for /commands); returns update_id."""
+                  username: str = "tester", first_name: str = "Tester", thread_id: int | None = None) -> int:
+        """Queue a user's text message (with a bot_command entity for /commands); returns update_id.
+
+        ``thread_id`` sends it in that topic of a forum (see open_topic); without it a message in a forum goes
+        to the General topic.
+        """
         with self._lock:
+            topic = None
+            if thread_id is not None:
+                topic = self._state.forums.get(chat_id, {}).get(thread_id)
+                if topic is None:
+                    raise ValueError(f"chat {chat_id} has no topic {thread_id}")
             message = self._new_message(chat_id, self._user(chat_id, user_id, username, first_name), text)
             if entities := command_entities(text):
                 message["entities"] = entities
+            if topic is not None:  # as in Telegram, a topic's messages answer the topic's root
+                message.update(message_thread_id=thread_id, is_topic_message=True, reply_to_message=dict(topic.root))
+            self._state.inbound.setdefault(chat_id, {})[message["message_id"]] = message
             update_id = self._enqueue({"message": message})
         self._notify()
         return update_id
+
+    def make_forum(self, chat_id: int) -> None:
+        """Turn a supergroup (an id starting -100) into a forum: its Chat gets ``is_forum``, and topics can be
+        opened in it. Messages without a topic are in the General topic."""
+        if chat_type(chat_id) != "supergroup":
+            raise ValueError(f"only a supergroup can be a forum, not chat {chat_id}")
+        with self._lock:
+            self._state.forums.setdefault(chat_id, {})
+            # Message id 1 stands for the General topic, so no topic (a message id) can take it.
+            self._state.last_message_id[chat_id] = max(GENERAL_TOPIC, self._state.last_message_id.get(chat_id, 0))
+
+    def open_topic(self, chat_id: int, name: str, user_id: int | None = None) -> int:
+        """Create a topic in a forum, as a user of it would; returns its message_thread_id, the id of the
+        forum_topic_created service message. Telegram would also deliver that service message to the bot;
+        the fake does not, so that tests see only the updates they queue."""
+        with self._lock:
+            if chat_id not in self._state.forums:
+                raise ValueError(f"chat {chat_id} is not a forum; call make_forum first")
+            root = self._new_message(chat_id, self._user(chat_id, user_id, "tester", "Tester"), None)
+            thread_id = root["message_id"]
+            root.update(message_thread_id=thread_id, is_topic_message=True,
+                        forum_topic_created={"name": name, "icon_color": TOPIC_ICON_COLOR})
+            self._state.inbound.setdefault(chat_id, {})[thread_id] = root
+            self._state.forums[chat_id][thread_id] = _Topic(name, root)
+        return thread_id
+
+    def close_topic(self, chat_id: int, thread_id: int, closed: bool = True) -> None:
+        """Close a topic (or reopen it with closed=False): the bot can no longer post in it (TOPIC_CLOSED),
+        its messages stay and can still be edited."""
+        with self._lock:
+            self._topic(chat_id, thread_id).closed = closed
+
+    def delete_topic(self, chat_id: int, thread_id: int) -> None:
+        """Delete a topic with all its messages: its thread id is then not found."""
+        with self._lock:
+            self._topic(chat_id, thread_id)
+            del self._state.forums[chat_id][thread_id]
+            for store in (self._state.messages, self._state.inbound):
+                messages = store.get(chat_id, {})
+                for message_id in [k for k, m in messages.items() if m.get("message_thread_id") == thread_id]:
+                    del messages[message_id]
+
+    def _topic(self, chat_id: int, thread_id: int) -> _Topic:
+        topic = self._state.forums.get(chat_id, {}).get(thread_id)
+        if topic is None:
+            raise ValueError(f"chat {chat_id} has no topic {thread_id}")
+        return topic
 
     def press_button(self, chat_id: int, message_id: int, data: str, user_id: int | None = None,
                      username: str = "tester", first_name: str = "Tester") -> str:
@@ -538,10 +654,11 @@ class FakeTelegram:
         with self._lock:
             return len(self._state.calls)
 
-    def messages(self, chat_id: int) -> list[dict[str, Any]]:
-        """The bot's messages in a chat as currently stored (after edits), oldest first."""
+    def messages(self, chat_id: int, thread_id: int | None = None) -> list[dict[str, Any]]:
+        """The bot's messages in a chat as currently stored (after edits), oldest first; with ``thread_id``
+        only those in that topic (GENERAL_TOPIC: those in no topic)."""
         with self._lock:
-            return [dict(m) for m in self._state.messages.get(chat_id, {}).values()]
+            return [dict(m) for m in self._state.messages.get(chat_id, {}).values() if in_topic(m, thread_id)]
 
     def wait_for_call(self, method: str, predicate: Callable[[Call], bool] = lambda call: True,
                       timeout: float = 15, after: int = 0) -> Call:
@@ -558,11 +675,13 @@ class FakeTelegram:
             time.sleep(0.02)
 
     def wait_for_message(self, chat_id: int, predicate_on_text: Callable[[str], bool] = lambda text: True,
-                         timeout: float = 15, after: int = 0) -> dict[str, Any]:
-        """The Message the fake returned for a matching sendMessage to chat_id."""
+                         timeout: float = 15, after: int = 0, thread_id: int | None = None) -> dict[str, Any]:
+        """The Message the fake returned for a matching sendMessage to chat_id; with ``thread_id`` only one
+        that landed in that topic (GENERAL_TOPIC: in none)."""
         call = self.wait_for_call(
             "sendMessage", lambda c: c.status == 200 and c.params.get("chat_id") == chat_id
-            and predicate_on_text(str(c.params.get("text", ""))), timeout, after)
+            and in_topic(c.result, thread_id) and predicate_on_text(str(c.params.get("text", ""))),
+            timeout, after)
         return dict(call.result)
 
     def wait_for_photo(self, chat_id: int, predicate_on_caption: Callable[[str], bool] = lambda caption: True,
