@@ -16,16 +16,18 @@ from typing import Any
 
 from telegram import Update
 from telegram.error import TelegramError
-from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler
 from telegram.ext import filters as tg_filters
 
 from bot import db
-from bot.chat import callbacks, handlers, jobs, texts
+from bot.chat import callbacks, handlers, jobs, team_texts, texts
+from bot.chat.limits import CommandBudget, FairRateLimiter
 from bot.chat.link import PollingRequest, TelegramLink, connect
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents as stored
 from bot.db import retention
+from bot.db.outbox import Route
 from bot.pipeline import forecast
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
@@ -53,14 +55,15 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .base_url(f"{settings.api_url}/bot")
         .base_file_url(f"{settings.api_url}/file/bot")
         .get_updates_request(PollingRequest(link))
-        # Telegram's flood limits: at most ~30 messages a second, ~20 a minute per group. A 429 still
-        # reaching the sender pauses it for as long as Telegram asks.
-        .rate_limiter(AIORateLimiter())
+        # Telegram's flood limits: at most ~30 messages a second, ~20 a minute per group, part of it kept for
+        # alerts. A 429 still reaching the sender pauses it for as long as Telegram asks.
+        .rate_limiter(FairRateLimiter())
         .build()
     )
     application.bot_data.update(
         settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock(), link=link,
         baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600),
+        command_budget=CommandBudget(),
     )
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler("start", handlers.start_command))
@@ -75,8 +78,12 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     application.add_handler(CommandHandler("mute", handlers.mute_command))
     application.add_handler(CommandHandler("unmute", handlers.unmute_command))
     application.add_handler(CommandHandler("muted", handlers.muted_command))
+    application.add_handler(CommandHandler("subscribe", handlers.subscribe_command))
+    application.add_handler(CommandHandler("unsubscribe", handlers.unsubscribe_command))
+    application.add_handler(CommandHandler("subscriptions", handlers.subscriptions_command))
     application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=callbacks.INCIDENT_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=callbacks.MISSED_PATTERN))
+    application.add_handler(CallbackQueryHandler(handlers.expand_button, pattern=callbacks.EXPAND_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=callbacks.ACTIVATE_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=callbacks.CANCEL_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.invalid_button))
@@ -152,11 +159,12 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     baselines: Baselines = application.bot_data["baselines"]
     forecaster: forecast.Forecaster = application.bot_data["forecaster"]
     await asyncio.to_thread(_rebuild_forecasts, forecaster)
+    route = Route(tuple(sorted(settings.allowed_chat_ids)), settings.alert_group_s, settings.alert_group_min)
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
-                  settings.alert_repeat_s, settings.silent_after_s, tuple(sorted(settings.allowed_chat_ids)))
+                  settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone)
     incidents = Incidents(rules, texts.reply)
     decider = Decider(incidents, model.drivers, forecaster, baselines)
-    sender = Sender(jobs.renderer(baselines), settings.alert_edit_s)
+    sender = Sender(jobs.renderer(baselines), team_texts.digest, settings.alert_edit_s)
     poller = Poller(source, model, decider, partial(sender.run, application.bot), interval)
     application.bot_data.update(poller=poller, sender=sender)
     queue.run_repeating(jobs.send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")

@@ -6,6 +6,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ml.config import ConfigError, database_url, model_signing_key, model_store
 
@@ -37,6 +39,9 @@ class Settings:
     batch_size: int
     log_level: str
     retention_days: float
+    alert_group_s: float = 30.0
+    alert_group_min: int = 3
+    timezone: tzinfo = UTC
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -59,6 +64,13 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not (low <= value <= high):
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw[:30]!r}")
     return value
+
+
+def _timezone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"BOT_TIMEZONE must be an IANA time zone such as Europe/Berlin, got {name[:40]!r}") from None
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -109,4 +121,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         batch_size=int(_number(env, "BATCH_SIZE", 5000, 1, 100000)),
         log_level=_log_level(env.get("LOG_LEVEL", "").strip() or "INFO"),
         retention_days=_number(env, "RETENTION_DAYS", 14, 1, 36500),
+        alert_group_s=_number(env, "ALERT_GROUP_SECONDS", 30, 0, 3600),
+        alert_group_min=int(_number(env, "ALERT_GROUP_MIN", 3, 2, 1000)),
+        timezone=_timezone(env.get("BOT_TIMEZONE", "").strip() or "UTC"),
     )

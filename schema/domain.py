@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
 from enum import StrEnum
+from fnmatch import fnmatchcase
 
 
 class Kind(StrEnum):
@@ -91,3 +94,96 @@ class Reply(StrEnum):
     REPORTING_AGAIN = "reporting again"
     RECOVERED = "recovered"
     REMINDER = "reminder"
+
+
+# A pattern of device names: a shell-style glob (* ? [...]) over the characters of a device id.
+PATTERN_RE = re.compile(r"[A-Za-z0-9._\-*?\[\]!]{1,64}")
+
+
+def matches(pattern: str, device: str) -> bool:
+    """Whether a device name matches a pattern (case-sensitive, as device ids are)."""
+    return fnmatchcase(device, pattern)
+
+
+class Muting:
+    """The patterns muted at one moment; `device in muting` says whether a device is muted."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = patterns
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, device: object) -> bool:
+        if not self.patterns or not isinstance(device, str):
+            return False
+        if device not in self._known:
+            self._known[device] = any(fnmatchcase(device, p) for p in self.patterns)
+        return self._known[device]
+
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_SETS = {"daily": 0b1111111, "weekdays": 0b0011111, "weekends": 0b1100000}
+_TIME_RANGE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]|24):([0-5]\d)")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A recurring maintenance window: on `days` (bit 0 Monday) from minute `start` to minute `end` of the day,
+    past midnight into the next day when end <= start."""
+
+    days: int
+    start: int
+    end: int
+
+    @classmethod
+    def parse(cls, days: str, hours: str) -> Window:
+        """From "daily" / "weekdays" / "weekends" / "sun" / "mon,wed" / "mon-fri" and "02:00-03:00"; raises
+        ValueError saying what is wrong."""
+        bits = DAY_SETS.get(days.lower())
+        if bits is None:
+            bits = 0
+            for part in days.lower().split(","):
+                first, _, last = part.partition("-")
+                if first not in DAY_NAMES or (last and last not in DAY_NAMES):
+                    raise ValueError(f"{days[:20]!r} is not a day: daily, weekdays, weekends, mon … sun, "
+                                     "mon,wed or mon-fri")
+                a, b = DAY_NAMES.index(first), DAY_NAMES.index(last or first)
+                for day in range(a, a + (b - a) % 7 + 1):
+                    bits |= 1 << (day % 7)
+        found = _TIME_RANGE.fullmatch(hours)
+        if found is None:
+            raise ValueError(f"{hours[:20]!r} is not a time range such as 02:00-03:30")
+        h1, m1, h2, m2 = map(int, found.groups())
+        start, end = h1 * 60 + m1, min(h2 * 60 + m2, 24 * 60)
+        if start == end:
+            raise ValueError("the window is empty: its start and end are the same")
+        return cls(bits, start, end % (24 * 60) if end == 24 * 60 and start else end)
+
+    def holds(self, t: float, tz: tzinfo) -> bool:
+        local = datetime.fromtimestamp(t, tz)
+        minute, day = local.hour * 60 + local.minute, local.weekday()
+        if self.start < self.end:
+            return bool(self.days >> day & 1) and self.start <= minute < self.end
+        return (bool(self.days >> day & 1) and minute >= self.start) or (
+            bool(self.days >> ((day - 1) % 7) & 1) and minute < self.end)
+
+    def describe(self) -> str:
+        """As a person wrote it: "daily 02:00-03:00", "sun 01:00-05:00", "mon,wed 22:00-06:00"."""
+        names = next((name for name, bits in DAY_SETS.items() if bits == self.days), None)
+        if names is None:
+            names = ",".join(day for i, day in enumerate(DAY_NAMES) if self.days >> i & 1)
+        return f"{names} {_clock(self.start)}-{_clock(self.end)}"
+
+    def next_start(self, t: float, tz: tzinfo) -> float:
+        """When it next begins after `t` (within a week)."""
+        local = datetime.fromtimestamp(t, tz).replace(second=0, microsecond=0)
+        midnight = local.replace(hour=0, minute=0)
+        for offset in range(8):
+            day = midnight + timedelta(days=offset)
+            begin = (day + timedelta(minutes=self.start)).timestamp()
+            if self.days >> day.weekday() & 1 and begin > t:
+                return begin
+        return t
+
+
+def _clock(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import tzinfo
 from enum import StrEnum
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from playhouse.db_url import connect as connect_url
 from playhouse.migrate import SchemaMigrator, migrate
 
 from agent.wire import KNOWN_METRICS
-from schema.domain import IncidentDetail, Kind, NoticeKind, State
+from schema.domain import IncidentDetail, Kind, NoticeKind, State, Window
 
 db = pw.DatabaseProxy()
 
@@ -119,6 +120,27 @@ class Incident(BaseModel):
 Incident.add_index(Incident.device, Incident.kind, Incident.metric, unique=True, where=(Incident.state == State.OPEN))
 
 
+class Digest(BaseModel):
+    """One message for many state changes of one kind in one chat and topic (an outage, a storm): sent when the
+    ALERT_GROUP_MIN-th change joins, edited while more join within ALERT_GROUP_SECONDS of the last one. Its
+    members are the `Notice` rows that point at it."""
+
+    chat_id = pw.BigIntegerField()
+    thread_id = pw.BigIntegerField(null=True)
+    change = pw.CharField(max_length=16)
+    created = pw.DoubleField()
+    last_join = pw.DoubleField(index=True)
+    due = pw.DoubleField()
+    attempts = pw.IntegerField(default=0)
+    sent = pw.DoubleField(null=True)
+    failed = pw.TextField(null=True)
+    message_id = pw.BigIntegerField(null=True)
+    shown_members = pw.IntegerField(default=0)  # how many members its message names
+    shown_revision = pw.IntegerField(default=0)  # the sum of its members' incident revisions it shows
+    edited = pw.DoubleField(null=True)
+    claimed_until = pw.DoubleField(null=True)
+
+
 class Notice(BaseModel):
     """The outbox: one message to one chat about an incident, written in the transaction that decided it.
 
@@ -131,7 +153,7 @@ class Notice(BaseModel):
     chat_id = pw.BigIntegerField()
     kind = EnumField(NoticeKind, max_length=8)
     text = pw.TextField(null=True)
-    created = pw.DoubleField()
+    created = pw.DoubleField(index=True)
     due = pw.DoubleField(index=True)  # next try
     attempts = pw.IntegerField(default=0)
     sent = pw.DoubleField(null=True)
@@ -140,17 +162,62 @@ class Notice(BaseModel):
     shown_revision = pw.IntegerField(default=0)  # the incident revision the message shows
     edited = pw.DoubleField(null=True)
     claimed_until = pw.DoubleField(null=True)  # a sender working on it: others keep off until then
+    thread_id = pw.BigIntegerField(null=True)  # the forum topic it goes to; None: the chat's general topic
+    change = pw.CharField(max_length=16, null=True)  # what it announces, for grouping: a Kind or a Reply
+    digest = pw.ForeignKeyField(Digest, null=True, on_delete="SET NULL", index=True)  # the group it is part of
+    expanded = pw.BooleanField(default=False)  # part of a group, and sent on its own too because someone asked
 
 
 class Mute(BaseModel):
-    """A device under maintenance: stored and predicted, but no incident opens until `until`."""
+    """Maintenance: devices matching `pattern` are stored and predicted, but no incident opens while it holds.
 
-    device = pw.CharField(max_length=64, unique=True)
-    until = pw.DoubleField()
+    A one-off mute holds until `until`; a recurring window (`until` None) holds on the `days` (bit 0 Monday)
+    from minute `start` to minute `end` of the day in the bot's time zone (past midnight when end < start).
+    """
+
+    pattern = pw.CharField(max_length=64)
+    until = pw.DoubleField(null=True)
+    days = pw.SmallIntegerField(default=0)
+    start = pw.SmallIntegerField(default=0)
+    end = pw.SmallIntegerField(default=0)
     reason = pw.CharField(max_length=200)
     user_id = pw.BigIntegerField()
     user_name = pw.CharField(max_length=200)
     created = pw.DoubleField()
+
+    def holds(self, t: float, tz: tzinfo) -> bool:
+        """Whether it mutes at time `t`."""
+        if self.until is not None:
+            return self.until > t
+        return Window(self.days, self.start, self.end).holds(t, tz)
+
+    class Meta:
+        # Not "mute": that table held one device per row. open_database copies its rows here.
+        table_name = "maintenance"
+
+
+class Subscription(BaseModel):
+    """A chat's forum topic (or its general topic, `thread_id` 0) gets the messages about devices matching
+    `pattern`; a chat with no subscription at all gets every message in its general topic."""
+
+    chat_id = pw.BigIntegerField()
+    thread_id = pw.BigIntegerField(default=0)
+    pattern = pw.CharField(max_length=64)
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("chat_id", "thread_id", "pattern"), True),)
+
+
+class Heartbeat(BaseModel):
+    """When the bot's intake last received (`at`), and since when it has without a gap (`since`): while it
+    receives nothing at all, no machine is silent; when it receives again, machines get their grace."""
+
+    name = pw.CharField(max_length=32, unique=True)
+    since = pw.DoubleField()
+    at = pw.DoubleField()
 
 
 class Rejected(BaseModel):
@@ -198,7 +265,8 @@ for _name in KNOWN_METRICS:
     Aggregate._meta.add_field(f"{_name}_max", pw.DoubleField(null=True))
 
 
-TABLES = [Metric, Label, Rejected, Device, Incident, Notice, Mute, ForecastLabel, Aggregate]
+TABLES = [Metric, Label, Rejected, Device, Incident, Digest, Notice, Mute, ForecastLabel, Aggregate, Subscription,
+          Heartbeat]
 
 
 def connect(url: str) -> pw.Database:
@@ -223,7 +291,20 @@ def open_database(url: str) -> pw.Database:
     db.initialize(database)
     database.create_tables(TABLES, safe=True)
     add_missing_columns(database)
+    _adopt_old_mutes(database)
     return database
+
+
+def _adopt_old_mutes(database: pw.Database) -> None:
+    """The one-device mutes of an older version become maintenance rows (its device is a pattern that matches
+    itself alone), once: the old table is dropped after."""
+    if not database.table_exists("mute"):
+        return
+    with database.atomic():
+        database.execute_sql("INSERT INTO maintenance (pattern, until, days, start, \"end\", reason, user_id, "
+                             "user_name, created) SELECT device, until, 0, 0, 0, reason, user_id, user_name, created "
+                             "FROM mute")
+        database.execute_sql("DROP TABLE mute")
 
 
 def add_missing_columns(database: pw.Database) -> None:

@@ -57,8 +57,9 @@ async def test_a_chat_that_is_not_allowed_is_told_its_id_and_nothing_else(
 
 
 async def test_a_wrong_argument_gets_the_usage_line(application: Application, telegram: FakeTelegram) -> None:
-    assert await say(application, telegram, "/status pc 1") == ["Usage: /status or /status <device>"]
-    assert await say(application, telegram, "/unmute") == ["Usage: /unmute <device>, e.g. /unmute pc1"]
+    assert await say(application, telegram, "/status pc 1") == [
+        "Usage: /status, /status <device> or /status <pattern>, e.g. /status web*"]
+    assert await say(application, telegram, "/unmute") == ["Usage: /unmute <pattern>, e.g. /unmute web*"]
     assert await say(application, telegram, "/versions three") == [
         "Usage: /versions or /versions <version>, e.g. /versions 3"]
     assert await say(application, telegram, "/frobnicate") == ["I don't know that command. /help lists what I can do."]

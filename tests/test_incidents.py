@@ -14,7 +14,7 @@ from bot.pipeline.decide import Decider
 from bot.pipeline.incidents import Incidents
 from bot.pipeline.watch import Watch
 from schema.domain import Action
-from tests.fakes.incidents import CHATS, T0, TYPICAL, drivers, feed
+from tests.fakes.incidents import CHATS, T0, TYPICAL, drivers, feed, intake_alive
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_a_redelivered_batch_decides_nothing_again(decider: Decider) -> None:
 def test_a_muted_device_is_stored_and_predicted_but_alerts_only_when_its_mute_ends_still_stressed(
     decider: Decider, watch: Watch,
 ) -> None:
-    db.mute("pc1", T0 + 60, "kernel upgrade", 7, "@alice")
+    db.mute("pc1", T0 + 60, None, "kernel upgrade", 7, "@alice")
 
     feed(decider, "pc1", [0.9, 0.95])
     assert Incident.select().count() == 0 and db.Metric.select().count() == 2
@@ -86,6 +86,7 @@ def test_a_device_that_stops_reporting_opens_a_silence_incident_and_its_next_sam
     device = Device.get()
     assert device.interval == pytest.approx(10.0)
 
+    intake_alive(device.last_received, device.last_received + 300)  # other machines keep reporting
     assert watch.check_silent(now=device.last_received + 59) == 0
     assert watch.check_silent(now=device.last_received + 61) == 1
     assert watch.check_silent(now=device.last_received + 300) == 0, "one incident per silence"

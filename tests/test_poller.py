@@ -12,9 +12,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from telegram import Bot
 
 from bot import db
-from bot.chat import texts
+from bot.chat import team_texts, texts
 from bot.chat.sender import Sender
 from bot.config import load_settings
+from bot.db.outbox import Route
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import Forecaster
@@ -50,9 +51,9 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
 
     source.commit = broker_gone  # type: ignore[method-assign]
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples, 1800, None,
-                  tuple(settings.allowed_chat_ids))
+                  Route(tuple(settings.allowed_chat_ids)))
     decider = Decider(Incidents(rules, texts.reply), model.drivers, Forecaster(3600), Baselines())
-    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), 60)
+    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), team_texts.digest, 60)
     poller = Poller(source, model, decider, lambda: asyncio.sleep(0))  # the test sends itself, below
 
     async def poll_until_stored() -> None:

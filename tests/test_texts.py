@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.chat import callbacks, texts
+from bot.chat import callbacks, team_texts, texts
 from bot.db import Incident
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
-from schema.domain import IncidentDetail
+from schema.domain import IncidentDetail, Window
 from tests.fakes.samples import TS, stored
 
 LIMIT = 4096
@@ -293,16 +295,39 @@ def test_parse_incident_callback_rejects_anything_else(data: str | None) -> None
 
 
 @pytest.mark.parametrize(("args", "parsed"), [
-    (["pc1"], ("pc1", 3600.0, "no reason given")),
-    (["pc1", "2h", "kernel", "upgrade"], ("pc1", 7200.0, "kernel upgrade")),
-    (["pc1", "30m"], ("pc1", 1800.0, "no reason given")),
-    (["pc1", "3d", "moving", "racks"], ("pc1", 3 * 86400.0, "moving racks")),
-    (["pc1", "disk", "swap"], ("pc1", 3600.0, "disk swap")),
+    (["pc1"], ("pc1", 3600.0, None, "no reason given")),
+    (["pc1", "2h", "kernel", "upgrade"], ("pc1", 7200.0, None, "kernel upgrade")),
+    (["web*", "30m"], ("web*", 1800.0, None, "no reason given")),
+    (["pc1", "3d", "moving", "racks"], ("pc1", 3 * 86400.0, None, "moving racks")),
+    (["pc1", "disk", "swap"], ("pc1", 3600.0, None, "disk swap")),
+    (["db1", "daily", "02:00-03:00", "backups"], ("db1", None, Window(0b1111111, 120, 180), "backups")),
+    (["db*", "sun", "01:00-05:00"], ("db*", None, Window(0b1000000, 60, 300), "no reason given")),
+    (["db?", "mon-fri", "22:00-06:30"], ("db?", None, Window(0b0011111, 22 * 60, 390), "no reason given")),
+    (["db1", "sat,sun", "00:00-24:00"], ("db1", None, Window(0b1100000, 0, 24 * 60), "no reason given")),
 ])
-def test_mute_reads_a_device_an_optional_duration_and_a_reason(args: list[str], parsed: tuple) -> None:
-    assert texts.parse_mute(args) == parsed
+def test_mute_reads_a_pattern_a_duration_or_a_window_and_a_reason(args: list[str], parsed: tuple) -> None:
+    request = team_texts.parse_mute(args)
+    assert (request.pattern, request.seconds, request.window, request.reason) == parsed
 
 
-@pytest.mark.parametrize("args", [[], ["pc 1"], ["pc1", "2 hours"], ["pc1", "31d"], ["pc1", "0h"], ["pc1", "1.5h"]])
-def test_mute_refuses_what_it_cannot_read(args: list[str]) -> None:
-    assert texts.parse_mute(args) is None
+@pytest.mark.parametrize(("args", "why"), [
+    ([], ""), (["pc 1"], ""), (["pc1", "2 hours"], ""), (["pc1", "31d"], ""), (["pc1", "0h"], ""),
+    (["pc1", "1.5h"], ""), (["pc1", "daily"], ""), (["pc1", "daily", "25:00-26:00"], "is not a time range"),
+    (["pc1", "someday", "02:00-03:00"], "is not a day"), (["pc1", "daily", "02:00-02:00"], "the window is empty"),
+    (["<b>", "1h"], ""), (["x" * 65], ""),
+])
+def test_mute_answers_what_it_cannot_read_with_the_usage_line_and_why(args: list[str], why: str) -> None:
+    answer = team_texts.parse_mute(args)
+    assert isinstance(answer, str) and why in answer and "e.g. /mute db1 daily 02:00-03:00" in answer
+
+
+def test_a_window_holds_on_its_days_across_midnight_in_its_time_zone() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    window = Window.parse("sun", "23:00-01:00")
+    sunday_2330 = datetime(2026, 12, 6, 23, 30, tzinfo=berlin).timestamp()
+    assert window.holds(sunday_2330, berlin) and window.holds(sunday_2330 + 3600, berlin)  # Monday 00:30
+    assert not window.holds(sunday_2330 + 2 * 3600, berlin)  # Monday 01:30
+    assert not window.holds(sunday_2330 - 86400, berlin)  # Saturday 23:30
+    assert not window.holds(sunday_2330, ZoneInfo("UTC")), "22:30 in UTC"
+    assert window.describe() == "sun 23:00-01:00"
+    assert window.next_start(sunday_2330 + 3600, berlin) == sunday_2330 - 30 * 60 + 7 * 86400

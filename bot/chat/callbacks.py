@@ -14,12 +14,14 @@ from schema.domain import Action
 INCIDENT_PATTERN = r"^i:"
 MISSED_PATTERN = r"^missed:"
 ACTIVATE_PATTERN = r"^activate:"
+EXPAND_PATTERN = r"^one:"
 CANCEL = "cancel"
 CANCEL_PATTERN = rf"^{CANCEL}$"
 
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
 _MISSED_RE = re.compile(r"missed:(\d{1,18})")
 _ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
+_EXPAND_RE = re.compile(r"one:(\d{1,18})")
 
 
 def incident(incident_id: int, action: Action) -> str:
@@ -50,4 +52,14 @@ def activate(version: int) -> str:
 
 def parse_activate(data: str | None) -> int | None:
     match = _ACTIVATE_RE.fullmatch(data or "")
+    return int(match[1]) if match else None
+
+
+def expand(incident_id: int) -> str:
+    """A machine's button on a group message: send that machine's own alert."""
+    return f"one:{incident_id}"
+
+
+def parse_expand(data: str | None) -> int | None:
+    match = _EXPAND_RE.fullmatch(data or "")
     return int(match[1]) if match else None

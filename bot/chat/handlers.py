@@ -15,10 +15,10 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
 from bot import db
-from bot.chat import callbacks, charts, model_texts, texts
+from bot.chat import callbacks, charts, model_texts, team_texts, texts
 from bot.chat.sender import Sender
 from bot.config import Settings
-from bot.db import incidents
+from bot.db import incidents, outbox
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecaster
 from bot.pipeline.model import ActiveModel
@@ -26,7 +26,7 @@ from ml.data import training_frame
 from ml.features import FEATURES
 from ml.registry import StoreError, UnknownVersion
 from ml.retrain import retrain
-from schema.domain import ACTIONS_OF, Action
+from schema.domain import ACTIONS_OF, PATTERN_RE, Action, matches
 
 log = logging.getLogger(__name__)
 STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
@@ -51,10 +51,20 @@ def _forecaster(context: ContextTypes.DEFAULT_TYPE) -> Forecaster:
 
 
 async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Runs before every handler: a chat that is not allowed gets one short refusal and nothing else."""
+    """Runs before every handler: a chat that is not allowed gets one short refusal and nothing else; a member
+    who floods the chat with commands gets one "slow down", and their commands are dropped for a while."""
     chat = update.effective_chat
     if chat is not None and chat.id in _settings(context).allowed_chat_ids:
-        return
+        message, user = update.message, update.effective_user
+        if message is None or user is None or not (message.text or "").startswith("/"):
+            return
+        go_on = await context.bot_data["command_budget"].take(chat.id, user.id)
+        if go_on:
+            return
+        if go_on is False:
+            log.warning("user %d floods chat %d with commands: dropped for a while", user.id, chat.id)
+            await message.reply_text(team_texts.SLOW_DOWN)
+        raise ApplicationHandlerStop
     user = update.effective_user
     log.warning("refused chat %s (user %s): not in ALLOWED_CHAT_IDS", chat.id if chat else "?",
                 user.id if user else "?")
@@ -88,17 +98,21 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/status for the fleet, /status <device> for one machine."""
+    """/status for the fleet, /status <device> for one machine, /status <pattern> for the machines matching."""
     settings = _settings(context)
     args = context.args or []
-    if len(args) > 1 or (args and not DEVICE_RE.fullmatch(args[0])):
+    if len(args) > 1 or (args and not PATTERN_RE.fullmatch(args[0])):
         await update.effective_message.reply_text(texts.STATUS_USAGE)
         return
     markup = None
-    if not args:
+    sample = None
+    if not args or not DEVICE_RE.fullmatch(args[0]):
         samples, silent, muted = await asyncio.to_thread(
-            lambda: (db.latest_per_device(), db.silent_devices(), db.muted_devices(time.time())))
-        text = texts.overview(samples, settings.alert_threshold, silent=silent, muted=muted)
+            lambda: (db.latest_per_device(), db.silent_devices(), db.muting(time.time(), settings.timezone)))
+        if args:
+            samples = [s for s in samples if matches(args[0], s.device)]
+        text = texts.overview(samples, settings.alert_threshold, silent=silent, muted=muted) if samples or not args \
+            else team_texts.no_match(args[0])
     else:
         sample = await asyncio.to_thread(db.latest_sample, args[0])
         if sample is None:
@@ -107,13 +121,14 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         else:
             usual = await asyncio.to_thread(_baselines(context).get, sample.device)
             forecasts = await asyncio.to_thread(_forecaster(context).forecasts, sample.device)
-            silent, muted = await asyncio.to_thread(lambda: (db.silent_devices(), db.muted_devices(time.time())))
+            silent, muted = await asyncio.to_thread(
+                lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone)))
             text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
                                        forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
                                        silent=silent, muted=muted)
             markup = texts.missed_keyboard(sample.id)
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
-    if args and sample is not None:
+    if sample is not None:
         end = time.time()
         if sample.ts >= end - STATUS_CHART_HOURS * 3600:
             await _send_chart(update, context, sample.device, end - STATUS_CHART_HOURS * 3600, end)
@@ -213,35 +228,109 @@ async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await query.answer(texts.missed_labelled(sample), show_alert=True)
 
 
+def _thread(update: Update) -> int | None:
+    """The forum topic a command was sent in; None for the general topic or a chat without topics."""
+    message = update.effective_message
+    return message.message_thread_id if message is not None and message.is_topic_message else None
+
+
 async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/mute <device> [duration] [reason]: no incidents for a machine under maintenance."""
-    parsed = texts.parse_mute(context.args or [])
-    if parsed is None:
-        await update.effective_message.reply_text(texts.MUTE_USAGE)
+    """/mute <pattern> [duration] [reason] or /mute <pattern> <days> <hh:mm-hh:mm> [reason]: no incidents for
+    machines under maintenance, once or in a recurring window."""
+    tz = _settings(context).timezone
+    request = team_texts.parse_mute(context.args or [])
+    if isinstance(request, str):
+        await update.effective_message.reply_text(request)
         return
-    device, seconds, reason = parsed
+    if await asyncio.to_thread(db.count_mutes) >= team_texts.MAX_MUTES:
+        await update.effective_message.reply_text(team_texts.TOO_MANY_MUTES)
+        return
     user_id, name = _who(update)
-    until = time.time() + seconds
-    await asyncio.to_thread(db.mute, device, until, reason, user_id, name)
-    log.info("%s muted %s until %s: %s", name, device, texts.when(until), reason)
-    await update.effective_message.reply_text(texts.muted_reply(device, until, seconds, reason, name),
+    until = time.time() + request.seconds if request.seconds is not None else None
+    await asyncio.to_thread(db.mute, request.pattern, until, request.window, request.reason, user_id, name)
+    known = await asyncio.to_thread(_device_names)
+    log.info("%s muted %s %s: %s", name, request.pattern,
+             request.window.describe() if request.window else f"until {texts.when(until or 0)}", request.reason)
+    matching = sum(matches(request.pattern, d) for d in known)
+    await update.effective_message.reply_text(team_texts.muted_reply(request, until, name, tz, matching),
                                               parse_mode=ParseMode.HTML)
 
 
+def _device_names() -> list[str]:
+    return [d.name for d in db.devices()]
+
+
 async def unmute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/unmute <device>: alerts again from its next sample."""
+    """/unmute <pattern>: its mutes and windows end; alerts again from the next sample."""
     args = context.args or []
-    if len(args) != 1 or not DEVICE_RE.fullmatch(args[0]):
-        await update.effective_message.reply_text(texts.UNMUTE_USAGE)
+    if len(args) != 1 or not PATTERN_RE.fullmatch(args[0]):
+        await update.effective_message.reply_text(team_texts.UNMUTE_USAGE)
         return
     ended = await asyncio.to_thread(db.unmute, args[0])
-    await update.effective_message.reply_text(texts.unmuted(args[0], ended), parse_mode=ParseMode.HTML)
+    await update.effective_message.reply_text(team_texts.unmuted(args[0], ended), parse_mode=ParseMode.HTML)
 
 
 async def muted_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/muted: which machines are muted, by whom, until when and why."""
-    mutes = await asyncio.to_thread(db.mutes, time.time())
-    await update.effective_message.reply_text(texts.mutes(mutes), parse_mode=ParseMode.HTML)
+    """/muted: the mutes and windows, by whom, until when or when, and why."""
+    now = time.time()
+    rows = await asyncio.to_thread(db.mutes, now)
+    await update.effective_message.reply_text(team_texts.mutes(rows, now, _settings(context).timezone),
+                                              parse_mode=ParseMode.HTML)
+
+
+async def subscribe_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/subscribe <pattern>…: this chat's topic gets the messages about the machines matching."""
+    asked = team_texts.patterns(context.args or [])
+    if asked is None:
+        await update.effective_message.reply_text(team_texts.SUBSCRIBE_USAGE)
+        return
+    chat, thread = update.effective_chat.id, _thread(update)
+    user_id, name = _who(update)
+    try:
+        added = await asyncio.to_thread(db.subscribe, chat, thread, asked, user_id, name)
+    except ValueError as exc:
+        await update.effective_message.reply_text(f"{exc}: /unsubscribe some first.")
+        return
+    log.info("%s subscribed chat %d topic %s to %s", name, chat, thread, ", ".join(added) or "nothing new")
+    known = await asyncio.to_thread(_device_names)
+    text = team_texts.subscribed(added, asked, thread) + team_texts.unmatched(asked, known)
+    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
+
+
+async def unsubscribe_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/unsubscribe [pattern…]: remove some (or all) of this topic's subscriptions."""
+    args = context.args or []
+    asked = team_texts.patterns(args) if args else []
+    if asked is None:
+        await update.effective_message.reply_text(team_texts.UNSUBSCRIBE_USAGE)
+        return
+    chat, thread = update.effective_chat.id, _thread(update)
+    removed = await asyncio.to_thread(db.unsubscribe, chat, thread, asked)
+    left = len(await asyncio.to_thread(db.subscriptions, chat))
+    await update.effective_message.reply_text(team_texts.unsubscribed(removed, left, thread), parse_mode=ParseMode.HTML)
+
+
+async def subscriptions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/subscriptions: this chat's subscriptions, by topic."""
+    rows = await asyncio.to_thread(db.subscriptions, update.effective_chat.id)
+    await update.effective_message.reply_text(team_texts.subscription_list(rows), parse_mode=ParseMode.HTML)
+
+
+async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A machine's button on a group message: its own alert, with its buttons, in this chat."""
+    query = update.callback_query
+    incident_id = callbacks.parse_expand(query.data)
+    chat = update.effective_chat
+    notice = None
+    if incident_id is not None and chat is not None:
+        notice = await asyncio.to_thread(outbox.expand, incident_id, chat.id)
+    if notice is None:
+        log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
+        await query.answer(texts.INVALID_BUTTON)
+        return
+    device = await asyncio.to_thread(lambda: notice.incident.device)
+    await query.answer(team_texts.expanded(device, notice.sent is not None or notice.expanded))
+    context.application.create_task(_sender(context).run(context.bot), name="send")
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -14,12 +14,14 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
-from telegram import Bot, InlineKeyboardMarkup, ReplyParameters
+from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
-from bot.db import Incident, Notice
+from bot.chat.limits import URGENT
+from bot.db import Digest, Incident, Notice, outbox
 from bot.db.outbox import (
     SEND_TIMEOUT_S,
     claim,
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 RETRY_S = (5.0, 15.0, 60.0, 300.0)  # after a network error or a 5xx, by attempt
 
 Render = Callable[[Incident], tuple[str, InlineKeyboardMarkup | None]]
+# A group's message from its change and its members' notices and incidents.
+RenderDigest = Callable[[str, list[tuple[Notice, Incident]]], tuple[str, InlineKeyboardMarkup | None]]
+THREAD_GONE = ("thread not found", "topic_closed")  # Telegram's answers for a deleted or closed forum topic
 
 
 def retry_seconds(retry_after: float | timedelta) -> float:
@@ -48,9 +53,11 @@ def retry_seconds(retry_after: float | timedelta) -> float:
 class Sender:
     """The outbox's one delivery loop in this process; `run` is safe to call often and from many places."""
 
-    def __init__(self, render: Render, edit_every_s: float) -> None:
+    def __init__(self, render: Render, render_digest: RenderDigest, edit_every_s: float) -> None:
         self.render = render
+        self.render_digest = render_digest
         self.edit_every_s = edit_every_s
+        self._gone_topics: set[tuple[int, int]] = set()
         self._running = asyncio.Lock()
         self._paused_until = 0.0
         self._dead_chats: set[int] = set()
@@ -65,9 +72,38 @@ class Sender:
             now = time.time()
             notices = await asyncio.to_thread(due, now)
             await self._deliver(bot, notices)
-            if time.monotonic() >= self._paused_until:
-                edits = await asyncio.to_thread(stale, time.time(), self.edit_every_s)
-                await self._edit(bot, edits)
+            if time.monotonic() < self._paused_until:
+                return
+            await self._deliver_digests(bot, await asyncio.to_thread(outbox.due_digests, time.time()))
+            if time.monotonic() < self._paused_until:
+                return
+            edits = await asyncio.to_thread(stale, time.time(), self.edit_every_s)
+            await self._edit(bot, edits)
+            if time.monotonic() < self._paused_until:
+                return
+            await self._edit_digests(bot, await asyncio.to_thread(outbox.stale_digests, time.time(),
+                                                                  self.edit_every_s))
+
+    async def _send(self, bot: Bot, chat_id: int, thread_id: int | None, text: str,
+                    markup: InlineKeyboardMarkup | None, reply_to: int | None) -> Message:
+        """One message of the outbox, in its forum topic; a topic that is gone (closed or deleted) is said once
+        in the log, and its messages go to the chat's general topic."""
+        if thread_id is not None and (chat_id, thread_id) in self._gone_topics:
+            thread_id = None
+        reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
+        try:
+            return await bot.send_message(
+                chat_id, text, parse_mode=ParseMode.HTML, reply_markup=markup, reply_parameters=reply,
+                message_thread_id=thread_id, read_timeout=SEND_TIMEOUT_S, write_timeout=SEND_TIMEOUT_S,
+                rate_limit_args=URGENT,
+            )
+        except BadRequest as exc:
+            if thread_id is None or not any(gone in exc.message.lower() for gone in THREAD_GONE):
+                raise
+        self._gone_topics.add((chat_id, thread_id))
+        log.warning("topic %d of chat %d is gone (closed or deleted): its messages go to the chat's general topic",
+                    thread_id, chat_id)
+        return await self._send(bot, chat_id, None, text, markup, reply_to)
 
     async def _deliver(self, bot: Bot, notices: list[tuple[Notice, Incident, int | None]]) -> None:
         for notice, incident, reply_to in notices:
@@ -78,13 +114,9 @@ class Sender:
             else:
                 text, markup = notice.text or "", None
             try:
-                reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
-                message = await bot.send_message(
-                    notice.chat_id, text, parse_mode=ParseMode.HTML, reply_markup=markup, reply_parameters=reply,
-                    read_timeout=SEND_TIMEOUT_S, write_timeout=SEND_TIMEOUT_S,
-                )
+                message = await self._send(bot, notice.chat_id, notice.thread_id, text, markup, reply_to)
             except RetryAfter as exc:
-                await self._flood(exc, notice.id)
+                await self._flood(exc, partial(release, notice.id))
                 return
             except (Forbidden, BadRequest) as exc:
                 await asyncio.to_thread(record_failed, notice.id, exc.message)
@@ -112,9 +144,9 @@ class Sender:
             text, markup = await asyncio.to_thread(self.render, incident)
             try:
                 await bot.edit_message_text(text, notice.chat_id, notice.message_id, parse_mode=ParseMode.HTML,
-                                            reply_markup=markup)
+                                            reply_markup=markup, rate_limit_args=URGENT)
             except RetryAfter as exc:
-                await self._flood(exc, notice.id)
+                await self._flood(exc, partial(release, notice.id))
                 return
             except BadRequest as exc:
                 if "not modified" not in exc.message.lower():
@@ -129,11 +161,65 @@ class Sender:
                 return
             await asyncio.to_thread(record_edit, notice.id, incident.revision, time.time())
 
-    async def _flood(self, exc: RetryAfter, notice_id: int) -> None:
+    async def _deliver_digests(self, bot: Bot, digests: list[Digest]) -> None:
+        """Send the groups that are due: one message for many changes of one kind."""
+        for digest in digests:
+            if not await asyncio.to_thread(outbox.claim_digest, digest.id, True):
+                continue
+            members = await asyncio.to_thread(outbox.members, digest.id)
+            text, markup = await asyncio.to_thread(self.render_digest, digest.change, members)
+            reply_to = await asyncio.to_thread(outbox.reply_target, digest)
+            try:
+                message = await self._send(bot, digest.chat_id, digest.thread_id, text, markup, reply_to)
+            except RetryAfter as exc:
+                await self._flood(exc, partial(outbox.release_digest, digest.id))
+                return
+            except (Forbidden, BadRequest) as exc:
+                await asyncio.to_thread(outbox.digest_failed, digest.id, exc.message)
+                self._dead(digest.chat_id, exc)
+                continue
+            except TelegramError as exc:
+                self.telegram.down(exc.message)
+                wait = RETRY_S[min(digest.attempts, len(RETRY_S) - 1)]
+                await asyncio.to_thread(outbox.digest_retry, digest.id, wait, time.time())
+                return
+            self.telegram.up()
+            revisions = sum(incident.revision for _, incident in members)
+            await asyncio.to_thread(outbox.record_digest, digest.id, message.message_id, len(members), revisions,
+                                    time.time())
+            log.info("sent a group of %d (%s) to chat %d", len(members), digest.change, digest.chat_id)
+
+    async def _edit_digests(self, bot: Bot, edits: list[tuple[Digest, int, int]]) -> None:
+        """Bring group messages up to date: members joined, or their incidents changed."""
+        for digest, _count, _revisions in edits:
+            if not await asyncio.to_thread(outbox.claim_digest, digest.id, False):
+                continue
+            members = await asyncio.to_thread(outbox.members, digest.id)
+            text, markup = await asyncio.to_thread(self.render_digest, digest.change, members)
+            try:
+                await bot.edit_message_text(text, digest.chat_id, digest.message_id, parse_mode=ParseMode.HTML,
+                                            reply_markup=markup, rate_limit_args=URGENT)
+            except RetryAfter as exc:
+                await self._flood(exc, partial(outbox.release_digest, digest.id))
+                return
+            except BadRequest as exc:
+                if "not modified" not in exc.message.lower():
+                    log.warning("cannot edit the group message %d in chat %d: %s", digest.id, digest.chat_id,
+                                exc.message)
+            except Forbidden as exc:
+                self._dead(digest.chat_id, exc)
+            except TelegramError as exc:
+                self.telegram.down(exc.message)
+                await asyncio.to_thread(outbox.release_digest, digest.id)
+                return
+            revisions = sum(incident.revision for _, incident in members)
+            await asyncio.to_thread(outbox.record_digest, digest.id, None, len(members), revisions, time.time())
+
+    async def _flood(self, exc: RetryAfter, release_row: Callable[[], None]) -> None:
         seconds = retry_seconds(exc.retry_after)
         log.warning("Telegram asks to wait %.0f s (flood limit); the messages wait", seconds)
         self._paused_until = time.monotonic() + seconds
-        await asyncio.to_thread(release, notice_id)
+        await asyncio.to_thread(release_row)
 
     def _dead(self, chat_id: int, exc: TelegramError) -> None:
         if chat_id not in self._dead_chats:

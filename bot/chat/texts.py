@@ -4,7 +4,6 @@ about retrains, versions and the model is in bot/chat/model_texts.py."""
 from __future__ import annotations
 
 import html
-import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Set
@@ -13,9 +12,9 @@ from datetime import UTC, datetime
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import MessageLimit
 
-from agent.wire import DEVICE_RE, KNOWN_METRICS
+from agent.wire import KNOWN_METRICS
 from bot.chat import callbacks
-from bot.db import Incident, Mute, Rejected, StoredSample
+from bot.db import Incident, Rejected, StoredSample
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES, ZONES
@@ -30,15 +29,22 @@ reporting.
 /status: every machine, the riskiest first
 /status &lt;device&gt;: one machine: its latest sample, usual ranges, forecast and a chart of its last 2 hours
 /chart &lt;device&gt; [hours]: a chart of one machine over the last hours (1 to 720; 2 by default)
-/mute &lt;device&gt; [duration] [reason]: no alerts for a machine under maintenance (default 1 h)
-/unmute &lt;device&gt;, /muted: end a mute; list the mutes
+/status &lt;pattern&gt;: the machines whose names match, e.g. /status web*
+/mute &lt;pattern&gt; [duration] [reason]: no alerts for machines under maintenance (default 1 h), e.g. \
+/mute web* 2h deploy
+/mute &lt;pattern&gt; &lt;days&gt; &lt;hh:mm-hh:mm&gt; [reason]: a recurring window, e.g. /mute db1 daily 02:00-03:00 \
+backups or /mute db* sun 01:00-05:00
+/unmute &lt;pattern&gt;, /muted: end a mute; list the mutes and windows
+/subscribe &lt;pattern&gt;…: this chat (or forum topic) gets only the messages about these machines
+/unsubscribe [pattern…], /subscriptions: remove some or all; list them
 /rejected: the latest messages that broke the wire format, and why
 /versions [version]: the model versions, newest first; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
 /rollback [version]: go back to the previous or a given model version (admins)
 /help: this message
 
-An alert is one message, edited while the incident lasts and marked when it recovers. Its buttons: \
+An alert is one message, edited while the incident lasts and marked when it recovers. When several machines \
+change together (an outage, a storm) they share one message, with a button per machine for its own alert. Its buttons: \
 <b>✅ Correct</b> acknowledges it (no more reminders) and stores a label; <b>❌ Wrong prediction</b> stores \
 the sample as normal and closes the alert; <b>🔕</b> snoozes its reminders. The next model learns from \
 your labels. A forecast has its own buttons: your verdict on it is kept apart."""
@@ -47,6 +53,10 @@ your labels. A forecast has its own buttons: your verdict on it is kept apart.""
 COMMANDS = [  # the command menu
     BotCommand("status", "every machine, or /status <device> for one"),
     BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
+    BotCommand("mute", "no alerts for machines under maintenance: /mute <pattern> 2h"),
+    BotCommand("muted", "the mutes and maintenance windows"),
+    BotCommand("subscribe", "this chat or topic gets only these machines: /subscribe web*"),
+    BotCommand("subscriptions", "what this chat is subscribed to"),
     BotCommand("rejected", "latest invalid messages and why"),
     BotCommand("versions", "model versions, or /versions <n> for one in full"),
     BotCommand("retrain", "train a new model from data and labels (admins)"),
@@ -317,14 +327,6 @@ def rejected(rows: list[Rejected]) -> str:
 
 # --- incidents -----------------------------------------------------------------------------------------------
 
-DURATION_RE = re.compile(r"(\d{1,5})(s|m|min|h|d)", re.IGNORECASE)
-DURATION_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-DEFAULT_MUTE_S = 3600
-MAX_MUTE_S = 30 * 86400
-MUTE_USAGE = ("Usage: /mute <device> [duration] [reason], e.g. /mute pc1 2h kernel upgrade "
-              "(duration like 30m, 2h, 3d; default 1 h, at most 30 d)")
-
-
 def incident_keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
     """The buttons of an incident's message: verdict, snooze and chart while it is open; the chart after."""
     def button(label: str, action: Action) -> InlineKeyboardButton:
@@ -403,34 +405,6 @@ def missed_keyboard(metric_id: int) -> InlineKeyboardMarkup:
                                                        callback_data=callbacks.missed(metric_id))]])
 
 
-def parse_mute(args: list[str]) -> tuple[str, float, str] | None:
-    """(device, seconds, reason) from /mute's arguments, or None when they make no sense."""
-    if not args or not DEVICE_RE.fullmatch(args[0]):
-        return None
-    seconds, rest = float(DEFAULT_MUTE_S), args[1:]
-    if rest and (match := DURATION_RE.fullmatch(rest[0])):
-        seconds, rest = float(int(match[1]) * DURATION_S[match[2].lower()]), rest[1:]
-    elif rest and rest[0][:1].isdigit():
-        return None  # "2 hours", "1.5h": a duration we do not read, not a reason
-    if not 0 < seconds <= MAX_MUTE_S:
-        return None
-    return args[0], seconds, " ".join(rest)[:200] or "no reason given"
-
-
-def muted_reply(device: str, until: float, seconds: float, reason: str, user_name: str) -> str:
-    return (f"🔕 <b>{escape(device)}</b> is muted for {ago(seconds)}, until {when(until)}, by {escape(user_name)}: "
-            f"{escape(reason)}.\nIts samples are still stored and predicted; /unmute {escape(device)} ends it.")
-
-
-def mutes(rows: list[Mute]) -> str:
-    """/muted: who muted what, until when, and why."""
-    if not rows:
-        return "No machine is muted."
-    lines = [f"🔕 <b>{escape(m.device)}</b> until {when(m.until)}, by {escape(m.user_name)} at {when(m.created)}: "
-             f"{escape(m.reason)}" for m in rows]
-    return clip(f"<b>Muted machines</b> ({len(rows)})\n" + "\n".join(lines))
-
-
 def watching_fleet(topic: str, machines: int) -> str:
     return f"the fleet on Kafka topic <code>{escape(topic)}</code>: {plural(machines, 'machine')} so far"
 
@@ -485,8 +459,7 @@ KAFKA_UP = "✅ Kafka is reachable again: metrics arrive."
 
 # --- replies to commands -------------------------------------------------------------------------------------
 
-STATUS_USAGE = "Usage: /status or /status <device>"
-UNMUTE_USAGE = "Usage: /unmute <device>, e.g. /unmute pc1"
+STATUS_USAGE = "Usage: /status, /status <device> or /status <pattern>, e.g. /status web*"
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
 NOT_ALLOWED_BUTTON = "This chat is not allowed to use this bot."
 INVALID_BUTTON = "This button is not valid."
@@ -498,13 +471,6 @@ CANCELLED_NOTHING_CHANGED = "Cancelled: nothing changed."
 
 def chart_usage(max_hours: int) -> str:
     return f"Usage: /chart <device> [hours], hours from 1 to {max_hours}, e.g. /chart pc1 6"
-
-
-def unmuted(device: str, ended: bool) -> str:
-    """The reply to /unmute."""
-    if ended:
-        return f"🔔 {escape(device)} is no longer muted: its next sample can alert again."
-    return f"{escape(device)} is not muted."
 
 
 def admins_only(command: str) -> str:

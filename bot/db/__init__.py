@@ -14,15 +14,17 @@ from bot.db.connection import (
 )
 from bot.db.incidents import (
     add_label,
+    count_mutes,
     incident_for_button,
     incident_spans,
     mute,
-    muted_devices,
     mutes,
+    muting,
     silent_devices,
     unmute,
 )
-from bot.db.ingest import COLUMNS, Origin, Rejection, known_values, store_batch
+from bot.db.ingest import COLUMNS, Origin, Rejection, beat, intake, known_values, store_batch
+from bot.db.routing import subscribe, subscriptions, unsubscribe
 from bot.db.samples import (
     CHART_POINTS,
     DEVICES_CTE,
@@ -31,6 +33,7 @@ from bot.db.samples import (
     StoredSample,
     chart_series,
     device_count,
+    devices,
     history_points,
     latest_per_device,
     latest_sample,
@@ -38,15 +41,30 @@ from bot.db.samples import (
     rejected,
     sample_by_id,
 )
-from schema.tables import TABLES, Aggregate, Device, ForecastLabel, Incident, Label, Metric, Mute, Notice, Rejected, db
+from schema.tables import (
+    TABLES,
+    Aggregate,
+    Device,
+    Digest,
+    ForecastLabel,
+    Incident,
+    Label,
+    Metric,
+    Mute,
+    Notice,
+    Rejected,
+    Subscription,
+    db,
+)
 
 transaction = db.atomic
 
 __all__ = [
     "CHART_POINTS", "CHECKPOINT_S", "COLUMNS", "DEVICES_CTE", "TABLES", "Aggregate", "ChartPoint", "ChartSeries",
-    "Device", "ForecastLabel", "Incident", "Label", "Metric", "Mute", "Notice", "Origin", "Rejected", "Rejection",
-    "StoredSample", "add_label", "chart_series", "checkpoint", "checkpoint_in_background", "db", "device_count",
-    "history_points", "incident_for_button", "incident_spans", "is_postgres", "known_values", "latest_per_device",
-    "latest_sample", "mute", "muted_devices", "mutes", "open_database", "reachable", "recent_per_device", "rejected",
-    "sample_by_id", "silent_devices", "store_batch", "transaction", "unmute",
+    "Device", "Digest", "ForecastLabel", "Incident", "Label", "Metric", "Mute", "Notice", "Origin", "Rejected",
+    "Rejection", "StoredSample", "Subscription", "add_label", "beat", "chart_series", "checkpoint",
+    "checkpoint_in_background", "count_mutes", "db", "device_count", "devices", "history_points", "incident_for_button",
+    "incident_spans", "intake", "is_postgres", "known_values", "latest_per_device", "latest_sample", "mute",
+    "mutes", "muting", "open_database", "reachable", "recent_per_device", "rejected", "sample_by_id",
+    "silent_devices", "store_batch", "subscribe", "subscriptions", "transaction", "unmute", "unsubscribe",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from datetime import tzinfo
 
-from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, NoticeKind, State
+from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window
 from schema.tables import ForecastLabel, Incident, Label, Mute, Notice, db
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,13 @@ def reminders_due(now: float) -> list[Incident]:
         & (Incident.snoozed_until.is_null() | (Incident.snoozed_until <= now))))
 
 
-def end_mutes(now: float) -> list[str]:
-    """Delete the mutes that ran out; their devices."""
-    ended = [m.device for m in Mute.select(Mute.device).where(Mute.until <= now)]
+def ended_mutes(since: float, now: float, tz: tzinfo) -> list[str]:
+    """The patterns whose mute ended: one-off mutes that ran out (deleted here), and recurring windows that
+    held at `since` and no longer do at `now`."""
+    ended = [m.pattern for m in Mute.select(Mute.pattern).where(Mute.until <= now)]
     Mute.delete().where(Mute.until <= now).execute()
-    return ended
+    return ended + [m.pattern for m in Mute.select().where(Mute.until.is_null())
+                    if m.holds(since, tz) and not m.holds(now, tz)]
 
 
 def press(incident_id: int, action: Action, user_id: int, user_name: str, now: float) -> Incident:
@@ -98,22 +101,34 @@ def add_forecast_label(incident_id: int, value: int, user_id: int, user_name: st
                          created=time.time())
 
 
-def mute(device: str, until: float, reason: str, user_id: int, user_name: str) -> None:
-    """Mute a device until `until`, replacing an earlier mute of it; who and why are kept."""
+def mute(pattern: str, until: float | None, window: Window | None, reason: str, user_id: int,
+         user_name: str) -> None:
+    """Mute the devices matching `pattern` until `until`, or in a recurring `window`, replacing an earlier
+    mute of the same pattern and kind (the same window, for a recurring one); who and why are kept."""
+    same = Mute.pattern == pattern
+    same &= (Mute.until.is_null(False) if window is None else
+             (Mute.until.is_null() & (Mute.days == window.days) & (Mute.start == window.start)
+              & (Mute.end == window.end)))
+    days, start, end = (window.days, window.start, window.end) if window else (0, 0, 0)
     with db.atomic():
-        Mute.delete().where(Mute.device == device).execute()
-        Mute.create(device=device, until=until, reason=reason[:200], user_id=user_id, user_name=user_name[:200],
-                    created=time.time())
+        Mute.delete().where(same).execute()
+        Mute.create(pattern=pattern, until=until, days=days, start=start, end=end, reason=reason[:200],
+                    user_id=user_id, user_name=user_name[:200], created=time.time())
 
 
-def unmute(device: str) -> bool:
-    """End a device's mute; whether it had one."""
-    return Mute.delete().where(Mute.device == device).execute() > 0
+def unmute(pattern: str) -> int:
+    """End every mute of exactly this pattern, one-off or recurring; how many there were."""
+    return Mute.delete().where(Mute.pattern == pattern).execute()
 
 
 def mutes(now: float) -> list[Mute]:
-    """The mutes in force, ending soonest first."""
-    return list(Mute.select().where(Mute.until > now).order_by(Mute.until))
+    """The one-off mutes in force (ending soonest first), then the recurring windows."""
+    return list(Mute.select().where(Mute.until > now).order_by(Mute.until)) + list(
+        Mute.select().where(Mute.until.is_null()).order_by(Mute.pattern, Mute.id))
+
+
+def count_mutes() -> int:
+    return Mute.select().count()
 
 
 def incident_spans(device: str, start: float, end: float) -> list[tuple[float, float]]:
@@ -130,5 +145,6 @@ def silent_devices() -> set[str]:
         (Incident.state == State.OPEN) & (Incident.kind == Kind.SILENT))}
 
 
-def muted_devices(now: float) -> set[str]:
-    return {m.device for m in mutes(now)}
+def muting(now: float, tz: tzinfo) -> Muting:
+    """What is muted now: `device in muting(now, tz)`."""
+    return Muting([m.pattern for m in mutes(now) if m.holds(now, tz)])

@@ -24,7 +24,7 @@ import peewee as pw
 from agent.wire import KNOWN_METRICS, Sample
 from bot.db.connection import is_postgres, param
 from bot.db.samples import StoredSample
-from schema.tables import Device, Rejected, db
+from schema.tables import Device, Heartbeat, Rejected, db
 
 log = logging.getLogger(__name__)
 INSERT_CHUNK = 1000  # rejected rows per INSERT: well under SQLite's limit of bound variables
@@ -307,3 +307,23 @@ def _gap(samples: list[StoredSample]) -> float | None:
     """The median gap between consecutive samples of one device, or None for a single sample."""
     gaps = sorted(b.ts - a.ts for a, b in pairwise(samples) if b.ts > a.ts)
     return gaps[len(gaps) // 2] if gaps else None
+
+
+INTAKE = "intake"
+INTAKE_GAP_S = 20.0  # no beat for this long: the intake was down, and a new stretch begins at the next beat
+
+
+def beat(now: float) -> None:
+    """The intake received (or could have: a healthy, empty poll counts): extend its stretch, or begin one
+    after a gap. Every ingesting process beats the same row."""
+    updated = (Heartbeat.update(since=pw.Case(None, [(Heartbeat.at < now - INTAKE_GAP_S, now)], Heartbeat.since),
+                                at=now)
+               .where(Heartbeat.name == INTAKE).execute())
+    if not updated:
+        Heartbeat.insert(name=INTAKE, since=now, at=now).on_conflict_ignore().execute()
+
+
+def intake() -> tuple[float, float] | None:
+    """(since, at) of the intake's current or last stretch of receiving; None before the first beat."""
+    row = Heartbeat.get_or_none(Heartbeat.name == INTAKE)
+    return None if row is None else (row.since, row.at)

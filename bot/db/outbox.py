@@ -5,25 +5,68 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 
+from peewee import fn
+
+from bot.db.routing import destinations
 from schema.domain import NoticeKind, State
-from schema.tables import Incident, Notice
+from schema.tables import Digest, Incident, Notice
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 30.0  # wait long for an answer: a send that times out may have gone through
 CLAIM_S = SEND_TIMEOUT_S + 15  # a row is claimed just before its send, for longer than that send can take
 BATCH = 50
+STALE_S = 86400.0  # a group is kept up to date for a day after its last member joined
 
 
-def notify(incident: Incident, kind: NoticeKind, text: str | None, now: float, chat_ids: Iterable[int]) -> bool:
-    """Queue a message about the incident for every chat: the alert itself, or a reply with `text`; whether
-    any was queued."""
-    rows = [{"incident": incident.id, "chat_id": chat, "kind": kind, "text": text, "created": now, "due": now}
-            for chat in chat_ids]
-    if rows:
-        Notice.insert_many(rows).execute()
-    return bool(rows)
+@dataclass(frozen=True)
+class Route:
+    """Where messages go and how they group: the allowed chats (each chat's subscriptions pick its topics), and
+    ALERT_GROUP_SECONDS / ALERT_GROUP_MIN."""
+
+    chat_ids: tuple[int, ...]
+    group_s: float = 30.0
+    group_min: int = 3
+
+
+def notify(incident: Incident, kind: NoticeKind, text: str | None, change: str, now: float, route: Route) -> bool:
+    """Queue a message about the incident for every chat and topic that wants it: the alert itself, or a reply
+    with `text`. `change` is what it announces (a Kind or a Reply); changes of one kind in one chat and topic
+    group into one message (`Digest`). Whether any was queued."""
+    queued = False
+    for chat, thread in destinations(incident.device, route.chat_ids):
+        notice = Notice.create(incident=incident.id, chat_id=chat, thread_id=thread, kind=kind, text=text,
+                               change=change, created=now, due=now)
+        _group(notice, now, route)
+        queued = True
+    return queued
+
+
+def _group(notice: Notice, now: float, route: Route) -> None:
+    """Join the group of the same change in the same chat and topic while one is open (its last member joined
+    within group_s), or open one when this is the group_min-th such change within group_s. Members not yet
+    sent on their own are sent only as part of the group."""
+    if route.group_min <= 1:
+        return
+    same = (Notice.chat_id == notice.chat_id) & (Notice.change == notice.change) & (
+        Notice.thread_id.is_null() if notice.thread_id is None else Notice.thread_id == notice.thread_id)
+    digest = (Digest.select().where((Digest.chat_id == notice.chat_id) & (Digest.change == notice.change)
+                                    & (Digest.thread_id.is_null() if notice.thread_id is None
+                                       else Digest.thread_id == notice.thread_id)
+                                    & (Digest.last_join >= now - route.group_s))
+              .order_by(Digest.id.desc()).first())
+    if digest is not None:
+        Digest.update(last_join=now).where(Digest.id == digest.id).execute()
+        Notice.update(digest=digest.id).where(Notice.id == notice.id).execute()
+        return
+    peers = list(Notice.select(Notice.id, Notice.created).where(
+        same & (Notice.created >= now - route.group_s) & Notice.digest.is_null()))
+    if len(peers) < route.group_min:  # peers include this notice
+        return
+    digest = Digest.create(chat_id=notice.chat_id, thread_id=notice.thread_id, change=notice.change,
+                           created=min(p.created for p in peers), last_join=now, due=now)
+    Notice.update(digest=digest.id).where(Notice.id.in_([p.id for p in peers])).execute()
 
 
 def _free(now: float) -> object:
@@ -35,15 +78,17 @@ def claim(notice_id: int, unsent: bool) -> bool:
     since this one read it: the claim is checked against the row as it is now)."""
     now = time.time()
     which = (Notice.id == notice_id) & _free(now)
-    if unsent:
-        which &= Notice.sent.is_null() & Notice.failed.is_null()
+    if unsent:  # and not folded into a group since it was read
+        which &= Notice.sent.is_null() & Notice.failed.is_null() & (Notice.digest.is_null() | Notice.expanded)
     return Notice.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
 
 
 def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
-    """Unsent, unclaimed notices whose time has come, oldest first, with the message a reply answers."""
+    """Unsent, unclaimed notices whose time has come and that are not sent as part of a group alone, oldest
+    first, with the message a reply answers (the alert, or the group the alert is part of)."""
     rows = (Notice.select(Notice, Incident).join(Incident)
-            .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(now))
+            .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(now)
+                   & (Notice.digest.is_null() | Notice.expanded))
             .order_by(Notice.id).limit(BATCH))
     out = []
     for notice in rows:
@@ -51,11 +96,21 @@ def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
         if notice.kind == NoticeKind.REPLY:
             alert = Notice.get_or_none((Notice.incident == notice.incident_id) & (Notice.chat_id == notice.chat_id)
                                        & (Notice.kind == NoticeKind.ALERT))
-            if alert is not None and alert.sent is None and alert.failed is None:
+            shown = _shown_in(alert)
+            if alert is not None and shown is None and alert.failed is None:
                 continue  # the alert goes first; this reply answers it
-            reply_to = alert.message_id if alert is not None else None
+            reply_to = shown
         out.append((notice, notice.incident, reply_to))
     return out
+
+
+def _shown_in(alert: Notice | None) -> int | None:
+    """The message that shows an alert: its own, else the group's it is part of (None: not sent yet)."""
+    if alert is None:
+        return None
+    if alert.message_id is not None or alert.digest_id is None:
+        return alert.message_id
+    return Digest.select(Digest.message_id).where(Digest.id == alert.digest_id).scalar()
 
 
 def stale(now: float, edit_every_s: float) -> list[tuple[Notice, Incident]]:
@@ -94,3 +149,86 @@ def record_failed(notice_id: int, error: str) -> None:
 
 def release(notice_id: int) -> None:
     Notice.update(claimed_until=None).where(Notice.id == notice_id).execute()
+
+
+def due_digests(now: float) -> list[Digest]:
+    """Groups whose message is due and not claimed, oldest first."""
+    return list(Digest.select().where(Digest.sent.is_null() & Digest.failed.is_null() & (Digest.due <= now)
+                                      & _free_digest(now)).order_by(Digest.id).limit(BATCH))
+
+
+def _free_digest(now: float) -> object:
+    return Digest.claimed_until.is_null() | (Digest.claimed_until < now)
+
+
+def members(digest_id: int) -> list[tuple[Notice, Incident]]:
+    """A group's notices and their incidents, in the order they joined."""
+    query = Notice.select(Notice, Incident).join(Incident).where(Notice.digest == digest_id).order_by(Notice.id)
+    return [(n, n.incident) for n in query]
+
+
+def reply_target(digest: Digest) -> int | None:
+    """The message a group of replies answers: the group message of its first member's alert, if any."""
+    first = Notice.select(Notice.incident).where(Notice.digest == digest.id).order_by(Notice.id).first()
+    if first is None:
+        return None
+    alert = Notice.get_or_none((Notice.incident == first.incident_id) & (Notice.chat_id == digest.chat_id)
+                               & (Notice.kind == NoticeKind.ALERT))
+    return _shown_in(alert)
+
+
+def stale_digests(now: float, edit_every_s: float) -> list[tuple[Digest, int, int]]:
+    """Sent groups whose message names fewer members than joined (edited at once), or shows older states of its
+    members' incidents (at most every `edit_every_s`); with their member count and revision sum now."""
+    recent = Digest.select(Digest.id).where(Digest.message_id.is_null(False) & (Digest.last_join >= now - STALE_S))
+    sums = (Notice.select(Notice.digest, fn.COUNT(Notice.id), fn.SUM(Incident.revision)).join(Incident)
+            .where(Notice.digest.in_(recent)).group_by(Notice.digest).tuples())
+    totals = {digest: (count, revisions) for digest, count, revisions in sums}
+    out = []
+    for digest in Digest.select().where(Digest.id.in_(list(totals)) & _free_digest(now)).order_by(Digest.id):
+        count, revisions = totals[digest.id]
+        if count > digest.shown_members or (revisions > digest.shown_revision
+                                            and (digest.edited or 0) <= now - edit_every_s):
+            out.append((digest, count, revisions))
+    return out
+
+
+def claim_digest(digest_id: int, unsent: bool) -> bool:
+    now = time.time()
+    which = (Digest.id == digest_id) & _free_digest(now)
+    if unsent:
+        which &= Digest.sent.is_null() & Digest.failed.is_null()
+    return Digest.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
+
+
+def record_digest(digest_id: int, message_id: int | None, count: int, revisions: int, now: float) -> None:
+    """A group's message was sent (`message_id`) or edited to show `count` members at `revisions`."""
+    changes: dict[object, object] = {Digest.claimed_until: None, Digest.edited: now}
+    if message_id is not None:
+        changes.update({Digest.sent: now, Digest.message_id: message_id})
+    Digest.update(changes).where(Digest.id == digest_id).execute()
+    Digest.update(shown_members=count, shown_revision=revisions).where(
+        (Digest.id == digest_id) & (Digest.shown_revision <= revisions)).execute()
+
+
+def digest_retry(digest_id: int, seconds: float, now: float) -> None:
+    Digest.update(due=now + seconds, attempts=Digest.attempts + 1, claimed_until=None).where(
+        Digest.id == digest_id).execute()
+
+
+def digest_failed(digest_id: int, error: str) -> None:
+    Digest.update(failed=error[:500], claimed_until=None).where(Digest.id == digest_id).execute()
+
+
+def release_digest(digest_id: int) -> None:
+    Digest.update(claimed_until=None).where(Digest.id == digest_id).execute()
+
+
+def expand(incident_id: int, chat_id: int) -> Notice | None:
+    """Send a grouped alert on its own as well, with its buttons (someone asked for it in this chat); the
+    alert's notice, None when no alert of that incident went to that chat as part of a group."""
+    notice = Notice.get_or_none((Notice.incident == incident_id) & (Notice.chat_id == chat_id)
+                                & (Notice.kind == NoticeKind.ALERT) & Notice.digest.is_null(False))
+    if notice is not None and not notice.expanded and notice.sent is None:
+        Notice.update(expanded=True, due=time.time()).where(Notice.id == notice.id).execute()
+    return notice

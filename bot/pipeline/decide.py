@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from operator import attrgetter
 
-from bot.db import Incident, StoredSample, ingest, muted_devices
+from bot.db import Incident, StoredSample, ingest, muting
 from bot.db import incidents as stored
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecast, Forecaster
 from bot.pipeline.incidents import Incidents
 from ml.features import FEATURES, ZONES
-from schema.domain import IncidentDetail, Kind, Reply
+from schema.domain import IncidentDetail, Kind, Muting, Reply
 
 Drivers = Callable[[dict[str, float]], list[str]]
 
@@ -67,7 +67,7 @@ class Decider:
             by_device.setdefault(sample.device, []).append(sample)
         ingest.update_devices(by_device, now)
         open_incidents = stored.open_of(by_device)
-        muted = muted_devices(now)
+        muted = muting(now, self.rules.tz)
         for device, samples in by_device.items():
             silent = open_incidents.get((device, Kind.SILENT))
             if silent is not None:
@@ -103,7 +103,7 @@ class Decider:
             incident.save()
 
     def _forecasts(self, ordered: list[StoredSample], by_device: dict[str, list[StoredSample]],
-                   open_incidents: dict[tuple[str, str], Incident], muted: set[str], now: float) -> None:
+                   open_incidents: dict[tuple[str, str], Incident], muted: Muting, now: float) -> None:
         """A new forecast episode opens an incident; an open one follows its forecast and ends with it."""
         due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics) for s in ordered)
         for (device, metric), incident in open_incidents.items():

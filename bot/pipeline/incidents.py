@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 
 from bot.db import Incident, StoredSample, outbox
 from bot.db import incidents as stored
@@ -28,7 +29,8 @@ class Rules:
     recover_samples: int
     repeat_s: float  # a reminder for an unacknowledged incident after this long; 0: none
     silent_after_s: float | None  # None: derived per device from its usual interval
-    chat_ids: tuple[int, ...]
+    route: outbox.Route
+    tz: tzinfo = UTC  # BOT_TIMEZONE: where maintenance windows are read
 
     def silent_after(self, interval: float | None) -> float:
         if self.silent_after_s is not None:
@@ -49,8 +51,8 @@ class Incidents:
         queued, self._queued = self._queued, False
         return queued
 
-    def _notify(self, incident: Incident, kind: NoticeKind, text: str | None, now: float) -> None:
-        self._queued |= outbox.notify(incident, kind, text, now, self.rules.chat_ids)
+    def _notify(self, incident: Incident, kind: NoticeKind, change: str, text: str | None, now: float) -> None:
+        self._queued |= outbox.notify(incident, kind, text, change, now, self.rules.route)
 
     def open(self, device: str, kind: Kind, sample: StoredSample | None, opened_ts: float, detail: IncidentDetail,
              now: float) -> Incident:
@@ -58,7 +60,7 @@ class Incidents:
             device, kind, sample.id if sample else None, sample.p_stressed if sample else None, opened_ts, detail, now,
             now + self.rules.repeat_s if self.rules.repeat_s else None,
         )
-        self._notify(incident, NoticeKind.ALERT, None, now)
+        self._notify(incident, NoticeKind.ALERT, kind, None, now)
         log.info("incident %d opened: %s %s", incident.id, device, kind)
         return incident
 
@@ -68,11 +70,11 @@ class Incidents:
         incident.revision += 1
         incident.save()
         if reply is not None:
-            self._notify(incident, NoticeKind.REPLY, self.say(reply, incident, now), now)
+            self._notify(incident, NoticeKind.REPLY, reply, self.say(reply, incident, now), now)
         log.info("incident %d %s: %s %s", incident.id, incident.state, incident.device, incident.kind)
 
     def remind(self, incident: Incident, now: float) -> None:
         """A reminder (a reply) of an open incident nobody acknowledged; the next one after repeat_s."""
-        self._notify(incident, NoticeKind.REPLY, self.say(Reply.REMINDER, incident, now), now)
+        self._notify(incident, NoticeKind.REPLY, Reply.REMINDER, self.say(Reply.REMINDER, incident, now), now)
         incident.next_reminder = now + self.rules.repeat_s
         incident.save()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from confluent_kafka import KafkaException
@@ -20,10 +21,11 @@ from bot import db
 from bot.logs import Outage
 from bot.pipeline.decide import Decider
 from bot.pipeline.model import ActiveModel
-from bot.pipeline.sources import KafkaSource, LocalSource
+from bot.pipeline.sources import Batch, KafkaSource, LocalSource
 from ml import features
 
 log = logging.getLogger(__name__)
+BEAT_S = 2.0  # the intake's heartbeat (bot/db/ingest.beat) is written at most this often
 
 
 class Poller:
@@ -40,6 +42,7 @@ class Poller:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._beaten = 0.0
         self.storing = Outage(log, "storing a batch failed; it will be read again: %s", "storing works again",
                               level=logging.ERROR)
 
@@ -70,8 +73,14 @@ class Poller:
     def run_batch(self, timeout: float = 0.5) -> list[db.StoredSample]:
         """Fetch, predict and store one batch; return the samples that are new. Blocks."""
         batch = self.source.fetch(timeout)
-        if not batch.samples and not batch.rejects:
-            return []
+        new = self._store(batch) if batch.samples or batch.rejects else []
+        now = time.time()
+        if self.source.receiving and now - self._beaten >= BEAT_S:
+            db.beat(now)  # the intake works, even when no machine sent anything
+            self._beaten = now
+        return new
+
+    def _store(self, batch: Batch) -> list[db.StoredSample]:
         try:
             # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
             values = db.known_values(batch.samples)

@@ -148,6 +148,11 @@ class KafkaSource:
         """Whether the broker answered the last probe."""
         return not self.outage.is_down
 
+    @property
+    def receiving(self) -> bool:
+        """Whether this consumer can receive: the broker answers and it has partitions to read."""
+        return self.reachable and bool(self.consumer.assignment())
+
     def fetch(self, timeout: float) -> Batch:
         """Up to batch_size messages or MAX_BATCH_BYTES, parsed; an invalid one becomes a rejection with its
         reason. Waits up to `timeout` for the first message only, then takes what has already arrived."""
@@ -224,6 +229,7 @@ class LocalSource:
     """Single-host mode: one sample of this machine per call, through the agent's collector."""
 
     streams = False  # one sample per interval
+    receiving = True
 
     def __init__(self) -> None:
         self.collector = Collector()

@@ -1,6 +1,10 @@
 """The periodic watch, for what no sample announces: a machine that stopped reporting opens a silence incident,
 an incident nobody acknowledged gets its reminder, a mute that ran out lets a stressed machine alert.
 
+A silence is the machine's, not the bot's: while the bot's intake receives nothing at all (the broker is down,
+the consumer has no partitions, Prometheus stopped writing) no machine is silent, and when it receives again,
+every machine gets its SILENT_AFTER of grace, measured from then.
+
 Reads the device table (one row per device), never the samples, so its cost does not grow with them.
 Every method blocks on the store: the bot runs them in a thread.
 """
@@ -11,10 +15,10 @@ import logging
 import time
 
 from bot.db import incidents as stored
-from bot.db import muted_devices, sample_by_id, samples, silent_devices, transaction
+from bot.db import intake, muting, sample_by_id, samples, silent_devices, transaction
 from bot.pipeline.decide import Drivers, stressed_detail
 from bot.pipeline.incidents import Incidents
-from schema.domain import IncidentDetail, Kind
+from schema.domain import IncidentDetail, Kind, matches
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,7 @@ class Watch:
         self.incidents = incidents
         self.rules = incidents.rules
         self.drivers = drivers
+        self._mutes_seen: float | None = None  # windows that closed are looked for since then
 
     def run(self, now: float | None = None) -> bool:
         """One round of all three; whether it queued a message."""
@@ -38,11 +43,16 @@ class Watch:
         now = time.time() if now is None else now
         opened = 0
         with transaction():
-            already, muted = silent_devices(), muted_devices(now)
+            stretch = intake()
+            if stretch is None:
+                return 0
+            since, received = stretch
+            heard_until = min(now, received)  # the intake's last sign of life: a device is silent up to there
+            already, muted = silent_devices(), muting(now, self.rules.tz)
             for device in samples.devices():
                 if device.name in already or device.name in muted:
                     continue
-                if now - device.last_received < self.rules.silent_after(device.interval):
+                if heard_until - max(device.last_received, since) < self.rules.silent_after(device.interval):
                     continue
                 self.incidents.open(device.name, Kind.SILENT, None, device.last_ts, IncidentDetail(), now)
                 opened += 1
@@ -58,10 +68,17 @@ class Watch:
         return len(due)
 
     def end_mutes(self, now: float | None = None) -> list[str]:
-        """Lift the mutes that ran out; a device still stressed then opens an incident. Returns their devices."""
+        """Lift the mutes that ran out and see the windows that closed since the last look; a device they
+        covered that is still stressed (and not muted otherwise) opens an incident. Returns those devices."""
         now = time.time() if now is None else now
+        since, self._mutes_seen = self._mutes_seen or now, now
         with transaction():
-            ended = stored.end_mutes(now)
+            patterns = stored.ended_mutes(since, now, self.rules.tz)
+            if not patterns:
+                return []
+            still = muting(now, self.rules.tz)
+            ended = [d.name for d in samples.devices() if d.name not in still and any(
+                matches(p, d.name) for p in patterns)]
             for name in ended:
                 device = samples.device(name)
                 if device is None or device.last_p is None or device.last_p < self.rules.threshold:
@@ -72,6 +89,6 @@ class Watch:
                 if sample is not None:
                     self.incidents.open(name, Kind.STRESSED, sample, sample.ts, stressed_detail(sample, self.drivers),
                                         now)
-        for name in ended:
-            log.info("the mute of %s ended", name)
+        for pattern in patterns:
+            log.info("the mute of %s ended", pattern)
         return ended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot import db
+from bot.db.outbox import Route
 from bot.pipeline.decide import Decider
 from bot.pipeline.incidents import Rules
 from tests.fakes.samples import series
@@ -10,7 +11,7 @@ from tests.fakes.samples import series
 T0 = 1764226800.0
 CHATS = (11, 22)
 RULES = Rules(threshold=0.7, hysteresis=0.15, recover_samples=3, repeat_s=1800, silent_after_s=None,
-              chat_ids=CHATS)
+              route=Route(CHATS))
 TYPICAL = {"cpu_percent": 20.0, "mem_percent": 50.0, "disk_percent": 50.0}
 
 
@@ -22,4 +23,15 @@ def feed(decider: Decider, device: str, ps: list[float], start: float = T0, step
          **metrics: float) -> None:
     """Store one sample per P, `step` seconds apart, deciding in the batch's transaction as the poller does."""
     samples = series(device, start, [{**TYPICAL, **metrics} for _p in ps], step)
-    db.store_batch(samples, ps, 1, [], on_stored=lambda new: decider.decide(new, now=start + len(ps) * step))
+    now = start + len(ps) * step
+    db.store_batch(samples, ps, 1, [], on_stored=lambda new: decider.decide(new, now=now))
+    intake_alive(start, now)
+
+
+def intake_alive(start: float, end: float) -> None:
+    """The bot's intake received from `start` to `end` (its poller beats every few seconds)."""
+    t = start
+    while t < end:
+        db.beat(t)
+        t += 10.0
+    db.beat(end)
