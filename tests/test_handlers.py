@@ -16,6 +16,7 @@ from telegram.ext import Application
 from agent.wire import Sample
 from bot import db
 from bot.app import build_application
+from bot.chat import team_texts
 from bot.config import load_settings
 from ml.registry import open_store
 from tests.fakes.scenario import ADMIN, CHAT, bot_env
@@ -113,3 +114,89 @@ async def test_an_activate_button_answers_at_once_and_says_in_its_message_what_c
     assert telegram.answer_for(query).params["text"] == "Activating v9…"
     assert [m["text"] for m in telegram.messages(CHAT) if m["message_id"] == question.message_id] == [
         "There is no model v9."]
+
+
+FORUM = -1001234
+
+
+@pytest_asyncio.fixture
+async def teams(telegram: FakeTelegram, tmp_path: Path, database: pw.Database) -> AsyncIterator[Application]:
+    """The bot with two allowed chats: a plain one and a forum group with topics."""
+    telegram.make_forum(FORUM)
+    settings = load_settings(bot_env(telegram, tmp_path, "sqlite:///unused", ALLOWED_CHAT_IDS=f"{CHAT},{FORUM}"))
+    app = build_application(settings, open_store(settings.model_store))
+    async with app:
+        yield app
+
+
+async def in_topic(app: Application, telegram: FakeTelegram, thread: int | None, text: str) -> list[dict]:
+    """What the bot sends in answer to a message in a forum topic (None: the general topic)."""
+    mark = telegram.call_count()
+    telegram.send_text(FORUM, text, user_id=ADMIN, thread_id=thread)
+    await process(app, telegram)
+    return [c.params for c in telegram.calls()[mark:] if c.method == "sendMessage"]
+
+
+async def test_subscriptions_belong_to_the_topic_they_were_made_in(teams: Application, telegram: FakeTelegram) -> None:
+    db.store_batch([Sample("web1", time.time(), {"cpu_percent": 12.0})], [0.1], 1, [])
+    web = telegram.open_topic(FORUM, "web team")
+
+    (answer,) = await in_topic(teams, telegram, web, "/subscribe web* db?")
+    assert answer["message_thread_id"] == web, "the answer is in the topic"
+    assert answer["text"].startswith(f"📬 Topic {web} now gets the messages about: web*, db?.")
+    assert "No machine matches db? yet" in answer["text"] and "web*" not in answer["text"].split("⚠️")[-1]
+    (general,) = await in_topic(teams, telegram, None, "/subscribe mail*")
+    assert "general topic now gets" in general["text"]
+
+    (listed,) = await in_topic(teams, telegram, None, "/subscriptions")
+    assert "<b>This chat's general topic</b>: mail* (@tester)" in listed["text"]
+    assert f"<b>Topic {web}</b>: db? (@tester), web* (@tester)" in listed["text"]
+    assert db.subscriptions(CHAT) == [], "the other chat is untouched"
+
+    (removed,) = await in_topic(teams, telegram, web, "/unsubscribe")
+    assert removed["text"] == f"📭 Removed 2 subscriptions from topic {web}."
+    (last,) = await in_topic(teams, telegram, None, "/unsubscribe mail*")
+    assert "it gets every message again" in last["text"]
+    (usage,) = await in_topic(teams, telegram, None, "/subscribe <b>")
+    assert usage["text"].startswith("Usage: /subscribe <pattern>…")
+
+
+async def test_mute_takes_patterns_and_windows_and_status_takes_a_pattern(
+    teams: Application, telegram: FakeTelegram,
+) -> None:
+    now = time.time()
+    db.store_batch([Sample(name, now, {"cpu_percent": 12.0}) for name in ("web1", "web2", "db1")],
+                   [0.1, 0.1, 0.1], 1, [])
+
+    (muted,) = await say(teams, telegram, "/mute web* 2h deploy")
+    assert muted.startswith("🔕 <b>web*</b> is muted for 2 h") and "by @tester: deploy" in muted
+    (window,) = await say(teams, telegram, "/mute db1 daily 02:00-03:00 backups")
+    assert window.startswith("🔁 <b>db1</b> is muted daily 02:00-03:00 (UTC), by @tester: backups")
+    (lonely,) = await say(teams, telegram, "/mute mail* 1h")
+    assert "No machine matches mail* yet" in lonely
+    (bad,) = await say(teams, telegram, "/mute db1 daily 2-3")
+    assert bad.startswith("'2-3' is not a time range") and "e.g. /mute db1 daily 02:00-03:00 backups" in bad
+
+    (listed,) = await say(teams, telegram, "/muted")
+    assert listed.startswith("<b>Mutes and windows</b> (3)")
+    assert "🔕 <b>web*</b> until" in listed and "🔁 <b>db1</b> daily 02:00-03:00 (UTC; " in listed
+
+    (fleet,) = await say(teams, telegram, "/status web*", user=STRANGER)
+    assert "web1" in fleet and "web2" in fleet and "db1" not in fleet and "🔕" in fleet
+    assert await say(teams, telegram, "/status x*", user=STRANGER) == ["No machine matches x*."]
+
+    assert (await say(teams, telegram, "/unmute web*"))[0].startswith("🔔 web* is no longer muted (1 mute ended)")
+    assert (await say(teams, telegram, "/unmute web*"))[0] == "web* has no mute of that pattern. /muted lists them."
+
+
+async def test_a_member_who_floods_gets_one_slow_down_and_the_others_are_still_answered(
+    teams: Application, telegram: FakeTelegram,
+) -> None:
+    answers = [await say(teams, telegram, "/help", chat=FORUM, user=ADMIN) for _ in range(40)]
+
+    burst = teams.bot_data["command_budget"].burst
+    assert sum(1 for a in answers if a and a[0].startswith("<b>Rigwatch</b>")) == burst, "a small burst is answered"
+    assert answers[burst] == [team_texts.SLOW_DOWN], "then one slow down"
+    assert all(a == [] for a in answers[burst + 1:]), "then the flood is dropped, not queued"
+    (other,) = await say(teams, telegram, "/help", chat=FORUM, user=STRANGER)
+    assert other.startswith("<b>Rigwatch</b>"), "another member is answered at once"

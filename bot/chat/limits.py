@@ -6,13 +6,14 @@ Every message the bot queues in a group delays the next one there, so:
 - `FairRateLimiter` obeys both limits, and keeps part of each group's minute for what the outbox sends (its
   calls pass `rate_limit_args=URGENT`): a command reply waits while that reserve is all that is left.
 - `CommandBudget` lets each member of a chat send a small burst of commands; beyond it one "slow down" reply,
-  then their commands are dropped (not queued) until the budget refills.
+  then their commands are dropped (not queued) for a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -75,16 +76,22 @@ class FairRateLimiter(BaseRateLimiter[str]):
 
 
 class CommandBudget:
-    """Per member and chat: a burst of `burst` commands, refilled at `per_minute`."""
+    """Per member and chat: a burst of `burst` commands, refilled at `per_minute`; a member over it is told once
+    and ignored for `cooldown_s`."""
 
-    def __init__(self, burst: int = 6, per_minute: float = 10) -> None:
-        self.burst, self.per_minute = burst, per_minute
+    def __init__(self, burst: int = 10, per_minute: float = 20, cooldown_s: float = 60) -> None:
+        self.burst, self.per_minute, self.cooldown_s = burst, per_minute, cooldown_s
         self._budgets: dict[tuple[int, int], AsyncLimiter] = {}
-        self._warned: set[tuple[int, int]] = set()
+        self._ignored_until: dict[tuple[int, int], float] = {}
 
     async def take(self, chat_id: int, user_id: int) -> bool | None:
-        """True: go on. False: over budget, say "slow down" (once). None: over budget, already told: drop."""
-        key = (chat_id, user_id)
+        """True: go on. False: over budget, say "slow down" (once). None: told already: drop it."""
+        key, now = (chat_id, user_id), time.monotonic()
+        if self._ignored_until.get(key, 0.0) > now:
+            return None
+        self._ignored_until.pop(key, None)
+        if len(self._ignored_until) > MAX_LIMITERS:
+            self._ignored_until = {k: t for k, t in self._ignored_until.items() if t > now}
         _prune(self._budgets, key)
         budget = self._budgets.get(key)
         if budget is None:
@@ -92,9 +99,6 @@ class CommandBudget:
             budget = self._budgets[key] = AsyncLimiter(self.burst, self.burst * 60 / self.per_minute)
         if budget.has_capacity():
             await budget.acquire()  # does not wait: it has capacity
-            self._warned.discard(key)
             return True
-        if key in self._warned:
-            return None
-        self._warned.add(key)
+        self._ignored_until[key] = now + self.cooldown_s
         return False

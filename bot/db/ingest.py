@@ -310,13 +310,13 @@ def _gap(samples: list[StoredSample]) -> float | None:
 
 
 INTAKE = "intake"
-INTAKE_GAP_S = 20.0  # no beat for this long: the intake was down, and a new stretch begins at the next beat
 
 
-def beat(now: float) -> None:
-    """The intake received (or could have: a healthy, empty poll counts): extend its stretch, or begin one
-    after a gap. Every ingesting process beats the same row."""
-    updated = (Heartbeat.update(since=pw.Case(None, [(Heartbeat.at < now - INTAKE_GAP_S, now)], Heartbeat.since),
+def beat(now: float, gap_s: float) -> None:
+    """The intake received (or could have: a healthy, empty poll counts): extend its stretch, or begin a new one
+    when the last beat is older than `gap_s` (the intake was down meanwhile). Every ingesting process beats the
+    same row."""
+    updated = (Heartbeat.update(since=pw.Case(None, [(Heartbeat.at < now - gap_s, now)], Heartbeat.since),
                                 at=now)
                .where(Heartbeat.name == INTAKE).execute())
     if not updated:

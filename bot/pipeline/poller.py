@@ -76,7 +76,8 @@ class Poller:
         new = self._store(batch) if batch.samples or batch.rejects else []
         now = time.time()
         if self.source.receiving and now - self._beaten >= BEAT_S:
-            db.beat(now)  # the intake works, even when no machine sent anything
+            # The intake works, even when no machine sent anything; three missed beats are an outage of it.
+            db.beat(now, 3 * max(BEAT_S, self.interval))
             self._beaten = now
         return new
 
