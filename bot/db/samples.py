@@ -24,12 +24,21 @@ class StoredSample:
     metrics: dict[str, float]
     p_stressed: float | None
     model_version: int | None
+    filesystems: dict[str, float] | None = None  # percent used by mount point, as the wire format has them
+    processes: dict[str, list[tuple[str, int, float]]] | None = None  # "cpu"/"memory" -> top (name, pid, percent)
+
+
+def _processes(text: str | None) -> dict[str, list[tuple[str, int, float]]] | None:
+    if not text:
+        return None
+    return {kind: [(name, pid, percent) for name, pid, percent in top] for kind, top in json.loads(text).items()}
 
 
 def _stored(row: Metric) -> StoredSample:
     metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
     metrics.update(json.loads(row.extra) if row.extra else {})
-    return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version)
+    return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version,
+                        json.loads(row.filesystems) if row.filesystems else None, _processes(row.processes))
 
 
 # A loose index scan: one index seek per device instead of reading the whole (device, ts) index, so the
