@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from agent.collect import METRICS, PSEUDO_FS_TYPES, Collector, Metric, TopProcesses, default_device_id
 from agent.config import parse_config
 from agent.wire import DEVICE_RE, KNOWN_METRICS, parse
+from tests.fakes import filesystems
 from tests.fakes.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,36 +247,11 @@ def test_agent_warns_once_while_kafka_is_unreachable_and_still_stops_cleanly() -
 FILLED = 60.0  # percent of the loop-mounted filesystem the tests fill
 
 
-def _run(*command: str | Path) -> None:
-    subprocess.run([str(part) for part in command], check=True, timeout=60, capture_output=True)
-
-
 @pytest.fixture
 def loop_filesystem(tmp_path: Path) -> Iterator[tuple[str, float]]:
-    """A real second filesystem: an ext4 image mounted on a loop device, filled to about FILLED %; its mount
-    point and its percent used as statvfs gives it (as df shows it)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a loop device needs root; CI runs the tests as root")
-    image, mount = tmp_path / "data.img", tmp_path / "data"
-    mount.mkdir()
-    _run("truncate", "-s", "64M", image)
-    _run("mkfs.ext4", "-q", "-m", "0", image)  # no blocks reserved for root: percent used is plain used / size
-    _run("mount", "-o", "loop", image, mount)
-    try:
-        stat = os.statvfs(mount)
-        used, avail = (stat.f_blocks - stat.f_bfree) * stat.f_frsize, stat.f_bavail * stat.f_frsize
-        fill = int(FILLED / 100 * (used + avail)) - used
-        with open(mount / "fill", "wb") as out:
-            for _ in range(fill >> 20):
-                out.write(b"\xa5" * (1 << 20))
-            out.write(b"\xa5" * (fill & ((1 << 20) - 1)))
-            out.flush()
-            os.fsync(out.fileno())
-        stat = os.statvfs(mount)
-        used, avail = (stat.f_blocks - stat.f_bfree) * stat.f_frsize, stat.f_bavail * stat.f_frsize
-        yield str(mount), 100.0 * used / (used + avail)
-    finally:
-        _run("umount", "-l", mount)
+    """A real second filesystem filled to about FILLED %: its mount point and percent used (as df shows it)."""
+    with filesystems.loop_filesystem(tmp_path, FILLED) as mounted:
+        yield mounted
 
 
 def test_the_collector_reports_every_real_filesystem_and_the_fullest_as_disk_percent(
@@ -299,7 +275,7 @@ def test_the_agent_sends_the_filesystems_and_its_options_include_or_exclude_them
     mount, percent = loop_filesystem
     memory = tmp_path / "scratch"
     memory.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", memory)
+    filesystems.run("mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", memory)
     try:
         def once(*args: str, env: dict[str, str] | None = None) -> dict[str, float]:
             code, out, err = finish(agent("--once", *args, env=env))
@@ -315,7 +291,7 @@ def test_the_agent_sends_the_filesystems_and_its_options_include_or_exclude_them
         assert included[str(memory)] == pytest.approx(0, abs=5) and mount in included
         assert str(memory) in once("--fs-include", "tmpfs")
     finally:
-        _run("umount", "-l", memory)
+        filesystems.run("umount", "-l", memory)
 
 
 def test_the_agent_names_the_process_that_burns_cpu_and_holds_memory() -> None:
