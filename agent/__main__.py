@@ -46,11 +46,11 @@ class StopSignal:
 
 def run_once(config: AgentConfig) -> None:
     """Print one sample, with rates, as a wire-format JSON line."""
-    collector = Collector()
-    collector.sample()  # the first sample only gives the counters a starting point
+    collector = Collector(filesystems=config.filesystems)
+    collector.read()  # the first sample only gives the counters a starting point
     time.sleep(ONCE_GAP_S)
-    metrics = collector.sample()
-    print(encode(config.device, time.time(), metrics).decode())
+    reading = collector.read()
+    print(encode(config.device, time.time(), *reading).decode())
 
 
 def run(config: AgentConfig) -> None:
@@ -65,7 +65,7 @@ def run(config: AgentConfig) -> None:
         sys.stderr.write("rigwatch agent: publishing to Kafka needs confluent-kafka (pip install confluent-kafka)\n")
         raise SystemExit(2) from None
     stop = StopSignal()
-    collector = Collector()
+    collector = Collector(filesystems=config.filesystems)
     publisher = Publisher(config.bootstrap_servers, config.topic)
     log.info(
         "publishing %s to %s at %s every %g s", config.device, config.topic, config.bootstrap_servers, config.interval
@@ -73,7 +73,7 @@ def run(config: AgentConfig) -> None:
     sent = 0
     next_at = time.monotonic()
     while not stop.received:
-        publisher.publish(config.device, time.time(), collector.sample())
+        publisher.publish(config.device, time.time(), collector.read())
         sent += 1
         # A fixed schedule, so samples do not drift by the time each one takes; after a stall (a
         # suspended laptop) skip the missed slots rather than firing them all at once.

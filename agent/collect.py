@@ -1,4 +1,5 @@
-"""What the agent measures: the known metrics of this machine, declared as data in one table."""
+"""What the agent measures: the known metrics of this machine, declared as data in one table, every real
+filesystem, and the processes using the most CPU and memory."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from stat import S_ISDIR
+from typing import NamedTuple
 
 import psutil
 
-from agent.wire import DEVICE_RE
+from agent.wire import DEVICE_RE, MAX_FILESYSTEMS, MAX_MOUNT_POINT, MAX_PROCESS_NAME, MAX_PROCESSES
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +100,168 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+# Pseudo and virtual filesystems, which hold no data of the machine's own: node_exporter's defaults, plus the
+# memory-backed ones (tmpfs, ramfs) and those of containers and desktops. `--fs-include` brings one back.
+PSEUDO_FS_TYPES = frozenset({
+    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devfs", "devpts", "devtmpfs",
+    "efivarfs", "erofs", "fuse.gvfsd-fuse", "fuse.lxcfs", "fuse.portal", "fusectl", "hugetlbfs", "iso9660",
+    "mqueue", "nsfs", "nfsd", "none", "overlay", "proc", "procfs", "pstore", "ramfs", "rpc_pipefs", "securityfs",
+    "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs",
+})
+# Mount points whose filesystems belong to the system or to containers (node_exporter's defaults), and all below.
+PSEUDO_MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run/credentials", "/var/lib/docker", "/var/lib/containers/storage")
+
+
+def _below(mount: str, points: Collection[str]) -> bool:
+    """The mount point is one of `points` or below one of them."""
+    return any(mount == p or mount.startswith(p.rstrip("/") + "/") for p in points)
+
+
+@dataclass(frozen=True)
+class FilesystemFilter:
+    """Which mounted filesystems are reported: every one but the pseudo types and mount points, with the
+    agent's --fs-include and --fs-exclude (types such as `nfs`, or mount points such as `/boot/efi`)."""
+
+    include: frozenset[str] = frozenset()  # types, and mount points (exactly)
+    exclude: frozenset[str] = frozenset()  # types, and mount points (with all below them)
+
+    def reports(self, mount: str, fstype: str) -> bool:
+        if mount in self.include:
+            return True
+        excluded_points = {e for e in self.exclude if e.startswith("/")}
+        if _below(mount, excluded_points) or fstype in self.exclude:
+            return False
+        if fstype in self.include:
+            return True
+        return fstype not in PSEUDO_FS_TYPES and not _below(mount, PSEUDO_MOUNT_POINTS)
+
+
+class Reading(NamedTuple):
+    """One sample of this machine: its metrics, its filesystems (percent used by mount point) and its top
+    processes ("cpu"/"memory" -> (name, pid, percent)); the last two empty where there are none."""
+
+    metrics: dict[str, float]
+    filesystems: dict[str, float]
+    processes: dict[str, list[tuple[str, int, float]]]
+
+
+def _clean_name(name: str) -> str:
+    """A process name as the wire format takes it: printable, at most MAX_PROCESS_NAME characters."""
+    shown = "".join(c if c.isprintable() else "?" for c in name[:MAX_PROCESS_NAME])
+    return shown or "?"
+
+
+@dataclass
+class TopProcesses:
+    """The processes using the most CPU and memory, in one pass over the process table per sample.
+
+    psutil keeps a Process object per running process between passes (process_iter's cache), so a pass reads
+    two small files per process (/proc/<pid>/stat and statm on Linux). CPU use is the change of each process's
+    CPU time since the previous pass (kept here), as top shows it: 100 % is one CPU.
+    """
+
+    top: int = MAX_PROCESSES
+    _cpu: dict[int, tuple[psutil.Process, float]] = field(default_factory=dict)  # pid -> (process, CPU seconds)
+    _then: float | None = None
+
+    def read(self) -> dict[str, list[tuple[str, int, float]]]:
+        now = time.monotonic()
+        elapsed = None if self._then is None else now - self._then
+        self._then = now
+        total_memory = psutil.virtual_memory().total
+        seen: dict[int, tuple[psutil.Process, float]] = {}
+        by_cpu: list[tuple[float, str, int]] = []
+        by_memory: list[tuple[float, str, int]] = []
+        for process in psutil.process_iter(["name", "cpu_times", "memory_info"], ad_value=None):
+            info = process.info
+            times, memory = info["cpu_times"], info["memory_info"]
+            name = _clean_name(info["name"] or "")
+            if times is not None:
+                cpu = times.user + times.system
+                seen[process.pid] = (process, cpu)
+                before = self._cpu.get(process.pid)
+                # The same Process object: the same process (psutil makes a new one for a reused pid).
+                if elapsed and before is not None and before[0] is process and cpu > before[1]:
+                    by_cpu.append((100.0 * (cpu - before[1]) / elapsed, name, process.pid))
+            if memory is not None and memory.rss > 0 and total_memory > 0:
+                by_memory.append((100.0 * memory.rss / total_memory, name, process.pid))
+        self._cpu = seen
+        top: dict[str, list[tuple[str, int, float]]] = {}
+        for kind, found in (("cpu", by_cpu), ("memory", by_memory)):
+            best = sorted(found, reverse=True)[:self.top]
+            kept = [(name, pid, round(min(percent, 100.0 * 1024 if kind == "cpu" else 100.0), 1))
+                    for percent, name, pid in best]
+            if kept := [entry for entry in kept if entry[2] > 0]:
+                top[kind] = kept
+        return top
+
+
 class Collector:
     """Samples the metrics this machine has; one that fails here is left out, never sent as 0."""
 
-    def __init__(self, metrics: Sequence[Metric] = METRICS) -> None:
+    def __init__(self, metrics: Sequence[Metric] = METRICS, filesystems: FilesystemFilter | None = FilesystemFilter(),
+                 processes: bool = True) -> None:
         self._metrics = tuple(metrics)
+        self._filter = filesystems
+        self._processes = TopProcesses() if processes else None
         self._previous: dict[str, tuple[float, float]] = {}  # counter name -> (reading, monotonic time)
         self._reported: set[str] = set()
         # psutil measures CPU use since the previous call; this first call starts the clock.
         psutil.cpu_percent(interval=None)
+
+    def read(self) -> Reading:
+        """The current metrics, filesystems and top processes. `disk_percent` is the fullest filesystem; rates and
+        processes' CPU use need a previous sample, so the first has none."""
+        filesystems = self.filesystems()
+        metrics = self.sample()
+        if filesystems and "disk_percent" in metrics:
+            metrics["disk_percent"] = max(filesystems.values())
+        processes: dict[str, list[tuple[str, int, float]]] = {}
+        if self._processes is not None:
+            try:
+                processes = self._processes.read()
+            except Exception as exc:
+                self._report_once("processes", f"{type(exc).__name__}: {exc}")
+        return Reading(metrics, filesystems, processes)
+
+    def filesystems(self) -> dict[str, float]:
+        """Percent used of each real filesystem by mount point, the fullest MAX_FILESYSTEMS; a filesystem mounted
+        at several places (bind mounts) once, at its shortest mount point."""
+        if self._filter is None:
+            return {}
+        try:
+            partitions = psutil.disk_partitions(all=True)
+        except Exception as exc:
+            self._report_once("filesystems", f"{type(exc).__name__}: {exc}")
+            return {}
+        by_device: dict[int, str] = {}  # st_dev -> mount point: a filesystem mounted at several places, once
+        for part in partitions:
+            mount = part.mountpoint
+            if not self._filter.reports(mount, part.fstype):
+                continue
+            if len(mount) > MAX_MOUNT_POINT or not mount.isprintable():
+                self._report_once(f"filesystem {mount[:60]!r}", "its mount point is too long or not printable")
+                continue
+            try:
+                stat = os.stat(mount)
+            except OSError as exc:
+                self._report_once(f"filesystem {mount}", f"{type(exc).__name__}: {exc}")
+                continue
+            if not S_ISDIR(stat.st_mode):  # a file bind-mounted over another (a container's /etc/hosts)
+                continue
+            if stat.st_dev not in by_device or len(mount) < len(by_device[stat.st_dev]):
+                by_device[stat.st_dev] = mount
+        used: dict[str, float] = {}
+        for mount in by_device.values():
+            try:
+                usage = psutil.disk_usage(mount)
+            except Exception as exc:
+                self._report_once(f"filesystem {mount}", f"{type(exc).__name__}: {exc}")
+                continue
+            if usage.total > 0:
+                used[mount] = min(100.0, max(0.0, usage.percent))
+        fullest = sorted(used.items(), key=lambda item: (-item[1], item[0]))[:MAX_FILESYSTEMS]
+        return dict(sorted(fullest))
 
     def sample(self) -> dict[str, float]:
         """The current values by metric name; rates need a previous sample, so the first has none."""

@@ -8,15 +8,16 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
-from agent.collect import default_device_id
-from agent.wire import DEVICE_RE
+from agent.collect import FilesystemFilter, default_device_id
+from agent.wire import DEVICE_RE, MAX_MOUNT_POINT
 
 DEFAULT_TOPIC = "rigwatch.metrics"
 DEFAULT_INTERVAL = 5.0
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_FS_TYPE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,7 @@ class AgentConfig:
     once: bool
     bootstrap_servers: str | None  # None only with --once, which needs no Kafka
     topic: str
+    filesystems: FilesystemFilter = field(default_factory=FilesystemFilter)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +59,20 @@ def _interval(value: str) -> float:
     return seconds
 
 
+def _fs_list(value: str, name: str) -> frozenset[str]:
+    """A comma-separated list of filesystem types (`nfs`) and mount points (`/boot/efi`)."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        if entry.startswith("/"):
+            if len(entry) > MAX_MOUNT_POINT or not entry.isprintable():
+                raise ConfigError(f"{name}: {entry[:80]!r} is not a mount point (at most {MAX_MOUNT_POINT} "
+                                  "printable characters)")
+        elif not _FS_TYPE_RE.fullmatch(entry):
+            raise ConfigError(f"{name}: {entry[:80]!r} is neither a filesystem type (like nfs or fuse.sshfs) nor a "
+                              "mount point (starting with /)")
+    return frozenset(entry.rstrip("/") or "/" for entry in entries)
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="python -m agent", description="Sample this machine and publish its metrics to Kafka.")
     parser.add_argument(
@@ -66,6 +82,16 @@ def _parser() -> _Parser:
         "--interval", type=_interval, default=DEFAULT_INTERVAL, help="seconds between samples (default: 5)"
     )
     parser.add_argument("--once", action="store_true", help="print one sample as a JSON line and exit; needs no Kafka")
+    parser.add_argument(
+        "--fs-include", metavar="LIST", default=None,
+        help="filesystem types or mount points to report although they are left out by default, comma-separated, "
+             "e.g. tmpfs,/run/shm (default: AGENT_FS_INCLUDE, else none)",
+    )
+    parser.add_argument(
+        "--fs-exclude", metavar="LIST", default=None,
+        help="filesystem types or mount points (with all below them) not to report, comma-separated, e.g. "
+             "nfs,/boot/efi (default: AGENT_FS_EXCLUDE, else none)",
+    )
     return parser
 
 
@@ -81,12 +107,18 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     topic = env.get("KAFKA_TOPIC", "").strip() or DEFAULT_TOPIC
     if not _TOPIC_RE.fullmatch(topic):
         raise ConfigError(f"KAFKA_TOPIC={topic[:80]!r} is not a topic name (1 to 249 characters of A-Z a-z 0-9 . _ -)")
+    include = args.fs_include if args.fs_include is not None else env.get("AGENT_FS_INCLUDE", "")
+    exclude = args.fs_exclude if args.fs_exclude is not None else env.get("AGENT_FS_EXCLUDE", "")
     return AgentConfig(
         device=args.device or default_device_id(),
         interval=args.interval,
         once=args.once,
         bootstrap_servers=servers,
         topic=topic,
+        filesystems=FilesystemFilter(
+            include=_fs_list(include, "--fs-include" if args.fs_include is not None else "AGENT_FS_INCLUDE"),
+            exclude=_fs_list(exclude, "--fs-exclude" if args.fs_exclude is not None else "AGENT_FS_EXCLUDE"),
+        ),
     )
 
 

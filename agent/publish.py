@@ -6,6 +6,7 @@ import logging
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from agent.collect import Reading
 from agent.wire import encode
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,11 @@ class Publisher:
             "logger": _LibrdkafkaLog(),
         })
 
-    def publish(self, device: str, ts: float, metrics: dict[str, float]) -> None:
+    def publish(self, device: str, ts: float, reading: Reading) -> None:
         """Queue one sample for sending and serve the callbacks of earlier ones."""
         try:
             self._producer.produce(
-                self.topic, encode(device, ts, metrics), key=device.encode(), on_delivery=self._on_delivery
+                self.topic, encode(device, ts, *reading), key=device.encode(), on_delivery=self._on_delivery
             )
         except BufferError:
             if not self._full_logged:

@@ -4,7 +4,8 @@ Kafka key: the device id. Value: one JSON object
 ``{"v": 1, "device": "pc1", "ts": 1764226800.25, "metrics": {"cpu_percent": 37.5}}``, and optionally
 ``"filesystems": {"/": 41.2, "/data": 99.4}`` (percent used by mount point; ``disk_percent`` is the fullest) and
 ``"processes": {"cpu": [["java", 4121, 61.0]], "memory": [["java", 4121, 38.5]]}`` (the top few by each, as
-name, pid, percent). Messages without them stay valid.
+name, pid, percent: of one CPU for "cpu", as top shows it, so a busy process on many CPUs passes 100; of the
+machine's memory for "memory"). Messages without them stay valid.
 Every way a message can be wrong raises :class:`WireError` with a reason an operator can read, and
 nothing else: whatever a sender puts in a message, :func:`parse` either returns a :class:`Sample` the
 store can hold or raises :class:`WireError`.
@@ -63,6 +64,15 @@ TS_FROM, TS_TO = 946684800.0, 4102444800.0
 # A receiver (the bot) also refuses a sample from further ahead of its own clock than this: the sender's clock
 # is wrong, and taken as the device's newest sample it would hide every real one that follows.
 MAX_AHEAD_S = 900.0
+# Filesystems and top processes: bounded, as they are stored with every sample and shown to people.
+MAX_FILESYSTEMS = 32
+MAX_MOUNT_POINT = 256
+PROCESS_KINDS = ("cpu", "memory")
+MAX_PROCESSES = 3  # of each kind
+MAX_PROCESS_NAME = 64
+MAX_PID = 2**32 - 1
+MAX_PROCESS_CPU = 100.0 * 1024  # percent of one CPU: a process may use every CPU of a machine of 1,024
+_USUAL_KEYS = 4  # v, device, ts, metrics: a message with more may carry filesystems or processes
 # orjson stops at these as at any invalid value; the operator should read what they are.
 _NON_FINITE = ("NaN", "Infinity")
 
@@ -197,7 +207,74 @@ def parse(value: bytes | None, key: bytes | None = None, now: float | None = Non
     ts = doc.get("ts")
     if type(ts) is not float or not TS_FROM <= ts < (TS_TO if now is None else now + MAX_AHEAD_S):
         ts = _parse_ts(ts, now)
+    if len(doc) > _USUAL_KEYS:  # the hot path looks for nothing more
+        return Sample(device, ts, *_metrics(metrics), _filesystems(doc.get("filesystems")),
+                      _processes(doc.get("processes")))
     return Sample(device, ts, *_metrics(metrics))
+
+
+def _printable(text: object, limit: int) -> bool:
+    """Text people are shown and the store holds: 1 to `limit` characters, none of them a control, format or
+    invisible one (nor a lone surrogate, which is not printable either)."""
+    return type(text) is str and 0 < len(text) <= limit and text.isprintable()
+
+
+def _percent(value: object, high: float = 100.0) -> float | None:
+    """A number from 0 to `high` as a float, or None (bool is an int subclass: True is not a reading)."""
+    kind = type(value)
+    if kind is not float and kind is not int:
+        return None
+    number = float(value)  # orjson gives finite floats and 64-bit ints: this cannot overflow
+    return number if 0.0 <= number <= high else None
+
+
+def _filesystems(value: object) -> dict[str, float] | None:
+    """The percent used of each filesystem by mount point, checked; None when the message has none."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise WireError("filesystems must be an object of mount points to percent used")
+    if len(value) > MAX_FILESYSTEMS:
+        raise WireError(f"more than {MAX_FILESYSTEMS} filesystems")
+    clean: dict[str, float] = {}
+    for mount, used in value.items():
+        if not _printable(mount, MAX_MOUNT_POINT):
+            raise WireError(f"filesystem mount point {mount[:40]!r} is empty, longer than {MAX_MOUNT_POINT} "
+                            "characters or has a control or invisible character")
+        percent = _percent(used)
+        if percent is None:
+            raise WireError(f"filesystem {mount[:40]!r} is {_shown(used)}, not a percent from 0 to 100")
+        clean[mount] = percent
+    return clean
+
+
+def _processes(value: object) -> dict[str, list[tuple[str, int, float]]] | None:
+    """The top processes by CPU and by memory, checked; None when the message has none."""
+    if value is None:
+        return None
+    if type(value) is not dict or not value.keys() <= set(PROCESS_KINDS):
+        raise WireError('processes must be an object with "cpu" and "memory" lists only')
+    clean: dict[str, list[tuple[str, int, float]]] = {}
+    for kind, entries in value.items():
+        if type(entries) is not list or len(entries) > MAX_PROCESSES:
+            raise WireError(f"processes {kind!r} must be a list of at most {MAX_PROCESSES} [name, pid, percent]")
+        high = MAX_PROCESS_CPU if kind == "cpu" else 100.0
+        top = []
+        for entry in entries:
+            if type(entry) is not list or len(entry) != 3:
+                raise WireError(f"a process of {kind!r} must be [name, pid, percent]")
+            name, pid, used = entry
+            if not _printable(name, MAX_PROCESS_NAME):
+                raise WireError(f"a process name of {kind!r} is empty, longer than {MAX_PROCESS_NAME} characters "
+                                "or has a control or invisible character")
+            if type(pid) is not int or not 0 <= pid <= MAX_PID:
+                raise WireError(f"process {name!r} has pid {_shown(pid)}, not a whole number from 0 to {MAX_PID}")
+            percent = _percent(used, high)
+            if percent is None:
+                raise WireError(f"process {name!r} of {kind!r} is {_shown(used)}, not a percent from 0 to {high:g}")
+            top.append((name, pid, percent))
+        clean[kind] = top
+    return clean
 
 
 class _Order(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -38,13 +39,19 @@ class IncidentDetail:
     """What an incident's message shows besides its columns.
 
     A stressed incident: the metrics that drove it (`drivers`), the model's metrics now (`metrics`) and at its
-    worst (`peak`). A forecast: the metric and where its trend stood (`ts`, `level`, `slope_per_h`, `eta_s`).
-    Stored as one flat JSON object (`to_json`), read back by `from_json`: the one writer and the one reader.
+    worst (`peak`), and the sample's filesystems and top processes now and at its worst, where it has them. A
+    forecast: the metric (`disk:<mount point>` for a filesystem) and where its trend stood (`ts`, `level`,
+    `slope_per_h`, `eta_s`). Stored as one flat JSON object (`to_json`), read back by `from_json`: the one writer
+    and the one reader; JSON written before a field existed reads as that field's default.
     """
 
     drivers: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     peak: dict[str, float] = field(default_factory=dict)
+    filesystems: dict[str, float] = field(default_factory=dict)  # percent used by mount point, now
+    peak_filesystems: dict[str, float] = field(default_factory=dict)
+    processes: dict[str, list] = field(default_factory=dict)  # "cpu"/"memory" -> [[name, pid, percent]], now
+    peak_processes: dict[str, list] = field(default_factory=dict)
     metric: str = ""
     ts: float | None = None
     level: float | None = None
@@ -57,7 +64,11 @@ class IncidentDetail:
                                "slope_per_h": self.slope_per_h, "eta_s": self.eta_s})
         if not (self.drivers or self.metrics or self.peak):
             return "{}"
-        return json.dumps({"drivers": self.drivers, "metrics": self.metrics, "peak": self.peak})
+        stored: dict[str, object] = {"drivers": self.drivers, "metrics": self.metrics, "peak": self.peak}
+        for name in ("filesystems", "peak_filesystems", "processes", "peak_processes"):
+            if value := getattr(self, name):  # left out when empty: the JSON of a machine without them is as before
+                stored[name] = value
+        return json.dumps(stored)
 
     @classmethod
     def from_json(cls, text: str | None) -> IncidentDetail:
@@ -66,6 +77,18 @@ class IncidentDetail:
 
 
 _FIELDS = frozenset(IncidentDetail.__dataclass_fields__)
+
+FILESYSTEM = "disk:"  # the metric of a filesystem's forecast is "disk:<mount point>"
+METRIC_KEY_CHARS = 32  # Incident.metric's column
+
+
+def metric_key(metric: str) -> str:
+    """An incident's metric as its column holds it: at most METRIC_KEY_CHARS characters. A longer one (a
+    filesystem's deep mount point) is cut and told apart from others by a digest of the whole; the whole
+    metric is in the incident's detail."""
+    if len(metric) <= METRIC_KEY_CHARS:
+        return metric
+    return metric[:15] + "~" + hashlib.sha256(metric.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class Action(StrEnum):

@@ -51,6 +51,8 @@ class Metric(BaseModel):
     extra = pw.TextField(null=True)  # JSON of metric names the model does not know
     p_stressed = pw.DoubleField(null=True)
     model_version = pw.IntegerField(null=True)
+    filesystems = pw.TextField(null=True)  # JSON {mount point: percent used}; disk_percent is the fullest
+    processes = pw.TextField(null=True)  # JSON {"cpu"/"memory": [[name, pid, percent], …]}, the top of each
 
     class Meta:
         indexes = ((("device", "ts"), True),)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -18,9 +19,10 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agent.collect import METRICS, Collector, Metric, default_device_id
+from agent.collect import METRICS, PSEUDO_FS_TYPES, Collector, Metric, TopProcesses, default_device_id
 from agent.config import parse_config
 from agent.wire import DEVICE_RE, KNOWN_METRICS, parse
+from tests.fakes import filesystems
 from tests.fakes.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +171,8 @@ def test_default_device_id_is_a_valid_device_id() -> None:
         (("--interval", "soon"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}, "--interval"),
         (("--device", "pc 1/α"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}, "--device"),
         ((), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_TOPIC": "no spaces"}, "KAFKA_TOPIC"),
+        (("--once", "--fs-exclude", "nfs,a b"), {}, "--fs-exclude"),
+        (("--once",), {"AGENT_FS_INCLUDE": "/da\tta"}, "AGENT_FS_INCLUDE"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(args: tuple[str, ...], env: dict[str, str], named: str) -> None:
@@ -238,3 +242,84 @@ def test_agent_warns_once_while_kafka_is_unreachable_and_still_stops_cleanly() -
     assert err.count("unreachable") == 1
     assert "not delivered" in err
     assert "Traceback" not in err
+
+
+FILLED = 60.0  # percent of the loop-mounted filesystem the tests fill
+
+
+@pytest.fixture
+def loop_filesystem(tmp_path: Path) -> Iterator[tuple[str, float]]:
+    """A real second filesystem filled to about FILLED %: its mount point and percent used (as df shows it)."""
+    with filesystems.loop_filesystem(tmp_path, FILLED) as mounted:
+        yield mounted
+
+
+def test_the_collector_reports_every_real_filesystem_and_the_fullest_as_disk_percent(
+    loop_filesystem: tuple[str, float]
+) -> None:
+    mount, percent = loop_filesystem
+    metrics, filesystems, _processes = Collector(processes=False).read()
+
+    assert filesystems[mount] == pytest.approx(percent, abs=0.1)
+    assert filesystems[mount] == pytest.approx(FILLED, abs=2)
+    assert filesystems["/"] == pytest.approx(psutil.disk_usage("/").percent, abs=1)
+    assert metrics["disk_percent"] == max(filesystems.values())
+    types = {p.mountpoint: p.fstype for p in psutil.disk_partitions(all=True)}
+    assert not {types[m] for m in filesystems} & PSEUDO_FS_TYPES, "no tmpfs, proc, cgroup, overlay …"
+    assert not [m for m in filesystems if m.startswith(("/proc", "/sys", "/dev"))]
+
+
+def test_the_agent_sends_the_filesystems_and_its_options_include_or_exclude_them(
+    loop_filesystem: tuple[str, float], tmp_path: Path
+) -> None:
+    mount, percent = loop_filesystem
+    memory = tmp_path / "scratch"
+    memory.mkdir()
+    filesystems.run("mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", memory)
+    try:
+        def once(*args: str, env: dict[str, str] | None = None) -> dict[str, float]:
+            code, out, err = finish(agent("--once", *args, env=env))
+            assert code == 0, err
+            return parse(out.encode()).filesystems or {}
+
+        default = once()
+        assert default[mount] == pytest.approx(percent, abs=0.1)
+        assert str(memory) not in default, "tmpfs is memory, not a disk"
+        assert mount not in once("--fs-exclude", f"nfs,{mount}")
+        assert mount not in once(env={"AGENT_FS_EXCLUDE": str(tmp_path)}), "a mount point below an excluded one"
+        included = once(env={"AGENT_FS_INCLUDE": str(memory)})
+        assert included[str(memory)] == pytest.approx(0, abs=5) and mount in included
+        assert str(memory) in once("--fs-include", "tmpfs")
+    finally:
+        filesystems.run("umount", "-l", memory)
+
+
+def test_the_agent_names_the_process_that_burns_cpu_and_holds_memory() -> None:
+    total = psutil.virtual_memory().total
+    hold = min(256 << 20, total // 50)
+    burner = subprocess.Popen([sys.executable, "-c", f"block = b'x' * {hold}\nwhile True: pass"])
+    try:
+        top = TopProcesses(top=10_000)  # every process, so other work on the machine cannot hide this one
+        time.sleep(1.0)  # its memory is written
+        top.read()
+        time.sleep(1.0)
+        found = top.read()
+        ((name, pid, cpu),) = [entry for entry in found["cpu"] if entry[1] == burner.pid]
+        ((_, _, memory),) = [entry for entry in found["memory"] if entry[1] == burner.pid]
+    finally:
+        burner.kill()
+        burner.wait()
+    assert name.startswith("python") and pid == burner.pid
+    assert cpu >= 20.0, "a busy loop uses most of one CPU (100 % is one CPU, as top shows it)"
+    assert memory == pytest.approx(100 * hold / total, rel=0.3, abs=0.15)
+
+
+def test_a_sample_carries_three_top_processes_of_each_kind_at_most_busiest_first() -> None:
+    collector = Collector([])
+    collector.read()
+    time.sleep(0.5)
+    _metrics, _filesystems, processes = collector.read()
+    assert processes["memory"], "some process always holds memory"
+    for top in processes.values():
+        assert 1 <= len(top) <= 3
+        assert [p for _, _, p in top] == sorted((p for _, _, p in top), reverse=True)

@@ -24,7 +24,7 @@ def feed(forecaster: Forecaster, start: float, values: list[float], step: float 
     """One sample per `step` seconds from `start`; the forecasts that came due, and the time after the last."""
     due = []
     for index, value in enumerate(values):
-        due += forecaster.observe([(next(_ids), device, start + index * step, {name: value})])
+        due += forecaster.observe([(next(_ids), device, start + index * step, {name: value}, None)])
     return due, start + len(values) * step
 
 
@@ -38,7 +38,8 @@ def alerting(forecaster: Forecaster, start: float, values: list[float], step: fl
     """Feed samples as the bot does: every forecast that comes due is alerted. Returns those."""
     alerted = []
     for index, value in enumerate(values):
-        for forecast in forecaster.observe([(next(_ids), device, start + index * step, {"disk_percent": value})]):
+        observed = (next(_ids), device, start + index * step, {"disk_percent": value}, None)
+        for forecast in forecaster.observe([observed]):
             forecaster.mark_alerted(forecast)
             alerted.append(forecast)
     return alerted, start + len(values) * step
@@ -147,10 +148,23 @@ def test_memory_and_swap_are_forecast_too_and_other_metrics_are_not() -> None:
     due = []
     for minute in range(90):
         metrics = {"mem_percent": 70 + minute / 5, "swap_percent": 20 + minute / 3, "cpu_percent": minute}
-        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics)])
+        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics, None)])
 
     assert {f.metric for f in due} == {"mem_percent", "swap_percent"}
     assert set(forecaster.forecasts("db1")) == {"mem_percent", "swap_percent"}
+
+
+def test_each_filesystem_is_forecast_by_its_mount_point_instead_of_the_fullest() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    deep = "/var/lib/postgresql/16/main/pg_wal/archive"  # longer than an incident's metric column
+    due = []
+    for minute in range(90):
+        filesystems = {"/": 95.0, deep: 70 + minute / 5, "/boot": 30.0}
+        metrics = {"disk_percent": max(filesystems.values()), "mem_percent": 40.0}
+        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics, filesystems)])
+
+    assert {(f.metric, round(f.slope_per_h)) for f in due} == {(f"disk:{deep}", 12)}
+    assert list(forecaster.forecasts("db1")) == ["disk:/", "disk:/boot", f"disk:{deep}", "mem_percent"]
 
 
 def test_the_state_of_a_device_stays_bounded_over_a_long_run() -> None:
@@ -185,17 +199,20 @@ def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_bu
             Sample("pc1", ts, {"disk_percent": 50.0 + (minute % 4) if fill == 0 else 80.0 + fill // 10}),
             Sample("pc2", ts + 7, {"disk_percent": 40.0, "mem_percent": 30.0 + minute % 5}),
             Sample("db1", ts + 13, {"mem_percent": 60.0 + minute / 10, "cpu_percent": 50.0}),
+            Sample("srv", ts + 17, {"disk_percent": 80.0 + fill // 10},
+                   filesystems={"/": 30.0, "/data": 80.0 + fill // 10}),
         ]
-        new = db.store_batch(samples, [None] * 3, None, [])
-        for forecast in live.observe([(s.id, s.device, s.ts, s.metrics) for s in new]):
+        new = db.store_batch(samples, [None] * 4, None, [])
+        for forecast in live.observe([(s.id, s.device, s.ts, s.metrics, s.filesystems) for s in new]):
             live.mark_alerted(forecast)
             alerted.append(forecast)
-    assert {(f.device, f.metric) for f in alerted} == {("pc1", "disk_percent"), ("db1", "mem_percent")}
+    assert {(f.device, f.metric) for f in alerted} == {("pc1", "disk_percent"), ("db1", "mem_percent"),
+                                                        ("srv", "disk:/data")}
 
     rebuilt = Forecaster(HORIZON_S)
     rebuilt.observe(db.recent_per_device(REBUILD_S, list(TRENDED)))
     rebuilt.restore_alerted({(f.device, f.metric) for f in alerted})  # the open forecast incidents
 
-    for device in ("pc1", "pc2", "db1"):
+    for device in ("pc1", "pc2", "db1", "srv"):
         assert rebuilt.forecasts(device) == live.forecasts(device)
     assert rebuilt.alerted == live.alerted, "an episode alerted before the restart is not alerted again"

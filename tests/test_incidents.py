@@ -153,3 +153,40 @@ def test_a_filling_disk_opens_one_forecast_incident_which_ends_when_the_disk_is_
                           on_stored=decider.decide)
     assert Incident.get_by_id(forecast.id).state == "resolved"
     assert Incident.select().where(Incident.kind == "forecast").count() == 1
+
+
+def test_a_stressed_incident_keeps_the_filesystems_and_top_processes_now_and_at_its_worst(decider: Decider) -> None:
+    def fed(p: float, at: float, full: float, top: str) -> None:
+        sample = Sample("pc1", at, {**TYPICAL, "disk_percent": full}, filesystems={"/": 30.0, "/data": full},
+                        processes={"memory": [(top, 4121, 61.0)]})
+        db.store_batch([sample], [p], 1, [], on_stored=lambda new: decider.decide(new, now=at))
+
+    fed(0.95, T0, 99.5, "java")
+    fed(0.8, T0 + 5, 98.0, "postgres")
+
+    detail = Incident.get().detail
+    assert (detail.peak_filesystems, detail.filesystems) == ({"/": 30.0, "/data": 99.5}, {"/": 30.0, "/data": 98.0})
+    assert (detail.peak_processes, detail.processes) == ({"memory": [["java", 4121, 61.0]]},
+                                                         {"memory": [["postgres", 4121, 61.0]]})
+    assert "• Disk /data 98 %" in texts.incident(Incident.get(), {}, T0 + 10)
+
+
+def test_a_filling_filesystem_with_a_deep_mount_point_opens_its_own_forecast_incident(decider: Decider) -> None:
+    deep = "/var/lib/postgresql/16/main/pg_wal/archive"
+    minute = 60.0
+
+    def fed(i: int, used: float) -> None:
+        filesystems = {"/": 92.0, deep: used}
+        db.store_batch([Sample("pc1", T0 + i * minute, {**TYPICAL, "disk_percent": max(filesystems.values())},
+                               filesystems=filesystems)], [0.1], 1, [], on_stored=decider.decide)
+
+    for i in range(150):  # 1 % every 10 minutes from 70 %; / stays at 92 %, the fullest
+        fed(i, 70 + i / 10)
+    forecast = Incident.get(Incident.kind == "forecast")
+    assert forecast.detail.metric == f"disk:{deep}" and len(forecast.metric) <= 32
+    assert "/var/lib/postgresql/16/main/pg_wal/archive will be full in about" in texts.incident(forecast, {}, T0)
+
+    for i in range(150, 240):  # cleaned up
+        fed(i, 40.0)
+    assert Incident.get_by_id(forecast.id).state == "resolved"
+    assert Incident.select().where(Incident.kind == "forecast").count() == 1

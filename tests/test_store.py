@@ -17,6 +17,7 @@ from agent.wire import KNOWN_METRICS, Sample, WireError, parse
 from bot import db
 from bot.db import Rejection
 from ml.data import latest_labels, training_frame
+from schema.tables import add_missing_columns
 from tests.fakes.samples import TS, sample
 from tests.test_wire import VALUES
 
@@ -152,6 +153,43 @@ def test_unknown_metric_names_are_kept(database: pw.Database) -> None:
     latest = db.latest_sample("gpu1")
     assert latest is not None
     assert latest.metrics == {"cpu_percent": 5.0, "gpu_percent": 80.5, "fan_rpm": 1200.0}
+
+
+FILESYSTEMS = {"/": 41.2, "/data": 99.4, '/mnt/"odd", name\\ü': 3.0}
+PROCESSES = {"cpu": [("java", 4121, 161.5), ("post,gres", 88, 12.0)], "memory": [('say "hi"', 7, 61.0)]}
+
+
+@pytest.mark.parametrize("order", ["with them first", "without them first"])
+def test_filesystems_and_top_processes_are_stored_beside_samples_without_them(database: pw.Database,
+                                                                              order: str) -> None:
+    server = Sample("db1", TS, {"disk_percent": 99.4, "mem_percent": 98.5}, filesystems=FILESYSTEMS,
+                    processes=PROCESSES)
+    pi = sample("pi", cpu_percent=20)
+    only_processes = Sample("pc2", TS, {"cpu_percent": 90.0}, processes={"cpu": [("make", 1, 90.0)]})
+    batch = [server, pi, only_processes] if order == "with them first" else [pi, only_processes, server]
+
+    new = {s.device: s for s in db.store_batch(batch, [0.9, 0.1, 0.2], 1, [])}
+    again = {s.device: s for s in db.latest_per_device()}
+
+    for shown in (new, again):
+        assert (shown["db1"].filesystems, shown["db1"].processes) == (FILESYSTEMS, PROCESSES)
+        assert (shown["pi"].filesystems, shown["pi"].processes) == (None, None)
+        assert (shown["pc2"].filesystems, shown["pc2"].processes) == (None, {"cpu": [("make", 1, 90.0)]})
+    assert db.latest_sample("db1").metrics == {"disk_percent": 99.4, "mem_percent": 98.5}
+    assert db.Metric.get(db.Metric.device == "pi").filesystems is None
+
+
+def test_a_database_of_an_older_version_gains_the_columns_and_keeps_its_samples(database: pw.Database) -> None:
+    db.store_batch([sample("old", cpu_percent=5)], [0.1], 1, [])
+    for column in ("filesystems", "processes"):
+        database.execute_sql(f"ALTER TABLE metric DROP COLUMN {column}")
+
+    add_missing_columns(database)  # what open_database does when the bot starts on it
+    db.store_batch([Sample("new", TS, {"disk_percent": 99.4}, filesystems={"/data": 99.4})], [0.9], 1, [])
+
+    assert db.latest_sample("old").metrics == {"cpu_percent": 5.0}
+    assert db.latest_sample("old").filesystems is None
+    assert db.latest_sample("new").filesystems == {"/data": 99.4}
 
 
 def test_rejects_are_kept_with_reason_size_and_the_start_of_the_payload(database: pw.Database) -> None:

@@ -331,3 +331,83 @@ def test_a_window_holds_on_its_days_across_midnight_in_its_time_zone() -> None:
     assert not window.holds(sunday_2330, ZoneInfo("UTC")), "22:30 in UTC"
     assert window.describe() == "sun 23:00-01:00"
     assert window.next_start(sunday_2330 + 3600, berlin) == sunday_2330 - 30 * 60 + 7 * 86400
+
+
+FILESYSTEMS = {"/": 41.2, "/data": 99.4}
+TOP = {"cpu": [("java", 4121, 161.0), ("make", 9, 40.0)],
+       "memory": [("java", 4121, 61.0), ("postgres", 88, 12.0), ("<b>x&y", 5, 0.4)]}
+
+
+def test_an_alert_names_the_full_disk_by_its_mount_point_and_the_processes_behind_memory() -> None:
+    detail = {"drivers": ["disk_percent", "mem_percent"], "filesystems": FILESYSTEMS, "processes": TOP}
+    usual = {"disk_percent": Usual(40, 55), "mem_percent": Usual(45, 52)}
+
+    text = texts.incident(incident(detail=detail, metrics={"disk_percent": 99.4, "mem_percent": 98.5}), usual,
+                          TS + 23 * 60)
+
+    assert text.splitlines()[2:] == [
+        "• Disk /data 99.4 % (usually 40–55 % on pc1)",
+        "• Memory 98.5 % (usually 45–52 % on pc1) · top: java 61 % (pid 4121), postgres 12 %, &lt;b&gt;x&amp;y 0.4 %",
+    ]
+    assert_valid_telegram_html(text)
+
+
+def test_a_recovered_alert_shows_the_mount_point_and_processes_at_its_worst_and_cpu_drivers_show_cpu_use() -> None:
+    detail = {"drivers": ["cpu_percent", "swap_percent", "disk_percent"], "peak": {"cpu_percent": 99.0,
+              "swap_percent": 91.0, "disk_percent": 97.0}, "peak_filesystems": {"/": 97.0, "/data": 12.0},
+              "peak_processes": TOP, "processes": {}}
+
+    text = texts.incident(incident(state="resolved", detail=detail), {}, TS + 3600)
+
+    assert text.splitlines()[2:] == [
+        "• CPU 99 % (no usual range yet) at its worst · top: java 161 % (pid 4121), make 40 %",
+        "• Swap 91 % (no usual range yet) at its worst · top memory: java 61 % (pid 4121), postgres 12 %, "
+        "&lt;b&gt;x&amp;y 0.4 %",
+        "• Disk / 97 % (no usual range yet) at its worst",
+    ]
+
+
+def test_an_incident_stored_before_filesystems_and_processes_reads_as_it_did() -> None:
+    old = '{"drivers": ["disk_percent"], "metrics": {"disk_percent": 99.4}, "peak": {"disk_percent": 99.4}}'
+    detail = IncidentDetail.from_json(old)
+
+    assert (detail.filesystems, detail.processes, detail.peak_processes) == ({}, {}, {})
+    assert detail.to_json() == old, "a machine without them stores the same JSON as before"
+    text = texts.incident(incident(detail=json.loads(old), metrics={"disk_percent": 99.4}), {}, TS)
+    assert "• Disk (root) 99.4 %" in text
+
+
+def test_device_status_has_a_row_per_filesystem_and_the_top_processes() -> None:
+    deep = "/var/lib/postgresql/16/main/pg_wal/archive"
+    sample = stored(disk_percent=99.4, mem_percent=98.5)
+    sample.filesystems, sample.processes = {**FILESYSTEMS, deep: 7.0}, TOP
+    usual = {"disk_percent": Usual(40, 55)}
+
+    text = texts.device_status(sample, 0.7, 3, now=TS + 30, usual=usual)
+
+    assert re.fullmatch(r"Disk / +41\.2 %", line_of(text, "Disk / "))
+    assert "99.4 %" in line_of(text, "Disk /data") and "usually 40–55 %" in line_of(text, "Disk /data")
+    assert "7 %" in line_of(text, "pg_wal/archive") and "Disk /…" in line_of(text, "pg_wal/archive")
+    assert "Top CPU: java 161 % (pid 4121), make 40 %" in text
+    assert "Top memory: java 61 % (pid 4121), postgres 12 %, &lt;b&gt;x&amp;y 0.4 %" in text
+    assert_valid_telegram_html(text)
+    without = texts.device_status(stored(disk_percent=40.0), 0.7, 3, now=TS + 30)
+    assert "Disk (root)" in without and "Top" not in without, "a machine without them shows none"
+
+
+def test_a_filesystem_forecast_names_its_mount_point() -> None:
+    fill = forecast(metric="disk:/data")
+
+    alert = texts.forecast_alert(fill, None)
+    status = texts.device_status(stored(disk_percent=91.2), 0.7, 3, now=TS,
+                                 forecasts={"disk:/": None, "disk:/data": fill}, horizon_s=4 * 3600)
+
+    assert "<b>pc1</b>: /data will be full in about 3 h (now 91 %, +2.1 %/h)" in alert.splitlines()[0]
+    assert "Disk /data on pc1: it needs an intervention from 97 %" in alert
+    assert "• /data will be full in about 3 h" in status
+    assert_valid_telegram_html(alert)
+
+
+def test_a_chart_says_it_draws_the_fullest_disk() -> None:
+    assert texts.chart_disk(FILESYSTEMS) == "Disk (fullest)" and texts.chart_disk(None) == "Disk"
+    assert "the fullest disk (now /data)" in texts.chart_caption("pc1", TS, TS + 7200, texts.fullest(FILESYSTEMS))

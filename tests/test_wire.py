@@ -173,3 +173,82 @@ def test_a_receiver_refuses_a_time_well_ahead_of_its_clock_and_says_how_far(ahea
 
 def test_a_clock_a_little_ahead_is_accepted() -> None:
     assert parse(doc(ts=TS + 120.5), now=TS).ts == TS + 120.5
+
+
+def test_filesystems_and_top_processes_are_read_with_the_sample() -> None:
+    value = encode("pc1", TS, {"disk_percent": 99.4, "mem_percent": 98.5},
+                   filesystems={"/": 41, "/data": 99.4},
+                   processes={"cpu": [("java", 4121, 161.5)], "memory": [("java", 4121, 61.0), ("postgres", 88, 12)]})
+    sample = parse(value, b"pc1")
+
+    assert sample.metrics == {"disk_percent": 99.4, "mem_percent": 98.5}
+    assert sample.filesystems == {"/": 41.0, "/data": 99.4}
+    assert sample.processes == {"cpu": [("java", 4121, 161.5)],
+                                "memory": [("java", 4121, 61.0), ("postgres", 88, 12.0)]}
+
+
+def test_a_message_without_them_has_none_and_unknown_keys_are_still_ignored() -> None:
+    assert (parse(doc()).filesystems, parse(doc()).processes) == (None, None)
+    sample = parse(doc(note="from a script", filesystems={"/": 10}))
+    assert (sample.filesystems, sample.processes) == ({"/": 10.0}, None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"filesystems": [["/", 1]]}, "filesystems must be an object"),
+        ({"filesystems": {f"/m{i}": 1 for i in range(33)}}, "more than 32 filesystems"),
+        ({"filesystems": {"/" + "x" * 256: 1}}, "longer than 256"),
+        ({"filesystems": {"": 1}}, "mount point '' is empty"),
+        ({"filesystems": {"/da\nta": 1}}, "control or invisible"),
+        ({"filesystems": {"/data": 100.5}}, "'/data' is 100.5, not a percent from 0 to 100"),
+        ({"filesystems": {"/data": -1}}, "not a percent"),
+        ({"filesystems": {"/data": True}}, "'/data' is true, not a percent"),
+        ({"filesystems": {"/data": "99"}}, "not a percent"),
+        ({"processes": [["java", 1, 2]]}, "processes must be an object"),
+        ({"processes": {"disk": []}}, '"cpu" and "memory" lists only'),
+        ({"processes": {"cpu": [["a", 1, 1]] * 4}}, "at most 3"),
+        ({"processes": {"cpu": ["java"]}}, r"must be \[name, pid, percent\]"),
+        ({"processes": {"cpu": [["java", 1]]}}, r"must be \[name, pid, percent\]"),
+        ({"processes": {"cpu": [["", 1, 1]]}}, "process name of 'cpu' is empty"),
+        ({"processes": {"cpu": [["x" * 65, 1, 1]]}}, "longer than 64"),
+        ({"processes": {"memory": [["ja\u202eva", 1, 1]]}}, "control or invisible"),
+        ({"processes": {"cpu": [[4121, "java", 1]]}}, "process name"),
+        ({"processes": {"cpu": [["java", -1, 1]]}}, "pid -1, not a whole number"),
+        ({"processes": {"cpu": [["java", 1.5, 1]]}}, "pid 1.5"),
+        ({"processes": {"cpu": [["java", 2**40, 1]]}}, "not a whole number"),
+        ({"processes": {"memory": [["java", 1, 101]]}}, "'memory' is 101, not a percent from 0 to 100"),
+        ({"processes": {"cpu": [["java", 1, 1e9]]}}, "not a percent from 0 to 102400"),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else None,
+)
+def test_bad_filesystems_or_processes_are_refused_with_a_reason(fields: dict, reason: str) -> None:
+    with pytest.raises(WireError, match=reason):
+        parse(doc(**fields))
+
+
+MOUNTS = st.text(st.characters(exclude_categories=()), max_size=300)
+HOSTILE_FILESYSTEMS = st.dictionaries(MOUNTS | st.just("/"), st.floats() | st.integers() | JSONISH, max_size=40)
+PROCESS = st.lists(JSONISH | ANY_TEXT | st.integers(), min_size=0, max_size=4) | st.tuples(
+    ANY_TEXT, st.integers(min_value=-2, max_value=2**33), st.floats() | st.integers())
+HOSTILE_PROCESSES = JSONISH | st.dictionaries(st.sampled_from(["cpu", "memory", "io"]) | ANY_TEXT,
+                                             JSONISH | st.lists(PROCESS, max_size=5), max_size=3)
+WITH_EXTRAS = st.tuples(VALID, HOSTILE_FILESYSTEMS | JSONISH, HOSTILE_PROCESSES).map(
+    lambda m: json.dumps({**m[0], "filesystems": m[1], "processes": m[2]}).encode())
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(value=WITH_EXTRAS)
+def test_any_filesystems_and_processes_parse_into_bounded_values_or_raise_wire_error(value: bytes) -> None:
+    sample = check(value, None)
+    if sample is None:
+        return
+    assert len(sample.filesystems or {}) <= 32
+    for mount, used in (sample.filesystems or {}).items():
+        assert 0 < len(mount) <= 256 and mount.isprintable() and type(used) is float and 0 <= used <= 100
+    assert set(sample.processes or {}) <= {"cpu", "memory"}
+    for kind, top in (sample.processes or {}).items():
+        assert len(top) <= 3
+        for name, pid, used in top:
+            assert 0 < len(name) <= 64 and name.isprintable() and type(pid) is int and 0 <= pid < 2**32
+            assert type(used) is float and 0 <= used <= (102400 if kind == "cpu" else 100)

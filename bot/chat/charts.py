@@ -34,10 +34,12 @@ WIDTH_IN, HEIGHT_IN, DPI = 8.0, 7.0, 100  # 800 x 700 px: sharp on a phone, tens
 _lock = threading.Lock()
 
 
-def render_chart(device: str, start_ts: float, end_ts: float, threshold: float, spans: list[Span]) -> bytes:
-    """The PNG chart of `device` from `start_ts` to `end_ts`, shading `spans` (its incidents). Reads the store."""
+def render_chart(device: str, start_ts: float, end_ts: float, threshold: float, spans: list[Span],
+                 disk: str = METRICS["disk_percent"]) -> bytes:
+    """The PNG chart of `device` from `start_ts` to `end_ts`, shading `spans` (its incidents); `disk` names the
+    disk line (the fullest filesystem). Reads the store."""
     series = db.chart_series(device, start_ts, end_ts, list(METRICS))
-    return draw(device, series, start_ts, end_ts, threshold, spans)
+    return draw(device, series, start_ts, end_ts, threshold, spans, disk)
 
 
 def _gaps(series: ChartSeries) -> set[int]:
@@ -70,7 +72,7 @@ def _datetimes(timestamps: list[float]) -> np.ndarray:
 
 
 def draw(device: str, series: ChartSeries, start_ts: float, end_ts: float, threshold: float,
-         spans: list[Span]) -> bytes:
+         spans: list[Span], disk: str = METRICS["disk_percent"]) -> bytes:
     """Two panels sharing the time axis (UTC): the metrics in percent, and P(stressed) with the threshold."""
     times, points = _with_breaks(series)
     with _lock:
@@ -82,7 +84,7 @@ def draw(device: str, series: ChartSeries, start_ts: float, end_ts: float, thres
             gridspec_kw={"left": 0.11, "right": 0.96, "top": 0.86, "bottom": 0.1, "hspace": 0.1},
         )
         figure.suptitle(device, x=0.02, y=0.985, ha="left", va="top", fontsize=FONT_SIZE + 3, fontweight="bold")
-        for name, label in METRICS.items():
+        for name, label in {**METRICS, "disk_percent": disk}.items():
             values = [np.nan if p is None else p.metrics.get(name, np.nan) for p in points]
             if not all(np.isnan(values)):
                 metrics_axes.plot(times, values, color=COLOURS[name], linewidth=2.2, label=label)

@@ -169,12 +169,16 @@ async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device
     """Reply with the chart of one device from `start` to `end`, its incidents shaded."""
     threshold = _settings(context).alert_threshold
 
-    def render() -> bytes:  # a query and a drawing of a tenth of a second or more: off the event loop
-        return charts.render_chart(device, start, end, threshold, db.incident_spans(device, start, end))
+    def render() -> tuple[bytes, str | None]:  # queries and a drawing of a tenth of a second or more: off the loop
+        latest = db.latest_sample(device)
+        filesystems = latest.filesystems if latest else None
+        png = charts.render_chart(device, start, end, threshold, db.incident_spans(device, start, end),
+                                  texts.chart_disk(filesystems))
+        return png, texts.fullest(filesystems)
 
-    png = await asyncio.to_thread(render)
+    png, fullest = await asyncio.to_thread(render)
     await update.effective_message.reply_photo(
-        png, caption=texts.chart_caption(device, start, end), parse_mode=ParseMode.HTML,
+        png, caption=texts.chart_caption(device, start, end, fullest), parse_mode=ParseMode.HTML,
         filename=f"{device}-{int(start)}.png",
     )
 

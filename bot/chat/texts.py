@@ -18,9 +18,15 @@ from bot.db import Incident, Rejected, StoredSample
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES, ZONES
-from schema.domain import SNOOZE_HOURS, Action, Kind, Reply, State
+from schema.domain import FILESYSTEM, SNOOZE_HOURS, Action, Kind, Reply, State
 
 FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
+# The top processes an alert shows beside a metric that drives it: CPU for what busy CPUs cause, memory for
+# memory and swap.
+TOP_OF = {"cpu_percent": "cpu", "load_1m": "cpu", "cpu_temp_c": "cpu", "mem_percent": "memory",
+          "swap_percent": "memory"}
+TOP_WORDS = {"cpu": "Top CPU", "memory": "Top memory"}  # under /status <device>
+TABLE_LABEL = 24  # characters of a metric's label in /status <device>'s table
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
 intervention (it is <i>stressed</i>), when its disk, memory or swap is heading for full, and when it stops \
@@ -114,9 +120,10 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-def metric_value(name: str, value: float) -> str:
-    """One metric with its label and unit, e.g. 'CPU 97.5 %'."""
-    label, unit = KNOWN_METRICS.get(name, (name, ""))
+def metric_value(name: str, value: float, label: str | None = None) -> str:
+    """One metric with its label (or the one given) and unit, e.g. 'CPU 97.5 %'."""
+    known, unit = KNOWN_METRICS.get(name, (name, ""))
+    label = known if label is None else label
     if unit == "B/s":
         for prefix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
             if value >= size:
@@ -138,14 +145,48 @@ def usual_range(name: str, usual: Usual | None) -> str:
     return f"{number(usual.low)}–{number(usual.high)} {unit}".rstrip()
 
 
-def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str) -> str:
-    """'Disk (root) 99.4 % (usually 40-55 % on pc1)'; a metric the model does not use gets no range."""
-    shown = metric_value(name, value)
+def fullest(filesystems: Mapping[str, float] | None) -> str | None:
+    """The mount point of the fullest filesystem (the one disk_percent is), or None without filesystems."""
+    if not filesystems:
+        return None
+    return min(filesystems, key=lambda mount: (-filesystems[mount], mount))
+
+
+def disk_label(mount: str) -> str:
+    """'Disk /data'."""
+    return f"Disk {mount}"
+
+
+def _label(name: str, filesystems: Mapping[str, float] | None) -> str | None:
+    """The label of a metric in a sample: the disk is named by its fullest filesystem's mount point."""
+    mount = fullest(filesystems) if name == "disk_percent" else None
+    return None if mount is None else disk_label(mount)
+
+
+def top_processes(top: list | None) -> str:
+    """'java 61 % (pid 4121), postgres 12 %': the top processes of one kind, the pid of the first."""
+    shown = [f"{name} {number(percent)} %" + (f" (pid {pid})" if index == 0 else "")
+             for index, (name, pid, percent) in enumerate(top or [])]
+    return ", ".join(shown)
+
+
+def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str,
+                filesystems: Mapping[str, float] | None = None, processes: Mapping[str, list] | None = None,
+                when_shown: str = "") -> str:
+    """'Disk /data 99.4 % (usually 40-55 % on pc1)', 'Memory 98.5 % (usually 45-52 % on pc1) · top: java 61 %
+    (pid 4121), postgres 12 %'; a metric the model does not use gets no range. `when_shown` (' at its worst')
+    follows the value and its range."""
+    shown = metric_value(name, value, _label(name, filesystems))
     if name not in FEATURES:
-        return shown
+        return shown + when_shown
     if name not in usual:
-        return f"{shown} (no usual range yet)"
-    return f"{shown} (usually {usual_range(name, usual[name])} on {device})"
+        shown = f"{shown} (no usual range yet){when_shown}"
+    else:
+        shown = f"{shown} (usually {usual_range(name, usual[name])} on {device}){when_shown}"
+    kind = TOP_OF.get(name)
+    if kind and (top := top_processes((processes or {}).get(kind))):
+        shown += f" · top{' memory' if name == 'swap_percent' else ''}: {top}"
+    return shown
 
 
 def percent(p: float | None) -> str:
@@ -220,24 +261,45 @@ def device_status(
     now = time.time() if now is None else now
     usual = usual or {}
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
-    rows = [_table_row(n, sample.metrics[n], usual) for n in names] or ["(no metrics)"]
+    rows = []
+    for name in names:
+        if name == "disk_percent" and sample.filesystems:
+            rows += _filesystem_rows(sample.metrics[name], sample.filesystems, usual)
+        else:
+            rows.append(_table_row(name, sample.metrics[name], usual))
     version = f"v{sample.model_version}" if sample.model_version else "none"
+    tops = [f"{TOP_WORDS[kind]}: {escape(top_processes(top))}" for kind, top in (sample.processes or {}).items()
+            if kind in TOP_WORDS and top]
     return (
         f"<b>{escape(sample.device)}</b>: {state(sample, threshold, silent, muted)}\n"
         f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
-        f"{pre(rows)}\n"
-        f"{forecast_summary(forecasts or {}, horizon_s)}"
+        f"{pre(rows or ['(no metrics)'])}\n"
+        + "".join(f"{line}\n" for line in tops)
+        + forecast_summary(forecasts or {}, horizon_s)
     )
 
 
-def _table_row(name: str, value: float, usual: Mapping[str, Usual]) -> str:
-    label, _unit = KNOWN_METRICS.get(name, (name, ""))
-    row = f"{label[:24]:<24} {metric_value(name, value)[len(label):].strip()}"
-    if name not in FEATURES:
+def _cut(label: str) -> str:
+    """A label that fits the table: a long mount point keeps its end, which tells it apart."""
+    return label if len(label) <= TABLE_LABEL else f"{label[:6]}…{label[-(TABLE_LABEL - 7):]}"
+
+
+def _table_row(name: str, value: float, usual: Mapping[str, Usual], label: str | None = None,
+               ranged: bool = True) -> str:
+    label = KNOWN_METRICS.get(name, (name, ""))[0] if label is None else label
+    row = f"{_cut(label):<{TABLE_LABEL}} {metric_value(name, value, label)[len(label):].strip()}"
+    if name not in FEATURES or not ranged:
         return row
     return f"{row:<35} {'usually ' if name in usual else ''}{usual_range(name, usual.get(name))}"
+
+
+def _filesystem_rows(disk: float, filesystems: Mapping[str, float], usual: Mapping[str, Usual]) -> list[str]:
+    """One row per filesystem, by mount point; the fullest (disk_percent) with the disk's usual range."""
+    top = fullest(filesystems)
+    return [_table_row("disk_percent", disk if mount == top else used, usual, disk_label(mount), mount == top)
+            for mount, used in sorted(filesystems.items())]
 
 
 def how_soon(eta_s: float) -> str:
@@ -249,8 +311,13 @@ def how_soon(eta_s: float) -> str:
     return f"in about {round(eta_s / 3600)} h"
 
 
+def _forecast_word(metric: str) -> str:
+    """'disk', 'memory', 'swap', or a filesystem's mount point ('/data')."""
+    return metric.removeprefix(FILESYSTEM) if metric.startswith(FILESYSTEM) else FORECAST_WORDS[metric]
+
+
 def _forecast_line(f: Forecast) -> str:
-    word = FORECAST_WORDS[f.metric]
+    word = _forecast_word(f.metric)
     when_full = "is at its edge now" if f.eta_s == 0 else f"will be full {how_soon(f.eta_s or 0)}"
     return f"{word} {when_full} (now {number(f.level)} %, {f.slope_per_h:+.1f} %/h)"
 
@@ -269,20 +336,32 @@ def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float)
 
 
 def forecast_alert(forecast: Forecast, usual: Usual | None) -> str:
-    """'pc1: disk will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge."""
-    label = KNOWN_METRICS[forecast.metric][0]
-    usual_text = f"usually {usual_range(forecast.metric, usual)}" if usual else "no usual range yet"
+    """'pc1: /data will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge."""
+    filesystem = forecast.metric.startswith(FILESYSTEM)
+    model_metric = "disk_percent" if filesystem else forecast.metric
+    label = disk_label(_forecast_word(forecast.metric)) if filesystem else KNOWN_METRICS[model_metric][0]
+    usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (
+        "" if filesystem else "no usual range yet; ")
     return clip(
         f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
-        f"{escape(label)} on {escape(forecast.device)}: {usual_text}; it needs an intervention from "
-        f"{number(ZONES[forecast.metric].edge)} %.\n"
+        f"{escape(label)} on {escape(forecast.device)}: {usual_text}it needs an intervention from "
+        f"{number(ZONES[model_metric].edge)} %.\n"
         f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"
     )
 
 
-def chart_caption(device: str, start: float, end: float) -> str:
-    """The caption of a chart: the machine, the window and what the shading means."""
-    return (f"<b>{escape(device)}</b>, {_span(start, end)} ({ago(end - start)}): CPU, memory, swap and disk in %, "
+CHART_FULLEST_DISK = "Disk (fullest)"  # the legend of a chart's disk line when the machine reports filesystems
+
+
+def chart_disk(filesystems: Mapping[str, float] | None) -> str:
+    """The legend of a chart's disk line: the fullest filesystem, when the machine reports them."""
+    return CHART_FULLEST_DISK if filesystems else "Disk"
+
+
+def chart_caption(device: str, start: float, end: float, fullest_now: str | None = None) -> str:
+    """The caption of a chart: the machine, the window, which disk is drawn and what the shading means."""
+    disk = "disk" if fullest_now is None else f"the fullest disk (now {escape(fullest_now)})"
+    return (f"<b>{escape(device)}</b>, {_span(start, end)} ({ago(end - start)}): CPU, memory, swap and {disk} in %, "
             "P(stressed) below; incidents shaded")
 
 
@@ -375,7 +454,10 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
     drivers = [name for name in detail.drivers if name in shown_values]
     shown = drivers or [name for name in FEATURES if name in shown_values][:3]
     worst = "" if incident.state == State.OPEN else " at its worst"
-    lines = [f"• {escape(_with_usual(name, shown_values[name], usual, incident.device))}{worst}" for name in shown]
+    filesystems, processes = ((detail.filesystems, detail.processes) if incident.state == State.OPEN
+                              else (detail.peak_filesystems, detail.peak_processes))
+    lines = [f"• {escape(_with_usual(name, shown_values[name], usual, incident.device, filesystems, processes, worst))}"
+             for name in shown]
     lasted = ago((incident.resolved_ts or incident.last_ts) - incident.opened_ts)
     if incident.state == State.OPEN:
         head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Collection
 from datetime import tzinfo
 
-from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window
+from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window, metric_key
 from schema.tables import ForecastLabel, Incident, Label, Mute, Notice, db
 
 log = logging.getLogger(__name__)
@@ -17,16 +17,18 @@ def create(device: str, kind: Kind, sample_id: int | None, p: float | None, open
            now: float, next_reminder: float | None) -> Incident:
     """A new open incident."""
     return Incident.create(
-        device=device, kind=kind, metric=detail.metric, state=State.OPEN, opened_ts=opened_ts, last_ts=opened_ts,
-        sample=sample_id, last_p=p, peak_p=p, detail=detail, created=now, updated=now, next_reminder=next_reminder,
+        device=device, kind=kind, metric=metric_key(detail.metric), state=State.OPEN, opened_ts=opened_ts,
+        last_ts=opened_ts, sample=sample_id, last_p=p, peak_p=p, detail=detail, created=now, updated=now,
+        next_reminder=next_reminder,
     )
 
 
 def open_of(devices: Collection[str]) -> dict[tuple[str, str], Incident]:
-    """The open incidents of these devices, by (device, its metric or else its kind)."""
+    """The open incidents of these devices, by (device, its metric or else its kind); the whole metric, from
+    its detail (the column holds a long one cut: see metric_key)."""
     # Few open incidents, many devices: ask for the open ones, then keep those of these devices.
-    return {(i.device, i.metric or i.kind): i for i in Incident.select().where(Incident.state == State.OPEN)
-            if i.device in devices}
+    return {(i.device, i.detail.metric or i.metric or i.kind): i
+            for i in Incident.select().where(Incident.state == State.OPEN) if i.device in devices}
 
 
 def has_open(device: str, kind: Kind) -> bool:
@@ -36,8 +38,9 @@ def has_open(device: str, kind: Kind) -> bool:
 
 def open_forecasts() -> list[tuple[str, str]]:
     """(device, metric) of every open forecast incident: episodes a restart must not alert again."""
-    return list(Incident.select(Incident.device, Incident.metric)
-                .where((Incident.state == State.OPEN) & (Incident.kind == Kind.FORECAST)).tuples())
+    query = Incident.select(Incident.device, Incident.metric, Incident.detail).where(
+        (Incident.state == State.OPEN) & (Incident.kind == Kind.FORECAST))
+    return [(i.device, i.detail.metric or i.metric) for i in query]
 
 
 def reminders_due(now: float) -> list[Incident]:

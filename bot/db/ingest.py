@@ -83,9 +83,13 @@ def store_batch(
     return new
 
 
-# The columns of a stored sample, in the order of the row tuples handed to the driver.
+# The columns of a stored sample, in the order of the row tuples handed to the driver. A batch with filesystems
+# or top processes in a sample has two columns more in every row (WIDE_COLUMNS); a batch without them, as many
+# senders' are, is written as before.
 COLUMNS = ("device", "ts", "received", "extra", "p_stressed", "model_version", *KNOWN_METRICS)
+WIDE_COLUMNS = (*COLUMNS, "filesystems", "processes")
 _KNOWN = frozenset(KNOWN_METRICS)
+_NO_EXTRAS = (None, None)
 
 
 def known_values(samples: Sequence[Sample]) -> list[tuple[float | None, ...]]:
@@ -117,6 +121,7 @@ def _items(
     if origins is not None and len(origins) != len(samples):
         raise ValueError("an origin for each sample")
     items: dict[tuple[str, float], _Item] = {}
+    wide = False
     for index, (sample, p, known) in enumerate(zip(samples, predictions, values, strict=True)):
         key = (sample.device, sample.ts)
         if key in items:
@@ -128,8 +133,20 @@ def _items(
             except ValueError as exc:  # an infinite unknown metric: no database can hold it as JSON
                 refused.append(_refusal(((), sample, index), exc, origins))
                 continue
-        items[key] = ((*key, now, extra, p, version if p is not None else None, *known), sample, index)
-    return list(items.values())
+        row = (*key, now, extra, p, version if p is not None else None, *known)
+        if sample.filesystems is not None or sample.processes is not None:
+            wide = True
+            row = (*row, _json(sample.filesystems), _json(sample.processes))
+        items[key] = (row, sample, index)
+    if not wide:
+        return list(items.values())
+    narrow = len(COLUMNS)
+    return [(row + _NO_EXTRAS if len(row) == narrow else row, sample, index) for row, sample, index in items.values()]
+
+
+def _json(value: object) -> str | None:
+    """Filesystems or processes as the JSON text stored: the wire format checked them, so orjson writes them."""
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _insert(items: list[_Item], refused: list[Rejection], origins: Sequence[Origin] | None) -> list[StoredSample]:
@@ -147,7 +164,8 @@ def _insert(items: list[_Item], refused: list[Rejection], origins: Sequence[Orig
             return []
         middle = len(items) // 2
         return _insert(items[:middle], refused, origins) + _insert(items[middle:], refused, origins)
-    return [StoredSample(metric_id, row[0], row[1], sample.metrics, row[4], row[5])  # type: ignore[arg-type]
+    return [StoredSample(metric_id, row[0], row[1], sample.metrics, row[4], row[5],  # type: ignore[arg-type]
+                         sample.filesystems, sample.processes)
             for metric_id, (row, sample, _index) in inserted]
 
 
@@ -157,8 +175,12 @@ def _matched(inserted: list[tuple[int, str, float]], items: list[_Item]) -> list
     return [(metric_id, by_key[(device, ts)]) for metric_id, device, ts in sorted(inserted)]
 
 
-_SQLITE_INSERT = (f"INSERT INTO metric ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-                  "ON CONFLICT (device, ts) DO NOTHING")
+def _sqlite_insert(columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO metric ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            "ON CONFLICT (device, ts) DO NOTHING")
+
+
+_SQLITE_INSERT = {len(c): _sqlite_insert(c) for c in (COLUMNS, WIDE_COLUMNS)}  # by the length of the rows
 
 
 def _insert_sqlite(items: list[_Item]) -> list[tuple[int, _Item]]:
@@ -169,7 +191,7 @@ def _insert_sqlite(items: list[_Item]) -> list[tuple[int, _Item]]:
     every item was new, that says which id each got; otherwise the new rows are read back.
     """
     connection = db.connection()
-    inserted = connection.executemany(_SQLITE_INSERT, [item[0] for item in items]).rowcount
+    inserted = connection.executemany(_SQLITE_INSERT[len(items[0][0])], [item[0] for item in items]).rowcount
     if inserted <= 0:
         return []
     (last,) = connection.execute("SELECT last_insert_rowid()").fetchone()
@@ -183,17 +205,28 @@ _STAGE = "metric_stage"
 _PG_STAGE_TABLE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (device TEXT, ts DOUBLE PRECISION, received DOUBLE PRECISION, "
     f"extra TEXT, p_stressed DOUBLE PRECISION, model_version INTEGER, "
-    f"{', '.join(f'{name} DOUBLE PRECISION' for name in KNOWN_METRICS)}) ON COMMIT DELETE ROWS"
+    f"{', '.join(f'{name} DOUBLE PRECISION' for name in KNOWN_METRICS)}, filesystems TEXT, processes TEXT) "
+    "ON COMMIT DELETE ROWS"
 )
-# An empty device is text, not NULL: only an unquoted empty field is NULL.
-_PG_COPY = f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (device))"
-# The same rows as JSON arrays are CSV lines too, when no string in them needed a JSON escape.
-_PG_COPY_JSON = f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL 'null')"
-_PG_INSERT = (f"INSERT INTO metric ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {_STAGE} "
-              "ON CONFLICT (device, ts) DO NOTHING RETURNING id, device, ts")
 
 
-def _copy_data(rows: list[tuple[object, ...]]) -> tuple[str, bytes]:
+def _pg_statements(columns: tuple[str, ...]) -> tuple[str, str, str]:
+    """(COPY as CSV, COPY of JSON arrays, INSERT from the staging table) for rows of these columns."""
+    names = ", ".join(columns)
+    return (
+        # An empty device is text, not NULL: only an unquoted empty field is NULL.
+        f"COPY {_STAGE} ({names}) FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (device))",
+        # The same rows as JSON arrays are CSV lines too, when no string in them needed a JSON escape.
+        f"COPY {_STAGE} ({names}) FROM STDIN WITH (FORMAT csv, NULL 'null')",
+        f"INSERT INTO metric ({names}) SELECT {names} FROM {_STAGE} ON CONFLICT (device, ts) DO NOTHING "
+        "RETURNING id, device, ts",
+    )
+
+
+_PG = {len(c): _pg_statements(c) for c in (COLUMNS, WIDE_COLUMNS)}  # by the length of the rows
+
+
+def _copy_data(rows: list[tuple[object, ...]], copy_csv: str, copy_json: str) -> tuple[str, bytes]:
     """The COPY statement and its data for the rows.
 
     orjson writes a batch faster than the csv module (bench/README.md): `[["pc1",1.5,null],["pc2",…]]` without its
@@ -206,20 +239,21 @@ def _copy_data(rows: list[tuple[object, ...]]) -> tuple[str, bytes]:
     except TypeError:  # a type orjson does not write, or a lone surrogate
         data = b"\\"
     if b"\\" not in data and data.count(b"],[") == len(rows) - 1:
-        return _PG_COPY_JSON, data[2:-2].replace(b"],[", b"\n")
+        return copy_json, data[2:-2].replace(b"],[", b"\n")
     text = io.StringIO()
     csv.writer(text).writerows(rows)
-    return _PG_COPY, text.getvalue().encode("utf-8")  # a lone surrogate is refused here
+    return copy_csv, text.getvalue().encode("utf-8")  # a lone surrogate is refused here
 
 
 def _insert_postgres(items: list[_Item]) -> list[tuple[int, _Item]]:
     """COPY into a per-session staging table, then one INSERT … ON CONFLICT DO NOTHING RETURNING."""
-    copy, data = _copy_data([item[0] for item in items])
+    copy_csv, copy_json, insert = _PG[len(items[0][0])]
+    copy, data = _copy_data([item[0] for item in items], copy_csv, copy_json)
     cursor = db.cursor()
     cursor.execute(_PG_STAGE_TABLE)
     cursor.execute(f"DELETE FROM {_STAGE}")  # rows of an earlier savepoint of this transaction (bisecting)
     cursor.copy_expert(copy, io.BytesIO(data))
-    cursor.execute(_PG_INSERT)
+    cursor.execute(insert)
     return _matched(cursor.fetchall(), items)
 
 

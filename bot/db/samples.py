@@ -24,12 +24,21 @@ class StoredSample:
     metrics: dict[str, float]
     p_stressed: float | None
     model_version: int | None
+    filesystems: dict[str, float] | None = None  # percent used by mount point, as the wire format has them
+    processes: dict[str, list[tuple[str, int, float]]] | None = None  # "cpu"/"memory" -> top (name, pid, percent)
+
+
+def _processes(text: str | None) -> dict[str, list[tuple[str, int, float]]] | None:
+    if not text:
+        return None
+    return {kind: [(name, pid, percent) for name, pid, percent in top] for kind, top in json.loads(text).items()}
 
 
 def _stored(row: Metric) -> StoredSample:
     metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
     metrics.update(json.loads(row.extra) if row.extra else {})
-    return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version)
+    return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version,
+                        json.loads(row.filesystems) if row.filesystems else None, _processes(row.processes))
 
 
 # A loose index scan: one index seek per device instead of reading the whole (device, ts) index, so the
@@ -203,23 +212,29 @@ RECENT_PER_DEVICE_SQL = DEVICES_CTE.format(table="metric") + """, newest(device,
     SELECT device, (SELECT MAX(m.ts) FROM metric AS m WHERE m.device = devices.device) FROM devices
     WHERE devices.device IS NOT NULL
 )
-SELECT m.id, m.device, m.ts, {columns} FROM newest
+SELECT m.id, m.device, m.ts, m.filesystems, {columns} FROM newest
 JOIN metric AS m ON m.device = newest.device AND m.ts >= newest.ts - {p}
 ORDER BY m.device, m.ts
 """
 
 
-def recent_per_device(seconds: float, columns: list[str]) -> Iterator[tuple[int, str, float, dict[str, float]]]:
-    """(id, device, ts, metrics) of every device's samples in the last `seconds` before its newest, by device
-    and time; only the given metric columns, and only those present. Read as they are taken: a fleet's last
-    hours are millions of samples, never held at once."""
+def recent_per_device(
+    seconds: float, columns: list[str]
+) -> Iterator[tuple[int, str, float, dict[str, float], dict[str, float] | None]]:
+    """(id, device, ts, metrics, filesystems) of every device's samples in the last `seconds` before its newest,
+    by device and time; only the given metric columns, and only those present. Read as they are taken: a
+    fleet's last hours are millions of samples, never held at once."""
     if set(columns) - set(KNOWN_METRICS):
         raise ValueError(f"not metric columns: {columns}")
     sql = RECENT_PER_DEVICE_SQL.format(columns=", ".join(f"m.{c}" for c in columns), p=param())
+    text, filesystems = None, None  # a machine's filesystems change little from one sample to the next: read once
     with data.streamed(sql, (seconds,)) as cursor:
         while rows := cursor.fetchmany(data.FETCH_CHUNK):  # type: ignore[attr-defined]
-            for metric_id, device, ts, *values in rows:
-                yield metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None}
+            for metric_id, device, ts, stored, *values in rows:
+                if stored != text:
+                    text, filesystems = stored, json.loads(stored) if stored else None
+                yield (metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None},
+                       filesystems)
 
 
 def device_count() -> int:

@@ -23,9 +23,9 @@ from operator import attrgetter
 from bot.db import Incident, StoredSample, ingest, muting
 from bot.db import incidents as stored
 from bot.pipeline.baselines import Baselines
-from bot.pipeline.forecast import Forecast, Forecaster
+from bot.pipeline.forecast import Forecast, Forecaster, zone
 from bot.pipeline.incidents import Incidents
-from ml.features import FEATURES, ZONES
+from ml.features import FEATURES
 from schema.domain import IncidentDetail, Kind, Muting, Reply
 
 Drivers = Callable[[dict[str, float]], list[str]]
@@ -36,9 +36,18 @@ def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def stressed_detail(sample: StoredSample, drivers: Drivers) -> IncidentDetail:
-    """What a stressed incident shows of its sample: what drove it, and its metrics now and at its worst."""
+    """What a stressed incident shows of its sample: what drove it, and its metrics, filesystems and top
+    processes now and at its worst."""
     metrics = model_metrics(sample.metrics)
-    return IncidentDetail(drivers=drivers(sample.metrics), metrics=metrics, peak=metrics)
+    filesystems, processes = sample.filesystems or {}, sample.processes or {}
+    return IncidentDetail(drivers=drivers(sample.metrics), metrics=metrics, peak=metrics, filesystems=filesystems,
+                          peak_filesystems=filesystems, processes=processes, peak_processes=processes)
+
+
+def _now(detail: IncidentDetail, sample: StoredSample) -> IncidentDetail:
+    """The detail of a lasting incident with the newest sample's metrics, filesystems and top processes."""
+    return replace(detail, metrics=model_metrics(sample.metrics), filesystems=sample.filesystems or {},
+                   processes=sample.processes or {})
 
 
 def _forecast_detail(forecast: Forecast) -> IncidentDetail:
@@ -89,7 +98,7 @@ class Decider:
                                                    stressed_detail(sample, self.drivers), now)
                 continue
             incident.last_ts, incident.last_p, incident.updated = sample.ts, p, now
-            detail = replace(incident.detail, metrics=model_metrics(sample.metrics))
+            detail = _now(incident.detail, sample)
             if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
                 incident.peak_p = p
                 detail = stressed_detail(sample, self.drivers)
@@ -105,7 +114,7 @@ class Decider:
     def _forecasts(self, ordered: list[StoredSample], by_device: dict[str, list[StoredSample]],
                    open_incidents: dict[tuple[str, str], Incident], muted: Muting, now: float) -> None:
         """A new forecast episode opens an incident; an open one follows its forecast and ends with it."""
-        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics) for s in ordered)
+        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics, s.filesystems) for s in ordered)
         for (device, metric), incident in open_incidents.items():
             if incident.kind != Kind.FORECAST:
                 continue
@@ -119,7 +128,8 @@ class Decider:
             incident.save()
         for forecast in due:
             usual = self.baselines.get(forecast.device).get(forecast.metric)
-            if forecast.level <= (usual.high if usual else ZONES[forecast.metric].typical):
+            # A filesystem has no usual range of its own (disk_percent's is the fullest one's): its typical level.
+            if forecast.level <= (usual.high if usual else zone(forecast.metric).typical):
                 continue  # a machine that always runs this full and this fast: its normal, not news
             self.forecaster.mark_alerted(forecast)
             if forecast.device in muted or (forecast.device, forecast.metric) in open_incidents:

@@ -1,4 +1,7 @@
-"""Forecasts: when will a filling disk, memory or swap reach its edge, from the device's recent trend.
+"""Forecasts: when will a filling filesystem, memory or swap reach its edge, from the device's recent trend.
+
+A device that reports its filesystems has a trend per mount point (metric `disk:<mount point>`); one that
+reports only `disk_percent` has a trend of that.
 
 Like Prometheus' predict_linear over the last hours, but robust: samples are reduced to the median of each
 10-minute interval, the trend is the Theil-Sen line through those medians, and "now" is the median of the last
@@ -20,9 +23,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ml.features import ZONES
+from ml.features import ZONES, Zone
+from schema.domain import FILESYSTEM
 
 TRENDED = ("disk_percent", "mem_percent", "swap_percent")
+_BESIDE_FILESYSTEMS = ("mem_percent", "swap_percent")  # disk_percent is one of them, the fullest
 BUCKET_S = 600.0  # one median per 10 minutes
 WINDOW_BUCKETS = 18  # the trend looks back 3 hours
 REBUILD_S = (WINDOW_BUCKETS + 2) * BUCKET_S  # reaches back to the start of the oldest interval kept
@@ -130,8 +135,17 @@ class Trend:
         return level, self.slope * 3600, max(0.0, (self.edge - level) / self.slope)
 
 
+def zone(metric: str) -> Zone:
+    """The zone of a trended metric: a filesystem's is the disk's."""
+    return ZONES["disk_percent" if metric.startswith(FILESYSTEM) else metric]
+
+
+# (id, device, ts, metrics, filesystems or None) of one sample, as a forecaster takes it.
+Observed = tuple[int, str, float, dict[str, float], dict[str, float] | None]
+
+
 class Forecaster:
-    """Trends of every device's disk, memory and swap, and which forecast episodes were alerted.
+    """Trends of every device's filesystems (or disk), memory and swap, and which forecast episodes were alerted.
 
     An episode starts when a forecast reaches the edge within the horizon and is alerted once; it ends when
     the forecast no longer holds (the trend flattened, the metric was cleaned up), so a new fill alerts again.
@@ -145,8 +159,8 @@ class Forecaster:
         self.alerted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def observe(self, samples: Iterable[tuple[int, str, float, dict[str, float]]]) -> list[Forecast]:
-        """Feed (id, device, ts, metrics) samples in the order they were taken; return the forecasts that
+    def observe(self, samples: Iterable[Observed]) -> list[Forecast]:
+        """Feed (id, device, ts, metrics, filesystems) samples in the order they were taken; return the forecasts that
         reach the edge within the horizon in an episode not alerted yet (the newest per device and metric).
 
         Only the first sample of each slot of a device is taken; a late one, of a slot before the last one
@@ -155,7 +169,7 @@ class Forecaster:
         due: dict[tuple[str, str], Forecast] = {}
         slots = self.slots
         with self._lock:
-            for sample_id, device, ts, metrics in samples:
+            for sample_id, device, ts, metrics, filesystems in samples:
                 slot = ts // SLOT_S
                 if slot <= slots.get(device, -1.0):  # its slot is taken: 3 samples of 4 at one per 5 s
                     continue
@@ -164,13 +178,16 @@ class Forecaster:
                 if trends is None:
                     trends = self.trends[device] = {}
                 index = int(ts // BUCKET_S)
-                for name in TRENDED:
-                    value = metrics.get(name)
-                    if value is None:
-                        continue
+                if filesystems:
+                    trends.pop("disk_percent", None)  # a device that began to report its filesystems
+                    values = [(FILESYSTEM + mount, used) for mount, used in filesystems.items()]
+                    values += [(name, metrics[name]) for name in _BESIDE_FILESYSTEMS if name in metrics]
+                else:
+                    values = [(name, metrics[name]) for name in TRENDED if name in metrics]
+                for name, value in values:
                     trend = trends.get(name)
                     if trend is None:
-                        trend = trends[name] = Trend(ZONES[name].edge)
+                        trend = trends[name] = Trend(zone(name).edge)
                     elif trend.open_index == index:  # most samples taken: into the interval already open
                         trend.open_values.append(value)
                         trend.latest = (sample_id, ts)
@@ -223,7 +240,10 @@ class Forecaster:
                     self.alerted.add(key)
 
     def forecasts(self, device: str) -> dict[str, Forecast | None]:
-        """The current forecast of each trended metric the device reports; None while there is too little data."""
+        """The current forecast of each trended metric the device reports (filesystems by mount point, then
+        memory and swap); None while there is too little data."""
         with self._lock:
             trends = self.trends.get(device, {})
-            return {name: self._forecast((device, name)) for name in TRENDED if name in trends}
+            order = sorted(name for name in trends if name.startswith(FILESYSTEM))
+            order += [name for name in TRENDED if name in trends]
+            return {name: self._forecast((device, name)) for name in order}

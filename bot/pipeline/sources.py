@@ -234,10 +234,12 @@ class LocalSource:
     def __init__(self) -> None:
         self.collector = Collector()
         self.device = default_device_id()
-        self.collector.sample()  # primes CPU percent and the rate counters
+        self.collector.read()  # primes CPU percent, the rate counters and the processes' CPU times
 
     def fetch(self, timeout: float) -> Batch:
-        return Batch(samples=[Sample(self.device, time.time(), self.collector.sample())])
+        metrics, filesystems, processes = self.collector.read()
+        return Batch(samples=[Sample(self.device, time.time(), metrics, filesystems=filesystems or None,
+                                     processes=processes or None)])
 
     def commit(self, batch: Batch) -> None:
         """Nothing to commit: the sample was taken here."""
