@@ -37,6 +37,7 @@ def test_defaults_follow_the_design() -> None:
     assert settings.admin_user_ids == frozenset()
     assert settings.log_level == "INFO"
     assert settings.retention_days == 14
+    assert (settings.alert_group_s, settings.alert_group_min, str(settings.timezone)) == (30, 3, "UTC")
 
 
 def test_configured_values_are_used() -> None:
@@ -51,6 +52,9 @@ def test_configured_values_are_used() -> None:
         "MODEL_SIGNING_KEY": "0123456789abcdef0123456789abcdef",
         "ALERT_THRESHOLD": "0.85",
         "FORECAST_HOURS": "1.5",
+        "ALERT_GROUP_SECONDS": "60",
+        "ALERT_GROUP_MIN": "5",
+        "BOT_TIMEZONE": "Europe/Berlin",
     })
 
     assert settings.api_url == "http://127.0.0.1:8081"
@@ -61,6 +65,7 @@ def test_configured_values_are_used() -> None:
     assert settings.alert_threshold == 0.85
     assert load_settings(with_token(LOG_LEVEL="debug")).log_level == "DEBUG"
     assert settings.forecast_hours == 1.5
+    assert (settings.alert_group_s, settings.alert_group_min, str(settings.timezone)) == (60, 5, "Europe/Berlin")
 
 
 def test_id_lists_accept_spaces_and_negative_group_ids() -> None:
@@ -95,10 +100,15 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(FORECAST_HOURS="0"), "FORECAST_HOURS"),
         (with_token(FORECAST_HOURS="soon"), "FORECAST_HOURS"),
         (with_token(RETENTION_DAYS="0"), "RETENTION_DAYS"),
+        (with_token(ALERT_GROUP_MIN="1"), "ALERT_GROUP_MIN"),
+        (with_token(ALERT_GROUP_SECONDS="-5"), "ALERT_GROUP_SECONDS"),
+        (with_token(BOT_TIMEZONE="Mars/Olympus"), "BOT_TIMEZONE"),
+        (with_token(BOT_TIMEZONE="../../etc/passwd"), "BOT_TIMEZONE"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
          "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
-         "log-level-verbose", "forecast-hours-0", "forecast-hours-soon", "retention-0-days"],
+         "log-level-verbose", "forecast-hours-0", "forecast-hours-soon", "retention-0-days", "group-min-1",
+         "group-seconds-negative", "timezone-unknown", "timezone-path"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:
