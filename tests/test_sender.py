@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
-from bot.chat.sender import retry_seconds
-from bot.db.outbox import claim, due, record_sent
+import peewee as pw
+import pytest
+import pytest_asyncio
+from telegram import Bot
+
+from bot import db
+from bot.app import build_application
+from bot.chat import team_texts, texts
+from bot.chat.sender import Sender, retry_seconds
+from bot.config import load_settings
+from bot.db.outbox import Route, claim, due, record_sent
+from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
-from tests.fakes.incidents import feed
+from bot.pipeline.forecast import Forecaster
+from bot.pipeline.incidents import Incidents
+from ml.registry import open_store
+from tests.fakes.incidents import RULES, drivers, feed
+from tests.fakes.scenario import bot_env
+from tests.fakes.telegram_api import GENERAL_TOPIC, FakeTelegram
 
 
 def test_a_flood_limit_is_read_in_seconds_or_as_a_timedelta() -> None:
@@ -24,3 +42,39 @@ def test_a_notice_another_process_sent_after_this_one_read_it_is_not_claimed_aga
         record_sent(notice_id, 100 + notice_id, 1, time.time())
 
     assert read_here and not any(claim(notice_id, True) for notice_id in read_here)
+
+
+FORUM = -1009876
+
+
+@pytest_asyncio.fixture
+async def bot(telegram: FakeTelegram, tmp_path: Path, database: pw.Database) -> AsyncIterator[Bot]:
+    """The real client of the bot's application, against the fake Bot API."""
+    settings = load_settings(bot_env(telegram, tmp_path, "sqlite:///unused"))
+    app = build_application(settings, open_store(settings.model_store))
+    async with app:
+        yield app.bot
+
+
+@pytest.mark.asyncio
+async def test_a_topic_that_is_gone_sends_its_messages_to_the_general_topic_and_says_so_once(
+    bot: Bot, telegram: FakeTelegram, caplog: pytest.LogCaptureFixture,
+) -> None:
+    telegram.make_forum(FORUM)
+    topic = telegram.open_topic(FORUM, "web team")
+    db.subscribe(FORUM, topic, ["pc*"], 7, "@alice")
+    decider = Decider(Incidents(replace(RULES, route=Route((FORUM,))), texts.reply), drivers, Forecaster(3600),
+                      Baselines())
+    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), team_texts.digest, 60)
+
+    feed(decider, "pc1", [0.9], start=time.time() - 60)
+    await sender.run(bot)
+    assert [m["text"].split("</b>")[0] for m in telegram.messages(FORUM, thread_id=topic)] == ["🔴 <b>pc1"]
+
+    telegram.delete_topic(FORUM, topic)
+    feed(decider, "pc2", [0.9], start=time.time() - 30)
+    feed(decider, "pc3", [0.9], start=time.time() - 10)
+    await sender.run(bot)
+    general = [m["text"].split("</b>")[0] for m in telegram.messages(FORUM, thread_id=GENERAL_TOPIC) if m["from"]["is_bot"]]
+    assert general == ["🔴 <b>pc2", "🔴 <b>pc3"], "nothing is lost"
+    assert sum("is gone" in r.getMessage() for r in caplog.records) == 1
