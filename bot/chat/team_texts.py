@@ -172,14 +172,16 @@ _HEADS = {
 }
 
 
-def _line(incident: Incident, change: str) -> str:
+def _line(incident: Incident, change: str, first: float) -> str:
+    """One member: a stressed machine with its P(stressed) and main driver, a silent one with when it was last
+    seen (when later than the group's first), and how it ended if it did."""
     device = f"<b>{escape(incident.device)}</b>"
     if change == Kind.STRESSED:
         driver = incident.detail.drivers[0] if incident.detail.drivers else None
         shown = incident.detail.metrics if incident.state == State.OPEN else incident.detail.peak
         what = f" · {escape(metric_value(driver, shown[driver]))}" if driver and driver in shown else ""
         line = f"• {device}: P {percent(incident.peak_p)}{what}"
-    elif change == Kind.SILENT:
+    elif change == Kind.SILENT and incident.opened_ts > first + 60:
         line = f"• {device}: last seen {when(incident.opened_ts)}"
     elif change == Kind.FORECAST:
         line = f"• {device}: {escape(incident.detail.metric)}"
@@ -196,12 +198,16 @@ def digest(change: str, members: list[tuple[Notice, Incident]]) -> tuple[str, In
     """A group's message: how many, the first names (and how many more), and for stressed machines each one's
     P(stressed) and main driver; a button per machine sends its own alert, with its buttons."""
     incidents = [incident for _, incident in members]
-    head = _HEADS.get(change, "{} " + change).format(plural(len(incidents), "machine"))
-    since = min(i.opened_ts for i in incidents) if incidents else 0.0
-    lines = [_line(i, change) for i in incidents[:SHOWN_NAMES]]
+    head = f"<b>{_HEADS.get(change, '{} ' + change).format(plural(len(incidents), 'machine'))}</b>"
+    first = min((i.opened_ts for i in incidents), default=0.0)
+    if change in tuple(Kind):  # an outage: since when; a recovery or a reminder: when
+        head += f" (since {when(first)})"
+    else:
+        head += f" ({when(max((i.resolved_ts or i.updated for i in incidents), default=0.0))})"
+    lines = [_line(i, change, first) for i in incidents[:SHOWN_NAMES]]
     if len(incidents) > SHOWN_NAMES:
         lines.append(f"… and {len(incidents) - SHOWN_NAMES} more")
-    text = f"<b>{head}</b> (since {when(since)})\n" + "\n".join(lines)
+    text = f"{head}\n" + "\n".join(lines)
     buttons = [InlineKeyboardButton(f"{i.device} ›", callback_data=callbacks.expand(i.id)) for i in incidents
                if change in (Kind.STRESSED, Kind.FORECAST) and i.state == State.OPEN][:MAX_BUTTONS]
     if buttons:
