@@ -75,6 +75,7 @@ async def test_a_topic_that_is_gone_sends_its_messages_to_the_general_topic_and_
     feed(decider, "pc2", [0.9], start=time.time() - 30)
     feed(decider, "pc3", [0.9], start=time.time() - 10)
     await sender.run(bot)
-    general = [m["text"].split("</b>")[0] for m in telegram.messages(FORUM, thread_id=GENERAL_TOPIC) if m["from"]["is_bot"]]
+    general = [m["text"].split("</b>")[0] for m in telegram.messages(FORUM, thread_id=GENERAL_TOPIC)
+               if m["from"]["is_bot"]]
     assert general == ["🔴 <b>pc2", "🔴 <b>pc3"], "nothing is lost"
     assert sum("is gone" in r.getMessage() for r in caplog.records) == 1
