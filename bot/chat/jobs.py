@@ -15,6 +15,7 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot.chat import model_texts, texts
+from bot.chat.limits import URGENT
 from bot.chat.sender import Render, Sender
 from bot.db import Incident
 from bot.pipeline.baselines import Baselines
@@ -60,7 +61,7 @@ async def tell(bot: Bot, chat_ids: Iterable[int], text: str) -> None:
     """Say `text` in every chat; a chat Telegram refuses is logged, and the others still hear it."""
     for chat_id in chat_ids:
         try:
-            await bot.send_message(chat_id, text)
+            await bot.send_message(chat_id, text, rate_limit_args=URGENT)
         except TelegramError as exc:  # the log has it; the chat hears the next news
             log.warning("could not tell chat %d: %s", chat_id, exc.message)
 
@@ -92,7 +93,8 @@ async def tell_outages(context: ContextTypes.DEFAULT_TYPE) -> None:
             continue
         try:
             for chat_id in context.bot_data["settings"].allowed_chat_ids:
-                await context.bot.send_message(chat_id, service.up_text if up else service.down_text)
+                await context.bot.send_message(chat_id, service.up_text if up else service.down_text,
+                                               rate_limit_args=URGENT)
         except TelegramError as exc:  # Telegram is out too: its own outage is in the log
             log.debug("outage notice not sent (%s); trying again at the next check", exc)
             return
