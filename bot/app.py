@@ -32,6 +32,7 @@ from bot.pipeline.decide import Decider
 from bot.pipeline.incidents import Incidents, Rules
 from bot.pipeline.model import ActiveModel, ModelKeeper
 from bot.pipeline.poller import Poller
+from bot.pipeline.remote_write import KafkaSink, Receiver, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource, LocalSource
 from bot.pipeline.watch import Watch
 from ml.registry import ModelStore
@@ -181,6 +182,29 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     # Application.start() would start the job queue only once Telegram answers.
     await queue.start()
     poller.start()
+    if settings.remote_write_listen is not None:
+        await _start_remote_write(application, settings, poller)
+
+
+async def _start_remote_write(application: Application, settings: Settings, poller: Poller) -> None:
+    """The remote-write receiver: in single-host mode its samples go through the poller's store; in fleet mode
+    to the Kafka topic, for every worker to share."""
+    if settings.kafka_bootstrap:
+        sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic,
+                         store_rejects=lambda rejects: db.store_batch([], [], None, rejects))
+        receiver = Receiver(sink, settings.remote_write_device_label)
+        after_store = None
+        application.bot_data["remote_write_sink"] = sink
+    else:
+        receiver = Receiver(poller.store, settings.remote_write_device_label)
+        after_store = poller.send_queued
+    host, port = settings.remote_write_listen or (None, 0)
+    server = RemoteWriteServer(receiver, host, port, settings.remote_write_token, after_store)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise SystemExit(f"rigwatch: cannot listen on REMOTE_WRITE_LISTEN ({exc.strerror or exc})") from None
+    application.bot_data["remote_write"] = server
 
 
 def _watched(source: KafkaSource | LocalSource) -> list[jobs.Service]:
@@ -207,6 +231,12 @@ def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
 
 
 async def _shut_down(application: Application) -> None:
+    server: RemoteWriteServer | None = application.bot_data.get("remote_write")
+    if server is not None:
+        await server.stop()  # before the poller: the scrapes it still holds are stored and alerted
+    sink: KafkaSink | None = application.bot_data.get("remote_write_sink")
+    if sink is not None:
+        await asyncio.to_thread(sink.close)
     poller: Poller | None = application.bot_data.get("poller")
     if poller is not None:
         await poller.stop()  # its messages go out while the bot can still send

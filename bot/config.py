@@ -37,6 +37,9 @@ class Settings:
     batch_size: int
     log_level: str
     retention_days: float
+    remote_write_listen: tuple[str | None, int] | None = None  # (host, port); host None: every interface
+    remote_write_token: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
+    remote_write_device_label: str = "instance"
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -59,6 +62,36 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not (low <= value <= high):
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw[:30]!r}")
     return value
+
+
+MIN_REMOTE_WRITE_TOKEN_CHARS = 16
+
+
+def _listen(raw: str) -> tuple[str | None, int] | None:
+    """REMOTE_WRITE_LISTEN: host:port, [v6 address]:port, or :port for every interface; empty: off."""
+    if not raw:
+        return None
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]*):(\d{1,5})", raw)
+    if not match or not 1 <= int(match[2]) <= 65535:
+        raise ConfigError(f"REMOTE_WRITE_LISTEN must be host:port (port 1 to 65535), got {raw[:60]!r}")
+    host = match[1].strip("[]")
+    return host or None, int(match[2])
+
+
+def _remote_write_token(raw: str) -> str | None:
+    """REMOTE_WRITE_TOKEN: a bearer token; never repeated in an error."""
+    if not raw:
+        return None
+    if len(raw) < MIN_REMOTE_WRITE_TOKEN_CHARS or not re.fullmatch(r"[\x21-\x7e]+", raw):
+        raise ConfigError(f"REMOTE_WRITE_TOKEN must be at least {MIN_REMOTE_WRITE_TOKEN_CHARS} printable ASCII "
+                          "characters without spaces")
+    return raw
+
+
+def _label_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", raw):
+        raise ConfigError(f"REMOTE_WRITE_DEVICE_LABEL must be a Prometheus label name, got {raw[:60]!r}")
+    return raw
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -109,4 +142,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         batch_size=int(_number(env, "BATCH_SIZE", 5000, 1, 100000)),
         log_level=_log_level(env.get("LOG_LEVEL", "").strip() or "INFO"),
         retention_days=_number(env, "RETENTION_DAYS", 14, 1, 36500),
+        remote_write_listen=_listen(env.get("REMOTE_WRITE_LISTEN", "").strip()),
+        remote_write_token=_remote_write_token(env.get("REMOTE_WRITE_TOKEN", "").strip()),
+        remote_write_device_label=_label_name(env.get("REMOTE_WRITE_DEVICE_LABEL", "").strip() or "instance"),
     )
