@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from agent.wire import Sample, encode, parse
 from bot import db
 from bot.config import load_settings
-from bot.pipeline.node_exporter import READERS, NodeExporter
+from bot.pipeline.node_exporter import NodeExporter, key
 from bot.pipeline.remote_write import MAX_BODY, PATH, KafkaSink, Receiver, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
@@ -131,9 +131,8 @@ def test_every_real_filesystem_is_named_and_pseudo_or_read_only_ones_are_left_ou
 
 def scraped(mapper: NodeExporter, device: str, scrape: dict) -> list[tuple[object, Sample | None]]:
     """The samples of one scrape handed to the mapper series by series."""
-    for (name, labels), value in scrape.items():
-        if name in READERS:
-            mapper.add(device, name, dict(labels), [(round(T0 * 1000), value)], NOW)
+    values = [(k, value) for (name, labels), value in scrape.items() if (k := key(name, dict(labels))) is not None]
+    mapper.add(device, round(T0 * 1000), values, NOW)
     return mapper.take(NOW)
 
 
@@ -203,6 +202,28 @@ def test_two_instances_in_one_write_become_two_machines(store: pw.Database) -> N
     assert rows["web1", T0].mem_percent == pytest.approx(75.0)
     assert rows["db1.example.org", T0].mem_percent == pytest.approx(25.0)
     assert outcome.series == 2000 and outcome.samples == 2
+
+
+def test_a_sender_that_orders_labels_otherwise_is_read_the_same() -> None:
+    """Prometheus sorts labels, and the receiver reads its layout fast; any other valid encoding says the same."""
+    def samples_of(reorder: bool) -> list[Sample]:
+        got: list[Sample] = []
+        receiver = Receiver(lambda samples, rejects: got.extend(samples))
+        for i in range(3):
+            write = write_request({"pc1:9100": [(T0 + 15 * i, machine(idle_s=100 + 10 * i, busy_s=50 + 3 * i))]})
+            if reorder:
+                for series in write.timeseries:
+                    labels = list(reversed(series.labels))
+                    del series.labels[:]
+                    series.labels.extend(labels)
+            receiver.process(body(write))
+        return got
+
+    sorted_labels, reordered = samples_of(False), samples_of(True)
+
+    assert len(sorted_labels) == 3 and sorted_labels[2].metrics["cpu_percent"] == pytest.approx(23.08, abs=0.01)
+    assert [(s.ts, s.metrics, s.filesystems) for s in reordered] == [
+        (s.ts, s.metrics, s.filesystems) for s in sorted_labels]
 
 
 def test_the_device_label_can_be_another_one(store: pw.Database) -> None:
@@ -304,7 +325,7 @@ def test_a_body_that_cannot_be_read_gets_400_with_the_reason(store: pw.Database,
         again = server.post(bytes(cramjam.snappy.compress_raw(raw[:-7])))
 
     assert not_snappy[0] == 400 and "snappy" in not_snappy[1]
-    assert cut_short[0] == 400 and "cut short" in cut_short[1] and again[0] == 400
+    assert cut_short[0] == 400 and "corrupt or cut short" in cut_short[1] and again[0] == 400
     assert stored_rows() == {}
     assert caplog.text.count("cut short") == 1  # said once, not once per retry of the sender
 

@@ -4,7 +4,6 @@ the Kafka topic)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,6 @@ from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not shutil.which("prometheus") or not shutil.which("prometheus-node-exporter"),
-                       reason="needs Debian's prometheus and prometheus-node-exporter (.ci/run installs them)"),
 ]
 TOKEN = "a-token-only-prometheus-knows"
 DEVICE = "edge-node1"

@@ -10,7 +10,6 @@ the device's newest earlier scrape, kept by its time: a retried write computes t
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -107,6 +106,12 @@ class _Device:
     history: list[tuple[int, dict[str, dict[Key, float]]]] = field(default_factory=list)  # (ts_ms, counters)
 
 
+def key(name: str, labels: Labels) -> Key | None:
+    """Where a series' value goes in its scrape; None for a series Rigwatch does not read."""
+    reader = READERS.get(name)
+    return reader(labels) if reader is not None else None
+
+
 def device_name(value: str) -> str | None:
     """The device a label value names: without a port (`host:9100`, `[::1]:9100`); None when it breaks the
     wire format's rule for device ids."""
@@ -124,34 +129,18 @@ class NodeExporter:
         self._devices: dict[str, _Device] = {}
         self._waiting: set[str] = set()  # devices with pending scrapes
 
-    def add(self, device: str, name: str, labels: Labels, samples: Iterable[tuple[int, float]],
-            now: float) -> str | None:
-        """One series of `device`, named `name` (a key of READERS), with its (ts in ms, value) samples. Non-finite
-        values (Prometheus' stale markers among them) are left out; a sample at a time the wire format refuses
-        is left out too, and the reason returned."""
-        key = READERS[name](labels)
-        if key is None:
-            return None
+    def add(self, device: str, ts_ms: int, values: Iterable[tuple[Key, float]], now: float) -> None:
+        """Values of `device`'s scrape at `ts_ms`, each under its key (`key`), all finite."""
         state = self._devices.get(device)
         if state is None:
             if len(self._devices) >= MAX_DEVICES:
                 self._forget_one()
             state = self._devices[device] = _Device()
-        pending = state.pending
-        self._waiting.add(device)
-        low, high = TS_FROM * 1000, min(TS_TO, now + MAX_AHEAD_S) * 1000
-        problem = None
-        for ts_ms, value in samples:
-            if not low <= ts_ms < high:
-                problem = problem or ts_problem(ts_ms, now)
-                continue
-            if not math.isfinite(value):
-                continue
-            scrape = pending.get(ts_ms)
-            if scrape is None:
-                scrape = pending[ts_ms] = Scrape(device, ts_ms, since=now)
-            scrape.values[key] = value
-        return problem
+        scrape = state.pending.get(ts_ms)
+        if scrape is None:
+            scrape = state.pending[ts_ms] = Scrape(device, ts_ms, since=now)
+            self._waiting.add(device)
+        scrape.values.update(values)
 
     def _forget_one(self) -> None:
         """Make room: the device heard from longest ago with nothing pending goes (dicts keep insertion order)."""
@@ -307,10 +296,12 @@ def _used(available: float | None, total: float | None) -> float | None:
     return round(min(100.0, max(0.0, 100.0 * (1.0 - available / total))), 2)
 
 
-def ts_problem(ts_ms: int, now: float) -> str:
+def ts_problem(ts_ms: int, now: float) -> str | None:
     """Why a sample's time is refused: out of the wire format's bounds, or too far ahead of the receiver's clock."""
     ts = ts_ms / 1000
     if not TS_FROM <= ts < TS_TO:
         return "ts is out of range (expected Unix seconds between 2000 and 2100)"
+    if ts <= now + MAX_AHEAD_S:
+        return None
     return (f"ts is {(ts - now) / 60:.0f} min ahead of the receiver's clock (at most {MAX_AHEAD_S / 60:.0f} min): "
             "the sender's clock is wrong")

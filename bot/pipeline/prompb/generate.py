@@ -1,7 +1,8 @@
-"""Generate remote_pb2.py and types_pb2.py from the .proto files beside this script.
+"""Generate remote_pb2.py, types_pb2.py and frames_pb2.py from the .proto files beside this script.
 
-The .proto files are Prometheus' (prompb/), kept as Prometheus writes them: their gogoproto options (Go code
-generation hints) are stripped here, since protoc for Python has no use for them and would need gogo.proto.
+remote.proto and types.proto are Prometheus' (prompb/), kept as Prometheus writes them: their gogoproto options
+(Go code generation hints) are stripped here, since protoc for Python has no use for them and would need
+gogo.proto. frames.proto is Rigwatch's own view of a WriteRequest (its series left encoded).
 Run after changing a .proto file (needs requirements-dev.txt: grpcio-tools ships protoc)::
 
     python -m bot.pipeline.prompb.generate
@@ -18,7 +19,7 @@ from grpc_tools import protoc
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = "bot.pipeline.prompb"
-PROTOS = ("types.proto", "remote.proto")
+PROTOS = ("types.proto", "remote.proto", "frames.proto")
 GOGO_IMPORT = re.compile(r'^import "gogoproto/gogo\.proto";\n', re.MULTILINE)
 GOGO_OPTIONS = re.compile(r"\s*\[\(gogoproto\.[^]]*\]")
 
