@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cramjam
@@ -303,6 +304,15 @@ def test_a_write_is_answered_204_once_stored(store: pw.Database) -> None:
 
     assert status == 204
     assert list(stored_rows()) == [("pc1", T0)]
+
+
+def test_writes_sent_at_once_by_several_shards_are_each_stored_once(store: pw.Database) -> None:
+    writes = [scrape_at(f"shard{i}-pc{j}:9100", T0 + 15 * k) for i in range(4) for j in range(3) for k in range(2)]
+    with Serving(Receiver(into_store), TOKEN) as server, ThreadPoolExecutor(4) as shards:
+        answers = list(shards.map(lambda data: server.post(data)[0], writes))
+
+    assert answers == [204] * len(writes)
+    assert len(stored_rows()) == len(writes) == db.Metric.select().count()
 
 
 def test_without_the_token_nothing_is_stored(store: pw.Database) -> None:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 PATH = "/api/v1/write"
 MAX_BODY = 16 * 1024 * 1024  # decompressed
 MAX_COMPRESSED = 32 + MAX_BODY + MAX_BODY // 6  # snappy's bound on what MAX_BODY compresses to
-CONCURRENT = 2  # writes decoded and stored at once; the others wait their turn
+CONCURRENT = 4  # writes decoded and stored at once; the others wait their turn
 MAX_WAITING = 32  # beyond this many waiting writes, a write is answered 503 at once
 GRACE_S = 10.0  # a scrape split over several writes waits this long for its rest (Prometheus flushes every 5 s)
 FLUSH_EVERY_S = 1.0
@@ -52,7 +53,11 @@ SAY_AGAIN_S = 60.0  # a 400's reason is logged again after this long (with how m
 PROTOBUF = "application/x-protobuf"
 V1_PROTO = "prometheus.WriteRequest"
 NAMED = b"\n\x08__name__\x12"  # a series' first label, `__name__`, as Prometheus encodes it (labels sorted)
-WANTED = {name.encode(): name for name in READERS}
+# A series to look at: Prometheus sorts labels, so `__name__` comes first and names it; one of the names Rigwatch
+# reads (its length byte before it makes the match exact), or a series laid out otherwise, which protobuf reads.
+MAYBE_READ = re.compile(
+    rb"\n.(?:\n\x08__name__\x12(?:" + b"|".join(re.escape(bytes([len(name)]) + name.encode()) for name in READERS)
+    + rb")|(?!\n\x08__name__\x12))", re.DOTALL)
 
 
 class Malformed(ValueError):
@@ -111,6 +116,16 @@ def _millis(varint: bytes) -> int | None:
     return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(varint))
 
 
+@dataclass
+class _Turn:
+    """The samples of one write, waiting to be stored with others."""
+
+    samples: list[Sample]
+    rejects: list[Rejection]
+    done: bool = False
+    error: Exception | None = None
+
+
 class _Seen(NamedTuple):
     """What a label set, seen before, means: its device and the key of its value (None: not read), or why its
     device is refused."""
@@ -142,6 +157,10 @@ class Receiver:
         self.device_label = device_label
         self.mapper = NodeExporter(grace_s)
         self._lock = threading.Lock()  # around the mapper
+        self._reading = threading.Lock()  # around decoding, and the caches of label sets and times
+        self._turn = threading.Condition()  # around the stores waiting their turn
+        self._queue: list[_Turn] = []
+        self._leading = False  # a write is storing the queue's samples
         self._seen: dict[bytes, _Seen] = {}  # an encoded label set -> what it means
         self._times: dict[bytes, int] = {}  # the varint of a valid time -> the time in ms
         self._refused: dict[str, float] = {}  # source -> when it was last recorded as rejected
@@ -150,10 +169,13 @@ class Receiver:
         """Read one write and store what is ready. Raises Malformed, TooLarge or Unavailable; changes nothing
         unless the whole body could be read."""
         now = time.time() if now is None else now
-        series = frames(decompress(body))
-        outcome = Outcome(series=len(series))
-        rejects: list[Rejection] = []
-        scrapes = self._read(series, now, outcome, rejects)
+        # One write decoded at a time: decoding holds the interpreter anyway, and meanwhile the writes decoded
+        # before are stored together (_store_together).
+        with self._reading:
+            series = frames(decompress(body))
+            outcome = Outcome(series=len(series))
+            rejects: list[Rejection] = []
+            scrapes = self._read(series, now, outcome, rejects)
         with self._lock:
             for (device, ts_ms), values in scrapes.items():
                 self.mapper.add(device, ts_ms, values, now)
@@ -165,18 +187,14 @@ class Receiver:
               rejects: list[Rejection]) -> dict[tuple[str, int], list[tuple[Key, float]]]:
         """The values read, by (device, ts in ms). Only the series Rigwatch reads are decoded; the label set of
         one seen before is not decoded again, nor the time of a scrape (the hot path: nine series in ten are
-        stepped over, and each one read costs a few dictionary look-ups)."""
+        dropped by a regular expression, and each one read costs a few dictionary look-ups)."""
         scrapes: dict[tuple[str, int], list[tuple[Key, float]]] = {}
-        seen, times, wanted = self._seen, self._times, WANTED
+        seen, times = self._seen, self._times
         read = 0
-        for encoded in series:
+        for encoded in filter(MAYBE_READ.match, series):
             try:
-                # Prometheus sorts labels: `__name__` comes first, and names the series.
                 if encoded[2:13] != NAMED:
                     self._slow(encoded, now, scrapes, outcome, rejects)
-                    continue
-                name = wanted.get(encoded[14:14 + encoded[13]])
-                if name is None:
                     continue
                 size = len(encoded)
                 if encoded[size - VALUE_TAIL:size - 15] == VALUE_HEAD and encoded[size - 7] == 0x10:
@@ -269,12 +287,41 @@ class Receiver:
         if not samples and not rejects:
             return 0
         try:
-            self.store(samples, rejects)
+            self._store_together(samples, rejects)
         except Exception as exc:
             with self._lock:
                 self.mapper.restore(scrape for scrape, _sample in ready)
             raise Unavailable(str(exc) or type(exc).__name__) from exc
         return len(samples)
+
+    def _store_together(self, samples: list[Sample], rejects: list[Rejection]) -> None:
+        """Store, together with what other writes bring meanwhile: one prediction and one transaction for all
+        the writes that waited while the one before was stored (each costs about as much whatever its size)."""
+        mine = _Turn(samples, rejects)
+        with self._turn:
+            self._queue.append(mine)
+            while not mine.done and self._leading:
+                self._turn.wait()
+            if mine.done:  # stored by the write that led
+                if mine.error is not None:
+                    raise mine.error
+                return
+            self._leading = True
+            batch, self._queue = self._queue, []
+        error: Exception | None = Unavailable("storing was interrupted")
+        try:
+            self.store([s for turn in batch for s in turn.samples], [r for turn in batch for r in turn.rejects])
+            error = None
+        except Exception as exc:
+            error = exc
+        finally:  # whatever happened, the writes waiting are answered and another may lead
+            with self._turn:
+                for turn in batch:
+                    turn.done, turn.error = True, error
+                self._leading = False
+                self._turn.notify_all()
+        if error is not None:
+            raise error
 
     def _refuse(self, source: str, reason: str, payload: str, now: float, outcome: Outcome,
                 rejects: list[Rejection]) -> None:
