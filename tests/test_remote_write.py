@@ -24,6 +24,7 @@ from agent.wire import Sample, encode, parse
 from bot import db
 from bot.config import load_settings
 from bot.pipeline.node_exporter import NodeExporter, key
+from bot.pipeline.prompb import types_pb2
 from bot.pipeline.remote_write import MAX_BODY, PATH, KafkaSink, Receiver, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
@@ -207,24 +208,42 @@ def test_two_instances_in_one_write_become_two_machines(store: pw.Database) -> N
 
 def test_a_sender_that_orders_labels_otherwise_is_read_the_same() -> None:
     """Prometheus sorts labels, and the receiver reads its layout fast; any other valid encoding says the same."""
-    def samples_of(reorder: bool) -> list[Sample]:
+    def samples_of(layout: str) -> list[Sample]:
         got: list[Sample] = []
         receiver = Receiver(lambda samples, rejects: got.extend(samples))
         for i in range(3):
             write = write_request({"pc1:9100": [(T0 + 15 * i, machine(idle_s=100 + 10 * i, busy_s=50 + 3 * i))]})
-            if reorder:
+            if layout == "labels reversed":
                 for series in write.timeseries:
                     labels = list(reversed(series.labels))
                     del series.labels[:]
                     series.labels.extend(labels)
-            receiver.process(body(write))
+                receiver.process(body(write))
+            elif layout == "samples first":  # protobuf lets fields come in any order
+                raw = b""
+                for series in write.timeseries:
+                    encoded = (types_pb2.TimeSeries(samples=series.samples).SerializeToString()
+                               + types_pb2.TimeSeries(labels=series.labels).SerializeToString())
+                    raw += b"\n" + _varint(len(encoded)) + encoded
+                receiver.process(bytes(cramjam.snappy.compress_raw(raw)))
+            else:
+                receiver.process(body(write))
         return got
 
-    sorted_labels, reordered = samples_of(False), samples_of(True)
+    as_prometheus = samples_of("as Prometheus")
 
-    assert len(sorted_labels) == 3 and sorted_labels[2].metrics["cpu_percent"] == pytest.approx(23.08, abs=0.01)
-    assert [(s.ts, s.metrics, s.filesystems) for s in reordered] == [
-        (s.ts, s.metrics, s.filesystems) for s in sorted_labels]
+    assert len(as_prometheus) == 3 and as_prometheus[2].metrics["cpu_percent"] == pytest.approx(23.08, abs=0.01)
+    for layout in ("labels reversed", "samples first"):
+        assert [(s.ts, s.metrics, s.filesystems) for s in samples_of(layout)] == [
+            (s.ts, s.metrics, s.filesystems) for s in as_prometheus], layout
+
+
+def _varint(value: int) -> bytes:
+    out = b""
+    while value >= 0x80:
+        out += bytes([value & 0x7F | 0x80])
+        value >>= 7
+    return out + bytes([value])
 
 
 def test_the_device_label_can_be_another_one(store: pw.Database) -> None:

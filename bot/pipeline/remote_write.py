@@ -57,7 +57,7 @@ NAMED = b"\n\x08__name__\x12"  # a series' first label, `__name__`, as Prometheu
 # reads (its length byte before it makes the match exact), or a series laid out otherwise, which protobuf reads.
 MAYBE_READ = re.compile(
     rb"\n.(?:\n\x08__name__\x12(?:" + b"|".join(re.escape(bytes([len(name)]) + name.encode()) for name in READERS)
-    + rb")|(?!\n\x08__name__\x12))", re.DOTALL)
+    + rb")|(?!\n\x08__name__\x12))|(?!\n)", re.DOTALL)
 
 
 class Malformed(ValueError):
