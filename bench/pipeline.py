@@ -13,12 +13,15 @@ One run, one machine, in this order:
 3. alert latency: stressed samples of their own devices injected into a steady 2,000 msg/s background,
    from the moment they are produced until the fake Bot API receives the alert;
 4. ``/status`` (the fleet) on a store of 10 million samples of 1,000 devices;
-5. the bot's peak RSS on a backlog of 20,000 messages of 60 KiB each.
+5. the bot's peak RSS on a backlog of 20,000 messages of 60 KiB each;
+6. the remote-write receiver: realistic node_exporter writes posted to the real bot over HTTP, against
+   decompressing and decoding the same bodies (bench/remote_write.py).
 
 Run from the repository root (needs requirements-dev.txt and Debian's ``postgresql`` server package)::
 
     python -m bench.pipeline
     python -m bench.pipeline --messages 100000 --status-rows 1000000   # quicker
+    python -m bench.pipeline --only-remote-write                         # the receiver alone
 
 Exit code 0 only when every target is met.
 """
@@ -52,6 +55,7 @@ import psutil
 from confluent_kafka import Consumer, Producer
 
 from agent.wire import KNOWN_METRICS, encode, parse
+from bench import remote_write
 from bot import db
 from ml import model as ml_model
 from ml.training import train
@@ -575,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog-bytes", type=int, default=60 * 1024, help="size of each of those messages")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on an ingest after this many s")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, bot logs)")
+    parser.add_argument("--only-remote-write", action="store_true", help="run the remote-write receiver part alone")
+    parser.add_argument("--rw-machines", type=int, default=2000, help="node_exporter machines (default 2,000)")
+    parser.add_argument("--rw-per-write", type=int, default=100, help="machines a write (default 100)")
+    parser.add_argument("--rw-rounds", type=int, default=5, help="scrapes of each machine (default 5)")
     args = parser.parse_args(argv)
     command = "python -m bench.pipeline " + shlex.join(argv if argv is not None else sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="rigwatch-pipeline-"))
@@ -583,13 +591,31 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     passed = False
     try:
-        passed = run(args, tmp, command, load_before)
+        passed = (run_remote_write(args, tmp, command, load_before) if args.only_remote_write
+                  else run(args, tmp, command, load_before))
     finally:
         if passed and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"  kept {tmp}")
     return 0 if passed else 1
+
+
+def remote_write_part(args: argparse.Namespace, tmp: Path, fake: FakeTelegram) -> remote_write.Figures:
+    print(f"remote write: {args.rw_machines:,} machines x {args.rw_rounds} scrapes ...", flush=True)
+    return remote_write.measure(args.rw_machines, args.rw_per_write, args.rw_rounds, fake, tmp, TOKEN, args.timeout)
+
+
+def run_remote_write(args: argparse.Namespace, tmp: Path, command: str, load_before: str) -> bool:
+    with FakeTelegram(token=TOKEN) as fake:
+        figures = remote_write_part(args, tmp, fake)
+    print()
+    print(f"Rigwatch remote-write benchmark, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(f"  command: {command}")
+    print(f"  machine load before: {load_before}; after: {load()}")
+    passed = remote_write.report(figures, args.rw_machines, args.rw_per_write, args.rw_rounds)
+    print(f"  RESULT: {verdict(passed)}")
+    return passed
 
 
 def run(args: argparse.Namespace, tmp: Path, command: str, load_before: str) -> bool:
@@ -629,6 +655,7 @@ def run(args: argparse.Namespace, tmp: Path, command: str, load_before: str) -> 
         produce(broker.bootstrap, big_topic, big_messages(args.backlog, args.devices, args.backlog_bytes))
         big = run_bot_ingest(args.backlog, f"sqlite:///{tmp}/big.sqlite3", broker.bootstrap, big_topic, fake, tmp,
                              args.timeout)
+        rw = remote_write_part(args, tmp, fake)
 
     print()
     print(f"Rigwatch ingest benchmark: {n:,} agent-shaped messages of {args.devices:,} devices, Tansu, "
@@ -679,6 +706,7 @@ def run(args: argparse.Namespace, tmp: Path, command: str, load_before: str) -> 
           f"{big.hwm / MIB:.0f} MiB ({big.stored:,} stored, {big.rate:,.0f} msg/s)   "
           f"target ≤ {TARGET_RSS_BYTES // MIB} MiB   {verdict(big_ok)}")
     ok += [rss_ok, big_ok]
+    ok.append(remote_write.report(rw, args.rw_machines, args.rw_per_write, args.rw_rounds))
     passed = all(ok)
     print(f"  RESULT: {verdict(passed)}")
     return passed

@@ -34,6 +34,7 @@ from bot.pipeline.decide import Decider
 from bot.pipeline.incidents import Incidents, Rules
 from bot.pipeline.model import ActiveModel, ModelKeeper
 from bot.pipeline.poller import Poller
+from bot.pipeline.remote_write import KafkaSink, Receiver, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource, LocalSource
 from bot.pipeline.watch import Watch
 from ml.registry import ModelStore
@@ -180,7 +181,8 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         # Soon after start as well as daily: a bot restarted every day still downsamples.
         queue.run_repeating(jobs.in_thread, interval=retention.DAY_S, first=RETENTION_FIRST_S,
                             data=partial(retention.daily, settings.retention_days), name="retention")
-    queue.run_repeating(jobs.tell_outages, interval=OUTAGE_CHECK_S, data=_watched(source), name="outages")
+    watched = _watched(source)
+    queue.run_repeating(jobs.tell_outages, interval=OUTAGE_CHECK_S, data=watched, name="outages")
     # Everything made so far (libraries, the model) lives as long as the process: the garbage collector need
     # not walk it again. A batch's many short-lived objects go by their reference counts, nearly none in a
     # cycle: the youngest generation is collected less often (bench/README.md, the hot path).
@@ -189,6 +191,31 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     # Application.start() would start the job queue only once Telegram answers.
     await queue.start()
     poller.start()
+    if settings.remote_write_listen is not None:
+        server = await _start_remote_write(application, settings, poller)
+        watched.append(jobs.Service(lambda: server.receiving, texts.REMOTE_WRITE_IDLE, texts.REMOTE_WRITE_BACK))
+
+
+async def _start_remote_write(application: Application, settings: Settings, poller: Poller) -> RemoteWriteServer:
+    """The remote-write receiver: in single-host mode its samples go through the poller's store; in fleet mode
+    to the Kafka topic, for every worker to share."""
+    if settings.kafka_bootstrap:
+        sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic,
+                         store_rejects=lambda rejects: db.store_batch([], [], None, rejects))
+        receiver = Receiver(sink, settings.remote_write_device_label)
+        after_store = None
+        application.bot_data["remote_write_sink"] = sink
+    else:
+        receiver = Receiver(poller.store, settings.remote_write_device_label)
+        after_store = poller.send_queued
+    host, port = settings.remote_write_listen or (None, 0)
+    server = RemoteWriteServer(receiver, host, port, settings.remote_write_token, after_store)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise SystemExit(f"rigwatch: cannot listen on REMOTE_WRITE_LISTEN ({exc.strerror or exc})") from None
+    application.bot_data["remote_write"] = server
+    return server
 
 
 def _watched(source: KafkaSource | LocalSource) -> list[jobs.Service]:
@@ -215,6 +242,12 @@ def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
 
 
 async def _shut_down(application: Application) -> None:
+    server: RemoteWriteServer | None = application.bot_data.get("remote_write")
+    if server is not None:
+        await server.stop()  # before the poller: the scrapes it still holds are stored and alerted
+    sink: KafkaSink | None = application.bot_data.get("remote_write_sink")
+    if sink is not None:
+        await asyncio.to_thread(sink.close)
     poller: Poller | None = application.bot_data.get("poller")
     if poller is not None:
         await poller.stop()  # its messages go out while the bot can still send

@@ -42,6 +42,9 @@ class Settings:
     alert_group_s: float = 30.0
     alert_group_min: int = 3
     timezone: tzinfo = UTC
+    remote_write_listen: tuple[str | None, int] | None = None  # (host, port); host None: every interface
+    remote_write_token: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
+    remote_write_device_label: str = "instance"
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -71,6 +74,36 @@ def _timezone(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"BOT_TIMEZONE must be an IANA time zone such as Europe/Berlin, got {name[:40]!r}") from None
+
+
+MIN_REMOTE_WRITE_TOKEN_CHARS = 16
+
+
+def _listen(raw: str) -> tuple[str | None, int] | None:
+    """REMOTE_WRITE_LISTEN: host:port, [v6 address]:port, or :port for every interface; empty: off."""
+    if not raw:
+        return None
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]*):(\d{1,5})", raw)
+    if not match or not 1 <= int(match[2]) <= 65535:
+        raise ConfigError(f"REMOTE_WRITE_LISTEN must be host:port (port 1 to 65535), got {raw[:60]!r}")
+    host = match[1].strip("[]")
+    return host or None, int(match[2])
+
+
+def _remote_write_token(raw: str) -> str | None:
+    """REMOTE_WRITE_TOKEN: a bearer token; never repeated in an error."""
+    if not raw:
+        return None
+    if len(raw) < MIN_REMOTE_WRITE_TOKEN_CHARS or not re.fullmatch(r"[\x21-\x7e]+", raw):
+        raise ConfigError(f"REMOTE_WRITE_TOKEN must be at least {MIN_REMOTE_WRITE_TOKEN_CHARS} printable ASCII "
+                          "characters without spaces")
+    return raw
+
+
+def _label_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", raw):
+        raise ConfigError(f"REMOTE_WRITE_DEVICE_LABEL must be a Prometheus label name, got {raw[:60]!r}")
+    return raw
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -124,4 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         alert_group_s=_number(env, "ALERT_GROUP_SECONDS", 30, 0, 3600),
         alert_group_min=int(_number(env, "ALERT_GROUP_MIN", 3, 2, 1000)),
         timezone=_timezone(env.get("BOT_TIMEZONE", "").strip() or "UTC"),
+        remote_write_listen=_listen(env.get("REMOTE_WRITE_LISTEN", "").strip()),
+        remote_write_token=_remote_write_token(env.get("REMOTE_WRITE_TOKEN", "").strip()),
+        remote_write_device_label=_label_name(env.get("REMOTE_WRITE_DEVICE_LABEL", "").strip() or "instance"),
     )

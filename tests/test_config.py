@@ -38,6 +38,19 @@ def test_defaults_follow_the_design() -> None:
     assert settings.log_level == "INFO"
     assert settings.retention_days == 14
     assert (settings.alert_group_s, settings.alert_group_min, str(settings.timezone)) == (30, 3, "UTC")
+    assert settings.remote_write_listen is None, "no receiver unless asked for"
+    assert (settings.remote_write_token, settings.remote_write_device_label) == (None, "instance")
+
+
+def test_the_remote_write_receiver_is_configured_from_three_variables() -> None:
+    settings = load_settings(with_token(REMOTE_WRITE_LISTEN="0.0.0.0:9201", REMOTE_WRITE_TOKEN="t0ken-of-the-fleet!",
+                                        REMOTE_WRITE_DEVICE_LABEL="host"))
+
+    assert settings.remote_write_listen == ("0.0.0.0", 9201)
+    assert settings.remote_write_token == "t0ken-of-the-fleet!" and "t0ken" not in repr(settings)
+    assert settings.remote_write_device_label == "host"
+    assert load_settings(with_token(REMOTE_WRITE_LISTEN="[::1]:9201")).remote_write_listen == ("::1", 9201)
+    assert load_settings(with_token(REMOTE_WRITE_LISTEN=":9201")).remote_write_listen == (None, 9201)
 
 
 def test_configured_values_are_used() -> None:
@@ -104,11 +117,16 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(ALERT_GROUP_SECONDS="-5"), "ALERT_GROUP_SECONDS"),
         (with_token(BOT_TIMEZONE="Mars/Olympus"), "BOT_TIMEZONE"),
         (with_token(BOT_TIMEZONE="../../etc/passwd"), "BOT_TIMEZONE"),
+        (with_token(REMOTE_WRITE_LISTEN="9201"), "REMOTE_WRITE_LISTEN"),
+        (with_token(REMOTE_WRITE_LISTEN="0.0.0.0:70000"), "REMOTE_WRITE_LISTEN"),
+        (with_token(REMOTE_WRITE_TOKEN="short"), "REMOTE_WRITE_TOKEN"),
+        (with_token(REMOTE_WRITE_DEVICE_LABEL="host-name"), "REMOTE_WRITE_DEVICE_LABEL"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
          "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
          "log-level-verbose", "forecast-hours-0", "forecast-hours-soon", "retention-0-days", "group-min-1",
-         "group-seconds-negative", "timezone-unknown", "timezone-path"],
+         "group-seconds-negative", "timezone-unknown", "timezone-path", "listen-no-host", "listen-port-70000",
+         "remote-write-token-short", "device-label-dash"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -124,6 +142,10 @@ def test_a_malformed_token_is_not_repeated_in_the_error() -> None:
         load_settings({"TELEGRAM_BOT_TOKEN": secret})
 
     assert secret not in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(with_token(REMOTE_WRITE_TOKEN="secret with spaces"))
+
+    assert "secret" not in str(raised.value).replace("REMOTE_WRITE_TOKEN", "")
 
 
 def run_bot(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -538,6 +538,9 @@ DATABASE_UP = "✅ The database is reachable again: metrics are stored."
 KAFKA_DOWN = ("⚠️ Kafka is unreachable: no new metrics arrive until it is back. Nothing is lost: they are read "
               "when it returns.")
 KAFKA_UP = "✅ Kafka is reachable again: metrics arrive."
+REMOTE_WRITE_IDLE = ("⚠️ No remote write has arrived for a minute: is Prometheus down? The machines it reports "
+                     "are not declared silent meanwhile.")
+REMOTE_WRITE_BACK = "✅ Remote writes arrive again."
 
 # --- replies to commands -------------------------------------------------------------------------------------
 

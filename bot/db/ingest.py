@@ -343,21 +343,22 @@ def _gap(samples: list[StoredSample]) -> float | None:
     return gaps[len(gaps) // 2] if gaps else None
 
 
-INTAKE = "intake"
+INTAKE_FORGOTTEN_S = 3600.0  # an intake silent this long no longer holds silences back (turned off, or long gone)
 
 
-def beat(now: float, gap_s: float) -> None:
-    """The intake received (or could have: a healthy, empty poll counts): extend its stretch, or begin a new one
-    when the last beat is older than `gap_s` (the intake was down meanwhile). Every ingesting process beats the
-    same row."""
-    updated = (Heartbeat.update(since=pw.Case(None, [(Heartbeat.at < now - gap_s, now)], Heartbeat.since),
-                                at=now)
-               .where(Heartbeat.name == INTAKE).execute())
+def beat(name: str, now: float, gap_s: float) -> None:
+    """The intake `name` received (or could have: a healthy, empty poll counts): extend its stretch, or begin
+    a new one when its last beat is older than `gap_s` (it was down meanwhile). Processes share the rows."""
+    updated = (Heartbeat.update(since=pw.Case(None, [(Heartbeat.at < now - gap_s, now)], Heartbeat.since), at=now)
+               .where(Heartbeat.name == name).execute())
     if not updated:
-        Heartbeat.insert(name=INTAKE, since=now, at=now).on_conflict_ignore().execute()
+        Heartbeat.insert(name=name, since=now, at=now).on_conflict_ignore().execute()
 
 
-def intake() -> tuple[float, float] | None:
-    """(since, at) of the intake's current or last stretch of receiving; None before the first beat."""
-    row = Heartbeat.get_or_none(Heartbeat.name == INTAKE)
-    return None if row is None else (row.since, row.at)
+def intake(now: float) -> tuple[float, float] | None:
+    """(since, at) of the time every intake of the bot has been receiving without a gap: since the latest of
+    their stretches began, up to the earliest of their last beats. None before the first beat."""
+    rows = list(Heartbeat.select().where(Heartbeat.at >= now - INTAKE_FORGOTTEN_S))
+    if not rows:
+        return None
+    return max(r.since for r in rows), min(r.at for r in rows)

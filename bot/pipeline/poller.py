@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from confluent_kafka import KafkaException
 
-from agent.wire import KNOWN_METRICS
+from agent.wire import KNOWN_METRICS, Sample
 from bot import db
 from bot.logs import Outage
 from bot.pipeline.decide import Decider
@@ -43,6 +44,8 @@ class Poller:
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._beaten = 0.0
+        # One batch at a time through prediction, the store and the decisions, whichever way it came.
+        self._storing = threading.Lock()
         self.storing = Outage(log, "storing a batch failed; it will be read again: %s", "storing works again",
                               level=logging.ERROR)
 
@@ -77,17 +80,13 @@ class Poller:
         now = time.time()
         if self.source.receiving and now - self._beaten >= BEAT_S:
             # The intake works, even when no machine sent anything; three missed beats are an outage of it.
-            db.beat(now, 3 * max(BEAT_S, self.interval))
+            db.beat(self.source.name, now, 3 * max(BEAT_S, self.interval))
             self._beaten = now
         return new
 
     def _store(self, batch: Batch) -> list[db.StoredSample]:
         try:
-            # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
-            values = db.known_values(batch.samples)
-            predictions, version = self.model.predict(features.table(values, KNOWN_METRICS))
-            new = db.store_batch(batch.samples, predictions, version, batch.rejects, batch.origins,
-                                 on_stored=self.decider.decide, values=values)
+            new = self.store(batch.samples, batch.rejects, batch.origins)
         except Exception:
             self.source.rewind(batch)
             raise
@@ -103,6 +102,24 @@ class Poller:
             log.warning("rejected message %s: %s", reject.source, reject.reason)
         return new
 
+    def store(self, samples: list[Sample], rejects: list[db.Rejection],
+              origins: Sequence[db.Origin] | None = None) -> list[db.StoredSample]:
+        """Predict and store samples in one transaction with the incidents they decide; return those that were new.
+        Blocks; raises what the store raised (nothing of the batch is stored then)."""
+        with self._storing:
+            # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
+            values = db.known_values(samples)
+            predictions, version = self.model.predict(features.table(values, KNOWN_METRICS))
+            return db.store_batch(samples, predictions, version, rejects, origins, on_stored=self.decider.decide,
+                                  values=values)
+
+    def send_queued(self) -> None:
+        """Send, beside ingestion, the messages the batches stored so far queued. On the event loop."""
+        if self.decider.incidents.take_queued():
+            task = asyncio.create_task(self.on_queued(), name="send")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
     async def step(self) -> bool:
         """One batch, waiting up to one interval for its first message; False when storing it failed."""
         try:
@@ -111,8 +128,5 @@ class Poller:
         except Exception as exc:
             self.storing.down(exc, exc_info=True)
             return False
-        if self.decider.incidents.take_queued():  # its messages go out now, beside ingestion
-            task = asyncio.create_task(self.on_queued(), name="send")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        self.send_queued()  # its messages go out now
         return True

@@ -86,6 +86,7 @@ class KafkaSource:
     """
 
     streams = True  # fetch waits for the first message: ingestion asks again at once
+    name = "kafka"
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.kafka_topic
@@ -229,7 +230,8 @@ class LocalSource:
     """Single-host mode: one sample of this machine per call, through the agent's collector."""
 
     streams = False  # one sample per interval
-    receiving = True
+    name = "local"
+    receiving = False  # this machine cannot fall silent while the bot runs on it: no intake to watch
 
     def __init__(self) -> None:
         self.collector = Collector()

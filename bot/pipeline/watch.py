@@ -43,7 +43,7 @@ class Watch:
         now = time.time() if now is None else now
         opened = 0
         with transaction():
-            stretch = intake()
+            stretch = intake(now)
             if stretch is None:
                 return 0
             since, received = stretch

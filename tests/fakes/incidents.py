@@ -32,6 +32,6 @@ def intake_alive(start: float, end: float) -> None:
     """The bot's intake received from `start` to `end` (its poller beats every few seconds)."""
     t = start
     while t < end:
-        db.beat(t, 30)
+        db.beat("kafka", t, 30)
         t += 10.0
-    db.beat(end, 30)
+    db.beat("kafka", end, 30)

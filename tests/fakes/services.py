@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -164,3 +165,37 @@ def new_bucket(s3: BaseClient, versioned: bool = True) -> str:
     if versioned:
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     return bucket
+
+
+@contextlib.contextmanager
+def node_exporter() -> Iterator[str]:
+    """Debian's prometheus-node-exporter on a loopback port; yields its host:port."""
+    port = free_port()
+    proc = subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def prometheus(config: str) -> Iterator[Path]:
+    """Debian's prometheus with the given configuration (YAML) on a loopback port; yields its log file."""
+    folder = Path(tempfile.mkdtemp(prefix="rigwatch-prometheus-"))
+    (folder / "prometheus.yml").write_text(config)
+    port = free_port()
+    log = folder / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["prometheus", f"--config.file={folder}/prometheus.yml",
+                                 f"--storage.tsdb.path={folder}/data", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=30)
+        yield log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,307 @@
+"""node_exporter's series, as Prometheus remote write brings them, become Rigwatch samples: one per machine and
+scrape. Pure: no I/O, no clock of its own; the receiver (bot/pipeline/remote_write.py) hands it series and time.
+
+A scrape's series share its timestamp, so (device, ts) gathers them. Prometheus may split one scrape over
+several writes (its shards, its batches): a scrape is handed out as a sample once it holds as many series as
+the device's last whole scrape did, or once it has waited `grace_s` for the rest. Counters become rates against
+the device's newest earlier scrape, kept by its time: a retried write computes the same rates again.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from agent.wire import BOUNDS, DEVICE_RE, MAX_AHEAD_S, TS_FROM, TS_TO, Sample
+
+# What is not a disk: the file system types node_exporter itself leaves out by default, an empty type (the
+# node-exporter mixin's `fstype!=""`) and memory-backed ones (tmpfs, ramfs), as the agent leaves them out.
+IGNORED_FSTYPES = frozenset({
+    "", "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts", "devtmpfs", "erofs",
+    "fusectl", "hugetlbfs", "iso9660", "mqueue", "nsfs", "overlay", "proc", "procfs", "pstore", "ramfs",
+    "rpc_pipefs", "securityfs", "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs",
+})
+MAX_FILESYSTEMS = 32  # the fullest ones are kept
+MAX_MOUNT_CHARS = 256
+HISTORY = 4  # earlier scrapes kept per device for rates: enough for a retry and a scrape that came late
+MAX_RATE_WINDOW_S = 900.0  # a rate over a longer gap (the machine was off) says nothing about now
+MAX_DEVICES = 100_000
+TEMP_LOW, TEMP_HIGH = BOUNDS["cpu_temp_c"]
+RATE_HIGH = BOUNDS["disk_read_bps"][1]
+
+Key = tuple[str, ...]
+Labels = dict[str, str]
+
+
+def _cpu(labels: Labels) -> Key | None:
+    return ("cpu", labels.get("cpu", ""), labels.get("mode", ""))
+
+
+def _filesystem(what: str) -> Callable[[Labels], Key | None]:
+    def key(labels: Labels) -> Key | None:
+        mount = labels.get("mountpoint", "")
+        if labels.get("fstype", "") in IGNORED_FSTYPES or not mount or len(mount) > MAX_MOUNT_CHARS:
+            return None
+        return ("fs", mount, what)
+    return key
+
+
+def _per_device(kind: str, skip: frozenset[str] = frozenset()) -> Callable[[Labels], Key | None]:
+    def key(labels: Labels) -> Key | None:
+        device = labels.get("device", "")
+        return None if device in skip else (kind, device)
+    return key
+
+
+def _gauge(*key: str) -> Callable[[Labels], Key | None]:
+    return lambda labels: key
+
+
+def _sensor(kind: str, *names: str) -> Callable[[Labels], Key | None]:
+    return lambda labels: (kind, *(labels.get(name, "") for name in names))
+
+
+LOOPBACK = frozenset({"lo"})
+# The series Rigwatch reads, by metric name (node_exporter 1.x): each gives the key of its value in a scrape,
+# or None for a series to leave out. Every other series of a write is dropped unread.
+READERS: dict[str, Callable[[Labels], Key | None]] = {
+    "node_cpu_seconds_total": _cpu,
+    "node_load1": _gauge("load1"),
+    "node_memory_MemTotal_bytes": _gauge("mem", "MemTotal"),
+    "node_memory_MemAvailable_bytes": _gauge("mem", "MemAvailable"),
+    "node_memory_SwapTotal_bytes": _gauge("mem", "SwapTotal"),
+    "node_memory_SwapFree_bytes": _gauge("mem", "SwapFree"),
+    "node_filesystem_size_bytes": _filesystem("size"),
+    "node_filesystem_avail_bytes": _filesystem("avail"),
+    "node_filesystem_readonly": _filesystem("readonly"),
+    "node_hwmon_temp_celsius": _sensor("temp", "chip", "sensor"),
+    "node_thermal_zone_temp": _sensor("temp", "zone", "type"),
+    "node_network_receive_bytes_total": _per_device("net_recv", LOOPBACK),
+    "node_network_transmit_bytes_total": _per_device("net_sent", LOOPBACK),
+    "node_disk_read_bytes_total": _per_device("disk_read"),
+    "node_disk_written_bytes_total": _per_device("disk_write"),
+    "node_boot_time_seconds": _gauge("boot"),
+}
+# Counter families -> the rate metric each becomes (cpu is a share of time, not a rate).
+RATES = {"net_recv": "net_recv_bps", "net_sent": "net_sent_bps", "disk_read": "disk_read_bps",
+         "disk_write": "disk_write_bps"}
+COUNTERS = frozenset({"cpu", *RATES})
+
+
+@dataclass(slots=True)
+class Scrape:
+    """The series of one device's scrape gathered so far: key -> value."""
+
+    device: str
+    ts_ms: int
+    values: dict[Key, float] = field(default_factory=dict)
+    since: float = 0.0  # when its first series came (the receiver's monotonic clock)
+
+
+@dataclass(slots=True)
+class _Device:
+    expected: int = 0  # series of its last whole scrape
+    pending: dict[int, Scrape] = field(default_factory=dict)  # ts_ms -> scrape not handed out yet
+    history: list[tuple[int, dict[str, dict[Key, float]]]] = field(default_factory=list)  # (ts_ms, counters)
+
+
+def key(name: str, labels: Labels) -> Key | None:
+    """Where a series' value goes in its scrape; None for a series Rigwatch does not read."""
+    reader = READERS.get(name)
+    return reader(labels) if reader is not None else None
+
+
+def device_name(value: str) -> str | None:
+    """The device a label value names: without a port (`host:9100`, `[::1]:9100`); None when it breaks the
+    wire format's rule for device ids."""
+    host, colon, port = value.rpartition(":")
+    if colon and port.isdigit():
+        value = host.removeprefix("[").removesuffix("]")
+    return value if DEVICE_RE.fullmatch(value) else None
+
+
+class NodeExporter:
+    """Series in, samples out, per device. Not thread-safe: the receiver holds a lock around it."""
+
+    def __init__(self, grace_s: float = 10.0) -> None:
+        self.grace_s = grace_s
+        self._devices: dict[str, _Device] = {}
+        self._waiting: set[str] = set()  # devices with pending scrapes
+
+    def add(self, device: str, ts_ms: int, values: Iterable[tuple[Key, float]], now: float) -> None:
+        """Values of `device`'s scrape at `ts_ms`, each under its key (`key`), all finite."""
+        state = self._devices.get(device)
+        if state is None:
+            if len(self._devices) >= MAX_DEVICES:
+                self._forget_one()
+            state = self._devices[device] = _Device()
+        scrape = state.pending.get(ts_ms)
+        if scrape is None:
+            scrape = state.pending[ts_ms] = Scrape(device, ts_ms, since=now)
+            self._waiting.add(device)
+        scrape.values.update(values)
+
+    def _forget_one(self) -> None:
+        """Make room: the device heard from longest ago with nothing pending goes (dicts keep insertion order)."""
+        for name in self._devices:
+            if name not in self._waiting:
+                del self._devices[name]
+                return
+
+    def take(self, now: float, everything: bool = False) -> list[tuple[Scrape, Sample | None]]:
+        """The scrapes ready to be stored, each with its sample (None when it gave no metric): whole ones, those
+        that waited `grace_s`, or (`everything`) all. They leave the pending ones; `restore` puts them back."""
+        ready: list[tuple[Scrape, Sample | None]] = []
+        for device in sorted(self._waiting):
+            state = self._devices[device]
+            for ts_ms in sorted(state.pending):
+                scrape = state.pending[ts_ms]
+                whole = len(scrape.values) >= state.expected
+                if whole or everything or now - scrape.since >= self.grace_s:
+                    # A whole scrape can only raise what a whole one is; one that waited out its grace says the
+                    # machine now has fewer series (a file system unmounted).
+                    state.expected = max(state.expected, len(scrape.values)) if whole else len(scrape.values)
+                    del state.pending[ts_ms]
+                    ready.append((scrape, self._sample(state, scrape)))
+            if not state.pending:
+                self._waiting.discard(device)
+        return ready
+
+    def restore(self, scrapes: Iterable[Scrape]) -> None:
+        """Scrapes taken but not stored: pending again, merged with what came for them meanwhile."""
+        for scrape in scrapes:
+            state = self._devices.setdefault(scrape.device, _Device())
+            newer = state.pending.get(scrape.ts_ms)
+            if newer is not None:
+                scrape.values.update(newer.values)
+            state.pending[scrape.ts_ms] = scrape
+            self._waiting.add(scrape.device)
+
+    def pending(self) -> int:
+        """Scrapes waiting for the rest of their series."""
+        return sum(len(self._devices[device].pending) for device in self._waiting)
+
+    def _sample(self, state: _Device, scrape: Scrape) -> Sample | None:
+        values = scrape.values
+        counters: dict[str, dict[Key, float]] = {}
+        fs: dict[str, dict[str, float]] = {}
+        temps: list[float] = []
+        for key, value in values.items():
+            kind = key[0]
+            if kind in COUNTERS:
+                counters.setdefault(kind, {})[key] = value
+            elif kind == "fs":
+                fs.setdefault(key[1], {})[key[2]] = value
+            elif kind == "temp" and TEMP_LOW <= value <= TEMP_HIGH:
+                temps.append(value)
+        metrics: dict[str, float] = {}
+        cpu = counters.get("cpu")
+        ts = scrape.ts_ms / 1000
+        if cpu:
+            if (busy := self._busy(state, scrape.ts_ms, cpu)) is not None:
+                metrics["cpu_percent"] = busy
+            cpus = len({key[1] for key in cpu})
+            load = values.get(("load1",))
+            if load is not None and 0 <= load / cpus <= RATE_HIGH:
+                metrics["load_1m"] = round(load / cpus, 4)
+        if (used := _used(values.get(("mem", "MemAvailable")), values.get(("mem", "MemTotal")))) is not None:
+            metrics["mem_percent"] = used
+        swap_total = values.get(("mem", "SwapTotal"))
+        if swap_total == 0:
+            metrics["swap_percent"] = 0.0  # no swap is none used, as the agent says it
+        elif (used := _used(values.get(("mem", "SwapFree")), swap_total)) is not None:
+            metrics["swap_percent"] = used
+        filesystems = {mount: used for mount, parts in fs.items() if parts.get("readonly") != 1
+                       and (used := _used(parts.get("avail"), parts.get("size"))) is not None}
+        if len(filesystems) > MAX_FILESYSTEMS:
+            filesystems = dict(sorted(filesystems.items(), key=lambda item: -item[1])[:MAX_FILESYSTEMS])
+        if filesystems:
+            metrics["disk_percent"] = max(filesystems.values())
+        if temps:
+            metrics["cpu_temp_c"] = max(temps)
+        for kind, metric in RATES.items():
+            if (rate := self._rate(state, scrape.ts_ms, kind, counters.get(kind))) is not None:
+                metrics[metric] = rate
+        boot = values.get(("boot",))
+        if boot is not None and 0 <= ts - boot <= RATE_HIGH:
+            metrics["uptime_s"] = round(ts - boot, 3)
+        self._remember(state, scrape.ts_ms, counters)
+        if not metrics:
+            return None
+        return Sample(scrape.device, ts, metrics, filesystems=filesystems or None)
+
+    @staticmethod
+    def _earlier(state: _Device, ts_ms: int, kind: str) -> tuple[int, dict[Key, float]] | None:
+        """The device's newest earlier scrape that had counters of `kind`, within MAX_RATE_WINDOW_S."""
+        for then, counters in reversed(state.history):
+            if then < ts_ms and kind in counters:
+                return (then, counters[kind]) if ts_ms - then <= MAX_RATE_WINDOW_S * 1000 else None
+        return None
+
+    def _increase(self, state: _Device, ts_ms: int, kind: str,
+                  now: dict[Key, float] | None) -> tuple[float, dict[Key, float], dict[Key, float], float] | None:
+        """(seconds, earlier counters, these counters, total increase) over the series both scrapes have; None
+        without an earlier scrape or when a counter went down (the machine rebooted: no rate this time)."""
+        if not now or (earlier := self._earlier(state, ts_ms, kind)) is None:
+            return None
+        then, before = earlier
+        increase = 0.0
+        for key, value in now.items():
+            old = before.get(key)
+            if old is None:
+                continue
+            if value < old:
+                return None
+            increase += value - old
+        return (ts_ms - then) / 1000, before, now, increase
+
+    def _busy(self, state: _Device, ts_ms: int, cpu: dict[Key, float]) -> float | None:
+        """The share of CPU time not idle since the earlier scrape, all CPUs together, in %."""
+        found = self._increase(state, ts_ms, "cpu", cpu)
+        if found is None:
+            return None
+        _seconds, before, now, total = found
+        if total <= 0:
+            return None
+        idle = sum(value - before[key] for key, value in now.items() if key[2] == "idle" and key in before)
+        return round(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))), 2)
+
+    def _rate(self, state: _Device, ts_ms: int, kind: str, now: dict[Key, float] | None) -> float | None:
+        found = self._increase(state, ts_ms, kind, now)
+        if found is None:
+            return None
+        seconds, _before, _now, increase = found
+        rate = increase / seconds
+        return round(rate, 1) if rate <= RATE_HIGH else None
+
+    @staticmethod
+    def _remember(state: _Device, ts_ms: int, counters: dict[str, dict[Key, float]]) -> None:
+        """Keep the scrape's counters by its time; a retried scrape replaces its own entry."""
+        if not counters:
+            return
+        history = state.history
+        at = bisect.bisect_left(history, ts_ms, key=lambda entry: entry[0])
+        if at < len(history) and history[at][0] == ts_ms:
+            history[at] = (ts_ms, counters)
+        else:
+            history.insert(at, (ts_ms, counters))
+        del history[:-HISTORY]
+
+
+def _used(available: float | None, total: float | None) -> float | None:
+    """Percent used of a total of which `available` is free."""
+    if available is None or total is None or total <= 0:
+        return None
+    return round(min(100.0, max(0.0, 100.0 * (1.0 - available / total))), 2)
+
+
+def ts_problem(ts_ms: int, now: float) -> str | None:
+    """Why a sample's time is refused: out of the wire format's bounds, or too far ahead of the receiver's clock."""
+    ts = ts_ms / 1000
+    if not TS_FROM <= ts < TS_TO:
+        return "ts is out of range (expected Unix seconds between 2000 and 2100)"
+    if ts <= now + MAX_AHEAD_S:
+        return None
+    return (f"ts is {(ts - now) / 60:.0f} min ahead of the receiver's clock (at most {MAX_AHEAD_S / 60:.0f} min): "
+            "the sender's clock is wrong")

@@ -1,0 +1,82 @@
+"""Prometheus scraping a real node_exporter every second and remote-writing to `python -m bot`: the machine shows
+in the chat as any agent machine does, in single-host mode (stored by the bot itself) and in fleet mode (through
+the Kafka topic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot import db
+from tests.fakes.bot_process import BotProcess
+from tests.fakes.scenario import ask, bot_env, wait_until
+from tests.fakes.services import free_port, node_exporter, prometheus
+from tests.fakes.telegram_api import FakeTelegram
+
+pytestmark = [
+    pytest.mark.slow,
+]
+TOKEN = "a-token-only-prometheus-knows"
+DEVICE = "edge-node1"
+
+
+def config(target: str, receiver_port: int) -> str:
+    """Scrape node_exporter every second, name its machine, and remote-write as the README says."""
+    return f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: node
+    static_configs:
+      - targets: ["{target}"]
+    relabel_configs:
+      - target_label: instance
+        replacement: "{DEVICE}:9100"
+remote_write:
+  - url: http://127.0.0.1:{receiver_port}/api/v1/write
+    authorization:
+      credentials: {TOKEN}
+    queue_config:
+      batch_send_deadline: 1s
+      min_backoff: 100ms
+      max_backoff: 1s
+"""
+
+
+@pytest.mark.parametrize("fleet", [False, True], ids=["single-host", "fleet"])
+def test_a_node_exporter_machine_shows_in_status_with_its_metrics(
+    fleet: bool, telegram: FakeTelegram, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    port = free_port()
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    extra = {"REMOTE_WRITE_LISTEN": f"127.0.0.1:{port}", "REMOTE_WRITE_TOKEN": TOKEN, "SAMPLE_INTERVAL_SECONDS": "60"}
+    if fleet:
+        extra.update(KAFKA_BOOTSTRAP_SERVERS=request.getfixturevalue("kafka"),
+                     KAFKA_TOPIC=request.getfixturevalue("topic"))
+    env = bot_env(telegram, tmp_path, url, **extra)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("remote write: listening")
+        with node_exporter() as target, prometheus(config(target, port)) as prometheus_log:
+            db.open_database(url)
+
+            def machine_with_cpu() -> bool:
+                return db.Metric.select().where(db.Metric.device == DEVICE, db.Metric.cpu_percent.is_null(False),
+                                                db.Metric.mem_percent.is_null(False)).exists()
+
+            try:
+                wait_until(machine_with_cpu, timeout=60, what="a sample of the node_exporter machine with its CPU")
+            except AssertionError:
+                raise AssertionError(f"{prometheus_log.read_text()[-3000:]}\n{bot.log[-3000:]}") from None
+            overview = ask(telegram, "/status")
+            detail = ask(telegram, f"/status {DEVICE}")
+        assert bot.stop() == 0
+
+    assert DEVICE in overview
+    assert DEVICE in detail and "CPU" in detail and "Memory" in detail and "Disk" in detail
+    rows = list(db.Metric.select().where(db.Metric.device == DEVICE).order_by(db.Metric.ts))
+    latest = rows[-1]
+    assert 0 <= latest.cpu_percent <= 100 and 0 < latest.mem_percent < 100 and latest.load_1m >= 0
+    assert latest.disk_percent is not None and latest.net_recv_bps is not None
+    assert len({row.ts for row in rows}) == len(rows)  # one sample per scrape
+    assert db.Rejected.select().count() == 0
