@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 
 from bot import db
 from tests.fakes.bot_process import BotProcess
@@ -139,9 +140,10 @@ def test_a_broker_outage_opens_no_silence_and_thirty_machines_going_silent_are_o
                 known(tmp_path, 31)
                 broker.stop()
                 telegram.wait_for_message(OPS, lambda text: "Kafka is unreachable" in text, timeout=WAIT_S)
-                time.sleep(25)  # longer than SILENT_AFTER: the machines are fine, the bot hears nothing
+                time.sleep(15)  # longer than SILENT_AFTER: the machines are fine, the bot hears nothing
                 broker.start()
-                broker.create_topic("metrics")
+                with contextlib.suppress(KafkaException):  # the agents' next send may have made it already
+                    broker.create_topic("metrics")
                 telegram.wait_for_message(OPS, lambda text: "Kafka is reachable again" in text, timeout=WAIT_S)
                 time.sleep(8)  # the grace after the outage: samples flow again
                 texts = [m.get("text", "") for m in bot_messages(telegram, OPS)]
