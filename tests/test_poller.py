@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
-from telegram import Bot
+from telegram.ext import ExtBot
 
 from bot import db
 from bot.chat import team_texts, texts
+from bot.chat.limits import FairRateLimiter
 from bot.chat.sender import Sender
 from bot.config import load_settings
 from bot.db.outbox import Route
@@ -61,7 +62,7 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
         while db.Metric.select().count() < len(devices):
             assert time.monotonic() < deadline, "the batch was not stored"
             await asyncio.to_thread(poller.run_batch)
-        async with Bot(TOKEN, base_url=f"{telegram.url}/bot") as bot:
+        async with ExtBot(TOKEN, base_url=f"{telegram.url}/bot", rate_limiter=FairRateLimiter()) as bot:
             await sender.run(bot)
 
     try:

@@ -4,6 +4,7 @@ the Kafka topic)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,11 @@ def test_a_node_exporter_machine_shows_in_status_with_its_metrics(
         assert bot.stop() == 0
 
     assert DEVICE in overview
-    assert DEVICE in detail and "CPU" in detail and "Memory" in detail and "Disk" in detail
+    assert DEVICE in detail and "CPU" in detail and "Memory" in detail and "Disk / " in detail, detail
     rows = list(db.Metric.select().where(db.Metric.device == DEVICE).order_by(db.Metric.ts))
     latest = rows[-1]
     assert 0 <= latest.cpu_percent <= 100 and 0 < latest.mem_percent < 100 and latest.load_1m >= 0
     assert latest.disk_percent is not None and latest.net_recv_bps is not None
+    assert "/" in json.loads(latest.filesystems), "every real filesystem, by its mount point"
     assert len({row.ts for row in rows}) == len(rows)  # one sample per scrape
     assert db.Rejected.select().count() == 0
