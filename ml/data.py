@@ -78,8 +78,8 @@ def columns(table: type[pw.Model], names: list[str]) -> list[pw.Field]:
 
 def training_frame(features: list[str]) -> pd.DataFrame:
     """The features of every sample, indexed by sample id, plus `label`: the latest human label, NaN where
-    nobody labelled it (or its latest label is a machine's tolerance). NULL metrics are NaN. Five downsampled minutes (see bot/db/retention.py) count as one
-    sample of their means, indexed by minus their id."""
+    nobody labelled it (or its latest label is a machine's tolerance). NULL metrics are NaN. Five downsampled
+    minutes (see bot/db/retention.py) count as one sample of their means, indexed by minus their id."""
     queries: list[tuple[type[pw.Model], pw.Select]] = [
         (Metric, Metric.select(Metric.id, *columns(Metric, features)).order_by(Metric.id)),
     ]

@@ -30,7 +30,7 @@ from bot.config import load_settings
 from bot.db.outbox import Route
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
-from bot.pipeline.forecast import Forecaster
+from bot.pipeline.forecast import CYCLE_DAYS, Forecaster
 from bot.pipeline.incidents import Incidents, Rules
 from ml import model as ml_model
 from ml.features import ZONES, table
@@ -57,15 +57,17 @@ class Story:
     shape: Shape
     metric: str = ""  # a developing problem: the metric heading for its ceiling; "" for a healthy pattern
     lead_target_min: float = LEAD_TARGET_MIN
+    start_s: float = PROBLEM_START_S  # a developing problem starts this long after START
+    learning_s: float = 0.0  # alerts before this are the bot learning the machine, not false alarms
 
     @property
     def developing(self) -> bool:
         return bool(self.metric)
 
 
-def _hours(t: float) -> float:
+def _hours(t: float, start: float = PROBLEM_START_S) -> float:
     """Hours since the developing problem started (0 before)."""
-    return max(0.0, t - PROBLEM_START_S) / 3600.0
+    return max(0.0, t - start) / 3600.0
 
 
 def _of_day(t: float) -> float:
@@ -101,6 +103,11 @@ def _logs(t: float) -> dict[str, float]:
     return {"disk_percent": 20.0 + 3.0 * _of_day(t)}
 
 
+def _logs_not_rotated(t: float) -> dict[str, float]:
+    """Rotated at midnight for a week, then the rotation fails and the logs keep growing."""
+    return {"disk_percent": 92.0 + 3.0 * _hours(t, WEEK_S)} if t >= WEEK_S else _logs(t)
+
+
 STORIES = [
     Story("disk filling at 1 %/h", filling("disk_percent", 1.0, 50.0), "disk_percent"),
     Story("disk filling at 5 %/h", filling("disk_percent", 5.0, 50.0), "disk_percent"),
@@ -109,6 +116,10 @@ STORIES = [
     Story("swap creeping at 2 %/h", filling("swap_percent", 2.0, 5.0), "swap_percent"),
     Story("temperature rising 3 °C/h", filling("cpu_temp_c", 3.0, 50.0), "cpu_temp_c"),
     Story("run queue growing 0.5 per CPU an hour", _run_queue, "load_1m"),
+    # The daily cycle learnt from the logs must not hide the night their rotation fails: 150 minutes from
+    # 92 % to the ceiling, and the first 30 of them cannot tell a late rotation from a missed one.
+    Story("logs rotated nightly for a week, then not", _logs_not_rotated, "disk_percent", lead_target_min=90.0,
+          start_s=WEEK_S, learning_s=(CYCLE_DAYS + 1) * DAY_S),
     Story("nightly backup fills a disk to 88 % and frees it", _backup),
     Story("daily batch job at 90 % CPU", _batch),
     Story("database memory sits at 88 %", lambda _t: {"mem_percent": 88.0}),
@@ -128,7 +139,7 @@ class Outcome:
         """Minutes from the first alert since the problem started to the ceiling; None: no alert before it."""
         if self.ceiling_ts is None:
             return None
-        first = next((ts for ts, _ in self.alerts if ts >= START + PROBLEM_START_S), None)
+        first = next((ts for ts, _ in self.alerts if ts >= START + self.story.start_s), None)
         return None if first is None or first > self.ceiling_ts else (self.ceiling_ts - first) / 60.0
 
     def week(self, n: int) -> int:
@@ -137,8 +148,8 @@ class Outcome:
 
     @property
     def early(self) -> int:
-        """A developing problem: alerts before it started, on its steady day (false alarms)."""
-        return sum(ts < START + PROBLEM_START_S for ts, _ in self.alerts)
+        """A developing problem: alerts before it started, once the bot had learnt the machine (false alarms)."""
+        return sum(START + self.story.learning_s <= ts < START + self.story.start_s for ts, _ in self.alerts)
 
     @property
     def holds(self) -> bool:
