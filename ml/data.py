@@ -19,10 +19,15 @@ from schema.tables import Aggregate, Label, Metric, db
 FETCH_CHUNK = 10_000  # rows turned into an array at a time: bounds the memory of Python tuples
 
 
-def latest_labels() -> dict[int, int]:
-    """Sample id -> the value of its latest label."""
-    query = Label.select(Label.metric, Label.value).order_by(Label.created, Label.id).tuples()
-    return {int(metric_id): int(value) for metric_id, value in query}
+def latest_labels(training: bool = False) -> dict[int, int]:
+    """Sample id -> the value of its latest label.
+
+    For `training`, a sample whose latest label is a ❌ that became its machine's tolerance is left out: that
+    machine sits there by design, which says nothing about the others, so the global model must not learn it
+    as normal (and an earlier ✅ on the sample was overruled by it)."""
+    query = Label.select(Label.metric, Label.value, Label.tolerance).order_by(Label.created, Label.id).tuples()
+    latest = {int(metric_id): (int(value), bool(tolerance)) for metric_id, value, tolerance in query}
+    return {metric_id: value for metric_id, (value, tolerance) in latest.items() if not (training and tolerance)}
 
 
 @contextlib.contextmanager
@@ -73,8 +78,8 @@ def columns(table: type[pw.Model], names: list[str]) -> list[pw.Field]:
 
 def training_frame(features: list[str]) -> pd.DataFrame:
     """The features of every sample, indexed by sample id, plus `label`: the latest human label, NaN where
-    nobody labelled it. NULL metrics are NaN. Five downsampled minutes (see bot/db/retention.py) count as one
-    sample of their means, indexed by minus their id."""
+    nobody labelled it (or its latest label is a machine's tolerance). NULL metrics are NaN. Five downsampled
+    minutes (see bot/db/retention.py) count as one sample of their means, indexed by minus their id."""
     queries: list[tuple[type[pw.Model], pw.Select]] = [
         (Metric, Metric.select(Metric.id, *columns(Metric, features)).order_by(Metric.id)),
     ]
@@ -83,5 +88,5 @@ def training_frame(features: list[str]) -> pd.DataFrame:
                         .order_by(Aggregate.id.desc())))
     values = _values(queries, len(features) + 1)
     frame = pd.DataFrame(values[:, 1:], columns=features, index=pd.Index(values[:, 0].astype(np.int64), name="id"))
-    frame["label"] = pd.Series(latest_labels(), dtype=float).reindex(frame.index)
+    frame["label"] = pd.Series(latest_labels(training=True), dtype=float).reindex(frame.index)
     return frame

@@ -7,16 +7,23 @@ values of fᵢ at the knots, so a single metric at its edge can make a machine s
 excesses elsewhere add up to little. After the fit each fᵢ is projected onto the non-decreasing functions
 (isotonic regression of its knot values), so more load never lowers P(stressed).
 A missing metric counts as its typical value, plus a learned missing-indicator term.
+
+Human labels are learnt in a second step, on top of the first: they may move each metric's shape above its
+typical value and nothing else, neither the intercept, nor a missing-indicator term, nor a shape at or below
+typical. Those are shared by every machine whatever it runs at: a label about a disk at 86 % that moved them
+would move a small board's CPU and load too. So a label changes the verdict on samples like it, through the
+metric that stands out in it, and a label whose sample stands out in nothing teaches nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq
-from scipy.special import expit
+from scipy.optimize import LinearConstraint, brentq, minimize
+from scipy.special import expit, log_expit, logit
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.isotonic import isotonic_regression
@@ -28,6 +35,16 @@ from ml.features import FEATURES, ZONES, frame
 
 REGULARISATION_C = 3.0  # inverse L2 strength: strong enough edges, smooth shapes between the knots
 MIN_PUSH = 0.5  # log-odds a metric must add to count as a driver (odds times 1.6); less is noise
+GUARD_MARGIN = 0.1  # log-odds kept between a guarded sample and its bound, so that rounding never crosses it
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A sample whose P(stressed) labels may not push out of [low, high] (an operator scenario)."""
+
+    sample: Mapping[str, float]
+    low: float
+    high: float
 
 
 def knots(name: str) -> np.ndarray:
@@ -60,8 +77,18 @@ def _shape_slices(pipeline: Pipeline) -> dict[str, slice]:
     return {name: pipeline.named_steps["shape"].output_indices_[name] for name in FEATURES}
 
 
-def fit(features: pd.DataFrame, target: np.ndarray, weights: np.ndarray) -> Pipeline:
-    """Fit the pipeline, make every shape function non-decreasing, and refit the intercept to match."""
+def fit(features: pd.DataFrame, target: np.ndarray, weights: np.ndarray, human: np.ndarray | None = None,
+        guards: Sequence[Guard] = ()) -> Pipeline:
+    """Fit the pipeline, make every shape function non-decreasing, and refit the intercept to match; then learn
+    the rows marked `human` (labels) on top, as the module says, keeping each guard's sample in its range."""
+    human = np.zeros(len(features), dtype=bool) if human is None else human
+    pipeline = _fit_defaults(features[~human], target[~human], weights[~human])
+    if human.any():
+        _learn_labels(pipeline, pipeline.named_steps["shape"].transform(features), target, weights, guards)
+    return pipeline
+
+
+def _fit_defaults(features: pd.DataFrame, target: np.ndarray, weights: np.ndarray) -> Pipeline:
     pipeline = build_pipeline()
     pipeline.fit(features, target, classify__sample_weight=weights)
     basis = pipeline.named_steps["shape"].transform(features)
@@ -78,6 +105,67 @@ def fit(features: pd.DataFrame, target: np.ndarray, weights: np.ndarray) -> Pipe
 
     classifier.intercept_[0] = brentq(gradient, -50.0, 50.0)
     return pipeline
+
+
+def _learn_labels(pipeline: Pipeline, basis: np.ndarray, target: np.ndarray, weights: np.ndarray,
+                  guards: Sequence[Guard]) -> None:
+    """Refit the knot values above each metric's typical value on every row, the labels included, with the same
+    loss and L2 penalty as the first fit, keeping the rest of the model. Each free knot is its left neighbour
+    plus a step of at least 0, so the shapes stay non-decreasing; the guards' log-odds, linear in the steps,
+    stay within their bounds (SLSQP). Guards the first fit already broke are left out: they are not the
+    labels' doing, and the scenario check reports them."""
+    classifier: LogisticRegression = pipeline.named_steps["classify"]
+    coef, intercept = classifier.coef_[0].copy(), float(classifier.intercept_[0])
+    blocks = []  # (index of the typical knot's column, indices of the free columns above it)
+    for name, part in _shape_slices(pipeline).items():
+        at = part.start + int(np.searchsorted(knots(name), ZONES[name].typical))
+        blocks.append((at, np.arange(at + 1, part.stop)))
+    steps0 = np.concatenate([np.diff(coef[[at, *free]]) for at, free in blocks])
+
+    def place(steps: np.ndarray) -> np.ndarray:
+        values, used = coef.copy(), 0
+        for at, free in blocks:
+            values[free] = coef[at] + np.cumsum(steps[used:used + len(free)])
+            used += len(free)
+        return values
+
+    def loss(steps: np.ndarray) -> tuple[float, np.ndarray]:
+        values = place(steps)
+        z = basis @ values + intercept
+        value = float(np.dot(weights, -log_expit(z) + (1 - target) * z)) + values @ values / (2 * REGULARISATION_C)
+        grad_values = basis.T @ (weights * (expit(z) - target)) + values / REGULARISATION_C
+        grad, used = np.empty_like(steps), 0
+        for _at, free in blocks:  # a step raises every knot after it
+            grad[used:used + len(free)] = np.cumsum(grad_values[free][::-1])[::-1]
+            used += len(free)
+        return value, grad
+
+    start = np.maximum(steps0, 0.0)
+    constraints = []
+    if guards:
+        rows = pipeline.named_steps["shape"].transform(frame([g.sample for g in guards]))
+        # log-odds = rows @ place(steps) + intercept = offset + steps @ lift: each step lifts the knots after it.
+        offset = rows @ place(np.zeros_like(start)) + intercept
+        lift = np.column_stack([rows @ (place(unit) - place(np.zeros_like(start))) for unit in np.eye(len(start))])
+        low = np.array([logit(g.low) + GUARD_MARGIN if g.low > 0 else -np.inf for g in guards]) - offset
+        high = np.array([logit(g.high) - GUARD_MARGIN if g.high < 1 else np.inf for g in guards]) - offset
+        now = lift @ start
+        kept = (now >= low) & (now <= high)
+        if kept.any():
+            constraints = [LinearConstraint(lift[kept], low[kept], high[kept])]
+    found = minimize(loss, start, jac=True, method="SLSQP", bounds=[(0.0, None)] * len(start),
+                     constraints=constraints, options={"maxiter": 300})
+    classifier.coef_[0] = place(found.x)
+
+
+def lift(pipeline: Pipeline, rows: pd.DataFrame) -> np.ndarray:
+    """Per row, how far above its typical value each shape knot reaches (the basis of the knots labels move),
+    zero elsewhere: two rows that share much of it are moved alike by a label."""
+    basis = pipeline.named_steps["shape"].transform(rows)
+    mask = np.zeros(basis.shape[1], dtype=bool)
+    for name, part in _shape_slices(pipeline).items():
+        mask[part.start + int(np.searchsorted(knots(name), ZONES[name].typical)) + 1:part.stop] = True
+    return basis * mask
 
 
 def predict(pipeline: Pipeline, samples: Sequence[Mapping[str, float]] | pd.DataFrame) -> np.ndarray:

@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 
 from ml import artifact
 from ml.registry import ModelStore, ModelVersion
-from ml.scenarios import evaluate
+from ml.scenarios import describe_conflict, evaluate
 from ml.training import Progress, scores, train
 
 
@@ -52,6 +52,11 @@ def retrain(
     say("saving")
     saved = model_store.save(artifact.dumps(trained.pipeline), meta)
     better, reason = _verdict(trained.human_holdout, new_scores, old_version, old_scores, failed)
+    held_back = trained.meta["held_back"]
+    if held_back:
+        more = f" (and {len(held_back) - 1} more)" if len(held_back) > 1 else ""
+        reason += f"; the operator scenarios held back {len(held_back)} label{'s' if len(held_back) > 1 else ''}: " \
+                  f"{describe_conflict(held_back[0])}{more}"
     return Retrained(saved, old_version, old_scores, new_scores, better, reason, failed)
 
 

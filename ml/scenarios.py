@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+import numpy as np
+import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from ml import features as ml_features
 from ml import model as ml_model
 from ml.features import FEATURES
 
@@ -85,6 +88,50 @@ def scenarios(every_sensor_subset: bool = False) -> list[Scenario]:
             if present else "no sensors"
         rows.append(Scenario(f"busy but healthy, {what}", _without(BUSY_HEALTHY, missing), False))
     return rows
+
+
+def guards() -> list[ml_model.Guard]:
+    """The table, every sensor subset included, as the bounds labels may not push the model past: what
+    holds for every machine is not for a few presses to undo."""
+    return [ml_model.Guard(s.sample, STRESSED_AT_LEAST if s.stressed else 0.0, 1.0 if s.stressed else HEALTHY_AT_MOST)
+            for s in scenarios(every_sensor_subset=True)]
+
+
+def conflicts(pipeline: Pipeline, labels: pd.DataFrame) -> list[dict]:
+    """Labels the model could not learn because a scenario row held it back: each label (FEATURES, `label`,
+    indexed by sample id) the model puts on the other side of 0.5, with the row of the opposite verdict that
+    sits at its bound and shares most with it in the shapes above typical, where labels act. A label no row
+    holds back (outvoted by the data, say) is not one."""
+    if labels.empty:
+        return []
+    p = ml_model.predict(pipeline, labels[FEATURES])
+    unlearnt = labels[(labels["label"] == 1) & (p < 0.5) | (labels["label"] == 0) & (p > 0.5)]
+    table = scenarios(every_sensor_subset=True)
+    ps = ml_model.predict(pipeline, [s.sample for s in table])
+    near = [s for s, q in zip(table, ps, strict=True)
+            if (q < STRESSED_AT_LEAST * 1.02 if s.stressed else q > HEALTHY_AT_MOST * 0.9)]
+    if unlearnt.empty or not near:
+        return []
+    lift = ml_model.lift(pipeline, unlearnt[FEATURES])
+    found = []
+    for (sample_id, row), label_lift in zip(unlearnt.iterrows(), lift, strict=True):
+        rows = [s for s in near if s.stressed != bool(row["label"])]
+        if not rows:
+            continue
+        shared = ml_model.lift(pipeline, ml_features.frame([s.sample for s in rows])) @ label_lift
+        if shared.max() <= 0:
+            continue
+        found.append({"sample": int(sample_id), "label": int(row["label"]),
+                      "metrics": {n: float(row[n]) for n in FEATURES if not np.isnan(row[n])},
+                      "scenario": rows[int(shared.argmax())].name})
+    return found
+
+
+def describe_conflict(conflict: dict) -> str:
+    """One held-back label in words: which label, which scenario row."""
+    said = "✅ stressed" if conflict["label"] else "❌ normal"
+    metrics = ", ".join(f"{SHORT_NAMES[n]} {v:g}" for n, v in conflict["metrics"].items())
+    return f"the {said} label on sample {conflict['sample']} ({metrics}) conflicts with “{conflict['scenario']}”"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from ml.augment import clearly_normal, synthetic
 from ml.features import FEATURES, ZONES
 from ml.model import fit
+from ml.scenarios import conflicts, guards
 
 # A label always beats a default: each weighs at least LABEL_WEIGHT unlabelled samples, and all of them
 # together at least LABEL_SHARE of the synthetic stressed samples, so one "wrong prediction" is heard.
@@ -95,6 +96,8 @@ class _TrainingSet:
     holdout_kind: str
     human_holdout: bool
     counts: dict[str, int]
+    human: np.ndarray  # which rows are human labels
+    label_ids: np.ndarray  # their sample ids
 
 
 def _plausible(real: pd.DataFrame) -> pd.DataFrame:
@@ -153,8 +156,9 @@ def _training_set(real: pd.DataFrame, seed: int) -> _TrainingSet:
     weights = np.r_[weights, np.full(len(train_labels), label_weight)]
     counts = {"rows": len(real), "labels": len(labels), "synthetic": len(made_normal) + len(stressed),
               "left_out_near_edge": int(left_out)}
+    human = np.r_[np.zeros(len(rows), dtype=bool), np.ones(len(train_labels), dtype=bool)]
     return _TrainingSet(data[FEATURES], data["label"].to_numpy(), weights, holdout[[*FEATURES, "label"]], holdout_kind,
-                        split is not None, counts)
+                        split is not None, counts, human, train_labels.index.to_numpy())
 
 
 def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -> Trained:
@@ -165,8 +169,9 @@ def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -
     del real  # the caller's frame is ours now: free it before the fit
     holdout = data.holdout
     say("training")
-    pipeline = fit(data.features, data.target, data.weights)
+    pipeline = fit(data.features, data.target, data.weights, data.human, guards())
     say("evaluating")
+    labels = data.features[data.human].assign(label=data.target[data.human]).set_axis(data.label_ids)
     meta = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **data.counts,
@@ -174,6 +179,7 @@ def train(real: pd.DataFrame, seed: int = 0, progress: Progress | None = None) -
         "holdout": data.holdout_kind,
         "holdout_rows": len(holdout),
         "scores": scores(pipeline, holdout),
+        "held_back": conflicts(pipeline, labels),  # labels an operator scenario kept the model from learning
         "features": FEATURES,
         "libraries": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
                       "numpy": np.__version__, "pandas": pd.__version__},

@@ -76,6 +76,9 @@ class Label(Verdict):
     """A person's verdict on a sample: 1 = stressed, 0 = normal. The latest label of a sample wins."""
 
     metric = pw.ForeignKeyField(Metric, on_delete="CASCADE", index=True)
+    # True when this ❌ became its machine's tolerance: what holds for that machine alone, which the global model
+    # must not learn as normal. NULL on ✅ and on labels stored before tolerances existed.
+    tolerance = pw.BooleanField(null=True)
 
 
 class Device(BaseModel):

@@ -57,7 +57,7 @@ def test_the_floor_test_sees_an_upward_import(tmp_path: Path) -> None:
                     "bot.db.samples"),
     ("bot/pipeline", "bot.pipeline.baselines, bot.pipeline.decide, bot.pipeline.forecast, bot.pipeline.incidents, "
                      "bot.pipeline.model, bot.pipeline.node_exporter, bot.pipeline.poller, bot.pipeline.remote_write, "
-                     "bot.pipeline.sources, bot.pipeline.watch"),
+                     "bot.pipeline.replay, bot.pipeline.sources, bot.pipeline.watch"),
     ("schema", "schema.domain, schema.tables"),
 ])
 def test_importing_a_room_loads_nothing_from_above_it(room: str, modules: str) -> None:

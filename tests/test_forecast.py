@@ -216,3 +216,39 @@ def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_bu
     for device in ("pc1", "pc2", "db1", "srv"):
         assert rebuilt.forecasts(device) == live.forecasts(device)
     assert rebuilt.alerted == live.alerted, "an episode alerted before the restart is not alerted again"
+
+
+def daily_logs(days: int, per_hour: float = 3.0) -> list[float]:
+    """Logs that grow from 20 % at midnight by `per_hour` and are rotated every midnight, a sample a minute."""
+    return [20.0 + per_hour * (minute % 1440) / 60 for minute in range(days * 1440)]
+
+
+def test_logs_rotated_every_midnight_alert_while_the_cycle_is_new_and_never_once_it_is_learnt() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    midnight = T0 - 7 * 3600  # 2025-11-27 00:00 UTC
+
+    learning, after = alerting(forecaster, midnight, daily_logs(3))
+    learnt, _ = alerting(forecaster, after, daily_logs(4))
+
+    assert len(learning) == 3  # each evening the edge is in sight, before a midnight rotation has been seen
+    assert learnt == []
+
+
+def test_a_learnt_daily_cycle_still_alerts_when_the_edge_comes_before_the_rotation() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    midnight = T0 - 7 * 3600
+    _, after = alerting(forecaster, midnight, daily_logs(4))
+
+    faster, _ = alerting(forecaster, after, daily_logs(1, per_hour=6.0))  # 97 % at 13:00, long before midnight
+
+    assert len(faster) == 1 and faster[0].ts < after + 13 * 3600
+
+
+def test_a_learnt_daily_cycle_alerts_soon_after_the_rotation_it_expected_did_not_come() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    midnight = T0 - 7 * 3600
+    _, after = alerting(forecaster, midnight, daily_logs(4))
+
+    missed, _ = alerting(forecaster, after, [92.0 + 3.0 * minute / 60 for minute in range(150)])
+
+    assert len(missed) == 1 and missed[0].ts - after <= 50 * MINUTE  # 92 % at midnight: full at 02:30

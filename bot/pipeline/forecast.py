@@ -13,10 +13,17 @@ that reports every second costs no more than one that reports every 20 seconds, 
 comparison. A taken sample goes into the current interval; the line is refit only when an interval closes,
 over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last window of samples,
 and feeding it the same samples gives the same forecasts as building it live.
+
+A machine's daily cycle: a trend remembers when it fell back (a sustained drop: logs rotated, a backup shipped
+off). One that fell back at the same time of day on each of its last CYCLE_DAYS days is expected to fall back
+then again, so it is not heading for the edge when that comes first; it alerts when the edge comes before it
+(the logs grow faster than usual) or when the day's drop does not come. A few floats per trend, looked at only
+when an interval closes.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 from collections import deque
@@ -38,6 +45,11 @@ LEVEL_BUCKETS = 3  # "now" is the median of this many projected interval medians
 SHIFT_MIN = 3.0  # percentage points: a smaller jump is noise, not a new level
 MIN_SLOPE_PER_S = 0.01 / 3600  # flatter than 0.01 points an hour is no trend at all
 END_FACTOR = 1.5  # an alerted episode ends when the edge moves this far beyond the horizon (no flapping)
+DAY_S = 86400.0
+CYCLE_DAYS = 3  # a drop at the same time of day on each of this many days in a row is the machine's daily cycle
+CYCLE_SLACK_S = 3600.0  # "the same time of day": within an hour
+KEPT_DROPS = 8 * CYCLE_DAYS  # room for a few drops a day besides the daily one
+DROP_SEEN_S = 2 * BUCKET_S  # a drop is recorded when its second interval closes
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Trend:
         self.slope = 0.0  # per second, as of the last closed interval
         self.ref_ts = 0.0
         self.ref_level: float | None = None  # the level at ref_ts; None until there is a trend
+        self.drops: deque[float] = deque(maxlen=KEPT_DROPS)  # when the metric fell to a new level, oldest first
 
     def add(self, index: int, value: float) -> bool:
         """Take one sample of interval `index` (not an interval already closed); True when it closed an
@@ -110,9 +123,29 @@ class Trend:
         residuals = [v - (intercept + slope * t) for t, v in self.medians]
         tolerance = max(SHIFT_MIN, 4 * statistics.median(abs(r) for r in residuals[:-2]))
         last = residuals[-2:]
-        if all(r > tolerance for r in last) or all(r < -tolerance for r in last):
+        fell = all(r < -tolerance for r in last)
+        if fell or all(r > tolerance for r in last):
             for _ in range(len(self.medians) - 2):
                 self.medians.popleft()
+            if fell:
+                self.drops.append(self.medians[0][0])  # the first interval at the new level
+
+    def next_daily_drop(self, ts: float) -> float | None:
+        """When the metric is expected to fall back next, as of `ts`: a day after its latest drop (plus the
+        day-to-day jitter seen), when it fell at that time of day on each of the CYCLE_DAYS days up to it. None:
+        no daily cycle, or the drop it expected did not come."""
+        if not self.drops:
+            return None
+        latest, late = self.drops[-1], 0.0
+        for days in range(1, CYCLE_DAYS):
+            then = latest - days * DAY_S
+            jitter = min((abs(drop - then) for drop in self.drops), default=math.inf)
+            if jitter > CYCLE_SLACK_S:
+                return None
+            late = max(late, jitter)
+        expected = latest + DAY_S + late
+        # A drop is seen two intervals after it began: later than that, the day's drop did not come.
+        return expected if ts <= expected + DROP_SEEN_S else None
 
     def _fit(self) -> None:
         if len(self.medians) < MIN_BUCKETS:
@@ -132,7 +165,11 @@ class Trend:
         level = self.ref_level + self.slope * (ts - self.ref_ts)
         if self.slope < MIN_SLOPE_PER_S:
             return level, self.slope * 3600, None
-        return level, self.slope * 3600, max(0.0, (self.edge - level) / self.slope)
+        eta = max(0.0, (self.edge - level) / self.slope)
+        drop = self.next_daily_drop(ts)
+        if drop is not None and drop <= ts + eta:  # the day's drop comes first: not heading for the edge
+            return level, self.slope * 3600, None
+        return level, self.slope * 3600, eta
 
 
 def zone(metric: str) -> Zone:
