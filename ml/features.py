@@ -18,18 +18,21 @@ class Zone:
     healthy: float  # busy but healthy machines go up to here
     edge: float  # from here on the machine needs a technical intervention (None of CPU's own: see below)
     top: float  # the largest value a sample sensibly has
+    # No machine's tolerance reaches this (see bot/pipeline/tolerances.py): at or above it the fleet's own shape
+    # function applies, whatever anyone said about that machine.
+    ceiling: float | None = None  # None: the metric takes no tolerance
 
 
 # Rates (bytes per second) and counts depend on the machine's size, so the model leaves them out.
 # CPU at 100 % alone is a busy machine; it is stressed when the run queue stays long too (load_1m), so CPU's
-# edge is only ever reached together with load's.
+# edge is only ever reached together with load's, and a busy CPU takes no tolerance of its own.
 ZONES: dict[str, Zone] = {
     "cpu_percent": Zone(typical=20.0, healthy=100.0, edge=100.0, top=100.0),
-    "load_1m": Zone(typical=0.3, healthy=1.2, edge=2.0, top=8.0),
-    "mem_percent": Zone(typical=50.0, healthy=90.0, edge=96.0, top=100.0),
-    "swap_percent": Zone(typical=5.0, healthy=35.0, edge=85.0, top=100.0),
-    "disk_percent": Zone(typical=50.0, healthy=90.0, edge=97.0, top=100.0),
-    "cpu_temp_c": Zone(typical=50.0, healthy=82.0, edge=92.0, top=110.0),
+    "load_1m": Zone(typical=0.3, healthy=1.2, edge=2.0, top=8.0, ceiling=8.0),
+    "mem_percent": Zone(typical=50.0, healthy=90.0, edge=96.0, top=100.0, ceiling=99.5),
+    "swap_percent": Zone(typical=5.0, healthy=35.0, edge=85.0, top=100.0, ceiling=97.0),
+    "disk_percent": Zone(typical=50.0, healthy=90.0, edge=97.0, top=100.0, ceiling=99.5),
+    "cpu_temp_c": Zone(typical=50.0, healthy=82.0, edge=92.0, top=110.0, ceiling=100.0),
 }
 FEATURES = list(ZONES)
 
