@@ -622,7 +622,7 @@ def tolerance_reset(device: str, removed: list[str]) -> str:
     if not removed:
         return f"<b>{escape(device)}</b> had no such tolerance. /tolerance {escape(device)} lists them."
     return (f"↩️ <b>{escape(device)}</b> no longer tolerates {escape(_and(tolerance_word(m) for m in removed))}: "
-            "it alerts on them as every machine does, from its next sample.")
+            "from its next sample it alerts as every machine does.")
 
 
 def tolerance_refused(device: str, setters: list[str], user_id: int) -> str:
