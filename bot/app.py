@@ -36,6 +36,7 @@ from bot.pipeline.model import ActiveModel, ModelKeeper
 from bot.pipeline.poller import Poller
 from bot.pipeline.remote_write import KafkaSink, Receiver, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource, LocalSource
+from bot.pipeline.tolerances import Tolerances
 from bot.pipeline.watch import Watch
 from ml.registry import ModelStore
 
@@ -61,10 +62,11 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .rate_limiter(FairRateLimiter())
         .build()
     )
+    tolerances = Tolerances()
     application.bot_data.update(
         settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock(), link=link,
-        baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600),
-        command_budget=CommandBudget(),
+        baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600, tolerances.edge),
+        command_budget=CommandBudget(), tolerances=tolerances,
     )
     application.add_handler(TypeHandler(object, handlers.guard), group=-1)
     application.add_handler(CommandHandler("start", handlers.start_command))
@@ -82,6 +84,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     application.add_handler(CommandHandler("subscribe", handlers.subscribe_command))
     application.add_handler(CommandHandler("unsubscribe", handlers.unsubscribe_command))
     application.add_handler(CommandHandler("subscriptions", handlers.subscriptions_command))
+    application.add_handler(CommandHandler("tolerance", handlers.tolerance_command))
     application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=callbacks.INCIDENT_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=callbacks.MISSED_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.expand_button, pattern=callbacks.EXPAND_PATTERN))
@@ -159,14 +162,16 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         log.info("single-host mode: watching this machine as %s every %g s", source.device, interval)
     baselines: Baselines = application.bot_data["baselines"]
     forecaster: forecast.Forecaster = application.bot_data["forecaster"]
+    tolerances: Tolerances = application.bot_data["tolerances"]
+    await asyncio.to_thread(tolerances.refresh)  # the forecasts rebuilt next aim at the machines' own edges
     await asyncio.to_thread(_rebuild_forecasts, forecaster)
     route = Route(tuple(sorted(settings.allowed_chat_ids)), settings.alert_group_s, settings.alert_group_min)
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
                   settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone)
     incidents = Incidents(rules, texts.reply)
-    decider = Decider(incidents, model.drivers, forecaster, baselines)
-    sender = Sender(jobs.renderer(baselines), team_texts.digest, settings.alert_edit_s)
-    poller = Poller(source, model, decider, partial(sender.run, application.bot), interval)
+    decider = Decider(incidents, model.drivers, forecaster, baselines, tolerances)
+    sender = Sender(jobs.renderer(baselines, tolerances), team_texts.digest, settings.alert_edit_s)
+    poller = Poller(source, model, decider, partial(sender.run, application.bot), interval, tolerances)
     application.bot_data.update(poller=poller, sender=sender)
     queue.run_repeating(jobs.send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
     if db.checkpoint_in_background():
@@ -176,7 +181,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
                     (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
         queue.run_repeating(jobs.watch, interval=every, first=every,
-                            data=jobs.Watching(Watch(incidents, model.drivers), sender), name="watch")
+                            data=jobs.Watching(Watch(incidents, model.drivers, tolerances), sender), name="watch")
         # In one process of a fleet: two downsampling the same device at once would count samples twice.
         # Soon after start as well as daily: a bot restarted every day still downsamples.
         queue.run_repeating(jobs.in_thread, interval=retention.DAY_S, first=RETENTION_FIRST_S,

@@ -19,13 +19,14 @@ class Zone:
     edge: float  # from here on the machine needs a technical intervention (None of CPU's own: see below)
     top: float  # the largest value a sample sensibly has
     # The hard limit: here the machine is out of room (a full disk, memory or swap, a CPU about to throttle or
-    # shut down, a run queue eight times the CPUs), whatever anyone said about it. None: no limit of its own.
+    # shut down, a run queue eight times the CPUs), whatever anyone said about it: no machine's tolerance reaches
+    # it (bot/pipeline/tolerances.py). None: no limit of its own, and the metric takes no tolerance.
     ceiling: float | None = None
 
 
 # Rates (bytes per second) and counts depend on the machine's size, so the model leaves them out.
 # CPU at 100 % alone is a busy machine; it is stressed when the run queue stays long too (load_1m), so CPU's
-# edge is only ever reached together with load's.
+# edge is only ever reached together with load's, and a busy CPU takes no tolerance of its own.
 ZONES: dict[str, Zone] = {
     "cpu_percent": Zone(typical=20.0, healthy=100.0, edge=100.0, top=100.0),
     "load_1m": Zone(typical=0.3, healthy=1.2, edge=2.0, top=8.0, ceiling=8.0),

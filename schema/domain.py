@@ -41,8 +41,10 @@ class IncidentDetail:
     A stressed incident: the metrics that drove it (`drivers`), the model's metrics now (`metrics`) and at its
     worst (`peak`), and the sample's filesystems and top processes now and at its worst, where it has them. A
     forecast: the metric (`disk:<mount point>` for a filesystem) and where its trend stood (`ts`, `level`,
-    `slope_per_h`, `eta_s`). Stored as one flat JSON object (`to_json`), read back by `from_json`: the one writer
-    and the one reader; JSON written before a field existed reads as that field's default.
+    `slope_per_h`, `eta_s`). A ❌ on a stressed incident leaves the tolerances it set (`tolerated`, metric ->
+    value) and, once someone pressed Undo, who (`undone_by`). Stored as one flat JSON object (`to_json`), read
+    back by `from_json`: the one writer and the one reader; JSON written before a field existed reads as that
+    field's default.
     """
 
     drivers: list[str] = field(default_factory=list)
@@ -57,6 +59,8 @@ class IncidentDetail:
     level: float | None = None
     slope_per_h: float | None = None
     eta_s: float | None = None
+    tolerated: dict[str, float] = field(default_factory=dict)
+    undone_by: str = ""
 
     def to_json(self) -> str:
         if self.metric:
@@ -65,7 +69,7 @@ class IncidentDetail:
         if not (self.drivers or self.metrics or self.peak):
             return "{}"
         stored: dict[str, object] = {"drivers": self.drivers, "metrics": self.metrics, "peak": self.peak}
-        for name in ("filesystems", "peak_filesystems", "processes", "peak_processes"):
+        for name in ("filesystems", "peak_filesystems", "processes", "peak_processes", "tolerated", "undone_by"):
             if value := getattr(self, name):  # left out when empty: the JSON of a machine without them is as before
                 stored[name] = value
         return json.dumps(stored)
@@ -101,11 +105,13 @@ class Action(StrEnum):
     CHART = "chart"
     RIGHT_FORECAST = "right"
     WRONG_FORECAST = "wrong"
+    UNDO_TOLERANCE = "undo"  # on a stressed incident a ❌ turned into tolerances
 
 
 SNOOZE_HOURS = {Action.SNOOZE_1H: 1, Action.SNOOZE_8H: 8}
 ACTIONS_OF = {  # the buttons each kind of incident has
-    Kind.STRESSED: {Action.CORRECT, Action.WRONG_PREDICTION, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART},
+    Kind.STRESSED: {Action.CORRECT, Action.WRONG_PREDICTION, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
+                    Action.UNDO_TOLERANCE},
     Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART},
     Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H},
 }

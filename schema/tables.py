@@ -250,6 +250,39 @@ class ForecastLabel(Verdict):
     incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
 
 
+class Tolerance(BaseModel):
+    """What a ❌ taught one machine: `metric` up to `value` is normal on `device` (below the metric's hard ceiling,
+    ml/features.py). Raised by a later ❌, removed by Undo or /tolerance reset; never by a retrain."""
+
+    device = pw.CharField(max_length=64)
+    metric = pw.CharField(max_length=32)
+    value = pw.DoubleField()
+    incident = pw.ForeignKeyField(Incident, null=True, on_delete="SET NULL")  # the ❌'d incident that set it
+    label = pw.ForeignKeyField(Label, null=True, on_delete="SET NULL")  # the label that press stored
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+    updated = pw.DoubleField()  # when it was set or last raised: a change any process can see cheaply
+
+    class Meta:
+        indexes = ((("device", "metric"), True),)
+
+
+class ForecastHold(BaseModel):
+    """A "❌ Wrong forecast" on `device`'s `metric` (a forecast's metric, "disk:<mount point>" for a filesystem):
+    no forecast of it alerts until the metric is back in its usual range, which removes the hold."""
+
+    device = pw.CharField(max_length=64)
+    metric = pw.CharField(max_length=300)
+    incident = pw.ForeignKeyField(Incident, null=True, on_delete="SET NULL")
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+    class Meta:
+        table_name = "forecast_hold"
+
+
 class Aggregate(BaseModel):
     """Five minutes of one device's samples older than RETENTION_DAYS (see bot/db/retention.py): per metric the
     minimum (`<name>_min`), the mean (`<name>`, the same column name as a raw sample's) and the maximum."""
@@ -271,7 +304,7 @@ for _name in KNOWN_METRICS:
 
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Digest, Notice, Mute, ForecastLabel, Aggregate, Subscription,
-          Heartbeat]
+          Heartbeat, Tolerance, ForecastHold]
 
 
 def connect(url: str) -> pw.Database:

@@ -18,11 +18,13 @@ from bot import db
 from bot.app import build_application
 from bot.chat import team_texts
 from bot.config import load_settings
+from bot.db.tolerances import tolerate
 from ml.registry import open_store
 from tests.fakes.scenario import ADMIN, CHAT, bot_env
 from tests.fakes.telegram_api import FakeTelegram
 
 STRANGER = 999
+OTHER = 998  # a member of an allowed chat, not an admin
 pytestmark = pytest.mark.asyncio
 
 
@@ -200,3 +202,30 @@ async def test_a_member_who_floods_gets_one_slow_down_and_the_others_are_still_a
     assert all(a == [] for a in answers[burst + 1:]), "then the flood is dropped, not queued"
     (other,) = await say(teams, telegram, "/help", chat=FORUM, user=STRANGER)
     assert other.startswith("<b>Rigwatch</b>"), "another member is answered at once"
+
+
+async def test_tolerance_lists_what_a_machine_tolerates_and_only_whoever_set_it_or_an_admin_resets_it(
+    application: Application, telegram: FakeTelegram,
+) -> None:
+    now = time.time()
+    db.store_batch([Sample("build1", now - 3 * 3600, {"disk_percent": 98.6})], [0.05], 1, [])
+    tolerate("build1", {"disk_percent": 98.6, "swap_percent": 80.0}, None, None, STRANGER, "@bob", now)
+
+    (listed,) = await say(application, telegram, "/tolerance build1", user=STRANGER)
+    assert listed.startswith("<b>build1</b> tolerates, from a ❌ on its alerts:")
+    assert "• Disk up to 98.6 % (❌ by @bob, " in listed and "hard ceiling 99.5 %" in listed
+    assert "• Swap up to 80 % (❌ by @bob, " in listed and "hard ceiling 97 %" in listed
+    (status,) = await say(application, telegram, "/status build1")
+    assert "Tolerates (a ❌ taught it):\n• Disk up to 98.6 %" in status
+
+    (refused,) = await say(application, telegram, "/tolerance build1 reset", user=OTHER)
+    assert refused.startswith("Only admins or whoever set them can reset these tolerances of <b>build1</b> "
+                              "(set by @bob).")
+    (by_admin,) = await say(application, telegram, "/tolerance build1 reset swap", user=ADMIN)
+    assert by_admin == "↩️ <b>build1</b> no longer tolerates Swap: from its next sample it alerts as every machine does."
+    (by_setter,) = await say(application, telegram, "/tolerance build1 reset", user=STRANGER)
+    assert "no longer tolerates Disk" in by_setter
+    (empty,) = await say(application, telegram, "/tolerance build1")
+    assert empty.startswith("<b>build1</b> tolerates nothing of its own")
+    for wrong in ("/tolerance", "/tolerance build1 reset cpu", "/tolerance build1 forget"):
+        assert (await say(application, telegram, wrong))[0].startswith("Usage: /tolerance <device>")

@@ -19,9 +19,12 @@ from bot.chat import callbacks, charts, model_texts, team_texts, texts
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents, outbox
+from bot.db import tolerances as stored_tolerances
+from bot.pipeline import tolerances as tolerance_math
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecaster
 from bot.pipeline.model import ActiveModel
+from bot.pipeline.tolerances import Tolerances
 from ml.data import training_frame
 from ml.features import FEATURES
 from ml.registry import StoreError, UnknownVersion
@@ -48,6 +51,10 @@ def _baselines(context: ContextTypes.DEFAULT_TYPE) -> Baselines:
 
 def _forecaster(context: ContextTypes.DEFAULT_TYPE) -> Forecaster:
     return context.bot_data["forecaster"]
+
+
+def _tolerances(context: ContextTypes.DEFAULT_TYPE) -> Tolerances:
+    return context.bot_data["tolerances"]
 
 
 async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -121,11 +128,12 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         else:
             usual = await asyncio.to_thread(_baselines(context).get, sample.device)
             forecasts = await asyncio.to_thread(_forecaster(context).forecasts, sample.device)
-            silent, muted = await asyncio.to_thread(
-                lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone)))
+            silent, muted, tolerated = await asyncio.to_thread(
+                lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
+                         stored_tolerances.tolerances(sample.device)))
             text = texts.device_status(sample, settings.alert_threshold, _model(context).version, usual=usual,
                                        forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
-                                       silent=silent, muted=muted)
+                                       silent=silent, muted=muted, tolerances=tolerated)
             markup = texts.missed_keyboard(sample.id)
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:
@@ -195,7 +203,8 @@ def _who(update: Update) -> tuple[int, str]:
 
 
 async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A button on an incident: ✅/❌ (a label and an acknowledgement), 🔕 (snooze reminders), 📈 (chart)."""
+    """A button on an incident: ✅/❌ (a label and an acknowledgement; ❌ makes the machine tolerate what drove it),
+    ↩️ (undo that), 🔕 (snooze reminders), 📈 (chart)."""
     query = update.callback_query
     parsed = callbacks.parse_incident(query.data)
     chat = update.effective_chat
@@ -212,10 +221,28 @@ async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         await _send_chart(update, context, incident.device, incident.opened_ts - CHART_MARGIN_S,
                           (incident.resolved_ts or time.time()) + CHART_MARGIN_S)
         return
+    if parsed[1] == Action.UNDO_TOLERANCE:
+        await _undo(update, context, incident.id, incident.device)
+        return
     user_id, name = _who(update)
-    await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time())
-    await query.answer(texts.pressed(parsed[1], incident.device))
+    now = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time(),
+                                  tolerance_math.wanted)
+    await asyncio.to_thread(_tolerances(context).refresh)  # this process's next batch has it anyway
+    await query.answer(texts.pressed(parsed[1], incident.device, now.detail.tolerated, now.detail.metric))
     context.application.create_task(_sender(context).run(context.bot), name="send")  # every copy shows it
+
+
+async def _undo(update: Update, context: ContextTypes.DEFAULT_TYPE, incident_id: int, device: str) -> None:
+    """↩️ Undo on an alert a ❌ closed: the tolerances that ❌ set are gone (whoever set them, or an admin)."""
+    query = update.callback_query
+    user_id, name = _who(update)
+    admin = user_id in _settings(context).admin_user_ids
+    _incident, removed = await asyncio.to_thread(incidents.undo_tolerance, incident_id, user_id, name, admin,
+                                                 time.time())
+    await query.answer(texts.undone(device, removed), show_alert=removed is None)
+    if removed:
+        await asyncio.to_thread(_tolerances(context).refresh)
+        context.application.create_task(_sender(context).run(context.bot), name="send")
 
 
 async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -335,6 +362,34 @@ async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     device = await asyncio.to_thread(lambda: notice.incident.device)
     await query.answer(team_texts.expanded(device, notice.sent is not None or notice.expanded))
     context.application.create_task(_sender(context).run(context.bot), name="send")
+
+
+async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/tolerance <device> [reset [metric]]: what a ❌ taught a machine; reset forgets it (admins, or whoever set
+    it)."""
+    args = context.args or []
+    metric = texts.parse_tolerance_metric(args[2]) if len(args) == 3 else None
+    if (not 1 <= len(args) <= 3 or not DEVICE_RE.fullmatch(args[0]) or (len(args) > 1 and args[1].lower() != "reset")
+            or (len(args) == 3 and metric is None)):
+        await update.effective_message.reply_text(texts.TOLERANCE_USAGE)
+        return
+    device = args[0]
+    rows = await asyncio.to_thread(stored_tolerances.tolerances, device)
+    if len(args) == 1:
+        await update.effective_message.reply_text(texts.tolerance_list(device, rows), parse_mode=ParseMode.HTML)
+        return
+    chosen = [row for row in rows if metric is None or row.metric == metric]
+    user_id, name = _who(update)
+    others = sorted({row.user_name for row in chosen if row.user_id != user_id})
+    if others and user_id not in _settings(context).admin_user_ids:
+        log.warning("refused /tolerance %s reset for user %d: set by %s", device, user_id, others)
+        await update.effective_message.reply_text(texts.tolerance_refused(device, others, user_id),
+                                                  parse_mode=ParseMode.HTML)
+        return
+    removed = await asyncio.to_thread(stored_tolerances.untolerate, device, [row.metric for row in chosen])
+    log.info("%s reset the tolerances %s of %s", name, removed, device)
+    await asyncio.to_thread(_tolerances(context).refresh)
+    await update.effective_message.reply_text(texts.tolerance_reset(device, removed), parse_mode=ParseMode.HTML)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

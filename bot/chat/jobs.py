@@ -20,16 +20,20 @@ from bot.chat.sender import Render, Sender
 from bot.db import Incident
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.model import ModelNews
+from bot.pipeline.tolerances import Tolerances
 from bot.pipeline.watch import Watch
 
 log = logging.getLogger(__name__)
 
 
-def renderer(baselines: Baselines) -> Render:
-    """An incident's message as of its newest state (blocks: the usual ranges may be read)."""
+def renderer(baselines: Baselines, tolerances: Tolerances | None = None) -> Render:
+    """An incident's message as of its newest state, with its machine's tolerances (blocks: the usual ranges may
+    be read)."""
 
     def render(incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
-        return texts.incident(incident, baselines.get(incident.device), time.time()), texts.incident_keyboard(incident)
+        tolerated = tolerances.of(incident.device) if tolerances is not None else None
+        return (texts.incident(incident, baselines.get(incident.device), time.time(), tolerated),
+                texts.incident_keyboard(incident))
 
     return render
 

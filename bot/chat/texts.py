@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import time
 from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from datetime import UTC, datetime
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
@@ -14,7 +14,8 @@ from telegram.constants import MessageLimit
 
 from agent.wire import KNOWN_METRICS
 from bot.chat import callbacks
-from bot.db import Incident, Rejected, StoredSample
+from bot.db import Incident, Rejected, StoredSample, Tolerance
+from bot.pipeline import tolerances as tolerance_math
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES, ZONES
@@ -43,6 +44,8 @@ backups or /mute db* sun 01:00-05:00
 /unmute &lt;pattern&gt;, /muted: end a mute; list the mutes and windows
 /subscribe &lt;pattern&gt;…: this chat (or forum topic) gets only the messages about these machines
 /unsubscribe [pattern…], /subscriptions: remove some or all; list them
+/tolerance &lt;device&gt;: what a ❌ taught that machine (metrics it tolerates higher than the fleet)
+/tolerance &lt;device&gt; reset [metric]: forget them (admins, or whoever set it), e.g. /tolerance build1 reset disk
 /rejected: the latest messages that broke the wire format, and why
 /versions [version]: the model versions, newest first; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
@@ -52,8 +55,10 @@ backups or /mute db* sun 01:00-05:00
 An alert is one message, edited while the incident lasts and marked when it recovers. When several machines \
 change together (an outage, a storm) they share one message, with a button per machine for its own alert. Its buttons: \
 <b>✅ Correct</b> acknowledges it (no more reminders) and stores a label; <b>❌ Wrong prediction</b> stores \
-the sample as normal and closes the alert; <b>🔕</b> snoozes its reminders. The next model learns from \
-your labels. A forecast has its own buttons: your verdict on it is kept apart."""
+the sample as normal, closes the alert and, at once, makes that machine tolerate the values that drove it (up \
+to each metric's hard ceiling; <b>↩️ Undo</b> takes it back); <b>🔕</b> snoozes its reminders. The next model \
+learns from your labels. A forecast has its own buttons: <b>❌ Wrong forecast</b> stops that forecast on that \
+machine until the metric is back in its usual range."""
 
 
 COMMANDS = [  # the command menu
@@ -63,6 +68,7 @@ COMMANDS = [  # the command menu
     BotCommand("muted", "the mutes and maintenance windows"),
     BotCommand("subscribe", "this chat or topic gets only these machines: /subscribe web*"),
     BotCommand("subscriptions", "what this chat is subscribed to"),
+    BotCommand("tolerance", "what a ❌ taught a machine: /tolerance <device> [reset [metric]]"),
     BotCommand("rejected", "latest invalid messages and why"),
     BotCommand("versions", "model versions, or /versions <n> for one in full"),
     BotCommand("retrain", "train a new model from data and labels (admins)"),
@@ -172,14 +178,19 @@ def top_processes(top: list | None) -> str:
 
 def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str,
                 filesystems: Mapping[str, float] | None = None, processes: Mapping[str, list] | None = None,
-                when_shown: str = "") -> str:
+                when_shown: str = "", tolerated: Mapping[str, float] | None = None) -> str:
     """'Disk /data 99.4 % (usually 40-55 % on pc1)', 'Memory 98.5 % (usually 45-52 % on pc1) · top: java 61 %
-    (pid 4121), postgres 12 %'; a metric the model does not use gets no range. `when_shown` (' at its worst')
-    follows the value and its range."""
+    (pid 4121), postgres 12 %'; a metric the model does not use gets no range, a metric the machine tolerates
+    says so instead ('Disk 99.2 % (tolerated up to 98.6 % on build1)'). `when_shown` (' at its worst') follows
+    the value and its range."""
     shown = metric_value(name, value, _label(name, filesystems))
     if name not in FEATURES:
         return shown + when_shown
-    if name not in usual:
+    if tolerated and name in tolerated:
+        ceiling = ZONES[name].ceiling
+        past = f", past its hard ceiling of {tolerance_value(name, ceiling)}" if ceiling and value >= ceiling else ""
+        shown = f"{shown} (tolerated up to {tolerance_value(name, tolerated[name])} on {device}{past}){when_shown}"
+    elif name not in usual:
         shown = f"{shown} (no usual range yet){when_shown}"
     else:
         shown = f"{shown} (usually {usual_range(name, usual[name])} on {device}){when_shown}"
@@ -255,9 +266,10 @@ def device_status(
     sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None,
     usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
     horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Set[str] = NONE,
+    tolerances: list[Tolerance] | None = None,
 ) -> str:
     """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
-    model version and where disk, memory and swap are heading."""
+    model version, what it tolerates and where disk, memory and swap are heading."""
     now = time.time() if now is None else now
     usual = usual or {}
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
@@ -277,6 +289,8 @@ def device_status(
         f"{'v' + str(active_version) if active_version else 'none'}\n"
         f"{pre(rows or ['(no metrics)'])}\n"
         + "".join(f"{line}\n" for line in tops)
+        + ("Tolerates (a ❌ taught it):\n" + "".join(f"{line}\n" for line in tolerance_lines(tolerances))
+           if tolerances else "")
         + forecast_summary(forecasts or {}, horizon_s)
     )
 
@@ -335,17 +349,19 @@ def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float)
     return "Forecast:\n" + "\n".join(f"• {escape(_forecast_line(f))}" for f in near)
 
 
-def forecast_alert(forecast: Forecast, usual: Usual | None) -> str:
-    """'pc1: /data will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge."""
+def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[str, float] | None = None) -> str:
+    """'pc1: /data will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge (the
+    machine's own when it tolerates the metric)."""
     filesystem = forecast.metric.startswith(FILESYSTEM)
     model_metric = "disk_percent" if filesystem else forecast.metric
+    edge = tolerance_math.edge(model_metric, (tolerated or {}).get(model_metric))
     label = disk_label(_forecast_word(forecast.metric)) if filesystem else KNOWN_METRICS[model_metric][0]
     usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (
         "" if filesystem else "no usual range yet; ")
     return clip(
         f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
         f"{escape(label)} on {escape(forecast.device)}: {usual_text}it needs an intervention from "
-        f"{number(ZONES[model_metric].edge)} %.\n"
+        f"{tolerance_value(model_metric, edge)}{' on this machine' if edge != ZONES[model_metric].edge else ''}.\n"
         f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"
     )
 
@@ -407,12 +423,15 @@ def rejected(rows: list[Rejected]) -> str:
 # --- incidents -----------------------------------------------------------------------------------------------
 
 def incident_keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
-    """The buttons of an incident's message: verdict, snooze and chart while it is open; the chart after."""
+    """The buttons of an incident's message: verdict, snooze and chart while it is open; the chart after, with
+    Undo when its ❌ made the machine tolerate something."""
     def button(label: str, action: Action) -> InlineKeyboardButton:
         return InlineKeyboardButton(label, callback_data=callbacks.incident(incident.id, action))
 
     chart = button("📈 Chart", Action.CHART)
     if incident.state != State.OPEN:
+        if incident.detail.tolerated and not incident.detail.undone_by:
+            return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart]])
         return InlineKeyboardMarkup([[chart]]) if incident.kind != Kind.SILENT else None
     snooze = [button("🔕 1 h", Action.SNOOZE_1H), button("🔕 8 h", Action.SNOOZE_8H)]
     if incident.kind == Kind.FORECAST:
@@ -430,8 +449,10 @@ def _span(start: float, end: float) -> str:
     return f"{datetime.fromtimestamp(start, UTC):%H:%M}–{datetime.fromtimestamp(end, UTC):%H:%M} UTC"
 
 
-def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
-    """An incident's message, from its newest state: opened, updated while it lasts, resolved."""
+def incident(incident: Incident, usual: Mapping[str, Usual], now: float,
+             tolerated: Mapping[str, float] | None = None) -> str:
+    """An incident's message, from its newest state: opened, updated while it lasts, resolved; `tolerated` are its
+    machine's tolerances now."""
     detail = incident.detail
     device = escape(incident.device)
     if incident.kind == Kind.SILENT:
@@ -445,7 +466,7 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
     if incident.kind == Kind.FORECAST:
         forecast = Forecast(incident.device, detail.metric, incident.sample_id or 0, detail.ts or 0.0,
                             detail.level or 0.0, detail.slope_per_h or 0.0, detail.eta_s)
-        text = forecast_alert(forecast, usual.get(detail.metric))
+        text = forecast_alert(forecast, usual.get(detail.metric), tolerated)
         if incident.state != State.OPEN:
             text = f"{text}\n\n✅ No longer heading for its edge ({when(incident.resolved_ts)})."
         return clip(text + _footer(incident))
@@ -456,8 +477,9 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float) -> str:
     worst = "" if incident.state == State.OPEN else " at its worst"
     filesystems, processes = ((detail.filesystems, detail.processes) if incident.state == State.OPEN
                               else (detail.peak_filesystems, detail.peak_processes))
-    lines = [f"• {escape(_with_usual(name, shown_values[name], usual, incident.device, filesystems, processes, worst))}"
-             for name in shown]
+    said = [_with_usual(name, shown_values[name], usual, incident.device, filesystems, processes, worst, tolerated)
+            for name in shown]
+    lines = [f"• {escape(line)}" for line in said]
     lasted = ago((incident.resolved_ts or incident.last_ts) - incident.opened_ts)
     if incident.state == State.OPEN:
         head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",
@@ -476,6 +498,12 @@ def _footer(incident: Incident) -> str:
     if incident.acked_by:
         what = "Labelled a false alarm" if incident.state == State.FALSE_ALARM else "Acknowledged"
         lines.append(f"{what} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
+    detail = incident.detail
+    if detail.tolerated:
+        lines.append(escape(tolerated_now(incident.device, detail.tolerated, incident.acked_by or "?")))
+    if detail.undone_by:
+        lines.append(f"↩️ Undone by {escape(detail.undone_by)}: {escape(incident.device)} alerts on "
+                     f"{escape(_and(tolerance_word(m) for m in sorted(detail.tolerated)))} as every machine does.")
     if incident.snoozed_until and incident.state == State.OPEN:
         lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
     return "\n\n" + "\n".join(lines) if lines else ""
@@ -517,15 +545,99 @@ def reply(kind: Reply, incident: Incident, now: float) -> str:
             "🔕 snoozes it.")
 
 
-def pressed(action: Action, device: str) -> str:
-    """What the person who pressed a button on an incident is told."""
+def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None = None, metric: str = "") -> str:
+    """What the person who pressed a button on an incident is told (`tolerated`: what a ❌ made the machine
+    tolerate; `metric`: a forecast's)."""
     if action in SNOOZE_HOURS:
         return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
-    if action in (Action.RIGHT_FORECAST, Action.WRONG_FORECAST):
+    if action == Action.WRONG_FORECAST:
+        return (f"Thanks: stored as a wrong forecast. No forecast of {_forecast_word(metric) if metric else 'it'} "
+                f"on {device} until it is back in its usual range.")
+    if action == Action.RIGHT_FORECAST:
         return f"Thanks: stored as a {action.value} forecast."
     if action == Action.CORRECT:
         return "Thanks: labelled stressed. No more reminders about it."
+    if tolerated:
+        return f"Thanks: {tolerated_now(device, tolerated)}. Undo on the alert takes it back."
     return "Thanks: labelled normal, and the alert is closed as a false alarm."
+
+
+# --- tolerances ------------------------------------------------------------------------------------------------
+
+# The words of the metrics a machine can tolerate, in messages and in /tolerance <device> reset <metric>.
+TOLERANCE_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap",
+                   "cpu_temp_c": "temperature", "load_1m": "load"}
+TOLERANCE_USAGE = ("Usage: /tolerance <device> lists what a ❌ taught it; /tolerance <device> reset [metric] "
+                   f"forgets it (metric: {', '.join(TOLERANCE_WORDS.values())}), e.g. /tolerance build1 reset disk")
+
+
+def tolerance_word(metric: str) -> str:
+    """'Disk', 'Memory', 'Load'."""
+    return TOLERANCE_WORDS.get(metric, metric).capitalize()
+
+
+def tolerance_value(metric: str, value: float) -> str:
+    """'98.6 %', '97 °C', '3.9 per CPU'."""
+    unit = "per CPU" if metric == "load_1m" else KNOWN_METRICS.get(metric, ("", ""))[1]
+    shown = f"{value:.0f}" if value == int(value) else f"{value:.2f}".rstrip("0")
+    return f"{shown} {unit}".rstrip()
+
+
+def _and(words: Iterable[str]) -> str:
+    """'Disk', 'Disk and Swap', 'Disk, Memory and Swap'."""
+    items = list(words)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def tolerated_now(device: str, tolerated: Mapping[str, float], by: str = "") -> str:
+    """'Disk up to 98.6 % is now normal for build1 (❌ by @bob)'."""
+    parts = _and(f"{tolerance_word(m)} up to {tolerance_value(m, v)}" for m, v in sorted(tolerated.items()))
+    verb = "is" if len(tolerated) == 1 else "are"
+    return f"{parts} {verb} now normal for {device}" + (f" (❌ by {by})" if by else "")
+
+
+def parse_tolerance_metric(word: str) -> str | None:
+    """The metric a word of /tolerance … reset names ('disk', 'Memory', 'disk_percent'), or None."""
+    word = word.lower()
+    return next((m for m, w in TOLERANCE_WORDS.items() if word in (w, m)), None)
+
+
+def tolerance_lines(rows: list[Tolerance]) -> list[str]:
+    """'• Disk up to 98.6 % (❌ by @bob, 2026-11-28 14:03:25 UTC; hard ceiling 99.5 %)' per tolerance."""
+    return [f"• {tolerance_word(t.metric)} up to {tolerance_value(t.metric, t.value)} (❌ by {escape(t.user_name)}, "
+            f"{when(t.updated)}; hard ceiling {tolerance_value(t.metric, ZONES[t.metric].ceiling or 0)})"
+            for t in rows if t.metric in ZONES]
+
+
+def tolerance_list(device: str, rows: list[Tolerance]) -> str:
+    """/tolerance <device>."""
+    if not rows:
+        return (f"<b>{escape(device)}</b> tolerates nothing of its own: it alerts as every machine does. A ❌ on "
+                "one of its alerts makes it tolerate what drove it.")
+    return clip(f"<b>{escape(device)}</b> tolerates, from a ❌ on its alerts:\n" + "\n".join(tolerance_lines(rows))
+                + f"\n/tolerance {escape(device)} reset [metric] forgets them.")
+
+
+def tolerance_reset(device: str, removed: list[str]) -> str:
+    if not removed:
+        return f"<b>{escape(device)}</b> had no such tolerance. /tolerance {escape(device)} lists them."
+    return (f"↩️ <b>{escape(device)}</b> no longer tolerates {escape(_and(tolerance_word(m) for m in removed))}: "
+            "from its next sample it alerts as every machine does.")
+
+
+def tolerance_refused(device: str, setters: list[str], user_id: int) -> str:
+    """Someone who is neither an admin nor who set them asked to reset a machine's tolerances."""
+    return (f"Only admins or whoever set them can reset these tolerances of <b>{escape(device)}</b> (set by "
+            f"{escape(', '.join(setters))}). Your user id is <code>{user_id}</code>.")
+
+
+def undone(device: str, removed: list[str] | None) -> str:
+    """What the presser of Undo is told."""
+    if removed is None:
+        return "Only admins or whoever pressed ❌ can undo this."
+    if not removed:
+        return f"Nothing left to undo: /tolerance {device} shows what {device} tolerates now."
+    return f"Undone: {device} alerts on {_and(tolerance_word(m) for m in removed)} as every machine does."
 
 
 def missed_labelled(sample: StoredSample) -> str:

@@ -46,6 +46,7 @@ from schema.tables import (
     Aggregate,
     Device,
     Digest,
+    ForecastHold,
     ForecastLabel,
     Incident,
     Label,
@@ -54,6 +55,7 @@ from schema.tables import (
     Notice,
     Rejected,
     Subscription,
+    Tolerance,
     db,
 )
 
@@ -61,8 +63,9 @@ transaction = db.atomic
 
 __all__ = [
     "CHART_POINTS", "CHECKPOINT_S", "COLUMNS", "DEVICES_CTE", "TABLES", "Aggregate", "ChartPoint", "ChartSeries",
-    "Device", "Digest", "ForecastLabel", "Incident", "Label", "Metric", "Mute", "Notice", "Origin", "Rejected",
-    "Rejection", "StoredSample", "Subscription", "add_label", "beat", "chart_series", "checkpoint",
+    "Device", "Digest", "ForecastHold", "ForecastLabel", "Incident", "Label", "Metric", "Mute", "Notice", "Origin",
+    "Rejected",
+    "Rejection", "StoredSample", "Subscription", "Tolerance", "add_label", "beat", "chart_series", "checkpoint",
     "checkpoint_in_background", "count_mutes", "db", "device_count", "devices", "history_points", "incident_for_button",
     "incident_spans", "intake", "is_postgres", "known_values", "latest_per_device", "latest_sample", "mute",
     "mutes", "muting", "open_database", "reachable", "recent_per_device", "rejected", "sample_by_id",

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import replace
 from datetime import tzinfo
 
+from bot.db import tolerances
 from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window, metric_key
-from schema.tables import ForecastLabel, Incident, Label, Mute, Notice, db
+from schema.tables import ForecastLabel, Incident, Label, Mute, Notice, Tolerance, db
+
+# What a ❌ on a stressed incident makes its machine tolerate: metric -> value, from the incident's detail.
+Tolerate = Callable[[IncidentDetail], dict[str, float]]
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +64,14 @@ def ended_mutes(since: float, now: float, tz: tzinfo) -> list[str]:
                     if m.holds(since, tz) and not m.holds(now, tz)]
 
 
-def press(incident_id: int, action: Action, user_id: int, user_name: str, now: float) -> Incident:
+def press(incident_id: int, action: Action, user_id: int, user_name: str, now: float,
+          tolerate: Tolerate | None = None) -> Incident:
     """What a button on an incident does, stored in one transaction; returns the incident as it is now.
 
     ✅/❌ store a label on the sample that opened the incident and acknowledge it (no more reminders); ❌ also
-    closes it as a false alarm. 🔕 snoozes its reminders. The new revision makes the sender edit every copy.
+    closes it as a false alarm and raises its machine's tolerances to what `tolerate` says of the incident (the
+    label is marked as one that became a tolerance). "❌ Wrong forecast" puts that forecast of the machine on
+    hold. 🔕 snoozes its reminders. The new revision makes the sender edit every copy.
     """
     with db.atomic():
         incident = Incident.get_by_id(incident_id)
@@ -72,18 +80,47 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
         elif action in (Action.RIGHT_FORECAST, Action.WRONG_FORECAST):
             add_forecast_label(incident.id, int(action == Action.RIGHT_FORECAST), user_id, user_name)
             incident.acked_by, incident.acked_at = user_name, now
+            if action == Action.WRONG_FORECAST:
+                tolerances.hold(incident.device, incident.detail.metric or incident.metric, incident.id, user_id,
+                                user_name, now)
         else:
             value = int(action == Action.CORRECT)
-            if incident.sample_id is not None:
-                add_label(incident.sample_id, value, user_id, user_name)
+            label = add_label(incident.sample_id, value, user_id, user_name) if incident.sample_id else None
             incident.acked_by, incident.acked_at = user_name, now
             if not value:
                 incident.state, incident.resolved_ts = State.FALSE_ALARM, incident.resolved_ts or incident.last_ts
+                wanted = tolerate(incident.detail) if tolerate and incident.kind == Kind.STRESSED else {}
+                if wanted:
+                    raised = tolerances.tolerate(incident.device, wanted, incident.id, label.id if label else None,
+                                                 user_id, user_name, now)
+                    incident.detail = replace(incident.detail, tolerated=raised)
+                    if label is not None:
+                        label.tolerance = True
+                        label.save()
         incident.revision += 1
         incident.updated = incident.acted = now
         incident.save()
     log.info("%s pressed %s on incident %d (%s)", user_name, action, incident_id, incident.device)
     return incident
+
+
+def undo_tolerance(incident_id: int, user_id: int, user_name: str, admin: bool,
+                   now: float) -> tuple[Incident, list[str] | None]:
+    """Undo on a ❌'d incident: remove the tolerances its ❌ set and still owns; (the incident, the metrics
+    removed), or None for them when the presser is neither who set them nor an admin (nothing changes)."""
+    with db.atomic():
+        incident = Incident.get_by_id(incident_id)
+        setters = {t.user_id for t in Tolerance.select(Tolerance.user_id).where(Tolerance.incident == incident_id)}
+        if not admin and setters - {user_id}:
+            return incident, None
+        removed = tolerances.untolerate(incident.device, incident_id=incident_id)
+        if removed:
+            incident.detail = replace(incident.detail, undone_by=user_name[:200])
+            incident.revision += 1
+            incident.updated = incident.acted = now
+            incident.save()
+    log.info("%s undid the tolerances %s of incident %d (%s)", user_name, removed, incident_id, incident.device)
+    return incident, removed
 
 
 def incident_for_button(incident_id: int, chat_id: int) -> Incident | None:
@@ -93,9 +130,9 @@ def incident_for_button(incident_id: int, chat_id: int) -> Incident | None:
             .first())
 
 
-def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> None:
+def add_label(metric_id: int, value: int, user_id: int, user_name: str) -> Label:
     """Store a person's label for a sample."""
-    Label.create(metric=metric_id, value=value, user_id=user_id, user_name=user_name[:200], created=time.time())
+    return Label.create(metric=metric_id, value=value, user_id=user_id, user_name=user_name[:200], created=time.time())
 
 
 def add_forecast_label(incident_id: int, value: int, user_id: int, user_name: str) -> None:

@@ -10,7 +10,8 @@ Rules (ALERT_THRESHOLD, ALERT_HYSTERESIS, RECOVER_SAMPLES):
 - while it lasts every sample updates it (latest P, peak, drivers); the sender edits its message;
 - it resolves after RECOVER_SAMPLES consecutive samples below threshold - hysteresis, so a P wobbling
   around the threshold gives one incident, not ten.
-A forecast episode (bot/pipeline/forecast.py) is an incident too, resolved when the forecast no longer holds.
+A forecast episode (bot/pipeline/forecast.py) is an incident too, resolved when the forecast no longer holds; a
+forecast someone called wrong opens none until its metric is back in its usual range.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from operator import attrgetter
 
 from bot.db import Incident, StoredSample, ingest, muting
 from bot.db import incidents as stored
+from bot.db import tolerances as stored_tolerances
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecast, Forecaster, zone
 from bot.pipeline.incidents import Incidents
+from bot.pipeline.tolerances import Tolerances
 from ml.features import FEATURES
-from schema.domain import IncidentDetail, Kind, Muting, Reply
+from schema.domain import FILESYSTEM, IncidentDetail, Kind, Muting, Reply
 
 Drivers = Callable[[dict[str, float]], list[str]]
 
@@ -58,12 +61,18 @@ def _forecast_detail(forecast: Forecast) -> IncidentDetail:
 class Decider:
     """Walks a batch's new samples through the incidents' state machines; blocks on the store."""
 
-    def __init__(self, incidents: Incidents, drivers: Drivers, forecaster: Forecaster, baselines: Baselines) -> None:
+    def __init__(self, incidents: Incidents, drivers: Drivers, forecaster: Forecaster, baselines: Baselines,
+                 tolerances: Tolerances | None = None) -> None:
         self.incidents = incidents
         self.rules = incidents.rules
         self.drivers = drivers
         self.forecaster = forecaster
         self.baselines = baselines
+        self.tolerances = tolerances
+
+    def drivers_of(self, device: str) -> Drivers:
+        """What drove a sample of this machine: its metrics read as the model read them, with its tolerances."""
+        return self.tolerances.reading(device, self.drivers) if self.tolerances is not None else self.drivers
 
     def decide(self, new: list[StoredSample], now: float | None = None) -> None:
         """Update the devices and their incidents for a batch's new samples; called inside its transaction."""
@@ -95,13 +104,13 @@ class Decider:
             if incident is None:
                 if p >= self.rules.threshold and not muted:
                     incident = self.incidents.open(device, Kind.STRESSED, sample, sample.ts,
-                                                   stressed_detail(sample, self.drivers), now)
+                                                   stressed_detail(sample, self.drivers_of(device)), now)
                 continue
             incident.last_ts, incident.last_p, incident.updated = sample.ts, p, now
             detail = _now(incident.detail, sample)
             if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
                 incident.peak_p = p
-                detail = stressed_detail(sample, self.drivers)
+                detail = stressed_detail(sample, self.drivers_of(device))
             incident.detail = detail
             incident.below = incident.below + 1 if p < below else 0
             incident.revision += 1
@@ -115,6 +124,7 @@ class Decider:
                    open_incidents: dict[tuple[str, str], Incident], muted: Muting, now: float) -> None:
         """A new forecast episode opens an incident; an open one follows its forecast and ends with it."""
         due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics, s.filesystems) for s in ordered)
+        self._release_holds(by_device)
         for (device, metric), incident in open_incidents.items():
             if incident.kind != Kind.FORECAST:
                 continue
@@ -134,5 +144,24 @@ class Decider:
             self.forecaster.mark_alerted(forecast)
             if forecast.device in muted or (forecast.device, forecast.metric) in open_incidents:
                 continue
+            if self.tolerances is not None and self.tolerances.on_hold(forecast.device, forecast.metric):
+                continue  # called wrong, and not back in its usual range since: the same fill
             sample = StoredSample(forecast.sample_id, forecast.device, forecast.ts, {}, None, None)
             self.incidents.open(forecast.device, Kind.FORECAST, sample, forecast.ts, _forecast_detail(forecast), now)
+
+    def _release_holds(self, by_device: dict[str, list[StoredSample]]) -> None:
+        """A forecast on hold alerts again once its metric is back in its usual range (a filesystem, which has
+        none of its own: the disk's, else at or below its typical level)."""
+        if self.tolerances is None:
+            return
+        for device in self.tolerances.held_devices() & by_device.keys():
+            newest = by_device[device][-1]
+            usual = self.baselines.get(device)
+            for metric in self.tolerances.held(device):
+                if metric.startswith(FILESYSTEM):
+                    value, name = (newest.filesystems or {}).get(metric.removeprefix(FILESYSTEM)), "disk_percent"
+                else:
+                    value, name = newest.metrics.get(metric), metric
+                bound = usual[name].high if name in usual else zone(metric).typical
+                if value is not None and value <= bound:
+                    stored_tolerances.release(device, metric)

@@ -27,7 +27,7 @@ import math
 import statistics
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ml.features import ZONES, Zone
@@ -158,14 +158,14 @@ class Trend:
             v + self.slope * (self.ref_ts - t) for t, v in list(self.medians)[-LEVEL_BUCKETS:]
         )
 
-    def at(self, ts: float) -> tuple[float, float, float | None] | None:
-        """(level, slope per hour, seconds to the edge or None) at `ts`; None without enough data."""
+    def at(self, ts: float, edge: float | None = None) -> tuple[float, float, float | None] | None:
+        """(level, slope per hour, seconds to the edge (or to `edge`) or None) at `ts`; None without enough data."""
         if self.ref_level is None:
             return None
         level = self.ref_level + self.slope * (ts - self.ref_ts)
         if self.slope < MIN_SLOPE_PER_S:
             return level, self.slope * 3600, None
-        eta = max(0.0, (self.edge - level) / self.slope)
+        eta = max(0.0, ((self.edge if edge is None else edge) - level) / self.slope)
         drop = self.next_daily_drop(ts)
         if drop is not None and drop <= ts + eta:  # the day's drop comes first: not heading for the edge
             return level, self.slope * 3600, None
@@ -189,8 +189,10 @@ class Forecaster:
     Thread-safe: the poller feeds it from a worker thread while /status reads it.
     """
 
-    def __init__(self, horizon_s: float) -> None:
+    def __init__(self, horizon_s: float, edge_of: Callable[[str, str], float] | None = None) -> None:
         self.horizon_s = horizon_s
+        # Where (device, metric) is heading to: the fleet's edge, or a machine's own (its tolerance, capped).
+        self.edge_of = edge_of
         self.trends: dict[str, dict[str, Trend]] = {}  # device -> metric -> trend
         self.slots: dict[str, float] = {}  # device -> the slot (ts // SLOT_S) of its last sample taken
         self.alerted: set[tuple[str, str]] = set()
@@ -250,7 +252,7 @@ class Forecaster:
     def _forecast(self, key: tuple[str, str]) -> Forecast | None:
         trend = self.trends[key[0]][key[1]]
         sample_id, ts = trend.latest
-        now = trend.at(ts)
+        now = trend.at(ts, self.edge_of(*key) if self.edge_of is not None else None)
         if now is None:
             return None
         level, slope_per_h, eta_s = now

@@ -23,21 +23,41 @@ from bot.logs import Outage
 from bot.pipeline.decide import Decider
 from bot.pipeline.model import ActiveModel
 from bot.pipeline.sources import Batch, KafkaSource, LocalSource
+from bot.pipeline.tolerances import Tolerances
 from ml import features
 
 log = logging.getLogger(__name__)
 BEAT_S = 2.0  # the intake's heartbeat (bot/db/ingest.beat) is written at most this often
 
 
+Values = list[tuple[float | None, ...]]  # each sample's known metrics, in the order of KNOWN_METRICS
+
+
+def predict(model: ActiveModel, samples: list[Sample],
+            tolerances: Tolerances | None = None) -> tuple[Values, list[float | None], int | None]:
+    """(each sample's known metrics, P(stressed) of each, the model version) of one batch, predicted as a whole; the
+    rows of machines with tolerances are read with them. Blocks on the store (has any tolerance changed?)."""
+    # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
+    values = db.known_values(samples)
+    frame = features.table(values, KNOWN_METRICS)
+    if tolerances is not None:  # a ❌ pressed since the last batch holds from this one
+        tolerances.refresh()
+        frame = tolerances.apply(frame, [sample.device for sample in samples])
+    predictions, version = model.predict(frame)
+    return values, predictions, version
+
+
 class Poller:
-    """Ingestion, a long-lived task of the bot: a source, the model, what decides incidents, and what to call
-    when their messages are queued."""
+    """Ingestion, a long-lived task of the bot: a source, the model, the machines' tolerances, what decides
+    incidents, and what to call when their messages are queued."""
 
     def __init__(self, source: KafkaSource | LocalSource, model: ActiveModel, decider: Decider,
-                 on_queued: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
+                 on_queued: Callable[[], Awaitable[None]], interval: float = 1.0,
+                 tolerances: Tolerances | None = None) -> None:
         self.source = source
         self.model = model
         self.decider = decider
+        self.tolerances = tolerances
         self.on_queued = on_queued
         self.interval = interval
         self._stopping = asyncio.Event()
@@ -107,9 +127,7 @@ class Poller:
         """Predict and store samples in one transaction with the incidents they decide; return those that were new.
         Blocks; raises what the store raised (nothing of the batch is stored then)."""
         with self._storing:
-            # Each sample's known metrics, once: the columns of its row in the store, and the model's input.
-            values = db.known_values(samples)
-            predictions, version = self.model.predict(features.table(values, KNOWN_METRICS))
+            values, predictions, version = predict(self.model, samples, self.tolerances)
             return db.store_batch(samples, predictions, version, rejects, origins, on_stored=self.decider.decide,
                                   values=values)
 

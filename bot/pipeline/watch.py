@@ -18,16 +18,18 @@ from bot.db import incidents as stored
 from bot.db import intake, muting, sample_by_id, samples, silent_devices, transaction
 from bot.pipeline.decide import Drivers, stressed_detail
 from bot.pipeline.incidents import Incidents
+from bot.pipeline.tolerances import Tolerances
 from schema.domain import IncidentDetail, Kind, matches
 
 log = logging.getLogger(__name__)
 
 
 class Watch:
-    def __init__(self, incidents: Incidents, drivers: Drivers) -> None:
+    def __init__(self, incidents: Incidents, drivers: Drivers, tolerances: Tolerances | None = None) -> None:
         self.incidents = incidents
         self.rules = incidents.rules
         self.drivers = drivers
+        self.tolerances = tolerances
         self._mutes_seen: float | None = None  # windows that closed are looked for since then
 
     def run(self, now: float | None = None) -> bool:
@@ -87,8 +89,8 @@ class Watch:
                     continue
                 sample = sample_by_id(device.last_metric)
                 if sample is not None:
-                    self.incidents.open(name, Kind.STRESSED, sample, sample.ts, stressed_detail(sample, self.drivers),
-                                        now)
+                    drivers = self.tolerances.reading(name, self.drivers) if self.tolerances else self.drivers
+                    self.incidents.open(name, Kind.STRESSED, sample, sample.ts, stressed_detail(sample, drivers), now)
         for pattern in patterns:
             log.info("the mute of %s ended", pattern)
         return ended

@@ -1,0 +1,150 @@
+"""Machine tolerances: what a ❌ taught one machine, applied to that machine's samples only.
+
+The model is additive: log-odds = intercept + Σ fᵢ(metricᵢ) + …, with fᵢ the fleet's shape function of metric i.
+On a machine that tolerates metric i up to t, fᵢ is read shifted: fᵢ(v - s) with s = t - healthyᵢ (the fleet's
+busiest healthy value, ml/features.py), so the tolerated value counts as much as a busy but healthy machine's and
+every other value of that metric on that machine moves by the same s. At or above the metric's hard ceiling
+there is no shift: the fleet's own fᵢ decides, whatever anyone pressed. Exact, and it explains itself: the
+machine's value is read as if the fleet's limits sat s higher on it. Forecasts of the metric aim at the edge
+shifted the same way, capped by the ceiling.
+
+The tolerances (and the forecasts on hold, see `Tolerances.on_hold`) are cached in memory; every batch asks the
+database whether any changed (one cheap statement), so a ❌ pressed in another process holds from the next
+sample of its machine too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bot.db import tolerances as stored
+from ml.features import FEATURES, ZONES
+from schema.domain import FILESYSTEM, IncidentDetail
+
+log = logging.getLogger(__name__)
+
+
+def shift(metric: str, tolerance: float) -> float:
+    """How far the machine's values of the metric are moved down before the fleet's shape function reads them."""
+    return max(0.0, tolerance - ZONES[metric].healthy)
+
+
+def read(metric: str, value: float, tolerance: float) -> float:
+    """The value as the model reads it on a machine with this tolerance: shifted below the hard ceiling."""
+    ceiling = ZONES[metric].ceiling
+    if ceiling is None or math.isnan(value) or value >= ceiling:
+        return value
+    return value - shift(metric, tolerance)
+
+
+def edge(metric: str, tolerance: float | None) -> float:
+    """Where a forecast of the metric aims on a machine with this tolerance: the fleet's edge shifted, capped by
+    the hard ceiling."""
+    zone = ZONES[metric]
+    if tolerance is None or zone.ceiling is None:
+        return zone.edge
+    return min(zone.ceiling, zone.edge + shift(metric, tolerance))
+
+
+def wanted(detail: IncidentDetail) -> dict[str, float]:
+    """What a ❌ on a stressed incident makes its machine tolerate: each metric that drove it, at its value at
+    the incident's worst, when that lies between the fleet's healthy limit and the metric's hard ceiling."""
+    values = detail.peak or detail.metrics
+    out = {}
+    for metric in detail.drivers:
+        zone, value = ZONES.get(metric), values.get(metric)
+        if zone is None or zone.ceiling is None or value is None:
+            continue
+        if zone.healthy < value < zone.ceiling:
+            out[metric] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class _Known:
+    """One consistent view of the database's tolerances and holds; replaced whole, so readers need no lock."""
+
+    by_device: dict[str, dict[str, float]] = field(default_factory=dict)
+    holds: frozenset[tuple[str, str]] = frozenset()
+
+
+class Tolerances:
+    """The tolerances of every machine, and the forecasts on hold, as the database has them."""
+
+    def __init__(self) -> None:
+        self._known = _Known()
+        self._signature: tuple[object, ...] | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Read them again when the database says any changed; blocks on the store (one small statement)."""
+        with self._lock:
+            signature = stored.signature()
+            if signature == self._signature:
+                return
+            by_device: dict[str, dict[str, float]] = {}
+            for row in stored.tolerances():
+                if row.metric in FEATURES:
+                    by_device.setdefault(row.device, {})[row.metric] = row.value
+            self._known = _Known(by_device, frozenset(stored.holds()))
+            self._signature = signature
+        log.debug("tolerances of %d machines, %d forecasts on hold", len(by_device), len(self._known.holds))
+
+    def of(self, device: str) -> dict[str, float]:
+        """metric -> tolerance of one machine; empty for most."""
+        return self._known.by_device.get(device, {})
+
+    def read(self, device: str, metrics: Mapping[str, float]) -> dict[str, float]:
+        """A sample's metrics as the model reads them on its machine."""
+        tolerated = self.of(device)
+        if not tolerated:
+            return dict(metrics)
+        return {name: read(name, value, tolerated[name]) if name in tolerated else value
+                for name, value in metrics.items()}
+
+    def reading(self, device: str,
+                drivers: Callable[[dict[str, float]], list[str]]) -> Callable[[dict[str, float]], list[str]]:
+        """`drivers` of this machine's samples: what drove one, its metrics read as the model read them."""
+        if not self.of(device):
+            return drivers
+        return lambda metrics: drivers(self.read(device, metrics))
+
+    def apply(self, frame: pd.DataFrame, devices: Sequence[str]) -> pd.DataFrame:
+        """The model's frame (ml.features) of a batch, row i being a sample of devices[i], with the rows of
+        machines that have tolerances read as `read` does; the frame itself when no row is one of theirs."""
+        by_device = self._known.by_device
+        if not by_device:
+            return frame
+        rows = [i for i, device in enumerate(devices) if device in by_device]
+        if not rows:
+            return frame
+        values = frame.to_numpy(dtype=float, copy=True)
+        columns = {name: list(frame.columns).index(name) for name in frame.columns}
+        for i in rows:
+            for name, tolerance in by_device[devices[i]].items():
+                column = columns[name]
+                values[i, column] = read(name, values[i, column], tolerance)
+        return pd.DataFrame(values, columns=frame.columns, index=frame.index)
+
+    def edge(self, device: str, metric: str) -> float:
+        """Where a forecast of the machine's metric ("disk:<mount point>" for a filesystem) aims."""
+        name = "disk_percent" if metric.startswith(FILESYSTEM) else metric
+        return edge(name, self.of(device).get(name))
+
+    def on_hold(self, device: str, metric: str) -> bool:
+        """Whether someone said "❌ Wrong forecast" of this machine's metric and it has not been back in its
+        usual range since."""
+        return (device, metric) in self._known.holds
+
+    def held_devices(self) -> set[str]:
+        return {device for device, _metric in self._known.holds}
+
+    def held(self, device: str) -> list[str]:
+        return [metric for d, metric in self._known.holds if d == device]
+
