@@ -123,9 +123,10 @@ def test_a_machine_button_on_a_group_sends_that_machine_its_own_alert(decider: D
     stress(decider, ["pc1", "pc2", "pc3"])
     pc2 = Incident.get(Incident.device == "pc2")
 
-    notice = outbox.expand(pc2.id, A)
+    notice = outbox.expand(pc2.id, A, None)
     assert notice is not None and sent_alone(A) == ["pc2"] and sent_alone(B) == []
-    assert outbox.expand(pc2.id, 999) is None, "not a message of that chat"
+    assert outbox.expand(pc2.id, 999, None) is None, "not a message of that chat"
+    assert outbox.expand(pc2.id, B, TOPIC) is None, "nor of that topic"
 
 
 def test_a_bot_that_receives_nothing_declares_no_machine_silent_and_gives_grace_when_it_receives_again(

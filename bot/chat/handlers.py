@@ -354,7 +354,7 @@ async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     chat = update.effective_chat
     notice = None
     if incident_id is not None and chat is not None:
-        notice = await asyncio.to_thread(outbox.expand, incident_id, chat.id)
+        notice = await asyncio.to_thread(outbox.expand, incident_id, chat.id, _thread(update))
     if notice is None:
         log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
         await query.answer(texts.INVALID_BUTTON)

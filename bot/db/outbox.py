@@ -49,11 +49,7 @@ def _group(notice: Notice, now: float, route: Route) -> None:
     sent on their own are sent only as part of the group."""
     if route.group_min <= 1:
         return
-    same = (Notice.chat_id == notice.chat_id) & (Notice.change == notice.change) & (
-        Notice.thread_id.is_null() if notice.thread_id is None else Notice.thread_id == notice.thread_id)
-    digest = (Digest.select().where((Digest.chat_id == notice.chat_id) & (Digest.change == notice.change)
-                                    & (Digest.thread_id.is_null() if notice.thread_id is None
-                                       else Digest.thread_id == notice.thread_id)
+    digest = (Digest.select().where(_where(Digest, notice.chat_id, notice.thread_id) & (Digest.change == notice.change)
                                     & (Digest.last_join >= now - route.group_s))
               .order_by(Digest.id.desc()).first())
     if digest is not None:
@@ -61,12 +57,25 @@ def _group(notice: Notice, now: float, route: Route) -> None:
         Notice.update(digest=digest.id).where(Notice.id == notice.id).execute()
         return
     peers = list(Notice.select(Notice.id, Notice.created).where(
-        same & (Notice.created >= now - route.group_s) & Notice.digest.is_null()))
+        _where(Notice, notice.chat_id, notice.thread_id) & (Notice.change == notice.change)
+        & (Notice.created >= now - route.group_s) & Notice.digest.is_null()))
     if len(peers) < route.group_min:  # peers include this notice
         return
     digest = Digest.create(chat_id=notice.chat_id, thread_id=notice.thread_id, change=notice.change,
                            created=min(p.created for p in peers), last_join=now, due=now)
     Notice.update(digest=digest.id).where(Notice.id.in_([p.id for p in peers])).execute()
+
+
+def _where(table: type[Notice] | type[Digest], chat_id: int, thread_id: int | None) -> object:
+    """The rows of one chat and forum topic (None: the general topic)."""
+    thread = table.thread_id.is_null() if thread_id is None else table.thread_id == thread_id
+    return (table.chat_id == chat_id) & thread
+
+
+def _alert(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | None:
+    """The incident's alert in one chat and topic."""
+    return Notice.get_or_none((Notice.incident == incident_id) & _where(Notice, chat_id, thread_id)
+                              & (Notice.kind == NoticeKind.ALERT))
 
 
 def _free(now: float) -> object:
@@ -94,8 +103,7 @@ def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
     for notice in rows:
         reply_to = None
         if notice.kind == NoticeKind.REPLY:
-            alert = Notice.get_or_none((Notice.incident == notice.incident_id) & (Notice.chat_id == notice.chat_id)
-                                       & (Notice.kind == NoticeKind.ALERT))
+            alert = _alert(notice.incident_id, notice.chat_id, notice.thread_id)
             shown = _shown_in(alert)
             if alert is not None and shown is None and alert.failed is None:
                 continue  # the alert goes first; this reply answers it
@@ -172,9 +180,7 @@ def reply_target(digest: Digest) -> int | None:
     first = Notice.select(Notice.incident).where(Notice.digest == digest.id).order_by(Notice.id).first()
     if first is None:
         return None
-    alert = Notice.get_or_none((Notice.incident == first.incident_id) & (Notice.chat_id == digest.chat_id)
-                               & (Notice.kind == NoticeKind.ALERT))
-    return _shown_in(alert)
+    return _shown_in(_alert(first.incident_id, digest.chat_id, digest.thread_id))
 
 
 def stale_digests(now: float, edit_every_s: float) -> list[tuple[Digest, int, int]]:
@@ -224,11 +230,12 @@ def release_digest(digest_id: int) -> None:
     Digest.update(claimed_until=None).where(Digest.id == digest_id).execute()
 
 
-def expand(incident_id: int, chat_id: int) -> Notice | None:
-    """Send a grouped alert on its own as well, with its buttons (someone asked for it in this chat); the
-    alert's notice, None when no alert of that incident went to that chat as part of a group."""
-    notice = Notice.get_or_none((Notice.incident == incident_id) & (Notice.chat_id == chat_id)
-                                & (Notice.kind == NoticeKind.ALERT) & Notice.digest.is_null(False))
-    if notice is not None and not notice.expanded and notice.sent is None:
+def expand(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | None:
+    """Send a grouped alert on its own as well, with its buttons (someone asked for it in this chat and topic);
+    the alert's notice, None when no alert of that incident went there as part of a group."""
+    notice = _alert(incident_id, chat_id, thread_id)
+    if notice is None or notice.digest_id is None:
+        return None
+    if not notice.expanded and notice.sent is None:
         Notice.update(expanded=True, due=time.time()).where(Notice.id == notice.id).execute()
     return notice
