@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Container, Iterable, Mapping, Set
 from datetime import UTC, datetime
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
@@ -211,7 +211,7 @@ STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "muted": "🔕", "normal": "
 NONE: frozenset[str] = frozenset()
 
 
-def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Set[str] = NONE) -> str:
+def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE) -> str:
     """stressed, silent (it stopped reporting), muted, normal or unknown (no prediction yet)."""
     if sample.device in muted:
         return "muted"
@@ -222,7 +222,7 @@ def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, m
     return "stressed" if sample.p_stressed >= threshold else "normal"
 
 
-def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Set[str] = NONE) -> str:
+def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE) -> str:
     """The condition with its icon, e.g. '🔴 stressed'."""
     name = condition(sample, threshold, silent, muted)
     return f"{STATE_ICONS[name]} {name}"
@@ -232,7 +232,7 @@ OVERVIEW_ROWS = 25  # the worst machines shown by /status; the rest are counted
 
 
 def overview(samples: list[StoredSample], threshold: float, now: float | None = None, silent: Set[str] = NONE,
-             muted: Set[str] = NONE) -> str:
+             muted: Container[str] = NONE) -> str:
     """/status: the counts per condition, then the worst machines with last seen, latest P(stressed) and
     state, most urgent first (by condition, then P(stressed), then name); one message for any fleet."""
     if not samples:
@@ -265,7 +265,7 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
 def device_status(
     sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None,
     usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
-    horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Set[str] = NONE,
+    horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Container[str] = NONE,
     tolerances: list[Tolerance] | None = None,
 ) -> str:
     """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
