@@ -207,11 +207,11 @@ async def _start_remote_write(application: Application, settings: Settings, poll
     if settings.kafka_bootstrap:
         sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic,
                          store_rejects=lambda rejects: db.store_batch([], [], None, rejects))
-        receiver = Receiver(sink, settings.remote_write_device_label)
+        receiver = Receiver(sink, settings.remote_write_device_label, held=db.HeldParts())
         after_store = None
         application.bot_data["remote_write_sink"] = sink
     else:
-        receiver = Receiver(poller.store, settings.remote_write_device_label)
+        receiver = Receiver(poller.store, settings.remote_write_device_label, held=db.HeldParts())
         after_store = poller.send_queued
     host, port = settings.remote_write_listen or (None, 0)
     server = RemoteWriteServer(receiver, host, port, settings.remote_write_token, after_store)

@@ -225,6 +225,21 @@ class Heartbeat(BaseModel):
     at = pw.DoubleField()
 
 
+class HeldPart(BaseModel):
+    """Part of a remote-write scrape that waits for the rest of its series (Prometheus may split a scrape over
+    several writes), kept before the write is answered so a restart loses nothing: `part` is its values, JSON
+    [[key, ...], value] pairs. Deleted once the scrape is stored."""
+
+    device = pw.CharField(max_length=64)
+    ts_ms = pw.BigIntegerField()
+    part = pw.TextField()
+    at = pw.DoubleField()  # when it came
+
+    class Meta:
+        table_name = "held_part"
+        indexes = ((("device", "ts_ms"), False),)
+
+
 class Rejected(BaseModel):
     """A message that did not follow the wire format, kept with the reason for an operator."""
 
@@ -304,7 +319,7 @@ for _name in KNOWN_METRICS:
 
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Digest, Notice, Mute, ForecastLabel, Aggregate, Subscription,
-          Heartbeat, Tolerance, ForecastHold]
+          Heartbeat, Tolerance, ForecastHold, HeldPart]
 
 
 def connect(url: str) -> pw.Database:

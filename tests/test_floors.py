@@ -53,8 +53,8 @@ def test_the_floor_test_sees_an_upward_import(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("room", "modules"), [
-    ("bot/db", "bot.db.connection, bot.db.incidents, bot.db.ingest, bot.db.outbox, bot.db.retention, bot.db.routing, "
-                    "bot.db.samples, bot.db.tolerances"),
+    ("bot/db", "bot.db.connection, bot.db.held, bot.db.incidents, bot.db.ingest, bot.db.outbox, bot.db.retention, "
+               "bot.db.routing, bot.db.samples, bot.db.tolerances"),
     ("bot/pipeline", "bot.pipeline.baselines, bot.pipeline.decide, bot.pipeline.forecast, bot.pipeline.incidents, "
                      "bot.pipeline.model, bot.pipeline.node_exporter, bot.pipeline.poller, bot.pipeline.remote_write, "
                      "bot.pipeline.replay, bot.pipeline.sources, bot.pipeline.tolerances, bot.pipeline.watch"),

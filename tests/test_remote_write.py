@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from agent.wire import Sample, encode, parse
 from bot import db
 from bot.config import load_settings
 from bot.pipeline.node_exporter import NodeExporter, key
-from bot.pipeline.prompb import types_pb2
+from bot.pipeline.prompb import remote_pb2, types_pb2
 from bot.pipeline.remote_write import MAX_BODY, PATH, KafkaSink, Receiver, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
@@ -282,6 +282,53 @@ def test_a_scrape_whose_rest_never_comes_is_stored_after_its_grace(store: pw.Dat
     assert receiver.flush(now=NOW + 5) == 0
     assert receiver.flush(now=NOW + 10) == 1
     assert ("pc1", T0) in stored_rows()
+
+
+def split(scrape: remote_pb2.WriteRequest, later: Callable[[int, types_pb2.TimeSeries], bool]) -> tuple[bytes, bytes]:
+    """A write cut in two, as Prometheus cuts a scrape between two batches (or shards): the series `later`
+    picks (by index and series) come in the second."""
+    first, rest = write_request({}), write_request({})
+    for i, series in enumerate(scrape.timeseries):
+        (rest if later(i, series) else first).timeseries.append(series)
+    return body(first), body(rest)
+
+
+def test_the_first_part_of_a_split_scrape_is_kept_before_its_write_is_answered(store: pw.Database) -> None:
+    receiver = Receiver(into_store, held=db.HeldParts())
+    receiver.process(scrape_at("pc1:9100", T0 - 15), now=NOW)
+    first, rest = split(write_request({"pc1:9100": [(T0, machine(mem_available=2e9))]}), lambda i, _s: i >= 100)
+    receiver.process(first, now=NOW)
+    assert ("pc1", T0) not in stored_rows() and db.HeldPart.select().count() == 1
+
+    # The bot is killed: what the first write brought is in the database only. The next one takes it back.
+    restarted = Receiver(into_store, held=db.HeldParts())
+    assert restarted.recover() == 1
+    restarted.process(rest)
+    assert restarted.flush() == 0  # it waits out its grace, counted from when the first write came
+    assert restarted.flush(now=time.time() + 10) == 1  # then stored with the rest that came meanwhile
+
+    row = stored_rows()["pc1", T0]
+    assert row.mem_percent == pytest.approx(87.5)  # from the first write
+    assert row.disk_percent == pytest.approx(85.0)  # /data, from the rest
+    assert db.HeldPart.select().count() == 0  # stored: nothing kept any more
+
+
+def test_series_that_come_after_their_scrape_was_stored_make_the_next_one_wait_for_them(
+        store: pw.Database) -> None:
+    receiver = Receiver(into_store)
+    three = {"/": ("ext4", 100e9, 60e9, 0), "/boot/efi": ("vfat", 5e8, 4e8, 0), "/run": ("tmpfs", 3e9, 3e9, 0)}
+    receiver.process(scrape_at("pc1:9100", T0 - 30, filesystems=three), now=NOW)
+    # /data is mounted: a scrape has 7 series more, and they come in a write of their own.
+    for ts in (T0 - 15, T0):
+        first, rest = split(write_request({"pc1:9100": [(ts, machine())]}),
+                            lambda _i, series: any(label.value == "/data" for label in series.labels))
+        receiver.process(first, now=NOW)
+        receiver.process(rest, now=NOW)
+
+    rows = stored_rows()
+    assert rows["pc1", T0 - 15].disk_percent == pytest.approx(40.0)  # stored without /data: it seemed whole
+    assert rows["pc1", T0].disk_percent == pytest.approx(85.0)  # waited for /data, now known to come
+    assert db.Metric.select().count() == 3
 
 
 def test_a_retried_write_stores_nothing_twice_and_computes_the_same_cpu(store: pw.Database) -> None:

@@ -12,6 +12,7 @@ from bot.db.connection import (
     open_database,
     reachable,
 )
+from bot.db.held import HeldParts
 from bot.db.incidents import (
     add_label,
     count_mutes,
@@ -48,6 +49,7 @@ from schema.tables import (
     Digest,
     ForecastHold,
     ForecastLabel,
+    HeldPart,
     Incident,
     Label,
     Metric,
@@ -63,8 +65,8 @@ transaction = db.atomic
 
 __all__ = [
     "CHART_POINTS", "CHECKPOINT_S", "COLUMNS", "DEVICES_CTE", "TABLES", "Aggregate", "ChartPoint", "ChartSeries",
-    "Device", "Digest", "ForecastHold", "ForecastLabel", "Incident", "Label", "Metric", "Mute", "Notice", "Origin",
-    "Rejected",
+    "Device", "Digest", "ForecastHold", "ForecastLabel", "HeldPart", "HeldParts", "Incident", "Label", "Metric",
+    "Mute", "Notice", "Origin", "Rejected",
     "Rejection", "StoredSample", "Subscription", "Tolerance", "add_label", "beat", "chart_series", "checkpoint",
     "checkpoint_in_background", "count_mutes", "db", "device_count", "devices", "history_points", "incident_for_button",
     "incident_spans", "intake", "is_postgres", "known_values", "latest_per_device", "latest_sample", "mute",

@@ -3,8 +3,10 @@ scrape. Pure: no I/O, no clock of its own; the receiver (bot/pipeline/remote_wri
 
 A scrape's series share its timestamp, so (device, ts) gathers them. Prometheus may split one scrape over
 several writes (its shards, its batches): a scrape is handed out as a sample once it holds as many series as
-the device's last whole scrape did, or once it has waited `grace_s` for the rest. Counters become rates against
-the device's newest earlier scrape, kept by its time: a retried write computes the same rates again.
+the device's last whole scrape did, or once it has waited `grace_s` for the rest. Series that come for a scrape
+handed out already are left out (its sample is stored), and tell how many a whole scrape now has. Counters
+become rates against the device's newest earlier scrape, kept by its time: a retried write computes the same
+rates again.
 """
 
 from __future__ import annotations
@@ -96,13 +98,16 @@ class Scrape:
     device: str
     ts_ms: int
     values: dict[Key, float] = field(default_factory=dict)
-    since: float = 0.0  # when its first series came (the receiver's monotonic clock)
+    since: float = 0.0  # when its first series came (the receiver's clock)
+    held: bool = False  # a part of it is kept durably by the receiver until it is stored
+    recovered: bool = False  # held over from before a restart: it waits out its grace for the rest
 
 
 @dataclass(slots=True)
 class _Device:
     expected: int = 0  # series of its last whole scrape
     pending: dict[int, Scrape] = field(default_factory=dict)  # ts_ms -> scrape not handed out yet
+    handed: dict[int, int] = field(default_factory=dict)  # ts_ms -> series, of the newest scrapes handed out
     history: list[tuple[int, dict[str, dict[Key, float]]]] = field(default_factory=list)  # (ts_ms, counters)
 
 
@@ -150,19 +155,33 @@ class NodeExporter:
                 return
 
     def take(self, now: float, everything: bool = False) -> list[tuple[Scrape, Sample | None]]:
-        """The scrapes ready to be stored, each with its sample (None when it gave no metric): whole ones, those
-        that waited `grace_s`, or (`everything`) all. They leave the pending ones; `restore` puts them back."""
+        """The scrapes ready to be stored, each with its sample (None when it gave none): whole ones, those that
+        waited `grace_s`, or (`everything`) all; and, without a sample, series that came for a scrape handed out
+        already. They leave the pending ones; `restore` puts them back."""
         ready: list[tuple[Scrape, Sample | None]] = []
         for device in sorted(self._waiting):
             state = self._devices[device]
             for ts_ms in sorted(state.pending):
                 scrape = state.pending[ts_ms]
-                whole = len(scrape.values) >= state.expected
+                count = len(scrape.values)
+                handed = state.handed.get(ts_ms)
+                if handed is not None:
+                    # The rest of a scrape that seemed whole: a whole one is bigger now. (As many series or
+                    # more: a write answered before, sent again.)
+                    if count < handed:
+                        state.expected = state.handed[ts_ms] = handed + count
+                    del state.pending[ts_ms]
+                    ready.append((scrape, None))
+                    continue
+                whole = count >= state.expected and not scrape.recovered
                 if whole or everything or now - scrape.since >= self.grace_s:
                     # A whole scrape can only raise what a whole one is; one that waited out its grace says the
                     # machine now has fewer series (a file system unmounted).
-                    state.expected = max(state.expected, len(scrape.values)) if whole else len(scrape.values)
+                    state.expected = max(state.expected, count) if whole else count
                     del state.pending[ts_ms]
+                    state.handed[ts_ms] = count
+                    if len(state.handed) > HISTORY:
+                        del state.handed[min(state.handed)]
                     ready.append((scrape, self._sample(state, scrape)))
             if not state.pending:
                 self._waiting.discard(device)
@@ -172,11 +191,18 @@ class NodeExporter:
         """Scrapes taken but not stored: pending again, merged with what came for them meanwhile."""
         for scrape in scrapes:
             state = self._devices.setdefault(scrape.device, _Device())
+            state.handed.pop(scrape.ts_ms, None)
             newer = state.pending.get(scrape.ts_ms)
             if newer is not None:
                 scrape.values.update(newer.values)
+                scrape.held |= newer.held
             state.pending[scrape.ts_ms] = scrape
             self._waiting.add(scrape.device)
+
+    def waiting(self, device: str, ts_ms: int) -> Scrape | None:
+        """The device's scrape at `ts_ms` when it waits for the rest of its series."""
+        state = self._devices.get(device)
+        return state.pending.get(ts_ms) if state is not None else None
 
     def pending(self) -> int:
         """Scrapes waiting for the rest of their series."""

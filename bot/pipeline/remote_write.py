@@ -7,7 +7,9 @@ mode produced to the Kafka topic as wire messages, so the workers share them. Th
 2xx only once the samples are stored (or delivered to Kafka); 400 for a body that can never be read (the sender
 drops it, so the log says why); 413 for a body over 16 MiB decompressed; 503 while the store or the broker is out,
 or the receiver is busy, so the sender retries. A retried write stores nothing twice: (device, ts) is unique in
-the store, and rates are computed against the scrape before it, kept by its time.
+the store, and rates are computed against the scrape before it, kept by its time. A scrape split over several
+writes waits for its rest (bot/pipeline/node_exporter.py); its parts are kept in the database meanwhile (before
+their writes are answered), so a restart loses none of them.
 
 Only the series Rigwatch reads are decoded: protobuf hands out the request's series still encoded (frames.proto),
 and the others (nine in ten of node_exporter's) are dropped once their name is read in place. A label set seen
@@ -23,11 +25,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
 from struct import unpack_from
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import cramjam
 from aiohttp import web
@@ -37,7 +39,7 @@ from google.protobuf.message import DecodeError
 from agent.wire import Sample, encode
 from bot.db import Rejection, beat
 from bot.logs import Outage
-from bot.pipeline.node_exporter import READERS, Key, NodeExporter, device_name, key, ts_problem
+from bot.pipeline.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
 from bot.pipeline.prompb import frames_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ CONCURRENT = 4  # writes decoded and stored at once; the others wait their turn
 MAX_WAITING = 32  # beyond this many waiting writes, a write is answered 503 at once
 GRACE_S = 10.0  # a scrape split over several writes waits this long for its rest (Prometheus flushes every 5 s)
 FLUSH_EVERY_S = 1.0
+PRUNE_EVERY_S, PRUNE_AFTER_S = 600.0, 3600.0  # held parts of no scrape waiting (a race left them) are forgotten
 REFUSE_AGAIN_S = 600.0  # a device label refused is recorded in /rejected again after this long
 SAY_AGAIN_S = 60.0  # a 400's reason is logged again after this long (with how many came meanwhile)
 PROTOBUF = "application/x-protobuf"
@@ -116,12 +119,26 @@ def _millis(varint: bytes) -> int | None:
     return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(varint))
 
 
+Part = tuple[str, int, Sequence[tuple[Key, float]]]  # (device, ts in ms, values) of a scrape waiting for its rest
+
+
+class Holding(Protocol):
+    """Where the parts of scrapes waiting for their rest are kept durably (bot/db/held.py)."""
+
+    def keep(self, parts: Iterable[Part], now: float) -> None: ...
+    def release(self, scrapes: Iterable[tuple[str, int]]) -> None: ...
+    def load(self) -> list[tuple[str, int, list[tuple[Key, float]], float]]: ...
+    def older(self, than: float) -> list[tuple[str, int]]: ...
+
+
 @dataclass
 class _Turn:
-    """The samples of one write, waiting to be stored with others."""
+    """What one write brought, waiting to be stored with what others brought."""
 
     samples: list[Sample]
     rejects: list[Rejection]
+    parts: list[Part]  # to keep: of scrapes that wait for their rest
+    released: list[tuple[str, int]]  # scrapes stored now whose parts were kept
     done: bool = False
     error: Exception | None = None
 
@@ -150,10 +167,14 @@ Store = Callable[[list[Sample], list[Rejection]], object]
 
 
 class Receiver:
-    """Decodes writes, maps node_exporter's series to samples and stores them; blocks (run it in a thread)."""
+    """Decodes writes, maps node_exporter's series to samples and stores them; blocks (run it in a thread).
+    Without `held`, the parts of scrapes waiting for their rest are kept in memory alone."""
 
-    def __init__(self, store: Store, device_label: str = "instance", grace_s: float = GRACE_S) -> None:
+    def __init__(self, store: Store, device_label: str = "instance", grace_s: float = GRACE_S,
+                 held: Holding | None = None) -> None:
         self.store = store
+        self.held = held
+        self._pruned = time.time()
         self.device_label = device_label
         self.mapper = NodeExporter(grace_s)
         self._lock = threading.Lock()  # around the mapper
@@ -180,8 +201,33 @@ class Receiver:
             for (device, ts_ms), values in scrapes.items():
                 self.mapper.add(device, ts_ms, values, now)
             ready = self.mapper.take(now)
-        outcome.samples = self._store(ready, rejects)
+            parts = self._waiting_parts(scrapes) if self.held is not None else []
+        outcome.samples = self._store(ready, rejects, parts)
         return outcome
+
+    def _waiting_parts(self, scrapes: dict[tuple[str, int], list[tuple[Key, float]]]) -> list[Part]:
+        """What this write brought to scrapes that still wait for their rest: to be kept before it is answered."""
+        parts = []
+        for (device, ts_ms), values in scrapes.items():
+            waiting = self.mapper.waiting(device, ts_ms)
+            if waiting is not None:
+                waiting.held = True
+                parts.append((device, ts_ms, values))
+        return parts
+
+    def recover(self, now: float | None = None) -> int:
+        """Take back the parts kept before a restart: their scrapes wait for the rest until their grace is out
+        (counted from when they came). How many scrapes."""
+        if self.held is None:
+            return 0
+        held = self.held.load()
+        with self._lock:
+            for device, ts_ms, values, at in held:
+                self.mapper.add(device, ts_ms, values, at)
+                scrape = self.mapper.waiting(device, ts_ms)
+                if scrape is not None:
+                    scrape.held = scrape.recovered = True
+        return len({(device, ts_ms) for device, ts_ms, _values, _at in held})
 
     def _read(self, series: list[bytes], now: float, outcome: Outcome,
               rejects: list[Rejection]) -> dict[tuple[str, int], list[tuple[Key, float]]]:
@@ -280,24 +326,42 @@ class Receiver:
         now = time.time() if now is None else now
         with self._lock:
             ready = self.mapper.take(now, everything=everything)
-        return self._store(ready, []) if ready else 0
+        stored = self._store(ready, []) if ready else 0
+        if self.held is not None and now - self._pruned >= PRUNE_EVERY_S:
+            self._pruned = now
+            self._prune(now)
+        return stored
 
-    def _store(self, ready: list, rejects: list[Rejection]) -> int:
+    def _prune(self, now: float) -> None:
+        """Forget held parts of scrapes stored long ago: two writes racing can keep a part after its scrape was
+        stored. A scrape still waiting (its store is out) keeps its parts."""
+        assert self.held is not None
+        try:
+            with self._lock:
+                gone = [s for s in self.held.older(now - PRUNE_AFTER_S) if self.mapper.waiting(*s) is None]
+            if gone:
+                self.held.release(gone)
+        except Exception as exc:  # the database is out: the next prune tries again
+            log.warning("remote write: held parts not pruned: %s", exc)
+
+    def _store(self, ready: list[tuple[Scrape, Sample | None]], rejects: list[Rejection],
+               parts: list[Part] | None = None) -> int:
         samples = [sample for _scrape, sample in ready if sample is not None]
-        if not samples and not rejects:
+        released = [(scrape.device, scrape.ts_ms) for scrape, _sample in ready if scrape.held]
+        if not samples and not rejects and not parts and not released:
             return 0
         try:
-            self._store_together(samples, rejects)
+            self._store_together(_Turn(samples, rejects, parts or [], released))
         except Exception as exc:
             with self._lock:
                 self.mapper.restore(scrape for scrape, _sample in ready)
             raise Unavailable(str(exc) or type(exc).__name__) from exc
         return len(samples)
 
-    def _store_together(self, samples: list[Sample], rejects: list[Rejection]) -> None:
+    def _store_together(self, mine: _Turn) -> None:
         """Store, together with what other writes bring meanwhile: one prediction and one transaction for all
-        the writes that waited while the one before was stored (each costs about as much whatever its size)."""
-        mine = _Turn(samples, rejects)
+        the writes that waited while the one before was stored (each costs about as much whatever its size).
+        The parts of scrapes that wait for their rest are kept first; those of scrapes stored, released after."""
         with self._turn:
             self._queue.append(mine)
             while not mine.done and self._leading:
@@ -310,8 +374,12 @@ class Receiver:
             batch, self._queue = self._queue, []
         error: Exception | None = Unavailable("storing was interrupted")
         try:
+            parts = [part for turn in batch for part in turn.parts]
+            if parts and self.held is not None:
+                self.held.keep(parts, time.time())
             self.store([s for turn in batch for s in turn.samples], [r for turn in batch for r in turn.rejects])
             error = None
+            self._release([scrape for turn in batch for scrape in turn.released])
         except Exception as exc:
             error = exc
         finally:  # whatever happened, the writes waiting are answered and another may lead
@@ -322,6 +390,16 @@ class Receiver:
                 self._turn.notify_all()
         if error is not None:
             raise error
+
+    def _release(self, scrapes: list[tuple[str, int]]) -> None:
+        """Forget the held parts of scrapes now stored. Failing is no reason to answer 5xx: what they held is
+        stored, and parts kept too long are pruned (or, after a restart, stored again: nothing twice)."""
+        if not scrapes or self.held is None:
+            return
+        try:
+            self.held.release(scrapes)
+        except Exception as exc:
+            log.warning("remote write: held parts of %d stored scrapes not released: %s", len(scrapes), exc)
 
     def _refuse(self, source: str, reason: str, payload: str, now: float, outcome: Outcome,
                 rejects: list[Rejection]) -> None:
@@ -431,6 +509,14 @@ class RemoteWriteServer:
                 log.debug("remote write: heartbeat not stored: %s", exc)
 
     async def start(self) -> None:
+        try:
+            recovered = await asyncio.to_thread(self.receiver.recover)
+        except Exception as exc:  # they stay kept: the next start takes them back
+            log.error("remote write: parts of scrapes kept before the restart could not be read: %s", exc)
+        else:
+            if recovered:
+                log.info("remote write: %d scrapes kept before the restart wait for the rest of their series",
+                         recovered)
         app = web.Application(client_max_size=MAX_COMPRESSED)
         app.router.add_post(PATH, self.write)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
