@@ -25,7 +25,15 @@ from bot import db
 from bot.config import load_settings
 from bot.pipeline.node_exporter import NodeExporter, key
 from bot.pipeline.prompb import remote_pb2, types_pb2
-from bot.pipeline.remote_write import MAX_BODY, PATH, KafkaSink, Receiver, RemoteWriteServer
+from bot.pipeline.remote_write import (
+    MAX_BODY,
+    PATH,
+    PRUNE_AFTER_S,
+    PRUNE_EVERY_S,
+    KafkaSink,
+    Receiver,
+    RemoteWriteServer,
+)
 from bot.pipeline.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
 from tests.fakes.scenario import TOKEN as BOT_TOKEN
@@ -311,6 +319,15 @@ def test_the_first_part_of_a_split_scrape_is_kept_before_its_write_is_answered(s
     assert row.mem_percent == pytest.approx(87.5)  # from the first write
     assert row.disk_percent == pytest.approx(85.0)  # /data, from the rest
     assert db.HeldPart.select().count() == 0  # stored: nothing kept any more
+
+
+def test_a_part_kept_for_a_scrape_stored_long_ago_is_forgotten(store: pw.Database) -> None:
+    receiver = Receiver(into_store, held=db.HeldParts())
+    db.HeldParts.keep([("pc1", round(T0 * 1000), [(("load1",), 1.0)])], time.time())  # two writes raced
+
+    assert receiver.flush() == 0 and db.HeldPart.select().count() == 1  # not yet: it may still wait
+    receiver.flush(now=time.time() + PRUNE_AFTER_S + PRUNE_EVERY_S)
+    assert db.HeldPart.select().count() == 0
 
 
 def test_series_that_come_after_their_scrape_was_stored_make_the_next_one_wait_for_them(

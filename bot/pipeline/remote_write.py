@@ -215,7 +215,7 @@ class Receiver:
                 parts.append((device, ts_ms, values))
         return parts
 
-    def recover(self, now: float | None = None) -> int:
+    def recover(self) -> int:
         """Take back the parts kept before a restart: their scrapes wait for the rest until their grace is out
         (counted from when they came). How many scrapes."""
         if self.held is None:
@@ -337,8 +337,9 @@ class Receiver:
         stored. A scrape still waiting (its store is out) keeps its parts."""
         assert self.held is not None
         try:
+            old = self.held.older(now - PRUNE_AFTER_S)
             with self._lock:
-                gone = [s for s in self.held.older(now - PRUNE_AFTER_S) if self.mapper.waiting(*s) is None]
+                gone = [scrape for scrape in old if self.mapper.waiting(*scrape) is None]
             if gone:
                 self.held.release(gone)
         except Exception as exc:  # the database is out: the next prune tries again
