@@ -161,6 +161,12 @@ def test_device_status_is_a_table_with_metric_labels_and_the_model_versions() ->
     assert "58 °C" in line_of(text, "temperature")
 
 
+def test_device_status_shows_uptime_as_a_duration_people_read() -> None:
+    text = texts.device_status(stored(cpu_percent=5, uptime_s=54625), 0.7, 3, now=TS)
+
+    assert re.search(r"^Uptime +15 h 10 min(</pre>)?$", text, re.M), text
+
+
 def test_device_status_without_a_model_says_none() -> None:
     text = texts.device_status(stored(p=None, version=None, cpu_percent=5), 0.7, None, now=TS)
 

@@ -130,6 +130,8 @@ def metric_value(name: str, value: float, label: str | None = None) -> str:
     """One metric with its label (or the one given) and unit, e.g. 'CPU 97.5 %'."""
     known, unit = KNOWN_METRICS.get(name, (name, ""))
     label = known if label is None else label
+    if unit == "s":  # a duration (uptime) reads as one: 15 h 10 min, not 54625 s
+        return f"{label} {ago(value)}"
     if unit == "B/s":
         for prefix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
             if value >= size:
