@@ -5,6 +5,7 @@ fleet mode)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import threading
 import time
@@ -146,6 +147,16 @@ def scraped(mapper: NodeExporter, device: str, scrape: dict) -> list[tuple[objec
     return mapper.take(NOW)
 
 
+def test_a_filesystem_with_blocks_reserved_for_root_reads_as_df_shows_it(store: pw.Database) -> None:
+    # 100 GB, 40 GB used, 5 % (5 GB) reserved for root: 55 GB available to users. df says 40 / 95 = 42 %.
+    Receiver(into_store).process(scrape_at("pc1:9100", T0, filesystems={"/": ("ext4", 100e9, 55e9, 0)},
+                                           reserved=0.05))
+
+    row = stored_rows()["pc1", T0]
+    assert json.loads(row.filesystems) == {"/": 42.1}
+    assert row.disk_percent == pytest.approx(42.1)
+
+
 def test_at_most_32_filesystems_are_kept_the_fullest_ones() -> None:
     mapper = NodeExporter()
     filesystems = {f"/data{i}": ("ext4", 100.0, 100.0 - i, 0) for i in range(40)}
@@ -240,7 +251,7 @@ def test_a_sender_that_orders_labels_otherwise_is_read_the_same() -> None:
 
     as_prometheus = samples_of("as Prometheus")
 
-    assert len(as_prometheus) == 3 and as_prometheus[2].metrics["cpu_percent"] == pytest.approx(23.08, abs=0.01)
+    assert len(as_prometheus) == 3 and as_prometheus[2].metrics["cpu_percent"] == pytest.approx(23.1)
     for layout in ("labels reversed", "samples first"):
         assert [(s.ts, s.metrics, s.filesystems) for s in samples_of(layout)] == [
             (s.ts, s.metrics, s.filesystems) for s in as_prometheus], layout
@@ -277,7 +288,7 @@ def test_a_scrape_split_over_two_writes_becomes_one_sample(store: pw.Database) -
 
     row = stored_rows()["pc1", T0]
     assert row.mem_percent == pytest.approx(87.5) and row.disk_percent == pytest.approx(85.0)
-    assert row.cpu_percent == pytest.approx(100 * 5 / 15, abs=0.01) and row.load_1m == pytest.approx(0.25)
+    assert row.cpu_percent == pytest.approx(33.3) and row.load_1m == pytest.approx(0.25)
 
 
 def test_a_scrape_whose_rest_never_comes_is_stored_after_its_grace(store: pw.Database) -> None:
@@ -362,7 +373,7 @@ def test_a_retried_write_stores_nothing_twice_and_computes_the_same_cpu(store: p
 
     rows = stored_rows()
     assert list(rows) == [("pc1", T0 + 15)]
-    assert rows["pc1", T0 + 15].cpu_percent == pytest.approx(100 * 5 / 15, abs=0.01)
+    assert rows["pc1", T0 + 15].cpu_percent == pytest.approx(33.3)
 
 
 def test_a_bad_device_or_time_is_rejected_with_a_reason_and_the_rest_stored(store: pw.Database) -> None:

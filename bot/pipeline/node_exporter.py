@@ -76,6 +76,7 @@ READERS: dict[str, Callable[[Labels], Key | None]] = {
     "node_memory_SwapFree_bytes": _gauge("mem", "SwapFree"),
     "node_filesystem_size_bytes": _filesystem("size"),
     "node_filesystem_avail_bytes": _filesystem("avail"),
+    "node_filesystem_free_bytes": _filesystem("free"),
     "node_filesystem_readonly": _filesystem("readonly"),
     "node_hwmon_temp_celsius": _sensor("temp", "chip", "sensor"),
     "node_thermal_zone_temp": _sensor("temp", "zone", "type"),
@@ -239,7 +240,7 @@ class NodeExporter:
         elif (used := _used(values.get(("mem", "SwapFree")), swap_total)) is not None:
             metrics["swap_percent"] = used
         filesystems = {mount: used for mount, parts in fs.items() if parts.get("readonly") != 1
-                       and (used := _used(parts.get("avail"), parts.get("size"))) is not None}
+                       and (used := _disk_used(parts)) is not None}
         if len(filesystems) > MAX_FILESYSTEMS:
             filesystems = dict(sorted(filesystems.items(), key=lambda item: -item[1])[:MAX_FILESYSTEMS])
         if filesystems:
@@ -291,7 +292,7 @@ class NodeExporter:
         if total <= 0:
             return None
         idle = sum(value - before[key] for key, value in now.items() if key[2] == "idle" and key in before)
-        return round(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))), 2)
+        return round(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))), 1)
 
     def _rate(self, state: _Device, ts_ms: int, kind: str, now: dict[Key, float] | None) -> float | None:
         found = self._increase(state, ts_ms, kind, now)
@@ -316,10 +317,20 @@ class NodeExporter:
 
 
 def _used(available: float | None, total: float | None) -> float | None:
-    """Percent used of a total of which `available` is free."""
+    """Percent used of a total of which `available` is free, to 0.1 as the agent (psutil) reports it."""
     if available is None or total is None or total <= 0:
         return None
-    return round(min(100.0, max(0.0, 100.0 * (1.0 - available / total))), 2)
+    return round(min(100.0, max(0.0, 100.0 * (1.0 - available / total))), 1)
+
+
+def _disk_used(parts: dict[str, float]) -> float | None:
+    """Percent used of a filesystem as `df` and the agent show it: of the space users can have, what is used.
+    The blocks reserved for root count on neither side (on a disk with many reserved, 1 - avail/size would
+    read 68 % where `df` says 22 %); both say 100 % once nothing is available."""
+    size, avail, free = parts.get("size"), parts.get("avail"), parts.get("free")
+    if free is None or size is None or avail is None or not 0 <= free <= size:
+        return _used(avail, size)
+    return _used(avail, size - free + avail)
 
 
 def ts_problem(ts_ms: int, now: float) -> str | None:

@@ -22,11 +22,13 @@ STALE_NAN = 0x7FF0000000000002  # Prometheus' stale marker, as the bits of a flo
 def machine(cpus: int = 8, idle_s: float = 64800.0, busy_s: float = 21600.0, mem_total: float = 16e9,
             mem_available: float = 8e9, swap_total: float = 4e9, swap_free: float = 3e9, load1: float = 2.0,
             filesystems: dict[str, tuple[str, float, float, int]] | None = None, temps: Iterable[float] = (52.0,),
-            net_bytes: float = 1e9, disk_bytes: float = 5e9, filler: int = 1000) -> dict[tuple[str, Labels], float]:
+            net_bytes: float = 1e9, disk_bytes: float = 5e9, reserved: float = 0.0,
+            filler: int = 1000) -> dict[tuple[str, Labels], float]:
     """One node_exporter scrape: (name, labels other than instance and job) -> value.
 
     Each CPU has spent `idle_s` seconds idle and `busy_s` in the other modes since boot. Filesystems: mount
-    point -> (fstype, size, avail, readonly). Unused families fill the scrape up to `filler` series.
+    point -> (fstype, size, avail, readonly), each with `reserved` of its size kept for root (free, not
+    available). Unused families fill the scrape up to `filler` series.
     """
     if filesystems is None:
         filesystems = {"/": ("ext4", 100e9, 60e9, 0), "/boot/efi": ("vfat", 5e8, 4e8, 0),
@@ -47,7 +49,7 @@ def machine(cpus: int = 8, idle_s: float = 64800.0, busy_s: float = 21600.0, mem
         labels = (("device", f"/dev/sd{chr(97 + i)}1"), ("fstype", fstype), ("mountpoint", mount))
         scrape["node_filesystem_size_bytes", labels] = size
         scrape["node_filesystem_avail_bytes", labels] = avail
-        scrape["node_filesystem_free_bytes", labels] = avail * 1.05
+        scrape["node_filesystem_free_bytes", labels] = avail + reserved * size
         scrape["node_filesystem_readonly", labels] = float(readonly)
         scrape["node_filesystem_files", labels] = 6e6
         scrape["node_filesystem_files_free", labels] = 5e6
