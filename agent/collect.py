@@ -16,7 +16,14 @@ from typing import NamedTuple
 
 import psutil
 
-from agent.wire import DEVICE_RE, MAX_FILESYSTEMS, MAX_MOUNT_POINT, MAX_PROCESS_NAME, MAX_PROCESSES
+from agent.wire import (
+    DEVICE_RE,
+    MAX_FILESYSTEMS,
+    MAX_MOUNT_POINT,
+    MAX_PROCESS_CPU,
+    MAX_PROCESS_NAME,
+    MAX_PROCESSES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +160,13 @@ def _clean_name(name: str) -> str:
 
 @dataclass
 class TopProcesses:
-    """The processes using the most CPU and memory, in one pass over the process table per sample.
+    """The programs using the most CPU and memory, in one pass over the process table per sample.
 
-    psutil keeps a Process object per running process between passes (process_iter's cache), so a pass reads
-    two small files per process (/proc/<pid>/stat and statm on Linux). CPU use is the change of each process's
-    CPU time since the previous pass (kept here), as top shows it: 100 % is one CPU.
+    Processes of one name are added up, with the pid of the busiest: sixteen `stress-ng-cpu` workers at 12 %
+    each are the load, not the single `python` at 58 %. psutil keeps a Process object per running process
+    between passes (process_iter's cache), so a pass reads two small files per process (/proc/<pid>/stat and
+    statm on Linux). CPU use is the change of each process's CPU time since the previous pass (kept here), as
+    top shows it: 100 % is one CPU.
     """
 
     top: int = MAX_PROCESSES
@@ -170,8 +179,8 @@ class TopProcesses:
         self._then = now
         total_memory = psutil.virtual_memory().total
         seen: dict[int, tuple[psutil.Process, float]] = {}
-        by_cpu: list[tuple[float, str, int]] = []
-        by_memory: list[tuple[float, str, int]] = []
+        by_cpu: dict[str, list[float]] = {}  # name -> [total, the busiest one's, its pid]
+        by_memory: dict[str, list[float]] = {}
         for process in psutil.process_iter(["name", "cpu_times", "memory_info"], ad_value=None):
             info = process.info
             times, memory = info["cpu_times"], info["memory_info"]
@@ -182,18 +191,29 @@ class TopProcesses:
                 before = self._cpu.get(process.pid)
                 # The same Process object: the same process (psutil makes a new one for a reused pid).
                 if elapsed and before is not None and before[0] is process and cpu > before[1]:
-                    by_cpu.append((100.0 * (cpu - before[1]) / elapsed, name, process.pid))
+                    _add(by_cpu, name, 100.0 * (cpu - before[1]) / elapsed, process.pid)
             if memory is not None and memory.rss > 0 and total_memory > 0:
-                by_memory.append((100.0 * memory.rss / total_memory, name, process.pid))
+                _add(by_memory, name, 100.0 * memory.rss / total_memory, process.pid)
         self._cpu = seen
         top: dict[str, list[tuple[str, int, float]]] = {}
         for kind, found in (("cpu", by_cpu), ("memory", by_memory)):
-            best = sorted(found, reverse=True)[:self.top]
-            kept = [(name, pid, round(min(percent, 100.0 * 1024 if kind == "cpu" else 100.0), 1))
-                    for percent, name, pid in best]
+            best = sorted(found.items(), key=lambda item: item[1][0], reverse=True)[:self.top]
+            high = MAX_PROCESS_CPU if kind == "cpu" else 100.0
+            kept = [(name, int(pid), round(min(total, high), 1)) for name, (total, _most, pid) in best]
             if kept := [entry for entry in kept if entry[2] > 0]:
                 top[kind] = kept
         return top
+
+
+def _add(totals: dict[str, list[float]], name: str, percent: float, pid: int) -> None:
+    """Add a process's use to its name's total; the name keeps the pid of its busiest process."""
+    entry = totals.get(name)
+    if entry is None:
+        totals[name] = [percent, percent, pid]
+        return
+    entry[0] += percent
+    if percent > entry[1]:
+        entry[1], entry[2] = percent, pid
 
 
 class Collector:

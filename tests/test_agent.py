@@ -294,24 +294,61 @@ def test_the_agent_sends_the_filesystems_and_its_options_include_or_exclude_them
         filesystems.run("umount", "-l", memory)
 
 
-def test_the_agent_names_the_process_that_burns_cpu_and_holds_memory() -> None:
+def burners(tmp_path: Path, count: int, hold: int) -> list[subprocess.Popen[bytes]]:
+    """`count` processes named `rigwatch-burner` (the name of the file they were started from), each burning a
+    CPU and holding `hold` bytes."""
+    program = tmp_path / "rigwatch-burner"
+    program.symlink_to(sys.executable)
+    return [subprocess.Popen([program, "-c", f"block = b'x' * {hold}\nwhile True: pass"]) for _ in range(count)]
+
+
+def two_passes(top: TopProcesses) -> dict[str, list[tuple[str, int, float]]]:
+    time.sleep(1.0)  # their memory is written
+    top.read()
+    time.sleep(1.0)
+    return top.read()
+
+
+def test_the_agent_names_the_process_that_burns_cpu_and_holds_memory(tmp_path: Path) -> None:
     total = psutil.virtual_memory().total
     hold = min(256 << 20, total // 50)
-    burner = subprocess.Popen([sys.executable, "-c", f"block = b'x' * {hold}\nwhile True: pass"])
+    (burner,) = started = burners(tmp_path, 1, hold)
     try:
-        top = TopProcesses(top=10_000)  # every process, so other work on the machine cannot hide this one
-        time.sleep(1.0)  # its memory is written
-        top.read()
-        time.sleep(1.0)
-        found = top.read()
-        ((name, pid, cpu),) = [entry for entry in found["cpu"] if entry[1] == burner.pid]
-        ((_, _, memory),) = [entry for entry in found["memory"] if entry[1] == burner.pid]
+        found = two_passes(TopProcesses(top=10_000))  # every name, so other work on the machine cannot hide it
     finally:
-        burner.kill()
-        burner.wait()
-    assert name.startswith("python") and pid == burner.pid
+        for process in started:
+            process.kill()
+            process.wait()
+    ((_name, pid, cpu),) = [entry for entry in found["cpu"] if entry[0] == "rigwatch-burner"]
+    ((_, _, memory),) = [entry for entry in found["memory"] if entry[0] == "rigwatch-burner"]
+    assert pid == burner.pid
     assert cpu >= 20.0, "a busy loop uses most of one CPU (100 % is one CPU, as top shows it)"
     assert memory == pytest.approx(100 * hold / total, rel=0.3, abs=0.15)
+
+
+def test_processes_of_one_name_are_added_up_under_the_pid_of_the_busiest(tmp_path: Path) -> None:
+    total = psutil.virtual_memory().total
+    hold = min(64 << 20, total // 200)
+    started = burners(tmp_path, 4, hold)
+    watched = [psutil.Process(process.pid) for process in started]
+    try:
+        top = TopProcesses(top=10_000)
+        time.sleep(1.0)
+        top.read()
+        before, then = [sum(p.cpu_times()[:2]) for p in watched], time.monotonic()
+        time.sleep(1.0)
+        found = top.read()
+        after, now = [sum(p.cpu_times()[:2]) for p in watched], time.monotonic()
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+    each = [100 * (b - a) / (now - then) for a, b in zip(before, after, strict=True)]
+    ((_, pid, cpu),) = [entry for entry in found["cpu"] if entry[0] == "rigwatch-burner"]
+    ((_, _, memory),) = [entry for entry in found["memory"] if entry[0] == "rigwatch-burner"]
+    assert pid in {process.pid for process in started}
+    assert cpu == pytest.approx(sum(each), rel=0.25) and cpu > 1.5 * max(each)  # all four, not the busiest
+    assert memory == pytest.approx(4 * 100 * hold / total, rel=0.3, abs=0.3)
 
 
 def test_a_sample_carries_three_top_processes_of_each_kind_at_most_busiest_first() -> None:
