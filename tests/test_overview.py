@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bot.chat import texts
+from bot.chat import texts, words
 from bot.db import StoredSample
 from tests.fakes.samples import stored
 
@@ -83,10 +83,10 @@ def test_silent_machines_show_how_long_ago_they_were_seen_in_days_and_hours() ->
     (400 * 86400, "400 d"), (-5, "0 s"),
 ])
 def test_durations_are_said_in_at_most_two_units(seconds: float, said: str) -> None:
-    assert texts.ago(seconds) == said
+    assert words.ago(seconds) == said
 
 
 @pytest.mark.parametrize(("count", "said"), [(0, "0 machines"), (1, "1 machine"), (2, "2 machines"),
                                              (1000, "1,000 machines")])
 def test_plurals(count: int, said: str) -> None:
-    assert texts.plural(count, "machine") == said
+    assert words.plural(count, "machine") == said

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.chat import callbacks, team_texts, texts
+from bot.chat import callbacks, team_texts, texts, words
 from bot.db import Incident
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
@@ -416,4 +416,4 @@ def test_a_filesystem_forecast_names_its_mount_point() -> None:
 
 def test_a_chart_says_it_draws_the_fullest_disk() -> None:
     assert texts.chart_disk(FILESYSTEMS) == "Disk (fullest)" and texts.chart_disk(None) == "Disk"
-    assert "the fullest disk (now /data)" in texts.chart_caption("pc1", TS, TS + 7200, texts.fullest(FILESYSTEMS))
+    assert "the fullest disk (now /data)" in texts.chart_caption("pc1", TS, TS + 7200, words.fullest(FILESYSTEMS))

@@ -15,7 +15,7 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
 from bot import db
-from bot.chat import callbacks, charts, model_texts, team_texts, texts
+from bot.chat import callbacks, charts, model_texts, team_texts, texts, words
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents, outbox
@@ -182,7 +182,7 @@ async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device
         filesystems = latest.filesystems if latest else None
         png = charts.render_chart(device, start, end, threshold, db.incident_spans(device, start, end),
                                   texts.chart_disk(filesystems))
-        return png, texts.fullest(filesystems)
+        return png, words.fullest(filesystems)
 
     png, fullest = await asyncio.to_thread(render)
     await update.effective_message.reply_photo(
@@ -281,7 +281,7 @@ async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await asyncio.to_thread(db.mute, request.pattern, until, request.window, request.reason, user_id, name)
     known = await asyncio.to_thread(_device_names)
     log.info("%s muted %s %s: %s", name, request.pattern,
-             request.window.describe() if request.window else f"until {texts.when(until or 0)}", request.reason)
+             request.window.describe() if request.window else f"until {words.when(until or 0)}", request.reason)
     matching = sum(matches(request.pattern, d) for d in known)
     await update.effective_message.reply_text(team_texts.muted_reply(request, until, name, tz, matching),
                                               parse_mode=ParseMode.HTML)

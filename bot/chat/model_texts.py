@@ -1,12 +1,12 @@
 """What the bot says about the model: retrains, versions, rollbacks and the model's own news. Pure functions
-from data to HTML text and keyboards, like bot/chat/texts.py, whose helpers they use."""
+from data to HTML text and keyboards, like bot/chat/texts.py, made of the words of bot/chat/words.py."""
 
 from __future__ import annotations
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.chat import callbacks
-from bot.chat.texts import escape, pre
+from bot.chat.words import escape, pre
 from bot.pipeline.model import ModelNews
 from ml.registry import ModelVersion
 from ml.retrain import Retrained

@@ -10,7 +10,7 @@ from datetime import tzinfo
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.chat import callbacks
-from bot.chat.texts import ago, clip, escape, metric_value, percent, plural, when
+from bot.chat.words import ago, clip, escape, metric_value, percent, plural, when
 from bot.db import Incident, Mute, Notice, Subscription
 from schema.domain import PATTERN_RE, Kind, Reply, State, Window, matches
 

@@ -1,19 +1,33 @@
 """What the bot says: pure functions from data to HTML text and keyboards, so tests need no bot. What it says
-about retrains, versions and the model is in bot/chat/model_texts.py."""
+about retrains, versions and the model is in bot/chat/model_texts.py; the small words every text is made of
+(escaping, times, values) are in bot/chat/words.py."""
 
 from __future__ import annotations
 
-import html
 import time
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping, Set
 from datetime import UTC, datetime
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
-from telegram.constants import MessageLimit
 
 from agent.wire import KNOWN_METRICS
 from bot.chat import callbacks
+from bot.chat.words import (
+    ago,
+    clip,
+    disk_label,
+    escape,
+    fullest,
+    metric_value,
+    number,
+    percent,
+    plural,
+    pre,
+    top_processes,
+    usual_range,
+    when,
+)
 from bot.db import Incident, Rejected, StoredSample, Tolerance
 from bot.pipeline import tolerances as tolerance_math
 from bot.pipeline.baselines import Usual
@@ -77,105 +91,10 @@ COMMANDS = [  # the command menu
 ]
 
 
-def escape(text: str) -> str:
-    """Text from outside (device and metric names, reasons, user names) as HTML that can be sent: a lone
-    surrogate, which Telegram's UTF-8 cannot carry, becomes "?" instead of failing the whole reply."""
-    return html.escape(text.encode("utf-8", "replace").decode("utf-8"))
-
-
-def clip(text: str) -> str:
-    """Telegram refuses messages longer than 4096 characters."""
-    limit = MessageLimit.MAX_TEXT_LENGTH
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def pre(rows: list[str], budget: int = 3500) -> str:
-    """Rows as a <pre> block that fits in one message with room around it; cut rows are counted, not cut."""
-    kept: list[str] = []
-    size = 0
-    for index, row in enumerate(rows):
-        line = escape(row)
-        if size + len(line) + 1 > budget:
-            kept.append(f"… and {len(rows) - index} more")
-            break
-        kept.append(line)
-        size += len(line) + 1
-    return f"<pre>{chr(10).join(kept)}</pre>"
-
-
-def when(ts: float) -> str:
-    """A sample time as people read it, in UTC."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def ago(seconds: float) -> str:
-    """A duration as people say it, to two units at most: 12 s, 5 min, 2 h 5 min, 3 d 4 h."""
-    seconds = int(max(0.0, seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{minutes} min" if minutes else f"{seconds} s"
-
-
-def plural(count: int, noun: str) -> str:
-    """'1 machine', '2 machines', '1,000 machines'."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
-def metric_value(name: str, value: float, label: str | None = None) -> str:
-    """One metric with its label (or the one given) and unit, e.g. 'CPU 97.5 %'."""
-    known, unit = KNOWN_METRICS.get(name, (name, ""))
-    label = known if label is None else label
-    if unit == "s":  # a duration (uptime) reads as one: 15 h 10 min, not 54625 s
-        return f"{label} {ago(value)}"
-    if unit == "B/s":
-        for prefix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if value >= size:
-                return f"{label} {value / size:.1f} {prefix}B/s"
-    shown = f"{value:.0f}" if abs(value) >= 1000 or value == int(value) else f"{value:.2f}".rstrip("0")
-    return f"{label} {shown} {unit}".rstrip()
-
-
-def number(value: float) -> str:
-    """A value as people read it: 47, 0.35, 1.2."""
-    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
-
-
-def usual_range(name: str, usual: Usual | None) -> str:
-    """A metric's usual range on its machine, e.g. '40-55 %'."""
-    if usual is None:
-        return "no usual range yet"
-    unit = KNOWN_METRICS.get(name, (name, ""))[1]
-    return f"{number(usual.low)}–{number(usual.high)} {unit}".rstrip()
-
-
-def fullest(filesystems: Mapping[str, float] | None) -> str | None:
-    """The mount point of the fullest filesystem (the one disk_percent is), or None without filesystems."""
-    if not filesystems:
-        return None
-    return min(filesystems, key=lambda mount: (-filesystems[mount], mount))
-
-
-def disk_label(mount: str) -> str:
-    """'Disk /data'."""
-    return f"Disk {mount}"
-
-
 def _label(name: str, filesystems: Mapping[str, float] | None) -> str | None:
     """The label of a metric in a sample: the disk is named by its fullest filesystem's mount point."""
     mount = fullest(filesystems) if name == "disk_percent" else None
     return None if mount is None else disk_label(mount)
-
-
-def top_processes(top: list | None) -> str:
-    """'java 61 % (pid 4121), postgres 12 %': the top processes of one kind, the pid of the first."""
-    shown = [f"{name} {number(percent)} %" + (f" (pid {pid})" if index == 0 else "")
-             for index, (name, pid, percent) in enumerate(top or [])]
-    return ", ".join(shown)
 
 
 def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str,
@@ -200,10 +119,6 @@ def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str
     if kind and (top := top_processes((processes or {}).get(kind))):
         shown += f" · top{' memory' if name == 'swap_percent' else ''}: {top}"
     return shown
-
-
-def percent(p: float | None) -> str:
-    return "n/a" if p is None else f"{100 * p:.0f}%"
 
 
 # Most urgent first: the order of /status and of its counts. A muted machine (under maintenance) is still
