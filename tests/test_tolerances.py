@@ -11,7 +11,7 @@ import pytest
 
 from agent.wire import Sample
 from bot import db
-from bot.chat import texts
+from bot.chat import texts, tolerance_texts
 from bot.db import ForecastHold, Incident, Label, Tolerance
 from bot.db import incidents as stored
 from bot.db import tolerances as stored_tolerances
@@ -128,7 +128,7 @@ def test_undo_belongs_to_whoever_pressed_or_an_admin_and_restores_the_alert(
 
     _incident, removed = stored.undo_tolerance(alert.id, ALICE, "Alice", False, T0 + 4)
     assert removed is None and Tolerance.select().count() == 1
-    assert texts.undone("build1", removed) == "Only admins or whoever pressed ❌ can undo this."
+    assert tolerance_texts.undone("build1", removed) == "Only admins or whoever pressed ❌ can undo this."
 
     undone, removed = stored.undo_tolerance(alert.id, BOB, "Bob", False, T0 + 5)
     assert removed == ["disk_percent"] and Tolerance.select().count() == 0

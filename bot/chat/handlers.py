@@ -15,7 +15,7 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from agent.wire import DEVICE_RE
 from bot import db
-from bot.chat import callbacks, charts, model_texts, team_texts, texts, words
+from bot.chat import callbacks, charts, model_texts, team_texts, texts, tolerance_texts, words
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents, outbox
@@ -239,7 +239,7 @@ async def _undo(update: Update, context: ContextTypes.DEFAULT_TYPE, incident_id:
     admin = user_id in _settings(context).admin_user_ids
     _incident, removed = await asyncio.to_thread(incidents.undo_tolerance, incident_id, user_id, name, admin,
                                                  time.time())
-    await query.answer(texts.undone(device, removed), show_alert=removed is None)
+    await query.answer(tolerance_texts.undone(device, removed), show_alert=removed is None)
     if removed:
         await asyncio.to_thread(_tolerances(context).refresh)
         context.application.create_task(_sender(context).run(context.bot), name="send")
@@ -368,28 +368,30 @@ async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     """/tolerance <device> [reset [metric]]: what a ❌ taught a machine; reset forgets it (admins, or whoever set
     it)."""
     args = context.args or []
-    metric = texts.parse_tolerance_metric(args[2]) if len(args) == 3 else None
+    metric = tolerance_texts.parse_tolerance_metric(args[2]) if len(args) == 3 else None
     if (not 1 <= len(args) <= 3 or not DEVICE_RE.fullmatch(args[0]) or (len(args) > 1 and args[1].lower() != "reset")
             or (len(args) == 3 and metric is None)):
-        await update.effective_message.reply_text(texts.TOLERANCE_USAGE)
+        await update.effective_message.reply_text(tolerance_texts.TOLERANCE_USAGE)
         return
     device = args[0]
     rows = await asyncio.to_thread(stored_tolerances.tolerances, device)
     if len(args) == 1:
-        await update.effective_message.reply_text(texts.tolerance_list(device, rows), parse_mode=ParseMode.HTML)
+        await update.effective_message.reply_text(tolerance_texts.tolerance_list(device, rows),
+                                                  parse_mode=ParseMode.HTML)
         return
     chosen = [row for row in rows if metric is None or row.metric == metric]
     user_id, name = _who(update)
     others = sorted({row.user_name for row in chosen if row.user_id != user_id})
     if others and user_id not in _settings(context).admin_user_ids:
         log.warning("refused /tolerance %s reset for user %d: set by %s", device, user_id, others)
-        await update.effective_message.reply_text(texts.tolerance_refused(device, others, user_id),
+        await update.effective_message.reply_text(tolerance_texts.tolerance_refused(device, others, user_id),
                                                   parse_mode=ParseMode.HTML)
         return
     removed = await asyncio.to_thread(stored_tolerances.untolerate, device, [row.metric for row in chosen])
     log.info("%s reset the tolerances %s of %s", name, removed, device)
     await asyncio.to_thread(_tolerances(context).refresh)
-    await update.effective_message.reply_text(texts.tolerance_reset(device, removed), parse_mode=ParseMode.HTML)
+    await update.effective_message.reply_text(tolerance_texts.tolerance_reset(device, removed),
+                                              parse_mode=ParseMode.HTML)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping, Set
+from collections.abc import Container, Mapping, Set
 from datetime import UTC, datetime
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 
 from agent.wire import KNOWN_METRICS
-from bot.chat import callbacks
+from bot.chat import callbacks, tolerance_texts
 from bot.chat.words import (
     ago,
     clip,
@@ -108,9 +108,7 @@ def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str
     if name not in FEATURES:
         return shown + when_shown
     if tolerated and name in tolerated:
-        ceiling = ZONES[name].ceiling
-        past = f", past its hard ceiling of {tolerance_value(name, ceiling)}" if ceiling and value >= ceiling else ""
-        shown = f"{shown} (tolerated up to {tolerance_value(name, tolerated[name])} on {device}{past}){when_shown}"
+        shown = f"{shown} {tolerance_texts.tolerated_up_to(name, value, tolerated[name], device)}{when_shown}"
     elif name not in usual:
         shown = f"{shown} (no usual range yet){when_shown}"
     else:
@@ -206,8 +204,7 @@ def device_status(
         f"{'v' + str(active_version) if active_version else 'none'}\n"
         f"{pre(rows or ['(no metrics)'])}\n"
         + "".join(f"{line}\n" for line in tops)
-        + ("Tolerates (a ❌ taught it):\n" + "".join(f"{line}\n" for line in tolerance_lines(tolerances))
-           if tolerances else "")
+        + tolerance_texts.tolerates(tolerances or [])
         + forecast_summary(forecasts or {}, horizon_s)
     )
 
@@ -272,13 +269,14 @@ def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[s
     filesystem = forecast.metric.startswith(FILESYSTEM)
     model_metric = "disk_percent" if filesystem else forecast.metric
     edge = tolerance_math.edge(model_metric, (tolerated or {}).get(model_metric))
+    own = " on this machine" if edge != ZONES[model_metric].edge else ""
     label = disk_label(_forecast_word(forecast.metric)) if filesystem else KNOWN_METRICS[model_metric][0]
     usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (
         "" if filesystem else "no usual range yet; ")
     return clip(
         f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
         f"{escape(label)} on {escape(forecast.device)}: {usual_text}it needs an intervention from "
-        f"{tolerance_value(model_metric, edge)}{' on this machine' if edge != ZONES[model_metric].edge else ''}.\n"
+        f"{tolerance_texts.tolerance_value(model_metric, edge)}{own}.\n"
         f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"
     )
 
@@ -417,10 +415,9 @@ def _footer(incident: Incident) -> str:
         lines.append(f"{what} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
     detail = incident.detail
     if detail.tolerated:
-        lines.append(escape(tolerated_now(incident.device, detail.tolerated, incident.acked_by or "?")))
+        lines.append(escape(tolerance_texts.tolerated_now(incident.device, detail.tolerated, incident.acked_by or "?")))
     if detail.undone_by:
-        lines.append(f"↩️ Undone by {escape(detail.undone_by)}: {escape(incident.device)} alerts on "
-                     f"{escape(_and(tolerance_word(m) for m in sorted(detail.tolerated)))} as every machine does.")
+        lines.append(tolerance_texts.undone_by(incident.device, detail.undone_by, detail.tolerated))
     if incident.snoozed_until and incident.state == State.OPEN:
         lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
     return "\n\n" + "\n".join(lines) if lines else ""
@@ -468,93 +465,14 @@ def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None =
     if action in SNOOZE_HOURS:
         return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
     if action == Action.WRONG_FORECAST:
-        return (f"Thanks: stored as a wrong forecast. No forecast of {_forecast_word(metric) if metric else 'it'} "
-                f"on {device} until it is back in its usual range.")
+        return tolerance_texts.forecast_held(device, _forecast_word(metric) if metric else "it")
     if action == Action.RIGHT_FORECAST:
         return f"Thanks: stored as a {action.value} forecast."
     if action == Action.CORRECT:
         return "Thanks: labelled stressed. No more reminders about it."
     if tolerated:
-        return f"Thanks: {tolerated_now(device, tolerated)}. Undo on the alert takes it back."
+        return f"Thanks: {tolerance_texts.tolerated_now(device, tolerated)}. Undo on the alert takes it back."
     return "Thanks: labelled normal, and the alert is closed as a false alarm."
-
-
-# --- tolerances ------------------------------------------------------------------------------------------------
-
-# The words of the metrics a machine can tolerate, in messages and in /tolerance <device> reset <metric>.
-TOLERANCE_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap",
-                   "cpu_temp_c": "temperature", "load_1m": "load"}
-TOLERANCE_USAGE = ("Usage: /tolerance <device> lists what a ❌ taught it; /tolerance <device> reset [metric] "
-                   f"forgets it (metric: {', '.join(TOLERANCE_WORDS.values())}), e.g. /tolerance build1 reset disk")
-
-
-def tolerance_word(metric: str) -> str:
-    """'Disk', 'Memory', 'Load'."""
-    return TOLERANCE_WORDS.get(metric, metric).capitalize()
-
-
-def tolerance_value(metric: str, value: float) -> str:
-    """'98.6 %', '97 °C', '3.9 per CPU'."""
-    unit = "per CPU" if metric == "load_1m" else KNOWN_METRICS.get(metric, ("", ""))[1]
-    shown = f"{value:.0f}" if value == int(value) else f"{value:.2f}".rstrip("0")
-    return f"{shown} {unit}".rstrip()
-
-
-def _and(words: Iterable[str]) -> str:
-    """'Disk', 'Disk and Swap', 'Disk, Memory and Swap'."""
-    items = list(words)
-    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
-
-
-def tolerated_now(device: str, tolerated: Mapping[str, float], by: str = "") -> str:
-    """'Disk up to 98.6 % is now normal for build1 (❌ by @bob)'."""
-    parts = _and(f"{tolerance_word(m)} up to {tolerance_value(m, v)}" for m, v in sorted(tolerated.items()))
-    verb = "is" if len(tolerated) == 1 else "are"
-    return f"{parts} {verb} now normal for {device}" + (f" (❌ by {by})" if by else "")
-
-
-def parse_tolerance_metric(word: str) -> str | None:
-    """The metric a word of /tolerance … reset names ('disk', 'Memory', 'disk_percent'), or None."""
-    word = word.lower()
-    return next((m for m, w in TOLERANCE_WORDS.items() if word in (w, m)), None)
-
-
-def tolerance_lines(rows: list[Tolerance]) -> list[str]:
-    """'• Disk up to 98.6 % (❌ by @bob, 2026-11-28 14:03:25 UTC; hard ceiling 99.5 %)' per tolerance."""
-    return [f"• {tolerance_word(t.metric)} up to {tolerance_value(t.metric, t.value)} (❌ by {escape(t.user_name)}, "
-            f"{when(t.updated)}; hard ceiling {tolerance_value(t.metric, ZONES[t.metric].ceiling or 0)})"
-            for t in rows if t.metric in ZONES]
-
-
-def tolerance_list(device: str, rows: list[Tolerance]) -> str:
-    """/tolerance <device>."""
-    if not rows:
-        return (f"<b>{escape(device)}</b> tolerates nothing of its own: it alerts as every machine does. A ❌ on "
-                "one of its alerts makes it tolerate what drove it.")
-    return clip(f"<b>{escape(device)}</b> tolerates, from a ❌ on its alerts:\n" + "\n".join(tolerance_lines(rows))
-                + f"\n/tolerance {escape(device)} reset [metric] forgets them.")
-
-
-def tolerance_reset(device: str, removed: list[str]) -> str:
-    if not removed:
-        return f"<b>{escape(device)}</b> had no such tolerance. /tolerance {escape(device)} lists them."
-    return (f"↩️ <b>{escape(device)}</b> no longer tolerates {escape(_and(tolerance_word(m) for m in removed))}: "
-            "from its next sample it alerts as every machine does.")
-
-
-def tolerance_refused(device: str, setters: list[str], user_id: int) -> str:
-    """Someone who is neither an admin nor who set them asked to reset a machine's tolerances."""
-    return (f"Only admins or whoever set them can reset these tolerances of <b>{escape(device)}</b> (set by "
-            f"{escape(', '.join(setters))}). Your user id is <code>{user_id}</code>.")
-
-
-def undone(device: str, removed: list[str] | None) -> str:
-    """What the presser of Undo is told."""
-    if removed is None:
-        return "Only admins or whoever pressed ❌ can undo this."
-    if not removed:
-        return f"Nothing left to undo: /tolerance {device} shows what {device} tolerates now."
-    return f"Undone: {device} alerts on {_and(tolerance_word(m) for m in removed)} as every machine does."
 
 
 def missed_labelled(sample: StoredSample) -> str:
