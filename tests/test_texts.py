@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.chat import callbacks, team_texts, texts, words
+from bot.chat import callbacks, forecast_texts, team_texts, texts, words
 from bot.db import Incident
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
@@ -208,7 +208,7 @@ def forecast(metric: str = "disk_percent", level: float = 91.2, slope: float = 2
 
 
 def test_a_forecast_alert_says_which_machine_what_fills_when_how_full_and_how_fast() -> None:
-    text = texts.forecast_alert(forecast(), Usual(40, 55))
+    text = forecast_texts.forecast_alert(forecast(), Usual(40, 55))
 
     first = text.splitlines()[0]
     assert "<b>pc1</b>: disk will be full in about 3 h (now 91 %, +2.1 %/h)" in first
@@ -220,8 +220,8 @@ def test_a_forecast_alert_says_which_machine_what_fills_when_how_full_and_how_fa
 @pytest.mark.parametrize(("eta_h", "said"), [(0.5, "in about 30 min"), (0.02, "within minutes"), (0, "at its edge now"),
                                              (3.4, "in about 3 h")])
 def test_a_forecast_says_how_soon_as_people_do(eta_h: float, said: str) -> None:
-    assert said in texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
-    assert "memory" in texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
+    assert said in forecast_texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
+    assert "memory" in forecast_texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
 
 
 def test_device_status_shows_the_forecasts_within_the_horizon_or_that_there_is_no_trend() -> None:
@@ -404,7 +404,7 @@ def test_device_status_has_a_row_per_filesystem_and_the_top_processes() -> None:
 def test_a_filesystem_forecast_names_its_mount_point() -> None:
     fill = forecast(metric="disk:/data")
 
-    alert = texts.forecast_alert(fill, None)
+    alert = forecast_texts.forecast_alert(fill, None)
     status = texts.device_status(stored(disk_percent=91.2), 0.7, 3, now=TS,
                                  forecasts={"disk:/": None, "disk:/data": fill}, horizon_s=4 * 3600)
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent.wire import Sample
 from bot import db
-from bot.chat import texts, tolerance_texts
+from bot.chat import forecast_texts, texts, tolerance_texts
 from bot.db import ForecastHold, Incident, Label, Tolerance
 from bot.db import incidents as stored
 from bot.db import tolerances as stored_tolerances
@@ -206,5 +206,5 @@ def test_a_tolerated_machine_forecasts_toward_its_own_edge(
     assert build1 is not None and build2 is not None and build1.eta_s and build2.eta_s
     assert build2.eta_s / 3600 == pytest.approx((97 - build2.level) / build2.slope_per_h, rel=0.01)
     assert build1.eta_s / 3600 == pytest.approx((99.5 - build1.level) / build1.slope_per_h, rel=0.01)
-    text = texts.forecast_alert(build1, None, tolerances.of("build1"))
+    text = forecast_texts.forecast_alert(build1, None, tolerances.of("build1"))
     assert "it needs an intervention from 99.5 % on this machine" in text

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 
 from agent.wire import KNOWN_METRICS
-from bot.chat import callbacks, tolerance_texts
+from bot.chat import callbacks, forecast_texts, tolerance_texts
 from bot.chat.words import (
     ago,
     clip,
@@ -20,7 +20,6 @@ from bot.chat.words import (
     escape,
     fullest,
     metric_value,
-    number,
     percent,
     plural,
     pre,
@@ -29,13 +28,11 @@ from bot.chat.words import (
     when,
 )
 from bot.db import Incident, Rejected, StoredSample, Tolerance
-from bot.pipeline import tolerances as tolerance_math
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
-from ml.features import FEATURES, ZONES
-from schema.domain import FILESYSTEM, SNOOZE_HOURS, Action, Kind, Reply, State
+from ml.features import FEATURES
+from schema.domain import SNOOZE_HOURS, Action, Kind, Reply, State
 
-FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
 # The top processes an alert shows beside a metric that drives it: CPU for what busy CPUs cause, memory for
 # memory and swap.
 TOP_OF = {"cpu_percent": "cpu", "load_1m": "cpu", "cpu_temp_c": "cpu", "mem_percent": "memory",
@@ -205,7 +202,7 @@ def device_status(
         f"{pre(rows or ['(no metrics)'])}\n"
         + "".join(f"{line}\n" for line in tops)
         + tolerance_texts.tolerates(tolerances or [])
-        + forecast_summary(forecasts or {}, horizon_s)
+        + forecast_texts.forecast_summary(forecasts or {}, horizon_s)
     )
 
 
@@ -228,57 +225,6 @@ def _filesystem_rows(disk: float, filesystems: Mapping[str, float], usual: Mappi
     top = fullest(filesystems)
     return [_table_row("disk_percent", disk if mount == top else used, usual, disk_label(mount), mount == top)
             for mount, used in sorted(filesystems.items())]
-
-
-def how_soon(eta_s: float) -> str:
-    """How soon, as people say it: 'in about 3 h', 'in about 40 min'."""
-    if eta_s < 5 * 60:
-        return "within minutes"
-    if eta_s < 90 * 60:
-        return f"in about {round(eta_s / 300) * 5} min"
-    return f"in about {round(eta_s / 3600)} h"
-
-
-def _forecast_word(metric: str) -> str:
-    """'disk', 'memory', 'swap', or a filesystem's mount point ('/data')."""
-    return metric.removeprefix(FILESYSTEM) if metric.startswith(FILESYSTEM) else FORECAST_WORDS[metric]
-
-
-def _forecast_line(f: Forecast) -> str:
-    word = _forecast_word(f.metric)
-    when_full = "is at its edge now" if f.eta_s == 0 else f"will be full {how_soon(f.eta_s or 0)}"
-    return f"{word} {when_full} (now {number(f.level)} %, {f.slope_per_h:+.1f} %/h)"
-
-
-def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float) -> str:
-    """/status: the forecasts that reach an edge within the horizon, or why there are none."""
-    hours = f"{horizon_s / 3600:g} h"
-    if not forecasts:
-        return "Forecast: no disk, memory or swap reported"
-    if all(f is None for f in forecasts.values()):
-        return "Forecast: not enough data for a trend yet (40 min)"
-    near = [f for f in forecasts.values() if f is not None and f.within(horizon_s)]
-    if not near:
-        return f"Forecast: no trend toward an edge within {hours}"
-    return "Forecast:\n" + "\n".join(f"• {escape(_forecast_line(f))}" for f in near)
-
-
-def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[str, float] | None = None) -> str:
-    """'pc1: /data will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge (the
-    machine's own when it tolerates the metric)."""
-    filesystem = forecast.metric.startswith(FILESYSTEM)
-    model_metric = "disk_percent" if filesystem else forecast.metric
-    edge = tolerance_math.edge(model_metric, (tolerated or {}).get(model_metric))
-    own = " on this machine" if edge != ZONES[model_metric].edge else ""
-    label = disk_label(_forecast_word(forecast.metric)) if filesystem else KNOWN_METRICS[model_metric][0]
-    usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (
-        "" if filesystem else "no usual range yet; ")
-    return clip(
-        f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
-        f"{escape(label)} on {escape(forecast.device)}: {usual_text}it needs an intervention from "
-        f"{tolerance_texts.tolerance_value(model_metric, edge)}{own}.\n"
-        f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"
-    )
 
 
 CHART_FULLEST_DISK = "Disk (fullest)"  # the legend of a chart's disk line when the machine reports filesystems
@@ -381,7 +327,7 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float,
     if incident.kind == Kind.FORECAST:
         forecast = Forecast(incident.device, detail.metric, incident.sample_id or 0, detail.ts or 0.0,
                             detail.level or 0.0, detail.slope_per_h or 0.0, detail.eta_s)
-        text = forecast_alert(forecast, usual.get(detail.metric), tolerated)
+        text = forecast_texts.forecast_alert(forecast, usual.get(detail.metric), tolerated)
         if incident.state != State.OPEN:
             text = f"{text}\n\n✅ No longer heading for its edge ({when(incident.resolved_ts)})."
         return clip(text + _footer(incident))
@@ -465,7 +411,7 @@ def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None =
     if action in SNOOZE_HOURS:
         return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
     if action == Action.WRONG_FORECAST:
-        return tolerance_texts.forecast_held(device, _forecast_word(metric) if metric else "it")
+        return tolerance_texts.forecast_held(device, forecast_texts.forecast_word(metric) if metric else "it")
     if action == Action.RIGHT_FORECAST:
         return f"Thanks: stored as a {action.value} forecast."
     if action == Action.CORRECT:
