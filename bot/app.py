@@ -20,7 +20,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Mess
 from telegram.ext import filters as tg_filters
 
 from bot import db
-from bot.chat import callbacks, handlers, jobs, team_texts, texts
+from bot.chat import callbacks, handlers, jobs, team_handlers, team_texts, texts
 from bot.chat.limits import CommandBudget, FairRateLimiter
 from bot.chat.link import PollingRequest, TelegramLink, connect
 from bot.chat.sender import Sender
@@ -78,16 +78,16 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
     # Retraining takes a while: it must not hold up /status and the buttons.
     application.add_handler(CommandHandler("retrain", handlers.retrain_command, block=False))
     application.add_handler(CommandHandler("rollback", handlers.rollback_command))
-    application.add_handler(CommandHandler("mute", handlers.mute_command))
-    application.add_handler(CommandHandler("unmute", handlers.unmute_command))
-    application.add_handler(CommandHandler("muted", handlers.muted_command))
-    application.add_handler(CommandHandler("subscribe", handlers.subscribe_command))
-    application.add_handler(CommandHandler("unsubscribe", handlers.unsubscribe_command))
-    application.add_handler(CommandHandler("subscriptions", handlers.subscriptions_command))
+    application.add_handler(CommandHandler("mute", team_handlers.mute_command))
+    application.add_handler(CommandHandler("unmute", team_handlers.unmute_command))
+    application.add_handler(CommandHandler("muted", team_handlers.muted_command))
+    application.add_handler(CommandHandler("subscribe", team_handlers.subscribe_command))
+    application.add_handler(CommandHandler("unsubscribe", team_handlers.unsubscribe_command))
+    application.add_handler(CommandHandler("subscriptions", team_handlers.subscriptions_command))
     application.add_handler(CommandHandler("tolerance", handlers.tolerance_command))
     application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=callbacks.INCIDENT_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=callbacks.MISSED_PATTERN))
-    application.add_handler(CallbackQueryHandler(handlers.expand_button, pattern=callbacks.EXPAND_PATTERN))
+    application.add_handler(CallbackQueryHandler(team_handlers.expand_button, pattern=callbacks.EXPAND_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=callbacks.ACTIVATE_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=callbacks.CANCEL_PATTERN))
     application.add_handler(CallbackQueryHandler(handlers.invalid_button))

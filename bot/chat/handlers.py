@@ -1,4 +1,6 @@
-"""Telegram handlers: who may talk to the bot, the commands, and the correction buttons."""
+"""Telegram handlers: who may talk to the bot, the commands, and the correction buttons. The teams' commands
+(subscriptions, mutes) and a group message's buttons are in team_handlers.py, which shares settings_of,
+sender_of and who."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from bot import db
 from bot.chat import callbacks, charts, model_texts, team_texts, texts, tolerance_texts, words
 from bot.chat.sender import Sender
 from bot.config import Settings
-from bot.db import incidents, outbox
+from bot.db import incidents
 from bot.db import tolerances as stored_tolerances
 from bot.pipeline import tolerances as tolerance_math
 from bot.pipeline.baselines import Baselines
@@ -37,7 +39,8 @@ CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and 
 CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most db.CHART_POINTS rows whatever the window
 
 
-def _settings(context: ContextTypes.DEFAULT_TYPE) -> Settings:
+def settings_of(context: ContextTypes.DEFAULT_TYPE) -> Settings:
+    """The bot's settings, for any handler."""
     return context.bot_data["settings"]
 
 
@@ -61,7 +64,7 @@ async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Runs before every handler: a chat that is not allowed gets one short refusal and nothing else; a member
     who floods the chat with commands gets one "slow down", and their commands are dropped for a while."""
     chat = update.effective_chat
-    if chat is not None and chat.id in _settings(context).allowed_chat_ids:
+    if chat is not None and chat.id in settings_of(context).allowed_chat_ids:
         message, user = update.message, update.effective_user
         if message is None or user is None or not (message.text or "").startswith("/"):
             return
@@ -82,13 +85,14 @@ async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     raise ApplicationHandlerStop
 
 
-def _sender(context: ContextTypes.DEFAULT_TYPE) -> Sender:
+def sender_of(context: ContextTypes.DEFAULT_TYPE) -> Sender:
+    """The sender that delivers the outbox: a handler that changed an alert runs it, so every copy shows it."""
     return context.bot_data["sender"]
 
 
 async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/start: what this bot watches and where its alerts go, then the help."""
-    settings = _settings(context)
+    settings = settings_of(context)
     poller = context.bot_data.get("poller")
     machines = await asyncio.to_thread(db.device_count)
     if settings.kafka_bootstrap:
@@ -106,7 +110,7 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status for the fleet, /status <device> for one machine, /status <pattern> for the machines matching."""
-    settings = _settings(context)
+    settings = settings_of(context)
     args = context.args or []
     if len(args) > 1 or (args and not PATTERN_RE.fullmatch(args[0])):
         await update.effective_message.reply_text(texts.STATUS_USAGE)
@@ -175,7 +179,7 @@ async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 async def _send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device: str, start: float,
                       end: float) -> None:
     """Reply with the chart of one device from `start` to `end`, its incidents shaded."""
-    threshold = _settings(context).alert_threshold
+    threshold = settings_of(context).alert_threshold
 
     def render() -> tuple[bytes, str | None]:  # queries and a drawing of a tenth of a second or more: off the loop
         latest = db.latest_sample(device)
@@ -197,7 +201,8 @@ async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     await update.effective_message.reply_text(texts.rejected(rows), parse_mode=ParseMode.HTML)
 
 
-def _who(update: Update) -> tuple[int, str]:
+def who(update: Update) -> tuple[int, str]:
+    """The id and the name of whoever sent the update: '@bob', or their full name without a username."""
     user = update.effective_user
     return user.id, f"@{user.username}" if user.username else user.full_name
 
@@ -224,25 +229,25 @@ async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     if parsed[1] == Action.UNDO_TOLERANCE:
         await _undo(update, context, incident.id, incident.device)
         return
-    user_id, name = _who(update)
+    user_id, name = who(update)
     now = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time(),
                                   tolerance_math.wanted)
     await asyncio.to_thread(_tolerances(context).refresh)  # this process's next batch has it anyway
     await query.answer(texts.pressed(parsed[1], incident.device, now.detail.tolerated, now.detail.metric))
-    context.application.create_task(_sender(context).run(context.bot), name="send")  # every copy shows it
+    context.application.create_task(sender_of(context).run(context.bot), name="send")  # every copy shows it
 
 
 async def _undo(update: Update, context: ContextTypes.DEFAULT_TYPE, incident_id: int, device: str) -> None:
     """↩️ Undo on an alert a ❌ closed: the tolerances that ❌ set are gone (whoever set them, or an admin)."""
     query = update.callback_query
-    user_id, name = _who(update)
-    admin = user_id in _settings(context).admin_user_ids
+    user_id, name = who(update)
+    admin = user_id in settings_of(context).admin_user_ids
     _incident, removed = await asyncio.to_thread(incidents.undo_tolerance, incident_id, user_id, name, admin,
                                                  time.time())
     await query.answer(tolerance_texts.undone(device, removed), show_alert=removed is None)
     if removed:
         await asyncio.to_thread(_tolerances(context).refresh)
-        context.application.create_task(_sender(context).run(context.bot), name="send")
+        context.application.create_task(sender_of(context).run(context.bot), name="send")
 
 
 async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -254,114 +259,9 @@ async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
         await query.answer(texts.INVALID_BUTTON)
         return
-    user_id, name = _who(update)
+    user_id, name = who(update)
     await asyncio.to_thread(db.add_label, sample.id, 1, user_id, name)
     await query.answer(texts.missed_labelled(sample), show_alert=True)
-
-
-def _thread(update: Update) -> int | None:
-    """The forum topic a command was sent in; None for the general topic or a chat without topics."""
-    message = update.effective_message
-    return message.message_thread_id if message is not None and message.is_topic_message else None
-
-
-async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/mute <pattern> [duration] [reason] or /mute <pattern> <days> <hh:mm-hh:mm> [reason]: no incidents for
-    machines under maintenance, once or in a recurring window."""
-    tz = _settings(context).timezone
-    request = team_texts.parse_mute(context.args or [])
-    if isinstance(request, str):
-        await update.effective_message.reply_text(request)
-        return
-    if await asyncio.to_thread(db.count_mutes) >= team_texts.MAX_MUTES:
-        await update.effective_message.reply_text(team_texts.TOO_MANY_MUTES)
-        return
-    user_id, name = _who(update)
-    until = time.time() + request.seconds if request.seconds is not None else None
-    await asyncio.to_thread(db.mute, request.pattern, until, request.window, request.reason, user_id, name)
-    known = await asyncio.to_thread(_device_names)
-    log.info("%s muted %s %s: %s", name, request.pattern,
-             request.window.describe() if request.window else f"until {words.when(until or 0)}", request.reason)
-    matching = sum(matches(request.pattern, d) for d in known)
-    await update.effective_message.reply_text(team_texts.muted_reply(request, until, name, tz, matching),
-                                              parse_mode=ParseMode.HTML)
-
-
-def _device_names() -> list[str]:
-    return [d.name for d in db.devices()]
-
-
-async def unmute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/unmute <pattern>: its mutes and windows end; alerts again from the next sample."""
-    args = context.args or []
-    if len(args) != 1 or not PATTERN_RE.fullmatch(args[0]):
-        await update.effective_message.reply_text(team_texts.UNMUTE_USAGE)
-        return
-    ended = await asyncio.to_thread(db.unmute, args[0])
-    await update.effective_message.reply_text(team_texts.unmuted(args[0], ended), parse_mode=ParseMode.HTML)
-
-
-async def muted_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/muted: the mutes and windows, by whom, until when or when, and why."""
-    now = time.time()
-    rows = await asyncio.to_thread(db.mutes, now)
-    await update.effective_message.reply_text(team_texts.mutes(rows, now, _settings(context).timezone),
-                                              parse_mode=ParseMode.HTML)
-
-
-async def subscribe_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/subscribe <pattern>…: this chat's topic gets the messages about the machines matching."""
-    asked = team_texts.patterns(context.args or [])
-    if asked is None:
-        await update.effective_message.reply_text(team_texts.SUBSCRIBE_USAGE)
-        return
-    chat, thread = update.effective_chat.id, _thread(update)
-    user_id, name = _who(update)
-    try:
-        added = await asyncio.to_thread(db.subscribe, chat, thread, asked, user_id, name)
-    except ValueError as exc:
-        await update.effective_message.reply_text(f"{exc}: /unsubscribe some first.")
-        return
-    log.info("%s subscribed chat %d topic %s to %s", name, chat, thread, ", ".join(added) or "nothing new")
-    known = await asyncio.to_thread(_device_names)
-    text = team_texts.subscribed(added, asked, thread) + team_texts.unmatched(asked, known)
-    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
-
-
-async def unsubscribe_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/unsubscribe [pattern…]: remove some (or all) of this topic's subscriptions."""
-    args = context.args or []
-    asked = team_texts.patterns(args) if args else []
-    if asked is None:
-        await update.effective_message.reply_text(team_texts.UNSUBSCRIBE_USAGE)
-        return
-    chat, thread = update.effective_chat.id, _thread(update)
-    removed = await asyncio.to_thread(db.unsubscribe, chat, thread, asked)
-    left = len(await asyncio.to_thread(db.subscriptions, chat))
-    await update.effective_message.reply_text(team_texts.unsubscribed(removed, left, thread), parse_mode=ParseMode.HTML)
-
-
-async def subscriptions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/subscriptions: this chat's subscriptions, by topic."""
-    rows = await asyncio.to_thread(db.subscriptions, update.effective_chat.id)
-    await update.effective_message.reply_text(team_texts.subscription_list(rows), parse_mode=ParseMode.HTML)
-
-
-async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A machine's button on a group message: its own alert, with its buttons, in this chat."""
-    query = update.callback_query
-    incident_id = callbacks.parse_expand(query.data)
-    chat = update.effective_chat
-    notice = None
-    if incident_id is not None and chat is not None:
-        notice = await asyncio.to_thread(outbox.expand, incident_id, chat.id, _thread(update))
-    if notice is None:
-        log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
-        await query.answer(texts.INVALID_BUTTON)
-        return
-    device = await asyncio.to_thread(lambda: notice.incident.device)
-    await query.answer(team_texts.expanded(device, notice.sent is not None or notice.expanded))
-    context.application.create_task(_sender(context).run(context.bot), name="send")
 
 
 async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -380,9 +280,9 @@ async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
                                                   parse_mode=ParseMode.HTML)
         return
     chosen = [row for row in rows if metric is None or row.metric == metric]
-    user_id, name = _who(update)
+    user_id, name = who(update)
     others = sorted({row.user_name for row in chosen if row.user_id != user_id})
-    if others and user_id not in _settings(context).admin_user_ids:
+    if others and user_id not in settings_of(context).admin_user_ids:
         log.warning("refused /tolerance %s reset for user %d: set by %s", device, user_id, others)
         await update.effective_message.reply_text(tolerance_texts.tolerance_refused(device, others, user_id),
                                                   parse_mode=ParseMode.HTML)
@@ -416,7 +316,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def _is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE, command: str) -> bool:
     """Admin commands: anyone else gets a short refusal and nothing runs."""
     user = update.effective_user
-    if user is not None and user.id in _settings(context).admin_user_ids:
+    if user is not None and user.id in settings_of(context).admin_user_ids:
         return True
     log.warning("refused %s for user %s: not in ADMIN_USER_IDS", command, user.id if user else "?")
     if update.callback_query:
@@ -549,7 +449,7 @@ async def activate_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     except StoreError as exc:
         await _edit(query.message, model_texts.version_refused_kept(version, exc, model.version))
         return
-    await _edit(query.message, model_texts.version_activated(version, _who(update)[1]))
+    await _edit(query.message, model_texts.version_activated(version, who(update)[1]))
 
 
 async def cancel_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
