@@ -10,7 +10,7 @@ import pytest
 from bot import db
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.samples import messages
-from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, message, produce, wait_until
+from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, current, message, press, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -28,17 +28,6 @@ def incident_messages(telegram: FakeTelegram, device: str) -> list[dict]:
 def replies_to(telegram: FakeTelegram, message_id: int) -> list[str]:
     return [m["text"] for m in telegram.messages(CHAT)
             if m.get("reply_to_message", {}).get("message_id") == message_id]
-
-
-def press(telegram: FakeTelegram, alert: dict, label: str, username: str = "alice") -> str:
-    data = next(b["callback_data"] for row in alert["reply_markup"]["inline_keyboard"] for b in row
-                if b["text"] == label)
-    query = telegram.press_button(CHAT, alert["message_id"], data, user_id=ADMIN, username=username)
-    return telegram.answer_for(query).params.get("text", "")
-
-
-def current(telegram: FakeTelegram, message_id: int) -> dict:
-    return next(m for m in telegram.messages(CHAT) if m["message_id"] == message_id)
 
 
 @pytest.fixture

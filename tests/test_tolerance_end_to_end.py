@@ -11,7 +11,7 @@ import pytest
 from bot import db
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.samples import messages
-from tests.fakes.scenario import ADMIN, CHAT, ask, bot_env, produce, wait_until
+from tests.fakes.scenario import CHAT, ask, bot_env, current, press, produce, wait_until
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -22,17 +22,6 @@ FULL = {**HEALTHY, "disk_percent": 99.9}  # past the disk's hard ceiling of 99.5
 
 def buttons(message: dict) -> list[str]:
     return [b["text"] for row in message.get("reply_markup", {}).get("inline_keyboard", []) for b in row]
-
-
-def press(telegram: FakeTelegram, message: dict, label: str, username: str) -> str:
-    data = next(b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row
-                if b["text"] == label)
-    query = telegram.press_button(CHAT, message["message_id"], data, user_id=ADMIN, username=username)
-    return telegram.answer_for(query).params.get("text", "")
-
-
-def current(telegram: FakeTelegram, message_id: int) -> dict:
-    return next(m for m in telegram.messages(CHAT) if m["message_id"] == message_id)
 
 
 def alerts(telegram: FakeTelegram, device: str) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Helpers of the scenario tests: the bot's environment, Kafka messages, chat questions, waiting."""
+"""Helpers of the scenario tests: the bot's environment, Kafka messages, chat questions and buttons, waiting."""
 
 from __future__ import annotations
 
@@ -56,3 +56,16 @@ def ask(telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN) 
 def chat_texts(telegram: FakeTelegram, chat: int = CHAT) -> list[str]:
     """The texts of the bot's messages in the chat, oldest first, as they stand now (after edits)."""
     return [m.get("text", "") for m in telegram.messages(chat)]
+
+
+def press(telegram: FakeTelegram, message: dict, label: str, username: str = "alice") -> str:
+    """Press the button labelled `label` on the bot's message in CHAT, as ADMIN; the answer the presser sees."""
+    data = next(b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row
+                if b["text"] == label)
+    query = telegram.press_button(CHAT, message["message_id"], data, user_id=ADMIN, username=username)
+    return telegram.answer_for(query).params.get("text", "")
+
+
+def current(telegram: FakeTelegram, message_id: int) -> dict:
+    """The bot's message in CHAT as it stands now, after edits."""
+    return next(m for m in telegram.messages(CHAT) if m["message_id"] == message_id)
