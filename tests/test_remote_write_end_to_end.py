@@ -76,8 +76,10 @@ def test_a_node_exporter_machine_shows_in_status_with_its_metrics(
                 raise AssertionError(f"{prometheus_log.read_text()[-3000:]}\n{bot.log[-3000:]}") from None
             overview = ask(telegram, "/status")
             detail = ask(telegram, f"/status {DEVICE}")
+            greeting = ask(telegram, "/start")
         assert bot.stop() == 0
 
+    assert f"the machines Prometheus remote-writes to my port {port}" in greeting
     assert DEVICE in overview
     assert DEVICE in detail and "CPU" in detail and "Memory" in detail and "Disk / " in detail, detail
     rows = list(db.Metric.select().where(db.Metric.device == DEVICE).order_by(db.Metric.ts))

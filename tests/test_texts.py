@@ -234,7 +234,8 @@ def test_device_status_shows_the_forecasts_within_the_horizon_or_that_there_is_n
 
     flat = {"disk_percent": forecast(slope=0.0, eta_h=None), "mem_percent": None}
     assert "no trend toward an edge within 4 h" in texts.device_status(sample, 0.7, 3, now=TS, forecasts=flat)
-    assert "not enough data" in texts.device_status(sample, 0.7, 3, now=TS, forecasts={"disk_percent": None})
+    none_yet = texts.device_status(sample, 0.7, 3, now=TS, forecasts={"disk_percent": None})
+    assert "Forecast: none yet, a trend needs 40 min of samples" in none_yet
 
 
 def test_an_incident_names_the_device_first_then_p_how_long_and_each_driver_with_its_usual_range() -> None:

@@ -10,7 +10,7 @@ from bot.chat import tolerance_texts
 from bot.chat.words import clip, disk_label, escape, number, usual_range, when
 from bot.pipeline import tolerances as tolerance_math
 from bot.pipeline.baselines import Usual
-from bot.pipeline.forecast import Forecast
+from bot.pipeline.forecast import BUCKET_S, MIN_BUCKETS, Forecast
 from ml.features import ZONES
 from schema.domain import FILESYSTEM
 
@@ -43,7 +43,7 @@ def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float)
     if not forecasts:
         return "Forecast: no disk, memory or swap reported"
     if all(f is None for f in forecasts.values()):
-        return "Forecast: not enough data for a trend yet (40 min)"
+        return f"Forecast: none yet, a trend needs {MIN_BUCKETS * BUCKET_S / 60:.0f} min of samples"
     near = [f for f in forecasts.values() if f is not None and f.within(horizon_s)]
     if not near:
         return f"Forecast: no trend toward an edge within {hours}"

@@ -99,6 +99,8 @@ async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         watched = texts.watching_fleet(settings.kafka_topic, machines)
     else:
         watched = texts.watching_this_machine(getattr(poller.source, "device", "") if poller else "")
+    if settings.remote_write_listen is not None:
+        watched = texts.and_remote_write(watched, settings.remote_write_listen[1])
     text = texts.greeting(watched, update.effective_chat.id, sorted(settings.allowed_chat_ids))
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
 

@@ -383,6 +383,10 @@ def watching_this_machine(name: str) -> str:
     return f"this machine, <b>{escape(name)}</b> (single-host mode)"
 
 
+def and_remote_write(watched: str, port: int) -> str:
+    return f"{watched}, and the machines Prometheus remote-writes to my port {port} (<code>/api/v1/write</code>)"
+
+
 def greeting(watched: str, chat_id: int, chat_ids: list[int]) -> str:
     """/start: what this bot watches, where alerts go, and what it can do."""
     others = len([c for c in chat_ids if c != chat_id])
