@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from math import isfinite
 from struct import unpack_from
@@ -168,6 +168,7 @@ class Receiver:
         self._turn = threading.Condition()  # around the stores waiting their turn
         self._queue: list[_Turn] = []
         self._leading = False  # a write is storing the queue's samples
+        self._coming = 0  # writes being read: their samples are about to join the queue
         self._seen: dict[bytes, _Seen] = {}  # an encoded label set -> what it means
         self._times: dict[bytes, int] = {}  # the varint of a valid time -> the time in ms
         self._refused: dict[str, float] = {}  # source -> when it was last recorded as rejected
@@ -176,20 +177,33 @@ class Receiver:
         """Read one write and store what is ready. Raises Malformed, TooLarge or Unavailable; changes nothing
         unless the whole body could be read."""
         now = time.time() if now is None else now
-        # One write decoded at a time: decoding holds the interpreter anyway, and meanwhile the writes decoded
-        # before are stored together (_store_together).
-        with self._reading:
-            with decompress(body, self._raw) as raw:
-                series = frames(raw)
-            outcome = Outcome(series=len(series))
-            rejects: list[Rejection] = []
-            scrapes = self._read(series, now, outcome, rejects)
-        with self._lock:
-            for (device, ts_ms), values in scrapes.items():
-                self.mapper.add(device, ts_ms, values, now)
-            ready = self.mapper.take(now)
+        # One write decoded at a time: decoding holds the interpreter anyway. A store waits for the writes being
+        # decoded, and stores them with its own (_store_together).
+        with self._on_the_way():
+            with self._reading:
+                with decompress(body, self._raw) as raw:
+                    series = frames(raw)
+                outcome = Outcome(series=len(series))
+                rejects: list[Rejection] = []
+                scrapes = self._read(series, now, outcome, rejects)
+            with self._lock:
+                for (device, ts_ms), values in scrapes.items():
+                    self.mapper.add(device, ts_ms, values, now)
+                ready = self.mapper.take(now)
         outcome.samples = self._store(ready, rejects)
         return outcome
+
+    @contextlib.contextmanager
+    def _on_the_way(self) -> Iterator[None]:
+        """A write counted as coming while it is read: the stores wait for it (_store_together)."""
+        with self._turn:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._coming -= 1
+                self._turn.notify_all()
 
     def _read(self, series: list[bytes], now: float, outcome: Outcome,
               rejects: list[Rejection]) -> dict[tuple[str, int], list[tuple[Key, float]]]:
@@ -303,12 +317,16 @@ class Receiver:
         return len(samples)
 
     def _store_together(self, samples: list[Sample], rejects: list[Rejection]) -> None:
-        """Store, together with what other writes bring meanwhile: one prediction and one transaction for all
-        the writes that waited while the one before was stored (each costs about as much whatever its size)."""
+        """Store together with what other writes bring meanwhile: one prediction and one transaction for all the
+        writes waiting (a store costs about as much whatever its size: most of it is the prediction's fixed part).
+
+        Reading goes first: a store waits while another write is read, or stored, so that under load the writes
+        under way are stored at once instead of one by one between their readings. The wait is bounded: the server
+        lets CONCURRENT writes in at a time, and a write waiting here keeps its place."""
         mine = _Turn(samples, rejects)
         with self._turn:
             self._queue.append(mine)
-            while not mine.done and self._leading:
+            while not mine.done and (self._leading or self._coming):
                 self._turn.wait()
             if mine.done:  # stored by the write that led
                 if mine.error is not None:
