@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from agent.wire import Sample, encode, parse
 from bot import db
 from bot.config import load_settings
+from bot.pipeline import remote_write
 from bot.pipeline.node_exporter import NodeExporter, key
 from bot.pipeline.prompb import remote_pb2, types_pb2
 from bot.pipeline.remote_write import (
@@ -407,6 +408,34 @@ def test_writes_sent_at_once_by_several_shards_are_each_stored_once(store: pw.Da
 
     assert answers == [204] * len(writes)
     assert len(stored_rows()) == len(writes) == db.Metric.select().count()
+
+
+def test_a_write_waits_for_the_one_being_read_and_both_are_stored_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[list[str]] = []
+    receiver = Receiver(lambda samples, rejects: batches.append(sorted(s.device for s in samples)))
+    reading, go_on = threading.Event(), threading.Event()
+    real_frames = remote_write.frames
+
+    def held(raw: memoryview) -> list[bytes]:
+        if not reading.is_set():  # the first write is held while it is read
+            reading.set()
+            go_on.wait(10)
+        return real_frames(raw)
+
+    monkeypatch.setattr(remote_write, "frames", held)
+    with ThreadPoolExecutor(2) as senders:
+        first = senders.submit(receiver.process, scrape_at("pc1:9100", T0))
+        assert reading.wait(10)
+        second = senders.submit(receiver.process, scrape_at("pc2:9100", T0))
+        deadline = time.monotonic() + 10
+        while receiver._coming < 2 and time.monotonic() < deadline:  # the second one waits its turn to be read
+            time.sleep(0.001)
+        go_on.set()
+        outcomes = [first.result(10), second.result(10)]
+
+    assert [o.samples for o in outcomes] == [1, 1]
+    assert batches == [["pc1", "pc2"]]  # one store, so one prediction, for both
 
 
 def test_without_the_token_nothing_is_stored(store: pw.Database) -> None:

@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
 from struct import unpack_from
@@ -75,16 +75,19 @@ class Unavailable(RuntimeError):
     """The store or the broker failed: the sender should retry (503)."""
 
 
-def decompress(body: bytes) -> bytes:
-    """The WriteRequest bytes of a body in snappy's block format."""
+def decompress(body: bytes, into: bytearray) -> memoryview:
+    """The WriteRequest bytes of a body in snappy's block format, written into `into` (grown as needed): a view of
+    them, to be released before `into` is used again."""
     try:
         size = cramjam.snappy.decompress_raw_len(body)
     except cramjam.DecompressionError as exc:
         raise Malformed(f"not snappy-compressed (block format): {exc}") from None
     if size > MAX_BODY:
         raise TooLarge(f"the body is {size:,} bytes decompressed, more than {MAX_BODY:,}")
+    if len(into) < size:
+        into.extend(bytes(size - len(into)))
     try:
-        return bytes(cramjam.snappy.decompress_raw(body))
+        return memoryview(into)[:cramjam.snappy.decompress_raw_into(body, into)]
     except cramjam.DecompressionError as exc:
         raise Malformed(f"not snappy-compressed (block format): {exc}") from None
 
@@ -97,8 +100,9 @@ ZERO_TAIL, ZERO_HEAD = 9, b"\x12\x07\x10"
 MAX_REMEMBERED = 500_000  # label sets (and times) remembered; about 100 a machine
 
 
-def frames(raw: bytes) -> list[bytes]:
-    """The request's series, each still encoded: protobuf checks the framing of the whole request at once."""
+def frames(raw: bytes | memoryview) -> list[bytes]:
+    """The request's series, each still encoded (copies: `raw` may be reused): protobuf checks the framing of the
+    whole request at once."""
     try:
         return list(frames_pb2.WriteRequestFrames.FromString(raw).timeseries)
     except DecodeError:  # protobuf's text names our view of the message, which would only confuse a reader
@@ -179,9 +183,13 @@ class Receiver:
         self.mapper = NodeExporter(grace_s)
         self._lock = threading.Lock()  # around the mapper
         self._reading = threading.Lock()  # around decoding, and the caches of label sets and times
+        # The decompressed write, reused (writes decode one at a time; it keeps the size of the largest): a fresh
+        # buffer of megabytes for each write cost more in page faults than decompressing it.
+        self._raw = bytearray()
         self._turn = threading.Condition()  # around the stores waiting their turn
         self._queue: list[_Turn] = []
         self._leading = False  # a write is storing the queue's samples
+        self._coming = 0  # writes being read: their samples are about to join the queue
         self._seen: dict[bytes, _Seen] = {}  # an encoded label set -> what it means
         self._times: dict[bytes, int] = {}  # the varint of a valid time -> the time in ms
         self._refused: dict[str, float] = {}  # source -> when it was last recorded as rejected
@@ -190,20 +198,34 @@ class Receiver:
         """Read one write and store what is ready. Raises Malformed, TooLarge or Unavailable; changes nothing
         unless the whole body could be read."""
         now = time.time() if now is None else now
-        # One write decoded at a time: decoding holds the interpreter anyway, and meanwhile the writes decoded
-        # before are stored together (_store_together).
-        with self._reading:
-            series = frames(decompress(body))
-            outcome = Outcome(series=len(series))
-            rejects: list[Rejection] = []
-            scrapes = self._read(series, now, outcome, rejects)
-        with self._lock:
-            for (device, ts_ms), values in scrapes.items():
-                self.mapper.add(device, ts_ms, values, now)
-            ready = self.mapper.take(now)
-            parts = self._waiting_parts(scrapes) if self.held is not None else []
+        # One write decoded at a time: decoding holds the interpreter anyway. A store waits for the writes being
+        # decoded, and stores them with its own (_store_together).
+        with self._on_the_way():
+            with self._reading:
+                with decompress(body, self._raw) as raw:
+                    series = frames(raw)
+                outcome = Outcome(series=len(series))
+                rejects: list[Rejection] = []
+                scrapes = self._read(series, now, outcome, rejects)
+            with self._lock:
+                for (device, ts_ms), values in scrapes.items():
+                    self.mapper.add(device, ts_ms, values, now)
+                ready = self.mapper.take(now)
+                parts = self._waiting_parts(scrapes) if self.held is not None else []
         outcome.samples = self._store(ready, rejects, parts)
         return outcome
+
+    @contextlib.contextmanager
+    def _on_the_way(self) -> Iterator[None]:
+        """A write counted as coming while it is read: the stores wait for it (_store_together)."""
+        with self._turn:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._coming -= 1
+                self._turn.notify_all()
 
     def _waiting_parts(self, scrapes: dict[tuple[str, int], list[tuple[Key, float]]]) -> list[Part]:
         """What this write brought to scrapes that still wait for their rest: to be kept before it is answered."""
@@ -360,12 +382,16 @@ class Receiver:
         return len(samples)
 
     def _store_together(self, mine: _Turn) -> None:
-        """Store, together with what other writes bring meanwhile: one prediction and one transaction for all
-        the writes that waited while the one before was stored (each costs about as much whatever its size).
-        The parts of scrapes that wait for their rest are kept first; those of scrapes stored, released after."""
+        """Store together with what other writes bring meanwhile: one prediction and one transaction for all the
+        writes waiting (a store costs about as much whatever its size: most of it is the prediction's fixed part).
+        The parts of scrapes that wait for their rest are kept first; those of scrapes stored, released after.
+
+        Reading goes first: a store waits while another write is read, or stored, so that under load the writes
+        under way are stored at once instead of one by one between their readings. The wait is bounded: the server
+        lets CONCURRENT writes in at a time, and a write waiting here keeps its place."""
         with self._turn:
             self._queue.append(mine)
-            while not mine.done and self._leading:
+            while not mine.done and (self._leading or self._coming):
                 self._turn.wait()
             if mine.done:  # stored by the write that led
                 if mine.error is not None:
