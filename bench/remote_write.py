@@ -24,7 +24,8 @@ from pathlib import Path
 import cramjam
 
 from bot.pipeline.prompb import remote_pb2
-from bot.pipeline.remote_write import PATH, Receiver
+from bot.pipeline.remote_write import Receiver
+from bot.pipeline.remote_write_server import PATH
 from schema import tables
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.node_exporter import machine, write_request

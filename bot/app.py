@@ -34,7 +34,8 @@ from bot.pipeline.decide import Decider
 from bot.pipeline.incidents import Incidents, Rules
 from bot.pipeline.model import ActiveModel, ModelKeeper
 from bot.pipeline.poller import Poller
-from bot.pipeline.remote_write import KafkaSink, Receiver, RemoteWriteServer
+from bot.pipeline.remote_write import Receiver
+from bot.pipeline.remote_write_server import KafkaSink, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource, LocalSource
 from bot.pipeline.tolerances import Tolerances
 from bot.pipeline.watch import Watch

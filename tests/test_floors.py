@@ -57,7 +57,8 @@ def test_the_floor_test_sees_an_upward_import(tmp_path: Path) -> None:
                "bot.db.routing, bot.db.samples, bot.db.tolerances"),
     ("bot/pipeline", "bot.pipeline.baselines, bot.pipeline.decide, bot.pipeline.forecast, bot.pipeline.incidents, "
                      "bot.pipeline.model, bot.pipeline.node_exporter, bot.pipeline.poller, bot.pipeline.remote_write, "
-                     "bot.pipeline.replay, bot.pipeline.sources, bot.pipeline.tolerances, bot.pipeline.watch"),
+                     "bot.pipeline.remote_write_server, bot.pipeline.replay, bot.pipeline.sources, "
+                     "bot.pipeline.tolerances, bot.pipeline.watch"),
     ("schema", "schema.domain, schema.tables"),
 ])
 def test_importing_a_room_loads_nothing_from_above_it(room: str, modules: str) -> None:

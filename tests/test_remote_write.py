@@ -27,15 +27,8 @@ from bot.config import load_settings
 from bot.pipeline import remote_write
 from bot.pipeline.node_exporter import NodeExporter, key
 from bot.pipeline.prompb import remote_pb2, types_pb2
-from bot.pipeline.remote_write import (
-    MAX_BODY,
-    PATH,
-    PRUNE_AFTER_S,
-    PRUNE_EVERY_S,
-    KafkaSink,
-    Receiver,
-    RemoteWriteServer,
-)
+from bot.pipeline.remote_write import MAX_BODY, PRUNE_AFTER_S, PRUNE_EVERY_S, Receiver
+from bot.pipeline.remote_write_server import PATH, KafkaSink, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
 from tests.fakes.scenario import TOKEN as BOT_TOKEN

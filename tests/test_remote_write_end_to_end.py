@@ -13,7 +13,7 @@ import pytest
 
 from bot import db
 from bot.pipeline.prompb import remote_pb2
-from bot.pipeline.remote_write import PATH
+from bot.pipeline.remote_write_server import PATH
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.node_exporter import body, machine, write_request
 from tests.fakes.scenario import ask, bot_env, wait_until
