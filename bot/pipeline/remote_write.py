@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from math import isfinite
 from struct import unpack_from
@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError
 
 from agent.wire import Sample
 from bot.db import Rejection
+from bot.db.held import Part
 from bot.pipeline.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
 from bot.pipeline.prompb import frames_pb2, types_pb2
 
@@ -108,9 +109,6 @@ def _millis(varint: bytes) -> int | None:
     if varint[5] >= 0x80 or min(varint[:5]) < 0x80:
         return None
     return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(varint))
-
-
-Part = tuple[str, int, Sequence[tuple[Key, float]]]  # (device, ts in ms, values) of a scrape waiting for its rest
 
 
 class Holding(Protocol):
