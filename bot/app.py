@@ -12,7 +12,7 @@ import logging
 import signal
 from collections.abc import Coroutine
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.error import TelegramError
@@ -34,12 +34,13 @@ from bot.pipeline.decide import Decider
 from bot.pipeline.incidents import Incidents, Rules
 from bot.pipeline.model import ActiveModel, ModelKeeper
 from bot.pipeline.poller import Poller
-from bot.pipeline.remote_write import Receiver
-from bot.pipeline.remote_write_server import KafkaSink, RemoteWriteServer
 from bot.pipeline.sources import KafkaSource, LocalSource
 from bot.pipeline.tolerances import Tolerances
 from bot.pipeline.watch import Watch
 from ml.registry import ModelStore
+
+if TYPE_CHECKING:
+    from bot.pipeline.remote_write_server import KafkaSink, RemoteWriteServer
 
 log = logging.getLogger(__name__)
 RETENTION_FIRST_S = 300.0
@@ -204,7 +205,11 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
 
 async def _start_remote_write(application: Application, settings: Settings, poller: Poller) -> RemoteWriteServer:
     """The remote-write receiver: in single-host mode its samples go through the poller's store; in fleet mode
-    to the Kafka topic, for every worker to share."""
+    to the Kafka topic, for every worker to share. Imported only when it is on: its HTTP server, protobuf and
+    snappy take about 27 MiB that a bot without it need not hold."""
+    from bot.pipeline.remote_write import Receiver
+    from bot.pipeline.remote_write_server import KafkaSink, RemoteWriteServer
+
     if settings.kafka_bootstrap:
         sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic,
                          store_rejects=lambda rejects: db.store_batch([], [], None, rejects))
