@@ -95,7 +95,7 @@ def test_a_device_that_stops_reporting_opens_a_silence_incident_and_its_next_sam
 
     feed(decider, "pc1", [0.1], start=T0 + 400)
     assert Incident.get().state == "resolved"
-    assert notices("reply")[0].text == "✅ pc1 is reporting again after 5 min of silence"
+    assert notices("reply")[0].text == "✅ pc1 is reporting again after 5 min 10 s of silence"
 
 
 def test_reminders_go_to_unacknowledged_unsnoozed_incidents_only(decider: Decider, watch: Watch) -> None:

@@ -86,6 +86,13 @@ def test_durations_are_said_in_at_most_two_units(seconds: float, said: str) -> N
     assert words.ago(seconds) == said
 
 
+@pytest.mark.parametrize(("seconds", "said"), [
+    (37, "37 s"), (115, "1 min 55 s"), (120, "2 min"), (23 * 60 + 5, "23 min 5 s"), (3600 + 59, "1 h"),
+])
+def test_how_long_something_lasted_is_said_to_the_second_under_an_hour(seconds: float, said: str) -> None:
+    assert words.lasted(seconds) == said
+
+
 @pytest.mark.parametrize(("count", "said"), [(0, "0 machines"), (1, "1 machine"), (2, "2 machines"),
                                              (1000, "1,000 machines")])
 def test_plurals(count: int, said: str) -> None:

@@ -13,7 +13,7 @@ from bot.chat import callbacks, forecast_texts, team_texts, texts, words
 from bot.db import Incident
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
-from schema.domain import IncidentDetail, Window
+from schema.domain import IncidentDetail, Reply, Window
 from tests.fakes.samples import TS, stored
 
 LIMIT = 4096
@@ -259,6 +259,16 @@ def test_an_incident_says_how_it_ended_and_who_acted() -> None:
     assert recovered.startswith("✅ <b>pc1</b> recovered after 23 min") and "07:00–07:23 UTC" in recovered
     assert false_alarm.startswith("❌ <b>pc1</b>: a false alarm") and "Labelled a false alarm by @bob" in false_alarm
     assert "Acknowledged by @alice" in acked
+
+
+def test_a_short_incident_says_its_span_and_length_to_the_second() -> None:
+    short = texts.incident(incident(state="resolved", metrics={"disk_percent": 99.2}, last_ts=TS + 37,
+                                    resolved_ts=TS + 37), {}, TS + 60)
+    reply = texts.reply(Reply.RECOVERED, incident(state="resolved", resolved_ts=TS + 115), TS + 120)
+
+    assert short.splitlines()[:2] == ["✅ <b>pc1</b> recovered after 37 s",
+                                      "Was stressed 07:00:00–07:00:37 UTC, peak 97%"]
+    assert reply == "✅ pc1 recovered after 1 min 55 s"
 
 
 def test_a_silence_says_when_the_machine_stopped_and_when_it_came_back() -> None:

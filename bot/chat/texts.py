@@ -19,6 +19,7 @@ from bot.chat.words import (
     disk_label,
     escape,
     fullest,
+    lasted,
     metric_value,
     percent,
     plural,
@@ -307,7 +308,10 @@ def incident_keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
 
 
 def _span(start: float, end: float) -> str:
-    return f"{datetime.fromtimestamp(start, UTC):%H:%M}–{datetime.fromtimestamp(end, UTC):%H:%M} UTC"
+    """A span of clock times, to the second when both fall in the same minute."""
+    first, last = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+    shown = "%H:%M:%S" if f"{first:%Y%m%d%H%M}" == f"{last:%Y%m%d%H%M}" else "%H:%M"
+    return f"{first.strftime(shown)}–{last.strftime(shown)} UTC"
 
 
 def incident(incident: Incident, usual: Mapping[str, Usual], now: float,
@@ -321,7 +325,7 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float,
         if incident.state == State.OPEN:
             head = f"⚪ <b>{device}</b> stopped reporting at {when(incident.opened_ts)} (last seen {last_seen} ago)"
         else:
-            head = (f"✅ <b>{device}</b> is reporting again after {ago(incident.resolved_ts - incident.opened_ts)} "
+            head = (f"✅ <b>{device}</b> is reporting again after {lasted(incident.resolved_ts - incident.opened_ts)} "
                     f"of silence ({_span(incident.opened_ts, incident.resolved_ts)})")
         return clip(head + _footer(incident))
     if incident.kind == Kind.FORECAST:
@@ -341,12 +345,12 @@ def incident(incident: Incident, usual: Mapping[str, Usual], now: float,
     said = [_with_usual(name, shown_values[name], usual, incident.device, filesystems, processes, worst, tolerated)
             for name in shown]
     lines = [f"• {escape(line)}" for line in said]
-    lasted = ago((incident.resolved_ts or incident.last_ts) - incident.opened_ts)
     if incident.state == State.OPEN:
         head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",
-                f"Stressed since {when(incident.opened_ts)} ({lasted}), peak {percent(incident.peak_p)}"]
+                f"Stressed since {when(incident.opened_ts)} ({ago(incident.last_ts - incident.opened_ts)}), "
+                f"peak {percent(incident.peak_p)}"]
     elif incident.state == State.RESOLVED:
-        head = [f"✅ <b>{device}</b> recovered after {lasted}",
+        head = [f"✅ <b>{device}</b> recovered after {lasted(incident.resolved_ts - incident.opened_ts)}",
                 f"Was stressed {_span(incident.opened_ts, incident.resolved_ts)}, peak {percent(incident.peak_p)}"]
     else:
         head = [f"❌ <b>{device}</b>: a false alarm ({_span(incident.opened_ts, incident.resolved_ts)})",
@@ -399,10 +403,10 @@ def greeting(watched: str, chat_id: int, chat_ids: list[int]) -> str:
 def reply(kind: Reply, incident: Incident, now: float) -> str:
     """A short reply to an incident's message: the machine reports again, recovered, or a reminder."""
     if kind == Reply.REPORTING_AGAIN:
-        gap = ago(incident.resolved_ts - incident.last_ts)
+        gap = lasted(incident.resolved_ts - incident.last_ts)
         return f"✅ {incident.device} is reporting again after {gap} of silence"
     if kind == Reply.RECOVERED:
-        return f"✅ {incident.device} recovered after {ago(incident.resolved_ts - incident.opened_ts)}"
+        return f"✅ {incident.device} recovered after {lasted(incident.resolved_ts - incident.opened_ts)}"
     what = {Kind.SILENT: "still silent", Kind.FORECAST: "still heading for its edge"}.get(incident.kind,
                                                                                          "still stressed")
     return (f"⏰ {incident.device} is {what} (since {ago(now - incident.created)} ago). ✅ acknowledges it; "

@@ -57,6 +57,14 @@ def ago(seconds: float) -> str:
     return f"{minutes} min" if minutes else f"{seconds} s"
 
 
+def lasted(seconds: float) -> str:
+    """How long something that is over lasted: to the second under an hour (1 min 55 s, not 1 min), else as ago()."""
+    minutes, rest = divmod(int(max(0.0, seconds)), 60)
+    if minutes and rest and minutes < 60:
+        return f"{minutes} min {rest} s"
+    return ago(seconds)
+
+
 def plural(count: int, noun: str) -> str:
     """'1 machine', '2 machines', '1,000 machines'."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
