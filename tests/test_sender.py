@@ -79,3 +79,30 @@ async def test_a_topic_that_is_gone_sends_its_messages_to_the_general_topic_and_
                if m["from"]["is_bot"]]
     assert general == ["🔴 <b>pc2", "🔴 <b>pc3"], "nothing is lost"
     assert sum("is gone" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_flood_limit_in_one_group_holds_only_that_groups_messages(
+    bot: Bot, telegram: FakeTelegram, caplog: pytest.LogCaptureFixture,
+) -> None:
+    busy, quiet = -1001111, -1002222
+    decider = Decider(Incidents(replace(RULES, route=Route((busy, quiet))), texts.reply), drivers, Forecaster(3600),
+                      Baselines())
+    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), team_texts.digest, 60)
+    telegram.limit_groups(2)
+    for _ in range(2):  # the busy group spends its minute on something else
+        await bot.send_message(busy, "a message of another bot feature")
+
+    feed(decider, "pc1", [0.9], start=time.time() - 60)
+    await sender.run(bot)
+    feed(decider, "pc2", [0.9], start=time.time() - 30)
+    await sender.run(bot)
+
+    def alerts(chat_id: int) -> list[str]:
+        return [m["text"].split("</b>")[0] for m in telegram.messages(chat_id) if m["text"].startswith("🔴")]
+
+    assert alerts(quiet) == ["🔴 <b>pc1", "🔴 <b>pc2"], "the other group is not held up"
+    assert alerts(busy) == [] and len(telegram.refused(busy)) == 1, "the busy group waits, asked once"
+    waiting = [(notice.chat_id, incident.device) for notice, incident, _ in due(time.time())]
+    assert waiting == [(busy, "pc1"), (busy, "pc2")], "its alerts stay queued"
+    assert any(f"flood limit) in chat {busy}" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,7 @@ Every message to send is a `Notice` row written when its incident was decided, s
 a Telegram outage or a restart delays messages, never drops them. Each row is claimed in the database before
 it is sent, so two processes never send the same one. A permanent error (the bot was blocked, the chat is
 gone) is logged once per chat and the row is marked failed; other chats go on. A flood limit (429) pauses
-sending for as long as Telegram asks.
+sending to its chat for as long as Telegram asks; other chats go on.
 """
 
 from __future__ import annotations
@@ -59,28 +59,22 @@ class Sender:
         self.edit_every_s = edit_every_s
         self._gone_topics: set[tuple[int, int]] = set()
         self._running = asyncio.Lock()
-        self._paused_until = 0.0
+        self._paused: dict[int, float] = {}  # chat id -> monotonic time its flood limit ends
         self._dead_chats: set[int] = set()
         self.telegram = Outage(log, "Telegram did not take a message (%s); it stays queued and is retried",
                                "Telegram takes messages again")
 
     async def run(self, bot: Bot) -> None:
         """Send what is due, then bring edited incidents up to date; a run while another is busy does nothing."""
-        if self._running.locked() or time.monotonic() < self._paused_until:
+        if self._running.locked():
             return
         async with self._running:
             now = time.time()
             notices = await asyncio.to_thread(due, now)
             await self._deliver(bot, notices)
-            if time.monotonic() < self._paused_until:
-                return
             await self._deliver_digests(bot, await asyncio.to_thread(outbox.due_digests, time.time()))
-            if time.monotonic() < self._paused_until:
-                return
             edits = await asyncio.to_thread(stale, time.time(), self.edit_every_s)
             await self._edit(bot, edits)
-            if time.monotonic() < self._paused_until:
-                return
             await self._edit_digests(bot, await asyncio.to_thread(outbox.stale_digests, time.time(),
                                                                   self.edit_every_s))
 
@@ -107,7 +101,7 @@ class Sender:
 
     async def _deliver(self, bot: Bot, notices: list[tuple[Notice, Incident, int | None]]) -> None:
         for notice, incident, reply_to in notices:
-            if not await asyncio.to_thread(claim, notice.id, True):
+            if self._waiting(notice.chat_id) or not await asyncio.to_thread(claim, notice.id, True):
                 continue  # another process sends (or sent) this one
             if notice.kind == NoticeKind.ALERT:
                 text, markup = await asyncio.to_thread(self.render, incident)
@@ -116,8 +110,8 @@ class Sender:
             try:
                 message = await self._send(bot, notice.chat_id, notice.thread_id, text, markup, reply_to)
             except RetryAfter as exc:
-                await self._flood(exc, partial(release, notice.id))
-                return
+                await self._flood(exc, notice.chat_id, partial(release, notice.id))
+                continue
             except (Forbidden, BadRequest) as exc:
                 await asyncio.to_thread(record_failed, notice.id, exc.message)
                 self._dead(notice.chat_id, exc)
@@ -139,15 +133,15 @@ class Sender:
 
     async def _edit(self, bot: Bot, edits: list[tuple[Notice, Incident]]) -> None:
         for notice, incident in edits:
-            if not await asyncio.to_thread(claim, notice.id, False):
+            if self._waiting(notice.chat_id) or not await asyncio.to_thread(claim, notice.id, False):
                 continue
             text, markup = await asyncio.to_thread(self.render, incident)
             try:
                 await bot.edit_message_text(text, notice.chat_id, notice.message_id, parse_mode=ParseMode.HTML,
                                             reply_markup=markup, rate_limit_args=URGENT)
             except RetryAfter as exc:
-                await self._flood(exc, partial(release, notice.id))
-                return
+                await self._flood(exc, notice.chat_id, partial(release, notice.id))
+                continue
             except BadRequest as exc:
                 if "not modified" not in exc.message.lower():
                     # The message is gone or cannot be edited: stop trying, the incident lives on in the database.
@@ -164,7 +158,7 @@ class Sender:
     async def _deliver_digests(self, bot: Bot, digests: list[Digest]) -> None:
         """Send the groups that are due: one message for many changes of one kind."""
         for digest in digests:
-            if not await asyncio.to_thread(outbox.claim_digest, digest.id, True):
+            if self._waiting(digest.chat_id) or not await asyncio.to_thread(outbox.claim_digest, digest.id, True):
                 continue
             members = await asyncio.to_thread(outbox.members, digest.id)
             text, markup = await asyncio.to_thread(self.render_digest, digest.change, members)
@@ -172,8 +166,8 @@ class Sender:
             try:
                 message = await self._send(bot, digest.chat_id, digest.thread_id, text, markup, reply_to)
             except RetryAfter as exc:
-                await self._flood(exc, partial(outbox.release_digest, digest.id))
-                return
+                await self._flood(exc, digest.chat_id, partial(outbox.release_digest, digest.id))
+                continue
             except (Forbidden, BadRequest) as exc:
                 await asyncio.to_thread(outbox.digest_failed, digest.id, exc.message)
                 self._dead(digest.chat_id, exc)
@@ -192,7 +186,7 @@ class Sender:
     async def _edit_digests(self, bot: Bot, edits: list[tuple[Digest, int, int]]) -> None:
         """Bring group messages up to date: members joined, or their incidents changed."""
         for digest, _count, _revisions in edits:
-            if not await asyncio.to_thread(outbox.claim_digest, digest.id, False):
+            if self._waiting(digest.chat_id) or not await asyncio.to_thread(outbox.claim_digest, digest.id, False):
                 continue
             members = await asyncio.to_thread(outbox.members, digest.id)
             text, markup = await asyncio.to_thread(self.render_digest, digest.change, members)
@@ -200,8 +194,8 @@ class Sender:
                 await bot.edit_message_text(text, digest.chat_id, digest.message_id, parse_mode=ParseMode.HTML,
                                             reply_markup=markup, rate_limit_args=URGENT)
             except RetryAfter as exc:
-                await self._flood(exc, partial(outbox.release_digest, digest.id))
-                return
+                await self._flood(exc, digest.chat_id, partial(outbox.release_digest, digest.id))
+                continue
             except BadRequest as exc:
                 if "not modified" not in exc.message.lower():
                     log.warning("cannot edit the group message %d in chat %d: %s", digest.id, digest.chat_id,
@@ -215,10 +209,19 @@ class Sender:
             revisions = sum(incident.revision for _, incident in members)
             await asyncio.to_thread(outbox.record_digest, digest.id, None, len(members), revisions, time.time())
 
-    async def _flood(self, exc: RetryAfter, release_row: Callable[[], None]) -> None:
+    def _waiting(self, chat_id: int) -> bool:
+        """Whether the chat is within a flood limit Telegram set: its messages stay queued, other chats go on."""
+        until = self._paused.get(chat_id)
+        if until is not None and time.monotonic() >= until:
+            del self._paused[chat_id]
+            return False
+        return until is not None
+
+    async def _flood(self, exc: RetryAfter, chat_id: int, release_row: Callable[[], None]) -> None:
         seconds = retry_seconds(exc.retry_after)
-        log.warning("Telegram asks to wait %.0f s (flood limit); the messages wait", seconds)
-        self._paused_until = time.monotonic() + seconds
+        log.warning("Telegram asks to wait %.0f s (flood limit) in chat %d; its messages wait, other chats go on",
+                    seconds, chat_id)
+        self._paused[chat_id] = time.monotonic() + seconds
         await asyncio.to_thread(release_row)
 
     def _dead(self, chat_id: int, exc: TelegramError) -> None:
