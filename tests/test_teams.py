@@ -3,10 +3,12 @@ topic, one message per outage, the bot's own intake outage, and maintenance for 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import peewee as pw
 import pytest
 
 from bot import db
@@ -173,3 +175,20 @@ def test_grouping_follows_the_settings(database: object) -> None:
     assert sent_alone(A) == ["pc1", "pc2", "pc3", "pc4"] and Digest.select().count() == 0
     stress(decider, ["pc5"], start=T0 + 1)
     assert sent_alone(A) == [] and Digest.select().count() == 2
+
+
+def test_two_processes_storming_at_once_put_every_machine_in_one_group(database: pw.Database) -> None:
+    """As two bot processes of a fleet: each decides its own machines in its own transaction on its own
+    connection, and both reach the grouping before either commits."""
+    second = Decider(Incidents(RULES, texts.reply), drivers, Forecaster(3600), Baselines())
+    with database.atomic():
+        stress(Decider(Incidents(RULES, texts.reply), drivers, Forecaster(3600), Baselines()),
+               ["pc1", "pc2", "pc3"])
+        other = threading.Thread(target=stress, args=(second, ["pc4", "pc5", "pc6"]))
+        other.start()
+        other.join(timeout=1.0)  # the other process gets as far as it can while this one has not committed
+    other.join()
+
+    groups = [(d.chat_id, sorted(n.incident.device for n in Notice.select().where(Notice.digest == d.id)))
+              for d in Digest.select().order_by(Digest.chat_id)]
+    assert groups == [(chat, ["pc1", "pc2", "pc3", "pc4", "pc5", "pc6"]) for chat in sorted(CHATS)]

@@ -9,15 +9,19 @@ from dataclasses import dataclass
 
 from peewee import fn
 
+from bot.db.connection import is_postgres
 from bot.db.routing import destinations
 from schema.domain import NoticeKind, State
-from schema.tables import Digest, Incident, Notice
+from schema.tables import Digest, Incident, Notice, db
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 30.0  # wait long for an answer: a send that times out may have gone through
 CLAIM_S = SEND_TIMEOUT_S + 15  # a row is claimed just before its send, for longer than that send can take
 BATCH = 50
 STALE_S = 86400.0  # a group is kept up to date for a day after its last member joined
+# PostgreSQL advisory lock held by the transaction that groups a notice, until it commits: one lock for all
+# chats, so two transactions never wait for each other in a circle ("Rigwatch" in ASCII).
+GROUPING_LOCK = 0x5269677761746368
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ def _group(notice: Notice, now: float, route: Route) -> None:
     sent on their own are sent only as part of the group."""
     if route.group_min <= 1:
         return
+    if is_postgres():  # two processes would each open a group; the second waits for the first to commit
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (GROUPING_LOCK,))
     digest = (Digest.select().where(_where(Digest, notice.chat_id, notice.thread_id) & (Digest.change == notice.change)
                                     & (Digest.last_join >= now - route.group_s))
               .order_by(Digest.id.desc()).first())
