@@ -102,7 +102,7 @@ class Sender:
     async def _deliver(self, bot: Bot, notices: list[tuple[Notice, Incident, int | None]]) -> None:
         for notice, incident, reply_to in notices:
             if self._waiting(notice.chat_id) or not await asyncio.to_thread(claim, notice.id, True):
-                continue  # another process sends (or sent) this one
+                continue  # its chat waits out a flood limit, or another process sends (or sent) this one
             if notice.kind == NoticeKind.ALERT:
                 text, markup = await asyncio.to_thread(self.render, incident)
             else:
