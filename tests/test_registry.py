@@ -16,6 +16,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 import ml.registry
+import ml.s3_store
+import ml.store
 from ml.registry import (
     BadIndex,
     ChecksumMismatch,
@@ -235,7 +237,7 @@ def test_s3_store_enables_versioning_on_a_bucket_without_it(
 ) -> None:
     bucket = new_bucket(s3, versioned=False)
 
-    with caplog.at_level(logging.WARNING, logger="ml.registry"):
+    with caplog.at_level(logging.WARNING, logger="ml.s3_store"):
         saved = open_store(f"s3://{bucket}/models", KEY).save(b"model", META)
 
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
@@ -259,7 +261,7 @@ def test_s3_store_explains_when_it_may_not_enable_versioning(
         client.meta.events.register("before-call.s3.PutBucketVersioning", deny)
         return client
 
-    monkeypatch.setattr(ml.registry.boto3, "client", client_without_the_right)
+    monkeypatch.setattr(ml.s3_store.boto3, "client", client_without_the_right)
 
     with pytest.raises(StoreError, match=f"bucket {bucket} has no versioning and these credentials cannot"):
         open_store(f"s3://{bucket}/models", KEY).save(b"model", META)
@@ -292,7 +294,7 @@ def test_s3_store_save_fails_as_store_error_when_the_endpoint_goes_away(
 ) -> None:
     store = open_store(f"s3://{new_bucket(s3)}/models", KEY)
     closed = f"http://127.0.0.1:{free_port()}"
-    store.client = boto3.client("s3", endpoint_url=closed, config=ml.registry.S3_CONFIG)
+    store.client = boto3.client("s3", endpoint_url=closed, config=ml.s3_store.S3_CONFIG)
 
     started = time.monotonic()
     with pytest.raises(StoreError, match="failed"):
@@ -341,7 +343,7 @@ def test_a_planted_artifact_with_its_own_digest_and_a_forged_entry_is_refused(
               "sha256": hashlib.sha256(planted).hexdigest(), "size": len(planted), "signature": signature}
     if signature == "signed with another key":
         other = open_store(f"s3://{bucket}/models", "another-key-0123456789")
-        forged = dataclasses.asdict(other._sign(ml.registry._record({**forged, "signature": None})))
+        forged = dataclasses.asdict(other._sign(ml.store._record({**forged, "signature": None})))
     s3.put_object(Bucket=bucket, Key="models/index.json",
                   Body=json.dumps({"active": 2, "versions": [*index["versions"], forged]}).encode())
 
