@@ -265,10 +265,12 @@ def test_a_short_incident_says_its_span_and_length_to_the_second() -> None:
     short = texts.incident(incident(state="resolved", metrics={"disk_percent": 99.2}, last_ts=TS + 37,
                                     resolved_ts=TS + 37), {}, TS + 60)
     reply = texts.reply(Reply.RECOVERED, incident(state="resolved", resolved_ts=TS + 115), TS + 120)
+    across_a_minute = texts.incident(incident(state="resolved", opened_ts=TS + 40, resolved_ts=TS + 90), {}, TS + 99)
 
     assert short.splitlines()[:2] == ["✅ <b>pc1</b> recovered after 37 s",
                                       "Was stressed 07:00:00–07:00:37 UTC, peak 97%"]
     assert reply == "✅ pc1 recovered after 1 min 55 s"
+    assert "Was stressed 07:00:40–07:01:30 UTC" in across_a_minute, "not 07:00–07:01"
 
 
 def test_a_silence_says_when_the_machine_stopped_and_when_it_came_back() -> None:

@@ -308,10 +308,9 @@ def incident_keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
 
 
 def _span(start: float, end: float) -> str:
-    """A span of clock times, to the second when both fall in the same minute."""
-    first, last = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
-    shown = "%H:%M:%S" if f"{first:%Y%m%d%H%M}" == f"{last:%Y%m%d%H%M}" else "%H:%M"
-    return f"{first.strftime(shown)}–{last.strftime(shown)} UTC"
+    """A span of clock times, to the second when it is shorter than minutes alone would tell (10 min)."""
+    shown = "%H:%M:%S" if end - start < 600 else "%H:%M"
+    return f"{datetime.fromtimestamp(start, UTC):{shown}}–{datetime.fromtimestamp(end, UTC):{shown}} UTC"
 
 
 def incident(incident: Incident, usual: Mapping[str, Usual], now: float,
