@@ -9,15 +9,15 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from stat import S_ISDIR
 from typing import NamedTuple
 
 import psutil
 
+from agent.vocabulary import DEVICE_RE, below, is_disk
 from agent.wire import (
-    DEVICE_RE,
     MAX_FILESYSTEMS,
     MAX_MOUNT_POINT,
     MAX_PROCESS_CPU,
@@ -107,23 +107,6 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
-# Pseudo and virtual filesystems, which hold no data of the machine's own: node_exporter's defaults, plus the
-# memory-backed ones (tmpfs, ramfs) and those of containers and desktops. `--fs-include` brings one back.
-PSEUDO_FS_TYPES = frozenset({
-    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devfs", "devpts", "devtmpfs",
-    "efivarfs", "erofs", "fuse.gvfsd-fuse", "fuse.lxcfs", "fuse.portal", "fusectl", "hugetlbfs", "iso9660",
-    "mqueue", "nsfs", "nfsd", "none", "overlay", "proc", "procfs", "pstore", "ramfs", "rpc_pipefs", "securityfs",
-    "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs",
-})
-# Mount points whose filesystems belong to the system or to containers (node_exporter's defaults), and all below.
-PSEUDO_MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run/credentials", "/var/lib/docker", "/var/lib/containers/storage")
-
-
-def _below(mount: str, points: Collection[str]) -> bool:
-    """The mount point is one of `points` or below one of them."""
-    return any(mount == p or mount.startswith(p.rstrip("/") + "/") for p in points)
-
-
 @dataclass(frozen=True)
 class FilesystemFilter:
     """Which mounted filesystems are reported: every one but the pseudo types and mount points, with the
@@ -136,11 +119,11 @@ class FilesystemFilter:
         if mount in self.include:
             return True
         excluded_points = {e for e in self.exclude if e.startswith("/")}
-        if _below(mount, excluded_points) or fstype in self.exclude:
+        if below(mount, excluded_points) or fstype in self.exclude:
             return False
         if fstype in self.include:
             return True
-        return fstype not in PSEUDO_FS_TYPES and not _below(mount, PSEUDO_MOUNT_POINTS)
+        return is_disk(mount, fstype)
 
 
 class Reading(NamedTuple):

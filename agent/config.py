@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from agent.collect import FilesystemFilter, default_device_id
-from agent.wire import DEVICE_RE, MAX_MOUNT_POINT
+from agent.vocabulary import DEVICE_RE
+from agent.wire import MAX_MOUNT_POINT
 
 DEFAULT_TOPIC = "rigwatch.metrics"
 DEFAULT_INTERVAL = 5.0

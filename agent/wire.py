@@ -14,13 +14,13 @@ store can hold or raises :class:`WireError`.
 from __future__ import annotations
 
 import json
-import math
 import operator
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
+
+from agent.vocabulary import BELOW_LIMIT, BOUNDS, DEVICE_RE, KNOWN_METRICS
 
 try:
     import orjson
@@ -29,35 +29,8 @@ except ImportError:  # the agent alone only builds messages (stdlib json); valid
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
-DEVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-# name -> (label for people, unit); the order is the order in which people see them.
-KNOWN_METRICS: dict[str, tuple[str, str]] = {
-    "cpu_percent": ("CPU", "%"),
-    "cpu_freq_mhz": ("CPU frequency", "MHz"),
-    "load_1m": ("Load (1 min, per CPU)", ""),
-    "mem_percent": ("Memory", "%"),
-    "swap_percent": ("Swap", "%"),
-    "disk_percent": ("Disk (root)", "%"),
-    "disk_read_bps": ("Disk read", "B/s"),
-    "disk_write_bps": ("Disk write", "B/s"),
-    "net_sent_bps": ("Network sent", "B/s"),
-    "net_recv_bps": ("Network received", "B/s"),
-    "cpu_temp_c": ("CPU temperature", "°C"),
-    "process_count": ("Processes", ""),
-    "uptime_s": ("Uptime", "s"),
-}
 MAX_METRICS = 64
 MAX_NAME = 64
-# Rates, counts and unknown metrics: any larger number is a unit or overflow error in the sender, and
-# would swamp every sum and model fitted on the column.
-LIMIT = 1e15
-BELOW_LIMIT = math.nextafter(LIMIT, 0.0)
-# Inclusive bounds by unit; any other unit is a rate or a count.
-_BOUNDS_BY_UNIT = {"%": (0.0, 100.0), "°C": (-50.0, 150.0)}
-BOUNDS: dict[str, tuple[float, float]] = {
-    name: _BOUNDS_BY_UNIT.get(unit, (0.0, BELOW_LIMIT)) for name, (_label, unit) in KNOWN_METRICS.items()
-}
 UNKNOWN_BOUNDS = (-BELOW_LIMIT, BELOW_LIMIT)
 # Between 2000-01-01 and 2100-01-01: any other time is a clock or unit error (ms instead of s).
 TS_FROM, TS_TO = 946684800.0, 4102444800.0

@@ -54,10 +54,11 @@ import peewee as pw
 import psutil
 from confluent_kafka import Consumer, Producer
 
-from agent.wire import KNOWN_METRICS, encode, parse
+from agent.vocabulary import KNOWN_METRICS
+from agent.wire import encode, parse
 from bench import remote_write
 from bot import db
-from ml import model as ml_model
+from ml import model
 from ml.training import train
 from schema import tables
 from tests.fakes.bot_process import BotProcess
@@ -195,7 +196,7 @@ def hand_pipeline(
     """consume → parse → check → predict → insert in one transaction (the caller commits the offsets)."""
     def handle(messages: list) -> None:
         docs = [checked(loads(m.value())) for m in messages]
-        p = ml_model.predict(pipeline, [d[2] for d in docs])  # type: ignore[arg-type]
+        p = model.predict(pipeline, [d[2] for d in docs])  # type: ignore[arg-type]
         now = time.time()
         rows = [(name, ts, now, None, float(pi), 1, *map(metrics.get, KNOWN_METRICS))
                 for (name, ts, metrics), pi in zip(docs, p, strict=True)]
@@ -276,7 +277,7 @@ def measure_ceilings(bootstrap: str, topic: str, n: int, sqlite_url: str, postgr
           flush=True)
     metrics = [orjson.loads(v)["metrics"] for v in values]
     gc.freeze()
-    c.predict = timed_rate(len(metrics), lambda: [ml_model.predict(pipeline, metrics[i:i + BATCH])
+    c.predict = timed_rate(len(metrics), lambda: [model.predict(pipeline, metrics[i:i + BATCH])
                                                   for i in range(0, len(metrics), BATCH)])
     print(f"  predict                  {c.predict:>9,.0f} msg/s", flush=True)
     now = time.time()

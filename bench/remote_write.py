@@ -23,9 +23,9 @@ from pathlib import Path
 
 import cramjam
 
-from bot.pipeline.prompb import remote_pb2
-from bot.pipeline.remote_write import Receiver
-from bot.pipeline.remote_write_server import PATH
+from bot.intake.prompb import remote_pb2
+from bot.intake.remote_write import Receiver
+from bot.intake.remote_write_http import PATH
 from schema import tables
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.node_exporter import machine, write_request

@@ -46,7 +46,7 @@ import numpy as np
 import peewee as pw
 import psutil
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot import db
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.services import postgres_cluster

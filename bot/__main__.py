@@ -10,14 +10,15 @@ import sys
 
 import peewee
 from telegram.error import InvalidToken
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
+from agent.log_once import Outage
 from bot import logs
 from bot.app import build_application, serve
 from bot.chat.link import RETRY_MAX_S
 from bot.config import ConfigError, load_settings
 from bot.db import open_database
-from ml.registry import StoreError, open_store
+from bot.retry import retrying
+from ml.store import StoreError, open_store
 
 log = logging.getLogger("bot")
 # What a database that is down, starting or out of reach says. Anything else (a wrong password, a database
@@ -34,14 +35,9 @@ def _unreachable(error: BaseException) -> bool:
 def open_database_when_up(url: str) -> None:
     """Open the database, waiting with backoff while it is down or starting: a fleet's services start in any
     order. The log says so once, and once more when it answers."""
-    outage = logs.Outage(log, "the database is unreachable (%s); retrying with backoff", "the database is reachable")
-
-    def on_failure(state: RetryCallState) -> None:
-        if state.outcome is not None and (error := state.outcome.exception()) is not None:
-            outage.down(str(error).strip().splitlines()[0])
-
-    for attempt in Retrying(retry=retry_if_exception(_unreachable), wait=wait_exponential(max=RETRY_MAX_S),
-                            before_sleep=on_failure, reraise=True):
+    outage = Outage(log, "the database is unreachable (%s); retrying with backoff", "the database is reachable")
+    for attempt in retrying(_unreachable, lambda error: outage.down(str(error).strip().splitlines()[0]),
+                            max_s=RETRY_MAX_S):
         with attempt:
             open_database(url)
     outage.up()

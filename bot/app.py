@@ -28,19 +28,19 @@ from bot.config import Settings
 from bot.db import incidents as stored
 from bot.db import retention
 from bot.db.outbox import Route
+from bot.intake.sources import KafkaSource, LocalSource
 from bot.pipeline import forecast
+from bot.pipeline.active_model import ActiveModel, ModelKeeper
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
-from bot.pipeline.incidents import Incidents, Rules
-from bot.pipeline.model import ActiveModel, ModelKeeper
+from bot.pipeline.lifecycle import Incidents, Rules
 from bot.pipeline.poller import Poller
-from bot.pipeline.sources import KafkaSource, LocalSource
-from bot.pipeline.tolerances import Tolerances
+from bot.pipeline.tolerating import Tolerances
 from bot.pipeline.watch import Watch
-from ml.registry import ModelStore
+from ml.store import ModelStore
 
 if TYPE_CHECKING:
-    from bot.pipeline.remote_write_server import KafkaSink, RemoteWriteServer
+    from bot.intake.remote_write_http import KafkaSink, RemoteWriteServer
 
 log = logging.getLogger(__name__)
 RETENTION_FIRST_S = 300.0
@@ -207,8 +207,8 @@ async def _start_remote_write(application: Application, settings: Settings, poll
     """The remote-write receiver: in single-host mode its samples go through the poller's store; in fleet mode
     to the Kafka topic, for every worker to share. Imported only when it is on: its HTTP server, protobuf and
     snappy take about 27 MiB that a bot without it need not hold."""
-    from bot.pipeline.remote_write import Receiver
-    from bot.pipeline.remote_write_server import KafkaSink, RemoteWriteServer
+    from bot.intake.remote_write import Receiver
+    from bot.intake.remote_write_http import KafkaSink, RemoteWriteServer
 
     if settings.kafka_bootstrap:
         sink = KafkaSink(settings.kafka_bootstrap, settings.kafka_topic,

@@ -70,32 +70,3 @@ def _log_uncaught(
     exc_type: type[BaseException], exc: BaseException | None, traceback: TracebackType | None
 ) -> None:
     logging.getLogger("rigwatch").critical("uncaught exception", exc_info=(exc_type, exc, traceback))
-
-
-class Outage:
-    """A dependency that can fail for a while (Telegram, Kafka, the database, the model store): said in the log
-    once when the outage starts and once when it ends, not once per retry."""
-
-    def __init__(self, logger: logging.Logger, down: str, up: str, level: int = logging.WARNING) -> None:
-        self.logger = logger
-        self.down_text = down  # a %-format of one argument: the reason
-        self.up_text = up
-        self.level = level
-        self.is_down = False
-        self.cause: object = None  # what the last outage was put down to
-
-    def down(self, reason: object, exc_info: bool = False, cause: object = None) -> bool:
-        """The dependency failed; whether this started an outage, or one of another `cause`, and was logged."""
-        if self.is_down and cause == self.cause:
-            return False
-        self.is_down, self.cause = True, cause
-        self.logger.log(self.level, self.down_text, reason, exc_info=exc_info)
-        return True
-
-    def up(self) -> bool:
-        """The dependency works; whether this ended an outage (and was logged)."""
-        if not self.is_down:
-            return False
-        self.is_down = False
-        self.logger.info(self.up_text)
-        return True

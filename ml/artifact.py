@@ -16,7 +16,7 @@ import skops.io as sio
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
-from ml.registry import StoreError
+from ml.store import StoreError
 
 # Types outside skops' default trust that our pipeline holds. When the pipeline changes, the round trip
 # test in tests/test_artifact.py names any type that is missing here; add it only after reading what it is.

@@ -5,18 +5,13 @@ Read with a cursor in chunks: a million ORM objects would cost seconds and gigab
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import peewee as pw
 
-from agent.wire import KNOWN_METRICS
-from schema.tables import Aggregate, Label, Metric, db
-
-FETCH_CHUNK = 10_000  # rows turned into an array at a time: bounds the memory of Python tuples
+from agent.vocabulary import KNOWN_METRICS
+from schema.streaming import FETCH_CHUNK, streamed
+from schema.tables import Aggregate, Label, Metric
 
 
 def latest_labels(training: bool = False) -> dict[int, int]:
@@ -28,25 +23,6 @@ def latest_labels(training: bool = False) -> dict[int, int]:
     query = Label.select(Label.metric, Label.value, Label.tolerance).order_by(Label.created, Label.id).tuples()
     latest = {int(metric_id): (int(value), bool(tolerance)) for metric_id, value, tolerance in query}
     return {metric_id: value for metric_id, (value, tolerance) in latest.items() if not (training and tolerance)}
-
-
-@contextlib.contextmanager
-def streamed(sql: str, params: tuple | list = ()) -> Iterator[object]:
-    """A cursor over the rows of `sql`, to read with fetchmany. On PostgreSQL a server-side one: the driver
-    would otherwise hold the whole result set in memory next to what is made from it."""
-    database = db.obj
-    if not isinstance(database, pw.PostgresqlDatabase):
-        yield database.execute_sql(sql, params)
-        return
-    with database.atomic():
-        # psycopg2 names a cursor only WITH HOLD while peewee keeps autocommit on; read whole inside the
-        # transaction, it streams and is never materialised.
-        cursor = database.connection().cursor(name=f"rigwatch_{uuid.uuid4().hex}", withhold=True)
-        try:
-            cursor.execute(sql, params)
-            yield cursor
-        finally:
-            cursor.close()
 
 
 def _values(queries: list[tuple[type[pw.Model], pw.Select]], width: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import csv
 import sys
 from datetime import UTC, datetime
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 
 COLUMNS = ["id", "device", "ts", *KNOWN_METRICS, "extra", "p_stressed", "model_version"]
 CHUNK = 50_000
@@ -16,6 +16,7 @@ CHUNK = 50_000
 def main(argv: list[str] | None = None) -> None:
     from ml import data
     from ml.config import ConfigError, load_store_settings
+    from schema.streaming import streamed
     from schema.tables import Metric, open_database
 
     parser = argparse.ArgumentParser(prog="python -m ml.export", description=__doc__)
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     query = Metric.select(*(getattr(Metric, name) for name in COLUMNS)).order_by(Metric.id)
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
     count = 0
-    with out, data.streamed(*query.sql()) as cursor:
+    with out, streamed(*query.sql()) as cursor:
         writer = csv.writer(out)
         writer.writerow([*COLUMNS, "time_utc", "label"])
         while rows := cursor.fetchmany(CHUNK):

@@ -20,7 +20,7 @@ class Zone:
     top: float  # the largest value a sample sensibly has
     # The hard limit: here the machine is out of room (a full disk, memory or swap, a CPU about to throttle or
     # shut down, a run queue eight times the CPUs), whatever anyone said about it: no machine's tolerance reaches
-    # it (bot/pipeline/tolerances.py). None: no limit of its own, and the metric takes no tolerance.
+    # it (bot/pipeline/tolerating.py). None: no limit of its own, and the metric takes no tolerance.
     ceiling: float | None = None
 
 

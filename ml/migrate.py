@@ -15,7 +15,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     from ml import artifact
     from ml.config import ConfigError, load_store_settings
-    from ml.registry import StoreError, open_store
+    from ml.store import StoreError, open_store
 
     parser = argparse.ArgumentParser(prog="python -m ml.migrate", description=__doc__.splitlines()[0])
     parser.add_argument("--vouch-for-unsigned", action="store_true", required=True,

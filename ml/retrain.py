@@ -13,8 +13,8 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from ml import artifact
-from ml.registry import ModelStore, ModelVersion
 from ml.scenarios import describe_conflict, evaluate
+from ml.store import ModelStore, ModelVersion
 from ml.training import Progress, scores, train
 
 

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from ml import features as ml_features
-from ml import model as ml_model
+from ml import features, model
 from ml.features import FEATURES
 
 STRESSED_AT_LEAST = 0.9
@@ -90,10 +89,10 @@ def scenarios(every_sensor_subset: bool = False) -> list[Scenario]:
     return rows
 
 
-def guards() -> list[ml_model.Guard]:
+def guards() -> list[model.Guard]:
     """The table, every sensor subset included, as the bounds labels may not push the model past: what
     holds for every machine is not for a few presses to undo."""
-    return [ml_model.Guard(s.sample, STRESSED_AT_LEAST if s.stressed else 0.0, 1.0 if s.stressed else HEALTHY_AT_MOST)
+    return [model.Guard(s.sample, STRESSED_AT_LEAST if s.stressed else 0.0, 1.0 if s.stressed else HEALTHY_AT_MOST)
             for s in scenarios(every_sensor_subset=True)]
 
 
@@ -104,21 +103,21 @@ def conflicts(pipeline: Pipeline, labels: pd.DataFrame) -> list[dict]:
     holds back (outvoted by the data, say) is not one."""
     if labels.empty:
         return []
-    p = ml_model.predict(pipeline, labels[FEATURES])
+    p = model.predict(pipeline, labels[FEATURES])
     unlearnt = labels[(labels["label"] == 1) & (p < 0.5) | (labels["label"] == 0) & (p > 0.5)]
     table = scenarios(every_sensor_subset=True)
-    ps = ml_model.predict(pipeline, [s.sample for s in table])
+    ps = model.predict(pipeline, [s.sample for s in table])
     near = [s for s, q in zip(table, ps, strict=True)
             if (q < STRESSED_AT_LEAST * 1.02 if s.stressed else q > HEALTHY_AT_MOST * 0.9)]
     if unlearnt.empty or not near:
         return []
-    lift = ml_model.lift(pipeline, unlearnt[FEATURES])
+    lift = model.lift(pipeline, unlearnt[FEATURES])
     found = []
     for (sample_id, row), label_lift in zip(unlearnt.iterrows(), lift, strict=True):
         rows = [s for s in near if s.stressed != bool(row["label"])]
         if not rows:
             continue
-        shared = ml_model.lift(pipeline, ml_features.frame([s.sample for s in rows])) @ label_lift
+        shared = model.lift(pipeline, features.frame([s.sample for s in rows])) @ label_lift
         if shared.max() <= 0:
             continue
         found.append({"sample": int(sample_id), "label": int(row["label"]),
@@ -147,7 +146,7 @@ class Verdict:
 def evaluate(pipeline: Pipeline, table: list[Scenario] | None = None) -> list[Verdict]:
     """The model's P(stressed) for every scenario, with whether it is what an operator expects."""
     table = scenarios() if table is None else table
-    ps = ml_model.predict(pipeline, [s.sample for s in table])
+    ps = model.predict(pipeline, [s.sample for s in table])
     return [Verdict(s, float(p)) for s, p in zip(table, ps, strict=True)]
 
 

@@ -1,6 +1,6 @@
 """Training: real samples, human labels and synthetic edge values in; a fitted pipeline and its scores out.
 
-``python -m ml.train`` (ml/train/__main__.py) trains from the store and saves a new version, as /retrain does.
+``python -m ml.train`` (ml/train.py) trains from the store and saves a new version, as /retrain does.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ml.registry import ModelVersion, StoreError, open_store
+from ml.store import ModelVersion, StoreError, open_store
 
 
 def _score(version: ModelVersion, name: str) -> str:

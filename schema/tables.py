@@ -10,7 +10,7 @@ import peewee as pw
 from playhouse.db_url import connect as connect_url
 from playhouse.migrate import SchemaMigrator, migrate
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from schema.domain import IncidentDetail, Kind, NoticeKind, State, Window
 
 db = pw.DatabaseProxy()

@@ -18,7 +18,7 @@ from tests.fakes.telegram_api import FakeTelegram
 
 if TYPE_CHECKING:
     from bot.pipeline.decide import Decider
-    from bot.pipeline.incidents import Incidents
+    from bot.pipeline.lifecycle import Incidents
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def incidents(database: pw.Database) -> Incidents:
     """The incidents of the store under RULES, replying with the bot's texts."""
     from bot.chat import texts
-    from bot.pipeline.incidents import Incidents
+    from bot.pipeline.lifecycle import Incidents
     from tests.fakes.incidents import RULES
 
     return Incidents(RULES, texts.reply)

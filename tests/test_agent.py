@@ -19,9 +19,10 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agent.collect import METRICS, PSEUDO_FS_TYPES, Collector, Metric, TopProcesses, default_device_id
+from agent.collect import METRICS, Collector, Metric, TopProcesses, default_device_id
 from agent.config import parse_config
-from agent.wire import DEVICE_RE, KNOWN_METRICS, parse
+from agent.vocabulary import DEVICE_RE, KNOWN_METRICS, NOT_DISK_FS_TYPES
+from agent.wire import parse
 from tests.fakes import filesystems
 from tests.fakes.services import free_port
 
@@ -265,7 +266,7 @@ def test_the_collector_reports_every_real_filesystem_and_the_fullest_as_disk_per
     assert filesystems["/"] == pytest.approx(psutil.disk_usage("/").percent, abs=1)
     assert metrics["disk_percent"] == max(filesystems.values())
     types = {p.mountpoint: p.fstype for p in psutil.disk_partitions(all=True)}
-    assert not {types[m] for m in filesystems} & PSEUDO_FS_TYPES, "no tmpfs, proc, cgroup, overlay …"
+    assert not {types[m] for m in filesystems} & NOT_DISK_FS_TYPES, "no tmpfs, proc, cgroup, overlay …"
     assert not [m for m in filesystems if m.startswith(("/proc", "/sys", "/dev"))]
 
 

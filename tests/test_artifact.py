@@ -19,10 +19,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from ml import artifact
-from ml import model as ml_model
+from ml import artifact, model
 from ml.artifact import ArtifactError
-from ml.registry import Refused, open_store
+from ml.store import Refused, open_store
 from ml.training import Trained, train
 from tests.fakes.models import evil_pickle, legacy_entry, pickle_folder
 
@@ -36,7 +35,7 @@ def trained() -> Trained:
 
 
 def predictions(pipeline: Pipeline) -> np.ndarray:
-    return ml_model.predict(pipeline, SAMPLES)
+    return model.predict(pipeline, SAMPLES)
 
 
 def test_the_trained_pipeline_round_trips_through_skops_with_the_same_predictions(trained: Trained) -> None:

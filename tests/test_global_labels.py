@@ -16,8 +16,8 @@ from bot import db
 from ml.augment import healthy_rows, push_edges
 from ml.data import training_frame
 from ml.features import FEATURES
-from ml.registry import open_store
 from ml.retrain import retrain
+from ml.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1764226800.0
@@ -47,7 +47,7 @@ def test_200_random_labels_on_healthy_and_edge_samples_leave_every_operator_scen
 
     result = retrain(model_store, None, lambda: training_frame(FEATURES))
     model_store.activate(result.saved.version)
-    evaluated = subprocess.run([sys.executable, "-m", "ml.evaluate", "--no-replay"], cwd=ROOT, capture_output=True,
+    evaluated = subprocess.run([sys.executable, "-m", "ml.evaluate"], cwd=ROOT, capture_output=True,
                                text=True, timeout=60, env={**os.environ, "MODEL_STORE": f"file:{tmp_path}/models"})
 
     assert result.failed_scenarios == [] and result.better, result.reason

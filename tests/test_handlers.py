@@ -19,7 +19,7 @@ from bot.app import build_application
 from bot.chat import team_texts
 from bot.config import load_settings
 from bot.db.tolerances import tolerate
-from ml.registry import open_store
+from ml.store import open_store
 from tests.fakes.scenario import ADMIN, CHAT, bot_env
 from tests.fakes.telegram_api import FakeTelegram
 

@@ -11,7 +11,7 @@ from bot.chat import texts
 from bot.db import Device, Incident, Label, Notice
 from bot.db.incidents import press
 from bot.pipeline.decide import Decider
-from bot.pipeline.incidents import Incidents
+from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.watch import Watch
 from schema.domain import Action
 from tests.fakes.incidents import CHATS, T0, TYPICAL, drivers, feed, intake_alive

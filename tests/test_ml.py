@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sklearn
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from ml import model
 from ml.augment import clearly_normal, edge_range, synthetic
 from ml.features import FEATURES, ZONES, table
@@ -195,7 +195,7 @@ def test_rows_no_machine_can_report_are_left_out_of_training() -> None:
 
 
 def test_the_model_tools_do_not_import_the_bot() -> None:
-    code = ("import sys, ml.training, ml.train.__main__, ml.evaluate, ml.export, ml.versions, ml.retrain, ml.data; "
+    code = ("import sys, ml.training, ml.train, ml.evaluate, ml.export, ml.versions, ml.retrain, ml.data; "
             "sys.exit(1 if any(m == 'bot' or m.startswith('bot.') for m in sys.modules) else 0)")
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

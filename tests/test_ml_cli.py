@@ -61,12 +61,12 @@ def test_evaluate_passes_on_the_first_model_and_fails_on_a_model_taught_to_cry_w
     from ml.augment import synthetic
     from ml.features import FEATURES
     from ml.model import fit
-    from ml.registry import open_store
     from ml.scenarios import BACKGROUNDS
+    from ml.store import open_store
     from ml.training import train
 
     env = {"MODEL_STORE": f"file:{tmp_path}/models"}
-    first = run("ml.evaluate", "--no-replay", env=env)  # the replay table has its test: tests/test_replay.py
+    first = run("ml.evaluate", env=env)  # the replay table is bot.replay's: tests/test_replay.py
     assert first.returncode == 0, first.stdout + first.stderr
     assert "no active model" in first.stdout and "disk 100 % on idle machine" in first.stdout
     assert first.stdout.strip().endswith("scenarios hold")
@@ -77,7 +77,7 @@ def test_evaluate_passes_on_the_first_model_and_fails_on_a_model_taught_to_cry_w
     pipeline = fit(wolf[FEATURES], wolf["label"].to_numpy(), np.ones(len(wolf)))
     model_store.activate(model_store.save(artifact.dumps(pipeline), train(pd.DataFrame()).meta).version)
 
-    failing = run("ml.evaluate", "--no-replay", env=env)
+    failing = run("ml.evaluate", env=env)
     assert failing.returncode == 1
     assert "model v1 of file:" in failing.stdout
     assert any(line.startswith("typical machine") and line.endswith("FAIL") for line in failing.stdout.splitlines())

@@ -14,9 +14,8 @@ from moto.server import ThreadedMotoServer
 
 from agent.wire import Sample
 from bot import db
-from ml import artifact
-from ml import model as ml_model
-from ml.registry import open_store
+from ml import artifact, model
+from ml.store import open_store
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import ADMIN, CHAT, WAIT_S, ask, bot_env, message, produce, wait_until
 from tests.fakes.services import free_port
@@ -100,7 +99,7 @@ def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
         # The loop closes: the retrained model is surer still of the sample a person confirmed as stressed.
         labelled = db.Label.select().first().metric
         sample = {name: getattr(labelled, name) for name in STRESSED}
-        p_v1, p_v2 = (ml_model.predict(artifact.loads(model_store.load(v)), [sample])[0] for v in (1, 2))
+        p_v1, p_v2 = (model.predict(artifact.loads(model_store.load(v)), [sample])[0] for v in (1, 2))
         assert p_v2 > p_v1
 
         # Someone swaps v2's artifact in the bucket: activating it is refused, v1 stays.

@@ -17,7 +17,7 @@ from moto.server import ThreadedMotoServer
 from agent.collect import default_device_id
 from bot import db
 from ml import artifact
-from ml.registry import open_store
+from ml.store import open_store
 from ml.training import train
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.models import evil_pickle, legacy_entry, pickle_folder

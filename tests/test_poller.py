@@ -17,14 +17,14 @@ from bot.chat.limits import FairRateLimiter
 from bot.chat.sender import Sender
 from bot.config import load_settings
 from bot.db.outbox import Route
+from bot.intake.sources import Batch, KafkaSource
+from bot.pipeline.active_model import ActiveModel
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import Forecaster
-from bot.pipeline.incidents import Incidents, Rules
-from bot.pipeline.model import ActiveModel
+from bot.pipeline.lifecycle import Incidents, Rules
 from bot.pipeline.poller import Poller
-from bot.pipeline.sources import Batch, KafkaSource
-from ml.registry import open_store
+from ml.store import open_store
 from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, bot_env, message, produce
 from tests.fakes.services import KafkaBroker
 from tests.fakes.telegram_api import FakeTelegram

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from agent.wire import Sample, encode, parse
 from bot import db
 from bot.config import load_settings
-from bot.pipeline import remote_write
-from bot.pipeline.node_exporter import NodeExporter, key
-from bot.pipeline.prompb import remote_pb2, types_pb2
-from bot.pipeline.remote_write import MAX_BODY, PRUNE_AFTER_S, PRUNE_EVERY_S, Receiver
-from bot.pipeline.remote_write_server import PATH, KafkaSink, RemoteWriteServer
-from bot.pipeline.sources import KafkaSource
+from bot.intake import remote_write
+from bot.intake.node_exporter import NodeExporter, key
+from bot.intake.prompb import remote_pb2, types_pb2
+from bot.intake.remote_write import MAX_BODY, PRUNE_AFTER_S, PRUNE_EVERY_S, Receiver
+from bot.intake.remote_write_http import PATH, KafkaSink, RemoteWriteServer
+from bot.intake.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
 from tests.fakes.scenario import TOKEN as BOT_TOKEN
 from tests.fakes.services import free_port

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from bot import db
-from bot.pipeline.prompb import remote_pb2
-from bot.pipeline.remote_write_server import PATH
+from bot.intake.prompb import remote_pb2
+from bot.intake.remote_write_http import PATH
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.node_exporter import body, machine, write_request
 from tests.fakes.scenario import ask, bot_env, wait_until

@@ -1,11 +1,11 @@
-"""The replay table of `python -m ml.evaluate`: histories through the bot's own decisions, held to their targets."""
+"""The replay table of `python -m bot.replay`: histories through the bot's own decisions, held to their targets."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from bot.pipeline.replay import STORIES, replay, report
+from bot.replay import STORIES, replay, report
 from ml.training import train
 
 

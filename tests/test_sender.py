@@ -22,8 +22,8 @@ from bot.db.outbox import Route, claim, due, record_sent
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import Forecaster
-from bot.pipeline.incidents import Incidents
-from ml.registry import open_store
+from bot.pipeline.lifecycle import Incidents
+from ml.store import open_store
 from tests.fakes.incidents import RULES, drivers, feed
 from tests.fakes.scenario import bot_env
 from tests.fakes.telegram_api import GENERAL_TOPIC, FakeTelegram

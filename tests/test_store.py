@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.wire import KNOWN_METRICS, Sample, WireError, parse
+from agent.vocabulary import KNOWN_METRICS
+from agent.wire import Sample, WireError, parse
 from bot import db
 from bot.db import Rejection
 from ml.data import latest_labels, training_frame

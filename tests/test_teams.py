@@ -18,7 +18,7 @@ from bot.db.outbox import Route
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import Forecaster
-from bot.pipeline.incidents import Incidents
+from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.watch import Watch
 from schema.domain import Window
 from tests.fakes.incidents import CHATS, RULES, T0, drivers, feed, intake_alive

@@ -15,15 +15,15 @@ from bot.chat import forecast_texts, texts, tolerance_texts
 from bot.db import ForecastHold, Incident, Label, Tolerance
 from bot.db import incidents as stored
 from bot.db import tolerances as stored_tolerances
-from bot.pipeline import tolerances as tolerance_math
+from bot.pipeline import tolerating
+from bot.pipeline.active_model import ActiveModel
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import Forecaster
-from bot.pipeline.incidents import Incidents
-from bot.pipeline.model import ActiveModel
+from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.poller import predict
-from bot.pipeline.tolerances import Tolerances
-from ml.registry import open_store
+from bot.pipeline.tolerating import Tolerances
+from ml.store import open_store
 from schema.domain import Action, IncidentDetail, State
 from tests.fakes.incidents import T0
 
@@ -77,7 +77,7 @@ def test_a_wrong_prediction_silences_that_machine_at_that_value_from_its_next_sa
     (alert,) = open_incidents("build1")
     assert alert.detail.drivers == ["disk_percent"]
 
-    pressed = stored.press(alert.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerance_math.wanted)
+    pressed = stored.press(alert.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerating.wanted)
 
     assert pressed.state == State.FALSE_ALARM and pressed.detail.tolerated == {"disk_percent": 98.6}
     label = Label.get()
@@ -98,7 +98,7 @@ def test_a_wrong_prediction_silences_that_machine_at_that_value_from_its_next_sa
     assert past.detail.drivers == ["disk_percent"]
     assert ("• Disk (root) 99.9 % (tolerated up to 98.6 % on build1, past its hard ceiling of 99.5 %)"
             in texts.incident(past, {}, T0 + 20, tolerances.of("build1")))
-    assert tolerance_math.wanted(past.detail) == {}, "a ❌ past the ceiling teaches the machine nothing"
+    assert tolerating.wanted(past.detail) == {}, "a ❌ past the ceiling teaches the machine nothing"
 
 
 def test_a_second_wrong_raises_a_tolerance_never_lowers_it_and_the_ceiling_caps_what_is_tolerated(
@@ -113,10 +113,10 @@ def test_a_second_wrong_raises_a_tolerance_never_lowers_it_and_the_ceiling_caps_
 
     detail = IncidentDetail(drivers=["swap_percent", "cpu_temp_c", "load_1m", "cpu_percent"],
                             peak={"swap_percent": 80.0, "cpu_temp_c": 101.0, "load_1m": 3.9, "cpu_percent": 100.0})
-    assert tolerance_math.wanted(detail) == {"swap_percent": 80.0, "load_1m": 3.9}, (
+    assert tolerating.wanted(detail) == {"swap_percent": 80.0, "load_1m": 3.9}, (
         "101 °C is past the 100 °C ceiling; a busy CPU takes no tolerance of its own")
-    assert tolerance_math.edge("disk_percent", 98.6) == 99.5, "a forecast aims at the ceiling at most"
-    assert tolerance_math.edge("swap_percent", 40.0) == 90.0
+    assert tolerating.edge("disk_percent", 98.6) == 99.5, "a forecast aims at the ceiling at most"
+    assert tolerating.edge("swap_percent", 40.0) == 90.0
 
 
 def test_undo_belongs_to_whoever_pressed_or_an_admin_and_restores_the_alert(
@@ -124,7 +124,7 @@ def test_undo_belongs_to_whoever_pressed_or_an_admin_and_restores_the_alert(
 ) -> None:
     ingest(decider, model, tolerances, "build1", T0, disk_percent=98.6)
     (alert,) = open_incidents("build1")
-    stored.press(alert.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerance_math.wanted)
+    stored.press(alert.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerating.wanted)
 
     _incident, removed = stored.undo_tolerance(alert.id, ALICE, "Alice", False, T0 + 4)
     assert removed is None and Tolerance.select().count() == 1

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.wire import BOUNDS, KNOWN_METRICS, LIMIT, MAX_MESSAGE_BYTES, UNKNOWN_BOUNDS, Sample, WireError, encode, parse
+from agent.vocabulary import BOUNDS, KNOWN_METRICS, LIMIT
+from agent.wire import MAX_MESSAGE_BYTES, UNKNOWN_BOUNDS, Sample, WireError, encode, parse
 
 TS = 1764226800.25
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot.chat import tolerance_texts
 from bot.chat.words import clip, disk_label, escape, number, usual_range, when
-from bot.pipeline import tolerances as tolerance_math
+from bot.pipeline import tolerating
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import BUCKET_S, MIN_BUCKETS, Forecast
 from ml.features import ZONES
@@ -55,7 +55,7 @@ def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[s
     machine's own when it tolerates the metric)."""
     filesystem = forecast.metric.startswith(FILESYSTEM)
     model_metric = "disk_percent" if filesystem else forecast.metric
-    edge = tolerance_math.edge(model_metric, (tolerated or {}).get(model_metric))
+    edge = tolerating.edge(model_metric, (tolerated or {}).get(model_metric))
     own = " on this machine" if edge != ZONES[model_metric].edge else ""
     label = disk_label(forecast_word(forecast.metric)) if filesystem else KNOWN_METRICS[model_metric][0]
     usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (

@@ -15,22 +15,22 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from agent.wire import DEVICE_RE
+from agent.vocabulary import DEVICE_RE
 from bot import db
 from bot.chat import callbacks, charts, model_texts, team_texts, texts, tolerance_texts, words
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents
 from bot.db import tolerances as stored_tolerances
-from bot.pipeline import tolerances as tolerance_math
+from bot.pipeline import tolerating
+from bot.pipeline.active_model import ActiveModel
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecaster
-from bot.pipeline.model import ActiveModel
-from bot.pipeline.tolerances import Tolerances
+from bot.pipeline.tolerating import Tolerances
 from ml.data import training_frame
 from ml.features import FEATURES
-from ml.registry import StoreError, UnknownVersion
 from ml.retrain import retrain
+from ml.store import StoreError, UnknownVersion
 from schema.domain import ACTIONS_OF, PATTERN_RE, Action, matches
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         return
     user_id, name = who(update)
     now = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time(),
-                                  tolerance_math.wanted)
+                                  tolerating.wanted)
     await asyncio.to_thread(_tolerances(context).refresh)  # this process's next batch has it anyway
     await query.answer(texts.pressed(parsed[1], incident.device, now.detail.tolerated, now.detail.metric))
     context.application.create_task(sender_of(context).run(context.bot), name="send")  # every copy shows it

@@ -18,9 +18,9 @@ from bot.chat import model_texts, texts
 from bot.chat.limits import URGENT
 from bot.chat.sender import Render, Sender
 from bot.db import Incident
+from bot.pipeline.active_model import ModelNews
 from bot.pipeline.baselines import Baselines
-from bot.pipeline.model import ModelNews
-from bot.pipeline.tolerances import Tolerances
+from bot.pipeline.tolerating import Tolerances
 from bot.pipeline.watch import Watch
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from typing import Any
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application
 from telegram.request import HTTPXRequest
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from bot.logs import Outage
+from agent.log_once import Outage
+from bot.retry import retrying_async
 
 log = logging.getLogger(__name__)
 RETRY_MAX_S = 30.0  # the longest wait between two tries to reach the Bot API
@@ -58,17 +58,7 @@ async def connect(application: Application, link: TelegramLink) -> None:
     """Initialize the application (its getMe checks the token), retrying with backoff while Telegram fails.
     Raises InvalidToken when the Bot API rejects the token: that cannot heal."""
 
-    def on_failure(state: RetryCallState) -> None:
-        if state.outcome is not None and (error := state.outcome.exception()) is not None:
-            link.failed(error)
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(_worth_retrying),
-        wait=wait_exponential(multiplier=1, max=RETRY_MAX_S),
-        before_sleep=on_failure,
-        reraise=True,
-    )
-    async for attempt in retrying:
+    async for attempt in retrying_async(_worth_retrying, link.failed, max_s=RETRY_MAX_S):
         with attempt:
             await application.initialize()
     link.up()

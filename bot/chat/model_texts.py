@@ -7,9 +7,9 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.chat import callbacks
 from bot.chat.words import escape, pre
-from bot.pipeline.model import ModelNews
-from ml.registry import ModelVersion
+from bot.pipeline.active_model import ModelNews
 from ml.retrain import Retrained
+from ml.store import ModelVersion
 from ml.versions import detail as version_detail
 from ml.versions import table as versions_table
 

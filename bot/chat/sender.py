@@ -20,6 +20,7 @@ from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
+from agent.log_once import Outage
 from bot.chat.limits import URGENT
 from bot.db import Digest, Incident, Notice, outbox
 from bot.db.outbox import (
@@ -33,7 +34,6 @@ from bot.db.outbox import (
     release,
     stale,
 )
-from bot.logs import Outage
 from schema.domain import NoticeKind
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot.chat import callbacks, forecast_texts, tolerance_texts
 from bot.chat.words import (
     ago,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot.chat.words import clip, escape, when
 from bot.db import Tolerance
 from ml.features import ZONES

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from telegram.constants import MessageLimit
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot.pipeline.baselines import Usual
 
 

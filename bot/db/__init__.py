@@ -12,7 +12,7 @@ from bot.db.connection import (
     open_database,
     reachable,
 )
-from bot.db.held import HeldParts
+from bot.db.held_parts import HeldParts
 from bot.db.incidents import (
     add_label,
     count_mutes,

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import orjson
 import peewee as pw
 
-from agent.wire import KNOWN_METRICS, Sample
+from agent.vocabulary import KNOWN_METRICS
+from agent.wire import Sample
 from bot.db.connection import is_postgres, param
 from bot.db.samples import StoredSample
 from schema.tables import Device, Heartbeat, Rejected, db

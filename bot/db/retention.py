@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot.db.connection import is_postgres
 from bot.db.samples import DEVICES_CTE
 from schema.tables import db

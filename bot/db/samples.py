@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import peewee as pw
 from peewee import fn
 
-from agent.wire import KNOWN_METRICS
+from agent.vocabulary import KNOWN_METRICS
 from bot.db.connection import param
-from ml import data
+from schema.streaming import FETCH_CHUNK, streamed
 from schema.tables import Aggregate, Device, Metric, Rejected, db
 
 
@@ -228,8 +228,8 @@ def recent_per_device(
         raise ValueError(f"not metric columns: {columns}")
     sql = RECENT_PER_DEVICE_SQL.format(columns=", ".join(f"m.{c}" for c in columns), p=param())
     text, filesystems = None, None  # a machine's filesystems change little from one sample to the next: read once
-    with data.streamed(sql, (seconds,)) as cursor:
-        while rows := cursor.fetchmany(data.FETCH_CHUNK):  # type: ignore[attr-defined]
+    with streamed(sql, (seconds,)) as cursor:
+        while rows := cursor.fetchmany(FETCH_CHUNK):  # type: ignore[attr-defined]
             for metric_id, device, ts, stored, *values in rows:
                 if stored != text:
                     text, filesystems = stored, json.loads(stored) if stored else None

@@ -26,8 +26,8 @@ from bot.db import incidents as stored
 from bot.db import tolerances as stored_tolerances
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecast, Forecaster, zone
-from bot.pipeline.incidents import Incidents
-from bot.pipeline.tolerances import Tolerances
+from bot.pipeline.lifecycle import Incidents
+from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
 from schema.domain import FILESYSTEM, IncidentDetail, Kind, Muting, Reply
 

@@ -17,13 +17,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from confluent_kafka import KafkaException
 
-from agent.wire import KNOWN_METRICS, Sample
+from agent.log_once import Outage
+from agent.vocabulary import KNOWN_METRICS
+from agent.wire import Sample
 from bot import db
-from bot.logs import Outage
+from bot.intake.sources import Batch, KafkaSource, LocalSource
+from bot.pipeline.active_model import ActiveModel
 from bot.pipeline.decide import Decider
-from bot.pipeline.model import ActiveModel
-from bot.pipeline.sources import Batch, KafkaSource, LocalSource
-from bot.pipeline.tolerances import Tolerances
+from bot.pipeline.tolerating import Tolerances
 from ml import features
 
 log = logging.getLogger(__name__)

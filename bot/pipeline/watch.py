@@ -17,8 +17,8 @@ import time
 from bot.db import incidents as stored
 from bot.db import intake, muting, sample_by_id, samples, silent_devices, transaction
 from bot.pipeline.decide import Drivers, stressed_detail
-from bot.pipeline.incidents import Incidents
-from bot.pipeline.tolerances import Tolerances
+from bot.pipeline.lifecycle import Incidents
+from bot.pipeline.tolerating import Tolerances
 from schema.domain import IncidentDetail, Kind, matches
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot import db
 from bot.db.outbox import Route
 from bot.pipeline.decide import Decider
-from bot.pipeline.incidents import Rules
+from bot.pipeline.lifecycle import Rules
 from tests.fakes.samples import series
 
 T0 = 1764226800.0

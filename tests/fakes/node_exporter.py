@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import cramjam
 
-from bot.pipeline.prompb import remote_pb2
+from bot.intake.prompb import remote_pb2
 
 Labels = tuple[tuple[str, str], ...]
 CPU_MODES = ("idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user")

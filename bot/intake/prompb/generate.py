@@ -5,7 +5,7 @@ remote.proto and types.proto are Prometheus' (prompb/), kept as Prometheus write
 gogo.proto. frames.proto is Rigwatch's own view of a WriteRequest (its series left encoded).
 Run after changing a .proto file (needs requirements-dev.txt: grpcio-tools ships protoc)::
 
-    python -m bot.pipeline.prompb.generate
+    python -m bot.intake.prompb.generate
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 HERE = Path(__file__).resolve().parent
-PACKAGE = "bot.pipeline.prompb"
+PACKAGE = "bot.intake.prompb"
 PROTOS = ("types.proto", "remote.proto", "frames.proto")
 GOGO_IMPORT = re.compile(r'^import "gogoproto/gogo\.proto";\n', re.MULTILINE)
 GOGO_OPTIONS = re.compile(r"\s*\[\(gogoproto\.[^]]*\]")

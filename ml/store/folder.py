@@ -1,7 +1,6 @@
-"""The model store: every trained model version as opaque bytes plus metadata, in a folder (here) or an S3
-bucket (ml/s3_store.py); what every store guarantees is in ml/store.py. A bot and its workers may write one
-store at once (each bootstraps an empty one): a folder is locked while its index is read, changed and written.
-"""
+"""The model store in a folder: every version's artifact a file beside one index.json. A bot and its workers may
+write one store at once (each bootstraps an empty one): the folder is locked while its index is read, changed and
+written."""
 
 from __future__ import annotations
 
@@ -11,22 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ml.s3_store import S3Store
-from ml.store import (
-    FORMAT,
-    SUFFIX,
-    BadIndex,
-    ChecksumMismatch,
-    IndexChanged,
-    ModelStore,
-    ModelVersion,
-    Refused,
-    StoreError,
-    UnknownVersion,
-)
-
-__all__ = ["BadIndex", "ChecksumMismatch", "FileStore", "IndexChanged", "ModelStore", "ModelVersion", "Refused",
-           "S3Store", "StoreError", "UnknownVersion", "open_store"]
+from ml.store.base import FORMAT, SUFFIX, ModelStore, ModelVersion, StoreError
 
 
 class FileStore(ModelStore):
@@ -88,21 +72,3 @@ class FileStore(ModelStore):
             return (self.root / name).read_bytes()
         except OSError as err:
             raise StoreError(f"{self.describe}: cannot read {name} ({err.strerror})") from err
-
-
-def open_store(url: str, signing_key: str | None = None) -> ModelStore:
-    """The model store named by MODEL_STORE: "file:<dir>" or "s3://bucket/prefix"; an S3 store needs the
-    MODEL_SIGNING_KEY, a folder (as trusted as the code next to it) signs only when given one."""
-    key = signing_key.encode() if signing_key else None
-    if url.startswith("s3://"):
-        bucket, _, prefix = url[len("s3://"):].partition("/")
-        if bucket:
-            if key is None:
-                raise ValueError("MODEL_SIGNING_KEY is required for an s3:// MODEL_STORE")
-            return S3Store(bucket, prefix, key)
-    elif url.startswith("file:"):
-        directory = url[len("file:"):]
-        directory = directory.removeprefix("//")  # file:///abs and file://rel too
-        if directory:
-            return FileStore(directory, key)
-    raise ValueError(f"MODEL_STORE must be file:<dir> or s3://bucket/prefix, got {url!r}")

@@ -15,10 +15,10 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-import ml.registry
-import ml.s3_store
-import ml.store
-from ml.registry import (
+import ml.store.base
+import ml.store.folder
+import ml.store.s3
+from ml.store import (
     BadIndex,
     ChecksumMismatch,
     ModelStore,
@@ -182,7 +182,7 @@ def test_file_store_leaves_no_half_written_file_when_a_write_fails(
     def no_space(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ml.registry.os, "replace", no_space)
+    monkeypatch.setattr(ml.store.folder.os, "replace", no_space)
     with pytest.raises(StoreError, match="No space left"):
         store.save(b"two", META)
     monkeypatch.undo()
@@ -237,7 +237,7 @@ def test_s3_store_enables_versioning_on_a_bucket_without_it(
 ) -> None:
     bucket = new_bucket(s3, versioned=False)
 
-    with caplog.at_level(logging.WARNING, logger="ml.s3_store"):
+    with caplog.at_level(logging.WARNING, logger="ml.store.s3"):
         saved = open_store(f"s3://{bucket}/models", KEY).save(b"model", META)
 
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
@@ -261,7 +261,7 @@ def test_s3_store_explains_when_it_may_not_enable_versioning(
         client.meta.events.register("before-call.s3.PutBucketVersioning", deny)
         return client
 
-    monkeypatch.setattr(ml.s3_store.boto3, "client", client_without_the_right)
+    monkeypatch.setattr(ml.store.s3.boto3, "client", client_without_the_right)
 
     with pytest.raises(StoreError, match=f"bucket {bucket} has no versioning and these credentials cannot"):
         open_store(f"s3://{bucket}/models", KEY).save(b"model", META)
@@ -294,7 +294,7 @@ def test_s3_store_save_fails_as_store_error_when_the_endpoint_goes_away(
 ) -> None:
     store = open_store(f"s3://{new_bucket(s3)}/models", KEY)
     closed = f"http://127.0.0.1:{free_port()}"
-    store.client = boto3.client("s3", endpoint_url=closed, config=ml.s3_store.S3_CONFIG)
+    store.client = boto3.client("s3", endpoint_url=closed, config=ml.store.s3.S3_CONFIG)
 
     started = time.monotonic()
     with pytest.raises(StoreError, match="failed"):
@@ -343,7 +343,7 @@ def test_a_planted_artifact_with_its_own_digest_and_a_forged_entry_is_refused(
               "sha256": hashlib.sha256(planted).hexdigest(), "size": len(planted), "signature": signature}
     if signature == "signed with another key":
         other = open_store(f"s3://{bucket}/models", "another-key-0123456789")
-        forged = dataclasses.asdict(other._sign(ml.store._record({**forged, "signature": None})))
+        forged = dataclasses.asdict(other._sign(ml.store.base._record({**forged, "signature": None})))
     s3.put_object(Bucket=bucket, Key="models/index.json",
                   Body=json.dumps({"active": 2, "versions": [*index["versions"], forged]}).encode())
 

@@ -11,12 +11,15 @@ the incident rules of the bot's defaults), on the samples' own times. Two kinds:
   opened; the target is none, in the second week at least (the first is the machine's history the bot learns
   its daily cycle from).
 
-``python -m ml.evaluate`` prints the table; tests/test_replay.py holds it to its targets.
+``python -m bot.replay`` prints the table and exits non-zero when a replay fails; tests/test_replay.py holds it
+to its targets.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,15 +27,17 @@ from pathlib import Path
 
 from sklearn.pipeline import Pipeline
 
-from agent.wire import KNOWN_METRICS, Sample
+from agent.vocabulary import KNOWN_METRICS
+from agent.wire import Sample
 from bot import db
 from bot.config import load_settings
 from bot.db.outbox import Route
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import CYCLE_DAYS, Forecaster
-from bot.pipeline.incidents import Incidents, Rules
-from ml import model as ml_model
+from bot.pipeline.lifecycle import Incidents, Rules
+from ml import model
+from ml.evaluate import chosen_model
 from ml.features import ZONES, table
 from schema.domain import Kind
 
@@ -184,10 +189,10 @@ def play(story: Story, pipeline: Pipeline, device: str) -> Outcome:
     incidents = Incidents(rules, lambda reply, incident, _now: f"{incident.device}: {reply}")
     forecaster = Forecaster(settings.forecast_hours * 3600.0)
     # Usual ranges are cached for an hour of the bot's clock; here the clock is the samples': read them afresh.
-    decider = Decider(incidents, lambda metrics: ml_model.drivers(pipeline, metrics), forecaster, Baselines(0.0))
+    decider = Decider(incidents, lambda metrics: model.drivers(pipeline, metrics), forecaster, Baselines(0.0))
     samples, ceiling_ts = history(story, device)
     values = db.known_values(samples)
-    ps = ml_model.predict(pipeline, table(values, KNOWN_METRICS)).tolist()
+    ps = model.predict(pipeline, table(values, KNOWN_METRICS)).tolist()
     per_batch = int(BATCH_S / STEP_S)
     for i in range(0, len(samples), per_batch):
         batch = samples[i:i + per_batch]
@@ -229,3 +234,20 @@ def report(outcomes: list[Outcome]) -> str:
     lines.append(f"{failed} of {len(outcomes)} replays FAIL" if failed else f"all {len(outcomes)} replays hold")
     return "\n".join(lines)
 
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot.replay",
+        description="Send histories of developing problems and healthy patterns through the bot's own decisions "
+                    "and print each one's lead time or alerts per week; exit 1 if one misses its target.")
+    parser.add_argument("--version", type=int, help="replay with this model version instead of the active one")
+    args = parser.parse_args(argv)
+    outcomes = replay(chosen_model(args.version))
+    print(report(outcomes))
+    if not all(o.holds for o in outcomes):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

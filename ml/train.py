@@ -9,8 +9,8 @@ import sys
 from ml import artifact, data
 from ml.config import ConfigError, load_store_settings
 from ml.features import FEATURES
-from ml.registry import StoreError, open_store
 from ml.retrain import retrain
+from ml.store import StoreError, open_store
 from schema.tables import open_database
 
 

@@ -1,4 +1,4 @@
-"""What every model store does (ml/registry.py opens one): versions as opaque bytes plus a signed index.
+"""What every model store does (ml/store/__init__.py opens one): versions as opaque bytes plus a signed index.
 
 The store never parses an artifact: it hands back bytes only after the index entry is valid, signed (in a
 store with a signing key) and in the current format, and their SHA-256 matches the entry. Whoever can write

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 from sklearn.pipeline import Pipeline
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from bot.logs import Outage
-from ml import artifact
-from ml import model as ml_model
-from ml.registry import ModelStore, StoreError
+from agent.log_once import Outage
+from bot.retry import retrying_async
+from ml import artifact, model
+from ml.store import ModelStore, StoreError
 from ml.training import train
 
 log = logging.getLogger(__name__)
@@ -106,12 +105,12 @@ class ActiveModel:
         if current is None:
             return [None] * len(samples), None
         version, pipeline = current
-        return ml_model.predict(pipeline, samples).tolist(), version
+        return model.predict(pipeline, samples).tolist(), version
 
     def drivers(self, sample: Mapping[str, float]) -> list[str]:
         """The metrics that pushed this sample toward stressed."""
         current = self._current
-        return ml_model.drivers(current[1], sample) if current else []
+        return model.drivers(current[1], sample) if current else []
 
 
 class ModelKeeper:
@@ -127,9 +126,9 @@ class ModelKeeper:
 
     async def keep_loaded(self) -> None:
         """Until a model is loaded: try, and after a failure wait with backoff and try again."""
-        retrying = AsyncRetrying(retry=retry_if_exception_type(Exception), before_sleep=self._failed,
-                                 wait=wait_exponential(multiplier=FIRST_RETRY_S, max=MAX_RETRY_S))
-        async for attempt in retrying:
+        # Whatever failed is tried again (a bug too, logged); only a cancellation ends the loop.
+        async for attempt in retrying_async(lambda error: isinstance(error, Exception), self._failed, FIRST_RETRY_S,
+                                            MAX_RETRY_S):
             with attempt:
                 await asyncio.to_thread(self.model.ensure)
         await self._tell_store()
@@ -137,8 +136,7 @@ class ModelKeeper:
             await self.tell(ModelNews(loaded=self.model.version))
         self.tried.set()
 
-    async def _failed(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
+    async def _failed(self, exc: BaseException) -> None:
         if not isinstance(exc, StoreError):  # a bug: logged, and tried again like an outage of the store
             log.error("loading the model failed", exc_info=exc)
         else:

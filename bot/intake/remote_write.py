@@ -1,14 +1,14 @@
 """Prometheus remote write 1.0 in: `POST /api/v1/write`, a snappy-compressed protobuf WriteRequest, as Prometheus,
 Grafana Alloy, Telegraf and the OpenTelemetry Collector send it.
 
-node_exporter's series become samples (bot/pipeline/node_exporter.py), one per machine and scrape, stored through
+node_exporter's series become samples (bot/intake/node_exporter.py), one per machine and scrape, stored through
 the same path as the agent's: in single-host mode predicted, stored and decided here (Poller.store); in fleet
 mode produced to the Kafka topic as wire messages, so the workers share them. The answer says what happened:
 2xx only once the samples are stored (or delivered to Kafka); 400 for a body that can never be read (the sender
 drops it, so the log says why); 413 for a body over 16 MiB decompressed; 503 while the store or the broker is out,
 or the receiver is busy, so the sender retries. A retried write stores nothing twice: (device, ts) is unique in
 the store, and rates are computed against the scrape before it, kept by its time. A scrape split over several
-writes waits for its rest (bot/pipeline/node_exporter.py); its parts are kept in the database meanwhile (before
+writes waits for its rest (bot/intake/node_exporter.py); its parts are kept in the database meanwhile (before
 their writes are answered), so a restart loses none of them.
 
 Only the series Rigwatch reads are decoded: protobuf hands out the request's series still encoded (frames.proto),
@@ -34,9 +34,9 @@ from google.protobuf.message import DecodeError
 
 from agent.wire import Sample
 from bot.db import Rejection
-from bot.db.held import Part
-from bot.pipeline.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
-from bot.pipeline.prompb import frames_pb2, types_pb2
+from bot.db.held_parts import Part
+from bot.intake.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
+from bot.intake.prompb import frames_pb2, types_pb2
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024  # decompressed
@@ -112,7 +112,7 @@ def _millis(varint: bytes) -> int | None:
 
 
 class Holding(Protocol):
-    """Where the parts of scrapes waiting for their rest are kept durably (bot/db/held.py)."""
+    """Where the parts of scrapes waiting for their rest are kept durably (bot/db/held_parts.py)."""
 
     def keep(self, parts: Iterable[Part], now: float) -> None: ...
     def release(self, scrapes: Iterable[tuple[str, int]]) -> None: ...

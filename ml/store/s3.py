@@ -12,7 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ml.store import FORMAT, SUFFIX, IndexChanged, ModelStore, ModelVersion, StoreError
+from ml.store.base import FORMAT, SUFFIX, IndexChanged, ModelStore, ModelVersion, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from confluent_kafka import (
 )
 
 from agent.collect import Collector, default_device_id
+from agent.log_once import Outage
 from agent.wire import Sample, WireError, parse
 from bot.config import Settings
 from bot.db import Origin, Rejection
-from bot.logs import Outage
 
 log = logging.getLogger(__name__)
 # A batch also ends at this many bytes of messages: BATCH_SIZE messages of 60 KiB each would hold 300 MB.

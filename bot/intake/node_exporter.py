@@ -1,5 +1,5 @@
 """node_exporter's series, as Prometheus remote write brings them, become Rigwatch samples: one per machine and
-scrape. Pure: no I/O, no clock of its own; the receiver (bot/pipeline/remote_write.py) hands it series and time.
+scrape. Pure: no I/O, no clock of its own; the receiver (bot/intake/remote_write.py) hands it series and time.
 
 A scrape's series share its timestamp, so (device, ts) gathers them. Prometheus may split one scrape over
 several writes (its shards, its batches): a scrape is handed out as a sample once it holds as many series as
@@ -15,15 +15,9 @@ import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent.wire import BOUNDS, DEVICE_RE, MAX_AHEAD_S, TS_FROM, TS_TO, Sample
+from agent.vocabulary import BOUNDS, DEVICE_RE, is_disk
+from agent.wire import MAX_AHEAD_S, TS_FROM, TS_TO, Sample
 
-# What is not a disk: the file system types node_exporter itself leaves out by default, an empty type (the
-# node-exporter mixin's `fstype!=""`) and memory-backed ones (tmpfs, ramfs), as the agent leaves them out.
-IGNORED_FSTYPES = frozenset({
-    "", "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts", "devtmpfs", "erofs",
-    "fusectl", "hugetlbfs", "iso9660", "mqueue", "nsfs", "overlay", "proc", "procfs", "pstore", "ramfs",
-    "rpc_pipefs", "securityfs", "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs",
-})
 MAX_FILESYSTEMS = 32  # the fullest ones are kept
 MAX_MOUNT_CHARS = 256
 HISTORY = 4  # earlier scrapes kept per device for rates: enough for a retry and a scrape that came late
@@ -43,7 +37,7 @@ def _cpu(labels: Labels) -> Key | None:
 def _filesystem(what: str) -> Callable[[Labels], Key | None]:
     def key(labels: Labels) -> Key | None:
         mount = labels.get("mountpoint", "")
-        if labels.get("fstype", "") in IGNORED_FSTYPES or not mount or len(mount) > MAX_MOUNT_CHARS:
+        if not mount or len(mount) > MAX_MOUNT_CHARS or not is_disk(mount, labels.get("fstype", "")):
             return None
         return ("fs", mount, what)
     return key

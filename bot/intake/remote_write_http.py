@@ -1,6 +1,6 @@
 """The remote-write receiver's outside: `POST /api/v1/write` over HTTP in the bot's event loop (authorisation,
 the answers, back-pressure, the flush of scrapes that waited for their rest), and in fleet mode the Kafka sink
-its samples go to. What a write means is bot/pipeline/remote_write.py's.
+its samples go to. What a write means is bot/intake/remote_write.py's.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from aiohttp import web
 from confluent_kafka import KafkaError, Message, Producer
 
+from agent.log_once import Outage
 from agent.wire import Sample, encode
 from bot.db import Rejection, beat
-from bot.logs import Outage
-from bot.pipeline.remote_write import MAX_BODY, Malformed, Receiver, TooLarge, Unavailable
+from bot.intake.remote_write import MAX_BODY, Malformed, Receiver, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 PATH = "/api/v1/write"

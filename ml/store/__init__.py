@@ -1,0 +1,36 @@
+"""The model store: every trained model version as opaque bytes plus a signed index, in a folder (folder.py) or an
+S3 bucket (s3.py); what every store guarantees is in base.py. `open_store` opens the one MODEL_STORE names."""
+
+from ml.store.base import (
+    BadIndex,
+    ChecksumMismatch,
+    IndexChanged,
+    ModelStore,
+    ModelVersion,
+    Refused,
+    StoreError,
+    UnknownVersion,
+)
+from ml.store.folder import FileStore
+from ml.store.s3 import S3Store
+
+__all__ = ["BadIndex", "ChecksumMismatch", "FileStore", "IndexChanged", "ModelStore", "ModelVersion", "Refused",
+           "S3Store", "StoreError", "UnknownVersion", "open_store"]
+
+
+def open_store(url: str, signing_key: str | None = None) -> ModelStore:
+    """The model store named by MODEL_STORE: "file:<dir>" or "s3://bucket/prefix"; an S3 store needs the
+    MODEL_SIGNING_KEY, a folder (as trusted as the code next to it) signs only when given one."""
+    key = signing_key.encode() if signing_key else None
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if bucket:
+            if key is None:
+                raise ValueError("MODEL_SIGNING_KEY is required for an s3:// MODEL_STORE")
+            return S3Store(bucket, prefix, key)
+    elif url.startswith("file:"):
+        directory = url[len("file:"):]
+        directory = directory.removeprefix("//")  # file:///abs and file://rel too
+        if directory:
+            return FileStore(directory, key)
+    raise ValueError(f"MODEL_STORE must be file:<dir> or s3://bucket/prefix, got {url!r}")
