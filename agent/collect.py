@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import psutil
 
+from agent.log_once import Once
 from agent.vocabulary import DEVICE_RE, below, is_disk
 from agent.wire import (
     MAX_FILESYSTEMS,
@@ -208,7 +209,7 @@ class Collector:
         self._filter = filesystems
         self._processes = TopProcesses() if processes else None
         self._previous: dict[str, tuple[float, float]] = {}  # counter name -> (reading, monotonic time)
-        self._reported: set[str] = set()
+        self._unavailable = Once(log, logging.INFO)  # by what is not available, for good
         # psutil measures CPU use since the previous call; this first call starts the clock.
         psutil.cpu_percent(interval=None)
 
@@ -302,9 +303,7 @@ class Collector:
         return (reading - before) / (now - then)
 
     def _report_once(self, name: str, reason: str) -> None:
-        if name not in self._reported:
-            self._reported.add(name)
-            log.info("%s is not available on this machine (%s); not sending it", name, reason)
+        self._unavailable.say(name, "%s is not available on this machine (%s); not sending it", name, reason)
 
 
 def default_device_id() -> str:

@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from agent.collect import FilesystemFilter, default_device_id
-from agent.vocabulary import DEVICE_RE
+from agent.vocabulary import DEVICE_RE, ConfigError
 from agent.wire import MAX_MOUNT_POINT
 
 DEFAULT_TOPIC = "rigwatch.metrics"
 DEFAULT_INTERVAL = 5.0
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _FS_TYPE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the text names it and says what is expected."""
 
 
 @dataclass(frozen=True)

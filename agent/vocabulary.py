@@ -1,6 +1,6 @@
 """The words the agent and the bot share, so that both read a machine the same way; the agent ships alone with
-them. The metrics and their bounds, the device-id pattern, the file systems that are not disks, and how a producer
-talks to Kafka (the agent's, and the bot's remote-write sink in fleet mode)."""
+them. The metrics and their bounds, the device-id pattern, the file systems that are not disks, how a producer
+talks to Kafka (the agent's, and the bot's remote-write sink in fleet mode), and the error a bad setting raises."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import math
 import re
 from collections.abc import Callable, Collection
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used (a variable, an option); the text names it and says what is
+    expected. The one error every program of the project stops on, with that text as its last line."""
+
 
 DEVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

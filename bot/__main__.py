@@ -14,7 +14,7 @@ from telegram.error import InvalidToken
 from agent.log_once import Outage
 from bot import logs
 from bot.app import build_application, serve
-from bot.chat.link import RETRY_MAX_S
+from bot.chat.bot_api import RETRY_MAX_S
 from bot.config import ConfigError, load_settings
 from bot.db import open_database
 from bot.retry import retrying

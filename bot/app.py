@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, TypeHandler
+from telegram.ext import Application, CallbackQueryHandler, MessageHandler, TypeHandler
 from telegram.ext import filters as tg_filters
 
 from bot import db
-from bot.chat import callbacks, handlers, jobs, team_handlers, team_texts, texts
-from bot.chat.limits import CommandBudget, FairRateLimiter
-from bot.chat.link import PollingRequest, TelegramLink, connect
+from bot.chat import alerts, common, jobs, model_admin, start, status, teams, tolerance
+from bot.chat.bot_api import PollingRequest, TelegramLink, connect
+from bot.chat.rate_limits import CommandBudget, FairRateLimiter
 from bot.chat.sender import Sender
 from bot.config import Settings
 from bot.db import incidents as stored
@@ -70,31 +70,12 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600, tolerances.edge),
         command_budget=CommandBudget(), tolerances=tolerances,
     )
-    application.add_handler(TypeHandler(object, handlers.guard), group=-1)
-    application.add_handler(CommandHandler("start", handlers.start_command))
-    application.add_handler(CommandHandler("help", handlers.help_command))
-    application.add_handler(CommandHandler("status", handlers.status))
-    application.add_handler(CommandHandler("chart", handlers.chart_command))
-    application.add_handler(CommandHandler("rejected", handlers.rejected_command))
-    application.add_handler(CommandHandler("versions", handlers.versions_command))
-    # Retraining takes a while: it must not hold up /status and the buttons.
-    application.add_handler(CommandHandler("retrain", handlers.retrain_command, block=False))
-    application.add_handler(CommandHandler("rollback", handlers.rollback_command))
-    application.add_handler(CommandHandler("mute", team_handlers.mute_command))
-    application.add_handler(CommandHandler("unmute", team_handlers.unmute_command))
-    application.add_handler(CommandHandler("muted", team_handlers.muted_command))
-    application.add_handler(CommandHandler("subscribe", team_handlers.subscribe_command))
-    application.add_handler(CommandHandler("unsubscribe", team_handlers.unsubscribe_command))
-    application.add_handler(CommandHandler("subscriptions", team_handlers.subscriptions_command))
-    application.add_handler(CommandHandler("tolerance", handlers.tolerance_command))
-    application.add_handler(CallbackQueryHandler(handlers.incident_button, pattern=callbacks.INCIDENT_PATTERN))
-    application.add_handler(CallbackQueryHandler(handlers.missed_button, pattern=callbacks.MISSED_PATTERN))
-    application.add_handler(CallbackQueryHandler(team_handlers.expand_button, pattern=callbacks.EXPAND_PATTERN))
-    application.add_handler(CallbackQueryHandler(handlers.activate_button, pattern=callbacks.ACTIVATE_PATTERN))
-    application.add_handler(CallbackQueryHandler(handlers.cancel_button, pattern=callbacks.CANCEL_PATTERN))
-    application.add_handler(CallbackQueryHandler(handlers.invalid_button))
-    application.add_handler(MessageHandler(tg_filters.COMMAND, handlers.unknown_command))
-    application.add_error_handler(handlers.on_error)
+    application.add_handler(TypeHandler(object, common.guard), group=-1)
+    for conversation in (start, status, alerts, teams, tolerance, model_admin):
+        application.add_handlers(conversation.handlers())
+    application.add_handler(CallbackQueryHandler(common.invalid_button))
+    application.add_handler(MessageHandler(tg_filters.COMMAND, common.unknown_command))
+    application.add_error_handler(common.on_error)
     return application
 
 
@@ -170,9 +151,9 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     route = Route(tuple(sorted(settings.allowed_chat_ids)), settings.alert_group_s, settings.alert_group_min)
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
                   settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone)
-    incidents = Incidents(rules, texts.reply)
+    incidents = Incidents(rules, alerts.reply)
     decider = Decider(incidents, model.drivers, forecaster, baselines, tolerances)
-    sender = Sender(jobs.renderer(baselines, tolerances), team_texts.digest, settings.alert_edit_s)
+    sender = Sender(alerts.renderer(baselines, tolerances), alerts.group_message, settings.alert_edit_s)
     poller = Poller(source, model, decider, partial(sender.run, application.bot), interval, tolerances)
     application.bot_data.update(poller=poller, sender=sender)
     queue.run_repeating(jobs.send, interval=SEND_EVERY_S, first=1.0, data=sender, name="send")
@@ -200,7 +181,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     poller.start()
     if settings.remote_write_listen is not None:
         server = await _start_remote_write(application, settings, poller)
-        watched.append(jobs.Service(lambda: server.receiving, texts.REMOTE_WRITE_IDLE, texts.REMOTE_WRITE_BACK))
+        watched.append(jobs.WatchedService(lambda: server.receiving, jobs.REMOTE_WRITE_IDLE, jobs.REMOTE_WRITE_BACK))
 
 
 async def _start_remote_write(application: Application, settings: Settings, poller: Poller) -> RemoteWriteServer:
@@ -229,17 +210,17 @@ async def _start_remote_write(application: Application, settings: Settings, poll
     return server
 
 
-def _watched(source: KafkaSource | LocalSource) -> list[jobs.Service]:
-    services = [jobs.Service(db.reachable, texts.DATABASE_DOWN, texts.DATABASE_UP)]
+def _watched(source: KafkaSource | LocalSource) -> list[jobs.WatchedService]:
+    services = [jobs.WatchedService(db.reachable, jobs.DATABASE_DOWN, jobs.DATABASE_UP)]
     if isinstance(source, KafkaSource):
-        services.append(jobs.Service(lambda: source.reachable, texts.KAFKA_DOWN, texts.KAFKA_UP))
+        services.append(jobs.WatchedService(lambda: source.reachable, jobs.KAFKA_DOWN, jobs.KAFKA_UP))
     return services
 
 
 async def _greet(application: Application) -> None:
     """Once Telegram answers: set the command menu."""
     try:
-        await application.bot.set_my_commands(texts.COMMANDS)
+        await application.bot.set_my_commands(start.COMMANDS)
     except TelegramError as exc:  # the bot works without the menu
         log.warning("could not set the command menu: %s", exc.message)
 

@@ -10,13 +10,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agent.vocabulary import ConfigError
+
 DEFAULT_DATABASE_URL = "sqlite:///data/rigwatch.sqlite3"
 DEFAULT_MODEL_STORE = "file:models"
 MIN_SIGNING_KEY_CHARS = 16
-
-
-class ConfigError(Exception):
-    """A configuration value that cannot be used; the text names the variable."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ def _score(version: ModelVersion, name: str) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def table(versions: list[ModelVersion], active: int | None) -> str:
+def versions_table(versions: list[ModelVersion], active: int | None) -> str:
     """Plain text, one version per line, newest first."""
     lines = ["   ver  created           rows     labels  F1     prec   recall"]
     for v in reversed(versions):
@@ -24,7 +24,7 @@ def table(versions: list[ModelVersion], active: int | None) -> str:
     return "\n".join(lines)
 
 
-def detail(version: ModelVersion, active: int | None) -> str:
+def version_detail(version: ModelVersion, active: int | None) -> str:
     """One version in full: how it was trained and how it scored, with its reliability table."""
     meta, scores = version.meta, version.meta.get("scores", {})
     brier = scores.get("brier")
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, StoreError, ValueError) as exc:
         sys.exit(f"rigwatch: {exc}")
     if chosen is not None:
-        print(detail(chosen, active))
+        print(version_detail(chosen, active))
     else:
-        print(table(versions, active) if versions else "The model store is empty.")
+        print(versions_table(versions, active) if versions else "The model store is empty.")
 
 
 if __name__ == "__main__":

@@ -89,11 +89,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def incidents(database: pw.Database) -> Incidents:
     """The incidents of the store under RULES, replying with the bot's texts."""
-    from bot.chat import texts
+    from bot.chat import alerts
     from bot.pipeline.lifecycle import Incidents
     from tests.fakes.incidents import RULES
 
-    return Incidents(RULES, texts.reply)
+    return Incidents(RULES, alerts.reply)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from telegram.ext import Application
 from agent.wire import Sample
 from bot import db
 from bot.app import build_application
-from bot.chat import team_texts
+from bot.chat import common
 from bot.config import load_settings
 from bot.db.tolerances import tolerate
 from ml.store import open_store
@@ -198,7 +198,7 @@ async def test_a_member_who_floods_gets_one_slow_down_and_the_others_are_still_a
 
     burst = teams.bot_data["command_budget"].burst
     assert sum(1 for a in answers if a and a[0].startswith("<b>Rigwatch</b>")) == burst, "a small burst is answered"
-    assert answers[burst] == [team_texts.SLOW_DOWN], "then one slow down"
+    assert answers[burst] == [common.SLOW_DOWN], "then one slow down"
     assert all(a == [] for a in answers[burst + 1:]), "then the flood is dropped, not queued"
     (other,) = await say(teams, telegram, "/help", chat=FORUM, user=STRANGER)
     assert other.startswith("<b>Rigwatch</b>"), "another member is answered at once"

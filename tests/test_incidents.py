@@ -7,7 +7,7 @@ import pytest
 
 from agent.wire import Sample
 from bot import db
-from bot.chat import texts
+from bot.chat import alerts
 from bot.db import Device, Incident, Label, Notice
 from bot.db.incidents import press
 from bot.pipeline.decide import Decider
@@ -24,7 +24,7 @@ def watch(incidents: Incidents) -> Watch:
 
 def pressed(incident_id: int, action: Action, user_id: int, user_name: str, now: float) -> str:
     """What the presser of a button is told, after the press is stored."""
-    return texts.pressed(action, press(incident_id, action, user_id, user_name, now).device)
+    return alerts.pressed(action, press(incident_id, action, user_id, user_name, now).device)
 
 
 def notices(kind: str | None = None) -> list[Notice]:
@@ -168,7 +168,7 @@ def test_a_stressed_incident_keeps_the_filesystems_and_top_processes_now_and_at_
     assert (detail.peak_filesystems, detail.filesystems) == ({"/": 30.0, "/data": 99.5}, {"/": 30.0, "/data": 98.0})
     assert (detail.peak_processes, detail.processes) == ({"memory": [["java", 4121, 61.0]]},
                                                          {"memory": [["postgres", 4121, 61.0]]})
-    assert "• Disk /data 98 %" in texts.incident(Incident.get(), {}, T0 + 10)
+    assert "• Disk /data 98 %" in alerts.alert(Incident.get(), {}, T0 + 10)
 
 
 def test_a_filling_filesystem_with_a_deep_mount_point_opens_its_own_forecast_incident(decider: Decider) -> None:
@@ -184,7 +184,7 @@ def test_a_filling_filesystem_with_a_deep_mount_point_opens_its_own_forecast_inc
         fed(i, 70 + i / 10)
     forecast = Incident.get(Incident.kind == "forecast")
     assert forecast.detail.metric == f"disk:{deep}" and len(forecast.metric) <= 32
-    assert "/var/lib/postgresql/16/main/pg_wal/archive will be full in about" in texts.incident(forecast, {}, T0)
+    assert "/var/lib/postgresql/16/main/pg_wal/archive will be full in about" in alerts.alert(forecast, {}, T0)
 
     for i in range(150, 240):  # cleaned up
         fed(i, 40.0)

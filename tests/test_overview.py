@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bot.chat import texts, words
+from bot.chat import formatting, status
 from bot.db import StoredSample
 from tests.fakes.samples import stored
 
@@ -26,7 +26,7 @@ def table_devices(text: str) -> list[str]:
 
 
 def test_one_machine_is_one_machine() -> None:
-    text = texts.overview([machine("pc1", p=0.2)], 0.7, now=NOW)
+    text = status.overview([machine("pc1", p=0.2)], 0.7, now=NOW)
 
     assert text.splitlines()[0] == "<b>Fleet: 1 machine</b> — 1 normal"
     assert table_devices(text) == ["pc1"]
@@ -34,7 +34,7 @@ def test_one_machine_is_one_machine() -> None:
 
 
 def test_two_machines_are_counted_and_the_stressed_one_comes_first() -> None:
-    text = texts.overview([machine("alpha", p=0.2), machine("bravo", p=0.91)], 0.7, now=NOW)
+    text = status.overview([machine("alpha", p=0.2), machine("bravo", p=0.91)], 0.7, now=NOW)
 
     assert text.splitlines()[0] == "<b>Fleet: 2 machines</b> — 1 stressed, 1 normal"
     assert table_devices(text) == ["bravo", "alpha"]
@@ -47,7 +47,7 @@ def test_the_order_is_stressed_silent_muted_then_by_probability_with_no_predicti
         machine("gone-hot", seen_ago=7200, p=0.8),
     ]
 
-    text = texts.overview(fleet, 0.7, now=NOW, silent={"gone", "gone-hot"}, muted={"busy"})
+    text = status.overview(fleet, 0.7, now=NOW, silent={"gone", "gone-hot"}, muted={"busy"})
 
     assert table_devices(text) == ["burning", "hot", "gone-hot", "gone", "busy", "calm", "unscored"]
     assert text.splitlines()[0] == "<b>Fleet: 7 machines</b> — 2 stressed, 2 silent, 1 muted, 1 normal, 1 unknown"
@@ -60,7 +60,7 @@ def test_a_thousand_machines_fit_one_message_with_the_worst_first_and_the_rest_c
     fleet += [machine(f"hot-{i}", p=0.8 + i / 100) for i in range(3)]
     fleet += [machine(f"gone-{i}", seen_ago=86400 * (i + 1), p=0.1) for i in range(2)]
 
-    text = texts.overview(fleet, 0.7, now=NOW, silent={"gone-0", "gone-1"})
+    text = status.overview(fleet, 0.7, now=NOW, silent={"gone-0", "gone-1"})
 
     assert len(text) <= LIMIT
     assert text.splitlines()[0] == "<b>Fleet: 1,000 machines</b> — 3 stressed, 2 silent, 990 normal, 5 unknown"
@@ -72,7 +72,7 @@ def test_a_thousand_machines_fit_one_message_with_the_worst_first_and_the_rest_c
 
 
 def test_silent_machines_show_how_long_ago_they_were_seen_in_days_and_hours() -> None:
-    text = texts.overview([machine("gone", seen_ago=3 * 86400 + 4 * 3600 + 59)], 0.7, now=NOW, silent={"gone"})
+    text = status.overview([machine("gone", seen_ago=3 * 86400 + 4 * 3600 + 59)], 0.7, now=NOW, silent={"gone"})
 
     assert "3 d 4 h ago" in text and "silent" in text
 
@@ -83,17 +83,17 @@ def test_silent_machines_show_how_long_ago_they_were_seen_in_days_and_hours() ->
     (400 * 86400, "400 d"), (-5, "0 s"),
 ])
 def test_durations_are_said_in_at_most_two_units(seconds: float, said: str) -> None:
-    assert words.ago(seconds) == said
+    assert formatting.ago(seconds) == said
 
 
 @pytest.mark.parametrize(("seconds", "said"), [
     (37, "37 s"), (115, "1 min 55 s"), (120, "2 min"), (23 * 60 + 5, "23 min 5 s"), (3600 + 59, "1 h"),
 ])
 def test_how_long_something_lasted_is_said_to_the_second_under_an_hour(seconds: float, said: str) -> None:
-    assert words.lasted(seconds) == said
+    assert formatting.lasted(seconds) == said
 
 
 @pytest.mark.parametrize(("count", "said"), [(0, "0 machines"), (1, "1 machine"), (2, "2 machines"),
                                              (1000, "1,000 machines")])
 def test_plurals(count: int, said: str) -> None:
-    assert words.plural(count, "machine") == said
+    assert formatting.plural(count, "machine") == said

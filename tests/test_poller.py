@@ -12,8 +12,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from telegram.ext import ExtBot
 
 from bot import db
-from bot.chat import team_texts, texts
-from bot.chat.limits import FairRateLimiter
+from bot.chat import alerts
+from bot.chat.rate_limits import FairRateLimiter
 from bot.chat.sender import Sender
 from bot.config import load_settings
 from bot.db.outbox import Route
@@ -53,8 +53,8 @@ def test_a_failed_offset_commit_after_storing_does_not_cancel_the_batch_alerts(
     source.commit = broker_gone  # type: ignore[method-assign]
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples, 1800, None,
                   Route(tuple(settings.allowed_chat_ids)))
-    decider = Decider(Incidents(rules, texts.reply), model.drivers, Forecaster(3600), Baselines())
-    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), team_texts.digest, 60)
+    decider = Decider(Incidents(rules, alerts.reply), model.drivers, Forecaster(3600), Baselines())
+    sender = Sender(lambda incident: (alerts.alert(incident, {}, time.time()), None), alerts.group_message, 60)
     poller = Poller(source, model, decider, lambda: asyncio.sleep(0))  # the test sends itself, below
 
     async def poll_until_stored() -> None:

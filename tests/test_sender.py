@@ -15,9 +15,10 @@ from telegram import Bot
 
 from bot import db
 from bot.app import build_application
-from bot.chat import team_texts, texts
+from bot.chat import alerts
 from bot.chat.sender import Sender, retry_seconds
 from bot.config import load_settings
+from bot.db import Notice
 from bot.db.outbox import Route, claim, due, record_sent
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
@@ -38,10 +39,10 @@ def test_a_notice_another_process_sent_after_this_one_read_it_is_not_claimed_aga
     feed(decider, "pc1", [0.9])
     read_here = [notice.id for notice, _, _ in due(time.time())]  # this process reads the outbox...
     for notice_id in read_here:  # ...while another one claims, sends and records every row
-        assert claim(notice_id, True)
+        assert claim(Notice, notice_id, True)
         record_sent(notice_id, 100 + notice_id, 1, time.time())
 
-    assert read_here and not any(claim(notice_id, True) for notice_id in read_here)
+    assert read_here and not any(claim(Notice, notice_id, True) for notice_id in read_here)
 
 
 FORUM = -1009876
@@ -63,9 +64,9 @@ async def test_a_topic_that_is_gone_sends_its_messages_to_the_general_topic_and_
     telegram.make_forum(FORUM)
     topic = telegram.open_topic(FORUM, "web team")
     db.subscribe(FORUM, topic, ["pc*"], 7, "@alice")
-    decider = Decider(Incidents(replace(RULES, route=Route((FORUM,))), texts.reply), drivers, Forecaster(3600),
+    decider = Decider(Incidents(replace(RULES, route=Route((FORUM,))), alerts.reply), drivers, Forecaster(3600),
                       Baselines())
-    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), team_texts.digest, 60)
+    sender = Sender(lambda incident: (alerts.alert(incident, {}, time.time()), None), alerts.group_message, 60)
 
     feed(decider, "pc1", [0.9], start=time.time() - 60)
     await sender.run(bot)
@@ -86,9 +87,9 @@ async def test_a_flood_limit_in_one_group_holds_only_that_groups_messages(
     bot: Bot, telegram: FakeTelegram, caplog: pytest.LogCaptureFixture,
 ) -> None:
     busy, quiet = -1001111, -1002222
-    decider = Decider(Incidents(replace(RULES, route=Route((busy, quiet))), texts.reply), drivers, Forecaster(3600),
+    decider = Decider(Incidents(replace(RULES, route=Route((busy, quiet))), alerts.reply), drivers, Forecaster(3600),
                       Baselines())
-    sender = Sender(lambda incident: (texts.incident(incident, {}, time.time()), None), team_texts.digest, 60)
+    sender = Sender(lambda incident: (alerts.alert(incident, {}, time.time()), None), alerts.group_message, 60)
     telegram.limit_groups(2)
     for _ in range(2):  # the busy group spends its minute on something else
         await bot.send_message(busy, "a message of another bot feature")
@@ -98,11 +99,11 @@ async def test_a_flood_limit_in_one_group_holds_only_that_groups_messages(
     feed(decider, "pc2", [0.9], start=time.time() - 30)
     await sender.run(bot)
 
-    def alerts(chat_id: int) -> list[str]:
+    def alerts_in(chat_id: int) -> list[str]:
         return [m["text"].split("</b>")[0] for m in telegram.messages(chat_id) if m["text"].startswith("🔴")]
 
-    assert alerts(quiet) == ["🔴 <b>pc1", "🔴 <b>pc2"], "the other group is not held up"
-    assert alerts(busy) == [] and len(telegram.refused(busy)) == 1, "the busy group waits, asked once"
+    assert alerts_in(quiet) == ["🔴 <b>pc1", "🔴 <b>pc2"], "the other group is not held up"
+    assert alerts_in(busy) == [] and len(telegram.refused(busy)) == 1, "the busy group waits, asked once"
     waiting = [(notice.chat_id, incident.device) for notice, incident, _ in due(time.time())]
     assert waiting == [(busy, "pc1"), (busy, "pc2")], "its alerts stay queued"
     assert any(f"flood limit) in chat {busy}" in r.getMessage() for r in caplog.records)

@@ -12,7 +12,7 @@ import peewee as pw
 import pytest
 
 from bot import db
-from bot.chat import team_texts, texts
+from bot.chat import alerts, teams
 from bot.db import Digest, Incident, Notice, outbox
 from bot.db.outbox import Route
 from bot.pipeline.baselines import Baselines
@@ -76,7 +76,7 @@ def test_machines_stressed_together_become_one_message_per_chat_naming_each_with
     digests = outbox.due_digests(T0 + 3600)
     assert sorted(d.chat_id for d in digests) == [A, B]
     members = outbox.members(digests[0].id)
-    text, markup = team_texts.digest(digests[0].change, members)
+    text, markup = alerts.group_message(digests[0].change, members)
     assert text.startswith("<b>🔴 25 machines stressed</b>")
     assert "• <b>web00</b>: P 95% · Disk (root) 99 %" in text and "… and 5 more" in text
     assert "web19" in text and "web20" not in text
@@ -116,7 +116,7 @@ def test_a_group_is_edited_when_members_join_and_recoveries_group_as_a_reply_to_
         feed(decider, device, [0.1, 0.1, 0.1], start=T0 + 600)
     recovered = [d for d in outbox.due_digests(T0 + 3600) if d.chat_id == A and d.change == "recovered"]
     assert len(recovered) == 1 and outbox.reply_target(recovered[0]) == 555
-    text, markup = team_texts.digest("recovered", outbox.members(recovered[0].id))
+    text, markup = alerts.group_message("recovered", outbox.members(recovered[0].id))
     assert text.startswith("<b>✅ 4 machines recovered</b>") and markup is None
     assert sent_alone(A) == [], "no recovery is sent alone"
 
@@ -164,12 +164,12 @@ def test_a_pattern_mutes_a_group_and_the_end_of_a_recurring_window_lets_a_stress
     assert watch.end_mutes(now=sunday_0100 + 5 * 3600 + 30) == ["db1"]
     assert sorted(i.device for i in Incident.select()) == ["db1", "mail1", "web1", "web2"]
     assert [m.pattern for m in db.mutes(sunday_0100 + 6 * 3600)] == ["db*"], "the window recurs; the mute ran out"
-    assert "🔁 <b>db*</b> sun 01:00-05:00 (UTC; next 2025-12-07 01:00:00 UTC), by @bob" in team_texts.mutes(
+    assert "🔁 <b>db*</b> sun 01:00-05:00 (UTC; next 2025-12-07 01:00:00 UTC), by @bob" in teams.mutes(
         db.mutes(sunday_0100 + 6 * 3600), sunday_0100 + 6 * 3600, UTC)
 
 
 def test_grouping_follows_the_settings(database: object) -> None:
-    incidents = Incidents(replace(RULES, route=Route(CHATS, group_s=30, group_min=5)), texts.reply)
+    incidents = Incidents(replace(RULES, route=Route(CHATS, group_s=30, group_min=5)), alerts.reply)
     decider = Decider(incidents, drivers, Forecaster(3600), Baselines())
     stress(decider, ["pc1", "pc2", "pc3", "pc4"])
     assert sent_alone(A) == ["pc1", "pc2", "pc3", "pc4"] and Digest.select().count() == 0
@@ -180,9 +180,9 @@ def test_grouping_follows_the_settings(database: object) -> None:
 def test_two_processes_storming_at_once_put_every_machine_in_one_group(database: pw.Database) -> None:
     """As two bot processes of a fleet: each decides its own machines in its own transaction on its own
     connection, and both reach the grouping before either commits."""
-    second = Decider(Incidents(RULES, texts.reply), drivers, Forecaster(3600), Baselines())
+    second = Decider(Incidents(RULES, alerts.reply), drivers, Forecaster(3600), Baselines())
     with database.atomic():
-        stress(Decider(Incidents(RULES, texts.reply), drivers, Forecaster(3600), Baselines()),
+        stress(Decider(Incidents(RULES, alerts.reply), drivers, Forecaster(3600), Baselines()),
                ["pc1", "pc2", "pc3"])
         other = threading.Thread(target=stress, args=(second, ["pc4", "pc5", "pc6"]))
         other.start()

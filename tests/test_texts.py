@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.chat import callbacks, forecast_texts, team_texts, texts, words
+from bot.chat import alerts, callbacks, common, forecasts, formatting, status, teams
 from bot.db import Incident
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
@@ -62,33 +62,33 @@ def test_html_in_names_is_escaped() -> None:
     sample = stored(device="<b>pc&1</b>", cpu_percent=99, **{"<script>x</script>": 5, "a&b": 1})
 
     for text in (
-        texts.incident(incident(device="<b>pc&1</b>", acked_by="<u>mallory</u>", acked_at=TS,
-                                metrics={"cpu_percent": 99}), {}, TS),
-        texts.device_status(sample, 0.7, 3, now=TS + 10),
-        texts.overview([sample], 0.7, now=TS + 10),
-        texts.unknown_device("<i>x", ["<b>pc&1</b>"]),
+        alerts.alert(incident(device="<b>pc&1</b>", acked_by="<u>mallory</u>", acked_at=TS,
+                              metrics={"cpu_percent": 99}), {}, TS),
+        status.device_status(sample, 0.7, 3, now=TS + 10),
+        status.overview([sample], 0.7, now=TS + 10),
+        status.unknown_device("<i>x", ["<b>pc&1</b>"]),
     ):
         assert "<script>" not in text
         assert "<b>pc&1" not in text
         assert "<u>mallory" not in text
         assert_valid_telegram_html(text)
-    status = texts.device_status(sample, 0.7, 3, now=TS + 10)
-    assert "&lt;script&gt;x&lt;/script&gt;" in status
-    assert "a&amp;b" in status
+    said = status.device_status(sample, 0.7, 3, now=TS + 10)
+    assert "&lt;script&gt;x&lt;/script&gt;" in said
+    assert "a&amp;b" in said
 
 
 def test_lone_surrogates_in_names_become_question_marks_so_the_reply_can_be_sent() -> None:
     sample = stored(device="pc\udc80", cpu_percent=99, **{"fan\ud800": 5})
 
     for text in (
-        texts.incident(incident(device="pc\udc80", acked_by="mallory\udfff", acked_at=TS,
-                                metrics={"cpu_percent": 99}), {}, TS),
-        texts.device_status(sample, 0.7, 3, now=TS + 10),
-        texts.overview([sample], 0.7, now=TS + 10),
+        alerts.alert(incident(device="pc\udc80", acked_by="mallory\udfff", acked_at=TS,
+                              metrics={"cpu_percent": 99}), {}, TS),
+        status.device_status(sample, 0.7, 3, now=TS + 10),
+        status.overview([sample], 0.7, now=TS + 10),
     ):
         assert text.encode("utf-8")
         assert "pc?" in text
-    assert "fan?" in texts.device_status(sample, 0.7, 3, now=TS + 10)
+    assert "fan?" in status.device_status(sample, 0.7, 3, now=TS + 10)
 
 
 def test_long_texts_are_clipped_to_telegram_limit() -> None:
@@ -96,9 +96,9 @@ def test_long_texts_are_clipped_to_telegram_limit() -> None:
     odd_metrics = {f"{i:02d}" + "&" * 60: float(i) for i in range(64)}
 
     for text in (
-        texts.overview(fleet, 0.7, now=TS),
-        texts.device_status(stored(**odd_metrics), 0.7, 3, now=TS),
-        texts.incident(incident(device="x" * 5000, metrics={"cpu_percent": 99}), {}, TS),
+        status.overview(fleet, 0.7, now=TS),
+        status.device_status(stored(**odd_metrics), 0.7, 3, now=TS),
+        alerts.alert(incident(device="x" * 5000, metrics={"cpu_percent": 99}), {}, TS),
     ):
         assert len(text) <= LIMIT
 
@@ -107,7 +107,7 @@ def test_a_clipped_fleet_overview_is_still_valid_html() -> None:
     # 150 machines is a plausible fleet; a clipped <pre> without its end tag makes Telegram refuse /status.
     fleet = [stored(device=f"server-{i:03d}", ts=TS - 10) for i in range(150)]
 
-    text = texts.overview(fleet, 0.7, now=TS)
+    text = status.overview(fleet, 0.7, now=TS)
 
     assert len(text) <= LIMIT
     assert_valid_telegram_html(text)
@@ -116,7 +116,7 @@ def test_a_clipped_fleet_overview_is_still_valid_html() -> None:
 def test_a_clipped_device_status_is_still_valid_html() -> None:
     sample = stored(**{f"{i:02d}" + "&" * 60: float(i) for i in range(64)})
 
-    text = texts.device_status(sample, 0.7, 3, now=TS)
+    text = status.device_status(sample, 0.7, 3, now=TS)
 
     assert len(text) <= LIMIT
     assert_valid_telegram_html(text)
@@ -130,7 +130,7 @@ def test_the_overview_lists_every_device_with_its_state() -> None:
         stored(device="delta", ts=TS - 3 * 86400, p=0.10),
     ]
 
-    text = texts.overview(fleet, 0.7, now=TS, silent={"charlie", "delta"})
+    text = status.overview(fleet, 0.7, now=TS, silent={"charlie", "delta"})
 
     assert "4 machines" in text
     assert "stressed" in line_of(text, "alpha")
@@ -142,13 +142,13 @@ def test_the_overview_lists_every_device_with_its_state() -> None:
 
 
 def test_the_overview_of_an_empty_fleet_says_so() -> None:
-    assert "No machine" in texts.overview([], 0.7, now=TS)
+    assert "No machine" in status.overview([], 0.7, now=TS)
 
 
 def test_device_status_is_a_table_with_metric_labels_and_the_model_versions() -> None:
     sample = stored(p=0.12, version=3, cpu_percent=37.5, mem_percent=61.2, cpu_temp_c=58, gpu_percent=80)
 
-    text = texts.device_status(sample, 0.7, 4, now=TS + 30)
+    text = status.device_status(sample, 0.7, 4, now=TS + 30)
 
     assert text.splitlines()[0].startswith("<b>pc1</b>")
     assert "normal" in text.splitlines()[0]
@@ -162,28 +162,28 @@ def test_device_status_is_a_table_with_metric_labels_and_the_model_versions() ->
 
 
 def test_device_status_shows_uptime_as_a_duration_people_read() -> None:
-    text = texts.device_status(stored(cpu_percent=5, uptime_s=54625), 0.7, 3, now=TS)
+    text = status.device_status(stored(cpu_percent=5, uptime_s=54625), 0.7, 3, now=TS)
 
     assert re.search(r"^Uptime +15 h 10 min(</pre>)?$", text, re.M), text
 
 
 def test_device_status_without_a_model_says_none() -> None:
-    text = texts.device_status(stored(p=None, version=None, cpu_percent=5), 0.7, None, now=TS)
+    text = status.device_status(stored(p=None, version=None, cpu_percent=5), 0.7, None, now=TS)
 
     assert "n/a" in text
     assert "active model none" in text
 
 
 def test_unknown_device_lists_the_known_ones() -> None:
-    text = texts.unknown_device("pc9", ["alpha", "bravo"])
+    text = status.unknown_device("pc9", ["alpha", "bravo"])
 
     assert "pc9" in text
     assert "alpha" in text and "bravo" in text
-    assert "none yet" in texts.unknown_device("pc9", [])
+    assert "none yet" in status.unknown_device("pc9", [])
 
 
 def test_a_refusal_tells_the_chat_its_id_and_the_variable_to_set() -> None:
-    text = texts.refusal(-1001234567890)
+    text = common.refusal(-1001234567890)
 
     assert "-1001234567890" in text
     assert "ALLOWED_CHAT_IDS" in text
@@ -193,7 +193,7 @@ def test_device_status_shows_the_usual_range_next_to_each_model_metric() -> None
     sample = stored(disk_percent=91.3, load_1m=0.4, cpu_temp_c=58, process_count=310)
     usual = {"disk_percent": Usual(40, 55), "load_1m": Usual(0.12, 0.8)}
 
-    text = texts.device_status(sample, 0.7, 3, now=TS + 30, usual=usual)
+    text = status.device_status(sample, 0.7, 3, now=TS + 30, usual=usual)
 
     assert "usually 40–55 %" in line_of(text, "Disk")
     assert "usually 0.12–0.8" in line_of(text, "Load")
@@ -208,7 +208,7 @@ def forecast(metric: str = "disk_percent", level: float = 91.2, slope: float = 2
 
 
 def test_a_forecast_alert_says_which_machine_what_fills_when_how_full_and_how_fast() -> None:
-    text = forecast_texts.forecast_alert(forecast(), Usual(40, 55))
+    text = forecasts.forecast_alert(forecast(), Usual(40, 55))
 
     first = text.splitlines()[0]
     assert "<b>pc1</b>: disk will be full in about 3 h (now 91 %, +2.1 %/h)" in first
@@ -220,21 +220,21 @@ def test_a_forecast_alert_says_which_machine_what_fills_when_how_full_and_how_fa
 @pytest.mark.parametrize(("eta_h", "said"), [(0.5, "in about 30 min"), (0.02, "within minutes"), (0, "at its edge now"),
                                              (3.4, "in about 3 h")])
 def test_a_forecast_says_how_soon_as_people_do(eta_h: float, said: str) -> None:
-    assert said in forecast_texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
-    assert "memory" in forecast_texts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
+    assert said in forecasts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
+    assert "memory" in forecasts.forecast_alert(forecast(metric="mem_percent", eta_h=eta_h), None)
 
 
 def test_device_status_shows_the_forecasts_within_the_horizon_or_that_there_is_no_trend() -> None:
     sample = stored(disk_percent=91.3, mem_percent=60, swap_percent=2)
     near = {"disk_percent": forecast(), "mem_percent": forecast("mem_percent", 60, 0.1, 300), "swap_percent": None}
 
-    text = texts.device_status(sample, 0.7, 3, now=TS, forecasts=near, horizon_s=4 * 3600)
+    text = status.device_status(sample, 0.7, 3, now=TS, forecasts=near, horizon_s=4 * 3600)
     assert "disk will be full in about 3 h" in text
     assert "memory" not in text.lower().split("forecast")[-1], "300 h away is no forecast within 4 h"
 
     flat = {"disk_percent": forecast(slope=0.0, eta_h=None), "mem_percent": None}
-    assert "no trend toward an edge within 4 h" in texts.device_status(sample, 0.7, 3, now=TS, forecasts=flat)
-    none_yet = texts.device_status(sample, 0.7, 3, now=TS, forecasts={"disk_percent": None})
+    assert "no trend toward an edge within 4 h" in status.device_status(sample, 0.7, 3, now=TS, forecasts=flat)
+    none_yet = status.device_status(sample, 0.7, 3, now=TS, forecasts={"disk_percent": None})
     assert "Forecast: none yet, a trend needs 40 min of samples" in none_yet
 
 
@@ -242,7 +242,7 @@ def test_an_incident_names_the_device_first_then_p_how_long_and_each_driver_with
     metrics = {"disk_percent": 99.4, "mem_percent": 71, "cpu_percent": 20}
     usual = {"disk_percent": Usual(40.2, 55.4), "cpu_percent": Usual(5, 30)}
 
-    text = texts.incident(incident(metrics=metrics), usual, TS + 23 * 60)
+    text = alerts.alert(incident(metrics=metrics), usual, TS + 23 * 60)
 
     first, second, *rest = text.splitlines()
     assert first == "🔴 <b>pc1</b> is stressed: P(stressed) 93%"
@@ -252,9 +252,9 @@ def test_an_incident_names_the_device_first_then_p_how_long_and_each_driver_with
 
 
 def test_an_incident_says_how_it_ended_and_who_acted() -> None:
-    recovered = texts.incident(incident(state="resolved", metrics={"disk_percent": 60}), {}, TS + 3600)
-    false_alarm = texts.incident(incident(state="false alarm", acked_by="@bob", acked_at=TS + 60), {}, TS + 3600)
-    acked = texts.incident(incident(acked_by="@alice", acked_at=TS + 60), {}, TS + 3600)
+    recovered = alerts.alert(incident(state="resolved", metrics={"disk_percent": 60}), {}, TS + 3600)
+    false_alarm = alerts.alert(incident(state="false alarm", acked_by="@bob", acked_at=TS + 60), {}, TS + 3600)
+    acked = alerts.alert(incident(acked_by="@alice", acked_at=TS + 60), {}, TS + 3600)
 
     assert recovered.startswith("✅ <b>pc1</b> recovered after 23 min") and "07:00–07:23 UTC" in recovered
     assert false_alarm.startswith("❌ <b>pc1</b>: a false alarm") and "Labelled a false alarm by @bob" in false_alarm
@@ -262,10 +262,10 @@ def test_an_incident_says_how_it_ended_and_who_acted() -> None:
 
 
 def test_a_short_incident_says_its_span_and_length_to_the_second() -> None:
-    short = texts.incident(incident(state="resolved", metrics={"disk_percent": 99.2}, last_ts=TS + 37,
-                                    resolved_ts=TS + 37), {}, TS + 60)
-    reply = texts.reply(Reply.RECOVERED, incident(state="resolved", resolved_ts=TS + 115), TS + 120)
-    across_a_minute = texts.incident(incident(state="resolved", opened_ts=TS + 40, resolved_ts=TS + 90), {}, TS + 99)
+    short = alerts.alert(incident(state="resolved", metrics={"disk_percent": 99.2}, last_ts=TS + 37,
+                                  resolved_ts=TS + 37), {}, TS + 60)
+    reply = alerts.reply(Reply.RECOVERED, incident(state="resolved", resolved_ts=TS + 115), TS + 120)
+    across_a_minute = alerts.alert(incident(state="resolved", opened_ts=TS + 40, resolved_ts=TS + 90), {}, TS + 99)
 
     assert short.splitlines()[:2] == ["✅ <b>pc1</b> recovered after 37 s",
                                       "Was stressed 07:00:00–07:00:37 UTC, peak 97%"]
@@ -274,8 +274,8 @@ def test_a_short_incident_says_its_span_and_length_to_the_second() -> None:
 
 
 def test_a_silence_says_when_the_machine_stopped_and_when_it_came_back() -> None:
-    silent = texts.incident(incident(kind="silent", detail={}), {}, TS + 240)
-    back = texts.incident(incident(kind="silent", state="resolved", detail={}, resolved_ts=TS + 720), {}, TS + 800)
+    silent = alerts.alert(incident(kind="silent", detail={}), {}, TS + 240)
+    back = alerts.alert(incident(kind="silent", state="resolved", detail={}, resolved_ts=TS + 720), {}, TS + 800)
 
     assert silent == "⚪ <b>pc1</b> stopped reporting at 2025-11-27 07:00:00 UTC (last seen 4 min ago)"
     assert back.startswith("✅ <b>pc1</b> is reporting again after 12 min of silence")
@@ -284,24 +284,24 @@ def test_a_silence_says_when_the_machine_stopped_and_when_it_came_back() -> None
 def test_a_forecast_incident_reads_like_the_forecast() -> None:
     detail = {"metric": "disk_percent", "ts": TS, "level": 91.2, "slope_per_h": 2.1, "eta_s": 2.8 * 3600}
 
-    text = texts.incident(incident(kind="forecast", detail=detail), {"disk_percent": Usual(40, 55)}, TS)
+    text = alerts.alert(incident(kind="forecast", detail=detail), {"disk_percent": Usual(40, 55)}, TS)
 
     assert "<b>pc1</b>: disk will be full in about 3 h (now 91 %, +2.1 %/h)" in text.splitlines()[0]
     assert_valid_telegram_html(text)
 
 
 def test_the_buttons_follow_the_incident() -> None:
-    assert buttons(texts.incident_keyboard(incident())) == [
+    assert buttons(alerts.keyboard(incident())) == [
         ("✅ Correct", "i:42:ok"), ("❌ Wrong prediction", "i:42:no"),
         ("🔕 1 h", "i:42:s1"), ("🔕 8 h", "i:42:s8"), ("📈 Chart", "i:42:chart")]
-    assert [text for text, _ in buttons(texts.incident_keyboard(incident(acked_by="@alice")))] == [
+    assert [text for text, _ in buttons(alerts.keyboard(incident(acked_by="@alice")))] == [
         "🔕 1 h", "🔕 8 h", "📈 Chart"]
-    assert buttons(texts.incident_keyboard(incident(state="resolved"))) == [("📈 Chart", "i:42:chart")]
-    assert [t for t, _ in buttons(texts.incident_keyboard(incident(kind="forecast")))][:2] == [
+    assert buttons(alerts.keyboard(incident(state="resolved"))) == [("📈 Chart", "i:42:chart")]
+    assert [t for t, _ in buttons(alerts.keyboard(incident(kind="forecast")))][:2] == [
         "✅ Right forecast", "❌ Wrong forecast"]
-    assert [t for t, _ in buttons(texts.incident_keyboard(incident(kind="silent")))] == ["🔕 1 h", "🔕 8 h"]
-    assert texts.incident_keyboard(incident(kind="silent", state="resolved")) is None
-    for _, data in buttons(texts.incident_keyboard(incident(id=10**18 - 1))):
+    assert [t for t, _ in buttons(alerts.keyboard(incident(kind="silent")))] == ["🔕 1 h", "🔕 8 h"]
+    assert alerts.keyboard(incident(kind="silent", state="resolved")) is None
+    for _, data in buttons(alerts.keyboard(incident(id=10**18 - 1))):
         assert len(data.encode()) <= 64 and callbacks.parse_incident(data)[0] == 10**18 - 1
 
 
@@ -325,7 +325,7 @@ def test_parse_incident_callback_rejects_anything_else(data: str | None) -> None
     (["db1", "sat,sun", "00:00-24:00"], ("db1", None, Window(0b1100000, 0, 24 * 60), "no reason given")),
 ])
 def test_mute_reads_a_pattern_a_duration_or_a_window_and_a_reason(args: list[str], parsed: tuple) -> None:
-    request = team_texts.parse_mute(args)
+    request = teams.parse_mute(args)
     assert (request.pattern, request.seconds, request.window, request.reason) == parsed
 
 
@@ -336,7 +336,7 @@ def test_mute_reads_a_pattern_a_duration_or_a_window_and_a_reason(args: list[str
     (["<b>", "1h"], ""), (["x" * 65], ""),
 ])
 def test_mute_answers_what_it_cannot_read_with_the_usage_line_and_why(args: list[str], why: str) -> None:
-    answer = team_texts.parse_mute(args)
+    answer = teams.parse_mute(args)
     assert isinstance(answer, str) and why in answer and "e.g. /mute db1 daily 02:00-03:00" in answer
 
 
@@ -361,8 +361,8 @@ def test_an_alert_names_the_full_disk_by_its_mount_point_and_the_processes_behin
     detail = {"drivers": ["disk_percent", "mem_percent"], "filesystems": FILESYSTEMS, "processes": TOP}
     usual = {"disk_percent": Usual(40, 55), "mem_percent": Usual(45, 52)}
 
-    text = texts.incident(incident(detail=detail, metrics={"disk_percent": 99.4, "mem_percent": 98.5}), usual,
-                          TS + 23 * 60)
+    text = alerts.alert(incident(detail=detail, metrics={"disk_percent": 99.4, "mem_percent": 98.5}), usual,
+                        TS + 23 * 60)
 
     assert text.splitlines()[2:] == [
         "• Disk /data 99.4 % (usually 40–55 % on pc1)",
@@ -376,7 +376,7 @@ def test_a_recovered_alert_shows_the_mount_point_and_processes_at_its_worst_and_
               "swap_percent": 91.0, "disk_percent": 97.0}, "peak_filesystems": {"/": 97.0, "/data": 12.0},
               "peak_processes": TOP, "processes": {}}
 
-    text = texts.incident(incident(state="resolved", detail=detail), {}, TS + 3600)
+    text = alerts.alert(incident(state="resolved", detail=detail), {}, TS + 3600)
 
     assert text.splitlines()[2:] == [
         "• CPU 99 % (no usual range yet) at its worst · top: java 161 % (pid 4121), make 40 %",
@@ -392,7 +392,7 @@ def test_an_incident_stored_before_filesystems_and_processes_reads_as_it_did() -
 
     assert (detail.filesystems, detail.processes, detail.peak_processes) == ({}, {}, {})
     assert detail.to_json() == old, "a machine without them stores the same JSON as before"
-    text = texts.incident(incident(detail=json.loads(old), metrics={"disk_percent": 99.4}), {}, TS)
+    text = alerts.alert(incident(detail=json.loads(old), metrics={"disk_percent": 99.4}), {}, TS)
     assert "• Disk (root) 99.4 %" in text
 
 
@@ -402,7 +402,7 @@ def test_device_status_has_a_row_per_filesystem_and_the_top_processes() -> None:
     sample.filesystems, sample.processes = {**FILESYSTEMS, deep: 7.0}, TOP
     usual = {"disk_percent": Usual(40, 55)}
 
-    text = texts.device_status(sample, 0.7, 3, now=TS + 30, usual=usual)
+    text = status.device_status(sample, 0.7, 3, now=TS + 30, usual=usual)
 
     assert re.fullmatch(r"Disk / +41\.2 %", line_of(text, "Disk / "))
     assert "99.4 %" in line_of(text, "Disk /data") and "usually 40–55 %" in line_of(text, "Disk /data")
@@ -410,23 +410,23 @@ def test_device_status_has_a_row_per_filesystem_and_the_top_processes() -> None:
     assert "Top CPU: java 161 % (pid 4121), make 40 %" in text
     assert "Top memory: java 61 % (pid 4121), postgres 12 %, &lt;b&gt;x&amp;y 0.4 %" in text
     assert_valid_telegram_html(text)
-    without = texts.device_status(stored(disk_percent=40.0), 0.7, 3, now=TS + 30)
+    without = status.device_status(stored(disk_percent=40.0), 0.7, 3, now=TS + 30)
     assert "Disk (root)" in without and "Top" not in without, "a machine without them shows none"
 
 
 def test_a_filesystem_forecast_names_its_mount_point() -> None:
     fill = forecast(metric="disk:/data")
 
-    alert = forecast_texts.forecast_alert(fill, None)
-    status = texts.device_status(stored(disk_percent=91.2), 0.7, 3, now=TS,
-                                 forecasts={"disk:/": None, "disk:/data": fill}, horizon_s=4 * 3600)
+    alert = forecasts.forecast_alert(fill, None)
+    device = status.device_status(stored(disk_percent=91.2), 0.7, 3, now=TS,
+                                  forecasts={"disk:/": None, "disk:/data": fill}, horizon_s=4 * 3600)
 
     assert "<b>pc1</b>: /data will be full in about 3 h (now 91 %, +2.1 %/h)" in alert.splitlines()[0]
     assert "Disk /data on pc1: it needs an intervention from 97 %" in alert
-    assert "• /data will be full in about 3 h" in status
+    assert "• /data will be full in about 3 h" in device
     assert_valid_telegram_html(alert)
 
 
 def test_a_chart_says_it_draws_the_fullest_disk() -> None:
-    assert texts.chart_disk(FILESYSTEMS) == "Disk (fullest)" and texts.chart_disk(None) == "Disk"
-    assert "the fullest disk (now /data)" in texts.chart_caption("pc1", TS, TS + 7200, words.fullest(FILESYSTEMS))
+    assert status.chart_disk(FILESYSTEMS) == "Disk (fullest)" and status.chart_disk(None) == "Disk"
+    assert "the fullest disk (now /data)" in status.chart_caption("pc1", TS, TS + 7200, formatting.fullest(FILESYSTEMS))

@@ -11,7 +11,7 @@ import pytest
 
 from agent.wire import Sample
 from bot import db
-from bot.chat import forecast_texts, texts, tolerance_texts
+from bot.chat import alerts, forecasts, tolerance
 from bot.db import ForecastHold, Incident, Label, Tolerance
 from bot.db import incidents as stored
 from bot.db import tolerances as stored_tolerances
@@ -82,9 +82,9 @@ def test_a_wrong_prediction_silences_that_machine_at_that_value_from_its_next_sa
     assert pressed.state == State.FALSE_ALARM and pressed.detail.tolerated == {"disk_percent": 98.6}
     label = Label.get()
     assert (label.value, label.tolerance) == (0, True), "stored as now, marked as one that became a tolerance"
-    edited = texts.incident(pressed, {}, T0 + 4, tolerances.of("build1"))
+    edited = alerts.alert(pressed, {}, T0 + 4, tolerances.of("build1"))
     assert "Disk up to 98.6 % is now normal for build1 (❌ by Bob)" in edited
-    buttons = [b.text for row in texts.incident_keyboard(pressed).inline_keyboard for b in row]
+    buttons = [b.text for row in alerts.keyboard(pressed).inline_keyboard for b in row]
     assert buttons == ["↩️ Undo", "📈 Chart"]
 
     assert ingest(decider, model, tolerances, "build1", T0 + 5, disk_percent=98.6) < 0.1, "from its next sample"
@@ -97,7 +97,7 @@ def test_a_wrong_prediction_silences_that_machine_at_that_value_from_its_next_sa
     (past,) = open_incidents("build1")
     assert past.detail.drivers == ["disk_percent"]
     assert ("• Disk (root) 99.9 % (tolerated up to 98.6 % on build1, past its hard ceiling of 99.5 %)"
-            in texts.incident(past, {}, T0 + 20, tolerances.of("build1")))
+            in alerts.alert(past, {}, T0 + 20, tolerances.of("build1")))
     assert tolerating.wanted(past.detail) == {}, "a ❌ past the ceiling teaches the machine nothing"
 
 
@@ -128,12 +128,12 @@ def test_undo_belongs_to_whoever_pressed_or_an_admin_and_restores_the_alert(
 
     _incident, removed = stored.undo_tolerance(alert.id, ALICE, "Alice", False, T0 + 4)
     assert removed is None and Tolerance.select().count() == 1
-    assert tolerance_texts.undone("build1", removed) == "Only admins or whoever pressed ❌ can undo this."
+    assert tolerance.undone("build1", removed) == "Only admins or whoever pressed ❌ can undo this."
 
     undone, removed = stored.undo_tolerance(alert.id, BOB, "Bob", False, T0 + 5)
     assert removed == ["disk_percent"] and Tolerance.select().count() == 0
-    assert "↩️ Undone by Bob: build1 alerts on Disk as every machine does." in texts.incident(undone, {}, T0 + 6)
-    assert [b.text for row in texts.incident_keyboard(undone).inline_keyboard for b in row] == ["📈 Chart"]
+    assert "↩️ Undone by Bob: build1 alerts on Disk as every machine does." in alerts.alert(undone, {}, T0 + 6)
+    assert [b.text for row in alerts.keyboard(undone).inline_keyboard for b in row] == ["📈 Chart"]
     assert stored.undo_tolerance(alert.id, ADMIN, "Admin", True, T0 + 6)[1] == [], "nothing left to undo"
 
     assert ingest(decider, model, tolerances, "build1", T0 + 10, disk_percent=98.6) > 0.9
@@ -175,7 +175,7 @@ def test_a_wrong_forecast_holds_that_forecast_until_the_metric_is_back_in_its_us
         fill(device, 1440, 1590, 60.0, 0.15)  # then 9 %/h from 60 %
     (first,) = forecasts("pc1")
     pressed = stored.press(first.id, Action.WRONG_FORECAST, BOB, "Bob", T0 + 1590 * minute)
-    assert texts.pressed(Action.WRONG_FORECAST, "pc1", metric=pressed.detail.metric) == (
+    assert alerts.pressed(Action.WRONG_FORECAST, "pc1", metric=pressed.detail.metric) == (
         "Thanks: stored as a wrong forecast. No forecast of disk on pc1 until it is back in its usual range.")
     assert db.ForecastLabel.get().value == 0, "stored as now"
 
@@ -206,5 +206,5 @@ def test_a_tolerated_machine_forecasts_toward_its_own_edge(
     assert build1 is not None and build2 is not None and build1.eta_s and build2.eta_s
     assert build2.eta_s / 3600 == pytest.approx((97 - build2.level) / build2.slope_per_h, rel=0.01)
     assert build1.eta_s / 3600 == pytest.approx((99.5 - build1.level) / build1.slope_per_h, rel=0.01)
-    text = forecast_texts.forecast_alert(build1, None, tolerances.of("build1"))
+    text = forecasts.forecast_alert(build1, None, tolerances.of("build1"))
     assert "it needs an intervention from 99.5 % on this machine" in text

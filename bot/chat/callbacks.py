@@ -17,7 +17,6 @@ ACTIVATE_PATTERN = r"^activate:"
 EXPAND_PATTERN = r"^one:"
 CANCEL = "cancel"
 CANCEL_PATTERN = rf"^{CANCEL}$"
-
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
 _MISSED_RE = re.compile(r"missed:(\d{1,18})")
 _ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")

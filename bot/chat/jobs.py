@@ -6,36 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from telegram import Bot, InlineKeyboardMarkup
+from telegram import Bot
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
-from bot.chat import model_texts, texts
-from bot.chat.limits import URGENT
-from bot.chat.sender import Render, Sender
-from bot.db import Incident
+from bot.chat import model_admin
+from bot.chat.rate_limits import URGENT
+from bot.chat.sender import Sender
 from bot.pipeline.active_model import ModelNews
-from bot.pipeline.baselines import Baselines
-from bot.pipeline.tolerating import Tolerances
 from bot.pipeline.watch import Watch
 
 log = logging.getLogger(__name__)
 
 
-def renderer(baselines: Baselines, tolerances: Tolerances | None = None) -> Render:
-    """An incident's message as of its newest state, with its machine's tolerances (blocks: the usual ranges may
-    be read)."""
-
-    def render(incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
-        tolerated = tolerances.of(incident.device) if tolerances is not None else None
-        return (texts.incident(incident, baselines.get(incident.device), time.time(), tolerated),
-                texts.incident_keyboard(incident))
-
-    return render
+DATABASE_DOWN = "⚠️ The database is unreachable: metrics are not stored and /status cannot answer until it is back."
+DATABASE_UP = "✅ The database is reachable again: metrics are stored."
+KAFKA_DOWN = ("⚠️ Kafka is unreachable: no new metrics arrive until it is back. Nothing is lost: they are read "
+              "when it returns.")
+KAFKA_UP = "✅ Kafka is reachable again: metrics arrive."
+REMOTE_WRITE_IDLE = ("⚠️ No remote write has arrived for a minute: is Prometheus down? The machines it reports "
+                     "are not declared silent meanwhile.")
+REMOTE_WRITE_BACK = "✅ Remote writes arrive again."
 
 
 async def send(context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -74,13 +68,13 @@ def model_news_teller(bot: Bot, chat_ids: Iterable[int]) -> Callable[[ModelNews]
     """What the model keeper is handed to tell the chats about the model."""
 
     async def tell_news(news: ModelNews) -> None:
-        await tell(bot, chat_ids, model_texts.model_news(news))
+        await tell(bot, chat_ids, model_admin.model_news(news))
 
     return tell_news
 
 
 @dataclass
-class Service:
+class WatchedService:
     """A service whose outage the chats hear about: once when it starts and once when it ends."""
 
     is_up: Callable[[], bool]

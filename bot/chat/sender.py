@@ -1,10 +1,12 @@
-"""Delivering the outbox (bot/db/outbox.py): sends incident messages and replies, edits them while incidents change.
+"""Delivering the outbox (bot/db/outbox.py): sends incident messages, replies and group messages, and edits them
+while their incidents change.
 
-Every message to send is a `Notice` row written when its incident was decided, so nothing waits in memory:
-a Telegram outage or a restart delays messages, never drops them. Each row is claimed in the database before
-it is sent, so two processes never send the same one. A permanent error (the bot was blocked, the chat is
-gone) is logged once per chat and the row is marked failed; other chats go on. A flood limit (429) pauses
-sending to its chat for as long as Telegram asks; other chats go on.
+Every message to send is a row written when its incident was decided, so nothing waits in memory: a Telegram
+outage or a restart delays messages, never drops them. Each row is claimed in the database before it is sent, so
+two processes never send the same one. Whatever Telegram answers is put in one of four kinds (`SendFailed`) that
+every path treats the same way: a permanent error (the bot was blocked, the chat is gone) is logged once per chat
+and the row is marked failed, other chats go on; a flood limit (429) pauses sending to its chat for as long as
+Telegram asks, other chats go on; anything else is tried again later with backoff.
 """
 
 from __future__ import annotations
@@ -12,42 +14,66 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from enum import Enum
 from functools import partial
+from typing import TypeVar
 
 from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from agent.log_once import Outage
-from bot.chat.limits import URGENT
+from bot.chat.rate_limits import URGENT
 from bot.db import Digest, Incident, Notice, outbox
-from bot.db.outbox import (
-    SEND_TIMEOUT_S,
-    claim,
-    due,
-    record_edit,
-    record_failed,
-    record_retry,
-    record_sent,
-    release,
-    stale,
-)
+from bot.db.outbox import SEND_TIMEOUT_S, Row, claim, record_failed, record_retry, release
 from schema.domain import NoticeKind
 
 log = logging.getLogger(__name__)
 RETRY_S = (5.0, 15.0, 60.0, 300.0)  # after a network error or a 5xx, by attempt
+T = TypeVar("T")
 
 Render = Callable[[Incident], tuple[str, InlineKeyboardMarkup | None]]
 # A group's message from its change and its members' notices and incidents.
 RenderDigest = Callable[[str, list[tuple[Notice, Incident]]], tuple[str, InlineKeyboardMarkup | None]]
+Text = Callable[[], tuple[str, InlineKeyboardMarkup | None]]  # a message's text and buttons, made when it goes
 THREAD_GONE = ("thread not found", "topic_closed")  # Telegram's answers for a deleted or closed forum topic
+
+
+class Failure(Enum):
+    PERMANENT = "permanent"  # the chat cannot take it, ever: blocked, gone, refused
+    LATER = "later"  # Telegram or the network is out: the same call can work later
+    FLOOD = "flood"  # this chat's flood limit: wait as long as Telegram asks
+    UNCHANGED = "unchanged"  # an edit to what the message says already
+
+
+class SendFailed(Exception):
+    """Telegram did not take a call, as one of the four kinds every delivery path handles."""
+
+    def __init__(self, message: str, failure: Failure, wait_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.message, self.failure, self.wait_s = message, failure, wait_s
 
 
 def retry_seconds(retry_after: float | timedelta) -> float:
     """PTB gives 429's retry_after as seconds or as a timedelta, depending on its version and settings."""
     return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+
+
+async def classified(call: Awaitable[T]) -> T:
+    """The result of a Bot API call, or SendFailed saying what kind of failure it was."""
+    try:
+        return await call
+    except RetryAfter as exc:
+        raise SendFailed(exc.message, Failure.FLOOD, retry_seconds(exc.retry_after)) from exc
+    except BadRequest as exc:
+        unchanged = "not modified" in exc.message.lower()
+        raise SendFailed(exc.message, Failure.UNCHANGED if unchanged else Failure.PERMANENT) from exc
+    except Forbidden as exc:
+        raise SendFailed(exc.message, Failure.PERMANENT) from exc
+    except TelegramError as exc:
+        raise SendFailed(exc.message, Failure.LATER) from exc
 
 
 class Sender:
@@ -65,18 +91,119 @@ class Sender:
                                "Telegram takes messages again")
 
     async def run(self, bot: Bot) -> None:
-        """Send what is due, then bring edited incidents up to date; a run while another is busy does nothing."""
+        """Send what is due, then bring edited incidents up to date; a run while another is busy does nothing.
+        A run ends early when Telegram is out: what is left waits for the next."""
         if self._running.locked():
             return
         async with self._running:
-            now = time.time()
-            notices = await asyncio.to_thread(due, now)
-            await self._deliver(bot, notices)
-            await self._deliver_digests(bot, await asyncio.to_thread(outbox.due_digests, time.time()))
-            edits = await asyncio.to_thread(stale, time.time(), self.edit_every_s)
-            await self._edit(bot, edits)
-            await self._edit_digests(bot, await asyncio.to_thread(outbox.stale_digests, time.time(),
-                                                                  self.edit_every_s))
+            for notice, incident, reply_to in await asyncio.to_thread(outbox.due, time.time()):
+                text = partial(self._notice_text, notice, incident)
+                if not await self._deliver(bot, Notice, notice, text, reply_to, partial(self._sent, notice, incident)):
+                    return
+            for digest in await asyncio.to_thread(outbox.due_digests, time.time()):
+                members = await asyncio.to_thread(outbox.members, digest.id)
+                reply_to = await asyncio.to_thread(outbox.reply_target, digest)
+                text = partial(self.render_digest, digest.change, members)
+                if not await self._deliver(bot, Digest, digest, text, reply_to, partial(self._shown, digest, members)):
+                    return
+            for notice, incident in await asyncio.to_thread(outbox.stale, time.time(), self.edit_every_s):
+                record = partial(outbox.record_edit, notice.id, incident.revision)
+                if not await self._edit(bot, Notice, notice, partial(self.render, incident), record):
+                    return
+            for digest, _count, _revisions in await asyncio.to_thread(outbox.stale_digests, time.time(),
+                                                                      self.edit_every_s):
+                members = await asyncio.to_thread(outbox.members, digest.id)
+                text = partial(self.render_digest, digest.change, members)
+                if not await self._edit(bot, Digest, digest, text, partial(self._shown, digest, members, None)):
+                    return
+
+    def _notice_text(self, notice: Notice, incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
+        """An alert as of its incident's newest state; a reply as it was written."""
+        if notice.kind == NoticeKind.ALERT:
+            return self.render(incident)
+        return notice.text or "", None
+
+    @staticmethod
+    def _sent(notice: Notice, incident: Incident, message: Message, now: float) -> None:
+        outbox.record_sent(notice.id, message.message_id, incident.revision, now)
+        log.info("sent %s about incident %d (%s) to chat %d", notice.kind, incident.id, incident.device,
+                 notice.chat_id)
+
+    @staticmethod
+    def _shown(digest: Digest, members: list[tuple[Notice, Incident]], message: Message | None, now: float) -> None:
+        """A group message was sent (`message`) or edited: the members and the revisions it shows."""
+        revisions = sum(incident.revision for _, incident in members)
+        outbox.record_digest(digest.id, message.message_id if message else None, len(members), revisions, now)
+        if message is not None:
+            log.info("sent a group of %d (%s) to chat %d", len(members), digest.change, digest.chat_id)
+
+    async def _deliver(self, bot: Bot, table: Row, row: Notice | Digest, text: Text, reply_to: int | None,
+                       record: Callable[[Message, float], None]) -> bool:
+        """Send one row's message (`text` blocks: it may read the database); False when Telegram is out."""
+        if self._waiting(row.chat_id) or not await asyncio.to_thread(claim, table, row.id, True):
+            return True  # its chat waits out a flood limit, or another process sends (or sent) this one
+        try:
+            shown, markup = await asyncio.to_thread(text)
+            message = await self._send(bot, row.chat_id, row.thread_id, shown, markup, reply_to)
+        except SendFailed as exc:
+            return await self._failed(exc, table, row, edit=False)
+        except Exception as exc:  # a bug must cost one message a delay, not the whole outbox
+            log.exception("sending %s %d failed", table.__name__.lower(), row.id)
+            await asyncio.to_thread(record_retry, table, row.id, self._backoff(row), time.time(), repr(exc))
+            return True
+        self.telegram.up()
+        await asyncio.to_thread(record, message, time.time())
+        return True
+
+    async def _edit(self, bot: Bot, table: Row, row: Notice | Digest, text: Text,
+                    record: Callable[[float], None]) -> bool:
+        """Edit one row's message to its incident's newest state; False when Telegram is out."""
+        if self._waiting(row.chat_id) or not await asyncio.to_thread(claim, table, row.id, False):
+            return True
+        shown, markup = await asyncio.to_thread(text)
+        try:
+            await classified(bot.edit_message_text(shown, row.chat_id, row.message_id, parse_mode=ParseMode.HTML,
+                                                   reply_markup=markup, rate_limit_args=URGENT))
+        except SendFailed as exc:
+            if exc.failure in (Failure.FLOOD, Failure.LATER):
+                return await self._failed(exc, table, row, edit=True)
+            if exc.failure == Failure.PERMANENT:  # the message is gone or cannot be edited: stop trying
+                await self._failed(exc, table, row, edit=True)
+        await asyncio.to_thread(record, time.time())
+        return True
+
+    async def _failed(self, exc: SendFailed, table: Row, row: Notice | Digest, edit: bool) -> bool:
+        """What a failure does: a flood limit pauses the chat and lets the row go; Telegram out lets it go, or
+        retries it with backoff, and ends the run (False); a message that can never be sent is marked failed,
+        and an edit that can never be made is said in the log (the incident lives on in the database)."""
+        if exc.failure == Failure.FLOOD:
+            log.warning("Telegram asks to wait %.0f s (flood limit) in chat %d; its messages wait, other chats go on",
+                        exc.wait_s, row.chat_id)
+            self._paused[row.chat_id] = time.monotonic() + exc.wait_s
+            await asyncio.to_thread(release, table, row.id)
+            return True
+        if exc.failure == Failure.LATER:
+            self.telegram.down(exc.message)
+            if edit:
+                await asyncio.to_thread(release, table, row.id)
+            else:
+                await asyncio.to_thread(record_retry, table, row.id, self._backoff(row), time.time(), exc.message)
+            return False
+        if not edit:
+            await asyncio.to_thread(record_failed, table, row.id, exc.message)
+        elif not isinstance(exc.__cause__, Forbidden):
+            log.warning("cannot edit the message of %s %d in chat %d: %s", table.__name__.lower(), row.id,
+                        row.chat_id, exc.message)
+            return True
+        if row.chat_id not in self._dead_chats:
+            self._dead_chats.add(row.chat_id)
+            log.error("chat %d cannot receive messages (%s); its messages are dropped, other chats go on",
+                      row.chat_id, exc.message)
+        return True
+
+    @staticmethod
+    def _backoff(row: Notice | Digest) -> float:
+        return RETRY_S[min(row.attempts, len(RETRY_S) - 1)]
 
     async def _send(self, bot: Bot, chat_id: int, thread_id: int | None, text: str,
                     markup: InlineKeyboardMarkup | None, reply_to: int | None) -> Message:
@@ -86,128 +213,18 @@ class Sender:
             thread_id = None
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
         try:
-            return await bot.send_message(
+            return await classified(bot.send_message(
                 chat_id, text, parse_mode=ParseMode.HTML, reply_markup=markup, reply_parameters=reply,
                 message_thread_id=thread_id, read_timeout=SEND_TIMEOUT_S, write_timeout=SEND_TIMEOUT_S,
                 rate_limit_args=URGENT,
-            )
-        except BadRequest as exc:
+            ))
+        except SendFailed as exc:
             if thread_id is None or not any(gone in exc.message.lower() for gone in THREAD_GONE):
                 raise
         self._gone_topics.add((chat_id, thread_id))
         log.warning("topic %d of chat %d is gone (closed or deleted): its messages go to the chat's general topic",
                     thread_id, chat_id)
         return await self._send(bot, chat_id, None, text, markup, reply_to)
-
-    async def _deliver(self, bot: Bot, notices: list[tuple[Notice, Incident, int | None]]) -> None:
-        for notice, incident, reply_to in notices:
-            if self._waiting(notice.chat_id) or not await asyncio.to_thread(claim, notice.id, True):
-                continue  # its chat waits out a flood limit, or another process sends (or sent) this one
-            if notice.kind == NoticeKind.ALERT:
-                text, markup = await asyncio.to_thread(self.render, incident)
-            else:
-                text, markup = notice.text or "", None
-            try:
-                message = await self._send(bot, notice.chat_id, notice.thread_id, text, markup, reply_to)
-            except RetryAfter as exc:
-                await self._flood(exc, notice.chat_id, partial(release, notice.id))
-                continue
-            except (Forbidden, BadRequest) as exc:
-                await asyncio.to_thread(record_failed, notice.id, exc.message)
-                self._dead(notice.chat_id, exc)
-                continue
-            except TelegramError as exc:
-                self.telegram.down(exc.message)
-                wait = RETRY_S[min(notice.attempts, len(RETRY_S) - 1)]
-                await asyncio.to_thread(record_retry, notice.id, wait, time.time(), exc.message)
-                return
-            except Exception as exc:  # a bug must cost one message a delay, not the whole outbox
-                log.exception("sending notice %d failed", notice.id)
-                wait = RETRY_S[min(notice.attempts, len(RETRY_S) - 1)]
-                await asyncio.to_thread(record_retry, notice.id, wait, time.time(), repr(exc))
-                continue
-            self.telegram.up()
-            await asyncio.to_thread(record_sent, notice.id, message.message_id, incident.revision, time.time())
-            log.info("sent %s about incident %d (%s) to chat %d", notice.kind, incident.id, incident.device,
-                     notice.chat_id)
-
-    async def _edit(self, bot: Bot, edits: list[tuple[Notice, Incident]]) -> None:
-        for notice, incident in edits:
-            if self._waiting(notice.chat_id) or not await asyncio.to_thread(claim, notice.id, False):
-                continue
-            text, markup = await asyncio.to_thread(self.render, incident)
-            try:
-                await bot.edit_message_text(text, notice.chat_id, notice.message_id, parse_mode=ParseMode.HTML,
-                                            reply_markup=markup, rate_limit_args=URGENT)
-            except RetryAfter as exc:
-                await self._flood(exc, notice.chat_id, partial(release, notice.id))
-                continue
-            except BadRequest as exc:
-                if "not modified" not in exc.message.lower():
-                    # The message is gone or cannot be edited: stop trying, the incident lives on in the database.
-                    log.warning("cannot edit the message of incident %d in chat %d: %s", incident.id,
-                                notice.chat_id, exc.message)
-            except Forbidden as exc:
-                self._dead(notice.chat_id, exc)
-            except TelegramError as exc:
-                self.telegram.down(exc.message)
-                await asyncio.to_thread(release, notice.id)
-                return
-            await asyncio.to_thread(record_edit, notice.id, incident.revision, time.time())
-
-    async def _deliver_digests(self, bot: Bot, digests: list[Digest]) -> None:
-        """Send the groups that are due: one message for many changes of one kind."""
-        for digest in digests:
-            if self._waiting(digest.chat_id) or not await asyncio.to_thread(outbox.claim_digest, digest.id, True):
-                continue
-            members = await asyncio.to_thread(outbox.members, digest.id)
-            text, markup = await asyncio.to_thread(self.render_digest, digest.change, members)
-            reply_to = await asyncio.to_thread(outbox.reply_target, digest)
-            try:
-                message = await self._send(bot, digest.chat_id, digest.thread_id, text, markup, reply_to)
-            except RetryAfter as exc:
-                await self._flood(exc, digest.chat_id, partial(outbox.release_digest, digest.id))
-                continue
-            except (Forbidden, BadRequest) as exc:
-                await asyncio.to_thread(outbox.digest_failed, digest.id, exc.message)
-                self._dead(digest.chat_id, exc)
-                continue
-            except TelegramError as exc:
-                self.telegram.down(exc.message)
-                wait = RETRY_S[min(digest.attempts, len(RETRY_S) - 1)]
-                await asyncio.to_thread(outbox.digest_retry, digest.id, wait, time.time())
-                return
-            self.telegram.up()
-            revisions = sum(incident.revision for _, incident in members)
-            await asyncio.to_thread(outbox.record_digest, digest.id, message.message_id, len(members), revisions,
-                                    time.time())
-            log.info("sent a group of %d (%s) to chat %d", len(members), digest.change, digest.chat_id)
-
-    async def _edit_digests(self, bot: Bot, edits: list[tuple[Digest, int, int]]) -> None:
-        """Bring group messages up to date: members joined, or their incidents changed."""
-        for digest, _count, _revisions in edits:
-            if self._waiting(digest.chat_id) or not await asyncio.to_thread(outbox.claim_digest, digest.id, False):
-                continue
-            members = await asyncio.to_thread(outbox.members, digest.id)
-            text, markup = await asyncio.to_thread(self.render_digest, digest.change, members)
-            try:
-                await bot.edit_message_text(text, digest.chat_id, digest.message_id, parse_mode=ParseMode.HTML,
-                                            reply_markup=markup, rate_limit_args=URGENT)
-            except RetryAfter as exc:
-                await self._flood(exc, digest.chat_id, partial(outbox.release_digest, digest.id))
-                continue
-            except BadRequest as exc:
-                if "not modified" not in exc.message.lower():
-                    log.warning("cannot edit the group message %d in chat %d: %s", digest.id, digest.chat_id,
-                                exc.message)
-            except Forbidden as exc:
-                self._dead(digest.chat_id, exc)
-            except TelegramError as exc:
-                self.telegram.down(exc.message)
-                await asyncio.to_thread(outbox.release_digest, digest.id)
-                return
-            revisions = sum(incident.revision for _, incident in members)
-            await asyncio.to_thread(outbox.record_digest, digest.id, None, len(members), revisions, time.time())
 
     def _waiting(self, chat_id: int) -> bool:
         """Whether the chat is within a flood limit Telegram set: its messages stay queued, other chats go on."""
@@ -216,16 +233,3 @@ class Sender:
             del self._paused[chat_id]
             return False
         return until is not None
-
-    async def _flood(self, exc: RetryAfter, chat_id: int, release_row: Callable[[], None]) -> None:
-        seconds = retry_seconds(exc.retry_after)
-        log.warning("Telegram asks to wait %.0f s (flood limit) in chat %d; its messages wait, other chats go on",
-                    seconds, chat_id)
-        self._paused[chat_id] = time.monotonic() + seconds
-        await asyncio.to_thread(release_row)
-
-    def _dead(self, chat_id: int, exc: TelegramError) -> None:
-        if chat_id not in self._dead_chats:
-            self._dead_chats.add(chat_id)
-            log.error("chat %d cannot receive messages (%s); its messages are dropped, other chats go on",
-                      chat_id, exc.message)

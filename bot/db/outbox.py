@@ -84,25 +84,47 @@ def _alert(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | No
                               & (Notice.kind == NoticeKind.ALERT))
 
 
-def _free(now: float) -> object:
-    return Notice.claimed_until.is_null() | (Notice.claimed_until < now)
+Row = type[Notice] | type[Digest]  # an outbox row: a message about one incident, or a group's message
 
 
-def claim(notice_id: int, unsent: bool) -> bool:
+def _free(table: Row, now: float) -> object:
+    return table.claimed_until.is_null() | (table.claimed_until < now)
+
+
+def claim(table: Row, row_id: int, unsent: bool) -> bool:
     """Take one row for this process, or learn that another process has it (or, with `unsent`, has sent it
     since this one read it: the claim is checked against the row as it is now)."""
     now = time.time()
-    which = (Notice.id == notice_id) & _free(now)
-    if unsent:  # and not folded into a group since it was read
-        which &= Notice.sent.is_null() & Notice.failed.is_null() & (Notice.digest.is_null() | Notice.expanded)
-    return Notice.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
+    which = (table.id == row_id) & _free(table, now)
+    if unsent:
+        which &= table.sent.is_null() & table.failed.is_null()
+        if table is Notice:  # and not folded into a group since it was read
+            which &= Notice.digest.is_null() | Notice.expanded
+    return table.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
+
+
+def release(table: Row, row_id: int) -> None:
+    """Let the row go unsent or unedited, for a later try by any process."""
+    table.update(claimed_until=None).where(table.id == row_id).execute()
+
+
+def record_retry(table: Row, row_id: int, seconds: float, now: float, error: str) -> None:
+    """Telegram could not take the message now: try again in `seconds`."""
+    table.update(due=now + seconds, attempts=table.attempts + 1, claimed_until=None).where(
+        table.id == row_id).execute()
+    log.debug("%s %d: %s; next try in %.0f s", table.__name__.lower(), row_id, error, seconds)
+
+
+def record_failed(table: Row, row_id: int, error: str) -> None:
+    """The message can never be delivered (the bot was blocked, the chat is gone)."""
+    table.update(failed=error[:500], claimed_until=None).where(table.id == row_id).execute()
 
 
 def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
     """Unsent, unclaimed notices whose time has come and that are not sent as part of a group alone, oldest
     first, with the message a reply answers (the alert, or the group the alert is part of)."""
     rows = (Notice.select(Notice, Incident).join(Incident)
-            .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(now)
+            .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(Notice, now)
                    & (Notice.digest.is_null() | Notice.expanded))
             .order_by(Notice.id).limit(BATCH))
     out = []
@@ -131,7 +153,7 @@ def stale(now: float, edit_every_s: float) -> list[tuple[Notice, Incident]]:
     """Sent incident messages that show an older state of their incident, and may be edited now: at once when
     the incident ended or a person acted on it, else at most every `edit_every_s`."""
     query = (Notice.select(Notice, Incident).join(Incident)
-             .where((Notice.kind == NoticeKind.ALERT) & Notice.message_id.is_null(False) & _free(now)
+             .where((Notice.kind == NoticeKind.ALERT) & Notice.message_id.is_null(False) & _free(Notice, now)
                     & (Incident.revision > Notice.shown_revision)
                     & ((Incident.state != State.OPEN) | Notice.edited.is_null() | (Incident.acted > Notice.edited)
                        | (Notice.edited <= now - edit_every_s)))
@@ -151,28 +173,10 @@ def record_edit(notice_id: int, revision: int, now: float) -> None:
         (Notice.id == notice_id) & (Notice.shown_revision < revision)).execute()
 
 
-def record_retry(notice_id: int, seconds: float, now: float, error: str) -> None:
-    Notice.update(due=now + seconds, attempts=Notice.attempts + 1, claimed_until=None).where(
-        Notice.id == notice_id).execute()
-    log.debug("notice %d: %s; next try in %.0f s", notice_id, error, seconds)
-
-
-def record_failed(notice_id: int, error: str) -> None:
-    Notice.update(failed=error[:500], claimed_until=None).where(Notice.id == notice_id).execute()
-
-
-def release(notice_id: int) -> None:
-    Notice.update(claimed_until=None).where(Notice.id == notice_id).execute()
-
-
 def due_digests(now: float) -> list[Digest]:
     """Groups whose message is due and not claimed, oldest first."""
     return list(Digest.select().where(Digest.sent.is_null() & Digest.failed.is_null() & (Digest.due <= now)
-                                      & _free_digest(now)).order_by(Digest.id).limit(BATCH))
-
-
-def _free_digest(now: float) -> object:
-    return Digest.claimed_until.is_null() | (Digest.claimed_until < now)
+                                      & _free(Digest, now)).order_by(Digest.id).limit(BATCH))
 
 
 def members(digest_id: int) -> list[tuple[Notice, Incident]]:
@@ -197,20 +201,12 @@ def stale_digests(now: float, edit_every_s: float) -> list[tuple[Digest, int, in
             .where(Notice.digest.in_(recent)).group_by(Notice.digest).tuples())
     totals = {digest: (count, revisions) for digest, count, revisions in sums}
     out = []
-    for digest in Digest.select().where(Digest.id.in_(list(totals)) & _free_digest(now)).order_by(Digest.id):
+    for digest in Digest.select().where(Digest.id.in_(list(totals)) & _free(Digest, now)).order_by(Digest.id):
         count, revisions = totals[digest.id]
         if count > digest.shown_members or (revisions > digest.shown_revision
                                             and (digest.edited or 0) <= now - edit_every_s):
             out.append((digest, count, revisions))
     return out
-
-
-def claim_digest(digest_id: int, unsent: bool) -> bool:
-    now = time.time()
-    which = (Digest.id == digest_id) & _free_digest(now)
-    if unsent:
-        which &= Digest.sent.is_null() & Digest.failed.is_null()
-    return Digest.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
 
 
 def record_digest(digest_id: int, message_id: int | None, count: int, revisions: int, now: float) -> None:
@@ -221,19 +217,6 @@ def record_digest(digest_id: int, message_id: int | None, count: int, revisions:
     Digest.update(changes).where(Digest.id == digest_id).execute()
     Digest.update(shown_members=count, shown_revision=revisions).where(
         (Digest.id == digest_id) & (Digest.shown_revision <= revisions)).execute()
-
-
-def digest_retry(digest_id: int, seconds: float, now: float) -> None:
-    Digest.update(due=now + seconds, attempts=Digest.attempts + 1, claimed_until=None).where(
-        Digest.id == digest_id).execute()
-
-
-def digest_failed(digest_id: int, error: str) -> None:
-    Digest.update(failed=error[:500], claimed_until=None).where(Digest.id == digest_id).execute()
-
-
-def release_digest(digest_id: int) -> None:
-    Digest.update(claimed_until=None).where(Digest.id == digest_id).execute()
 
 
 def expand(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | None:

@@ -32,6 +32,7 @@ from typing import NamedTuple, Protocol
 import cramjam
 from google.protobuf.message import DecodeError
 
+from agent.log_once import Once
 from agent.wire import Sample
 from bot.db import Rejection
 from bot.db.held_parts import Part
@@ -177,7 +178,7 @@ class Receiver:
         self._coming = 0  # writes being read: their samples are about to join the queue
         self._seen: dict[bytes, _Seen] = {}  # an encoded label set -> what it means
         self._times: dict[bytes, int] = {}  # the varint of a valid time -> the time in ms
-        self._refused: dict[str, float] = {}  # source -> when it was last recorded as rejected
+        self._refused = Once(log, again_s=REFUSE_AGAIN_S, most=10_000)  # by source, for /rejected
 
     def process(self, body: bytes, now: float | None = None) -> Outcome:
         """Read one write and store what is ready. Raises Malformed, TooLarge or Unavailable; changes nothing
@@ -281,7 +282,7 @@ class Receiver:
             return
         meaning = self._meaning(name, labels)
         if meaning.refused is not None:
-            self._refuse(*meaning.refused, now, outcome, rejects)
+            self._refuse(*meaning.refused, outcome, rejects)
             return
         if len(series.samples) == 1:
             self._remember(encoded, meaning, series.samples[0].timestamp, now)
@@ -290,8 +291,7 @@ class Receiver:
         for sample in series.samples:
             problem = ts_problem(sample.timestamp, now)
             if problem is not None:
-                self._refuse(f"remote write: {meaning.device}", problem, f"{name}{_shown(labels)}", now, outcome,
-                             rejects)
+                self._refuse(f"remote write: {meaning.device}", problem, f"{name}{_shown(labels)}", outcome, rejects)
             elif isfinite(sample.value):
                 scrapes.setdefault((meaning.device, sample.timestamp), []).append((meaning.key, sample.value))
         outcome.read += 1
@@ -413,15 +413,11 @@ class Receiver:
         except Exception as exc:
             log.warning("remote write: held parts of %d stored scrapes not released: %s", len(scrapes), exc)
 
-    def _refuse(self, source: str, reason: str, payload: str, now: float, outcome: Outcome,
-                rejects: list[Rejection]) -> None:
+    def _refuse(self, source: str, reason: str, payload: str, outcome: Outcome, rejects: list[Rejection]) -> None:
         """Say why series were left out; recorded for /rejected once per source every REFUSE_AGAIN_S."""
         if reason not in outcome.refused:
             outcome.refused.append(reason)
-        if now - self._refused.get(source, -REFUSE_AGAIN_S) >= REFUSE_AGAIN_S:
-            if len(self._refused) >= 10_000:
-                self._refused.clear()
-            self._refused[source] = now
+        if self._refused.due(source) is not None:
             rejects.append(Rejection(source, reason, payload.encode("utf-8", "backslashreplace")))
 
 

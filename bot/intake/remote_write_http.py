@@ -15,7 +15,8 @@ from collections.abc import Callable
 from aiohttp import web
 from confluent_kafka import KafkaError, Message, Producer
 
-from agent.log_once import Outage
+from agent.log_once import Once, Outage
+from agent.vocabulary import producer_settings
 from agent.wire import Sample, encode
 from bot.db import Rejection, beat
 from bot.intake.remote_write import MAX_BODY, Malformed, Receiver, TooLarge, Unavailable
@@ -40,16 +41,9 @@ class KafkaSink:
         self.topic = topic
         self.timeout_s = timeout_s
         self.store_rejects = store_rejects
-        self.producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "linger.ms": 5,
-            # A broker that does not answer fails the write within the sender's patience (Prometheus: 30 s).
-            "message.timeout.ms": int(timeout_s * 1000),
-            "queue.buffering.max.messages": 1_000_000,
-            "logger": logging.getLogger("librdkafka"),
-            "log_level": 2,
-        })
+        # A broker that does not answer fails the write within the sender's patience (Prometheus: 30 s).
+        self.producer = Producer(producer_settings(bootstrap, "rigwatch-remote-write", timeout_s, 1_000_000,
+                                                   linger_ms=5, logger=logging.getLogger("librdkafka")))
 
     def __call__(self, samples: list[Sample], rejects: list[Rejection]) -> None:
         failed: list[KafkaError] = []
@@ -101,7 +95,7 @@ class RemoteWriteServer:
         self._flusher: asyncio.Task[None] | None = None
         self.storing = Outage(log, "remote write: storing failed (%s); answering 503 so the senders retry",
                               "remote write: storing works again", level=logging.ERROR)
-        self._said: dict[str, tuple[float, int]] = {}  # 400 reason -> (when logged, how many since)
+        self.refusals = Once(log, again_s=SAY_AGAIN_S)  # by the reason of a 400
         self.last_write = time.time()  # of a write that was read; from the start, so a fresh bot is not "idle"
         self._beaten = 0.0
 
@@ -199,16 +193,7 @@ class RemoteWriteServer:
 
     def _bad(self, reason: str) -> web.Response:
         """400, said in the log once a minute per reason with how many came meanwhile."""
-        now = time.monotonic()
-        logged, since = self._said.get(reason, (-SAY_AGAIN_S, 0))
-        if now - logged >= SAY_AGAIN_S:
-            more = f" ({since} more since)" if since else ""
-            log.warning("remote write refused (400): %s%s", reason, more)
-            if len(self._said) >= 1000:
-                self._said.clear()
-            self._said[reason] = (now, 0)
-        else:
-            self._said[reason] = (logged, since + 1)
+        self.refusals.say(reason, "remote write refused (400): %s", reason)
         return web.Response(status=400, text=f"{reason}\n")
 
     async def _flush_regularly(self) -> None:

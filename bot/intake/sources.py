@@ -21,7 +21,7 @@ from confluent_kafka import (
 )
 
 from agent.collect import Collector, default_device_id
-from agent.log_once import Outage
+from agent.log_once import Once, Outage
 from agent.wire import Sample, WireError, parse
 from bot.config import Settings
 from bot.db import Origin, Rejection
@@ -94,7 +94,7 @@ class KafkaSource:
         self.outage = Outage(log, "Kafka unreachable (%s); retrying, nothing is lost meanwhile",
                              "Kafka reachable again")
         self._connection_error: str | None = None  # since the last probe of the broker
-        self._problem: str | None = None  # the last other error logged: said again only when it changes
+        self.problems = Once(log)  # other errors: each said once, until messages come again
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": settings.kafka_group_id,
@@ -129,9 +129,7 @@ class KafkaSource:
                       "which stores nothing twice")
 
     def _say(self, problem: str) -> None:
-        if problem != self._problem:
-            log.warning("%s", problem)
-        self._problem = problem
+        self.problems.say(problem, "%s", problem)
 
     def _check_broker(self) -> None:
         """After a connection error, ask the broker for the topic's metadata; log a change of state."""
@@ -180,7 +178,7 @@ class KafkaSource:
                     size += len(value)
             count += len(messages)
             if kept or batch.refused:
-                self._problem = None
+                self.problems.forget()
             if count >= self.batch_size or size >= MAX_BATCH_BYTES:
                 break
             messages = self.consumer.consume(num_messages=min(CONSUME_CHUNK, self.batch_size - count), timeout=0)

@@ -1,13 +1,13 @@
 """What the bot says about forecasts: where disk, memory, swap and each filesystem are heading, under
-/status <device> and in a forecast's alert. What a wrong forecast holds is in tolerance_texts.py."""
+/status <device> and in a forecast's alert."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from agent.vocabulary import KNOWN_METRICS
-from bot.chat import tolerance_texts
-from bot.chat.words import clip, disk_label, escape, number, usual_range, when
+from bot.chat import tolerance
+from bot.chat.formatting import clip, disk_label, escape, number, usual_range, when
 from bot.pipeline import tolerating
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import BUCKET_S, MIN_BUCKETS, Forecast
@@ -63,6 +63,6 @@ def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[s
     return clip(
         f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
         f"{escape(label)} on {escape(forecast.device)}: {usual_text}it needs an intervention from "
-        f"{tolerance_texts.tolerance_value(model_metric, edge)}{own}.\n"
+        f"{tolerance.tolerance_value(model_metric, edge)}{own}.\n"
         f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"
     )

@@ -1,4 +1,4 @@
-"""The small words every text is made of: HTML that can be sent, times and durations, counts, and metric
+"""The small words every text is made of: HTML that can be sent, times, spans and durations, counts, and metric
 values with their usual ranges."""
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ from telegram.constants import MessageLimit
 
 from agent.vocabulary import KNOWN_METRICS
 from bot.pipeline.baselines import Usual
+
+
+def span(start: float, end: float) -> str:
+    """A span of clock times, to the second when it is shorter than minutes alone would tell (10 min)."""
+    shown = "%H:%M:%S" if end - start < 600 else "%H:%M"
+    return f"{datetime.fromtimestamp(start, UTC):{shown}}–{datetime.fromtimestamp(end, UTC):{shown}} UTC"
 
 
 def escape(text: str) -> str:

@@ -1,26 +1,33 @@
-"""What the bot says to teams: subscriptions by chat and topic, maintenance (mutes and recurring windows),
-one message for many machines, and "slow down". The fleet's own words are in texts.py."""
+"""Teams: subscriptions by chat and forum topic (/subscribe, /unsubscribe, /subscriptions) and maintenance (/mute,
+/muted, /unmute), with their words."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import tzinfo
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+from telegram import Update
+from telegram.constants import ParseMode
+from telegram.ext import BaseHandler, CommandHandler, ContextTypes
 
-from bot.chat import callbacks
-from bot.chat.words import ago, clip, escape, metric_value, percent, plural, when
-from bot.db import Incident, Mute, Notice, Subscription
-from schema.domain import PATTERN_RE, Kind, Reply, State, Window, matches
+from bot import db
+from bot.chat import common
+from bot.chat.formatting import ago, clip, escape, plural, when
+from bot.db import Mute, Subscription
+from schema.domain import PATTERN_RE, Window, matches
+
+log = logging.getLogger(__name__)
+
+
+def _device_names() -> list[str]:
+    return [d.name for d in db.devices()]
+
 
 MAX_PATTERNS = 10  # in one command
-SHOWN_NAMES = 20  # a group message names this many machines, then "and N more"
-MAX_BUTTONS = 60  # a group message has a button per machine, up to this many (Telegram allows 100)
-BUTTONS_PER_ROW = 3
-
-# --- subscriptions -----------------------------------------------------------------------------------------
-
 SUBSCRIBE_USAGE = ("Usage: /subscribe <pattern>…, e.g. /subscribe web* db1 (shell-style: * any characters, ? one). "
                    "Sent in a forum topic, the subscription is that topic's.")
 UNSUBSCRIBE_USAGE = "Usage: /unsubscribe [pattern…]; without a pattern it removes all of this topic's."
@@ -41,10 +48,6 @@ def unmatched(pattern_list: list[str], known: list[str]) -> str:
     """A warning for patterns no machine matches yet (they are kept all the same)."""
     lonely = [p for p in pattern_list if not any(matches(p, d) for d in known)]
     return "".join(f"\n⚠️ No machine matches {escape(p)} yet." for p in lonely)
-
-
-def no_match(pattern: str) -> str:
-    return f"No machine matches {pattern}."
 
 
 def subscribed(added: list[str], asked: list[str], thread_id: int | None) -> str:
@@ -75,8 +78,6 @@ def subscription_list(rows: list[Subscription]) -> str:
         f"{escape(r.pattern)} ({escape(r.user_name)})" for r in subs) for thread, subs in by_topic.items()]
     return clip(f"<b>Subscriptions</b> ({len(rows)})\n" + "\n".join(lines))
 
-
-# --- maintenance -------------------------------------------------------------------------------------------
 
 DURATION_RE = re.compile(r"(\d{1,5})(s|m|min|h|d)", re.IGNORECASE)
 DURATION_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -163,65 +164,86 @@ def unmuted(pattern: str, ended: int) -> str:
     return f"{escape(pattern)} has no mute of that pattern. /muted lists them."
 
 
-# --- one message for many machines -------------------------------------------------------------------------
-
-_HEADS = {
-    Kind.STRESSED: "🔴 {} stressed", Kind.SILENT: "⚪ {} stopped reporting", Kind.FORECAST: "📈 {} heading for full",
-    Reply.RECOVERED: "✅ {} recovered", Reply.REPORTING_AGAIN: "✅ {} reporting again",
-    Reply.REMINDER: "⏰ {} still need attention (nobody acknowledged)",
-}
-
-
-def _line(incident: Incident, change: str, first: float) -> str:
-    """One member: a stressed machine with its P(stressed) and main driver, a silent one with when it was last
-    seen (when later than the group's first), and how it ended if it did."""
-    device = f"<b>{escape(incident.device)}</b>"
-    if change == Kind.STRESSED:
-        driver = incident.detail.drivers[0] if incident.detail.drivers else None
-        shown = incident.detail.metrics if incident.state == State.OPEN else incident.detail.peak
-        what = f" · {escape(metric_value(driver, shown[driver]))}" if driver and driver in shown else ""
-        line = f"• {device}: P {percent(incident.peak_p)}{what}"
-    elif change == Kind.SILENT and incident.opened_ts > first + 60:
-        line = f"• {device}: last seen {when(incident.opened_ts)}"
-    elif change == Kind.FORECAST:
-        line = f"• {device}: {escape(incident.detail.metric)}"
-    else:
-        line = f"• {device}"
-    if incident.state == State.RESOLVED and change in (Kind.STRESSED, Kind.SILENT, Kind.FORECAST):
-        line += " ✅ " + ("reporting again" if change == Kind.SILENT else "recovered")
-    elif incident.state == State.FALSE_ALARM:
-        line += " ❌ false alarm"
-    return line
+async def mute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/mute <pattern> [duration] [reason] or /mute <pattern> <days> <hh:mm-hh:mm> [reason]: no incidents for
+    machines under maintenance, once or in a recurring window."""
+    tz = common.settings_of(context).timezone
+    request = parse_mute(context.args or [])
+    if isinstance(request, str):
+        await update.effective_message.reply_text(request)
+        return
+    if await asyncio.to_thread(db.count_mutes) >= MAX_MUTES:
+        await update.effective_message.reply_text(TOO_MANY_MUTES)
+        return
+    user_id, name = common.who(update)
+    until = time.time() + request.seconds if request.seconds is not None else None
+    await asyncio.to_thread(db.mute, request.pattern, until, request.window, request.reason, user_id, name)
+    known = await asyncio.to_thread(_device_names)
+    log.info("%s muted %s %s: %s", name, request.pattern,
+             request.window.describe() if request.window else f"until {when(until or 0)}", request.reason)
+    matching = sum(matches(request.pattern, d) for d in known)
+    await update.effective_message.reply_text(muted_reply(request, until, name, tz, matching),
+                                              parse_mode=ParseMode.HTML)
 
 
-def digest(change: str, members: list[tuple[Notice, Incident]]) -> tuple[str, InlineKeyboardMarkup | None]:
-    """A group's message: how many, the first names (and how many more), and for stressed machines each one's
-    P(stressed) and main driver; a button per machine sends its own alert, with its buttons."""
-    incidents = [incident for _, incident in members]
-    head = f"<b>{_HEADS.get(change, '{} ' + change).format(plural(len(incidents), 'machine'))}</b>"
-    first = min((i.opened_ts for i in incidents), default=0.0)
-    if change in tuple(Kind):  # an outage: since when; a recovery or a reminder: when
-        head += f" (since {when(first)})"
-    else:
-        head += f" ({when(max((i.resolved_ts or i.updated for i in incidents), default=0.0))})"
-    lines = [_line(i, change, first) for i in incidents[:SHOWN_NAMES]]
-    if len(incidents) > SHOWN_NAMES:
-        lines.append(f"… and {len(incidents) - SHOWN_NAMES} more")
-    text = f"{head}\n" + "\n".join(lines)
-    buttons = [InlineKeyboardButton(f"{i.device} ›", callback_data=callbacks.expand(i.id)) for i in incidents
-               if change in (Kind.STRESSED, Kind.FORECAST) and i.state == State.OPEN][:MAX_BUTTONS]
-    if buttons:
-        text += "\n\nA machine's button sends its own alert, with ✅/❌ and 🔕."
-    rows = [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
-    return clip(text), InlineKeyboardMarkup(rows) if rows else None
+async def unmute_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/unmute <pattern>: its mutes and windows end; alerts again from the next sample."""
+    args = context.args or []
+    if len(args) != 1 or not PATTERN_RE.fullmatch(args[0]):
+        await update.effective_message.reply_text(UNMUTE_USAGE)
+        return
+    ended = await asyncio.to_thread(db.unmute, args[0])
+    await update.effective_message.reply_text(unmuted(args[0], ended), parse_mode=ParseMode.HTML)
 
 
-def expanded(device: str, already: bool) -> str:
-    """The answer to a machine's button on a group message."""
-    return f"{device}'s alert is already in this chat." if already else f"Sending {device}'s own alert…"
+async def muted_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/muted: the mutes and windows, by whom, until when or when, and why."""
+    now = time.time()
+    rows = await asyncio.to_thread(db.mutes, now)
+    await update.effective_message.reply_text(mutes(rows, now, common.settings_of(context).timezone),
+                                              parse_mode=ParseMode.HTML)
 
 
-# --- floods --------------------------------------------------------------------------------------------------
+async def subscribe_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/subscribe <pattern>…: this chat's topic gets the messages about the machines matching."""
+    asked = patterns(context.args or [])
+    if asked is None:
+        await update.effective_message.reply_text(SUBSCRIBE_USAGE)
+        return
+    chat, thread = update.effective_chat.id, common.thread_of(update)
+    user_id, name = common.who(update)
+    try:
+        added = await asyncio.to_thread(db.subscribe, chat, thread, asked, user_id, name)
+    except ValueError as exc:
+        await update.effective_message.reply_text(f"{exc}: /unsubscribe some first.")
+        return
+    log.info("%s subscribed chat %d topic %s to %s", name, chat, thread, ", ".join(added) or "nothing new")
+    known = await asyncio.to_thread(_device_names)
+    text = subscribed(added, asked, thread) + unmatched(asked, known)
+    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML)
 
-SLOW_DOWN = ("⏳ Slow down: too many commands in a short time. I ignore your commands for a minute; "
-             "alerts still come.")
+
+async def unsubscribe_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/unsubscribe [pattern…]: remove some (or all) of this topic's subscriptions."""
+    args = context.args or []
+    asked = patterns(args) if args else []
+    if asked is None:
+        await update.effective_message.reply_text(UNSUBSCRIBE_USAGE)
+        return
+    chat, thread = update.effective_chat.id, common.thread_of(update)
+    removed = await asyncio.to_thread(db.unsubscribe, chat, thread, asked)
+    left = len(await asyncio.to_thread(db.subscriptions, chat))
+    await update.effective_message.reply_text(unsubscribed(removed, left, thread), parse_mode=ParseMode.HTML)
+
+
+async def subscriptions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/subscriptions: this chat's subscriptions, by topic."""
+    rows = await asyncio.to_thread(db.subscriptions, update.effective_chat.id)
+    await update.effective_message.reply_text(subscription_list(rows), parse_mode=ParseMode.HTML)
+
+
+def handlers() -> list[BaseHandler]:
+    return [CommandHandler(name, command) for name, command in (
+        ("mute", mute_command), ("unmute", unmute_command), ("muted", muted_command),
+        ("subscribe", subscribe_command), ("unsubscribe", unsubscribe_command),
+        ("subscriptions", subscriptions_command))]

@@ -1,19 +1,32 @@
-"""What the bot says about tolerances: what a ❌ taught a machine (per-machine tolerances, shown beside its
-values and under its alerts), their Undo, the /tolerance command, and a wrong forecast held until its metric is
-back in its usual range. The fleet's own words are in texts.py."""
+"""Tolerances: what a ❌ taught one machine (shown beside its values and under its alerts), its Undo, the
+/tolerance command, and a wrong forecast held until its metric is back in its usual range."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable, Mapping
 
-from agent.vocabulary import KNOWN_METRICS
-from bot.chat.words import clip, escape, when
-from bot.db import Tolerance
+from telegram import Update
+from telegram.constants import ParseMode
+from telegram.ext import BaseHandler, CommandHandler, ContextTypes
+
+from agent.vocabulary import DEVICE_RE, KNOWN_METRICS
+from bot.chat import common
+from bot.chat.formatting import clip, escape, when
+from bot.db import Tolerance, incidents
+from bot.db import tolerances as stored_tolerances
 from ml.features import ZONES
+
+log = logging.getLogger(__name__)
+
 
 # The words of the metrics a machine can tolerate, in messages and in /tolerance <device> reset <metric>.
 TOLERANCE_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap",
                    "cpu_temp_c": "temperature", "load_1m": "load"}
+
+
 TOLERANCE_USAGE = ("Usage: /tolerance <device> lists what a ❌ taught it; /tolerance <device> reset [metric] "
                    f"forgets it (metric: {', '.join(TOLERANCE_WORDS.values())}), e.g. /tolerance build1 reset disk")
 
@@ -113,3 +126,50 @@ def forecast_held(device: str, what: str) -> str:
     the metric is back in its usual range."""
     return (f"Thanks: stored as a wrong forecast. No forecast of {what} "
             f"on {device} until it is back in its usual range.")
+
+
+async def undo(update: Update, context: ContextTypes.DEFAULT_TYPE, incident_id: int, device: str) -> None:
+    """↩️ Undo on an alert a ❌ closed: the tolerances that ❌ set are gone (whoever set them, or an admin)."""
+    query = update.callback_query
+    user_id, name = common.who(update)
+    admin = user_id in common.settings_of(context).admin_user_ids
+    _incident, removed = await asyncio.to_thread(incidents.undo_tolerance, incident_id, user_id, name, admin,
+                                                 time.time())
+    await query.answer(undone(device, removed), show_alert=removed is None)
+    if removed:
+        await asyncio.to_thread(common.tolerances_of(context).refresh)
+        context.application.create_task(common.sender_of(context).run(context.bot), name="send")
+
+
+async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/tolerance <device> [reset [metric]]: what a ❌ taught a machine; reset forgets it (admins, or whoever set
+    it)."""
+    args = context.args or []
+    metric = parse_tolerance_metric(args[2]) if len(args) == 3 else None
+    if (not 1 <= len(args) <= 3 or not DEVICE_RE.fullmatch(args[0]) or (len(args) > 1 and args[1].lower() != "reset")
+            or (len(args) == 3 and metric is None)):
+        await update.effective_message.reply_text(TOLERANCE_USAGE)
+        return
+    device = args[0]
+    rows = await asyncio.to_thread(stored_tolerances.tolerances, device)
+    if len(args) == 1:
+        await update.effective_message.reply_text(tolerance_list(device, rows),
+                                                  parse_mode=ParseMode.HTML)
+        return
+    chosen = [row for row in rows if metric is None or row.metric == metric]
+    user_id, name = common.who(update)
+    others = sorted({row.user_name for row in chosen if row.user_id != user_id})
+    if others and user_id not in common.settings_of(context).admin_user_ids:
+        log.warning("refused /tolerance %s reset for user %d: set by %s", device, user_id, others)
+        await update.effective_message.reply_text(tolerance_refused(device, others, user_id),
+                                                  parse_mode=ParseMode.HTML)
+        return
+    removed = await asyncio.to_thread(stored_tolerances.untolerate, device, [row.metric for row in chosen])
+    log.info("%s reset the tolerances %s of %s", name, removed, device)
+    await asyncio.to_thread(common.tolerances_of(context).refresh)
+    await update.effective_message.reply_text(tolerance_reset(device, removed),
+                                              parse_mode=ParseMode.HTML)
+
+
+def handlers() -> list[BaseHandler]:
+    return [CommandHandler("tolerance", tolerance_command)]

@@ -1,0 +1,312 @@
+"""The incident message and its buttons: an alert as it stands (opened, updated while it lasts, recovered), its
+keyboard, the replies to it (recovered, reporting again, a reminder), one message for many machines (a group), and
+what a press on a button does and says."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.ext import BaseHandler, CallbackQueryHandler, ContextTypes
+
+from bot import db
+from bot.chat import callbacks, common, forecasts, status, tolerance
+from bot.chat.formatting import (
+    ago,
+    clip,
+    disk_label,
+    escape,
+    fullest,
+    lasted,
+    metric_value,
+    percent,
+    plural,
+    span,
+    top_processes,
+    usual_range,
+    when,
+)
+from bot.chat.sender import Render
+from bot.db import Incident, Notice, incidents, outbox
+from bot.pipeline import tolerating
+from bot.pipeline.baselines import Baselines, Usual
+from bot.pipeline.forecast import Forecast
+from bot.pipeline.tolerating import Tolerances
+from ml.features import FEATURES
+from schema.domain import ACTIONS_OF, SNOOZE_HOURS, Action, Kind, Reply, State
+
+log = logging.getLogger(__name__)
+
+
+CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
+
+
+# The top processes an alert shows beside a metric that drives it: CPU for what busy CPUs cause, memory for
+# memory and swap.
+TOP_OF = {"cpu_percent": "cpu", "load_1m": "cpu", "cpu_temp_c": "cpu", "mem_percent": "memory",
+          "swap_percent": "memory"}
+
+
+def _label(name: str, filesystems: Mapping[str, float] | None) -> str | None:
+    """The label of a metric in a sample: the disk is named by its fullest filesystem's mount point."""
+    mount = fullest(filesystems) if name == "disk_percent" else None
+    return None if mount is None else disk_label(mount)
+
+
+def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str,
+                filesystems: Mapping[str, float] | None = None, processes: Mapping[str, list] | None = None,
+                when_shown: str = "", tolerated: Mapping[str, float] | None = None) -> str:
+    """'Disk /data 99.4 % (usually 40-55 % on pc1)', 'Memory 98.5 % (usually 45-52 % on pc1) · top: java 61 %
+    (pid 4121), postgres 12 %'; a metric the model does not use gets no range, a metric the machine tolerates
+    says so instead ('Disk 99.2 % (tolerated up to 98.6 % on build1)'). `when_shown` (' at its worst') follows
+    the value and its range."""
+    shown = metric_value(name, value, _label(name, filesystems))
+    if name not in FEATURES:
+        return shown + when_shown
+    if tolerated and name in tolerated:
+        shown = f"{shown} {tolerance.tolerated_up_to(name, value, tolerated[name], device)}{when_shown}"
+    elif name not in usual:
+        shown = f"{shown} (no usual range yet){when_shown}"
+    else:
+        shown = f"{shown} (usually {usual_range(name, usual[name])} on {device}){when_shown}"
+    kind = TOP_OF.get(name)
+    if kind and (top := top_processes((processes or {}).get(kind))):
+        shown += f" · top{' memory' if name == 'swap_percent' else ''}: {top}"
+    return shown
+
+
+def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
+    """The buttons of an incident's message: verdict, snooze and chart while it is open; the chart after, with
+    Undo when its ❌ made the machine tolerate something."""
+    def button(label: str, action: Action) -> InlineKeyboardButton:
+        return InlineKeyboardButton(label, callback_data=callbacks.incident(incident.id, action))
+
+    chart = button("📈 Chart", Action.CHART)
+    if incident.state != State.OPEN:
+        if incident.detail.tolerated and not incident.detail.undone_by:
+            return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart]])
+        return InlineKeyboardMarkup([[chart]]) if incident.kind != Kind.SILENT else None
+    snooze = [button("🔕 1 h", Action.SNOOZE_1H), button("🔕 8 h", Action.SNOOZE_8H)]
+    if incident.kind == Kind.FORECAST:
+        verdict = [button("✅ Right forecast", Action.RIGHT_FORECAST),
+                   button("❌ Wrong forecast", Action.WRONG_FORECAST)]
+    elif incident.kind == Kind.STRESSED and incident.acked_by is None:
+        verdict = [button("✅ Correct", Action.CORRECT), button("❌ Wrong prediction", Action.WRONG_PREDICTION)]
+    else:
+        verdict = []
+    rows = [row for row in (verdict, [*snooze, chart] if incident.kind != Kind.SILENT else snooze) if row]
+    return InlineKeyboardMarkup(rows)
+
+
+def alert(incident: Incident, usual: Mapping[str, Usual], now: float,
+          tolerated: Mapping[str, float] | None = None) -> str:
+    """An incident's message, from its newest state: opened, updated while it lasts, resolved; `tolerated` are its
+    machine's tolerances now."""
+    detail = incident.detail
+    device = escape(incident.device)
+    if incident.kind == Kind.SILENT:
+        last_seen = ago(now - incident.opened_ts)
+        if incident.state == State.OPEN:
+            head = f"⚪ <b>{device}</b> stopped reporting at {when(incident.opened_ts)} (last seen {last_seen} ago)"
+        else:
+            head = (f"✅ <b>{device}</b> is reporting again after {lasted(incident.resolved_ts - incident.opened_ts)} "
+                    f"of silence ({span(incident.opened_ts, incident.resolved_ts)})")
+        return clip(head + _footer(incident))
+    if incident.kind == Kind.FORECAST:
+        forecast = Forecast(incident.device, detail.metric, incident.sample_id or 0, detail.ts or 0.0,
+                            detail.level or 0.0, detail.slope_per_h or 0.0, detail.eta_s)
+        text = forecasts.forecast_alert(forecast, usual.get(detail.metric), tolerated)
+        if incident.state != State.OPEN:
+            text = f"{text}\n\n✅ No longer heading for its edge ({when(incident.resolved_ts)})."
+        return clip(text + _footer(incident))
+    # While it lasts: the driving metrics as they are now; once over: as they were at its worst.
+    shown_values = detail.metrics if incident.state == State.OPEN else (detail.peak or detail.metrics)
+    drivers = [name for name in detail.drivers if name in shown_values]
+    shown = drivers or [name for name in FEATURES if name in shown_values][:3]
+    worst = "" if incident.state == State.OPEN else " at its worst"
+    filesystems, processes = ((detail.filesystems, detail.processes) if incident.state == State.OPEN
+                              else (detail.peak_filesystems, detail.peak_processes))
+    said = [_with_usual(name, shown_values[name], usual, incident.device, filesystems, processes, worst, tolerated)
+            for name in shown]
+    lines = [f"• {escape(line)}" for line in said]
+    if incident.state == State.OPEN:
+        head = [f"🔴 <b>{device}</b> is stressed: P(stressed) {percent(incident.last_p)}",
+                f"Stressed since {when(incident.opened_ts)} ({ago(incident.last_ts - incident.opened_ts)}), "
+                f"peak {percent(incident.peak_p)}"]
+    elif incident.state == State.RESOLVED:
+        head = [f"✅ <b>{device}</b> recovered after {lasted(incident.resolved_ts - incident.opened_ts)}",
+                f"Was stressed {span(incident.opened_ts, incident.resolved_ts)}, peak {percent(incident.peak_p)}"]
+    else:
+        head = [f"❌ <b>{device}</b>: a false alarm ({span(incident.opened_ts, incident.resolved_ts)})",
+                f"Peak P(stressed) {percent(incident.peak_p)}"]
+    return clip("\n".join([*head, *lines]) + _footer(incident))
+
+
+def _footer(incident: Incident) -> str:
+    lines = []
+    if incident.acked_by:
+        what = "Labelled a false alarm" if incident.state == State.FALSE_ALARM else "Acknowledged"
+        lines.append(f"{what} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
+    detail = incident.detail
+    if detail.tolerated:
+        lines.append(escape(tolerance.tolerated_now(incident.device, detail.tolerated, incident.acked_by or "?")))
+    if detail.undone_by:
+        lines.append(tolerance.undone_by(incident.device, detail.undone_by, detail.tolerated))
+    if incident.snoozed_until and incident.state == State.OPEN:
+        lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
+    return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def reply(kind: Reply, incident: Incident, now: float) -> str:
+    """A short reply to an incident's message: the machine reports again, recovered, or a reminder."""
+    if kind == Reply.REPORTING_AGAIN:
+        gap = lasted(incident.resolved_ts - incident.last_ts)
+        return f"✅ {incident.device} is reporting again after {gap} of silence"
+    if kind == Reply.RECOVERED:
+        return f"✅ {incident.device} recovered after {lasted(incident.resolved_ts - incident.opened_ts)}"
+    what = {Kind.SILENT: "still silent", Kind.FORECAST: "still heading for its edge"}.get(incident.kind,
+                                                                                         "still stressed")
+    return (f"⏰ {incident.device} is {what} (since {ago(now - incident.created)} ago). ✅ acknowledges it; "
+            "🔕 snoozes it.")
+
+
+def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None = None, metric: str = "") -> str:
+    """What the person who pressed a button on an incident is told (`tolerated`: what a ❌ made the machine
+    tolerate; `metric`: a forecast's)."""
+    if action in SNOOZE_HOURS:
+        return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
+    if action == Action.WRONG_FORECAST:
+        return tolerance.forecast_held(device, forecasts.forecast_word(metric) if metric else "it")
+    if action == Action.RIGHT_FORECAST:
+        return f"Thanks: stored as a {action.value} forecast."
+    if action == Action.CORRECT:
+        return "Thanks: labelled stressed. No more reminders about it."
+    if tolerated:
+        return f"Thanks: {tolerance.tolerated_now(device, tolerated)}. Undo on the alert takes it back."
+    return "Thanks: labelled normal, and the alert is closed as a false alarm."
+
+
+SHOWN_NAMES = 20  # a group message names this many machines, then "and N more"
+MAX_BUTTONS = 60  # a group message has a button per machine, up to this many (Telegram allows 100)
+BUTTONS_PER_ROW = 3
+_HEADS = {
+    Kind.STRESSED: "🔴 {} stressed", Kind.SILENT: "⚪ {} stopped reporting", Kind.FORECAST: "📈 {} heading for full",
+    Reply.RECOVERED: "✅ {} recovered", Reply.REPORTING_AGAIN: "✅ {} reporting again",
+    Reply.REMINDER: "⏰ {} still need attention (nobody acknowledged)",
+}
+
+
+def _member_line(incident: Incident, change: str, first: float) -> str:
+    """One member: a stressed machine with its P(stressed) and main driver, a silent one with when it was last
+    seen (when later than the group's first), and how it ended if it did."""
+    device = f"<b>{escape(incident.device)}</b>"
+    if change == Kind.STRESSED:
+        driver = incident.detail.drivers[0] if incident.detail.drivers else None
+        shown = incident.detail.metrics if incident.state == State.OPEN else incident.detail.peak
+        what = f" · {escape(metric_value(driver, shown[driver]))}" if driver and driver in shown else ""
+        line = f"• {device}: P {percent(incident.peak_p)}{what}"
+    elif change == Kind.SILENT and incident.opened_ts > first + 60:
+        line = f"• {device}: last seen {when(incident.opened_ts)}"
+    elif change == Kind.FORECAST:
+        line = f"• {device}: {escape(incident.detail.metric)}"
+    else:
+        line = f"• {device}"
+    if incident.state == State.RESOLVED and change in (Kind.STRESSED, Kind.SILENT, Kind.FORECAST):
+        line += " ✅ " + ("reporting again" if change == Kind.SILENT else "recovered")
+    elif incident.state == State.FALSE_ALARM:
+        line += " ❌ false alarm"
+    return line
+
+
+def group_message(change: str, members: list[tuple[Notice, Incident]]) -> tuple[str, InlineKeyboardMarkup | None]:
+    """A group's message: how many, the first names (and how many more), and for stressed machines each one's
+    P(stressed) and main driver; a button per machine sends its own alert, with its buttons."""
+    incidents = [incident for _, incident in members]
+    head = f"<b>{_HEADS.get(change, '{} ' + change).format(plural(len(incidents), 'machine'))}</b>"
+    first = min((i.opened_ts for i in incidents), default=0.0)
+    if change in tuple(Kind):  # an outage: since when; a recovery or a reminder: when
+        head += f" (since {when(first)})"
+    else:
+        head += f" ({when(max((i.resolved_ts or i.updated for i in incidents), default=0.0))})"
+    lines = [_member_line(i, change, first) for i in incidents[:SHOWN_NAMES]]
+    if len(incidents) > SHOWN_NAMES:
+        lines.append(f"… and {len(incidents) - SHOWN_NAMES} more")
+    text = f"{head}\n" + "\n".join(lines)
+    buttons = [InlineKeyboardButton(f"{i.device} ›", callback_data=callbacks.expand(i.id)) for i in incidents
+               if change in (Kind.STRESSED, Kind.FORECAST) and i.state == State.OPEN][:MAX_BUTTONS]
+    if buttons:
+        text += "\n\nA machine's button sends its own alert, with ✅/❌ and 🔕."
+    rows = [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
+    return clip(text), InlineKeyboardMarkup(rows) if rows else None
+
+
+def expanded(device: str, already: bool) -> str:
+    """The answer to a machine's button on a group message."""
+    return f"{device}'s alert is already in this chat." if already else f"Sending {device}'s own alert…"
+
+
+def renderer(baselines: Baselines, tolerances: Tolerances | None = None) -> Render:
+    """An incident's message as of its newest state, with its machine's tolerances (blocks: the usual ranges may
+    be read)."""
+
+    def render(incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
+        tolerated = tolerances.of(incident.device) if tolerances is not None else None
+        return (alert(incident, baselines.get(incident.device), time.time(), tolerated),
+                keyboard(incident))
+
+    return render
+
+
+async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button on an incident: ✅/❌ (a label and an acknowledgement; ❌ makes the machine tolerate what drove it),
+    ↩️ (undo that), 🔕 (snooze reminders), 📈 (chart)."""
+    query = update.callback_query
+    parsed = callbacks.parse_incident(query.data)
+    chat = update.effective_chat
+    incident = None
+    if parsed is not None and chat is not None:
+        incident = await asyncio.to_thread(db.incident_for_button, parsed[0], chat.id)
+    if incident is None or parsed[1] not in ACTIONS_OF[incident.kind]:
+        log.warning("ignored callback %r from user %d: not a button of one of our incidents", query.data[:80],
+                    query.from_user.id)
+        await query.answer(common.INVALID_BUTTON)
+        return
+    if parsed[1] == Action.CHART:
+        await query.answer()
+        await status.send_chart(update, context, incident.device, incident.opened_ts - CHART_MARGIN_S,
+                                (incident.resolved_ts or time.time()) + CHART_MARGIN_S)
+        return
+    if parsed[1] == Action.UNDO_TOLERANCE:
+        await tolerance.undo(update, context, incident.id, incident.device)
+        return
+    user_id, name = common.who(update)
+    now = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time(),
+                                  tolerating.wanted)
+    await asyncio.to_thread(common.tolerances_of(context).refresh)  # this process's next batch has it anyway
+    await query.answer(pressed(parsed[1], incident.device, now.detail.tolerated, now.detail.metric))
+    context.application.create_task(common.sender_of(context).run(context.bot), name="send")  # every copy shows it
+
+
+async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A machine's button on a group message: its own alert, with its buttons, in this chat."""
+    query = update.callback_query
+    incident_id = callbacks.parse_expand(query.data)
+    chat = update.effective_chat
+    notice = None
+    if incident_id is not None and chat is not None:
+        notice = await asyncio.to_thread(outbox.expand, incident_id, chat.id, common.thread_of(update))
+    if notice is None:
+        log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
+        await query.answer(common.INVALID_BUTTON)
+        return
+    device = await asyncio.to_thread(lambda: notice.incident.device)
+    await query.answer(expanded(device, notice.sent is not None or notice.expanded))
+    context.application.create_task(common.sender_of(context).run(context.bot), name="send")
+
+
+def handlers() -> list[BaseHandler]:
+    return [CallbackQueryHandler(incident_button, pattern=callbacks.INCIDENT_PATTERN),
+            CallbackQueryHandler(expand_button, pattern=callbacks.EXPAND_PATTERN)]
