@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from agent.collect import FilesystemFilter, default_device_id
-from agent.vocabulary import DEVICE_RE, ConfigError
+from agent.vocabulary import DEVICE_RE, ConfigError, command_name
 from agent.wire import MAX_MOUNT_POINT
 
 DEFAULT_TOPIC = "rigwatch.metrics"
@@ -71,7 +71,7 @@ def _fs_list(value: str, name: str) -> frozenset[str]:
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="python -m agent", description="Sample this machine and publish its metrics to Kafka.")
+    parser = _Parser(prog=command_name("agent"), description="Sample this machine and publish its metrics to Kafka.")
     parser.add_argument(
         "--device", type=_device, default=None, help="device id sent with each sample (default: host name)"
     )

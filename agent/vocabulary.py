@@ -5,7 +5,9 @@ talks to Kafka (the agent's, and the bot's remote-write sink in fleet mode), and
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -65,6 +67,13 @@ def below(mount: str, points: Collection[str]) -> bool:
 def is_disk(mount: str, fstype: str) -> bool:
     """Whether a mounted filesystem holds the machine's own data: not a pseudo type, not a system mount point."""
     return fstype not in NOT_DISK_FS_TYPES and not below(mount, NOT_DISK_MOUNT_POINTS)
+
+
+def command_name(module: str) -> str:
+    """How the program was started, for its --help: `rigwatch-bot` when run as the installed command, else
+    `python -m <module>`."""
+    started = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return started if started and started != "__main__.py" and not started.endswith(".py") else f"python -m {module}"
 
 
 def producer_settings(bootstrap: str, client_id: str, timeout_s: float, max_queued: int, linger_ms: int,

@@ -7,18 +7,21 @@ import asyncio
 import ctypes
 import logging
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import peewee
 from telegram.error import InvalidToken
 
 from agent.log_once import Outage
+from agent.vocabulary import command_name
 from bot import logs
 from bot.app import build_application, serve
 from bot.chat.bot_api import RETRY_MAX_S
 from bot.config import ConfigError, load_settings
 from bot.db import open_database
 from bot.retry import retrying
-from ml.store import StoreError, open_store
+from ml.store import FileStore, StoreError, open_store
 
 log = logging.getLogger("bot")
 # What a database that is down, starting or out of reach says. Anything else (a wrong password, a database
@@ -30,6 +33,16 @@ UNREACHABLE = ("connection refused", "timeout expired", "the database system is 
 
 def _unreachable(error: BaseException) -> bool:
     return isinstance(error, peewee.OperationalError) and any(text in str(error).lower() for text in UNREACHABLE)
+
+
+def where(database_url: str) -> str:
+    """Where DATABASE_URL keeps the data, to say in the log: an SQLite file's absolute path (a relative one is
+    relative to the folder the bot was started in), a server without its password."""
+    parsed = urlsplit(database_url)
+    if parsed.scheme.startswith("sqlite"):
+        path = database_url.split("://", 1)[1][1:]
+        return str(Path(path).resolve()) if path and path != ":memory:" else database_url
+    return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}{parsed.path}"
 
 
 def open_database_when_up(url: str) -> None:
@@ -63,7 +76,9 @@ def fewer_malloc_arenas() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     fewer_malloc_arenas()  # before the threads start
-    parser = argparse.ArgumentParser(prog="python -m bot", description="The Rigwatch bot.")
+    parser = argparse.ArgumentParser(prog=command_name("bot"), description=(
+        "The Rigwatch bot: reads metrics (Kafka, this machine, Prometheus remote write), predicts, alerts and "
+        "answers in Telegram. Configured by environment variables: see docs/configuration.md."))
     parser.add_argument("--worker", action="store_true",
                         help="ingest, predict and send alerts, but leave commands and buttons to the one bot process")
     args = parser.parse_args(argv)
@@ -79,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"rigwatch: cannot open DATABASE_URL: {exc}".strip())
     except StoreError as exc:
         sys.exit(f"rigwatch: cannot open MODEL_STORE: {exc}")
+    log.info("storing metrics in %s and model versions in %s", where(settings.database_url),
+             model_store.root.resolve() if isinstance(model_store, FileStore) else model_store.describe)
     try:
         asyncio.run(serve(build_application(settings, model_store), worker=args.worker))
     except InvalidToken:

@@ -129,7 +129,8 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     model: ActiveModel = application.bot_data["model"]
     queue = application.job_queue
     if not settings.allowed_chat_ids:
-        log.warning("ALLOWED_CHAT_IDS is empty: the bot answers nobody and sends no alerts")
+        log.warning("ALLOWED_CHAT_IDS is empty: the bot answers nobody and sends no alerts; send it /start (in a "
+                    "private chat or a group) and its refusal tells you that chat's id")
     # One try before the first batch, so a reachable store predicts from the first sample; then the keeper
     # goes on trying with backoff while the store is down or refuses, and samples are stored without a prediction.
     keeper = ModelKeeper(model, jobs.model_news_teller(application.bot, settings.allowed_chat_ids))

@@ -356,7 +356,7 @@ def beat(name: str, now: float, gap_s: float) -> None:
         Heartbeat.insert(name=name, since=now, at=now).on_conflict_ignore().execute()
 
 
-def intake(now: float) -> tuple[float, float] | None:
+def receiving_stretch(now: float) -> tuple[float, float] | None:
     """(since, at) of the time every intake of the bot has been receiving without a gap: since the latest of
     their stretches began, up to the earliest of their last beats. None before the first beat."""
     rows = list(Heartbeat.select().where(Heartbeat.at >= now - INTAKE_FORGOTTEN_S))

@@ -47,7 +47,7 @@ def stressed_detail(sample: StoredSample, drivers: Drivers) -> IncidentDetail:
                           peak_filesystems=filesystems, processes=processes, peak_processes=processes)
 
 
-def _now(detail: IncidentDetail, sample: StoredSample) -> IncidentDetail:
+def _with_newest(detail: IncidentDetail, sample: StoredSample) -> IncidentDetail:
     """The detail of a lasting incident with the newest sample's metrics, filesystems and top processes."""
     return replace(detail, metrics=model_metrics(sample.metrics), filesystems=sample.filesystems or {},
                    processes=sample.processes or {})
@@ -107,7 +107,7 @@ class Decider:
                                                    stressed_detail(sample, self.drivers_of(device)), now)
                 continue
             incident.last_ts, incident.last_p, incident.updated = sample.ts, p, now
-            detail = _now(incident.detail, sample)
+            detail = _with_newest(incident.detail, sample)
             if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
                 incident.peak_p = p
                 detail = stressed_detail(sample, self.drivers_of(device))

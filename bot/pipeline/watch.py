@@ -15,7 +15,7 @@ import logging
 import time
 
 from bot.db import incidents as stored
-from bot.db import intake, muting, sample_by_id, samples, silent_devices, transaction
+from bot.db import muting, receiving_stretch, sample_by_id, samples, silent_devices, transaction
 from bot.pipeline.decide import Drivers, stressed_detail
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
@@ -45,7 +45,7 @@ class Watch:
         now = time.time() if now is None else now
         opened = 0
         with transaction():
-            stretch = intake(now)
+            stretch = receiving_stretch(now)
             if stretch is None:
                 return 0
             since, received = stretch
