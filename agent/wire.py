@@ -54,7 +54,7 @@ class WireError(ValueError):
     """A message that does not follow wire format v1; the text is the reason."""
 
 
-@dataclass(slots=True)  # not frozen: one is made per message (bench/README.md, the hot path)
+@dataclass(slots=True)  # not frozen: one is made per message (docs/performance.md, the hot path)
 class Sample:
     device: str
     ts: float

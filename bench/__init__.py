@@ -1,1 +1,1 @@
-"""Benchmarks that run the real bot process against the test fakes (see bench/README.md)."""
+"""Benchmarks that run the real bot process against the test fakes (see docs/performance.md, the hot path)."""

@@ -64,7 +64,7 @@ def fewer_malloc_arenas() -> None:
     """glibc gives a thread that allocates while another does an arena of its own, up to eight per CPU, and each
     keeps what the batches it served freed: on a backlog of big messages the bot's threads (ingestion, the
     event loop's workers, librdkafka) held about 400 MiB, with two arenas 330 MiB at the same pace
-    (bench/README.md). Elsewhere (another C library) nothing changes."""
+    (docs/performance.md, the hot path). Elsewhere (another C library) nothing changes."""
     if sys.platform != "linux":
         return
     try:

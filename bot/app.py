@@ -174,7 +174,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     queue.run_repeating(jobs.tell_outages, interval=OUTAGE_CHECK_S, data=watched, name="outages")
     # Everything made so far (libraries, the model) lives as long as the process: the garbage collector need
     # not walk it again. A batch's many short-lived objects go by their reference counts, nearly none in a
-    # cycle: the youngest generation is collected less often (bench/README.md, the hot path).
+    # cycle: the youngest generation is collected less often (docs/performance.md, the hot path).
     gc.freeze()
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     # Application.start() would start the job queue only once Telegram answers.

@@ -28,7 +28,7 @@ DEVICE = "edge-node1"
 
 
 def config(target: str, receiver_port: int) -> str:
-    """Scrape node_exporter every second, name its machine, and remote-write as the README says."""
+    """Scrape node_exporter every second, name its machine, and remote-write as docs/fleets.md says."""
     return f"""
 global:
   scrape_interval: 1s

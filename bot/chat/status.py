@@ -303,9 +303,9 @@ async def send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device:
                                   chart_disk(filesystems))
         return png, fullest(filesystems)
 
-    png, fullest = await asyncio.to_thread(render)
+    png, fullest_now = await asyncio.to_thread(render)
     await update.effective_message.reply_photo(
-        png, caption=chart_caption(device, start, end, fullest), parse_mode=ParseMode.HTML,
+        png, caption=chart_caption(device, start, end, fullest_now), parse_mode=ParseMode.HTML,
         filename=f"{device}-{int(start)}.png",
     )
 

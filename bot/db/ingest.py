@@ -2,7 +2,7 @@
 
 The hot path of the bot. Raw SQL where peewee's query builder measured slower than the insert itself: SQLite's
 executemany of plain tuples, PostgreSQL's COPY into a staging table, and the devices' UPDATE from VALUES or
-array literals (bench/README.md has the figures).
+array literals (docs/performance.md, the hot path, has the figures).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Rejection:
 
 class Origin(NamedTuple):
     """Where a sample came from: what it is recorded as if the database refuses it. A tuple: one is made per
-    message (bench/README.md, the hot path)."""
+    message (docs/performance.md, the hot path)."""
 
     source: str
     payload: bytes | None
@@ -185,7 +185,7 @@ _SQLITE_INSERT = {len(c): _sqlite_insert(c) for c in (COLUMNS, WIDE_COLUMNS)}  #
 
 
 def _insert_sqlite(items: list[_Item]) -> list[tuple[int, _Item]]:
-    """executemany of plain tuples, not peewee's query builder (bench/README.md, the hot path).
+    """executemany of plain tuples, not peewee's query builder (docs/performance.md, the hot path).
 
     SQLite's executemany returns no RETURNING rows; but the write lock is held until commit, so the rows
     inserted here got consecutive rowids ending at last_insert_rowid(), in the order of the items. When
@@ -230,7 +230,7 @@ _PG = {len(c): _pg_statements(c) for c in (COLUMNS, WIDE_COLUMNS)}  # by the len
 def _copy_data(rows: list[tuple[object, ...]], copy_csv: str, copy_json: str) -> tuple[str, bytes]:
     """The COPY statement and its data for the rows.
 
-    orjson writes a batch faster than the csv module (bench/README.md): `[["pc1",1.5,null],["pc2",…]]` without its
+    orjson writes a batch faster than the csv module (docs/performance.md, the hot path): `[["pc1",1.5,null],["pc2",…]]` without its
     outer brackets is CSV with one line per row, as long as no string needed a JSON escape (a quote, a
     backslash, a control character) or holds `],[`. Anything else (unknown metrics, kept as JSON text) goes
     through the csv module. (orjson would write a non-finite number as null; the wire format refuses them.)
@@ -289,7 +289,7 @@ _SET_DEVICES = (
 )
 _DEVICE_COLUMNS = "v(id, last_ts, last_received, last_metric, last_p, gap, newer)"
 _SQLITE_DEVICE_ROW = "(?, ?, ?, ?, ?, ?, ?)"  # SQLite: the rows as VALUES
-# PostgreSQL: one array literal per column, faster for it to read than rows of VALUES (bench/README.md).
+# PostgreSQL: one array literal per column, faster for it to read than rows of VALUES (docs/performance.md, the hot path).
 _PG_SET_DEVICES = _SET_DEVICES.format(source="unnest(%s::bigint[], %s::float8[], %s::float8[], %s::bigint[], "
                                              f"%s::float8[], %s::float8[], %s::int[]) AS {_DEVICE_COLUMNS}")
 

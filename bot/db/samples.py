@@ -16,7 +16,7 @@ from schema.streaming import FETCH_CHUNK, streamed
 from schema.tables import Aggregate, Device, Metric, Rejected, db
 
 
-@dataclass(slots=True)  # not frozen: one is made per stored message (bench/README.md, the hot path)
+@dataclass(slots=True)  # not frozen: one is made per stored message (docs/performance.md, the hot path)
 class StoredSample:
     id: int
     device: str

@@ -72,7 +72,7 @@ class Forecast:
 def theil_sen(times: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
     """(slope, intercept) of the Theil-Sen line: the median of the slopes between every two points, and the
     median intercept at that slope (scipy's theilslopes with method="joint", without the confidence interval
-    it also works out, at five times the cost of the line: bench/README.md)."""
+    it also works out, at five times the cost of the line: docs/performance.md, the hot path)."""
     pairs = range(len(times))
     slope = statistics.median([(values[j] - values[i]) / (times[j] - times[i])
                                for i in pairs for j in pairs[i + 1:] if times[j] != times[i]])
