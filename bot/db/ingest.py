@@ -230,10 +230,11 @@ _PG = {len(c): _pg_statements(c) for c in (COLUMNS, WIDE_COLUMNS)}  # by the len
 def _copy_data(rows: list[tuple[object, ...]], copy_csv: str, copy_json: str) -> tuple[str, bytes]:
     """The COPY statement and its data for the rows.
 
-    orjson writes a batch faster than the csv module (docs/performance.md, the hot path): `[["pc1",1.5,null],["pc2",…]]` without its
-    outer brackets is CSV with one line per row, as long as no string needed a JSON escape (a quote, a
-    backslash, a control character) or holds `],[`. Anything else (unknown metrics, kept as JSON text) goes
-    through the csv module. (orjson would write a non-finite number as null; the wire format refuses them.)
+    orjson writes a batch faster than the csv module (docs/performance.md, the hot path):
+    `[["pc1",1.5,null],["pc2",…]]` without its outer brackets is CSV with one line per row, as long as no string
+    needed a JSON escape (a quote, a backslash, a control character) or holds `],[`. Anything else (unknown
+    metrics, kept as JSON text) goes through the csv module. (orjson would write a non-finite number as null; the
+    wire format refuses them.)
     """
     try:
         data = orjson.dumps(rows)
@@ -289,7 +290,8 @@ _SET_DEVICES = (
 )
 _DEVICE_COLUMNS = "v(id, last_ts, last_received, last_metric, last_p, gap, newer)"
 _SQLITE_DEVICE_ROW = "(?, ?, ?, ?, ?, ?, ?)"  # SQLite: the rows as VALUES
-# PostgreSQL: one array literal per column, faster for it to read than rows of VALUES (docs/performance.md, the hot path).
+# PostgreSQL: one array literal per column, faster for it to read than rows of VALUES (docs/performance.md, the
+# hot path).
 _PG_SET_DEVICES = _SET_DEVICES.format(source="unnest(%s::bigint[], %s::float8[], %s::float8[], %s::bigint[], "
                                              f"%s::float8[], %s::float8[], %s::int[]) AS {_DEVICE_COLUMNS}")
 
