@@ -90,7 +90,8 @@ async def test_a_forged_button_is_not_valid_and_changes_nothing(
 ) -> None:
     (stored,) = db.store_batch([Sample("pc1", time.time(), {"cpu_percent": 12.0})], [0.1], 1, [])
 
-    for forged in (f"missed:{stored.id + 1}", "i:1:ok", f"missed:{stored.id}:x", "activate:1"):
+    for forged in (f"missed:{stored.id + 1}", "i:1:ok", f"missed:{stored.id}:x", "activate:1", f"missed:{stored.id}",
+                   f"missed:{stored.id}:AAAAAAAAAAA"):
         query = telegram.press_button(CHAT, 1, forged, user_id=STRANGER if forged.startswith("activate") else ADMIN)
         await process(application, telegram)
         answer = telegram.answer_for(query).params["text"]

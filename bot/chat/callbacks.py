@@ -6,6 +6,9 @@ anything else is None, and the handler says the button is not valid.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 
 from schema.domain import Action
@@ -18,7 +21,7 @@ EXPAND_PATTERN = r"^one:"
 CANCEL = "cancel"
 CANCEL_PATTERN = rf"^{CANCEL}$"
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
-_MISSED_RE = re.compile(r"missed:(\d{1,18})")
+_MISSED_RE = re.compile(r"missed:(\d{1,18}):([A-Za-z0-9_-]{11})")
 _ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
 _EXPAND_RE = re.compile(r"one:(\d{1,18})")
 
@@ -34,14 +37,23 @@ def parse_incident(data: str | None) -> tuple[int, Action] | None:
     return (int(match[1]), Action(match[2])) if match else None
 
 
-def missed(metric_id: int) -> str:
-    """⚠️ Something is wrong here, under /status <device>: about one sample."""
-    return f"missed:{metric_id}"
+def _mac(data: str, chat_id: int, key: bytes) -> str:
+    """11 characters of an HMAC of the data for one chat: a button only the bot can have made, for that chat."""
+    digest = hmac.new(key, f"{chat_id}:{data}".encode(), hashlib.sha256).digest()[:8]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def parse_missed(data: str | None) -> int | None:
+def missed(metric_id: int, chat_id: int, key: bytes) -> str:
+    """⚠️ Something is wrong here, under /status <device>: about one sample, signed for the chat it is shown in
+    (a stored sample is no secret: without the signature, any id could be labelled from any chat)."""
+    return f"missed:{metric_id}:{_mac(f'missed:{metric_id}', chat_id, key)}"
+
+
+def parse_missed(data: str | None, chat_id: int, key: bytes) -> int | None:
     match = _MISSED_RE.fullmatch(data or "")
-    return int(match[1]) if match else None
+    if not match or not hmac.compare_digest(match[2], _mac(f"missed:{match[1]}", chat_id, key)):
+        return None
+    return int(match[1])
 
 
 def activate(version: int) -> str:

@@ -3,6 +3,7 @@ the bot's parts, admin checks, editing a reply, and the error handler, with thei
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from telegram import InlineKeyboardMarkup, Message, Update
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 def settings_of(context: ContextTypes.DEFAULT_TYPE) -> Settings:
     """The bot's settings, for any handler."""
     return context.bot_data["settings"]
+
+
+def button_key(context: ContextTypes.DEFAULT_TYPE) -> bytes:
+    """The key that signs the buttons whose data alone is no proof (callbacks.py): derived from the bot token,
+    which only the bot holds."""
+    return hashlib.sha256(b"rigwatch buttons\n" + settings_of(context).token.encode()).digest()
 
 
 def model_of(context: ContextTypes.DEFAULT_TYPE) -> ActiveModel:

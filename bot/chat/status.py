@@ -211,10 +211,10 @@ def rejected(rows: list[Rejected]) -> str:
     return f"<b>Latest rejected messages</b> (newest first)\n{pre(lines)}"
 
 
-def missed_keyboard(metric_id: int) -> InlineKeyboardMarkup:
+def missed_keyboard(metric_id: int, chat_id: int, key: bytes) -> InlineKeyboardMarkup:
     """Under /status <device>: a way to say the model missed a problem with this sample."""
     return InlineKeyboardMarkup([[InlineKeyboardButton("⚠️ Something is wrong here",
-                                                       callback_data=callbacks.missed(metric_id))]])
+                                                       callback_data=callbacks.missed(metric_id, chat_id, key))]])
 
 
 def missed_labelled(sample: StoredSample) -> str:
@@ -263,7 +263,7 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             text = device_status(sample, settings.alert_threshold, common.model_of(context).version, usual=usual,
                                  forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
                                  silent=silent, muted=muted, tolerances=tolerated)
-            markup = missed_keyboard(sample.id)
+            markup = missed_keyboard(sample.id, update.effective_chat.id, common.button_key(context))
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:
         end = time.time()
@@ -319,7 +319,7 @@ async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
 async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """⚠️ Something is wrong here, under /status <device>: the model missed a problem; label the sample stressed."""
     query = update.callback_query
-    metric_id = callbacks.parse_missed(query.data)
+    metric_id = callbacks.parse_missed(query.data, update.effective_chat.id, common.button_key(context))
     sample = await asyncio.to_thread(db.sample_by_id, metric_id) if metric_id is not None else None
     if sample is None:
         log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
