@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -34,6 +35,12 @@ KNOWN_METRICS: dict[str, tuple[str, str]] = {
     "cpu_temp_c": ("CPU temperature", "°C"),
     "process_count": ("Processes", ""),
     "uptime_s": ("Uptime", "s"),
+    # Pressure: the share of the last interval in which every task waited for memory or for I/O (PSI "full"), and
+    # the share of CPU time stolen by the hypervisor or spent waiting for I/O.
+    "psi_memory_full_percent": ("Memory pressure (all stalled)", "%"),
+    "psi_io_full_percent": ("I/O pressure (all stalled)", "%"),
+    "cpu_steal_percent": ("CPU stolen by the hypervisor", "%"),
+    "cpu_iowait_percent": ("CPU waiting for I/O", "%"),
 }
 # Rates, counts and unknown metrics: any larger number is a unit or overflow error in the sender, and
 # would swamp every sum and model fitted on the column.
@@ -44,6 +51,59 @@ _BOUNDS_BY_UNIT = {"%": (0.0, 100.0), "°C": (-50.0, 150.0)}
 BOUNDS: dict[str, tuple[float, float]] = {
     name: _BOUNDS_BY_UNIT.get(unit, (0.0, BELOW_LIMIT)) for name, (_label, unit) in KNOWN_METRICS.items()
 }
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A reading of one object of a machine (a filesystem, an md array, a systemd unit, …) that a condition is
+    decided on (schema/conditions.py): what people call it, its unit, what its objects are, and its bounds. A
+    count marked `per_sample` is what happened since the sample before (the sender keeps the counter)."""
+
+    label: str
+    unit: str  # "%", "s", "/s", "" for a count, "flag" for 0 or 1
+    of: str  # what an object is: "filesystem", "md array", "unit", "interface", …; "" for the machine itself
+    low: float = 0.0
+    high: float = BELOW_LIMIT
+    per_sample: bool = False
+
+
+_FLAG = {"unit": "flag", "high": 1.0}
+# Every reading a sample may carry, by name: `"readings": {name: {object: value}}` on the wire. A reading present
+# in a sample is a whole reading of it: an object missing from it has none of it (no failed unit, no degraded
+# array), while a reading missing from the sample was not read (see UNREADABLE). The machine's object is "".
+READINGS: dict[str, Reading] = {
+    "inodes_percent": Reading("inodes used", "%", "filesystem", high=100.0),
+    "inodes_used": Reading("files", "", "filesystem"),
+    "readonly": Reading("read-only", of="filesystem", **_FLAG),
+    "md_active": Reading("disks active", "", "md array"),
+    "md_required": Reading("disks required", "", "md array"),
+    "md_failed": Reading("disks failed", "", "md array"),
+    "unit_failed": Reading("failed", of="unit", **_FLAG),
+    "unit_restarts": Reading("restarts", "", "unit", per_sample=True),
+    "oom_kills": Reading("processes killed for memory", "", "", per_sample=True),
+    "clock_synced": Reading("clock synchronised", of="", **_FLAG),
+    "clock_offset_s": Reading("clock offset", "s", "", low=-1e9, high=1e9),
+    "clock_maxerror_s": Reading("clock maximum error", "s", "", high=1e9),
+    "fd_percent": Reading("file descriptors used", "%", "", high=100.0),
+    "conntrack_percent": Reading("connection tracking table used", "%", "", high=100.0),
+    "pids_percent": Reading("process ids used", "%", "", high=100.0),
+    "net_errors_percent": Reading("packets with errors", "%", "interface", high=100.0),
+    "net_drops_percent": Reading("packets dropped", "%", "interface", high=100.0),
+    "link_changes": Reading("link changes", "", "interface", per_sample=True),
+    "bond_slaves": Reading("bonded links", "", "bond"),
+    "bond_active": Reading("bonded links up", "", "bond"),
+    "reboot_required": Reading("reboot required", of="", **_FLAG),
+    "major_faults_per_s": Reading("major page faults", "/s", ""),
+    "disk_io_queue": Reading("I/O queue", "", "disk"),
+    "ecc_correctable": Reading("corrected memory errors", "", "memory controller", per_sample=True),
+    "ecc_uncorrectable": Reading("uncorrected memory errors", "", "memory controller", per_sample=True),
+    "temp_alarm": Reading("critical temperature alarm", of="sensor", **_FLAG),
+    "textfile_error": Reading("textfile collector failed", of="", **_FLAG),
+}
+# What a sender can say it could not read, with why (`"unreadable": {source: reason}`): never taken for "all fine".
+SOURCES = ("filesystems", "raid", "systemd", "oom", "kernel log", "clock", "file descriptors", "conntrack",
+           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon")
+
 
 # Pseudo and virtual filesystems, which hold no data of the machine's own: node_exporter's defaults, an empty
 # type (the node-exporter mixin's `fstype!=""`), the memory-backed ones (tmpfs, ramfs) and those of containers and

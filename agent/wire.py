@@ -5,7 +5,10 @@ Kafka key: the device id. Value: one JSON object
 ``"filesystems": {"/": 41.2, "/data": 99.4}`` (percent used by mount point; ``disk_percent`` is the fullest) and
 ``"processes": {"cpu": [["java", 4121, 61.0]], "memory": [["java", 4121, 38.5]]}`` (the top few by each, as
 name, pid, percent: of one CPU for "cpu", as top shows it, so a busy process on many CPUs passes 100; of the
-machine's memory for "memory"). Messages without them stay valid.
+machine's memory for "memory"), and ``"readings": {"md_failed": {"md0": [1, "sdb"]}, "unit_failed": {}}`` (what the
+machine's objects read, by reading name and object, a value or a value with a note: agent/vocabulary.py's
+READINGS; a reading present is whole, an object missing from it has none of it) and ``"unreadable": {"systemd": "no
+systemd here"}`` (what the sender could not read, and why). Messages without them stay valid.
 Every way a message can be wrong raises :class:`WireError` with a reason an operator can read, and
 nothing else: whatever a sender puts in a message, :func:`parse` either returns a :class:`Sample` the
 store can hold or raises :class:`WireError`.
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from agent.vocabulary import BELOW_LIMIT, BOUNDS, DEVICE_RE, KNOWN_METRICS
+from agent.vocabulary import BELOW_LIMIT, BOUNDS, DEVICE_RE, KNOWN_METRICS, READINGS
 
 try:
     import orjson
@@ -44,6 +47,10 @@ PROCESS_KINDS = ("cpu", "memory")
 MAX_PROCESSES = 3  # of each kind
 MAX_PROCESS_NAME = 64
 MAX_PID = 2**32 - 1
+MAX_READINGS = 64  # reading names (and unreadable sources) in one message
+MAX_READING_OBJECTS = 64  # of one reading: filesystems, units, interfaces, …
+MAX_OBJECT_NAME = 256
+MAX_NOTE = 200
 MAX_PROCESS_CPU = 100.0 * 1024  # percent of one CPU: a process may use every CPU of a machine of 1,024
 _USUAL_KEYS = 4  # v, device, ts, metrics: a message with more may carry filesystems or processes
 # orjson stops at these as at any invalid value; the operator should read what they are.
@@ -65,16 +72,27 @@ class Sample:
     known: tuple[float | None, ...] | None = field(default=None, compare=False, repr=False)
     filesystems: dict[str, float] | None = None  # percent used by mount point
     processes: dict[str, list[tuple[str, int, float]]] | None = None  # "cpu"/"memory" -> top (name, pid, percent)
+    readings: dict[str, dict[str, float]] | None = None  # reading -> object -> value (READINGS)
+    notes: dict[str, dict[str, str]] | None = None  # reading -> object -> what a value alone cannot say ("sdb")
+    unreadable: dict[str, str] | None = None  # source (SOURCES) -> why the sender could not read it
 
 
 def encode(device: str, ts: float, metrics: dict[str, float], filesystems: dict[str, float] | None = None,
-           processes: dict[str, list[tuple[str, int, float]]] | None = None) -> bytes:
+           processes: dict[str, list[tuple[str, int, float]]] | None = None,
+           readings: dict[str, dict[str, float]] | None = None, notes: dict[str, dict[str, str]] | None = None,
+           unreadable: dict[str, str] | None = None) -> bytes:
     """The message value for one sample."""
     doc: dict[str, object] = {"v": VERSION, "device": device, "ts": round(ts, 3), "metrics": metrics}
     if filesystems:
         doc["filesystems"] = filesystems
     if processes:
         doc["processes"] = processes
+    if readings is not None:
+        noted = notes or {}
+        doc["readings"] = {name: {obj: [value, noted[name][obj]] if obj in noted.get(name, {}) else value
+                                  for obj, value in objects.items()} for name, objects in readings.items()}
+    if unreadable:
+        doc["unreadable"] = unreadable
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -181,8 +199,9 @@ def parse(value: bytes | None, key: bytes | None = None, now: float | None = Non
     if type(ts) is not float or not TS_FROM <= ts < (TS_TO if now is None else now + MAX_AHEAD_S):
         ts = _parse_ts(ts, now)
     if len(doc) > _USUAL_KEYS:  # the hot path looks for nothing more
+        readings, notes = _readings(doc.get("readings"))
         return Sample(device, ts, *_metrics(metrics), _filesystems(doc.get("filesystems")),
-                      _processes(doc.get("processes")))
+                      _processes(doc.get("processes")), readings, notes, _unreadable(doc.get("unreadable")))
     return Sample(device, ts, *_metrics(metrics))
 
 
@@ -248,6 +267,62 @@ def _processes(value: object) -> dict[str, list[tuple[str, int, float]]] | None:
             top.append((name, pid, percent))
         clean[kind] = top
     return clean
+
+
+def _readings(value: object) -> tuple[dict[str, dict[str, float]] | None, dict[str, dict[str, str]] | None]:
+    """The readings of the machine's objects and their notes, checked; (None, None) when the message has none."""
+    if value is None:
+        return None, None
+    if type(value) is not dict or len(value) > MAX_READINGS:
+        raise WireError(f"readings must be an object of at most {MAX_READINGS} reading names to objects of values")
+    readings: dict[str, dict[str, float]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    for name, objects in value.items():
+        known = READINGS.get(name)
+        if known is None:  # a newer sender's: left out, as an unknown metric is left out of the model
+            continue
+        if type(objects) is not dict or len(objects) > MAX_READING_OBJECTS:
+            raise WireError(f"reading {name!r} must be an object of at most {MAX_READING_OBJECTS} objects to values")
+        clean: dict[str, float] = {}
+        for obj, given in objects.items():
+            if obj and not _printable(obj, MAX_OBJECT_NAME):
+                raise WireError(f"an object of reading {name!r} is longer than {MAX_OBJECT_NAME} characters or has "
+                                "a control or invisible character")
+            note = None
+            if type(given) is list:
+                if len(given) != 2 or not _printable(given[1], MAX_NOTE):
+                    raise WireError(f"reading {name!r} of {obj[:40]!r} must be a number or [number, note] with a "
+                                    f"note of 1 to {MAX_NOTE} printable characters")
+                given, note = given
+            number = _percent(given, known.high) if known.low == 0.0 else _finite(given, known.low, known.high)
+            if number is None:
+                raise WireError(f"reading {name!r} of {obj[:40]!r} is {_shown(given)}, not a number from "
+                                f"{known.low:g} to {known.high:g}")
+            clean[obj] = number
+            if note is not None:
+                notes.setdefault(name, {})[obj] = note
+        readings[name] = clean
+    return readings, notes or None
+
+
+def _finite(value: object, low: float, high: float) -> float | None:
+    """A number from `low` to `high` as a float, or None."""
+    if type(value) is not float and type(value) is not int:
+        return None
+    number = float(value)
+    return number if low <= number <= high else None
+
+
+def _unreadable(value: object) -> dict[str, str] | None:
+    """What the sender could not read, by source, with why; None when the message says nothing of it."""
+    if value is None:
+        return None
+    if type(value) is not dict or len(value) > MAX_READINGS:
+        raise WireError(f"unreadable must be an object of at most {MAX_READINGS} sources to reasons")
+    for source, reason in value.items():
+        if not _printable(source, MAX_OBJECT_NAME) or not _printable(reason, MAX_NOTE):
+            raise WireError(f"the reason {source!r} is unreadable must be 1 to {MAX_NOTE} printable characters")
+    return value
 
 
 class _Order(NamedTuple):
