@@ -53,6 +53,7 @@ class Metric(BaseModel):
     model_version = pw.IntegerField(null=True)
     filesystems = pw.TextField(null=True)  # JSON {mount point: percent used}; disk_percent is the fullest
     processes = pw.TextField(null=True)  # JSON {"cpu"/"memory": [[name, pid, percent], …]}, the top of each
+    readings = pw.TextField(null=True)  # JSON {"readings": …, "notes": …, "unreadable": …} (agent/wire.py)
 
     class Meta:
         indexes = ((("device", "ts"), True),)

@@ -84,13 +84,13 @@ def store_batch(
     return new
 
 
-# The columns of a stored sample, in the order of the row tuples handed to the driver. A batch with filesystems
-# or top processes in a sample has two columns more in every row (WIDE_COLUMNS); a batch without them, as many
-# senders' are, is written as before.
+# The columns of a stored sample, in the order of the row tuples handed to the driver. A batch with filesystems,
+# top processes or readings in a sample has three columns more in every row (WIDE_COLUMNS); a batch without them,
+# as many senders' are, is written as before.
 COLUMNS = ("device", "ts", "received", "extra", "p_stressed", "model_version", *KNOWN_METRICS)
-WIDE_COLUMNS = (*COLUMNS, "filesystems", "processes")
+WIDE_COLUMNS = (*COLUMNS, "filesystems", "processes", "readings")
 _KNOWN = frozenset(KNOWN_METRICS)
-_NO_EXTRAS = (None, None)
+_NO_EXTRAS = (None, None, None)
 
 
 def known_values(samples: Sequence[Sample]) -> list[tuple[float | None, ...]]:
@@ -135,14 +135,23 @@ def _items(
                 refused.append(_refusal(((), sample, index), exc, origins))
                 continue
         row = (*key, now, extra, p, version if p is not None else None, *known)
-        if sample.filesystems is not None or sample.processes is not None:
+        if sample.filesystems is not None or sample.processes is not None or sample.readings is not None \
+                or sample.unreadable is not None:
             wide = True
-            row = (*row, _json(sample.filesystems), _json(sample.processes))
+            row = (*row, _json(sample.filesystems), _json(sample.processes), readings_json(sample))
         items[key] = (row, sample, index)
     if not wide:
         return list(items.values())
     narrow = len(COLUMNS)
     return [(row + _NO_EXTRAS if len(row) == narrow else row, sample, index) for row, sample, index in items.values()]
+
+
+def readings_json(sample: Sample) -> str | None:
+    """A sample's readings, their notes and what its sender could not read, as the JSON text stored."""
+    if sample.readings is None and sample.unreadable is None:
+        return None
+    return orjson.dumps({name: value for name, value in (("readings", sample.readings), ("notes", sample.notes),
+                                                         ("unreadable", sample.unreadable)) if value}).decode()
 
 
 def _json(value: object) -> str | None:
@@ -166,7 +175,7 @@ def _insert(items: list[_Item], refused: list[Rejection], origins: Sequence[Orig
         middle = len(items) // 2
         return _insert(items[:middle], refused, origins) + _insert(items[middle:], refused, origins)
     return [StoredSample(metric_id, row[0], row[1], sample.metrics, row[4], row[5],  # type: ignore[arg-type]
-                         sample.filesystems, sample.processes)
+                         sample.filesystems, sample.processes, sample.readings, sample.notes, sample.unreadable)
             for metric_id, (row, sample, _index) in inserted]
 
 
@@ -206,7 +215,8 @@ _STAGE = "metric_stage"
 _PG_STAGE_TABLE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (device TEXT, ts DOUBLE PRECISION, received DOUBLE PRECISION, "
     f"extra TEXT, p_stressed DOUBLE PRECISION, model_version INTEGER, "
-    f"{', '.join(f'{name} DOUBLE PRECISION' for name in KNOWN_METRICS)}, filesystems TEXT, processes TEXT) "
+    f"{', '.join(f'{name} DOUBLE PRECISION' for name in KNOWN_METRICS)}, filesystems TEXT, processes TEXT, "
+    "readings TEXT) "
     "ON COMMIT DELETE ROWS"
 )
 

@@ -26,6 +26,9 @@ class StoredSample:
     model_version: int | None
     filesystems: dict[str, float] | None = None  # percent used by mount point, as the wire format has them
     processes: dict[str, list[tuple[str, int, float]]] | None = None  # "cpu"/"memory" -> top (name, pid, percent)
+    readings: dict[str, dict[str, float]] | None = None  # reading -> object -> value, as the wire format has them
+    notes: dict[str, dict[str, str]] | None = None
+    unreadable: dict[str, str] | None = None
 
 
 def _processes(text: str | None) -> dict[str, list[tuple[str, int, float]]] | None:
@@ -37,8 +40,10 @@ def _processes(text: str | None) -> dict[str, list[tuple[str, int, float]]] | No
 def _stored(row: Metric) -> StoredSample:
     metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
     metrics.update(json.loads(row.extra) if row.extra else {})
+    readings = json.loads(row.readings) if row.readings else {}
     return StoredSample(row.id, row.device, row.ts, metrics, row.p_stressed, row.model_version,
-                        json.loads(row.filesystems) if row.filesystems else None, _processes(row.processes))
+                        json.loads(row.filesystems) if row.filesystems else None, _processes(row.processes),
+                        readings.get("readings"), readings.get("notes"), readings.get("unreadable"))
 
 
 # A loose index scan: one index seek per device instead of reading the whole (device, ts) index, so the

@@ -56,7 +56,8 @@ class KafkaSink:
                 failed.append(error)
 
         for sample in samples:
-            value = encode(sample.device, sample.ts, sample.metrics, filesystems=sample.filesystems)
+            value = encode(sample.device, sample.ts, sample.metrics, filesystems=sample.filesystems,
+                           readings=sample.readings, notes=sample.notes, unreadable=sample.unreadable)
             while True:
                 try:
                     self.producer.produce(self.topic, key=sample.device.encode(), value=value, on_delivery=on_delivery)
