@@ -25,8 +25,7 @@ from bot.chat.bot_api import PollingRequest, TelegramLink, connect
 from bot.chat.rate_limits import CommandBudget, FairRateLimiter
 from bot.chat.sender import Sender
 from bot.config import Settings
-from bot.db import incidents as stored
-from bot.db import retention
+from bot.db import incidents, retention
 from bot.db.outbox import Route
 from bot.intake.sources import KafkaSource, LocalSource
 from bot.pipeline import forecast
@@ -230,7 +229,7 @@ def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
     """The trends as they were before the restart, from the store's last window of samples; an episode
     with an open incident stays alerted, so a restart does not repeat it."""
     forecaster.observe(db.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
-    forecaster.restore_alerted(stored.open_forecasts())
+    forecaster.restore_alerted(incidents.open_forecasts())
     log.info("forecasts rebuilt for %d devices", forecaster.devices())
 
 

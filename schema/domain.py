@@ -17,6 +17,7 @@ class Kind(StrEnum):
     STRESSED = "stressed"
     SILENT = "silent"
     FORECAST = "forecast"
+    CONDITION = "condition"  # one of the catalogue's (schema/conditions.py), of one object of the machine
 
 
 class State(StrEnum):
@@ -42,9 +43,11 @@ class IncidentDetail:
     worst (`peak`), and the sample's filesystems and top processes now and at its worst, where it has them. A
     forecast: the metric (`disk:<mount point>` for a filesystem) and where its trend stood (`ts`, `level`,
     `slope_per_h`, `eta_s`). A ❌ on a stressed incident leaves the tolerances it set (`tolerated`, metric ->
-    value) and, once someone pressed Undo, who (`undone_by`). Stored as one flat JSON object (`to_json`), read
-    back by `from_json`: the one writer and the one reader; JSON written before a field existed reads as that
-    field's default.
+    value) and, once someone pressed Undo, who (`undone_by`). A condition: its metric (`cond:<name>:<object>`),
+    what its alert says of the object now (`evidence`), how bad it is (`severity`), when it was last seen to hold
+    (`ts`), who made it expected on its machine with ❌ (`expected_by`) and who undid that (`undone_by`). Stored as
+    one flat JSON object (`to_json`), read back by `from_json`: the one writer and the one reader; JSON written
+    before a field existed reads as that field's default.
     """
 
     drivers: list[str] = field(default_factory=list)
@@ -61,8 +64,14 @@ class IncidentDetail:
     eta_s: float | None = None
     tolerated: dict[str, float] = field(default_factory=dict)
     undone_by: str = ""
+    evidence: str = ""
+    severity: str = ""
+    expected_by: str = ""  # a ❌ on a condition: it is expected on this machine, said by whom
 
     def to_json(self) -> str:
+        if self.evidence:
+            return json.dumps({name: getattr(self, name) for name in (
+                "metric", "ts", "evidence", "severity", "expected_by", "undone_by") if getattr(self, name)})
         if self.metric:
             return json.dumps({"metric": self.metric, "ts": self.ts, "level": self.level,
                                "slope_per_h": self.slope_per_h, "eta_s": self.eta_s})
@@ -105,7 +114,8 @@ class Action(StrEnum):
     CHART = "chart"
     RIGHT_FORECAST = "right"
     WRONG_FORECAST = "wrong"
-    UNDO_TOLERANCE = "undo"  # on a stressed incident a ❌ turned into tolerances
+    UNDO_TOLERANCE = "undo"  # on a stressed incident a ❌ turned into tolerances, or a condition made expected
+    EXPECTED = "x"  # ❌ on a condition: expected on this machine
 
 
 SNOOZE_HOURS = {Action.SNOOZE_1H: 1, Action.SNOOZE_8H: 8}
@@ -114,6 +124,8 @@ ACTIONS_OF = {  # the buttons each kind of incident has
                     Action.UNDO_TOLERANCE},
     Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART},
     Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H},
+    Kind.CONDITION: {Action.CORRECT, Action.EXPECTED, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
+                     Action.UNDO_TOLERANCE},
 }
 
 

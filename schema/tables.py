@@ -260,8 +260,8 @@ class Rejected(BaseModel):
 
 
 class ForecastLabel(Verdict):
-    """A person's verdict on a forecast: 1 = it was right, 0 = it was wrong. Apart from `Label`: the
-    classifier never trains on these."""
+    """A person's verdict on a forecast or a condition: 1 = it was right, 0 = it was wrong (or expected). Apart
+    from `Label`: the classifier never trains on these."""
 
     incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
 
@@ -299,6 +299,22 @@ class ForecastHold(BaseModel):
         table_name = "forecast_hold"
 
 
+class Expected(BaseModel):
+    """A ❌ on a condition (schema/conditions.py): on `device`, the condition of one object (`metric`, its
+    incident's "cond:<name>:<object>") is expected, and opens no incident until someone undoes it."""
+
+    device = pw.CharField(max_length=64)
+    metric = pw.CharField(max_length=300)
+    incident = pw.ForeignKeyField(Incident, null=True, on_delete="SET NULL")
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+    class Meta:
+        table_name = "condition_expected"
+        indexes = ((("device", "metric"), True),)
+
+
 class Aggregate(BaseModel):
     """Five minutes of one device's samples older than RETENTION_DAYS (see bot/db/retention.py): per metric the
     minimum (`<name>_min`), the mean (`<name>`, the same column name as a raw sample's) and the maximum."""
@@ -320,7 +336,7 @@ for _name in KNOWN_METRICS:
 
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Digest, Notice, Mute, ForecastLabel, Aggregate, Subscription,
-          Heartbeat, Tolerance, ForecastHold, HeldPart]
+          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected]
 
 
 def connect(url: str) -> pw.Database:

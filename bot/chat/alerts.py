@@ -24,6 +24,7 @@ from bot.chat.formatting import (
     metric_value,
     percent,
     plural,
+    severity_icon,
     span,
     top_processes,
     usual_range,
@@ -36,6 +37,7 @@ from bot.pipeline.baselines import Baselines, Usual
 from bot.pipeline.forecast import Forecast
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
+from schema.conditions import Condition, Event, Severity, parse_key
 from schema.domain import ACTIONS_OF, SNOOZE_HOURS, Action, Kind, Reply, State
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,9 @@ def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
         return InlineKeyboardButton(label, callback_data=callbacks.incident(incident.id, action))
 
     chart = button("📈 Chart", Action.CHART)
+    detail = incident.detail
     if incident.state != State.OPEN:
-        if incident.detail.tolerated and not incident.detail.undone_by:
+        if (detail.tolerated or detail.expected_by) and not detail.undone_by:
             return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart]])
         return InlineKeyboardMarkup([[chart]]) if incident.kind != Kind.SILENT else None
     snooze = [button("🔕 1 h", Action.SNOOZE_1H), button("🔕 8 h", Action.SNOOZE_8H)]
@@ -95,6 +98,8 @@ def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
                    button("❌ Wrong forecast", Action.WRONG_FORECAST)]
     elif incident.kind == Kind.STRESSED and incident.acked_by is None:
         verdict = [button("✅ Correct", Action.CORRECT), button("❌ Wrong prediction", Action.WRONG_PREDICTION)]
+    elif incident.kind == Kind.CONDITION and incident.acked_by is None:
+        verdict = [button("✅ Correct", Action.CORRECT), button("❌ Expected here", Action.EXPECTED)]
     else:
         verdict = []
     rows = [row for row in (verdict, [*snooze, chart] if incident.kind != Kind.SILENT else snooze) if row]
@@ -115,6 +120,8 @@ def alert(incident: Incident, usual: Mapping[str, Usual], now: float,
             head = (f"✅ <b>{device}</b> is reporting again after {lasted(incident.resolved_ts - incident.opened_ts)} "
                     f"of silence ({span(incident.opened_ts, incident.resolved_ts)})")
         return clip(head + _footer(incident))
+    if incident.kind == Kind.CONDITION:
+        return clip(condition_alert(incident) + _footer(incident))
     if incident.kind == Kind.FORECAST:
         forecast = Forecast(incident.device, detail.metric, incident.sample_id or 0, detail.ts or 0.0,
                             detail.level or 0.0, detail.slope_per_h or 0.0, detail.eta_s)
@@ -145,16 +152,53 @@ def alert(incident: Incident, usual: Mapping[str, Usual], now: float,
     return clip("\n".join([*head, *lines]) + _footer(incident))
 
 
+def condition_of(incident: Incident) -> tuple[Condition, str] | None:
+    """A condition incident's condition and object (None: one of a condition this version no longer has)."""
+    return parse_key(incident.detail.metric)
+
+
+def described(incident: Incident) -> str:
+    """'RAID array degraded (md0)', 'clock wrong': the condition of an incident and its object."""
+    found = condition_of(incident)
+    if found is None:
+        return incident.detail.metric
+    condition, obj = found
+    return f"{condition.title} ({obj})" if obj else condition.title
+
+
+def condition_alert(incident: Incident) -> str:
+    """A condition's message: the machine, the evidence, since when and what to do; once over, how long it lasted."""
+    detail, device = incident.detail, escape(incident.device)
+    found = condition_of(incident)
+    todo = f"\nWhat to do: {escape(found[0].todo)}" if found else ""
+    evidence = escape(detail.evidence)
+    if found is not None and isinstance(found[0].rule, Event):
+        return f"{severity_icon(Severity.INFO)} <b>{device}</b> {evidence} ({when(incident.opened_ts)}){todo}"
+    if incident.state == State.OPEN:
+        critical = " · critical" if detail.severity == Severity.CRITICAL else ""
+        return (f"{severity_icon(detail.severity)} <b>{device}</b>: {evidence}\n"
+                f"Since {when(incident.opened_ts)} ({ago(incident.last_ts - incident.opened_ts)}){critical}{todo}")
+    if incident.state == State.RESOLVED:
+        return (f"✅ <b>{device}</b>: {escape(described(incident))} cleared after "
+                f"{lasted(incident.resolved_ts - incident.opened_ts)} "
+                f"({span(incident.opened_ts, incident.resolved_ts)})\nWas: {evidence}")
+    return f"❌ <b>{device}</b>: {escape(described(incident))}, expected here\nWas: {evidence}"
+
+
 def _footer(incident: Incident) -> str:
     lines = []
-    if incident.acked_by:
-        what = "Labelled a false alarm" if incident.state == State.FALSE_ALARM else "Acknowledged"
-        lines.append(f"{what} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
     detail = incident.detail
+    if incident.acked_by and not detail.expected_by:  # the line of an expected condition says who and when
+        verdict = "Labelled a false alarm" if incident.state == State.FALSE_ALARM else "Acknowledged"
+        lines.append(f"{verdict} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
     if detail.tolerated:
         lines.append(escape(tolerance.tolerated_now(incident.device, detail.tolerated, incident.acked_by or "?")))
+    if detail.expected_by:
+        lines.append(escape(tolerance.expected_now(incident.device, described(incident), detail.expected_by)))
     if detail.undone_by:
-        lines.append(tolerance.undone_by(incident.device, detail.undone_by, detail.tolerated))
+        lines.append(tolerance.undone_by(incident.device, detail.undone_by, detail.tolerated)
+                     if detail.tolerated else tolerance.expected_undone_by(incident.device, described(incident),
+                                                                           detail.undone_by))
     if incident.snoozed_until and incident.state == State.OPEN:
         lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
     return "\n\n" + "\n".join(lines) if lines else ""
@@ -165,17 +209,28 @@ def reply(kind: Reply, incident: Incident, now: float) -> str:
     if kind == Reply.REPORTING_AGAIN:
         gap = lasted(incident.resolved_ts - incident.last_ts)
         return f"✅ {incident.device} is reporting again after {gap} of silence"
+    if kind == Reply.RECOVERED and incident.kind == Kind.CONDITION:
+        return (f"✅ {incident.device}: {described(incident)} cleared after "
+                f"{lasted(incident.resolved_ts - incident.opened_ts)}")
     if kind == Reply.RECOVERED:
         return f"✅ {incident.device} recovered after {lasted(incident.resolved_ts - incident.opened_ts)}"
-    what = {Kind.SILENT: "still silent", Kind.FORECAST: "still heading for its edge"}.get(incident.kind,
-                                                                                         "still stressed")
-    return (f"⏰ {incident.device} is {what} (since {ago(now - incident.created)} ago). ✅ acknowledges it; "
+    still = {Kind.SILENT: "is still silent", Kind.FORECAST: "is still heading for its edge",
+             Kind.CONDITION: f"still has it: {incident.detail.evidence}"}.get(incident.kind, "is still stressed")
+    return (f"⏰ {incident.device} {still} (since {ago(now - incident.created)} ago). ✅ acknowledges it; "
             "🔕 snoozes it.")
 
 
 def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None = None, metric: str = "") -> str:
     """What the person who pressed a button on an incident is told (`tolerated`: what a ❌ made the machine
-    tolerate; `metric`: a forecast's)."""
+    tolerate; `metric`: a forecast's or a condition's)."""
+    found = parse_key(metric)
+    if found is not None and action in (Action.CORRECT, Action.EXPECTED):
+        condition, obj = found
+        if action == Action.CORRECT:
+            return "Thanks: acknowledged. No more reminders about it."
+        where = f" on {obj}" if obj else ""
+        return (f"Thanks: {condition.title}{where} is expected on {device} now: it alerts no more there. Undo on the "
+                "alert takes it back.")
     if action in SNOOZE_HOURS:
         return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
     if action == Action.WRONG_FORECAST:
@@ -194,6 +249,7 @@ MAX_BUTTONS = 60  # a group message has a button per machine, up to this many (T
 BUTTONS_PER_ROW = 3
 _HEADS = {
     Kind.STRESSED: "🔴 {} stressed", Kind.SILENT: "⚪ {} stopped reporting", Kind.FORECAST: "📈 {} heading for full",
+    Kind.CONDITION: "🛠 {} with a problem",
     Reply.RECOVERED: "✅ {} recovered", Reply.REPORTING_AGAIN: "✅ {} reporting again",
     Reply.REMINDER: "⏰ {} still need attention (nobody acknowledged)",
 }
@@ -212,10 +268,14 @@ def _member_line(incident: Incident, change: str, first: float) -> str:
         line = f"• {device}: last seen {when(incident.opened_ts)}"
     elif change == Kind.FORECAST:
         line = f"• {device}: {escape(incident.detail.metric)}"
+    elif change == Kind.CONDITION:
+        line = f"• {device}: {escape(incident.detail.evidence)}"
+    elif incident.kind == Kind.CONDITION:  # a recovery, a reminder
+        line = f"• {device}: {escape(described(incident))}"
     else:
         line = f"• {device}"
-    if incident.state == State.RESOLVED and change in (Kind.STRESSED, Kind.SILENT, Kind.FORECAST):
-        line += " ✅ " + ("reporting again" if change == Kind.SILENT else "recovered")
+    if incident.state == State.RESOLVED and change in (Kind.STRESSED, Kind.SILENT, Kind.FORECAST, Kind.CONDITION):
+        line += " ✅ " + {Kind.SILENT: "reporting again", Kind.CONDITION: "cleared"}.get(change, "recovered")
     elif incident.state == State.FALSE_ALARM:
         line += " ❌ false alarm"
     return line
@@ -236,7 +296,7 @@ def group_message(change: str, members: list[tuple[Notice, Incident]]) -> tuple[
         lines.append(f"… and {len(incidents) - SHOWN_NAMES} more")
     text = f"{head}\n" + "\n".join(lines)
     buttons = [InlineKeyboardButton(f"{i.device} ›", callback_data=callbacks.expand(i.id)) for i in incidents
-               if change in (Kind.STRESSED, Kind.FORECAST) and i.state == State.OPEN][:MAX_BUTTONS]
+               if change in (Kind.STRESSED, Kind.FORECAST, Kind.CONDITION) and i.state == State.OPEN][:MAX_BUTTONS]
     if buttons:
         text += "\n\nA machine's button sends its own alert, with ✅/❌ and 🔕."
     rows = [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]

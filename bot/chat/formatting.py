@@ -11,6 +11,7 @@ from telegram.constants import MessageLimit
 
 from agent.vocabulary import KNOWN_METRICS
 from bot.pipeline.baselines import Usual
+from schema.conditions import Severity
 
 
 def span(start: float, end: float) -> str:
@@ -124,3 +125,11 @@ def top_processes(top: list | None) -> str:
 
 def percent(p: float | None) -> str:
     return "n/a" if p is None else f"{100 * p:.0f}%"
+
+
+SEVERITY_ICONS = {Severity.CRITICAL: "🚨", Severity.WARNING: "🛠", Severity.INFO: "ℹ️"}
+
+
+def severity_icon(severity: str) -> str:
+    """The mark of a condition's alert by how bad it is (a warning's when the severity is not one we know)."""
+    return SEVERITY_ICONS.get(Severity(severity) if severity in tuple(Severity) else Severity.WARNING, "🛠")

@@ -27,13 +27,13 @@ from bot.chat.formatting import (
     percent,
     plural,
     pre,
+    severity_icon,
     span,
     top_processes,
     usual_range,
     when,
 )
-from bot.db import Rejected, StoredSample, Tolerance
-from bot.db import tolerances as stored_tolerances
+from bot.db import Expected, Incident, Rejected, StoredSample, Tolerance, tolerances
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES
@@ -62,27 +62,33 @@ TABLE_LABEL = 24  # characters of a metric's label in /status <device>'s table
 
 # Most urgent first: the order of /status and of its counts. A muted machine (under maintenance) is still
 # worth a look, but no longer news.
-RISK_ORDER = ("stressed", "silent", "muted", "normal", "unknown")
+# A machine with an open condition (a failed unit, a degraded array) needs a look before the quiet ones.
+RISK_ORDER = ("stressed", "silent", "problem", "muted", "normal", "unknown")
 
 
-STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "muted": "🔕", "normal": "🟢", "unknown": "❔"}
+STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "problem": "🛠", "muted": "🔕", "normal": "🟢", "unknown": "❔"}
 NONE: frozenset[str] = frozenset()
 
 
-def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE) -> str:
-    """stressed, silent (it stopped reporting), muted, normal or unknown (no prediction yet)."""
+def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE,
+              problems: Container[str] = NONE) -> str:
+    """stressed, silent (it stopped reporting), problem (an open condition), muted, normal or unknown (no
+    prediction yet)."""
     if sample.device in muted:
         return "muted"
     if sample.device in silent:  # an open silence incident: see SILENT_AFTER
         return "silent"
-    if sample.p_stressed is None:
-        return "unknown"
-    return "stressed" if sample.p_stressed >= threshold else "normal"
+    if sample.p_stressed is not None and sample.p_stressed >= threshold:
+        return "stressed"
+    if sample.device in problems:
+        return "problem"
+    return "unknown" if sample.p_stressed is None else "normal"
 
 
-def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE) -> str:
+def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE,
+          problems: Container[str] = NONE) -> str:
     """The condition with its icon, e.g. '🔴 stressed'."""
-    name = condition(sample, threshold, silent, muted)
+    name = condition(sample, threshold, silent, muted, problems)
     return f"{STATE_ICONS[name]} {name}"
 
 
@@ -90,14 +96,14 @@ OVERVIEW_ROWS = 25  # the worst machines shown by /status; the rest are counted
 
 
 def overview(samples: list[StoredSample], threshold: float, now: float | None = None, silent: Set[str] = NONE,
-             muted: Container[str] = NONE) -> str:
+             muted: Container[str] = NONE, problems: Container[str] = NONE) -> str:
     """/status: the counts per condition, then the worst machines with last seen, latest P(stressed) and
     state, most urgent first (by condition, then P(stressed), then name); one message for any fleet."""
     if not samples:
         return "No machine has reported yet."
     now = time.time() if now is None else now
     rank = {name: index for index, name in enumerate(RISK_ORDER)}
-    conditions = {s.device: condition(s, threshold, silent, muted) for s in samples}
+    conditions = {s.device: condition(s, threshold, silent, muted, problems) for s in samples}
     ranked = sorted(samples, key=lambda s: (
         rank[conditions[s.device]], -(s.p_stressed if s.p_stressed is not None else -1.0), s.device))
 
@@ -124,10 +130,12 @@ def device_status(
     sample: StoredSample, threshold: float, active_version: int | None, now: float | None = None,
     usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
     horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Container[str] = NONE,
-    tolerances: list[Tolerance] | None = None,
+    tolerances: list[Tolerance] | None = None, problems: list[Incident] | None = None,
+    expected: list[Expected] | None = None,
 ) -> str:
     """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
-    model version, what it tolerates and where disk, memory and swap are heading."""
+    model version, its open conditions, what it could not read, what it tolerates and where disk, memory and swap
+    are heading."""
     now = time.time() if now is None else now
     usual = usual or {}
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
@@ -141,15 +149,32 @@ def device_status(
     tops = [f"{TOP_WORDS[kind]}: {escape(top_processes(top))}" for kind, top in (sample.processes or {}).items()
             if kind in TOP_WORDS and top]
     return (
-        f"<b>{escape(sample.device)}</b>: {state(sample, threshold, silent, muted)}\n"
+        f"<b>{escape(sample.device)}</b>: "
+        f"{state(sample, threshold, silent, muted, {sample.device} if problems else NONE)}\n"
         f"Sample of {when(sample.ts)} ({ago(now - sample.ts)} ago)\n"
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
         f"{pre(rows or ['(no metrics)'])}\n"
         + "".join(f"{line}\n" for line in tops)
-        + tolerance.tolerates(tolerances or [])
+        + _problems(problems or [], now)
+        + _unreadable(sample.unreadable)
+        + tolerance.tolerates(tolerances or [], expected)
         + forecast_summary(forecasts or {}, horizon_s)
     )
+
+
+def _problems(incidents: list[Incident], now: float) -> str:
+    """Under /status <device>: its open conditions, a line each, with since when."""
+    return "".join(f"{severity_icon(i.detail.severity)} {escape(i.detail.evidence)} (since {ago(now - i.opened_ts)})\n"
+                   for i in incidents)
+
+
+def _unreadable(unreadable: Mapping[str, str] | None) -> str:
+    """'Not readable here: systemd (no systemd on this machine)': what it cannot check, never taken for fine."""
+    if not unreadable:
+        return ""
+    return "Not readable here: " + ", ".join(f"{escape(source)} ({escape(why)})"
+                                              for source, why in sorted(unreadable.items())) + "\n"
 
 
 def _cut(label: str) -> str:
@@ -243,12 +268,13 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     markup = None
     sample = None
     if not args or not DEVICE_RE.fullmatch(args[0]):
-        samples, silent, muted = await asyncio.to_thread(
-            lambda: (db.latest_per_device(), db.silent_devices(), db.muting(time.time(), settings.timezone)))
+        samples, silent, muted, problems = await asyncio.to_thread(
+            lambda: (db.latest_per_device(), db.silent_devices(), db.muting(time.time(), settings.timezone),
+                     db.open_conditions()))
         if args:
             samples = [s for s in samples if matches(args[0], s.device)]
-        text = overview(samples, settings.alert_threshold, silent=silent, muted=muted) if samples or not args \
-            else no_match(args[0])
+        text = overview(samples, settings.alert_threshold, silent=silent, muted=muted, problems=problems) \
+            if samples or not args else no_match(args[0])
     else:
         sample = await asyncio.to_thread(db.latest_sample, args[0])
         if sample is None:
@@ -257,12 +283,14 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         else:
             usual = await asyncio.to_thread(common.baselines_of(context).get, sample.device)
             forecasts = await asyncio.to_thread(common.forecaster_of(context).forecasts, sample.device)
-            silent, muted, tolerated = await asyncio.to_thread(
+            silent, muted, tolerated, expected, problems = await asyncio.to_thread(
                 lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
-                         stored_tolerances.tolerances(sample.device)))
+                         tolerances.tolerances(sample.device), tolerances.expected(sample.device),
+                         db.open_conditions(sample.device).get(sample.device, [])))
             text = device_status(sample, settings.alert_threshold, common.model_of(context).version, usual=usual,
                                  forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
-                                 silent=silent, muted=muted, tolerances=tolerated)
+                                 silent=silent, muted=muted, tolerances=tolerated, problems=problems,
+                                 expected=expected)
             markup = missed_keyboard(sample.id, update.effective_chat.id, common.button_key(context))
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:

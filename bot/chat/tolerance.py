@@ -15,9 +15,9 @@ from telegram.ext import BaseHandler, CommandHandler, ContextTypes
 from agent.vocabulary import DEVICE_RE, KNOWN_METRICS
 from bot.chat import common
 from bot.chat.formatting import clip, escape, when
-from bot.db import Tolerance, incidents
-from bot.db import tolerances as stored_tolerances
+from bot.db import Expected, Tolerance, incidents, tolerances
 from ml.features import ZONES
+from schema.conditions import parse_key
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,11 @@ TOLERANCE_USAGE = ("Usage: /tolerance <device> lists what a ❌ taught it; /tole
 
 
 def tolerance_word(metric: str) -> str:
-    """'Disk', 'Memory', 'Load'."""
+    """'Disk', 'Memory', 'Load'; a condition's ('RAID array degraded (md0)')."""
+    found = parse_key(metric)
+    if found is not None:
+        condition, obj = found
+        return f"{condition.title} ({obj})" if obj else condition.title
     return TOLERANCE_WORDS.get(metric, metric).capitalize()
 
 
@@ -77,20 +81,30 @@ def tolerance_lines(rows: list[Tolerance]) -> list[str]:
             for t in rows if t.metric in ZONES]
 
 
-def tolerates(rows: list[Tolerance]) -> str:
-    """Under /status <device>: what the machine tolerates, a line each; nothing when it tolerates nothing."""
-    if not rows:
-        return ""
-    return "Tolerates (a ❌ taught it):\n" + "".join(f"{line}\n" for line in tolerance_lines(rows))
+def expected_lines(rows: list[Expected]) -> list[str]:
+    """'• RAID array degraded (md0) (❌ by @bob, 2026-11-28 14:03:25 UTC)' per expected condition."""
+    return [f"• {escape(tolerance_word(e.metric))} (❌ by {escape(e.user_name)}, {when(e.created)})" for e in rows]
 
 
-def tolerance_list(device: str, rows: list[Tolerance]) -> str:
+def tolerates(rows: list[Tolerance], expected: list[Expected] | None = None) -> str:
+    """Under /status <device>: what the machine tolerates and the conditions expected on it, a line each; nothing
+    when there are none."""
+    text = "Tolerates (a ❌ taught it):\n" + "".join(f"{line}\n" for line in tolerance_lines(rows)) if rows else ""
+    if expected:
+        text += "Expected here (a ❌ said so):\n" + "".join(f"{line}\n" for line in expected_lines(expected))
+    return text
+
+
+def tolerance_list(device: str, rows: list[Tolerance], expected: list[Expected] | None = None) -> str:
     """/tolerance <device>."""
-    if not rows:
+    if not rows and not expected:
         return (f"<b>{escape(device)}</b> tolerates nothing of its own: it alerts as every machine does. A ❌ on "
                 "one of its alerts makes it tolerate what drove it.")
-    return clip(f"<b>{escape(device)}</b> tolerates, from a ❌ on its alerts:\n" + "\n".join(tolerance_lines(rows))
-                + f"\n/tolerance {escape(device)} reset [metric] forgets them.")
+    text = f"<b>{escape(device)}</b> tolerates, from a ❌ on its alerts:\n" + "\n".join(tolerance_lines(rows)) \
+        if rows else f"<b>{escape(device)}</b> tolerates no metric of its own."
+    if expected:
+        text += "\nExpected here, from a ❌ on its alerts:\n" + "\n".join(expected_lines(expected))
+    return clip(text + f"\n/tolerance {escape(device)} reset [metric] forgets them.")
 
 
 def tolerance_reset(device: str, removed: list[str]) -> str:
@@ -119,6 +133,17 @@ def undone_by(device: str, by: str, metrics: Iterable[str]) -> str:
     """Under the alert whose ❌ was undone: '↩️ Undone by @bob: build1 alerts on Disk as every machine does.'"""
     return (f"↩️ Undone by {escape(by)}: {escape(device)} alerts on "
             f"{escape(_and(tolerance_word(m) for m in sorted(metrics)))} as every machine does.")
+
+
+def expected_now(device: str, what: str, by: str) -> str:
+    """Under a condition's alert someone ❌'d: 'RAID array degraded (md0) is expected on nas1 (❌ by @bob): it
+    alerts no more there.'"""
+    return f"{what} is expected on {device} (❌ by {by}): it alerts no more there"
+
+
+def expected_undone_by(device: str, what: str, by: str) -> str:
+    """Under a condition's alert whose ❌ was undone."""
+    return f"↩️ Undone by {escape(by)}: {escape(device)} alerts on {escape(what)} again."
 
 
 def forecast_held(device: str, what: str) -> str:
@@ -151,12 +176,14 @@ async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
         await update.effective_message.reply_text(TOLERANCE_USAGE)
         return
     device = args[0]
-    rows = await asyncio.to_thread(stored_tolerances.tolerances, device)
+    rows, expected = await asyncio.to_thread(lambda: (tolerances.tolerances(device), tolerances.expected(device)))
     if len(args) == 1:
-        await update.effective_message.reply_text(tolerance_list(device, rows),
+        await update.effective_message.reply_text(tolerance_list(device, rows, expected),
                                                   parse_mode=ParseMode.HTML)
         return
-    chosen = [row for row in rows if metric is None or row.metric == metric]
+    chosen: list[Tolerance | Expected] = [row for row in rows if metric is None or row.metric == metric]
+    if metric is None:  # every tolerance, and every condition expected here
+        chosen += expected
     user_id, name = common.who(update)
     others = sorted({row.user_name for row in chosen if row.user_id != user_id})
     if others and user_id not in common.settings_of(context).admin_user_ids:
@@ -164,7 +191,10 @@ async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
         await update.effective_message.reply_text(tolerance_refused(device, others, user_id),
                                                   parse_mode=ParseMode.HTML)
         return
-    removed = await asyncio.to_thread(stored_tolerances.untolerate, device, [row.metric for row in chosen])
+    removed = await asyncio.to_thread(tolerances.untolerate, device, [row.metric for row in chosen
+                                                                      if isinstance(row, Tolerance)])
+    if metric is None:
+        removed += await asyncio.to_thread(tolerances.unexpect, device)
     log.info("%s reset the tolerances %s of %s", name, removed, device)
     await asyncio.to_thread(common.tolerances_of(context).refresh)
     await update.effective_message.reply_text(tolerance_reset(device, removed),

@@ -10,7 +10,7 @@ from datetime import tzinfo
 
 from bot.db import tolerances
 from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window, metric_key
-from schema.tables import ForecastLabel, Incident, Label, Mute, Notice, Tolerance, db
+from schema.tables import Expected, ForecastLabel, Incident, Label, Mute, Notice, Tolerance, db
 
 # What a ❌ on a stressed incident makes its machine tolerate: metric -> value, from the incident's detail.
 Tolerate = Callable[[IncidentDetail], dict[str, float]]
@@ -71,7 +71,9 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
     ✅/❌ store a label on the sample that opened the incident and acknowledge it (no more reminders); ❌ also
     closes it as a false alarm and raises its machine's tolerances to what `tolerate` says of the incident (the
     label is marked as one that became a tolerance). "❌ Wrong forecast" puts that forecast of the machine on
-    hold. 🔕 snoozes its reminders. The new revision makes the sender edit every copy.
+    hold. On a condition ✅/❌ are verdicts on the incident, not labels of its sample (a degraded array says
+    nothing of how loaded the machine was), and ❌ makes that condition of that object expected on the machine.
+    🔕 snoozes its reminders. The new revision makes the sender edit every copy.
     """
     with db.atomic():
         incident = Incident.get_by_id(incident_id)
@@ -83,6 +85,13 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
             if action == Action.WRONG_FORECAST:
                 tolerances.hold(incident.device, incident.detail.metric or incident.metric, incident.id, user_id,
                                 user_name, now)
+        elif incident.kind == Kind.CONDITION:
+            add_forecast_label(incident.id, int(action == Action.CORRECT), user_id, user_name)
+            incident.acked_by, incident.acked_at = user_name, now
+            if action == Action.EXPECTED:
+                tolerances.expect(incident.device, incident.detail.metric, incident.id, user_id, user_name, now)
+                incident.state, incident.resolved_ts = State.FALSE_ALARM, incident.resolved_ts or incident.last_ts
+                incident.detail = replace(incident.detail, expected_by=user_name[:200])
         else:
             value = int(action == Action.CORRECT)
             label = add_label(incident.sample_id, value, user_id, user_name) if incident.sample_id else None
@@ -106,14 +115,19 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
 
 def undo_tolerance(incident_id: int, user_id: int, user_name: str, admin: bool,
                    now: float) -> tuple[Incident, list[str] | None]:
-    """Undo on a ❌'d incident: remove the tolerances its ❌ set and still owns; (the incident, the metrics
-    removed), or None for them when the presser is neither who set them nor an admin (nothing changes)."""
+    """Undo on a ❌'d incident: remove the tolerances (or the expected condition) its ❌ set and still owns; (the
+    incident, the metrics removed), or None for them when the presser is neither who set them nor an admin (nothing
+    changes)."""
     with db.atomic():
         incident = Incident.get_by_id(incident_id)
-        setters = {t.user_id for t in Tolerance.select(Tolerance.user_id).where(Tolerance.incident == incident_id)}
+        table = Expected if incident.kind == Kind.CONDITION else Tolerance
+        setters = {row.user_id for row in table.select(table.user_id).where(table.incident == incident_id)}
         if not admin and setters - {user_id}:
             return incident, None
-        removed = tolerances.untolerate(incident.device, incident_id=incident_id)
+        if incident.kind == Kind.CONDITION:
+            removed = tolerances.unexpect(incident.device, incident_id=incident_id)
+        else:
+            removed = tolerances.untolerate(incident.device, incident_id=incident_id)
         if removed:
             incident.detail = replace(incident.detail, undone_by=user_name[:200])
             incident.revision += 1
@@ -177,6 +191,17 @@ def incident_spans(device: str, start: float, end: float) -> list[tuple[float, f
         (Incident.device == device) & (Incident.kind != Kind.FORECAST) & (Incident.opened_ts <= end)
         & (Incident.resolved_ts.is_null() | (Incident.resolved_ts >= start)))
     return [(i.opened_ts, i.resolved_ts or max(i.last_ts, end)) for i in query]
+
+
+def open_conditions(device: str | None = None) -> dict[str, list[Incident]]:
+    """The open condition incidents of one device (or of all), by device, oldest first."""
+    query = Incident.select().where((Incident.state == State.OPEN) & (Incident.kind == Kind.CONDITION))
+    if device is not None:
+        query = query.where(Incident.device == device)
+    found: dict[str, list[Incident]] = {}
+    for incident in query.order_by(Incident.opened_ts):
+        found.setdefault(incident.device, []).append(incident)
+    return found
 
 
 def silent_devices() -> set[str]:

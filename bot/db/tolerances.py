@@ -1,11 +1,12 @@
-"""Machine tolerances and forecast holds: what people taught one machine with ❌, stored, listed and removed."""
+"""Machine tolerances, forecast holds and expected conditions: what people taught one machine with ❌, stored,
+listed and removed."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
 
-from schema.tables import ForecastHold, Tolerance, db
+from schema.tables import Expected, ForecastHold, Tolerance, db
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,40 @@ def release(device: str, metric: str) -> None:
     ForecastHold.delete().where((ForecastHold.device == device) & (ForecastHold.metric == metric)).execute()
 
 
+def expect(device: str, metric: str, incident_id: int | None, user_id: int, user_name: str, now: float) -> None:
+    """A condition of one object of the device (its incident's metric) is expected there: it opens no incident."""
+    Expected.delete().where((Expected.device == device) & (Expected.metric == metric)).execute()
+    Expected.create(device=device, metric=metric, incident=incident_id, user_id=user_id, user_name=user_name[:200],
+                    created=now)
+
+
+def expected(device: str | None = None) -> list[Expected]:
+    """The expected conditions of one device (or of all), by device and metric."""
+    query = Expected.select().order_by(Expected.device, Expected.metric)
+    return list(query.where(Expected.device == device) if device is not None else query)
+
+
+def unexpect(device: str, incident_id: int | None = None) -> list[str]:
+    """Make the device's conditions (all, or the one a ❌ on the incident made expected) alert again; return
+    their metrics."""
+    which = Expected.device == device
+    if incident_id is not None:
+        which &= Expected.incident == incident_id
+    with db.atomic():
+        removed = [e.metric for e in Expected.select(Expected.metric).where(which)]
+        Expected.delete().where(which).execute()
+    return sorted(removed)
+
+
 def signature() -> tuple[object, ...]:
-    """Changes whenever a tolerance or a hold is added, raised or removed: one cheap statement on two small
-    tables, so every process sees another's change at its next batch."""
+    """Changes whenever a tolerance, a hold or an expected condition is added, raised or removed: one cheap
+    statement on three small tables, so every process sees another's change at its next batch."""
     row = db.execute_sql(
         f"SELECT (SELECT COUNT(*) FROM {Tolerance._meta.table_name}), "
         f"(SELECT MAX(updated) FROM {Tolerance._meta.table_name}), "
         f"(SELECT COUNT(*) FROM {ForecastHold._meta.table_name}), "
-        f"(SELECT MAX(id) FROM {ForecastHold._meta.table_name})").fetchone()
+        f"(SELECT MAX(id) FROM {ForecastHold._meta.table_name}), "
+        f"(SELECT COUNT(*) FROM {Expected._meta.table_name}), "
+        f"(SELECT MAX(id) FROM {Expected._meta.table_name})").fetchone()
     return tuple(row)
 

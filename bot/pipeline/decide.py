@@ -11,7 +11,9 @@ Rules (ALERT_THRESHOLD, ALERT_HYSTERESIS, RECOVER_SAMPLES):
 - it resolves after RECOVER_SAMPLES consecutive samples below threshold - hysteresis, so a P wobbling
   around the threshold gives one incident, not ten.
 A forecast episode (bot/pipeline/forecast.py) is an incident too, resolved when the forecast no longer holds; a
-forecast someone called wrong opens none until its metric is back in its usual range.
+forecast someone called wrong opens none until its metric is back in its usual range. So is a condition of one of
+the machine's objects (bot/pipeline/conditions.py), opened and resolved as its rule says, and not opened where
+someone said it is expected.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from operator import attrgetter
 
-from bot.db import Incident, StoredSample, ingest, muting
-from bot.db import incidents as stored
-from bot.db import tolerances as stored_tolerances
+from bot.db import Incident, StoredSample, incidents, ingest, muting, tolerances
 from bot.pipeline.baselines import Baselines
+from bot.pipeline.conditions import Conditions, State, Verdict
 from bot.pipeline.forecast import Forecast, Forecaster, zone
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
+from schema.conditions import Severity, parse_key
 from schema.domain import FILESYSTEM, IncidentDetail, Kind, Muting, Reply
 
 Drivers = Callable[[dict[str, float]], list[str]]
@@ -62,13 +64,14 @@ class Decider:
     """Walks a batch's new samples through the incidents' state machines; blocks on the store."""
 
     def __init__(self, incidents: Incidents, drivers: Drivers, forecaster: Forecaster, baselines: Baselines,
-                 tolerances: Tolerances | None = None) -> None:
+                 tolerances: Tolerances | None = None, conditions: Conditions | None = None) -> None:
         self.incidents = incidents
         self.rules = incidents.rules
         self.drivers = drivers
         self.forecaster = forecaster
         self.baselines = baselines
         self.tolerances = tolerances
+        self.conditions = Conditions() if conditions is None else conditions
 
     def drivers_of(self, device: str) -> Drivers:
         """What drove a sample of this machine: its metrics read as the model read them, with its tolerances."""
@@ -84,13 +87,14 @@ class Decider:
         for sample in ordered:
             by_device.setdefault(sample.device, []).append(sample)
         ingest.update_devices(by_device, now)
-        open_incidents = stored.open_of(by_device)
+        open_incidents = incidents.open_of(by_device)
         muted = muting(now, self.rules.tz)
         for device, samples in by_device.items():
             silent = open_incidents.get((device, Kind.SILENT))
             if silent is not None:
                 self.incidents.resolve(silent, samples[0].ts, Reply.REPORTING_AGAIN, now)
             self._follow(device, samples, open_incidents.get((device, Kind.STRESSED)), device in muted, now)
+            self._conditions(device, samples, open_incidents, device in muted, now)
         self._forecasts(ordered, by_device, open_incidents, muted, now)
 
     def _follow(self, device: str, samples: list[StoredSample], incident: Incident | None, muted: bool,
@@ -119,6 +123,47 @@ class Decider:
                 incident = None
                 continue
             incident.save()
+
+    def _conditions(self, device: str, samples: list[StoredSample],
+                    open_incidents: dict[tuple[str, str], Incident], muted: bool, now: float) -> None:
+        """Walk one device's new samples through its conditions: open, keep up to date, resolve."""
+        opened = {metric: incident for (name, metric), incident in open_incidents.items()
+                  if name == device and incident.kind == Kind.CONDITION}
+        for sample in samples:
+            verdicts, whole = self.conditions.observe(sample)
+            for verdict in verdicts:
+                self._verdict(device, sample, verdict, opened, muted, now)
+            gone = [metric for metric in opened if (found := parse_key(metric)) is not None
+                    and found[0].reading in whole and all(v.metric != metric for v in verdicts)]
+            for metric in gone:  # the object is no longer in a reading that is whole: unmounted, stopped, removed
+                self.incidents.resolve(opened.pop(metric), sample.ts, Reply.RECOVERED, now)
+        open_incidents.update({(device, metric): incident for metric, incident in opened.items()})
+
+    def _verdict(self, device: str, sample: StoredSample, verdict: Verdict, opened: dict[str, Incident],
+                 muted: bool, now: float) -> None:
+        incident = opened.get(verdict.metric)
+        if verdict.state == State.CLEAR:
+            if incident is not None:
+                self.incidents.resolve(opened.pop(verdict.metric), sample.ts, Reply.RECOVERED, now)
+            return
+        detail = IncidentDetail(metric=verdict.metric, ts=sample.ts, evidence=verdict.evidence,
+                                severity=verdict.severity)
+        if incident is None:
+            if verdict.state in (State.OPEN, State.EVENT) and not muted and not (
+                    self.tolerances is not None and self.tolerances.expects(device, verdict.metric)):
+                incident = self.incidents.open(device, Kind.CONDITION, sample, sample.ts, detail, now,
+                                               remind=verdict.severity != Severity.INFO)
+                if verdict.state == State.EVENT:  # said, and over at once: no recovery to tell
+                    self.incidents.resolve(incident, sample.ts, None, now)
+                else:
+                    opened[verdict.metric] = incident
+            return
+        incident.last_ts, incident.updated = sample.ts, now
+        changed = (verdict.evidence, verdict.severity) != (incident.detail.evidence, incident.detail.severity)
+        incident.detail = replace(incident.detail, ts=sample.ts, evidence=verdict.evidence, severity=verdict.severity)
+        if changed:
+            incident.revision += 1
+        incident.save()
 
     def _forecasts(self, ordered: list[StoredSample], by_device: dict[str, list[StoredSample]],
                    open_incidents: dict[tuple[str, str], Incident], muted: Muting, now: float) -> None:
@@ -164,4 +209,4 @@ class Decider:
                     value, name = newest.metrics.get(metric), metric
                 bound = usual[name].high if name in usual else zone(metric).typical
                 if value is not None and value <= bound:
-                    stored_tolerances.release(device, metric)
+                    tolerances.release(device, metric)

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 
-from bot.db import Incident, StoredSample, outbox
-from bot.db import incidents as stored
+from bot.db import Incident, StoredSample, incidents, outbox
 from schema.domain import IncidentDetail, Kind, NoticeKind, Reply, State
 
 log = logging.getLogger(__name__)
@@ -55,10 +54,11 @@ class Incidents:
         self._queued |= outbox.notify(incident, kind, text, change, now, self.rules.route)
 
     def open(self, device: str, kind: Kind, sample: StoredSample | None, opened_ts: float, detail: IncidentDetail,
-             now: float) -> Incident:
-        incident = stored.create(
+             now: float, remind: bool = True) -> Incident:
+        """A new incident and its alert; reminded of while nobody acknowledges it, unless not to `remind`."""
+        incident = incidents.create(
             device, kind, sample.id if sample else None, sample.p_stressed if sample else None, opened_ts, detail, now,
-            now + self.rules.repeat_s if self.rules.repeat_s else None,
+            now + self.rules.repeat_s if self.rules.repeat_s and remind else None,
         )
         self._notify(incident, NoticeKind.ALERT, kind, None, now)
         log.info("incident %d opened: %s %s", incident.id, device, kind)

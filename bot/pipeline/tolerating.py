@@ -8,7 +8,8 @@ there is no shift: the fleet's own fᵢ decides, whatever anyone pressed. Exact,
 machine's value is read as if the fleet's limits sat s higher on it. Forecasts of the metric aim at the edge
 shifted the same way, capped by the ceiling.
 
-The tolerances (and the forecasts on hold, see `Tolerances.on_hold`) are cached in memory; every batch asks the
+The tolerances (and the forecasts on hold, see `Tolerances.on_hold`, and the conditions expected on a machine, see
+`Tolerances.expects`) are cached in memory; every batch asks the
 database whether any changed (one cheap statement), so a ❌ pressed in another process holds from the next
 sample of its machine too.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bot.db import tolerances as stored
+from bot.db import tolerances
 from ml.features import FEATURES, ZONES
 from schema.domain import FILESYSTEM, IncidentDetail
 
@@ -72,6 +73,7 @@ class _Known:
 
     by_device: dict[str, dict[str, float]] = field(default_factory=dict)
     holds: frozenset[tuple[str, str]] = frozenset()
+    expected: frozenset[tuple[str, str]] = frozenset()  # (device, condition metric)
 
 
 class Tolerances:
@@ -85,14 +87,15 @@ class Tolerances:
     def refresh(self) -> None:
         """Read them again when the database says any changed; blocks on the store (one small statement)."""
         with self._lock:
-            signature = stored.signature()
+            signature = tolerances.signature()
             if signature == self._signature:
                 return
             by_device: dict[str, dict[str, float]] = {}
-            for row in stored.tolerances():
+            for row in tolerances.tolerances():
                 if row.metric in FEATURES:
                     by_device.setdefault(row.device, {})[row.metric] = row.value
-            self._known = _Known(by_device, frozenset(stored.holds()))
+            expected = frozenset((row.device, row.metric) for row in tolerances.expected())
+            self._known = _Known(by_device, frozenset(tolerances.holds()), expected)
             self._signature = signature
         log.debug("tolerances of %d machines, %d forecasts on hold", len(by_device), len(self._known.holds))
 
@@ -141,6 +144,10 @@ class Tolerances:
         """Whether someone said "❌ Wrong forecast" of this machine's metric and it has not been back in its
         usual range since."""
         return (device, metric) in self._known.holds
+
+    def expects(self, device: str, metric: str) -> bool:
+        """Whether someone said a condition of this machine (its incident's metric) is expected there."""
+        return (device, metric) in self._known.expected
 
     def held_devices(self) -> set[str]:
         return {device for device, _metric in self._known.holds}

@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
-from bot.db import incidents as stored
-from bot.db import muting, receiving_stretch, sample_by_id, samples, silent_devices, transaction
+from bot.db import incidents, muting, receiving_stretch, sample_by_id, samples, silent_devices, transaction
 from bot.pipeline.decide import Drivers, stressed_detail
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
@@ -64,7 +63,7 @@ class Watch:
         """Queue a reminder (a reply) for every open, unacknowledged, unsnoozed incident whose time has come."""
         now = time.time() if now is None else now
         with transaction():
-            due = stored.reminders_due(now)
+            due = incidents.reminders_due(now)
             for incident in due:
                 self.incidents.remind(incident, now)
         return len(due)
@@ -75,7 +74,7 @@ class Watch:
         now = time.time() if now is None else now
         since, self._mutes_seen = self._mutes_seen or now, now
         with transaction():
-            patterns = stored.ended_mutes(since, now, self.rules.tz)
+            patterns = incidents.ended_mutes(since, now, self.rules.tz)
             if not patterns:
                 return []
             still = muting(now, self.rules.tz)
@@ -85,7 +84,7 @@ class Watch:
                 device = samples.device(name)
                 if device is None or device.last_p is None or device.last_p < self.rules.threshold:
                     continue
-                if stored.has_open(name, Kind.STRESSED):
+                if incidents.has_open(name, Kind.STRESSED):
                     continue
                 sample = sample_by_id(device.last_metric)
                 if sample is not None:
