@@ -228,7 +228,8 @@ async def _greet(application: Application) -> None:
 def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
     """The trends as they were before the restart, from the store's last window of samples; an episode
     with an open incident stays alerted, so a restart does not repeat it."""
-    forecaster.observe(db.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
+    forecaster.observe((*sample, forecast.inodes(readings))
+                       for *sample, readings in db.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
     forecaster.restore_alerted(incidents.open_forecasts())
     log.info("forecasts rebuilt for %d devices", forecaster.devices())
 

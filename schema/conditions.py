@@ -163,6 +163,7 @@ CLOCK_MAXERROR_S = 16.0  # the kernel's maximum error once nothing corrects it (
 NET_ERRORS_PERCENT = 1.0  # the node-mixin's 1 % of packets
 NET_DROPS_PERCENT = 2.0  # Netdata's inbound/outbound packets dropped ratio
 INODES_PAST = 80.0  # a filesystem forecast to run out of inodes alerts once past this (the mixin's 20 % free)
+INODES_EDGE = 100.0  # where that forecast is heading: no inode left
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in (
     Condition(
@@ -176,7 +177,7 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
         "NodeFilesystemAlmostOutOfFiles (node-mixin: < 5 % / < 3 % free for 1 h; here 5 min: inodes do not come "
         "back by themselves); Netdata disk_inode_usage", reads=("inodes_used", "readonly")),
     Condition(
-        "inodes_filling", "running out of inodes", "inodes_percent", Trend(past=INODES_PAST, edge=100.0),
+        "inodes_filling", "running out of inodes", "inodes_percent", Trend(past=INODES_PAST, edge=INODES_EDGE),
         Severity.WARNING, _inodes,
         "Find what creates the files (du --inodes -x <mount> | sort -n | tail) before it runs out.",
         "os.statvfs of each filesystem", ("node_filesystem_files", "node_filesystem_files_free"),

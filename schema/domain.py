@@ -92,6 +92,7 @@ class IncidentDetail:
 _FIELDS = frozenset(IncidentDetail.__dataclass_fields__)
 
 FILESYSTEM = "disk:"  # the metric of a filesystem's forecast is "disk:<mount point>"
+INODES = "inodes:"  # the metric of a forecast of a filesystem's inodes is "inodes:<mount point>"
 METRIC_KEY_CHARS = 32  # Incident.metric's column
 
 

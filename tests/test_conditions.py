@@ -4,8 +4,6 @@ makes a condition expected on one machine until Undo."""
 
 from __future__ import annotations
 
-import pytest
-
 from agent.vocabulary import KNOWN_METRICS, READINGS
 from agent.wire import Sample, encode, parse
 from bot import db
@@ -168,3 +166,21 @@ def test_status_marks_a_machine_with_an_open_condition_and_says_what_it_cannot_r
     assert "1 problem, 1 normal" in fleet and "🛠 problem" in fleet
     assert "Not readable here: systemd (no systemd on this machine)" in web3
     assert "🛠 web2" not in web2 and "🛠 nginx.service failed (since 1 min)" in web2
+
+
+def test_inodes_heading_for_the_edge_are_forecast_once_past_the_first_level_on_a_writable_filesystem(
+    decider: Decider,
+) -> None:
+    def filling(start: float, mount: str, readonly: int) -> list[dict]:  # +4 % an hour, one sample a minute
+        return [{"inodes_percent": {mount: start + 4.0 * minute / 60}, "readonly": {mount: readonly}}
+                for minute in range(90)]
+
+    readings_feed(decider, "build1", filling(84.0, "/var", 0))
+    readings_feed(decider, "build2", filling(84.0, "/ro", 1))
+    readings_feed(decider, "build3", filling(50.0, "/fast", 0))
+
+    (forecast,) = Incident.select().where(Incident.kind == Kind.FORECAST)
+    assert (forecast.device, forecast.detail.metric) == ("build1", "inodes:/var")
+    text = alerts.alert(forecast, {}, forecast.last_ts)
+    assert "<b>build1</b>: /var will run out of inodes in about 3 h (now 89 % used, +4.0 %/h)" in text
+    assert "du --inodes" in text

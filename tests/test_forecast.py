@@ -24,7 +24,7 @@ def feed(forecaster: Forecaster, start: float, values: list[float], step: float 
     """One sample per `step` seconds from `start`; the forecasts that came due, and the time after the last."""
     due = []
     for index, value in enumerate(values):
-        due += forecaster.observe([(next(_ids), device, start + index * step, {name: value}, None)])
+        due += forecaster.observe([(next(_ids), device, start + index * step, {name: value}, None, None)])
     return due, start + len(values) * step
 
 
@@ -38,7 +38,7 @@ def alerting(forecaster: Forecaster, start: float, values: list[float], step: fl
     """Feed samples as the bot does: every forecast that comes due is alerted. Returns those."""
     alerted = []
     for index, value in enumerate(values):
-        observed = (next(_ids), device, start + index * step, {"disk_percent": value}, None)
+        observed = (next(_ids), device, start + index * step, {"disk_percent": value}, None, None)
         for forecast in forecaster.observe([observed]):
             forecaster.mark_alerted(forecast)
             alerted.append(forecast)
@@ -148,7 +148,7 @@ def test_memory_and_swap_are_forecast_too_and_other_metrics_are_not() -> None:
     due = []
     for minute in range(90):
         metrics = {"mem_percent": 70 + minute / 5, "swap_percent": 20 + minute / 3, "cpu_percent": minute}
-        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics, None)])
+        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics, None, None)])
 
     assert {f.metric for f in due} == {"mem_percent", "swap_percent"}
     assert set(forecaster.forecasts("db1")) == {"mem_percent", "swap_percent"}
@@ -161,7 +161,7 @@ def test_each_filesystem_is_forecast_by_its_mount_point_instead_of_the_fullest()
     for minute in range(90):
         filesystems = {"/": 95.0, deep: 70 + minute / 5, "/boot": 30.0}
         metrics = {"disk_percent": max(filesystems.values()), "mem_percent": 40.0}
-        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics, filesystems)])
+        due += forecaster.observe([(next(_ids), "db1", T0 + minute * MINUTE, metrics, filesystems, None)])
 
     assert {(f.metric, round(f.slope_per_h)) for f in due} == {(f"disk:{deep}", 12)}
     assert list(forecaster.forecasts("db1")) == ["disk:/", "disk:/boot", f"disk:{deep}", "mem_percent"]
@@ -203,14 +203,14 @@ def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_bu
                    filesystems={"/": 30.0, "/data": 80.0 + fill // 10}),
         ]
         new = db.store_batch(samples, [None] * 4, None, [])
-        for forecast in live.observe([(s.id, s.device, s.ts, s.metrics, s.filesystems) for s in new]):
+        for forecast in live.observe([(s.id, s.device, s.ts, s.metrics, s.filesystems, None) for s in new]):
             live.mark_alerted(forecast)
             alerted.append(forecast)
     assert {(f.device, f.metric) for f in alerted} == {("pc1", "disk_percent"), ("db1", "mem_percent"),
                                                         ("srv", "disk:/data")}
 
     rebuilt = Forecaster(HORIZON_S)
-    rebuilt.observe(db.recent_per_device(REBUILD_S, list(TRENDED)))
+    rebuilt.observe((*sample, None) for *sample, _readings in db.recent_per_device(REBUILD_S, list(TRENDED)))
     rebuilt.restore_alerted({(f.device, f.metric) for f in alerted})  # the open forecast incidents
 
     for device in ("pc1", "pc2", "db1", "srv"):

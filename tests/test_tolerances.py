@@ -200,7 +200,7 @@ def test_a_tolerated_machine_forecasts_toward_its_own_edge(
     forecaster = Forecaster(4 * 3600, tolerances.edge)
     for i in range(120):  # 1.2 %/h from 92 %
         for device in ("build1", "build2"):
-            forecaster.observe([(i, device, T0 + i * 60, {"disk_percent": 92 + i * 0.02}, None)])
+            forecaster.observe([(i, device, T0 + i * 60, {"disk_percent": 92 + i * 0.02}, None, None)])
 
     build1, build2 = forecaster.forecasts("build1")["disk_percent"], forecaster.forecasts("build2")["disk_percent"]
     assert build1 is not None and build2 is not None and build1.eta_s and build2.eta_s

@@ -12,7 +12,8 @@ from bot.pipeline import tolerating
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import BUCKET_S, MIN_BUCKETS, Forecast
 from ml.features import ZONES
-from schema.domain import FILESYSTEM
+from schema.conditions import CONDITIONS
+from schema.domain import FILESYSTEM, INODES
 
 FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent": "swap"}
 
@@ -27,11 +28,16 @@ def how_soon(eta_s: float) -> str:
 
 
 def forecast_word(metric: str) -> str:
-    """'disk', 'memory', 'swap', or a filesystem's mount point ('/data')."""
+    """'disk', 'memory', 'swap', a filesystem's mount point ('/data'), or its inodes ('the inodes of /var')."""
+    if metric.startswith(INODES):
+        return f"the inodes of {metric.removeprefix(INODES)}"
     return metric.removeprefix(FILESYSTEM) if metric.startswith(FILESYSTEM) else FORECAST_WORDS[metric]
 
 
 def _forecast_line(f: Forecast) -> str:
+    if f.metric.startswith(INODES):
+        when_out = "has run out of inodes" if f.eta_s == 0 else f"will run out of inodes {how_soon(f.eta_s or 0)}"
+        return f"{f.metric.removeprefix(INODES)} {when_out} (now {number(f.level)} % used, {f.slope_per_h:+.1f} %/h)"
     word = forecast_word(f.metric)
     when_full = "is at its edge now" if f.eta_s == 0 else f"will be full {how_soon(f.eta_s or 0)}"
     return f"{word} {when_full} (now {number(f.level)} %, {f.slope_per_h:+.1f} %/h)"
@@ -53,6 +59,11 @@ def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float)
 def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[str, float] | None = None) -> str:
     """'pc1: /data will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge (the
     machine's own when it tolerates the metric)."""
+    if forecast.metric.startswith(INODES):
+        return clip(f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
+                    f"No new file can be made there once they run out, even with space left.\n"
+                    f"What to do: {escape(CONDITIONS['inodes_filling'].todo)}\n"
+                    f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?")
     filesystem = forecast.metric.startswith(FILESYSTEM)
     model_metric = "disk_percent" if filesystem else forecast.metric
     edge = tolerating.edge(model_metric, (tolerated or {}).get(model_metric))

@@ -217,29 +217,35 @@ RECENT_PER_DEVICE_SQL = DEVICES_CTE.format(table="metric") + """, newest(device,
     SELECT device, (SELECT MAX(m.ts) FROM metric AS m WHERE m.device = devices.device) FROM devices
     WHERE devices.device IS NOT NULL
 )
-SELECT m.id, m.device, m.ts, m.filesystems, {columns} FROM newest
+SELECT m.id, m.device, m.ts, m.filesystems, m.readings, {columns} FROM newest
 JOIN metric AS m ON m.device = newest.device AND m.ts >= newest.ts - {p}
 ORDER BY m.device, m.ts
 """
 
 
-def recent_per_device(
-    seconds: float, columns: list[str]
-) -> Iterator[tuple[int, str, float, dict[str, float], dict[str, float] | None]]:
-    """(id, device, ts, metrics, filesystems) of every device's samples in the last `seconds` before its newest,
-    by device and time; only the given metric columns, and only those present. Read as they are taken: a
+Recent = tuple[int, str, float, dict[str, float], dict[str, float] | None, dict[str, dict[str, float]] | None]
+
+
+def recent_per_device(seconds: float, columns: list[str]) -> Iterator[Recent]:
+    """(id, device, ts, metrics, filesystems, readings) of every device's samples in the last `seconds` before its
+    newest, by device and time; only the given metric columns, and only those present. Read as they are taken: a
     fleet's last hours are millions of samples, never held at once."""
     if set(columns) - set(KNOWN_METRICS):
         raise ValueError(f"not metric columns: {columns}")
     sql = RECENT_PER_DEVICE_SQL.format(columns=", ".join(f"m.{c}" for c in columns), p=param())
-    text, filesystems = None, None  # a machine's filesystems change little from one sample to the next: read once
+    # A machine's filesystems change little from one sample to the next, and many send no readings: each text is
+    # read once while it stays the same.
+    fs_text, filesystems, readings_text, readings = None, None, None, None
     with streamed(sql, (seconds,)) as cursor:
         while rows := cursor.fetchmany(FETCH_CHUNK):  # type: ignore[attr-defined]
-            for metric_id, device, ts, stored, *values in rows:
-                if stored != text:
-                    text, filesystems = stored, json.loads(stored) if stored else None
+            for metric_id, device, ts, stored_fs, stored_readings, *values in rows:
+                if stored_fs != fs_text:
+                    fs_text, filesystems = stored_fs, json.loads(stored_fs) if stored_fs else None
+                if stored_readings != readings_text:
+                    readings_text = stored_readings
+                    readings = json.loads(stored_readings).get("readings") if stored_readings else None
                 yield (metric_id, device, ts, {c: v for c, v in zip(columns, values, strict=True) if v is not None},
-                       filesystems)
+                       filesystems, readings)
 
 
 def device_count() -> int:

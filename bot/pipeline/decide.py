@@ -26,12 +26,12 @@ from operator import attrgetter
 from bot.db import Incident, StoredSample, incidents, ingest, muting, tolerances
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.conditions import Conditions, State, Verdict
-from bot.pipeline.forecast import Forecast, Forecaster, zone
+from bot.pipeline.forecast import Forecast, Forecaster, inodes, zone
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
 from schema.conditions import Severity, parse_key
-from schema.domain import FILESYSTEM, IncidentDetail, Kind, Muting, Reply
+from schema.domain import FILESYSTEM, INODES, IncidentDetail, Kind, Muting, Reply
 
 Drivers = Callable[[dict[str, float]], list[str]]
 
@@ -168,7 +168,8 @@ class Decider:
     def _forecasts(self, ordered: list[StoredSample], by_device: dict[str, list[StoredSample]],
                    open_incidents: dict[tuple[str, str], Incident], muted: Muting, now: float) -> None:
         """A new forecast episode opens an incident; an open one follows its forecast and ends with it."""
-        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics, s.filesystems) for s in ordered)
+        due = self.forecaster.observe((s.id, s.device, s.ts, s.metrics, s.filesystems, inodes(s.readings))
+                                      for s in ordered)
         self._release_holds(by_device)
         for (device, metric), incident in open_incidents.items():
             if incident.kind != Kind.FORECAST:
@@ -203,7 +204,9 @@ class Decider:
             newest = by_device[device][-1]
             usual = self.baselines.get(device)
             for metric in self.tolerances.held(device):
-                if metric.startswith(FILESYSTEM):
+                if metric.startswith(INODES):
+                    value, name = (inodes(newest.readings) or {}).get(metric.removeprefix(INODES)), metric
+                elif metric.startswith(FILESYSTEM):
                     value, name = (newest.filesystems or {}).get(metric.removeprefix(FILESYSTEM)), "disk_percent"
                 else:
                     value, name = newest.metrics.get(metric), metric

@@ -1,7 +1,9 @@
 """Forecasts: when will a filling filesystem, memory or swap reach its edge, from the device's recent trend.
 
 A device that reports its filesystems has a trend per mount point (metric `disk:<mount point>`); one that
-reports only `disk_percent` has a trend of that.
+reports only `disk_percent` has a trend of that. A writable filesystem's inodes have one too (`inodes:<mount
+point>`, heading for 100 % used), which alerts only once past INODES_PAST used: the node-mixin's three-part rule
+(schema/conditions.py, `inodes_filling`).
 
 Like Prometheus' predict_linear over the last hours, but robust: samples are reduced to the median of each
 10-minute interval, the trend is the Theil-Sen line through those medians, and "now" is the median of the last
@@ -31,7 +33,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ml.features import ZONES, Zone
-from schema.domain import FILESYSTEM
+from schema.conditions import INODES_EDGE, INODES_PAST
+from schema.domain import FILESYSTEM, INODES
 
 TRENDED = ("disk_percent", "mem_percent", "swap_percent")
 _BESIDE_FILESYSTEMS = ("mem_percent", "swap_percent")  # disk_percent is one of them, the fullest
@@ -172,13 +175,28 @@ class Trend:
         return level, self.slope * 3600, eta
 
 
+# A filesystem's inodes: "typical" is the level below which a forecast of them says nothing (decide.py).
+INODE_ZONE = Zone(typical=INODES_PAST, healthy=INODES_PAST, edge=INODES_EDGE, top=100.0)
+
+
 def zone(metric: str) -> Zone:
-    """The zone of a trended metric: a filesystem's is the disk's."""
+    """The zone of a trended metric: a filesystem's is the disk's; its inodes have their own."""
+    if metric.startswith(INODES):
+        return INODE_ZONE
     return ZONES["disk_percent" if metric.startswith(FILESYSTEM) else metric]
 
 
-# (id, device, ts, metrics, filesystems or None) of one sample, as a forecaster takes it.
-Observed = tuple[int, str, float, dict[str, float], dict[str, float] | None]
+# (id, device, ts, metrics, filesystems or None, writable filesystems' inodes used or None) of one sample, as a
+# forecaster takes it.
+Observed = tuple[int, str, float, dict[str, float], dict[str, float] | None, dict[str, float] | None]
+
+
+def inodes(readings: dict[str, dict[str, float]] | None) -> dict[str, float] | None:
+    """The inodes used (%) of a sample's writable filesystems, from its readings."""
+    if not readings or "inodes_percent" not in readings:
+        return None
+    readonly = readings.get("readonly", {})
+    return {mount: used for mount, used in readings["inodes_percent"].items() if readonly.get(mount) != 1}
 
 
 class Forecaster:
@@ -208,7 +226,7 @@ class Forecaster:
         due: dict[tuple[str, str], Forecast] = {}
         slots = self.slots
         with self._lock:
-            for sample_id, device, ts, metrics, filesystems in samples:
+            for sample_id, device, ts, metrics, filesystems, inodes_used in samples:
                 slot = ts // SLOT_S
                 if slot <= slots.get(device, -1.0):  # its slot is taken: 3 samples of 4 at one per 5 s
                     continue
@@ -223,6 +241,8 @@ class Forecaster:
                     values += [(name, metrics[name]) for name in _BESIDE_FILESYSTEMS if name in metrics]
                 else:
                     values = [(name, metrics[name]) for name in TRENDED if name in metrics]
+                if inodes_used:
+                    values += [(INODES + mount, used) for mount, used in inodes_used.items()]
                 for name, value in values:
                     trend = trends.get(name)
                     if trend is None:
@@ -285,4 +305,5 @@ class Forecaster:
             trends = self.trends.get(device, {})
             order = sorted(name for name in trends if name.startswith(FILESYSTEM))
             order += [name for name in TRENDED if name in trends]
+            order += sorted(name for name in trends if name.startswith(INODES))
             return {name: self._forecast((device, name)) for name in order}

@@ -26,7 +26,8 @@ import pandas as pd
 
 from bot.db import tolerances
 from ml.features import FEATURES, ZONES
-from schema.domain import FILESYSTEM, IncidentDetail
+from schema.conditions import INODES_EDGE
+from schema.domain import FILESYSTEM, INODES, IncidentDetail
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class Tolerances:
 
     def edge(self, device: str, metric: str) -> float:
         """Where a forecast of the machine's metric ("disk:<mount point>" for a filesystem) aims."""
+        if metric.startswith(INODES):  # no tolerance: inodes run out where they run out
+            return INODES_EDGE
         name = "disk_percent" if metric.startswith(FILESYSTEM) else metric
         return edge(name, self.of(device).get(name))
 
