@@ -101,6 +101,28 @@ def test_a_wrong_prediction_silences_that_machine_at_that_value_from_its_next_sa
     assert tolerating.wanted(past.detail) == {}, "a ❌ past the ceiling teaches the machine nothing"
 
 
+def test_a_wrong_prediction_tolerates_every_metric_that_pushed_not_only_the_three_it_names(
+    decider: Decider, model: ActiveModel, tolerances: Tolerances,
+) -> None:
+    everything = {"cpu_percent": 99.0, "mem_percent": 97.5, "swap_percent": 80.0, "cpu_temp_c": 97.0, "load_1m": 3.9,
+                  "disk_percent": 96.0}
+    assert ingest(decider, model, tolerances, "hpc1", T0, **everything) > 0.99
+    (alert,) = open_incidents("hpc1")
+    assert len(alert.detail.drivers) == 3, "its message names the strongest three"
+
+    pressed = stored.press(alert.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerating.wanted)
+
+    assert set(pressed.detail.tolerated) == {"mem_percent", "swap_percent", "cpu_temp_c", "load_1m", "disk_percent"}
+    assert ingest(decider, model, tolerances, "hpc1", T0 + 5, **everything) < 0.7, "the same sample: normal now"
+
+    past = {**everything, "mem_percent": 99.8}
+    ingest(decider, model, tolerances, "hpc2", T0, **past)
+    (other,) = open_incidents("hpc2")
+    pressed = stored.press(other.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerating.wanted)
+    assert "Not tolerated, past its hard ceiling: Memory at 99.8 % (ceiling 99.5 %)" in alerts.alert(
+        pressed, {}, T0 + 4, tolerances.of("hpc2"))
+
+
 def test_a_second_wrong_raises_a_tolerance_never_lowers_it_and_the_ceiling_caps_what_is_tolerated(
     database: object,
 ) -> None:

@@ -193,6 +193,8 @@ def _footer(incident: Incident) -> str:
         lines.append(f"{verdict} by {escape(incident.acked_by)} at {when(incident.acked_at)}")
     if detail.tolerated:
         lines.append(escape(tolerance.tolerated_now(incident.device, detail.tolerated, incident.acked_by or "?")))
+    if detail.tolerated and (beyond := tolerating.untolerable(detail)):
+        lines.append(escape(tolerance.not_tolerated(beyond)))
     if detail.expected_by:
         lines.append(escape(tolerance.expected_now(incident.device, described(incident), detail.expected_by)))
     if detail.undone_by:

@@ -60,6 +60,13 @@ def tolerated_now(device: str, tolerated: Mapping[str, float], by: str = "") -> 
     return f"{parts} {verb} now normal for {device}" + (f" (❌ by {by})" if by else "")
 
 
+def not_tolerated(beyond: Mapping[str, float]) -> str:
+    """'Not tolerated: Memory at 99.7 %, past its hard ceiling of 99.5 %': what a ❌ could not make normal."""
+    return "Not tolerated, past its hard ceiling: " + _and(
+        f"{tolerance_word(m)} at {tolerance_value(m, v)} (ceiling {tolerance_value(m, ZONES[m].ceiling or 0)})"
+        for m, v in sorted(beyond.items()))
+
+
 def tolerated_up_to(metric: str, value: float, tolerated: float, device: str) -> str:
     """'(tolerated up to 98.6 % on build1)' beside a value its machine tolerates, with its hard ceiling once the
     value is past it."""

@@ -54,18 +54,27 @@ def edge(metric: str, tolerance: float | None) -> float:
     return min(zone.ceiling, zone.edge + shift(metric, tolerance))
 
 
-def wanted(detail: IncidentDetail) -> dict[str, float]:
-    """What a ❌ on a stressed incident makes its machine tolerate: each metric that drove it, at its value at
-    the incident's worst, when that lies between the fleet's healthy limit and the metric's hard ceiling."""
+def _pushed(detail: IncidentDetail) -> dict[str, float]:
+    """Every model metric that pushed the incident toward stressed at its worst: past the fleet's healthy limit,
+    where each shape function rises. Not only the drivers its message names (the strongest three): on a machine
+    where every metric sits at its edge, tolerating three left P at 100 %."""
     values = detail.peak or detail.metrics
-    out = {}
-    for metric in detail.drivers:
-        zone, value = ZONES.get(metric), values.get(metric)
-        if zone is None or zone.ceiling is None or value is None:
-            continue
-        if zone.healthy < value < zone.ceiling:
-            out[metric] = float(value)
-    return out
+    return {metric: float(value) for metric, value in values.items()
+            if (zone := ZONES.get(metric)) is not None and value > zone.healthy}
+
+
+def wanted(detail: IncidentDetail) -> dict[str, float]:
+    """What a ❌ on a stressed incident makes its machine tolerate: each metric that pushed it, at its value at
+    the incident's worst, below the metric's hard ceiling."""
+    return {metric: value for metric, value in _pushed(detail).items()
+            if (ceiling := ZONES[metric].ceiling) is not None and value < ceiling}
+
+
+def untolerable(detail: IncidentDetail) -> dict[str, float]:
+    """What pushed the incident past its metric's hard ceiling: no ❌ makes a machine tolerate that. (CPU takes no
+    tolerance at all: its edge is only reached with load's, which does.)"""
+    return {metric: value for metric, value in _pushed(detail).items()
+            if (ceiling := ZONES[metric].ceiling) is not None and value >= ceiling}
 
 
 @dataclass(frozen=True)
