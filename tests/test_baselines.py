@@ -55,3 +55,21 @@ def test_ranges_are_cached_and_read_again_once_the_cache_is_old(database: pw.Dat
 
     assert cached.get("pc1")["disk_percent"] == Usual(50.0, 50.0), "read at most once an hour"
     assert Baselines(refresh_s=0).get("pc1")["disk_percent"].high == 70.0
+
+
+def test_each_filesystem_has_its_own_usual_range_shown_beside_it(database: pw.Database) -> None:
+    from agent.wire import Sample
+    from bot.chat import status
+
+    samples = [Sample("nas1", NOW - 7200 + 60 * i, {"disk_percent": 60.0 + i % 10, "cpu_percent": 5.0},
+                      filesystems={"/": 20.0, "/data": 60.0 + i % 10}) for i in range(120)]
+    db.store_batch(samples, [0.1] * len(samples), 1, [])
+
+    ranges = usual_ranges("nas1")
+    shown = status.device_status(db.latest_sample("nas1"), 0.7, 1, now=NOW, usual=ranges)
+
+    assert ranges["disk:/"] == Usual(20.0, 20.0)
+    assert ranges["disk:/data"].low == pytest.approx(60.5, abs=1) and ranges["disk:/data"].high == pytest.approx(
+        68.5, abs=1)
+    rows = [line for line in shown.splitlines() if line.startswith("Disk /")]
+    assert "usually 20–20 %" in rows[0] and "usually 60–68 %" in rows[1], rows

@@ -38,7 +38,7 @@ from bot.pipeline.forecast import Forecast
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
 from schema.conditions import Condition, Event, Severity, parse_key
-from schema.domain import ACTIONS_OF, SNOOZE_HOURS, Action, Kind, Reply, State
+from schema.domain import ACTIONS_OF, FILESYSTEM, SNOOZE_HOURS, Action, Kind, Reply, State
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str
     shown = metric_value(name, value, _label(name, filesystems))
     if name not in FEATURES:
         return shown + when_shown
+    if name == "disk_percent" and (mount := fullest(filesystems)) and FILESYSTEM + mount in usual:
+        usual = {name: usual[FILESYSTEM + mount]}  # the fullest filesystem's own range
     if tolerated and name in tolerated:
         shown = f"{shown} {tolerance.tolerated_up_to(name, value, tolerated[name], device)}{when_shown}"
     elif name not in usual:

@@ -37,7 +37,7 @@ from bot.db import Expected, Incident, Rejected, StoredSample, Tolerance, tolera
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES
-from schema.domain import PATTERN_RE, matches
+from schema.domain import FILESYSTEM, PATTERN_RE, matches
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,16 @@ def _table_row(name: str, value: float, usual: Mapping[str, Usual], label: str |
 
 
 def _filesystem_rows(disk: float, filesystems: Mapping[str, float], usual: Mapping[str, Usual]) -> list[str]:
-    """One row per filesystem, by mount point; the fullest (disk_percent) with the disk's usual range."""
+    """One row per filesystem, by mount point, each with its own usual range (before a machine has one per
+    filesystem: the fullest with the disk's)."""
     top = fullest(filesystems)
-    return [_table_row("disk_percent", disk if mount == top else used, usual, disk_label(mount), mount == top)
-            for mount, used in sorted(filesystems.items())]
+    rows = []
+    for mount, used in sorted(filesystems.items()):
+        own = usual.get(FILESYSTEM + mount)
+        ranges = {"disk_percent": own} if own is not None else usual if mount == top else {}
+        rows.append(_table_row("disk_percent", disk if mount == top else used, ranges, disk_label(mount),
+                               own is not None or mount == top))
+    return rows
 
 
 CHART_FULLEST_DISK = "Disk (fullest)"  # the legend of a chart's disk line when the machine reports filesystems

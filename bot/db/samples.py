@@ -177,8 +177,9 @@ def history_points(device: str, seconds: float, points: int, columns: list[str],
     """`columns` of the device at `points` evenly spaced moments over its last `seconds` (the sample in force at
     each moment), or nothing when its history spans less than `min_span`. Bounded: one index seek per point,
     whatever the sampling rate, and time-weighted: a burst of samples counts for the time it lasted. Where
-    only downsampled five minutes are left (see bot/db/retention.py), their means are in force."""
-    if not columns or set(columns) - set(KNOWN_METRICS):
+    only downsampled five minutes are left (see bot/db/retention.py), their means are in force. The column
+    "filesystems" (JSON text, None where downsampled) may be asked for too."""
+    if not columns or set(columns) - {*KNOWN_METRICS, FILESYSTEMS}:
         raise ValueError(f"not metric columns: {columns}")
     tables = ((Metric, Metric.ts), (Aggregate, Aggregate.bucket))
     newest = max((t for t in (model.select(pw.fn.MAX(ts)).where(model.device == device).scalar()
@@ -198,6 +199,9 @@ def history_points(device: str, seconds: float, points: int, columns: list[str],
     return [in_force[n][1] for n in sorted(in_force)]
 
 
+FILESYSTEMS = "filesystems"  # the column of a sample's filesystems: a raw sample's only
+
+
 def _points_sql(table: str, ts: str, columns: list[str]) -> str:
     p = param()
     return f"""
@@ -205,7 +209,8 @@ def _points_sql(table: str, ts: str, columns: list[str]) -> str:
         SELECT CAST({p} AS DOUBLE PRECISION), 1
         UNION ALL SELECT t + {p}, n + 1 FROM points WHERE n < {p}
     )
-    SELECT points.n, m.{ts}, {", ".join(f"m.{c}" for c in columns)} FROM points JOIN {table} AS m ON m.id = (
+    SELECT points.n, m.{ts}, {", ".join(f"m.{c}" if c != FILESYSTEMS or table == "metric" else "NULL" for c in columns)}
+    FROM points JOIN {table} AS m ON m.id = (
         SELECT s.id FROM {table} AS s WHERE s.device = {p} AND s.{ts} <= points.t ORDER BY s.{ts} DESC LIMIT 1
     )
     """

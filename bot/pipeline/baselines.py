@@ -7,6 +7,7 @@ hourly. Blocking: call it through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,7 +17,9 @@ import numpy as np
 import peewee as pw
 
 from bot import db
+from bot.db.samples import FILESYSTEMS
 from ml.features import FEATURES
+from schema.domain import FILESYSTEM
 
 DAYS = 7
 POINTS = 1000  # moments sampled over the history: one seek each
@@ -35,14 +38,22 @@ class Usual:
 
 
 def usual_ranges(device: str) -> dict[str, Usual]:
-    """The usual range of each model metric with enough history on this device; blocks on the store."""
-    rows = db.history_points(device, DAYS * 86400.0, POINTS, FEATURES, MIN_SPAN_S)
+    """The usual range of each model metric with enough history on this device, and of each of its filesystems
+    (`disk:<mount point>`: a half-full /data beside a nearly full / has a range of its own); blocks on the
+    store."""
+    rows = db.history_points(device, DAYS * 86400.0, POINTS, [*FEATURES, FILESYSTEMS], MIN_SPAN_S)
     if not rows:
         return {}
-    values = np.array(rows, dtype=float)  # NULL comes back as None, which becomes NaN
+    values = np.array([row[:-1] for row in rows], dtype=float)  # NULL comes back as None, which becomes NaN
+    columns = {name: values[:, column] for column, name in enumerate(FEATURES)}
+    by_mount: dict[str, list[float]] = {}
+    for *_metrics, text in rows:
+        for mount, used in (json.loads(text) if text else {}).items():
+            by_mount.setdefault(mount, []).append(used)
+    columns.update({FILESYSTEM + mount: np.array(used, dtype=float) for mount, used in by_mount.items()})
     ranges = {}
-    for column, name in enumerate(FEATURES):
-        present = values[:, column][~np.isnan(values[:, column])]
+    for name, column in columns.items():
+        present = column[~np.isnan(column)]
         if len(present) >= MIN_PRESENT * len(values):
             low, high = np.percentile(present, [LOW_PERCENTILE, HIGH_PERCENTILE])
             ranges[name] = Usual(float(low), float(high))

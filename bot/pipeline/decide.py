@@ -184,7 +184,7 @@ class Decider:
             incident.save()
         for forecast in due:
             usual = self.baselines.get(forecast.device).get(forecast.metric)
-            # A filesystem has no usual range of its own (disk_percent's is the fullest one's): its typical level.
+            # A metric (a young filesystem) with no usual range yet: its typical level.
             if forecast.level <= (usual.high if usual else zone(forecast.metric).typical):
                 continue  # a machine that always runs this full and this fast: its normal, not news
             self.forecaster.mark_alerted(forecast)
@@ -196,8 +196,8 @@ class Decider:
             self.incidents.open(forecast.device, Kind.FORECAST, sample, forecast.ts, _forecast_detail(forecast), now)
 
     def _release_holds(self, by_device: dict[str, list[StoredSample]]) -> None:
-        """A forecast on hold alerts again once its metric is back in its usual range (a filesystem, which has
-        none of its own: the disk's, else at or below its typical level)."""
+        """A forecast on hold alerts again once its metric is back in its usual range (a filesystem without one of
+        its own yet: the disk's; without either, at or below its typical level)."""
         if self.tolerances is None:
             return
         for device in self.tolerances.held_devices() & by_device.keys():
@@ -207,7 +207,8 @@ class Decider:
                 if metric.startswith(INODES):
                     value, name = (inodes(newest.readings) or {}).get(metric.removeprefix(INODES)), metric
                 elif metric.startswith(FILESYSTEM):
-                    value, name = (newest.filesystems or {}).get(metric.removeprefix(FILESYSTEM)), "disk_percent"
+                    value = (newest.filesystems or {}).get(metric.removeprefix(FILESYSTEM))
+                    name = metric if metric in usual else "disk_percent"
                 else:
                     value, name = newest.metrics.get(metric), metric
                 bound = usual[name].high if name in usual else zone(metric).typical
