@@ -271,7 +271,7 @@ class Tolerance(BaseModel):
     ml/features.py). Raised by a later ❌, removed by Undo or /tolerance reset; never by a retrain."""
 
     device = pw.CharField(max_length=64)
-    metric = pw.CharField(max_length=32)
+    metric = pw.CharField(max_length=300)  # a model metric, or a filesystem's "disk:<mount point>"
     value = pw.DoubleField()
     incident = pw.ForeignKeyField(Incident, null=True, on_delete="SET NULL")  # the ❌'d incident that set it
     label = pw.ForeignKeyField(Label, null=True, on_delete="SET NULL")  # the label that press stored
@@ -361,8 +361,23 @@ def open_database(url: str) -> pw.Database:
     db.initialize(database)
     database.create_tables(TABLES, safe=True)
     add_missing_columns(database)
+    _widen_columns(database)
     _adopt_old_mutes(database)
     return database
+
+
+def _widen_columns(database: pw.Database) -> None:
+    """Text columns a newer version made longer (a tolerance's metric may name a filesystem now). SQLite does not
+    hold text to its declared length; PostgreSQL does, so its column is widened in place, once."""
+    if not isinstance(database, pw.PostgresqlDatabase):
+        return
+    for table, field in ((Tolerance, Tolerance.metric),):
+        name, column = table._meta.table_name, field.column_name
+        length = database.execute_sql(
+            "SELECT character_maximum_length FROM information_schema.columns WHERE table_name = %s "
+            "AND column_name = %s AND table_schema = current_schema()", (name, column)).fetchone()
+        if length and length[0] is not None and length[0] < field.max_length:
+            database.execute_sql(f'ALTER TABLE "{name}" ALTER COLUMN "{column}" TYPE VARCHAR({field.max_length})')
 
 
 def _adopt_old_mutes(database: pw.Database) -> None:

@@ -123,6 +123,27 @@ def test_a_wrong_prediction_tolerates_every_metric_that_pushed_not_only_the_thre
         pressed, {}, T0 + 4, tolerances.of("hpc2"))
 
 
+def test_a_wrong_prediction_on_a_full_filesystem_tolerates_that_filesystem_and_not_the_others(
+    decider: Decider, model: ActiveModel, tolerances: Tolerances,
+) -> None:
+    def nas(ts: float, root: float, data: float) -> float:
+        (p,) = ingest_batch(decider, model, tolerances, [Sample("nas1", ts, {**HEALTHY, "disk_percent": max(root, data)},
+                                                               filesystems={"/": root, "/data": data})])
+        return p
+
+    assert nas(T0, 40.0, 98.6) > 0.9
+    (alert,) = open_incidents("nas1")
+    pressed = stored.press(alert.id, Action.WRONG_PREDICTION, BOB, "Bob", T0 + 3, tolerating.wanted)
+
+    assert pressed.detail.tolerated == {"disk:/data": 98.6}
+    assert "Disk /data up to 98.6 % is now normal for nas1 (❌ by Bob)" in alerts.alert(pressed, {}, T0 + 4)
+    assert nas(T0 + 5, 40.0, 98.6) < 0.1, "/data at that value is normal on nas1 now"
+    assert nas(T0 + 10, 98.6, 98.6) > 0.9, "/ at the same value is not"
+    (root,) = open_incidents("nas1")
+    assert "• Disk / 98.6 %" in alerts.alert(root, {}, T0 + 11, tolerances.of("nas1"))
+    assert "Disk /data up to 98.6 %" in tolerance.tolerance_list("nas1", stored_tolerances.tolerances("nas1"))
+
+
 def test_a_second_wrong_raises_a_tolerance_never_lowers_it_and_the_ceiling_caps_what_is_tolerated(
     database: object,
 ) -> None:

@@ -70,8 +70,10 @@ def _with_usual(name: str, value: float, usual: Mapping[str, Usual], device: str
         return shown + when_shown
     if name == "disk_percent" and (mount := fullest(filesystems)) and FILESYSTEM + mount in usual:
         usual = {name: usual[FILESYSTEM + mount]}  # the fullest filesystem's own range
-    if tolerated and name in tolerated:
-        shown = f"{shown} {tolerance.tolerated_up_to(name, value, tolerated[name], device)}{when_shown}"
+    own = FILESYSTEM + mount if name == "disk_percent" and (mount := fullest(filesystems)) else name
+    tolerance_of = own if tolerated and own in tolerated else name
+    if tolerated and tolerance_of in tolerated:
+        shown = f"{shown} {tolerance.tolerated_up_to(tolerance_of, value, tolerated[tolerance_of], device)}{when_shown}"
     elif name not in usual:
         shown = f"{shown} (no usual range yet){when_shown}"
     else:

@@ -66,7 +66,7 @@ def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[s
                     f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?")
     filesystem = forecast.metric.startswith(FILESYSTEM)
     model_metric = "disk_percent" if filesystem else forecast.metric
-    edge = tolerating.edge(model_metric, (tolerated or {}).get(model_metric))
+    edge = tolerating.edge(model_metric, (tolerated or {}).get(forecast.metric, (tolerated or {}).get(model_metric)))
     own = " on this machine" if edge != ZONES[model_metric].edge else ""
     label = disk_label(forecast_word(forecast.metric)) if filesystem else KNOWN_METRICS[model_metric][0]
     usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (

@@ -14,10 +14,12 @@ from telegram.ext import BaseHandler, CommandHandler, ContextTypes
 
 from agent.vocabulary import DEVICE_RE, KNOWN_METRICS
 from bot.chat import common
-from bot.chat.formatting import clip, escape, when
+from bot.chat.formatting import clip, disk_label, escape, when
 from bot.db import Expected, Tolerance, incidents, tolerances
+from bot.pipeline import tolerating
 from ml.features import ZONES
 from schema.conditions import parse_key
+from schema.domain import FILESYSTEM
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,14 @@ def tolerance_word(metric: str) -> str:
     if found is not None:
         condition, obj = found
         return f"{condition.title} ({obj})" if obj else condition.title
+    if metric.startswith(FILESYSTEM):
+        return disk_label(metric.removeprefix(FILESYSTEM))
     return TOLERANCE_WORDS.get(metric, metric).capitalize()
 
 
 def tolerance_value(metric: str, value: float) -> str:
     """'98.6 %', '97 °C', '3.9 per CPU'."""
-    unit = "per CPU" if metric == "load_1m" else KNOWN_METRICS.get(metric, ("", ""))[1]
+    unit = "per CPU" if metric == "load_1m" else KNOWN_METRICS.get(tolerating.metric_of(metric), ("", ""))[1]
     shown = f"{value:.0f}" if value == int(value) else f"{value:.2f}".rstrip("0")
     return f"{shown} {unit}".rstrip()
 
@@ -63,14 +67,15 @@ def tolerated_now(device: str, tolerated: Mapping[str, float], by: str = "") -> 
 def not_tolerated(beyond: Mapping[str, float]) -> str:
     """'Not tolerated: Memory at 99.7 %, past its hard ceiling of 99.5 %': what a ❌ could not make normal."""
     return "Not tolerated, past its hard ceiling: " + _and(
-        f"{tolerance_word(m)} at {tolerance_value(m, v)} (ceiling {tolerance_value(m, ZONES[m].ceiling or 0)})"
+        f"{tolerance_word(m)} at {tolerance_value(m, v)} "
+        f"(ceiling {tolerance_value(m, ZONES[tolerating.metric_of(m)].ceiling or 0)})"
         for m, v in sorted(beyond.items()))
 
 
 def tolerated_up_to(metric: str, value: float, tolerated: float, device: str) -> str:
     """'(tolerated up to 98.6 % on build1)' beside a value its machine tolerates, with its hard ceiling once the
     value is past it."""
-    ceiling = ZONES[metric].ceiling
+    ceiling = ZONES[tolerating.metric_of(metric)].ceiling
     past = f", past its hard ceiling of {tolerance_value(metric, ceiling)}" if ceiling and value >= ceiling else ""
     return f"(tolerated up to {tolerance_value(metric, tolerated)} on {device}{past})"
 
@@ -83,9 +88,10 @@ def parse_tolerance_metric(word: str) -> str | None:
 
 def tolerance_lines(rows: list[Tolerance]) -> list[str]:
     """'• Disk up to 98.6 % (❌ by @bob, 2026-11-28 14:03:25 UTC; hard ceiling 99.5 %)' per tolerance."""
-    return [f"• {tolerance_word(t.metric)} up to {tolerance_value(t.metric, t.value)} (❌ by {escape(t.user_name)}, "
-            f"{when(t.updated)}; hard ceiling {tolerance_value(t.metric, ZONES[t.metric].ceiling or 0)})"
-            for t in rows if t.metric in ZONES]
+    return [f"• {escape(tolerance_word(t.metric))} up to {tolerance_value(t.metric, t.value)} (❌ by "
+            f"{escape(t.user_name)}, {when(t.updated)}; hard ceiling "
+            f"{tolerance_value(t.metric, ZONES[tolerating.metric_of(t.metric)].ceiling or 0)})"
+            for t in rows if tolerating.metric_of(t.metric) in ZONES]
 
 
 def expected_lines(rows: list[Expected]) -> list[str]:
@@ -188,7 +194,8 @@ async def tolerance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
         await update.effective_message.reply_text(tolerance_list(device, rows, expected),
                                                   parse_mode=ParseMode.HTML)
         return
-    chosen: list[Tolerance | Expected] = [row for row in rows if metric is None or row.metric == metric]
+    chosen: list[Tolerance | Expected] = [row for row in rows
+                                          if metric is None or tolerating.metric_of(row.metric) == metric]
     if metric is None:  # every tolerance, and every condition expected here
         chosen += expected
     user_id, name = common.who(update)

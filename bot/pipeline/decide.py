@@ -40,12 +40,19 @@ def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {name: metrics[name] for name in FEATURES if name in metrics}
 
 
-def stressed_detail(sample: StoredSample, drivers: Drivers) -> IncidentDetail:
+def drivers_of(sample: StoredSample, drivers: Drivers, tolerances: Tolerances | None) -> list[str]:
+    """What drove a sample: its metrics read as the model read them, with its machine's tolerances."""
+    metrics = sample.metrics if tolerances is None else tolerances.read(sample.device, sample.metrics,
+                                                                         sample.filesystems)
+    return drivers(metrics)
+
+
+def stressed_detail(sample: StoredSample, drivers: list[str]) -> IncidentDetail:
     """What a stressed incident shows of its sample: what drove it, and its metrics, filesystems and top
     processes now and at its worst."""
     metrics = model_metrics(sample.metrics)
     filesystems, processes = sample.filesystems or {}, sample.processes or {}
-    return IncidentDetail(drivers=drivers(sample.metrics), metrics=metrics, peak=metrics, filesystems=filesystems,
+    return IncidentDetail(drivers=drivers, metrics=metrics, peak=metrics, filesystems=filesystems,
                           peak_filesystems=filesystems, processes=processes, peak_processes=processes)
 
 
@@ -73,9 +80,8 @@ class Decider:
         self.tolerances = tolerances
         self.conditions = Conditions() if conditions is None else conditions
 
-    def drivers_of(self, device: str) -> Drivers:
-        """What drove a sample of this machine: its metrics read as the model read them, with its tolerances."""
-        return self.tolerances.reading(device, self.drivers) if self.tolerances is not None else self.drivers
+    def _stressed(self, sample: StoredSample) -> IncidentDetail:
+        return stressed_detail(sample, drivers_of(sample, self.drivers, self.tolerances))
 
     def decide(self, new: list[StoredSample], now: float | None = None) -> None:
         """Update the devices and their incidents for a batch's new samples; called inside its transaction."""
@@ -107,14 +113,14 @@ class Decider:
                 continue
             if incident is None:
                 if p >= self.rules.threshold and not muted:
-                    incident = self.incidents.open(device, Kind.STRESSED, sample, sample.ts,
-                                                   stressed_detail(sample, self.drivers_of(device)), now)
+                    incident = self.incidents.open(device, Kind.STRESSED, sample, sample.ts, self._stressed(sample),
+                                                   now)
                 continue
             incident.last_ts, incident.last_p, incident.updated = sample.ts, p, now
             detail = _with_newest(incident.detail, sample)
             if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
                 incident.peak_p = p
-                detail = stressed_detail(sample, self.drivers_of(device))
+                detail = self._stressed(sample)
             incident.detail = detail
             incident.below = incident.below + 1 if p < below else 0
             incident.revision += 1

@@ -43,7 +43,7 @@ def predict(model: ActiveModel, samples: list[Sample],
     frame = features.table(values, KNOWN_METRICS)
     if tolerances is not None:  # a ❌ pressed since the last batch holds from this one
         tolerances.refresh()
-        frame = tolerances.apply(frame, [sample.device for sample in samples])
+        frame = tolerances.apply(frame, samples)
     predictions, version = model.predict(frame)
     return values, predictions, version
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from agent.wire import Sample
 from bot.db import tolerances
 from ml.features import FEATURES, ZONES
 from schema.conditions import INODES_EDGE
@@ -54,27 +55,42 @@ def edge(metric: str, tolerance: float | None) -> float:
     return min(zone.ceiling, zone.edge + shift(metric, tolerance))
 
 
+DISK = "disk_percent"
+
+
+def metric_of(name: str) -> str:
+    """The model metric a tolerance is of: a filesystem's ("disk:<mount point>") is the disk's."""
+    return DISK if name.startswith(FILESYSTEM) else name
+
+
 def _pushed(detail: IncidentDetail) -> dict[str, float]:
     """Every model metric that pushed the incident toward stressed at its worst: past the fleet's healthy limit,
     where each shape function rises. Not only the drivers its message names (the strongest three): on a machine
-    where every metric sits at its edge, tolerating three left P at 100 %."""
+    where every metric sits at its edge, tolerating three left P at 100 %. The disk is each filesystem that
+    pushed (`disk:<mount point>`), when the sample named them: a full /var/log says nothing of /."""
     values = detail.peak or detail.metrics
-    return {metric: float(value) for metric, value in values.items()
-            if (zone := ZONES.get(metric)) is not None and value > zone.healthy}
+    pushed = {metric: float(value) for metric, value in values.items()
+              if (zone := ZONES.get(metric)) is not None and value > zone.healthy}
+    filesystems = detail.peak_filesystems or detail.filesystems
+    if DISK in pushed and filesystems:
+        del pushed[DISK]
+        pushed.update({FILESYSTEM + mount: float(used) for mount, used in filesystems.items()
+                       if used > ZONES[DISK].healthy})
+    return pushed
 
 
 def wanted(detail: IncidentDetail) -> dict[str, float]:
     """What a ❌ on a stressed incident makes its machine tolerate: each metric that pushed it, at its value at
     the incident's worst, below the metric's hard ceiling."""
     return {metric: value for metric, value in _pushed(detail).items()
-            if (ceiling := ZONES[metric].ceiling) is not None and value < ceiling}
+            if (ceiling := ZONES[metric_of(metric)].ceiling) is not None and value < ceiling}
 
 
 def untolerable(detail: IncidentDetail) -> dict[str, float]:
     """What pushed the incident past its metric's hard ceiling: no ❌ makes a machine tolerate that. (CPU takes no
     tolerance at all: its edge is only reached with load's, which does.)"""
     return {metric: value for metric, value in _pushed(detail).items()
-            if (ceiling := ZONES[metric].ceiling) is not None and value >= ceiling}
+            if (ceiling := ZONES[metric_of(metric)].ceiling) is not None and value >= ceiling}
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,7 @@ class Tolerances:
                 return
             by_device: dict[str, dict[str, float]] = {}
             for row in tolerances.tolerances():
-                if row.metric in FEATURES:
+                if metric_of(row.metric) in FEATURES:
                     by_device.setdefault(row.device, {})[row.metric] = row.value
             expected = frozenset((row.device, row.metric) for row in tolerances.expected())
             self._known = _Known(by_device, frozenset(tolerances.holds()), expected)
@@ -113,44 +129,45 @@ class Tolerances:
         """metric -> tolerance of one machine; empty for most."""
         return self._known.by_device.get(device, {})
 
-    def read(self, device: str, metrics: Mapping[str, float]) -> dict[str, float]:
-        """A sample's metrics as the model reads them on its machine."""
+    def read(self, device: str, metrics: Mapping[str, float],
+             filesystems: Mapping[str, float] | None = None) -> dict[str, float]:
+        """A sample's metrics as the model reads them on its machine. The disk, with filesystems tolerated one by
+        one, is the fullest filesystem as read with its own tolerance (or the disk's, for a filesystem without)."""
         tolerated = self.of(device)
         if not tolerated:
             return dict(metrics)
-        return {name: read(name, value, tolerated[name]) if name in tolerated else value
-                for name, value in metrics.items()}
+        read_now = {name: read(name, value, tolerated[name]) if name in tolerated else value
+                    for name, value in metrics.items()}
+        if filesystems and DISK in read_now and any(name.startswith(FILESYSTEM) for name in tolerated):
+            read_now[DISK] = max(read(DISK, used, tolerated[FILESYSTEM + mount]) if FILESYSTEM + mount in tolerated
+                                 else read(DISK, used, tolerated[DISK]) if DISK in tolerated else used
+                                 for mount, used in filesystems.items())
+        return read_now
 
-    def reading(self, device: str,
-                drivers: Callable[[dict[str, float]], list[str]]) -> Callable[[dict[str, float]], list[str]]:
-        """`drivers` of this machine's samples: what drove one, its metrics read as the model read them."""
-        if not self.of(device):
-            return drivers
-        return lambda metrics: drivers(self.read(device, metrics))
-
-    def apply(self, frame: pd.DataFrame, devices: Sequence[str]) -> pd.DataFrame:
-        """The model's frame (ml.features) of a batch, row i being a sample of devices[i], with the rows of
-        machines that have tolerances read as `read` does; the frame itself when no row is one of theirs."""
+    def apply(self, frame: pd.DataFrame, samples: Sequence[Sample]) -> pd.DataFrame:
+        """The model's frame (ml.features) of a batch, row i being samples[i], with the rows of machines that have
+        tolerances read as `read` does; the frame itself when no row is one of theirs."""
         by_device = self._known.by_device
         if not by_device:
             return frame
-        rows = [i for i, device in enumerate(devices) if device in by_device]
+        rows = [i for i, sample in enumerate(samples) if sample.device in by_device]
         if not rows:
             return frame
         values = frame.to_numpy(dtype=float, copy=True)
-        columns = {name: list(frame.columns).index(name) for name in frame.columns}
+        names = list(frame.columns)
         for i in rows:
-            for name, tolerance in by_device[devices[i]].items():
-                column = columns[name]
-                values[i, column] = read(name, values[i, column], tolerance)
+            sample = samples[i]
+            shown = {name: values[i, column] for column, name in enumerate(names) if not math.isnan(values[i, column])}
+            for name, value in self.read(sample.device, shown, sample.filesystems).items():
+                values[i, names.index(name)] = value
         return pd.DataFrame(values, columns=frame.columns, index=frame.index)
 
     def edge(self, device: str, metric: str) -> float:
         """Where a forecast of the machine's metric ("disk:<mount point>" for a filesystem) aims."""
         if metric.startswith(INODES):  # no tolerance: inodes run out where they run out
             return INODES_EDGE
-        name = "disk_percent" if metric.startswith(FILESYSTEM) else metric
-        return edge(name, self.of(device).get(name))
+        tolerated = self.of(device)
+        return edge(metric_of(metric), tolerated.get(metric, tolerated.get(metric_of(metric))))
 
     def on_hold(self, device: str, metric: str) -> bool:
         """Whether someone said "❌ Wrong forecast" of this machine's metric and it has not been back in its

@@ -15,7 +15,7 @@ import logging
 import time
 
 from bot.db import incidents, muting, receiving_stretch, sample_by_id, samples, silent_devices, transaction
-from bot.pipeline.decide import Drivers, stressed_detail
+from bot.pipeline.decide import Drivers, drivers_of, stressed_detail
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
 from schema.domain import IncidentDetail, Kind, matches
@@ -88,8 +88,8 @@ class Watch:
                     continue
                 sample = sample_by_id(device.last_metric)
                 if sample is not None:
-                    drivers = self.tolerances.reading(name, self.drivers) if self.tolerances else self.drivers
-                    self.incidents.open(name, Kind.STRESSED, sample, sample.ts, stressed_detail(sample, drivers), now)
+                    detail = stressed_detail(sample, drivers_of(sample, self.drivers, self.tolerances))
+                    self.incidents.open(name, Kind.STRESSED, sample, sample.ts, detail, now)
         for pattern in patterns:
             log.info("the mute of %s ended", pattern)
         return ended
