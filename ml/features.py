@@ -34,6 +34,13 @@ ZONES: dict[str, Zone] = {
     "swap_percent": Zone(typical=5.0, healthy=35.0, edge=85.0, top=100.0, ceiling=97.0),
     "disk_percent": Zone(typical=50.0, healthy=90.0, edge=97.0, top=100.0, ceiling=99.5),
     "cpu_temp_c": Zone(typical=50.0, healthy=82.0, edge=92.0, top=110.0, ceiling=100.0),
+    # Pressures: the share of time every task waited (PSI "full"), and CPU time the hypervisor took or that waited
+    # for I/O. A few per cent is a busy machine; a quarter of the time with every task stalled on memory is
+    # thrashing, whatever memory_percent says.
+    "psi_memory_full_percent": Zone(typical=0.0, healthy=5.0, edge=25.0, top=100.0, ceiling=60.0),
+    "psi_io_full_percent": Zone(typical=0.0, healthy=10.0, edge=40.0, top=100.0, ceiling=80.0),
+    "cpu_steal_percent": Zone(typical=0.0, healthy=10.0, edge=30.0, top=100.0, ceiling=70.0),
+    "cpu_iowait_percent": Zone(typical=1.0, healthy=20.0, edge=50.0, top=100.0, ceiling=90.0),
 }
 FEATURES = list(ZONES)
 

@@ -74,7 +74,9 @@ def build_pipeline() -> Pipeline:
 
 def _shape_slices(pipeline: Pipeline) -> dict[str, slice]:
     """The coefficient columns of each metric's shape function."""
-    return {name: pipeline.named_steps["shape"].output_indices_[name] for name in FEATURES}
+    indices = pipeline.named_steps["shape"].output_indices_
+    # A model trained before a metric joined FEATURES has no shape of it: it reads the metrics it knows.
+    return {name: indices[name] for name in FEATURES if name in indices}
 
 
 def fit(features: pd.DataFrame, target: np.ndarray, weights: np.ndarray, human: np.ndarray | None = None,

@@ -38,11 +38,20 @@ EDGES: dict[str, dict[str, float]] = {
     "temperature 95 °C": {"cpu_temp_c": 95},
     "CPU 100 %, load 2.5 per CPU": {"cpu_percent": 100, "load_1m": 2.5},
     "CPU 100 %, load 4 per CPU": {"cpu_percent": 100, "load_1m": 4.0},
+    "memory pressure 40 % (every task stalled)": {"psi_memory_full_percent": 40},
+    "I/O pressure 60 % (every task stalled)": {"psi_io_full_percent": 60},
+    "CPU stolen by the hypervisor 50 %": {"cpu_steal_percent": 50},
+    "CPU waiting for I/O 70 %": {"cpu_iowait_percent": 70},
 }
 BUSY_HEALTHY = {"cpu_percent": 75, "load_1m": 0.9, "mem_percent": 88, "swap_percent": 25, "disk_percent": 85,
                 "cpu_temp_c": 78}
+BUSY_UNDER_PRESSURE = {**BUSY_HEALTHY, "psi_memory_full_percent": 3, "psi_io_full_percent": 8, "cpu_steal_percent": 6,
+                       "cpu_iowait_percent": 15}
 SHORT_NAMES = {"cpu_percent": "CPU", "load_1m": "load", "mem_percent": "memory", "swap_percent": "swap",
-               "disk_percent": "disk", "cpu_temp_c": "temperature"}
+               "disk_percent": "disk", "cpu_temp_c": "temperature", "psi_memory_full_percent": "memory pressure",
+               "psi_io_full_percent": "I/O pressure", "cpu_steal_percent": "CPU steal",
+               "cpu_iowait_percent": "iowait"}
+SENSORS = list(BUSY_HEALTHY)  # the sensors of the busy healthy machine, each missing in turn: it has no pressures
 
 
 @dataclass(frozen=True)
@@ -75,14 +84,17 @@ def scenarios(every_sensor_subset: bool = False) -> list[Scenario]:
                  {**BACKGROUNDS["typical"], "cpu_percent": 96, "load_1m": 1.0}, False),
         Scenario("two burners on two cores: CPU 100 %, load 1.0 per CPU",
                  {**BACKGROUNDS["typical"], "cpu_percent": 100, "load_1m": 1.0}, False),
+        Scenario("busy but healthy with some pressure (memory 3 %, I/O 8 %, steal 6 %, iowait 15 %)",
+                 BUSY_UNDER_PRESSURE, False),
         Scenario("no metrics at all", {}, False),
     ]
+    sensors = SENSORS
     if every_sensor_subset:
-        missing_sets = [c for k in range(1, len(FEATURES) + 1) for c in combinations(FEATURES, k)]
+        missing_sets = [c for k in range(1, len(sensors) + 1) for c in combinations(sensors, k)]
     else:
-        missing_sets = [(name,) for name in FEATURES] + [tuple(n for n in FEATURES if n != name) for name in FEATURES]
+        missing_sets = [(name,) for name in sensors] + [tuple(n for n in sensors if n != name) for name in sensors]
     for missing in missing_sets:
-        present = [SHORT_NAMES[n] for n in FEATURES if n not in missing]
+        present = [SHORT_NAMES[n] for n in sensors if n not in missing]
         what = f"without {', '.join(SHORT_NAMES[n] for n in missing)}" if len(present) > 1 else f"only {present[0]}" \
             if present else "no sensors"
         rows.append(Scenario(f"busy but healthy, {what}", _without(BUSY_HEALTHY, missing), False))

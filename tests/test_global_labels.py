@@ -79,7 +79,7 @@ def test_a_label_set_that_truly_conflicts_with_a_scenario_is_named_by_the_retrai
     # at 85 % is a scenario row, and in an additive model the two cannot part.
     typical = {"cpu_percent": 20, "load_1m": 0.3, "mem_percent": 50, "swap_percent": 5, "disk_percent": 86,
                "cpu_temp_c": 50}
-    ids = store(np.array([[typical[n] for n in FEATURES]] * 30, dtype=float), rng)
+    ids = store(np.array([[typical.get(n, np.nan) for n in FEATURES]] * 30, dtype=float), rng)
     for sample_id in ids:
         db.add_label(sample_id, 1, 42, "@bob")
 

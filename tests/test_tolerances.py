@@ -127,8 +127,9 @@ def test_a_wrong_prediction_on_a_full_filesystem_tolerates_that_filesystem_and_n
     decider: Decider, model: ActiveModel, tolerances: Tolerances,
 ) -> None:
     def nas(ts: float, root: float, data: float) -> float:
-        (p,) = ingest_batch(decider, model, tolerances, [Sample("nas1", ts, {**HEALTHY, "disk_percent": max(root, data)},
-                                                               filesystems={"/": root, "/data": data})])
+        metrics = {**HEALTHY, "disk_percent": max(root, data)}
+        sample = Sample("nas1", ts, metrics, filesystems={"/": root, "/data": data})
+        (p,) = ingest_batch(decider, model, tolerances, [sample])
         return p
 
     assert nas(T0, 40.0, 98.6) > 0.9
