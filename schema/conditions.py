@@ -115,7 +115,11 @@ def _duration(seconds: float) -> str:
 
 
 def _times(count: float) -> str:
-    return "once" if count == 1 else f"{count:.0f} times"
+    return {1: "once", 2: "twice"}.get(round(count), f"{count:.0f} times")
+
+
+def _errors(count: float) -> str:
+    return f"{_n(count)} memory error{'' if count == 1 else 's'}"
 
 
 def _raid(e: Evidence) -> str:
@@ -320,14 +324,14 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
         "NodeDiskIOSaturation (node-mixin: 10 for 30 min; here 15 min); Netdata disk_backlog"),
     Condition(
         "ecc_corrected", "memory errors corrected", "ecc_correctable", Count(window_s=10 * MINUTE),
-        Severity.WARNING, lambda e: f"{e.object}: {_n(e.count)} memory errors corrected in 10 min",
+        Severity.WARNING, lambda e: f"{e.object}: {_errors(e.count)} corrected in 10 min",
         "A memory module is wearing out: find which (edac-util -v) and plan its replacement before errors "
         "become uncorrectable.",
         "/sys/devices/system/edac/mc/mc*/ce_count", ("node_edac_correctable_errors_total",),
         "Netdata ecc_memory_mc_correctable"),
     Condition(
         "ecc_uncorrected", "memory errors not corrected", "ecc_uncorrectable", Count(window_s=60 * MINUTE),
-        Severity.CRITICAL, lambda e: f"{e.object}: {_n(e.count)} memory errors NOT corrected in 1 h",
+        Severity.CRITICAL, lambda e: f"{e.object}: {_errors(e.count)} NOT corrected in 1 h",
         "Data in memory was corrupted: replace the module (edac-util -v names it) and check what ran.",
         "/sys/devices/system/edac/mc/mc*/ue_count", ("node_edac_uncorrectable_errors_total",),
         "Netdata ecc_memory_mc_uncorrectable"),

@@ -4,6 +4,8 @@ makes a condition expected on one machine until Undo."""
 
 from __future__ import annotations
 
+import pytest
+
 from agent.vocabulary import KNOWN_METRICS, READINGS
 from agent.wire import Sample, encode, parse
 from bot import db
@@ -184,3 +186,67 @@ def test_inodes_heading_for_the_edge_are_forecast_once_past_the_first_level_on_a
     text = alerts.alert(forecast, {}, forecast.last_ts)
     assert "<b>build1</b>: /var will run out of inodes in about 3 h (now 89 % used, +4.0 %/h)" in text
     assert "du --inodes" in text
+
+
+# Each condition of the catalogue from its own readings: (readings of every sample, how many samples a minute
+# apart, what its alert says). The coverage table in docs/conditions.md names these.
+OPENS = {
+    "inodes": ({"inodes_percent": {"/var": 96.0}, "readonly": {"/var": 0}}, 6, "/var almost out of inodes (96.0 %"),
+    "readonly": (None, 0, "/data was remounted read-only"),
+    "raid": ({"md_required": {"md1": 2}, "md_active": {"md1": 2}, "md_failed": {"md1": 1}}, 1,
+             "RAID md1: a disk failed, 1 failed (2 of 2 still active)"),
+    "unit_failed": ({"unit_failed": {"nginx.service": 1}}, 1, "nginx.service failed"),
+    "unit_restarting": ({"unit_restarts": {"app.service": 2}}, 2, "app.service restarted 4 times in 15 min"),
+    "oom": ({"oom_kills": {"": 1}}, 1, "the kernel killed 1 process for memory in 30 min"),
+    "clock": ({"clock_synced": {"": 0}, "clock_maxerror_s": {"": 16.0}, "clock_offset_s": {"": 0.0}}, 11,
+              "clock not synchronising (maximum error 16 s)"),
+    "fd": ({"fd_percent": {"": 92.0}}, 6, "92.0 % of the system's file descriptors in use"),
+    "conntrack": ({"conntrack_percent": {"": 80.0}}, 1, "connection tracking table 80.0 % full"),
+    "pids": ({"pids_percent": {"": 85.0}}, 6, "85.0 % of the process ids in use"),
+    "net_errors": ({"net_errors_percent": {"eth0": 3.0}, "net_drops_percent": {"eth0": 0.5}}, 11,
+                   "eth0: 3.0 % of packets with errors, 0.5 % dropped"),
+    "link_flapping": ({"link_changes": {"eth1": 2}}, 2, "eth1 went down and up twice in 5 min"),
+    "bond": ({"bond_slaves": {"bond0": 2}, "bond_active": {"bond0": 1}}, 1, "bond0: 1 of 2 links up"),
+    "reboot_required": ({"reboot_required": {"": 1}}, 1, "needs a reboot to finish its updates"),
+    "major_faults": ({"major_faults_per_s": {"": 900.0}}, 16, "900 major page faults a second"),
+    "io_saturation": ({"disk_io_queue": {"sda": 14.0}}, 16, "sda: 14 I/Os waiting on average"),
+    "ecc_corrected": ({"ecc_correctable": {"mc0": 3}}, 1, "mc0: 3 memory errors corrected in 10 min"),
+    "ecc_uncorrected": ({"ecc_uncorrectable": {"mc0": 1}}, 1, "mc0: 1 memory error NOT corrected in 1 h"),
+    "temp_alarm": ({"temp_alarm": {"coretemp/Package id 0": 1}}, 1,
+                   "coretemp/Package id 0 reports a critical temperature"),
+    "textfile_error": ({"textfile_error": {"": 1}}, 1, "node_exporter could not read its textfile directory"),
+}
+
+
+@pytest.mark.parametrize("name", [name for name, c in CONDITIONS.items() if isinstance(c.rule, Fact | Count)])
+def test_every_condition_opens_from_its_own_readings_and_names_its_object(decider: Decider, name: str) -> None:
+    readings, count, says = OPENS[name]
+    if readings is None:  # a remount: the filesystem was writable first
+        readings_feed(decider, "m1", [{"readonly": {"/data": 0}}, {"readonly": {"/data": 1}}])
+    else:
+        readings_feed(decider, "m1", [readings] * count)
+
+    (incident,) = conditions()
+    assert incident.detail.metric.startswith(f"cond:{name}:")
+    assert incident.detail.evidence.startswith(says), incident.detail.evidence
+
+
+MIXIN = ("NodeFilesystemSpaceFillingUp NodeFilesystemAlmostOutOfSpace NodeFilesystemFilesFillingUp "
+         "NodeFilesystemAlmostOutOfFiles NodeNetworkReceiveErrs NodeNetworkTransmitErrs "
+         "NodeHighNumberConntrackEntriesUsed NodeTextFileCollectorScrapeError NodeClockSkewDetected "
+         "NodeClockNotSynchronising NodeRAIDDegraded NodeRAIDDiskFailure NodeFileDescriptorLimit NodeCPUHighUsage "
+         "NodeSystemSaturation NodeMemoryMajorPagesFaults NodeMemoryHighUtilization NodeDiskIOSaturation "
+         "NodeSystemdServiceFailed NodeSystemdServiceCrashlooping NodeBondingDegraded").split()
+
+
+def test_the_coverage_table_names_every_condition_and_every_host_alert_of_the_node_mixin() -> None:
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "conditions.md").read_text()
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+
+    assert len(MIXIN) == 21
+    assert set(MIXIN) <= rows, set(MIXIN) - rows
+    assert {f"`{name}`" for name in CONDITIONS} <= rows
+    for name in OPENS:
+        assert f"`[{name}]`" in table or f"`{name}`" in table

@@ -13,8 +13,9 @@ from bot.chat import common
 from bot.chat.formatting import escape, plural
 
 HELP = """<b>Rigwatch</b> watches your machines and warns here when one is likely to need a technical \
-intervention (it is <i>stressed</i>), when its disk, memory or swap is heading for full, and when it stops \
-reporting.
+intervention (it is <i>stressed</i>), when its disk, memory or swap is heading for full, when it stops \
+reporting, and when something is broken rather than full (🛠: a degraded RAID array, a failed service, a \
+filesystem out of inodes or read-only, processes killed for memory, a clock out of sync…).
 
 /status: every machine, the riskiest first
 /status &lt;device&gt;: one machine: its latest sample, usual ranges, forecast and a chart of its last 2 hours
@@ -41,7 +42,8 @@ change together (an outage, a storm) they share one message, with a button per m
 the sample as normal, closes the alert and, at once, makes that machine tolerate the values that drove it (up \
 to each metric's hard ceiling; <b>↩️ Undo</b> takes it back); <b>🔕</b> snoozes its reminders. The next model \
 learns from your labels. A forecast has its own buttons: <b>❌ Wrong forecast</b> stops that forecast on that \
-machine until the metric is back in its usual range."""
+machine until the metric is back in its usual range. On a 🛠 problem, <b>❌ Expected here</b> stops that \
+problem alerting on that machine until <b>↩️ Undo</b>."""
 COMMANDS = [  # the command menu
     BotCommand("status", "every machine, or /status <device> for one"),
     BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
