@@ -231,12 +231,29 @@ def test_every_condition_opens_from_its_own_readings_and_names_its_object(decide
     assert incident.detail.evidence.startswith(says), incident.detail.evidence
 
 
-MIXIN = ("NodeFilesystemSpaceFillingUp NodeFilesystemAlmostOutOfSpace NodeFilesystemFilesFillingUp "
-         "NodeFilesystemAlmostOutOfFiles NodeNetworkReceiveErrs NodeNetworkTransmitErrs "
-         "NodeHighNumberConntrackEntriesUsed NodeTextFileCollectorScrapeError NodeClockSkewDetected "
-         "NodeClockNotSynchronising NodeRAIDDegraded NodeRAIDDiskFailure NodeFileDescriptorLimit NodeCPUHighUsage "
-         "NodeSystemSaturation NodeMemoryMajorPagesFaults NodeMemoryHighUtilization NodeDiskIOSaturation "
-         "NodeSystemdServiceFailed NodeSystemdServiceCrashlooping NodeBondingDegraded").split()
+MIXIN = [
+    "NodeFilesystemSpaceFillingUp",
+    "NodeFilesystemAlmostOutOfSpace",
+    "NodeFilesystemFilesFillingUp",
+    "NodeFilesystemAlmostOutOfFiles",
+    "NodeNetworkReceiveErrs",
+    "NodeNetworkTransmitErrs",
+    "NodeHighNumberConntrackEntriesUsed",
+    "NodeTextFileCollectorScrapeError",
+    "NodeClockSkewDetected",
+    "NodeClockNotSynchronising",
+    "NodeRAIDDegraded",
+    "NodeRAIDDiskFailure",
+    "NodeFileDescriptorLimit",
+    "NodeCPUHighUsage",
+    "NodeSystemSaturation",
+    "NodeMemoryMajorPagesFaults",
+    "NodeMemoryHighUtilization",
+    "NodeDiskIOSaturation",
+    "NodeSystemdServiceFailed",
+    "NodeSystemdServiceCrashlooping",
+    "NodeBondingDegraded",
+]
 
 
 def test_the_coverage_table_names_every_condition_and_every_host_alert_of_the_node_mixin() -> None:
