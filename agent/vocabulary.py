@@ -99,10 +99,29 @@ READINGS: dict[str, Reading] = {
     "ecc_uncorrectable": Reading("uncorrected memory errors", "", "memory controller", per_sample=True),
     "temp_alarm": Reading("critical temperature alarm", of="sensor", **_FLAG),
     "textfile_error": Reading("textfile collector failed", of="", **_FLAG),
+    # SMART, per disk (the object is the disk's name, "sdb"): the overall verdict, with the disk's model and serial
+    # as its note ("ST3000DM001|Z1F0ABCD"), and the raw values that predict a failure, named as Backblaze's drive
+    # stats name them (the disk model reads them as they are: ml/disks/); NVMe's health log for NVMe disks.
+    "smart_health": Reading("SMART self-assessment passed", of="disk", **_FLAG),
+    "smart_5_raw": Reading("reallocated sectors", "", "disk"),
+    "smart_187_raw": Reading("reported uncorrectable errors", "", "disk"),
+    "smart_188_raw": Reading("command timeouts", "", "disk"),
+    "smart_197_raw": Reading("pending sectors", "", "disk"),
+    "smart_198_raw": Reading("offline uncorrectable sectors", "", "disk"),
+    "smart_9_raw": Reading("power-on hours", "", "disk"),
+    "smart_194_raw": Reading("temperature", "°C", "disk", low=-50.0, high=150.0),
+    "nvme_media_errors": Reading("media errors", "", "disk"),
+    "nvme_critical_warning": Reading("critical warning", "", "disk", high=255.0),
+    "nvme_available_spare": Reading("available spare", "%", "disk", high=100.0),
+    "nvme_spare_threshold": Reading("available spare threshold", "%", "disk", high=100.0),
+    "nvme_percentage_used": Reading("endurance used", "%", "disk", high=255.0),
 }
+DISK_NOTE = "|"  # smart_health's note: "<model>|<serial>"
 # What a sender can say it could not read, with why (`"unreadable": {source: reason}`): never taken for "all fine".
 SOURCES = ("filesystems", "raid", "systemd", "oom", "kernel log", "clock", "file descriptors", "conntrack",
-           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon")
+           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon", "smart")
+# A disk whose SMART cannot be read (a virtual disk, a USB bridge that hides it, no permission) is said as the
+# source "smart <disk>" ("smart sdb": "no SMART: a virtual disk"): never taken for a healthy disk.
 
 
 # Pseudo and virtual filesystems, which hold no data of the machine's own: node_exporter's defaults, an empty

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from agent.vocabulary import DISK_NOTE
+
 Values = Mapping[str, float]  # one object's readings in one sample (its machine's metrics too, for the machine)
 
 
@@ -69,7 +71,14 @@ class Trend:
     edge: float  # where it is heading
 
 
-Rule = Fact | Count | Event | Trend
+@dataclass(frozen=True)
+class Predicted:
+    """Decided by a model (the disk model, bot/pipeline/disks.py): opens when P reaches its alert threshold, and
+    does not recover by itself (a disk does not heal): a person says ✅ replaced or ❌ wrong, or the object
+    leaves the machine."""
+
+
+Rule = Fact | Count | Event | Trend | Predicted
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,24 @@ def _raid(e: Evidence) -> str:
     if active < required:
         return f"RAID {e.object} degraded: {active:.0f} of {required:.0f} disks active{members}"
     return f"RAID {e.object}: a disk failed{members} ({active:.0f} of {required:.0f} still active)"
+
+
+def disk_of(note: str | None) -> tuple[str, str]:
+    """(model, serial) of a disk from its smart_health note ("ST3000DM001|Z1F0ABCD"); empty when unknown."""
+    model, _, serial = (note or "").partition(DISK_NOTE)
+    return model, serial
+
+
+def _disk(e: Evidence) -> str:
+    """'sdb (ST3000DM001, serial Z1F0ABCD)'."""
+    model, serial = disk_of(e.notes.get("smart_health"))
+    said = ", ".join(part for part in (model, f"serial {serial}" if serial else "") if part)
+    return f"{e.object} ({said})" if said else e.object
+
+
+def _nvme_wear(v: Values) -> bool:
+    return _value(v, "nvme_percentage_used") >= 90 or (
+        "nvme_available_spare" in v and _value(v, "nvme_available_spare") < _value(v, "nvme_spare_threshold"))
 
 
 def _clock(e: Evidence) -> str:
@@ -341,6 +368,41 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
         "Check the fans, the airflow and the room; the hardware throttles or shuts down beyond this.",
         "/sys/class/hwmon/hwmon*/temp*_crit_alarm", ("node_hwmon_temp_crit_alarm_celsius",),
         "Netdata's hardware sensor alarms; the node-mixin has none"),
+    Condition(
+        "smart_failed", "disk failing its SMART check", "smart_health",
+        Fact(lambda v: _value(v, "smart_health", 1) == 0),
+        Severity.CRITICAL, lambda e: f"disk {_disk(e)} fails its SMART self-assessment",
+        "Copy what matters off it now and replace it: SMART's own verdict comes late, often days before the end.",
+        "smartctl --json (every few minutes, root or CAP_SYS_RAWIO)",
+        ("smartctl_device_smart_status", "smartmon_device_smart_healthy"),
+        "smartctl_exporter ships no rule; the disk's own verdict", reads=("smart_health",)),
+    Condition(
+        "nvme_warning", "NVMe critical warning", "nvme_critical_warning",
+        Fact(lambda v: _value(v, "nvme_critical_warning") > 0), Severity.CRITICAL,
+        lambda e: f"disk {e.object} raises its NVMe critical warning ({_value(e.values, 'nvme_critical_warning'):.0f})",
+        "The drive says it is in trouble (spare exhausted, too hot, read-only or degraded): copy what matters off it "
+        "and read smartctl -a.",
+        "smartctl --json (NVMe health log)", ("smartctl_device_critical_warning",),
+        "the NVMe health log's critical warning"),
+    Condition(
+        "nvme_wear", "NVMe worn out", "nvme_percentage_used", Fact(_nvme_wear), Severity.WARNING,
+        lambda e: (f"disk {e.object} has used {_value(e.values, 'nvme_percentage_used'):.0f} % of its endurance, "
+                   f"{_value(e.values, 'nvme_available_spare', 100):.0f} % spare left"),
+        "Plan its replacement: writes fail once the spare blocks run out.",
+        "smartctl --json (NVMe health log)",
+        ("smartctl_device_percentage_used", "smartctl_device_available_spare",
+         "smartctl_device_available_spare_threshold"),
+        "the NVMe health log: endurance used ≥ 90 %, or available spare below its threshold",
+        reads=("nvme_available_spare", "nvme_spare_threshold")),
+    Condition(
+        "disk_failing", "disk likely to fail", "smart_health", Predicted(), Severity.WARNING,
+        lambda e: f"disk {_disk(e)} is likely to fail within 30 days",
+        "Copy what matters off it and plan the swap.",
+        "smartctl --json: SMART attributes 5, 187, 188, 197, 198 and 9, day by day",
+        ("smartctl_device_attribute", "smartmon_reallocated_sector_ct_raw_value",
+         "smartmon_current_pending_sector_raw_value"),
+        "the disk model (ml/disks/), trained on Backblaze's drive stats; smartctl_exporter and Netdata ship no rule",
+        reads=("smart_health",)),
     Condition(
         "textfile_error", "textfile collector failed", "textfile_error",
         Fact(lambda v: _value(v, "textfile_error") == 1),

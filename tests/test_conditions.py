@@ -14,7 +14,7 @@ from bot.db import Expected, Incident, Notice
 from bot.db.incidents import press, undo_tolerance
 from bot.pipeline.decide import Decider
 from bot.pipeline.tolerating import Tolerances
-from schema.conditions import CONDITIONS, Count, Event, Fact, Trend
+from schema.conditions import CONDITIONS, Count, Event, Fact, Predicted, Trend
 from schema.domain import Action, Kind
 from tests.fakes.incidents import T0, TYPICAL, intake_alive
 
@@ -47,7 +47,7 @@ def test_the_catalogue_declares_every_condition_whole() -> None:
         assert condition.reading in READINGS or condition.reading in KNOWN_METRICS, name
         assert set(condition.reads) <= set(READINGS), name
         assert condition.series and condition.agent and condition.anchor and condition.todo, name
-        assert isinstance(condition.rule, Fact | Count | Event | Trend)
+        assert isinstance(condition.rule, Fact | Count | Event | Trend | Predicted)
 
 
 def test_a_degraded_array_alerts_at_once_naming_the_array_and_the_member_then_recovers(decider: Decider) -> None:
@@ -215,6 +215,12 @@ OPENS = {
     "temp_alarm": ({"temp_alarm": {"coretemp/Package id 0": 1}}, 1,
                    "coretemp/Package id 0 reports a critical temperature"),
     "textfile_error": ({"textfile_error": {"": 1}}, 1, "node_exporter could not read its textfile directory"),
+    "smart_failed": ({"smart_health": {"sdb": 0}}, 1, "disk sdb fails its SMART self-assessment"),
+    "nvme_warning": ({"nvme_critical_warning": {"nvme0n1": 4}}, 1,
+                     "disk nvme0n1 raises its NVMe critical warning (4)"),
+    "nvme_wear": ({"nvme_percentage_used": {"nvme0n1": 93}, "nvme_available_spare": {"nvme0n1": 40},
+                   "nvme_spare_threshold": {"nvme0n1": 10}}, 1,
+                  "disk nvme0n1 has used 93 % of its endurance, 40 % spare left"),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ml.registry import ChecksumMismatch
+from ml.store import ChecksumMismatch
 from sklearn.pipeline import Pipeline
 
 from ml.disks import SHIPPED, DiskModel, load, load_shipped, train

@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 
 from ml import artifact
 from ml.disks.risk import DiskModel
-from ml.registry import ChecksumMismatch, StoreError
+from ml.store import ChecksumMismatch, StoreError
 
 SHIPPED = Path(__file__).with_name("shipped") / "disk-model.skops"  # trained on the Backblaze sample
 
