@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ml.store import ChecksumMismatch
 from sklearn.pipeline import Pipeline
 
 from ml.disks import SHIPPED, DiskModel, load, load_shipped, train
@@ -25,6 +24,7 @@ from ml.disks.features import COUNTS, features
 from ml.disks.labels import failed_on
 from ml.disks.model import predict
 from ml.disks.saved import record_path
+from ml.store import ChecksumMismatch
 
 SLICE = Path(__file__).with_name("backblaze") / "drives-2013-slice.csv.gz"
 COUNT_GRID = [0, 1, 2, 3, 5, 8, 13, 21, 40, 64, 100, 200, 500, 1_000, 3_000, 10_000, 65_535, 200_000]
