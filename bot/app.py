@@ -32,11 +32,12 @@ from bot.pipeline import forecast
 from bot.pipeline.active_model import ActiveModel, ModelKeeper
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
+from bot.pipeline.disks import ActiveDiskModel, Disks
 from bot.pipeline.lifecycle import Incidents, Rules
 from bot.pipeline.poller import Poller
 from bot.pipeline.tolerating import Tolerances
 from bot.pipeline.watch import Watch
-from ml.store import ModelStore
+from ml.store import ModelStore, StoreError, open_disk_store
 
 if TYPE_CHECKING:
     from bot.intake.remote_write_http import KafkaSink, RemoteWriteServer
@@ -64,8 +65,10 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         .build()
     )
     tolerances = Tolerances()
+    disk_model = ActiveDiskModel(open_disk_store(settings.model_store, settings.model_signing_key))
     application.bot_data.update(
-        settings=settings, model=ActiveModel(model_store), retrain_lock=asyncio.Lock(), link=link,
+        settings=settings, model=ActiveModel(model_store), disk_model=disk_model, retrain_lock=asyncio.Lock(),
+        link=link,
         baselines=Baselines(), forecaster=forecast.Forecaster(settings.forecast_hours * 3600, tolerances.edge),
         command_budget=CommandBudget(), tolerances=tolerances,
     )
@@ -152,7 +155,12 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
                   settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone)
     incidents = Incidents(rules, alerts.reply)
-    decider = Decider(incidents, model.drivers, forecaster, baselines, tolerances)
+    disk_model: ActiveDiskModel = application.bot_data["disk_model"]
+    try:
+        await asyncio.to_thread(disk_model.ensure)
+    except StoreError as exc:  # disks are recorded meanwhile; /retrain disk or a restart tries again
+        log.error("no disk model loaded: %s; disks are recorded but not judged", exc)
+    decider = Decider(incidents, model.drivers, forecaster, baselines, tolerances, disks=Disks(disk_model))
     sender = Sender(alerts.renderer(baselines, tolerances), alerts.group_message, settings.alert_edit_s)
     poller = Poller(source, model, decider, partial(sender.run, application.bot), interval, tolerances)
     application.bot_data.update(poller=poller, sender=sender)

@@ -315,6 +315,37 @@ class Expected(BaseModel):
         indexes = ((("device", "metric"), True),)
 
 
+class DiskDay(BaseModel):
+    """One disk's SMART readings on one day (the newest of the day), by serial, and the disk model's verdict on
+    them: what the disk model reads day by day (ml/disks/), and what /disks and /status list."""
+
+    device = pw.CharField(max_length=64)
+    disk = pw.CharField(max_length=64)  # its name on the machine, "sdb"
+    serial = pw.CharField(max_length=100)
+    model = pw.CharField(max_length=100, null=True)
+    day = pw.CharField(max_length=10)  # YYYY-MM-DD, UTC
+    ts = pw.DoubleField()  # of the sample read
+    values = pw.TextField()  # JSON {"smart_5_raw": 0, ...}, as Backblaze names them
+    p = pw.DoubleField(null=True)  # P(it fails within 30 days), by the disk model
+    alert = pw.BooleanField(default=False)
+    explanation = pw.TextField(default="")  # what drove P
+
+    class Meta:
+        table_name = "disk_day"
+        indexes = ((("serial", "day"), True), (("device", "ts"), False))
+
+
+class DiskLabel(Verdict):
+    """A person's verdict on a disk: 1 = it was failing (✅ replaced), 0 = it was fine (❌ wrong). The disk model
+    learns from them on /retrain disk."""
+
+    serial = pw.CharField(max_length=100, index=True)
+    device = pw.CharField(max_length=64)
+
+    class Meta:
+        table_name = "disk_label"
+
+
 class Aggregate(BaseModel):
     """Five minutes of one device's samples older than RETENTION_DAYS (see bot/db/retention.py): per metric the
     minimum (`<name>_min`), the mean (`<name>`, the same column name as a raw sample's) and the maximum."""
@@ -336,7 +367,7 @@ for _name in KNOWN_METRICS:
 
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Digest, Notice, Mute, ForecastLabel, Aggregate, Subscription,
-          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected]
+          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel]
 
 
 def connect(url: str) -> pw.Database:

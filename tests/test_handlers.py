@@ -3,6 +3,7 @@ the real application and client, the fake Bot API over HTTP, a real database; no
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from bot.app import build_application
 from bot.chat import common
 from bot.config import load_settings
 from bot.db.tolerances import tolerate
+from bot.pipeline.disks import Disks
 from ml.store import open_store
 from tests.fakes.scenario import ADMIN, CHAT, bot_env
 from tests.fakes.telegram_api import FakeTelegram
@@ -64,7 +66,9 @@ async def test_a_wrong_argument_gets_the_usage_line(application: Application, te
         "Usage: /status, /status <device> or /status <pattern>, e.g. /status web*"]
     assert await say(application, telegram, "/unmute") == ["Usage: /unmute <pattern>, e.g. /unmute web*"]
     assert await say(application, telegram, "/versions three") == [
-        "Usage: /versions or /versions <version>, e.g. /versions 3"]
+        "Usage: /versions [version], e.g. /versions 3; /versions disk [version] for the disk model"]
+    assert await say(application, telegram, "/versions disk three") == [
+        "Usage: /versions [version], e.g. /versions 3; /versions disk [version] for the disk model"]
     assert await say(application, telegram, "/frobnicate") == ["I don't know that command. /help lists what I can do."]
 
 
@@ -230,3 +234,28 @@ async def test_tolerance_lists_what_a_machine_tolerates_and_only_whoever_set_it_
     assert empty.startswith("<b>build1</b> tolerates nothing of its own")
     for wrong in ("/tolerance", "/tolerance build1 reset cpu", "/tolerance build1 forget"):
         assert (await say(application, telegram, wrong))[0].startswith("Usage: /tolerance <device>")
+
+
+async def test_the_disk_model_has_its_versions_its_riskiest_disks_and_learns_only_from_enough_labels(
+    application: Application, telegram: FakeTelegram,
+) -> None:
+    await asyncio.to_thread(application.bot_data["disk_model"].ensure)
+    assert await say(application, telegram, "/disks") == [
+        "No disk has reported SMART yet: the agent reads it as root (or with CAP_SYS_RAWIO), and Prometheus can "
+        "remote-write smartctl_exporter's series."]
+    readings = {"smart_health": {"sdb": 1}, "smart_5_raw": {"sdb": 3}}
+    db.store_batch([Sample("nas1", time.time(), {"cpu_percent": 5.0}, readings=readings,
+                           notes={"smart_health": {"sdb": "ST3000DM001|Z1F0ABCD"}})], [0.1], 1, [],
+                   on_stored=lambda new: Disks(application.bot_data["disk_model"]).observe(new[0]))
+
+    (versions,) = await say(application, telegram, "/versions disk")
+    (disks,) = await say(application, telegram, "/disks")
+    mark = telegram.call_count()
+    await say(application, telegram, "/retrain disk")  # answered in a task of its own: retraining takes a while
+    retrain = (await asyncio.to_thread(telegram.wait_for_message, CHAT, after=mark))["text"]
+    (rollback,) = await say(application, telegram, "/rollback disk")
+
+    assert "▶ v1" in versions and "3060 drives, 60 failed" in versions and "27/60 warned ≥ 7 days ahead" in versions
+    assert "nas1 sdb ST3000DM001 Z1F0ABCD: P " in disks
+    assert retrain.startswith("The disk model learns from the fleet's disks once at least 2 are labelled failing")
+    assert rollback == "v1 is the oldest version: nothing to roll back to."

@@ -37,7 +37,7 @@ from bot.pipeline.baselines import Baselines, Usual
 from bot.pipeline.forecast import Forecast
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
-from schema.conditions import Condition, Event, Severity, parse_key
+from schema.conditions import Condition, Event, Predicted, Severity, parse_key
 from schema.domain import ACTIONS_OF, FILESYSTEM, SNOOZE_HOURS, Action, Kind, Reply, State
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
     elif incident.kind == Kind.STRESSED and incident.acked_by is None:
         verdict = [button("✅ Correct", Action.CORRECT), button("❌ Wrong prediction", Action.WRONG_PREDICTION)]
     elif incident.kind == Kind.CONDITION and incident.acked_by is None:
-        verdict = [button("✅ Correct", Action.CORRECT), button("❌ Expected here", Action.EXPECTED)]
+        disk = _is_disk(incident)
+        verdict = [button("✅ Replaced" if disk else "✅ Correct", Action.CORRECT),
+                   button("❌ Wrong" if disk else "❌ Expected here", Action.EXPECTED)]
     else:
         verdict = []
     rows = [row for row in (verdict, [*snooze, chart] if incident.kind != Kind.SILENT else snooze) if row]
@@ -170,6 +172,12 @@ def described(incident: Incident) -> str:
     return f"{condition.title} ({obj})" if obj else condition.title
 
 
+def _is_disk(incident: Incident) -> bool:
+    """A disk the disk model judged: answered ✅ replaced or ❌ wrong, it never recovers by itself."""
+    found = condition_of(incident)
+    return found is not None and isinstance(found[0].rule, Predicted)
+
+
 def condition_alert(incident: Incident) -> str:
     """A condition's message: the machine, the evidence, since when and what to do; once over, how long it lasted."""
     detail, device = incident.detail, escape(incident.device)
@@ -178,9 +186,16 @@ def condition_alert(incident: Incident) -> str:
     evidence = escape(detail.evidence)
     if found is not None and isinstance(found[0].rule, Event):
         return f"{severity_icon(Severity.INFO)} <b>{device}</b> {evidence} ({when(incident.opened_ts)}){todo}"
+    if _is_disk(incident) and incident.state != State.OPEN:
+        answered = incident.state == State.RESOLVED and incident.acked_by
+        how = (f"marked replaced by {escape(incident.acked_by)}" if answered
+               else "said to be fine" if incident.state == State.FALSE_ALARM else "no longer on the machine")
+        return (f"✅ <b>{device}</b>: {escape(described(incident))} {how} after "
+                f"{lasted((incident.resolved_ts or incident.last_ts) - incident.opened_ts)}\nWas: {evidence}")
     if incident.state == State.OPEN:
         critical = " · critical" if detail.severity == Severity.CRITICAL else ""
-        return (f"{severity_icon(detail.severity)} <b>{device}</b>: {evidence}\n"
+        icon = "💽" if _is_disk(incident) else severity_icon(detail.severity)
+        return (f"{icon} <b>{device}</b>: {evidence}\n"
                 f"Since {when(incident.opened_ts)} ({ago(incident.last_ts - incident.opened_ts)}){critical}{todo}")
     if incident.state == State.RESOLVED:
         return (f"✅ <b>{device}</b>: {escape(described(incident))} cleared after "
@@ -230,6 +245,11 @@ def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None =
     """What the person who pressed a button on an incident is told (`tolerated`: what a ❌ made the machine
     tolerate; `metric`: a forecast's or a condition's)."""
     found = parse_key(metric)
+    if found is not None and isinstance(found[0].rule, Predicted) and action in (Action.CORRECT, Action.EXPECTED):
+        if action == Action.CORRECT:
+            return f"Thanks: the disk {found[1]} of {device} is marked replaced; /retrain disk learns from it."
+        return (f"Thanks: the disk {found[1]} of {device} is labelled fine; it alerts no more unless Undo. "
+                "/retrain disk learns from it.")
     if found is not None and action in (Action.CORRECT, Action.EXPECTED):
         condition, obj = found
         if action == Action.CORRECT:

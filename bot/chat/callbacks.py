@@ -22,7 +22,7 @@ CANCEL = "cancel"
 CANCEL_PATTERN = rf"^{CANCEL}$"
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
 _MISSED_RE = re.compile(r"missed:(\d{1,18}):([A-Za-z0-9_-]{11})")
-_ACTIVATE_RE = re.compile(r"activate:(\d{1,9})")
+_ACTIVATE_RE = re.compile(r"activate:(disk:)?(\d{1,9})")
 _EXPAND_RE = re.compile(r"one:(\d{1,18})")
 
 
@@ -56,14 +56,15 @@ def parse_missed(data: str | None, chat_id: int, key: bytes) -> int | None:
     return int(match[1])
 
 
-def activate(version: int) -> str:
-    """Activate (or roll back to) a model version."""
-    return f"activate:{version}"
+def activate(version: int, disk: bool = False) -> str:
+    """Activate (or roll back to) a version of the machine model, or of the disk model."""
+    return f"activate:{'disk:' if disk else ''}{version}"
 
 
-def parse_activate(data: str | None) -> int | None:
+def parse_activate(data: str | None) -> tuple[bool, int] | None:
+    """(of the disk model, version) of an activate button, or None."""
     match = _ACTIVATE_RE.fullmatch(data or "")
-    return int(match[1]) if match else None
+    return (bool(match[1]), int(match[2])) if match else None
 
 
 def expand(incident_id: int) -> str:

@@ -12,9 +12,12 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler, ContextTypes
 
+from bot import db
 from bot.chat import callbacks, common
 from bot.chat.formatting import escape, pre
-from bot.pipeline.active_model import ModelNews
+from bot.pipeline.active_model import ActiveModel, ModelNews
+from bot.pipeline.disks import ActiveDiskModel
+from ml import artifact, disks
 from ml.data import training_frame
 from ml.features import FEATURES
 from ml.retrain import Retrained, retrain
@@ -27,8 +30,10 @@ log = logging.getLogger(__name__)
 CANCELLED = "Cancelled."
 CANCELLED_NOTHING_CHANGED = "Cancelled: nothing changed."
 RETRAIN_RUNNING = "A retrain is already running; its result will be posted here."
-ROLLBACK_USAGE = "Usage: /rollback or /rollback <version>, e.g. /rollback 3"
-VERSIONS_USAGE = "Usage: /versions or /versions <version>, e.g. /versions 3"
+ROLLBACK_USAGE = ("Usage: /rollback [version], e.g. /rollback 3; /rollback disk [version] for the disk model")
+VERSIONS_USAGE = "Usage: /versions [version], e.g. /versions 3; /versions disk [version] for the disk model"
+DISK = "disk"  # the first word of /versions, /retrain and /rollback about the disk model
+MIN_FAILED_DISKS = 2  # disks labelled failing (✅ replaced) before the disk model can learn from the fleet
 
 
 def retrain_progress(step: str) -> str:
@@ -59,10 +64,10 @@ def retrain_result(result: Retrained, activated: bool) -> str:
     )
 
 
-def activate_keyboard(version: int, label: str) -> InlineKeyboardMarkup:
-    """A confirmation button that activates a model version, and one that cancels."""
+def activate_keyboard(version: int, label: str, disk: bool = False) -> InlineKeyboardMarkup:
+    """A confirmation button that activates a version (of the disk model with `disk`), and one that cancels."""
     return InlineKeyboardMarkup([[
-        InlineKeyboardButton(label, callback_data=callbacks.activate(version)),
+        InlineKeyboardButton(label, callback_data=callbacks.activate(version, disk)),
         InlineKeyboardButton("Cancel", callback_data=callbacks.CANCEL),
     ]])
 
@@ -77,6 +82,44 @@ def versions(listing: list[ModelVersion], active: int | None) -> str:
 def version(record: ModelVersion, active: int | None) -> str:
     """/versions <n>: one version in full, with its calibration on the holdout."""
     return f"<b>Model v{record.version}</b>\n{pre(version_detail(record, active).splitlines())}"
+
+
+def _figures(meta: dict) -> str:
+    """'27/60 warned ≥ 7 days ahead at 1.90 % of healthy disks flagged': a disk model's held-out figures."""
+    found = meta.get("evaluation", {}).get("model", {})
+    if not found:
+        return "n/a"
+    return (f"{found['ahead']}/{found['failing']} warned ≥ 7 days ahead at {100 * found['flagged_share']:.2f} % of "
+            "healthy disks flagged")
+
+
+def disk_versions(listing: list[ModelVersion], active: int | None) -> str:
+    """/versions disk: the disk model's versions, newest first, with what each was trained on and how it scored
+    on drives it never saw."""
+    if not listing:
+        return "The disk model's store is empty: the bot saves the model that ships there on start."
+    lines = []
+    for v in reversed(listing):
+        trained = v.meta.get("trained_on", {})
+        lines.append(f"{'▶' if v.version == active else ' '} v{v.version} {v.created[:16].replace('T', ' ')}  "
+                     f"{trained.get('drives', 0)} drives, {trained.get('failed', 0)} failed; threshold "
+                     f"{v.meta.get('threshold', 0):.3f}; {_figures(v.meta)}")
+    return f"<b>Disk model versions</b> (▶ active)\n{pre(lines)}"
+
+
+def disk_retrain_result(version: int, meta: dict) -> str:
+    """The disk model trained on the fleet's own disks: saved, and activated only by an admin's button."""
+    trained = meta.get("trained_on", {})
+    return (f"<b>Disk model v{version} trained</b> on {trained.get('drives', 0)} disks of the fleet "
+            f"({trained.get('failed', 0)} labelled failing, {trained.get('labels', 0)} labels) over "
+            f"{trained.get('readings', 0)} daily readings.\nOn disks it never saw: {escape(_figures(meta))}.\n"
+            "It is saved, not active: the fleet's own labels are few, so a person decides.")
+
+
+def too_few_failed(failed: int) -> str:
+    return (f"The disk model learns from the fleet's disks once at least {MIN_FAILED_DISKS} are labelled failing "
+            f"(✅ Replaced on a disk's alert); {failed} {'is' if failed == 1 else 'are'} so far. The model that "
+            "ships stays in use.")
 
 
 def confirm_rollback(current: int | None, target: ModelVersion) -> str:
@@ -146,13 +189,29 @@ def version_activated(version: int, who: str) -> str:
     return f"✅ Model v{version} is active now (by {escape(who)})."
 
 
+def _of_disks(context: ContextTypes.DEFAULT_TYPE) -> tuple[bool, list[str]]:
+    """Whether a command is about the disk model (its first word is "disk"), and its other words."""
+    args = context.args or []
+    return (True, args[1:]) if args and args[0].lower() == DISK else (False, args)
+
+
+def _holder(context: ContextTypes.DEFAULT_TYPE, disk: bool) -> ActiveModel | ActiveDiskModel:
+    return context.bot_data["disk_model"] if disk else common.model_of(context)
+
+
 async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/retrain (admins): train off the event loop, edit a progress message, compare, activate if not worse."""
+    """/retrain (admins): train off the event loop, edit a progress message, compare, activate if not worse;
+    /retrain disk: train the disk model on the fleet's disks and labels, saved for an admin to activate."""
     if not await common.is_admin(update, context, "/retrain"):
         return
     lock: asyncio.Lock = context.bot_data["retrain_lock"]
     if lock.locked():
         await update.effective_message.reply_text(RETRAIN_RUNNING)
+        return
+    disk, _args = _of_disks(context)
+    if disk:
+        async with lock:
+            await _retrain_disks(update, context)
         return
     async with lock:
         model = common.model_of(context)
@@ -184,17 +243,41 @@ async def retrain_command(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         await common.edit(progress, retrain_result(result, activated=result.better), markup)
 
 
+async def _retrain_disks(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Train the disk model on the fleet's daily readings and people's labels; save it, offer to activate it."""
+    labels = await asyncio.to_thread(db.disks.labels)
+    failed = sum(value == 1 for value in labels.values())
+    if failed < MIN_FAILED_DISKS:
+        await update.effective_message.reply_text(too_few_failed(failed))
+        return
+    progress = await update.effective_message.reply_text(retrain_progress("training the disk model"))
+    store = _holder(context, True).store
+    try:
+        pipeline, meta = await asyncio.to_thread(disks.train, await asyncio.to_thread(db.disks.every_day), labels)
+        saved = await asyncio.to_thread(store.save, artifact.dumps(pipeline), meta)
+    except (StoreError, ValueError) as exc:  # too few disks of one kind to score, or the store is out
+        await common.edit(progress, retrain_failed(exc, _holder(context, True).version))
+        return
+    await common.edit(progress, disk_retrain_result(saved.version, meta),
+                      activate_keyboard(saved.version, f"Activate disk model v{saved.version}", disk=True))
+
+
 async def versions_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/versions: every model version, newest first; /versions <n>: one in full."""
-    args = context.args or []
+    """/versions: every model version, newest first; /versions <n>: one in full; /versions disk: the disk
+    model's."""
+    disk, args = _of_disks(context)
     if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
         await update.effective_message.reply_text(VERSIONS_USAGE)
         return
-    model_store = common.model_of(context).store
+    model_store = _holder(context, disk).store
     try:
         listing, active = await asyncio.to_thread(lambda: (model_store.versions(), model_store.active()))
     except StoreError as exc:
         await update.effective_message.reply_text(store_unreadable(exc))
+        return
+    if disk:
+        chosen = [r for r in listing if not args or r.version == int(args[0].lstrip("v"))]
+        await update.effective_message.reply_text(disk_versions(chosen, active), parse_mode=ParseMode.HTML)
         return
     if not args:
         await update.effective_message.reply_text(versions(listing, active), parse_mode=ParseMode.HTML)
@@ -211,11 +294,11 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     """/rollback [version] (admins): ask to confirm going back to the previous or the given version."""
     if not await common.is_admin(update, context, "/rollback"):
         return
-    args = context.args or []
+    disk, args = _of_disks(context)
     if len(args) > 1 or (args and not re.fullmatch(r"v?\d{1,9}", args[0])):
         await update.effective_message.reply_text(ROLLBACK_USAGE)
         return
-    model = common.model_of(context)
+    model = _holder(context, disk)
     try:
         listing = await asyncio.to_thread(model.store.versions)
     except StoreError as exc:
@@ -238,7 +321,7 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         return
     await update.effective_message.reply_text(
         confirm_rollback(model.version, by_number[target]), parse_mode=ParseMode.HTML,
-        reply_markup=activate_keyboard(target, roll_back_to(target)),
+        reply_markup=activate_keyboard(target, roll_back_to(target), disk),
     )
 
 
@@ -247,12 +330,13 @@ async def activate_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     query = update.callback_query
     if not await common.is_admin(update, context, "this button"):
         return
-    version = callbacks.parse_activate(query.data)
-    if version is None:
+    parsed = callbacks.parse_activate(query.data)
+    if parsed is None:
         await query.answer(common.INVALID_BUTTON)
         return
+    disk, version = parsed
     await query.answer(activating(version))  # loading a version can take a while: the button stops spinning
-    model = common.model_of(context)
+    model = _holder(context, disk)
     try:
         await asyncio.to_thread(model.activate, version)
     except UnknownVersion:

@@ -21,6 +21,7 @@ filesystem out of inodes or read-only, processes killed for memory, a clock out 
 /status &lt;device&gt;: one machine: its latest sample, usual ranges, forecast and a chart of its last 2 hours
 /chart &lt;device&gt; [hours]: a chart of one machine over the last hours (1 to 720; 2 by default)
 /status &lt;pattern&gt;: the machines whose names match, e.g. /status web*
+/disks: the fleet's disks most likely to fail within 30 days, from their SMART counters
 /mute &lt;pattern&gt; [duration] [reason]: no alerts for machines under maintenance (default 1 h), e.g. \
 /mute web* 2h deploy
 /mute &lt;pattern&gt; &lt;days&gt; &lt;hh:mm-hh:mm&gt; [reason]: a recurring window, e.g. /mute db1 daily 02:00-03:00 \
@@ -46,6 +47,7 @@ machine until the metric is back in its usual range. On a 🛠 problem, <b>❌ E
 problem alerting on that machine until <b>↩️ Undo</b>."""
 COMMANDS = [  # the command menu
     BotCommand("status", "every machine, or /status <device> for one"),
+    BotCommand("disks", "the disks most likely to fail"),
     BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
     BotCommand("mute", "no alerts for machines under maintenance: /mute <pattern> 2h"),
     BotCommand("muted", "the mutes and maintenance windows"),

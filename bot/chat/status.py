@@ -33,7 +33,7 @@ from bot.chat.formatting import (
     usual_range,
     when,
 )
-from bot.db import Expected, Incident, Rejected, StoredSample, Tolerance, tolerances
+from bot.db import DiskDay, Expected, Incident, Rejected, StoredSample, Tolerance, tolerances
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES
@@ -131,7 +131,7 @@ def device_status(
     usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
     horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Container[str] = NONE,
     tolerances: list[Tolerance] | None = None, problems: list[Incident] | None = None,
-    expected: list[Expected] | None = None,
+    expected: list[Expected] | None = None, disks: list[DiskDay] | None = None,
 ) -> str:
     """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
     model version, its open conditions, what it could not read, what it tolerates and where disk, memory and swap
@@ -157,6 +157,7 @@ def device_status(
         f"{pre(rows or ['(no metrics)'])}\n"
         + "".join(f"{line}\n" for line in tops)
         + _problems(problems or [], now)
+        + (f"Disks:\n{pre(disk_lines(disks))}\n" if disks else "")
         + _unreadable(sample.unreadable)
         + tolerance.tolerates(tolerances or [], expected)
         + forecast_summary(forecasts or {}, horizon_s)
@@ -175,6 +176,37 @@ def _unreadable(unreadable: Mapping[str, str] | None) -> str:
         return ""
     return "Not readable here: " + ", ".join(f"{escape(source)} ({escape(why)})"
                                               for source, why in sorted(unreadable.items())) + "\n"
+
+
+FLEET_DISKS = 20  # the riskiest disks /disks lists
+
+
+def fleet_disks(rows: list[DiskDay]) -> str:
+    """/disks: the fleet's riskiest disks, with what drove each one's P."""
+    if not rows:
+        return ("No disk has reported SMART yet: the agent reads it as root (or with CAP_SYS_RAWIO), and Prometheus "
+                "can remote-write smartctl_exporter's series.")
+    lines = [f"{row.device} {line}" for row, line in zip(rows[:FLEET_DISKS], disk_lines(rows[:FLEET_DISKS]),
+                                                           strict=True)]
+    more = f"\n… and {len(rows) - FLEET_DISKS:,} more" if len(rows) > FLEET_DISKS else ""
+    head = f"<b>Disks: {plural(len(rows), 'disk')}</b>, the riskiest first (P: fails within 30 days)"
+    return f"{head}\n{pre(lines)}{more}"
+
+
+async def disks_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/disks: the fleet's riskiest disks."""
+    rows = await asyncio.to_thread(db.disks.latest)
+    await update.effective_message.reply_text(fleet_disks(rows), parse_mode=ParseMode.HTML)
+
+
+def disk_lines(rows: list[DiskDay]) -> list[str]:
+    """'sdb ST3000DM001 Z1F0ABCD: P 64 % ⚠️ reallocated sectors 0 → 48 in 6 days': each disk, riskiest first."""
+    lines = []
+    for row in rows:
+        risk = "no verdict yet" if row.p is None else f"P {100 * row.p:.1f} %{' ⚠️' if row.alert else ''}"
+        why = f" · {row.explanation}" if row.explanation and row.alert else ""
+        lines.append(f"{row.disk} {row.model or '?'} {row.serial}: {risk}{why}")
+    return lines
 
 
 def _cut(label: str) -> str:
@@ -289,14 +321,14 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         else:
             usual = await asyncio.to_thread(common.baselines_of(context).get, sample.device)
             forecasts = await asyncio.to_thread(common.forecaster_of(context).forecasts, sample.device)
-            silent, muted, tolerated, expected, problems = await asyncio.to_thread(
+            silent, muted, tolerated, expected, problems, disks = await asyncio.to_thread(
                 lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
                          tolerances.tolerances(sample.device), tolerances.expected(sample.device),
-                         db.open_conditions(sample.device).get(sample.device, [])))
+                         db.open_conditions(sample.device).get(sample.device, []), db.disks.latest(sample.device)))
             text = device_status(sample, settings.alert_threshold, common.model_of(context).version, usual=usual,
                                  forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
                                  silent=silent, muted=muted, tolerances=tolerated, problems=problems,
-                                 expected=expected)
+                                 expected=expected, disks=disks)
             markup = missed_keyboard(sample.id, update.effective_chat.id, common.button_key(context))
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:
@@ -366,5 +398,6 @@ async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 
 def handlers() -> list[BaseHandler]:
     return [CommandHandler("status", status_command), CommandHandler("chart", chart_command),
+            CommandHandler("disks", disks_command),
             CommandHandler("rejected", rejected_command),
             CallbackQueryHandler(missed_button, pattern=callbacks.MISSED_PATTERN)]

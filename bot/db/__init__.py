@@ -4,6 +4,7 @@ Every function here blocks: callers on the event loop go through ``asyncio.to_th
 live in `schema`, which ml/ reads too.
 """
 
+from bot.db import disks
 from bot.db.connection import (
     CHECKPOINT_S,
     checkpoint,
@@ -48,6 +49,8 @@ from schema.tables import (
     Aggregate,
     Device,
     Digest,
+    DiskDay,
+    DiskLabel,
     Expected,
     ForecastHold,
     ForecastLabel,
@@ -76,6 +79,8 @@ __all__ = [
     "ChartSeries",
     "Device",
     "Digest",
+    "DiskDay",
+    "DiskLabel",
     "Expected",
     "ForecastHold",
     "ForecastLabel",
@@ -101,6 +106,7 @@ __all__ = [
     "db",
     "device_count",
     "devices",
+    "disks",
     "history_points",
     "incident_for_button",
     "incident_spans",

@@ -8,7 +8,8 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import tzinfo
 
-from bot.db import tolerances
+from bot.db import disks, tolerances
+from schema.conditions import Predicted, parse_key
 from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window, metric_key
 from schema.tables import Expected, ForecastLabel, Incident, Label, Mute, Notice, Tolerance, db
 
@@ -88,6 +89,11 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
         elif incident.kind == Kind.CONDITION:
             add_forecast_label(incident.id, int(action == Action.CORRECT), user_id, user_name)
             incident.acked_by, incident.acked_at = user_name, now
+            found = parse_key(incident.detail.metric)
+            if found is not None and isinstance(found[0].rule, Predicted):  # a disk: ✅ replaced, ❌ it was fine
+                disks.label(found[1], incident.device, int(action == Action.CORRECT), user_id, user_name)
+                if action == Action.CORRECT:
+                    incident.state, incident.resolved_ts = State.RESOLVED, now
             if action == Action.EXPECTED:
                 tolerances.expect(incident.device, incident.detail.metric, incident.id, user_id, user_name, now)
                 incident.state, incident.resolved_ts = State.FALSE_ALARM, incident.resolved_ts or incident.last_ts

@@ -26,14 +26,21 @@ from operator import attrgetter
 from bot.db import Incident, StoredSample, incidents, ingest, muting, tolerances
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.conditions import Conditions, State, Verdict
+from bot.pipeline.disks import Disk, Disks
 from bot.pipeline.forecast import Forecast, Forecaster, inodes, zone
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
-from schema.conditions import Severity, parse_key
+from schema.conditions import CONDITIONS, Count, Event, Evidence, Fact, Severity, key, parse_key
 from schema.domain import FILESYSTEM, INODES, IncidentDetail, Kind, Muting, Reply
 
 Drivers = Callable[[dict[str, float]], list[str]]
+FAILING = CONDITIONS["disk_failing"]
+
+
+def disk_evidence(disk: Disk) -> Evidence:
+    """What a failing disk's alert says of it: its name, model and serial."""
+    return Evidence(disk.disk, {}, {"smart_health": f"{disk.model}|{disk.serial}"})
 
 
 def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -71,7 +78,8 @@ class Decider:
     """Walks a batch's new samples through the incidents' state machines; blocks on the store."""
 
     def __init__(self, incidents: Incidents, drivers: Drivers, forecaster: Forecaster, baselines: Baselines,
-                 tolerances: Tolerances | None = None, conditions: Conditions | None = None) -> None:
+                 tolerances: Tolerances | None = None, conditions: Conditions | None = None,
+                 disks: Disks | None = None) -> None:
         self.incidents = incidents
         self.rules = incidents.rules
         self.drivers = drivers
@@ -79,6 +87,7 @@ class Decider:
         self.baselines = baselines
         self.tolerances = tolerances
         self.conditions = Conditions() if conditions is None else conditions
+        self.disks = Disks(None) if disks is None else disks
 
     def _stressed(self, sample: StoredSample) -> IncidentDetail:
         return stressed_detail(sample, drivers_of(sample, self.drivers, self.tolerances))
@@ -101,6 +110,7 @@ class Decider:
                 self.incidents.resolve(silent, samples[0].ts, Reply.REPORTING_AGAIN, now)
             self._follow(device, samples, open_incidents.get((device, Kind.STRESSED)), device in muted, now)
             self._conditions(device, samples, open_incidents, device in muted, now)
+            self._disks(device, samples, open_incidents, device in muted, now)
         self._forecasts(ordered, by_device, open_incidents, muted, now)
 
     def _follow(self, device: str, samples: list[StoredSample], incident: Incident | None, muted: bool,
@@ -133,8 +143,9 @@ class Decider:
     def _conditions(self, device: str, samples: list[StoredSample],
                     open_incidents: dict[tuple[str, str], Incident], muted: bool, now: float) -> None:
         """Walk one device's new samples through its conditions: open, keep up to date, resolve."""
-        opened = {metric: incident for (name, metric), incident in open_incidents.items()
-                  if name == device and incident.kind == Kind.CONDITION}
+        opened = {metric: open_incidents.pop((name, metric)) for name, metric in list(open_incidents)
+                  if name == device and open_incidents[(name, metric)].kind == Kind.CONDITION
+                  and (found := parse_key(metric)) is not None and isinstance(found[0].rule, Fact | Count | Event)}
         for sample in samples:
             verdicts, whole = self.conditions.observe(sample)
             for verdict in verdicts:
@@ -143,7 +154,36 @@ class Decider:
                     and found[0].reading in whole and all(v.metric != metric for v in verdicts)]
             for metric in gone:  # the object is no longer in a reading that is whole: unmounted, stopped, removed
                 self.incidents.resolve(opened.pop(metric), sample.ts, Reply.RECOVERED, now)
-        open_incidents.update({(device, metric): incident for metric, incident in opened.items()})
+        open_incidents.update({(device, metric): incident for metric, incident in opened.items()})  # still open
+
+    def _disks(self, device: str, samples: list[StoredSample],
+               open_incidents: dict[tuple[str, str], Incident], muted: bool, now: float) -> None:
+        """A disk the disk model says is likely to fail opens its incident; it stays open, kept up to date, until a
+        person answers it or the disk leaves the machine."""
+        for sample in samples:
+            found = self.disks.observe(sample)
+            if found is None:
+                continue
+            for disk in found:
+                metric = key(FAILING.name, disk.serial)
+                incident = open_incidents.get((device, metric))
+                if incident is None and not disk.alert:
+                    continue
+                evidence = f"{FAILING.says(disk_evidence(disk))} (P {disk.p:.0%}): {disk.explanation}"
+                verdict = Verdict(FAILING, disk.serial, State.OPEN, evidence, FAILING.severity)
+                if incident is None:
+                    if not muted and not (self.tolerances is not None and self.tolerances.expects(device, metric)):
+                        open_incidents[(device, metric)] = self.incidents.open(
+                            device, Kind.CONDITION, sample, sample.ts,
+                            IncidentDetail(metric=metric, ts=sample.ts, evidence=evidence, severity=FAILING.severity),
+                            now)
+                    continue
+                self._verdict(device, sample, verdict, {metric: incident}, muted, now)
+            serials = {disk.serial for disk in found}
+            for name, metric in list(open_incidents):
+                found_key = parse_key(metric) if name == device else None
+                if found_key is not None and found_key[0] is FAILING and found_key[1] not in serials:
+                    self.incidents.resolve(open_incidents.pop((name, metric)), sample.ts, Reply.RECOVERED, now)
 
     def _verdict(self, device: str, sample: StoredSample, verdict: Verdict, opened: dict[str, Incident],
                  muted: bool, now: float) -> None:

@@ -15,7 +15,7 @@ from ml.store.folder import FileStore
 from ml.store.s3 import S3Store
 
 __all__ = ["BadIndex", "ChecksumMismatch", "FileStore", "IndexChanged", "ModelStore", "ModelVersion", "Refused",
-           "S3Store", "StoreError", "UnknownVersion", "open_store"]
+           "S3Store", "StoreError", "UnknownVersion", "open_disk_store", "open_store"]
 
 
 def open_store(url: str, signing_key: str | None = None) -> ModelStore:
@@ -34,3 +34,15 @@ def open_store(url: str, signing_key: str | None = None) -> ModelStore:
         if directory:
             return FileStore(directory, key)
     raise ValueError(f"MODEL_STORE must be file:<dir> or s3://bucket/prefix, got {url!r}")
+
+
+DISKS = "disks"  # where the disk model's versions live in a store: beside the machine model's
+
+
+def open_disk_store(url: str, signing_key: str | None = None) -> ModelStore:
+    """The disk model's versions in the store MODEL_STORE names: its folder or prefix `disks/`, versioned and
+    signed as the machine model's are."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        return open_store(f"s3://{bucket}/{prefix.rstrip('/') + '/' if prefix else ''}{DISKS}", signing_key)
+    return open_store(f"{url.rstrip('/')}/{DISKS}", signing_key)
