@@ -102,7 +102,7 @@ READINGS: dict[str, Reading] = {
 }
 # What a sender can say it could not read, with why (`"unreadable": {source: reason}`): never taken for "all fine".
 SOURCES = ("filesystems", "raid", "systemd", "oom", "kernel log", "clock", "file descriptors", "conntrack",
-           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon")
+           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon", "process ids")
 
 
 # Pseudo and virtual filesystems, which hold no data of the machine's own: node_exporter's defaults, an empty
