@@ -1,5 +1,5 @@
 """What the agent measures: the known metrics of this machine, declared as data in one table, every real
-filesystem, and the processes using the most CPU and memory."""
+filesystem, the processes using the most CPU and memory, and the readings of agent/readings.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from typing import NamedTuple
 
 import psutil
 
+from agent.kernel import Roots
 from agent.log_once import Once
+from agent.readings import Readings
 from agent.vocabulary import DEVICE_RE, below, is_disk
 from agent.wire import (
     MAX_FILESYSTEMS,
@@ -128,12 +130,17 @@ class FilesystemFilter:
 
 
 class Reading(NamedTuple):
-    """One sample of this machine: its metrics, its filesystems (percent used by mount point) and its top
-    processes ("cpu"/"memory" -> (name, pid, percent)); the last two empty where there are none."""
+    """One sample of this machine, in the order of agent/wire.encode's arguments: its metrics, its filesystems
+    (percent used by mount point) and its top processes ("cpu"/"memory" -> (name, pid, percent)), empty where
+    there are none; its readings (reading -> object -> value, agent/readings.py), their notes, and the sources it
+    could not read with why."""
 
     metrics: dict[str, float]
     filesystems: dict[str, float]
     processes: dict[str, list[tuple[str, int, float]]]
+    readings: dict[str, dict[str, float]]
+    notes: dict[str, dict[str, str]]
+    unreadable: dict[str, str]
 
 
 def _clean_name(name: str) -> str:
@@ -201,22 +208,35 @@ def _add(totals: dict[str, list[float]], name: str, percent: float, pid: int) ->
 
 
 class Collector:
-    """Samples the metrics this machine has; one that fails here is left out, never sent as 0."""
+    """Samples the metrics this machine has; one that fails here is left out, never sent as 0.
+
+    `roots` says where the machine's /proc, /sys and / are (the agent's --procfs, --sysfs, --rootfs); psutil reads
+    that /proc too, which is one setting for the whole process (psutil.PROCFS_PATH), so an agent has one collector.
+    """
 
     def __init__(self, metrics: Sequence[Metric] = METRICS, filesystems: FilesystemFilter | None = FilesystemFilter(),
-                 processes: bool = True) -> None:
+                 processes: bool = True, roots: Roots | None = None) -> None:
+        roots = roots or Roots()
+        psutil.PROCFS_PATH = str(roots.procfs)
         self._metrics = tuple(metrics)
         self._filter = filesystems
         self._processes = TopProcesses() if processes else None
+        self._readings = Readings(roots)
         self._previous: dict[str, tuple[float, float]] = {}  # counter name -> (reading, monotonic time)
         self._unavailable = Once(log, logging.INFO)  # by what is not available, for good
         # psutil measures CPU use since the previous call; this first call starts the clock.
         psutil.cpu_percent(interval=None)
 
     def read(self) -> Reading:
-        """The current metrics, filesystems and top processes. `disk_percent` is the fullest filesystem; rates and
-        processes' CPU use need a previous sample, so the first has none."""
-        filesystems = self.filesystems()
+        """The current metrics, filesystems, top processes and readings. `disk_percent` is the fullest filesystem;
+        rates, processes' CPU use and readings since the previous sample need a previous sample, so the first has
+        none of them."""
+        try:
+            mounts: dict[str, str] | str = self.mounts()
+        except Exception as exc:
+            self._report_once("filesystems", f"{type(exc).__name__}: {exc}")
+            mounts = f"the mount table cannot be read ({type(exc).__name__}: {exc})"
+        filesystems = self.filesystems(mounts) if isinstance(mounts, dict) else {}
         metrics = self.sample()
         if filesystems and "disk_percent" in metrics:
             metrics["disk_percent"] = max(filesystems.values())
@@ -226,20 +246,18 @@ class Collector:
                 processes = self._processes.read()
             except Exception as exc:
                 self._report_once("processes", f"{type(exc).__name__}: {exc}")
-        return Reading(metrics, filesystems, processes)
+        sampled = self._readings.read(mounts)
+        metrics.update(sampled.metrics)
+        return Reading(metrics, filesystems, processes, sampled.readings, sampled.notes, sampled.unreadable)
 
-    def filesystems(self) -> dict[str, float]:
-        """Percent used of each real filesystem by mount point, the fullest MAX_FILESYSTEMS; a filesystem mounted
-        at several places (bind mounts) once, at its shortest mount point."""
+    def mounts(self) -> dict[str, str]:
+        """The real filesystems to report, by mount point, with their mount options ("rw,relatime"); a filesystem
+        mounted at several places (bind mounts) once, at its shortest mount point. Raises when the mount table
+        cannot be read."""
         if self._filter is None:
             return {}
-        try:
-            partitions = psutil.disk_partitions(all=True)
-        except Exception as exc:
-            self._report_once("filesystems", f"{type(exc).__name__}: {exc}")
-            return {}
-        by_device: dict[int, str] = {}  # st_dev -> mount point: a filesystem mounted at several places, once
-        for part in partitions:
+        by_device: dict[int, tuple[str, str]] = {}  # st_dev -> (mount point, options)
+        for part in psutil.disk_partitions(all=True):
             mount = part.mountpoint
             if not self._filter.reports(mount, part.fstype):
                 continue
@@ -253,10 +271,14 @@ class Collector:
                 continue
             if not S_ISDIR(stat.st_mode):  # a file bind-mounted over another (a container's /etc/hosts)
                 continue
-            if stat.st_dev not in by_device or len(mount) < len(by_device[stat.st_dev]):
-                by_device[stat.st_dev] = mount
+            if stat.st_dev not in by_device or len(mount) < len(by_device[stat.st_dev][0]):
+                by_device[stat.st_dev] = (mount, part.opts)
+        return dict(by_device.values())
+
+    def filesystems(self, mounts: dict[str, str]) -> dict[str, float]:
+        """Percent used of each filesystem of `mounts` by mount point, the fullest MAX_FILESYSTEMS."""
         used: dict[str, float] = {}
-        for mount in by_device.values():
+        for mount in mounts:
             try:
                 usage = psutil.disk_usage(mount)
             except Exception as exc:

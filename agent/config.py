@@ -9,9 +9,11 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
 from agent.collect import FilesystemFilter, default_device_id
+from agent.kernel import Roots
 from agent.vocabulary import DEVICE_RE, ConfigError, command_name
 from agent.wire import MAX_MOUNT_POINT
 
@@ -31,6 +33,7 @@ class AgentConfig:
     bootstrap_servers: str | None  # None only with --once, which needs no Kafka
     topic: str
     filesystems: FilesystemFilter = field(default_factory=FilesystemFilter)
+    roots: Roots = field(default_factory=Roots)  # where the machine's /proc, /sys and / are
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +73,18 @@ def _fs_list(value: str, name: str) -> frozenset[str]:
     return frozenset(entry.rstrip("/") or "/" for entry in entries)
 
 
+# Where the agent reads the machine's /proc, /sys and / (a container's view of its host, a test's tree): each
+# option with its variable and its default.
+_ROOTS = {"procfs": ("AGENT_PROCFS", "/proc"), "sysfs": ("AGENT_SYSFS", "/sys"), "rootfs": ("AGENT_ROOTFS", "/")}
+
+
+def _root(value: str, name: str, default: str) -> Path:
+    """A folder the agent reads the machine from, made absolute so that its log names where it looked."""
+    if not value.isprintable() or not Path(value).is_dir():
+        raise ConfigError(f"{name}: {value[:80]!r} is not a folder (where the machine's {default} is)")
+    return Path(value).absolute()
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog=command_name("agent"), description="Sample this machine and publish its metrics to Kafka.")
     parser.add_argument(
@@ -89,6 +104,12 @@ def _parser() -> _Parser:
         help="filesystem types or mount points (with all below them) not to report, comma-separated, e.g. "
              "nfs,/boot/efi (default: AGENT_FS_EXCLUDE, else none)",
     )
+    for option, (variable, default) in _ROOTS.items():
+        parser.add_argument(
+            f"--{option}", metavar="DIR", default=None,
+            help=f"read the machine's {default} from this folder: a container's view of its host, a test's tree "
+                 f"(default: {variable}, else {default})",
+        )
     return parser
 
 
@@ -104,6 +125,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     topic = env.get("KAFKA_TOPIC", "").strip() or DEFAULT_TOPIC
     if not _TOPIC_RE.fullmatch(topic):
         raise ConfigError(f"KAFKA_TOPIC={topic[:80]!r} is not a topic name (1 to 249 characters of A-Z a-z 0-9 . _ -)")
+    roots = {}
+    for option, (variable, default) in _ROOTS.items():
+        given = getattr(args, option)
+        roots[option] = _root(given if given is not None else env.get(variable, "") or default,
+                              f"--{option}" if given is not None else variable, default)
     include = args.fs_include if args.fs_include is not None else env.get("AGENT_FS_INCLUDE", "")
     exclude = args.fs_exclude if args.fs_exclude is not None else env.get("AGENT_FS_EXCLUDE", "")
     return AgentConfig(
@@ -116,6 +142,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             include=_fs_list(include, "--fs-include" if args.fs_include is not None else "AGENT_FS_INCLUDE"),
             exclude=_fs_list(exclude, "--fs-exclude" if args.fs_exclude is not None else "AGENT_FS_EXCLUDE"),
         ),
+        roots=Roots(**roots),
     )
 
 

@@ -119,7 +119,7 @@ READINGS: dict[str, Reading] = {
 DISK_NOTE = "|"  # smart_health's note: "<model>|<serial>"
 # What a sender can say it could not read, with why (`"unreadable": {source: reason}`): never taken for "all fine".
 SOURCES = ("filesystems", "raid", "systemd", "oom", "kernel log", "clock", "file descriptors", "conntrack",
-           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon", "smart")
+           "network", "bonding", "reboot", "pressure", "memory", "disk io", "ecc", "hwmon", "process ids", "smart")
 # A disk whose SMART cannot be read (a virtual disk, a USB bridge that hides it, no permission) is said as the
 # source "smart <disk>" ("smart sdb": "no SMART: a virtual disk"): never taken for a healthy disk.
 

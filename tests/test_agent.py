@@ -174,6 +174,8 @@ def test_default_device_id_is_a_valid_device_id() -> None:
         ((), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_TOPIC": "no spaces"}, "KAFKA_TOPIC"),
         (("--once", "--fs-exclude", "nfs,a b"), {}, "--fs-exclude"),
         (("--once",), {"AGENT_FS_INCLUDE": "/da\tta"}, "AGENT_FS_INCLUDE"),
+        (("--once", "--procfs", "/no/such/folder"), {}, "--procfs"),
+        (("--once",), {"AGENT_ROOTFS": "/etc/passwd"}, "AGENT_ROOTFS"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(args: tuple[str, ...], env: dict[str, str], named: str) -> None:
@@ -259,7 +261,8 @@ def test_the_collector_reports_every_real_filesystem_and_the_fullest_as_disk_per
     loop_filesystem: tuple[str, float]
 ) -> None:
     mount, percent = loop_filesystem
-    metrics, filesystems, _processes = Collector(processes=False).read()
+    reading = Collector(processes=False).read()
+    metrics, filesystems = reading.metrics, reading.filesystems
 
     assert filesystems[mount] == pytest.approx(percent, abs=0.1)
     assert filesystems[mount] == pytest.approx(FILLED, abs=2)
@@ -356,7 +359,7 @@ def test_a_sample_carries_three_top_processes_of_each_kind_at_most_busiest_first
     collector = Collector([])
     collector.read()
     time.sleep(0.5)
-    _metrics, _filesystems, processes = collector.read()
+    processes = collector.read().processes
     assert processes["memory"], "some process always holds memory"
     for top in processes.values():
         assert 1 <= len(top) <= 3

@@ -237,9 +237,10 @@ class LocalSource:
         self.collector.read()  # primes CPU percent, the rate counters and the processes' CPU times
 
     def fetch(self, timeout: float) -> Batch:
-        metrics, filesystems, processes = self.collector.read()
-        return Batch(samples=[Sample(self.device, time.time(), metrics, filesystems=filesystems or None,
-                                     processes=processes or None)])
+        reading = self.collector.read()
+        return Batch(samples=[Sample(self.device, time.time(), reading.metrics, filesystems=reading.filesystems or None,
+                                     processes=reading.processes or None, readings=reading.readings,
+                                     notes=reading.notes or None, unreadable=reading.unreadable or None)])
 
     def commit(self, batch: Batch) -> None:
         """Nothing to commit: the sample was taken here."""

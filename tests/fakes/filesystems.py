@@ -23,9 +23,11 @@ def _used_percent(mount: Path) -> float:
 
 
 @contextlib.contextmanager
-def loop_filesystem(folder: Path, percent: float, size_mib: int = 64) -> Iterator[tuple[str, float]]:
-    """An ext4 image mounted on a loop device under `folder` and filled to about `percent`; its mount point and
-    its percent used as statvfs gives it. Needs root, as CI runs the tests (mount -o loop)."""
+def loop_filesystem(folder: Path, percent: float, size_mib: int = 64,
+                    inodes: int | None = None) -> Iterator[tuple[str, float]]:
+    """An ext4 image mounted on a loop device under `folder` and filled to about `percent`, with room for about
+    `inodes` files when given (mkfs.ext4 -N); its mount point and its percent used as statvfs gives it. Needs root,
+    as CI runs the tests (mount -o loop)."""
     if os.geteuid() != 0:  # a developer's own account may skip it; in CI a missing root is an error, not a gap
         reason = "mounting a loop device needs root; CI runs the tests as root"
         if os.environ.get("CI"):
@@ -34,12 +36,13 @@ def loop_filesystem(folder: Path, percent: float, size_mib: int = 64) -> Iterato
     image, mount = folder / "data.img", folder / "data"
     mount.mkdir()
     run("truncate", "-s", f"{size_mib}M", image)
-    run("mkfs.ext4", "-q", "-m", "0", image)  # no blocks reserved for root: percent used is plain used / size
+    # No blocks reserved for root: percent used is plain used / size.
+    run("mkfs.ext4", "-q", "-m", "0", *(("-N", str(inodes)) if inodes else ()), image)
     run("mount", "-o", "loop", image, mount)
     try:
         stat = os.statvfs(mount)
         size = (stat.f_blocks - stat.f_bfree + stat.f_bavail) * stat.f_frsize
-        fill = int(percent / 100 * size) - (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+        fill = max(0, int(percent / 100 * size) - (stat.f_blocks - stat.f_bfree) * stat.f_frsize)
         with open(mount / "fill", "wb") as out:
             chunk = b"\xa5" * (1 << 20)
             for _ in range(fill >> 20):
