@@ -72,33 +72,10 @@ def notes(sample: Sample) -> dict[str, dict[str, str]]:
 
 # --- a made-up machine --------------------------------------------------------------------------------------------
 
-MDSTAT = """Personalities : [raid1] [raid0]
-md0 : active raid1 sdc[1] sdb[0](F)
-      1046528 blocks super 1.2 [2/1] [_U]
-
-md1 : active raid0 sdd[1] sde[0]
-      2093056 blocks super 1.2 512k chunks
-
-md127 : inactive sdf[0](S)
-      1046528 blocks super 1.2
-
-unused devices: <none>
-"""
-
-
-def degraded_md_array(machine: MachineTree) -> None:
-    """md0 a mirror with sdb failed, md1 a healthy stripe, md127 an array of two disks assembled from one."""
-    machine.write("proc/mdstat", MDSTAT)
-    machine.write("sys/block/md0/md/raid_disks", "2\n")
-    machine.write("sys/block/md0/md/dev-sdb/state", "faulty\n")
-    machine.write("sys/block/md0/md/dev-sdc/state", "in_sync\n")
-    machine.write("sys/block/md127/md/raid_disks", "2\n")
-
-
 def test_a_degraded_md_array_reads_fewer_disks_active_than_required_and_names_the_failed_one(
     machine: MachineTree
 ) -> None:
-    degraded_md_array(machine)
+    machine.degraded_md_arrays()
 
     _, sample = two_samples(machine)
 
@@ -447,7 +424,7 @@ def test_a_reading_of_many_objects_keeps_the_worst_64_within_the_wire_formats_bo
 
 
 def test_once_reads_the_folders_its_options_and_variables_name(machine: MachineTree) -> None:
-    degraded_md_array(machine)
+    machine.degraded_md_arrays()
 
     def once(*options: str, env: dict[str, str] | None = None) -> Sample:
         done = subprocess.run([sys.executable, "-m", "agent", "--once", *options], cwd=ROOT, capture_output=True,
@@ -491,7 +468,7 @@ def node_exporter_of(machine: MachineTree) -> Iterator[str]:
 def test_the_agent_reads_a_made_up_machine_as_node_exporter_does(
     machine: MachineTree, node_exporter_of: str
 ) -> None:
-    degraded_md_array(machine)
+    machine.degraded_md_arrays()
     machine.write("proc/sys/fs/file-nr", "90000\t0\t100000\n")
     machine.write("proc/sys/net/netfilter/nf_conntrack_count", "600\n")
     machine.write("proc/sys/net/netfilter/nf_conntrack_max", "1000\n")

@@ -275,7 +275,7 @@ MAX_BUTTONS = 60  # a group message has a button per machine, up to this many (T
 BUTTONS_PER_ROW = 3
 _HEADS = {
     Kind.STRESSED: "🔴 {} stressed", Kind.SILENT: "⚪ {} stopped reporting", Kind.FORECAST: "📈 {} heading for full",
-    Kind.CONDITION: "🛠 {} with a problem",
+    Kind.CONDITION: "🛠 Problems: {}",
     Reply.RECOVERED: "✅ {} recovered", Reply.REPORTING_AGAIN: "✅ {} reporting again",
     Reply.REMINDER: "⏰ {} still need attention (nobody acknowledged)",
 }
@@ -311,7 +311,11 @@ def group_message(change: str, members: list[tuple[Notice, Incident]]) -> tuple[
     """A group's message: how many, the first names (and how many more), and for stressed machines each one's
     P(stressed) and main driver; a button per machine sends its own alert, with its buttons."""
     incidents = [incident for _, incident in members]
-    head = f"<b>{_HEADS.get(change, '{} ' + change).format(plural(len(incidents), 'machine'))}</b>"
+    machines = len({incident.device for incident in incidents})
+    counted = plural(machines, "machine")
+    if machines < len(incidents):  # conditions: several objects of one machine ("3 problems on 1 machine")
+        counted = f"{len(incidents)} on {counted}"
+    head = f"<b>{_HEADS.get(change, '{} ' + change).format(counted)}</b>"
     first = min((i.opened_ts for i in incidents), default=0.0)
     if change in tuple(Kind):  # an outage: since when; a recovery or a reminder: when
         head += f" (since {when(first)})"

@@ -12,6 +12,19 @@ from pathlib import Path
 
 from agent.kernel import Roots
 
+MDSTAT = """Personalities : [raid1] [raid0]
+md0 : active raid1 sdc[1] sdb[0](F)
+      1046528 blocks super 1.2 [2/1] [_U]
+
+md1 : active raid0 sdd[1] sde[0]
+      2093056 blocks super 1.2 512k chunks
+
+md127 : inactive sdf[0](S)
+      1046528 blocks super 1.2
+
+unused devices: <none>
+"""
+
 # Columns of /proc/net/dev after the interface name.
 _NET_DEV_HEADER = (
     "Inter-|   Receive                                                |  Transmit\n"
@@ -89,6 +102,14 @@ class MachineTree:
             for message in messages:
                 self._logged += 1
                 log.write(f"3,{self._logged},{self._logged * 1000},-;{message}\n SUBSYSTEM=memory\n")
+
+    def degraded_md_arrays(self) -> None:
+        """md0 a mirror with sdb failed, md1 a healthy stripe, md127 an array of two disks assembled from one."""
+        self.write("proc/mdstat", MDSTAT)
+        self.write("sys/block/md0/md/raid_disks", "2\n")
+        self.write("sys/block/md0/md/dev-sdb/state", "faulty\n")
+        self.write("sys/block/md0/md/dev-sdc/state", "in_sync\n")
+        self.write("sys/block/md127/md/raid_disks", "2\n")
 
     def cpu(self, ticks: str) -> None:
         """The machine's CPU time since boot, in /proc/stat's order: user nice system idle iowait irq softirq steal
