@@ -37,10 +37,10 @@ KNOWN_METRICS: dict[str, tuple[str, str]] = {
     "uptime_s": ("Uptime", "s"),
     # Pressure: the share of the last interval in which every task waited for memory or for I/O (PSI "full"), and
     # the share of CPU time stolen by the hypervisor or spent waiting for I/O.
-    "psi_memory_full_percent": ("Memory pressure (all stalled)", "%"),
-    "psi_io_full_percent": ("I/O pressure (all stalled)", "%"),
-    "cpu_steal_percent": ("CPU stolen by the hypervisor", "%"),
-    "cpu_iowait_percent": ("CPU waiting for I/O", "%"),
+    "psi_memory_full_percent": ("Memory pressure", "%"),
+    "psi_io_full_percent": ("I/O pressure", "%"),
+    "cpu_steal_percent": ("CPU steal", "%"),
+    "cpu_iowait_percent": ("CPU iowait", "%"),
 }
 # Rates, counts and unknown metrics: any larger number is a unit or overflow error in the sender, and
 # would swamp every sum and model fitted on the column.

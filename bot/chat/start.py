@@ -35,6 +35,7 @@ backups or /mute db* sun 01:00-05:00
 /versions [version]: the model versions, newest first; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
 /rollback [version]: go back to the previous or a given model version (admins)
+/versions disk, /retrain disk, /rollback disk: the same for the disk model
 /help: this message
 
 An alert is one message, edited while the incident lasts and marked when it recovers. When several machines \
