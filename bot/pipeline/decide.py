@@ -25,7 +25,7 @@ from operator import attrgetter
 
 from bot.db import Incident, StoredSample, incidents, ingest, muting, tolerances
 from bot.pipeline.baselines import Baselines
-from bot.pipeline.conditions import Conditions, State, Verdict
+from bot.pipeline.conditions import UPTIME, Conditions, State, Verdict
 from bot.pipeline.disks import Disk, Disks
 from bot.pipeline.forecast import Forecast, Forecaster, inodes, zone
 from bot.pipeline.lifecycle import Incidents
@@ -104,13 +104,19 @@ class Decider:
         ingest.update_devices(by_device, now)
         open_incidents = incidents.open_of(by_device)
         muted = muting(now, self.rules.tz)
+        # The open conditions of each device, once per batch (a device's samples walk only its own).
+        conditions: dict[str, dict[str, Incident]] = {}
+        for (device, metric), incident in open_incidents.items():
+            if incident.kind == Kind.CONDITION:
+                conditions.setdefault(device, {})[metric] = incident
         for device, samples in by_device.items():
             silent = open_incidents.get((device, Kind.SILENT))
             if silent is not None:
                 self.incidents.resolve(silent, samples[0].ts, Reply.REPORTING_AGAIN, now)
             self._follow(device, samples, open_incidents.get((device, Kind.STRESSED)), device in muted, now)
-            self._conditions(device, samples, open_incidents, device in muted, now)
-            self._disks(device, samples, open_incidents, device in muted, now)
+            opened = conditions.get(device, {})
+            self._conditions(device, samples, opened, device in muted, now)
+            self._disks(device, samples, opened, device in muted, now)
         self._forecasts(ordered, by_device, open_incidents, muted, now)
 
     def _follow(self, device: str, samples: list[StoredSample], incident: Incident | None, muted: bool,
@@ -140,12 +146,16 @@ class Decider:
                 continue
             incident.save()
 
-    def _conditions(self, device: str, samples: list[StoredSample],
-                    open_incidents: dict[tuple[str, str], Incident], muted: bool, now: float) -> None:
-        """Walk one device's new samples through its conditions: open, keep up to date, resolve."""
-        opened = {metric: open_incidents.pop((name, metric)) for name, metric in list(open_incidents)
-                  if name == device and open_incidents[(name, metric)].kind == Kind.CONDITION
-                  and (found := parse_key(metric)) is not None and isinstance(found[0].rule, Fact | Count | Event)}
+    def _conditions(self, device: str, samples: list[StoredSample], open_conditions: dict[str, Incident],
+                    muted: bool, now: float) -> None:
+        """Walk one device's new samples through its conditions: open, keep up to date, resolve (`open_conditions`,
+        the device's open condition incidents by metric, is kept up to date)."""
+        if not open_conditions and not any(sample.readings or UPTIME in sample.metrics for sample in samples):
+            return  # the hot path: a sample of metrics alone has no condition to decide
+        ruled = (Fact, Count, Event)  # a disk's incident is the disk model's: see _disks
+        opened = {metric: incident for metric, incident in open_conditions.items()
+                  if (found := parse_key(metric)) is not None and isinstance(found[0].rule, ruled)}
+        were_open = set(opened)
         for sample in samples:
             verdicts, whole = self.conditions.observe(sample)
             for verdict in verdicts:
@@ -154,10 +164,12 @@ class Decider:
                     and found[0].reading in whole and all(v.metric != metric for v in verdicts)]
             for metric in gone:  # the object is no longer in a reading that is whole: unmounted, stopped, removed
                 self.incidents.resolve(opened.pop(metric), sample.ts, Reply.RECOVERED, now)
-        open_incidents.update({(device, metric): incident for metric, incident in opened.items()})  # still open
+        for metric in were_open - set(opened):
+            del open_conditions[metric]  # resolved
+        open_conditions.update(opened)
 
-    def _disks(self, device: str, samples: list[StoredSample],
-               open_incidents: dict[tuple[str, str], Incident], muted: bool, now: float) -> None:
+    def _disks(self, device: str, samples: list[StoredSample], open_conditions: dict[str, Incident], muted: bool,
+               now: float) -> None:
         """A disk the disk model says is likely to fail opens its incident; it stays open, kept up to date, until a
         person answers it or the disk leaves the machine."""
         for sample in samples:
@@ -166,24 +178,24 @@ class Decider:
                 continue
             for disk in found:
                 metric = key(FAILING.name, disk.serial)
-                incident = open_incidents.get((device, metric))
+                incident = open_conditions.get(metric)
                 if incident is None and not disk.alert:
                     continue
                 evidence = f"{FAILING.says(disk_evidence(disk))} (P {disk.p:.0%}): {disk.explanation}"
                 verdict = Verdict(FAILING, disk.serial, State.OPEN, evidence, FAILING.severity)
                 if incident is None:
                     if not muted and not (self.tolerances is not None and self.tolerances.expects(device, metric)):
-                        open_incidents[(device, metric)] = self.incidents.open(
+                        open_conditions[metric] = self.incidents.open(
                             device, Kind.CONDITION, sample, sample.ts,
                             IncidentDetail(metric=metric, ts=sample.ts, evidence=evidence, severity=FAILING.severity),
                             now)
                     continue
                 self._verdict(device, sample, verdict, {metric: incident}, muted, now)
             serials = {disk.serial for disk in found}
-            for name, metric in list(open_incidents):
-                found_key = parse_key(metric) if name == device else None
+            for metric in list(open_conditions):
+                found_key = parse_key(metric)
                 if found_key is not None and found_key[0] is FAILING and found_key[1] not in serials:
-                    self.incidents.resolve(open_incidents.pop((name, metric)), sample.ts, Reply.RECOVERED, now)
+                    self.incidents.resolve(open_conditions.pop(metric), sample.ts, Reply.RECOVERED, now)
 
     def _verdict(self, device: str, sample: StoredSample, verdict: Verdict, opened: dict[str, Incident],
                  muted: bool, now: float) -> None:
