@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import peewee as pw
 import pytest
 
 from bot import db
@@ -207,3 +208,27 @@ def test_a_tampered_active_model_is_refused_at_start_and_the_chat_is_told(
         assert bot.stop() == 0
     unpredicted = db.Metric.select().order_by(db.Metric.id).offset(before)
     assert [m.p_stressed for m in unpredicted] == [None] * (db.Metric.select().count() - before)
+
+
+def test_alerts_that_waited_out_a_long_backoff_arrive_within_seconds_of_telegram_coming_back(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("Application started")
+        telegram.set_down(True)
+        produce(kafka, topic, [(b"pc1", message("pc1", time.time(), cpu_percent=99.0, mem_percent=98.0))])
+        db.open_database(url)
+        wait_until(lambda: db.Notice.select(pw.fn.MAX(db.Notice.attempts)).scalar() == 1, what="a failed try")
+        # 25 s out: retried after 5 and 15 s of backoff, the alert's next try would have been a minute away; the
+        # bot asks Telegram (getMe) every few seconds instead, and sends what waited as soon as it answers.
+        time.sleep(25)
+        back = time.monotonic()
+        telegram.set_down(False)
+        alert = telegram.wait_for_message(CHAT, lambda text: "pc1" in text, timeout=30)
+        arrived_after = time.monotonic() - back
+        bot.wait_log("Telegram answers again: what waited is due at once")
+        assert bot.stop() == 0
+    assert alert["text"].startswith("🔴 <b>pc1</b> is stressed")
+    assert arrived_after < 12, f"arrived {arrived_after:.0f} s after Telegram came back, not after its backoff"

@@ -32,6 +32,7 @@ from schema.domain import NoticeKind
 
 log = logging.getLogger(__name__)
 RETRY_S = (5.0, 15.0, 60.0, 300.0)  # after a network error or a 5xx, by attempt
+PROBE_S = 5.0  # while Telegram is out, asked this often (getMe) whether it is back
 T = TypeVar("T")
 
 Render = Callable[[Incident], tuple[str, InlineKeyboardMarkup | None]]
@@ -87,6 +88,7 @@ class Sender:
         self._running = asyncio.Lock()
         self._paused: dict[int, float] = {}  # chat id -> monotonic time its flood limit ends
         self._dead_chats: set[int] = set()
+        self._probe_at = 0.0  # monotonic time of the next getMe while Telegram is out
         self.telegram = Outage(log, "Telegram did not take a message (%s); it stays queued and is retried",
                                "Telegram takes messages again")
 
@@ -96,6 +98,8 @@ class Sender:
         if self._running.locked():
             return
         async with self._running:
+            if self.telegram.is_down and not await self._back(bot):
+                return
             for notice, incident, reply_to in await asyncio.to_thread(outbox.due, time.time()):
                 text = partial(self._notice_text, notice, incident)
                 if not await self._deliver(bot, Notice, notice, text, reply_to, partial(self._sent, notice, incident)):
@@ -116,6 +120,22 @@ class Sender:
                 text = partial(self.render_digest, digest.change, members)
                 if not await self._edit(bot, Digest, digest, text, partial(self._shown, digest, members, None)):
                     return
+
+    async def _back(self, bot: Bot) -> bool:
+        """While Telegram is out: whether it answers again (a getMe every PROBE_S). When it does, every message
+        that waits out its backoff is due at once: up to minutes sooner than its own next try."""
+        if time.monotonic() < self._probe_at:
+            return False
+        self._probe_at = time.monotonic() + PROBE_S
+        try:
+            await classified(bot.get_me())
+        except SendFailed:
+            return False
+        self.telegram.up()
+        waiting = await asyncio.to_thread(outbox.due_now, time.time())
+        log.info("Telegram answers again: what waited is due at once (%d message%s)", waiting,
+                 "" if waiting == 1 else "s")
+        return True
 
     def _notice_text(self, notice: Notice, incident: Incident) -> tuple[str, InlineKeyboardMarkup | None]:
         """An alert as of its incident's newest state; a reply as it was written."""

@@ -115,6 +115,16 @@ def record_retry(table: Row, row_id: int, seconds: float, now: float, error: str
     log.debug("%s %d: %s; next try in %.0f s", table.__name__.lower(), row_id, error, seconds)
 
 
+def due_now(now: float) -> int:
+    """Telegram answers again: every message waiting out its backoff after a failure is due at once (in the order
+    they were queued: by id). How many."""
+    waiting = 0
+    for table in (Notice, Digest):
+        waiting += table.update(due=now).where(table.sent.is_null() & table.failed.is_null() & (table.due > now)
+                                               & (table.attempts > 0)).execute()
+    return waiting
+
+
 def record_failed(table: Row, row_id: int, error: str) -> None:
     """The message can never be delivered (the bot was blocked, the chat is gone)."""
     table.update(failed=error[:500], claimed_until=None).where(table.id == row_id).execute()
