@@ -156,6 +156,13 @@ def test_six_hundred_alerts_due_after_a_telegram_outage_arrive_as_one_message_at
         assert len(sent) == 1, "one message, not 600 draining at Telegram's pace"
         overview = ask(telegram, "/status")
         assert len(overview) <= 4096 and "Fleet: 600 machines" in overview and "… and 575 more" in overview
+
+        (every,) = [b for row in group["reply_markup"]["inline_keyboard"] for b in row if b["text"] == "All 600 ›"]
+        mark = telegram.call_count()
+        telegram.press_button(CHAT, group["message_id"], every["callback_data"])
+        wait_until(lambda: all(f"<b>{d}</b>" in " ".join(t.params["text"] for t in telegram.calls()[mark:]
+                                                          if t.method == "sendMessage") for d in devices),
+                   what="every one of the 600 named, on request")
         assert bot.stop() == 0
 
 

@@ -96,8 +96,8 @@ def test_the_first_changes_go_out_alone_and_the_group_forms_at_the_third(decider
     assert [i.device for _, i in outbox.members(digest.id)] == ["pc1", "pc2", "pc3"]
     assert sent_alone(A) == [], "pc2's alert was not sent yet: the group names it instead"
 
-    stress(decider, ["pc4"], start=T0 + 45)  # within 30 s of the last one to join
-    stress(decider, ["pc5"], start=T0 + 120)  # the group is over: alone again
+    stress(decider, ["pc4"], start=T0 + 30)  # within 30 s of the group's first member
+    stress(decider, ["pc5"], start=T0 + 45)  # later: not hidden in an edit of that message, but said on its own
     assert [i.device for _, i in outbox.members(digest.id)] == ["pc1", "pc2", "pc3", "pc4"]
     assert sent_alone(A) == ["pc5"]
 

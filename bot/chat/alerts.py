@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CallbackQueryHandler, ContextTypes
 
 from bot import db
@@ -270,7 +271,8 @@ def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None =
     return "Thanks: labelled normal, and the alert is closed as a false alarm."
 
 
-SHOWN_NAMES = 20  # a group message names this many machines, then "and N more"
+SHOWN_NAMES = 20  # a group message names this many machines, then "and N more" and a button for all
+MESSAGE_BUDGET = 3800  # characters of one message listing a group's members
 MAX_BUTTONS = 60  # a group message has a button per machine, up to this many (Telegram allows 100)
 BUTTONS_PER_ROW = 3
 _HEADS = {
@@ -330,7 +332,23 @@ def group_message(change: str, members: list[tuple[Notice, Incident]]) -> tuple[
     if buttons:
         text += "\n\nA machine's button sends its own alert, with ✅/❌ and 🔕."
     rows = [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
+    if len(incidents) > SHOWN_NAMES and members[0][0].digest_id is not None:  # each member can be reached
+        rows.append([InlineKeyboardButton(f"All {len(incidents):,} ›",
+                                          callback_data=callbacks.group(members[0][0].digest_id))])
     return clip(text), InlineKeyboardMarkup(rows) if rows else None
+
+
+def every_member(change: str, members: list[tuple[Notice, Incident]]) -> list[str]:
+    """Every member of a group, a line each, in messages Telegram takes (the button "All N" sends them)."""
+    first = min((incident.opened_ts for _, incident in members), default=0.0)
+    lines = [_member_line(incident, change, first) for _, incident in members]
+    texts, part = [], ""
+    for line in lines:
+        if len(part) + len(line) + 1 > MESSAGE_BUDGET:
+            texts.append(part)
+            part = ""
+        part += line + "\n"
+    return [*texts, part] if part else texts
 
 
 def expanded(device: str, already: bool) -> str:
@@ -397,6 +415,23 @@ async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     context.application.create_task(common.sender_of(context).run(context.bot), name="send")
 
 
+async def group_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """"All N" on a group message: every member, as replies to it."""
+    query = update.callback_query
+    digest_id = callbacks.parse_group(query.data)
+    chat = update.effective_chat
+    digest = await asyncio.to_thread(outbox.digest_in, digest_id, chat.id) if digest_id and chat else None
+    if digest is None:
+        log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
+        await query.answer(common.INVALID_BUTTON)
+        return
+    members = await asyncio.to_thread(outbox.members, digest.id)
+    await query.answer(f"Sending all {len(members):,}…")
+    for text in every_member(digest.change, members):
+        await query.message.reply_text(text, parse_mode=ParseMode.HTML, do_quote=True)
+
+
 def handlers() -> list[BaseHandler]:
     return [CallbackQueryHandler(incident_button, pattern=callbacks.INCIDENT_PATTERN),
-            CallbackQueryHandler(expand_button, pattern=callbacks.EXPAND_PATTERN)]
+            CallbackQueryHandler(expand_button, pattern=callbacks.EXPAND_PATTERN),
+            CallbackQueryHandler(group_button, pattern=callbacks.GROUP_PATTERN)]

@@ -18,12 +18,14 @@ INCIDENT_PATTERN = r"^i:"
 MISSED_PATTERN = r"^missed:"
 ACTIVATE_PATTERN = r"^activate:"
 EXPAND_PATTERN = r"^one:"
+GROUP_PATTERN = r"^all:"
 CANCEL = "cancel"
 CANCEL_PATTERN = rf"^{CANCEL}$"
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
 _MISSED_RE = re.compile(r"missed:(\d{1,18}):([A-Za-z0-9_-]{11})")
 _ACTIVATE_RE = re.compile(r"activate:(disk:)?(\d{1,9})")
 _EXPAND_RE = re.compile(r"one:(\d{1,18})")
+_GROUP_RE = re.compile(r"all:(\d{1,18})")
 
 
 def incident(incident_id: int, action: Action) -> str:
@@ -74,4 +76,14 @@ def expand(incident_id: int) -> str:
 
 def parse_expand(data: str | None) -> int | None:
     match = _EXPAND_RE.fullmatch(data or "")
+    return int(match[1]) if match else None
+
+
+def group(digest_id: int) -> str:
+    """Every member of a group message, when it names only the first ones."""
+    return f"all:{digest_id}"
+
+
+def parse_group(data: str | None) -> int | None:
+    match = _GROUP_RE.fullmatch(data or "")
     return int(match[1]) if match else None

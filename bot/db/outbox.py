@@ -48,15 +48,17 @@ def notify(incident: Incident, kind: NoticeKind, text: str | None, change: str, 
 
 
 def _group(notice: Notice, now: float, route: Route) -> None:
-    """Join the group of the same change in the same chat and topic while one is open (its last member joined
+    """Join the group of the same change in the same chat and topic while one is open (its first member came
     within group_s), or open one when this is the group_min-th such change within group_s. Members not yet
-    sent on their own are sent only as part of the group."""
+    sent on their own are sent only as part of the group. A group is open for a bounded time, not as long as
+    members keep trickling in: a member joins by an edit, which notifies nobody, so a change after that time
+    starts a message of its own, which does."""
     if route.group_min <= 1:
         return
     if is_postgres():  # two processes would each open a group; the second waits for the first to commit
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (GROUPING_LOCK,))
     digest = (Digest.select().where(_where(Digest, notice.chat_id, notice.thread_id) & (Digest.change == notice.change)
-                                    & (Digest.last_join >= now - route.group_s))
+                                    & (Digest.created >= now - route.group_s))
               .order_by(Digest.id.desc()).first())
     if digest is not None:
         Digest.update(last_join=now).where(Digest.id == digest.id).execute()
@@ -227,6 +229,11 @@ def record_digest(digest_id: int, message_id: int | None, count: int, revisions:
     Digest.update(changes).where(Digest.id == digest_id).execute()
     Digest.update(shown_members=count, shown_revision=revisions).where(
         (Digest.id == digest_id) & (Digest.shown_revision <= revisions)).execute()
+
+
+def digest_in(digest_id: int, chat_id: int) -> Digest | None:
+    """A group whose message went to this chat; None for one of another chat (a forged button)."""
+    return Digest.get_or_none((Digest.id == digest_id) & (Digest.chat_id == chat_id))
 
 
 def expand(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | None:
