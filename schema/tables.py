@@ -126,7 +126,7 @@ class Incident(BaseModel):
 Incident.add_index(Incident.device, Incident.kind, Incident.metric, unique=True, where=(Incident.state == State.OPEN))
 
 
-class Digest(BaseModel):
+class Group(BaseModel):
     """One message for many state changes of one kind in one chat and topic (an outage, a storm): sent when the
     ALERT_GROUP_MIN-th change joins, edited while more join within ALERT_GROUP_SECONDS of the last one. Its
     members are the `Notice` rows that point at it."""
@@ -145,6 +145,9 @@ class Digest(BaseModel):
     shown_revision = pw.IntegerField(default=0)  # the sum of its members' incident revisions it shows
     edited = pw.DoubleField(null=True)
     claimed_until = pw.DoubleField(null=True)
+
+    class Meta:
+        table_name = "digest"  # its name before the daily digest: the table keeps it
 
 
 class Notice(BaseModel):
@@ -170,7 +173,9 @@ class Notice(BaseModel):
     claimed_until = pw.DoubleField(null=True)  # a sender working on it: others keep off until then
     thread_id = pw.BigIntegerField(null=True)  # the forum topic it goes to; None: the chat's general topic
     change = pw.CharField(max_length=16, null=True)  # what it announces, for grouping: a Kind or a Reply
-    digest = pw.ForeignKeyField(Digest, null=True, on_delete="SET NULL", index=True)  # the group it is part of
+    # The group it is part of (its column keeps its name from before the daily digest).
+    group = pw.ForeignKeyField(Group, null=True, on_delete="SET NULL", index=True, column_name="digest_id",
+                               object_id_name="group_id")
     expanded = pw.BooleanField(default=False)  # part of a group, and sent on its own too because someone asked
 
 
@@ -366,7 +371,7 @@ for _name in KNOWN_METRICS:
     Aggregate._meta.add_field(f"{_name}_max", pw.DoubleField(null=True))
 
 
-TABLES = [Metric, Label, Rejected, Device, Incident, Digest, Notice, Mute, ForecastLabel, Aggregate, Subscription,
+TABLES = [Metric, Label, Rejected, Device, Incident, Group, Notice, Mute, ForecastLabel, Aggregate, Subscription,
           Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from bot import db
 from bot.chat import alerts, teams
-from bot.db import Digest, Incident, Notice, outbox
+from bot.db import Group, Incident, Notice, outbox
 from bot.db.outbox import Route
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
@@ -73,15 +73,16 @@ def test_machines_stressed_together_become_one_message_per_chat_naming_each_with
     stress(decider, [f"web{i:02d}" for i in range(25)])
 
     assert sent_alone(A) == [] and sent_alone(B) == [], "no machine is sent alone: the group names them all"
-    digests = outbox.due_digests(T0 + 3600)
-    assert sorted(d.chat_id for d in digests) == [A, B]
-    members = outbox.members(digests[0].id)
-    text, markup = alerts.group_message(digests[0].change, members)
+    groups = outbox.due_groups(T0 + 3600)
+    assert sorted(d.chat_id for d in groups) == [A, B]
+    members = outbox.members(groups[0].id)
+    text, markup = alerts.group_message(groups[0].change, members)
     assert text.startswith("<b>🔴 25 machines stressed</b>")
     assert "• <b>web00</b>: P 95% · Disk (root) 99 %" in text and "… and 5 more" in text
     assert "web19" in text and "web20" not in text
     buttons = [b for row in markup.inline_keyboard for b in row]
-    assert [b.text for b in buttons][:2] == ["web00 ›", "web01 ›"] and len(buttons) == 25
+    assert [b.text for b in buttons][:2] == ["web00 ›", "web01 ›"] and len(buttons) == 26
+    assert buttons[-1].text == "All 25 ›", "the five not named are a press away"
 
 
 def test_the_first_changes_go_out_alone_and_the_group_forms_at_the_third(decider: Decider) -> None:
@@ -92,29 +93,29 @@ def test_the_first_changes_go_out_alone_and_the_group_forms_at_the_third(decider
     assert sent_alone(A) == ["pc2"]
 
     stress(decider, ["pc3"], start=T0 + 20)
-    (digest,) = [d for d in outbox.due_digests(T0 + 3600) if d.chat_id == A]
-    assert [i.device for _, i in outbox.members(digest.id)] == ["pc1", "pc2", "pc3"]
+    (group,) = [d for d in outbox.due_groups(T0 + 3600) if d.chat_id == A]
+    assert [i.device for _, i in outbox.members(group.id)] == ["pc1", "pc2", "pc3"]
     assert sent_alone(A) == [], "pc2's alert was not sent yet: the group names it instead"
 
     stress(decider, ["pc4"], start=T0 + 30)  # within 30 s of the group's first member
     stress(decider, ["pc5"], start=T0 + 45)  # later: not hidden in an edit of that message, but said on its own
-    assert [i.device for _, i in outbox.members(digest.id)] == ["pc1", "pc2", "pc3", "pc4"]
+    assert [i.device for _, i in outbox.members(group.id)] == ["pc1", "pc2", "pc3", "pc4"]
     assert sent_alone(A) == ["pc5"]
 
 
 def test_a_group_is_edited_when_members_join_and_recoveries_group_as_a_reply_to_it(decider: Decider) -> None:
     stress(decider, ["pc1", "pc2", "pc3"])
-    (digest,) = [d for d in outbox.due_digests(T0 + 3600) if d.chat_id == A]
-    members = outbox.members(digest.id)
-    outbox.record_digest(digest.id, 555, len(members), sum(i.revision for _, i in members), T0 + 6)
-    assert not [d for d, _, _ in outbox.stale_digests(T0 + 7, 60) if d.id == digest.id]
+    (group,) = [d for d in outbox.due_groups(T0 + 3600) if d.chat_id == A]
+    members = outbox.members(group.id)
+    outbox.record_group(group.id, 555, len(members), sum(i.revision for _, i in members), T0 + 6)
+    assert not [d for d, _, _ in outbox.stale_groups(T0 + 7, 60) if d.id == group.id]
 
     stress(decider, ["pc4"], start=T0 + 20)
-    assert [(d.id, count) for d, count, _ in outbox.stale_digests(T0 + 21, 60) if d.chat_id == A] == [(digest.id, 4)]
+    assert [(d.id, count) for d, count, _ in outbox.stale_groups(T0 + 21, 60) if d.chat_id == A] == [(group.id, 4)]
 
     for device in ("pc1", "pc2", "pc3", "pc4"):
         feed(decider, device, [0.1, 0.1, 0.1], start=T0 + 600)
-    recovered = [d for d in outbox.due_digests(T0 + 3600) if d.chat_id == A and d.change == "recovered"]
+    recovered = [d for d in outbox.due_groups(T0 + 3600) if d.chat_id == A and d.change == "recovered"]
     assert len(recovered) == 1 and outbox.reply_target(recovered[0]) == 555
     text, markup = alerts.group_message("recovered", outbox.members(recovered[0].id))
     assert text.startswith("<b>✅ 4 machines recovered</b>") and markup is None
@@ -172,9 +173,9 @@ def test_grouping_follows_the_settings(database: object) -> None:
     incidents = Incidents(replace(RULES, route=Route(CHATS, group_s=30, group_min=5)), alerts.reply)
     decider = Decider(incidents, drivers, Forecaster(3600), Baselines())
     stress(decider, ["pc1", "pc2", "pc3", "pc4"])
-    assert sent_alone(A) == ["pc1", "pc2", "pc3", "pc4"] and Digest.select().count() == 0
+    assert sent_alone(A) == ["pc1", "pc2", "pc3", "pc4"] and Group.select().count() == 0
     stress(decider, ["pc5"], start=T0 + 1)
-    assert sent_alone(A) == [] and Digest.select().count() == 2
+    assert sent_alone(A) == [] and Group.select().count() == 2
 
 
 def test_two_processes_storming_at_once_put_every_machine_in_one_group(database: pw.Database) -> None:
@@ -189,6 +190,6 @@ def test_two_processes_storming_at_once_put_every_machine_in_one_group(database:
         other.join(timeout=1.0)  # the other process gets as far as it can while this one has not committed
     other.join()
 
-    groups = [(d.chat_id, sorted(n.incident.device for n in Notice.select().where(Notice.digest == d.id)))
-              for d in Digest.select().order_by(Digest.chat_id)]
+    groups = [(d.chat_id, sorted(n.incident.device for n in Notice.select().where(Notice.group == d.id)))
+              for d in Group.select().order_by(Group.chat_id)]
     assert groups == [(chat, ["pc1", "pc2", "pc3", "pc4", "pc5", "pc6"]) for chat in sorted(CHATS)]

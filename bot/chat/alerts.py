@@ -332,9 +332,9 @@ def group_message(change: str, members: list[tuple[Notice, Incident]]) -> tuple[
     if buttons:
         text += "\n\nA machine's button sends its own alert, with ✅/❌ and 🔕."
     rows = [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
-    if len(incidents) > SHOWN_NAMES and members[0][0].digest_id is not None:  # each member can be reached
+    if len(incidents) > SHOWN_NAMES and members[0][0].group_id is not None:  # each member can be reached
         rows.append([InlineKeyboardButton(f"All {len(incidents):,} ›",
-                                          callback_data=callbacks.group(members[0][0].digest_id))])
+                                          callback_data=callbacks.group(members[0][0].group_id))])
     return clip(text), InlineKeyboardMarkup(rows) if rows else None
 
 
@@ -418,16 +418,16 @@ async def expand_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 async def group_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """"All N" on a group message: every member, as replies to it."""
     query = update.callback_query
-    digest_id = callbacks.parse_group(query.data)
+    group_id = callbacks.parse_group(query.data)
     chat = update.effective_chat
-    digest = await asyncio.to_thread(outbox.digest_in, digest_id, chat.id) if digest_id and chat else None
-    if digest is None:
+    group = await asyncio.to_thread(outbox.group_in, group_id, chat.id) if group_id and chat else None
+    if group is None:
         log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
         await query.answer(common.INVALID_BUTTON)
         return
-    members = await asyncio.to_thread(outbox.members, digest.id)
+    members = await asyncio.to_thread(outbox.members, group.id)
     await query.answer(f"Sending all {len(members):,}…")
-    for text in every_member(digest.change, members):
+    for text in every_member(group.change, members):
         await query.message.reply_text(text, parse_mode=ParseMode.HTML, do_quote=True)
 
 

@@ -41,8 +41,8 @@ def parse_incident(data: str | None) -> tuple[int, Action] | None:
 
 def _mac(data: str, chat_id: int, key: bytes) -> str:
     """11 characters of an HMAC of the data for one chat: a button only the bot can have made, for that chat."""
-    digest = hmac.new(key, f"{chat_id}:{data}".encode(), hashlib.sha256).digest()[:8]
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    group = hmac.new(key, f"{chat_id}:{data}".encode(), hashlib.sha256).group()[:8]
+    return base64.urlsafe_b64encode(group).decode().rstrip("=")
 
 
 def missed(metric_id: int, chat_id: int, key: bytes) -> str:
@@ -79,9 +79,9 @@ def parse_expand(data: str | None) -> int | None:
     return int(match[1]) if match else None
 
 
-def group(digest_id: int) -> str:
+def group(group_id: int) -> str:
     """Every member of a group message, when it names only the first ones."""
-    return f"all:{digest_id}"
+    return f"all:{group_id}"
 
 
 def parse_group(data: str | None) -> int | None:

@@ -26,7 +26,7 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from agent.log_once import Outage
 from bot.chat.rate_limits import URGENT
-from bot.db import Digest, Incident, Notice, outbox
+from bot.db import Group, Incident, Notice, outbox
 from bot.db.outbox import SEND_TIMEOUT_S, Row, claim, record_failed, record_retry, release
 from schema.domain import NoticeKind
 
@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 Render = Callable[[Incident], tuple[str, InlineKeyboardMarkup | None]]
 # A group's message from its change and its members' notices and incidents.
-RenderDigest = Callable[[str, list[tuple[Notice, Incident]]], tuple[str, InlineKeyboardMarkup | None]]
+RenderGroup = Callable[[str, list[tuple[Notice, Incident]]], tuple[str, InlineKeyboardMarkup | None]]
 Text = Callable[[], tuple[str, InlineKeyboardMarkup | None]]  # a message's text and buttons, made when it goes
 THREAD_GONE = ("thread not found", "topic_closed")  # Telegram's answers for a deleted or closed forum topic
 
@@ -80,9 +80,9 @@ async def classified(call: Awaitable[T]) -> T:
 class Sender:
     """The outbox's one delivery loop in this process; `run` is safe to call often and from many places."""
 
-    def __init__(self, render: Render, render_digest: RenderDigest, edit_every_s: float) -> None:
+    def __init__(self, render: Render, render_group: RenderGroup, edit_every_s: float) -> None:
         self.render = render
-        self.render_digest = render_digest
+        self.render_group = render_group
         self.edit_every_s = edit_every_s
         self._gone_topics: set[tuple[int, int]] = set()
         self._running = asyncio.Lock()
@@ -104,21 +104,21 @@ class Sender:
                 text = partial(self._notice_text, notice, incident)
                 if not await self._deliver(bot, Notice, notice, text, reply_to, partial(self._sent, notice, incident)):
                     return
-            for digest in await asyncio.to_thread(outbox.due_digests, time.time()):
-                members = await asyncio.to_thread(outbox.members, digest.id)
-                reply_to = await asyncio.to_thread(outbox.reply_target, digest)
-                text = partial(self.render_digest, digest.change, members)
-                if not await self._deliver(bot, Digest, digest, text, reply_to, partial(self._shown, digest, members)):
+            for group in await asyncio.to_thread(outbox.due_groups, time.time()):
+                members = await asyncio.to_thread(outbox.members, group.id)
+                reply_to = await asyncio.to_thread(outbox.reply_target, group)
+                text = partial(self.render_group, group.change, members)
+                if not await self._deliver(bot, Group, group, text, reply_to, partial(self._shown, group, members)):
                     return
             for notice, incident in await asyncio.to_thread(outbox.stale, time.time(), self.edit_every_s):
                 record = partial(outbox.record_edit, notice.id, incident.revision)
                 if not await self._edit(bot, Notice, notice, partial(self.render, incident), record):
                     return
-            for digest, _count, _revisions in await asyncio.to_thread(outbox.stale_digests, time.time(),
+            for group, _count, _revisions in await asyncio.to_thread(outbox.stale_groups, time.time(),
                                                                       self.edit_every_s):
-                members = await asyncio.to_thread(outbox.members, digest.id)
-                text = partial(self.render_digest, digest.change, members)
-                if not await self._edit(bot, Digest, digest, text, partial(self._shown, digest, members, None)):
+                members = await asyncio.to_thread(outbox.members, group.id)
+                text = partial(self.render_group, group.change, members)
+                if not await self._edit(bot, Group, group, text, partial(self._shown, group, members, None)):
                     return
 
     async def _back(self, bot: Bot) -> bool:
@@ -150,14 +150,14 @@ class Sender:
                  notice.chat_id)
 
     @staticmethod
-    def _shown(digest: Digest, members: list[tuple[Notice, Incident]], message: Message | None, now: float) -> None:
+    def _shown(group: Group, members: list[tuple[Notice, Incident]], message: Message | None, now: float) -> None:
         """A group message was sent (`message`) or edited: the members and the revisions it shows."""
         revisions = sum(incident.revision for _, incident in members)
-        outbox.record_digest(digest.id, message.message_id if message else None, len(members), revisions, now)
+        outbox.record_group(group.id, message.message_id if message else None, len(members), revisions, now)
         if message is not None:
-            log.info("sent a group of %d (%s) to chat %d", len(members), digest.change, digest.chat_id)
+            log.info("sent a group of %d (%s) to chat %d", len(members), group.change, group.chat_id)
 
-    async def _deliver(self, bot: Bot, table: Row, row: Notice | Digest, text: Text, reply_to: int | None,
+    async def _deliver(self, bot: Bot, table: Row, row: Notice | Group, text: Text, reply_to: int | None,
                        record: Callable[[Message, float], None]) -> bool:
         """Send one row's message (`text` blocks: it may read the database); False when Telegram is out."""
         if self._waiting(row.chat_id) or not await asyncio.to_thread(claim, table, row.id, True):
@@ -175,7 +175,7 @@ class Sender:
         await asyncio.to_thread(record, message, time.time())
         return True
 
-    async def _edit(self, bot: Bot, table: Row, row: Notice | Digest, text: Text,
+    async def _edit(self, bot: Bot, table: Row, row: Notice | Group, text: Text,
                     record: Callable[[float], None]) -> bool:
         """Edit one row's message to its incident's newest state; False when Telegram is out."""
         if self._waiting(row.chat_id) or not await asyncio.to_thread(claim, table, row.id, False):
@@ -192,7 +192,7 @@ class Sender:
         await asyncio.to_thread(record, time.time())
         return True
 
-    async def _failed(self, exc: SendFailed, table: Row, row: Notice | Digest, edit: bool) -> bool:
+    async def _failed(self, exc: SendFailed, table: Row, row: Notice | Group, edit: bool) -> bool:
         """What a failure does: a flood limit pauses the chat and lets the row go; Telegram out lets it go, or
         retries it with backoff, and ends the run (False); a message that can never be sent is marked failed,
         and an edit that can never be made is said in the log (the incident lives on in the database)."""
@@ -222,7 +222,7 @@ class Sender:
         return True
 
     @staticmethod
-    def _backoff(row: Notice | Digest) -> float:
+    def _backoff(row: Notice | Group) -> float:
         return RETRY_S[min(row.attempts, len(RETRY_S) - 1)]
 
     async def _send(self, bot: Bot, chat_id: int, thread_id: int | None, text: str,

@@ -12,7 +12,7 @@ from peewee import fn
 from bot.db.connection import is_postgres
 from bot.db.routing import destinations
 from schema.domain import NoticeKind, State
-from schema.tables import Digest, Incident, Notice, db
+from schema.tables import Group, Incident, Notice, db
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 30.0  # wait long for an answer: a send that times out may have gone through
@@ -37,7 +37,7 @@ class Route:
 def notify(incident: Incident, kind: NoticeKind, text: str | None, change: str, now: float, route: Route) -> bool:
     """Queue a message about the incident for every chat and topic that wants it: the alert itself, or a reply
     with `text`. `change` is what it announces (a Kind or a Reply); changes of one kind in one chat and topic
-    group into one message (`Digest`). Whether any was queued."""
+    group into one message (`Group`). Whether any was queued."""
     queued = False
     for chat, thread in destinations(incident.device, route.chat_ids):
         notice = Notice.create(incident=incident.id, chat_id=chat, thread_id=thread, kind=kind, text=text,
@@ -57,24 +57,24 @@ def _group(notice: Notice, now: float, route: Route) -> None:
         return
     if is_postgres():  # two processes would each open a group; the second waits for the first to commit
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (GROUPING_LOCK,))
-    digest = (Digest.select().where(_where(Digest, notice.chat_id, notice.thread_id) & (Digest.change == notice.change)
-                                    & (Digest.created >= now - route.group_s))
-              .order_by(Digest.id.desc()).first())
-    if digest is not None:
-        Digest.update(last_join=now).where(Digest.id == digest.id).execute()
-        Notice.update(digest=digest.id).where(Notice.id == notice.id).execute()
+    group = (Group.select().where(_where(Group, notice.chat_id, notice.thread_id) & (Group.change == notice.change)
+                                    & (Group.created >= now - route.group_s))
+              .order_by(Group.id.desc()).first())
+    if group is not None:
+        Group.update(last_join=now).where(Group.id == group.id).execute()
+        Notice.update(group=group.id).where(Notice.id == notice.id).execute()
         return
     peers = list(Notice.select(Notice.id, Notice.created).where(
         _where(Notice, notice.chat_id, notice.thread_id) & (Notice.change == notice.change)
-        & (Notice.created >= now - route.group_s) & Notice.digest.is_null()))
+        & (Notice.created >= now - route.group_s) & Notice.group.is_null()))
     if len(peers) < route.group_min:  # peers include this notice
         return
-    digest = Digest.create(chat_id=notice.chat_id, thread_id=notice.thread_id, change=notice.change,
+    group = Group.create(chat_id=notice.chat_id, thread_id=notice.thread_id, change=notice.change,
                            created=min(p.created for p in peers), last_join=now, due=now)
-    Notice.update(digest=digest.id).where(Notice.id.in_([p.id for p in peers])).execute()
+    Notice.update(group=group.id).where(Notice.id.in_([p.id for p in peers])).execute()
 
 
-def _where(table: type[Notice] | type[Digest], chat_id: int, thread_id: int | None) -> object:
+def _where(table: type[Notice] | type[Group], chat_id: int, thread_id: int | None) -> object:
     """The rows of one chat and forum topic (None: the general topic)."""
     thread = table.thread_id.is_null() if thread_id is None else table.thread_id == thread_id
     return (table.chat_id == chat_id) & thread
@@ -86,7 +86,7 @@ def _alert(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | No
                               & (Notice.kind == NoticeKind.ALERT))
 
 
-Row = type[Notice] | type[Digest]  # an outbox row: a message about one incident, or a group's message
+Row = type[Notice] | type[Group]  # an outbox row: a message about one incident, or a group's message
 
 
 def _free(table: Row, now: float) -> object:
@@ -101,7 +101,7 @@ def claim(table: Row, row_id: int, unsent: bool) -> bool:
     if unsent:
         which &= table.sent.is_null() & table.failed.is_null()
         if table is Notice:  # and not folded into a group since it was read
-            which &= Notice.digest.is_null() | Notice.expanded
+            which &= Notice.group.is_null() | Notice.expanded
     return table.update(claimed_until=now + CLAIM_S).where(which).execute() == 1
 
 
@@ -121,7 +121,7 @@ def due_now(now: float) -> int:
     """Telegram answers again: every message waiting out its backoff after a failure is due at once (in the order
     they were queued: by id). How many."""
     waiting = 0
-    for table in (Notice, Digest):
+    for table in (Notice, Group):
         waiting += table.update(due=now).where(table.sent.is_null() & table.failed.is_null() & (table.due > now)
                                                & (table.attempts > 0)).execute()
     return waiting
@@ -137,7 +137,7 @@ def due(now: float) -> list[tuple[Notice, Incident, int | None]]:
     first, with the message a reply answers (the alert, or the group the alert is part of)."""
     rows = (Notice.select(Notice, Incident).join(Incident)
             .where(Notice.sent.is_null() & Notice.failed.is_null() & (Notice.due <= now) & _free(Notice, now)
-                   & (Notice.digest.is_null() | Notice.expanded))
+                   & (Notice.group.is_null() | Notice.expanded))
             .order_by(Notice.id).limit(BATCH))
     out = []
     for notice in rows:
@@ -156,9 +156,9 @@ def _shown_in(alert: Notice | None) -> int | None:
     """The message that shows an alert: its own, else the group's it is part of (None: not sent yet)."""
     if alert is None:
         return None
-    if alert.message_id is not None or alert.digest_id is None:
+    if alert.message_id is not None or alert.group_id is None:
         return alert.message_id
-    return Digest.select(Digest.message_id).where(Digest.id == alert.digest_id).scalar()
+    return Group.select(Group.message_id).where(Group.id == alert.group_id).scalar()
 
 
 def stale(now: float, edit_every_s: float) -> list[tuple[Notice, Incident]]:
@@ -185,62 +185,62 @@ def record_edit(notice_id: int, revision: int, now: float) -> None:
         (Notice.id == notice_id) & (Notice.shown_revision < revision)).execute()
 
 
-def due_digests(now: float) -> list[Digest]:
+def due_groups(now: float) -> list[Group]:
     """Groups whose message is due and not claimed, oldest first."""
-    return list(Digest.select().where(Digest.sent.is_null() & Digest.failed.is_null() & (Digest.due <= now)
-                                      & _free(Digest, now)).order_by(Digest.id).limit(BATCH))
+    return list(Group.select().where(Group.sent.is_null() & Group.failed.is_null() & (Group.due <= now)
+                                      & _free(Group, now)).order_by(Group.id).limit(BATCH))
 
 
-def members(digest_id: int) -> list[tuple[Notice, Incident]]:
+def members(group_id: int) -> list[tuple[Notice, Incident]]:
     """A group's notices and their incidents, in the order they joined."""
-    query = Notice.select(Notice, Incident).join(Incident).where(Notice.digest == digest_id).order_by(Notice.id)
+    query = Notice.select(Notice, Incident).join(Incident).where(Notice.group == group_id).order_by(Notice.id)
     return [(n, n.incident) for n in query]
 
 
-def reply_target(digest: Digest) -> int | None:
+def reply_target(group: Group) -> int | None:
     """The message a group of replies answers: the group message of its first member's alert, if any."""
-    first = Notice.select(Notice.incident).where(Notice.digest == digest.id).order_by(Notice.id).first()
+    first = Notice.select(Notice.incident).where(Notice.group == group.id).order_by(Notice.id).first()
     if first is None:
         return None
-    return _shown_in(_alert(first.incident_id, digest.chat_id, digest.thread_id))
+    return _shown_in(_alert(first.incident_id, group.chat_id, group.thread_id))
 
 
-def stale_digests(now: float, edit_every_s: float) -> list[tuple[Digest, int, int]]:
+def stale_groups(now: float, edit_every_s: float) -> list[tuple[Group, int, int]]:
     """Sent groups whose message names fewer members than joined (edited at once), or shows older states of its
     members' incidents (at most every `edit_every_s`); with their member count and revision sum now."""
-    recent = Digest.select(Digest.id).where(Digest.message_id.is_null(False) & (Digest.last_join >= now - STALE_S))
-    sums = (Notice.select(Notice.digest, fn.COUNT(Notice.id), fn.SUM(Incident.revision)).join(Incident)
-            .where(Notice.digest.in_(recent)).group_by(Notice.digest).tuples())
-    totals = {digest: (count, revisions) for digest, count, revisions in sums}
+    recent = Group.select(Group.id).where(Group.message_id.is_null(False) & (Group.last_join >= now - STALE_S))
+    sums = (Notice.select(Notice.group, fn.COUNT(Notice.id), fn.SUM(Incident.revision)).join(Incident)
+            .where(Notice.group.in_(recent)).group_by(Notice.group).tuples())
+    totals = {group: (count, revisions) for group, count, revisions in sums}
     out = []
-    for digest in Digest.select().where(Digest.id.in_(list(totals)) & _free(Digest, now)).order_by(Digest.id):
-        count, revisions = totals[digest.id]
-        if count > digest.shown_members or (revisions > digest.shown_revision
-                                            and (digest.edited or 0) <= now - edit_every_s):
-            out.append((digest, count, revisions))
+    for group in Group.select().where(Group.id.in_(list(totals)) & _free(Group, now)).order_by(Group.id):
+        count, revisions = totals[group.id]
+        if count > group.shown_members or (revisions > group.shown_revision
+                                            and (group.edited or 0) <= now - edit_every_s):
+            out.append((group, count, revisions))
     return out
 
 
-def record_digest(digest_id: int, message_id: int | None, count: int, revisions: int, now: float) -> None:
+def record_group(group_id: int, message_id: int | None, count: int, revisions: int, now: float) -> None:
     """A group's message was sent (`message_id`) or edited to show `count` members at `revisions`."""
-    changes: dict[object, object] = {Digest.claimed_until: None, Digest.edited: now}
+    changes: dict[object, object] = {Group.claimed_until: None, Group.edited: now}
     if message_id is not None:
-        changes.update({Digest.sent: now, Digest.message_id: message_id})
-    Digest.update(changes).where(Digest.id == digest_id).execute()
-    Digest.update(shown_members=count, shown_revision=revisions).where(
-        (Digest.id == digest_id) & (Digest.shown_revision <= revisions)).execute()
+        changes.update({Group.sent: now, Group.message_id: message_id})
+    Group.update(changes).where(Group.id == group_id).execute()
+    Group.update(shown_members=count, shown_revision=revisions).where(
+        (Group.id == group_id) & (Group.shown_revision <= revisions)).execute()
 
 
-def digest_in(digest_id: int, chat_id: int) -> Digest | None:
+def group_in(group_id: int, chat_id: int) -> Group | None:
     """A group whose message went to this chat; None for one of another chat (a forged button)."""
-    return Digest.get_or_none((Digest.id == digest_id) & (Digest.chat_id == chat_id))
+    return Group.get_or_none((Group.id == group_id) & (Group.chat_id == chat_id))
 
 
 def expand(incident_id: int, chat_id: int, thread_id: int | None) -> Notice | None:
     """Send a grouped alert on its own as well, with its buttons (someone asked for it in this chat and topic);
     the alert's notice, None when no alert of that incident went there as part of a group."""
     notice = _alert(incident_id, chat_id, thread_id)
-    if notice is None or notice.digest_id is None:
+    if notice is None or notice.group_id is None:
         return None
     if not notice.expanded and notice.sent is None:
         Notice.update(expanded=True, due=time.time()).where(Notice.id == notice.id).execute()
