@@ -41,8 +41,8 @@ def parse_incident(data: str | None) -> tuple[int, Action] | None:
 
 def _mac(data: str, chat_id: int, key: bytes) -> str:
     """11 characters of an HMAC of the data for one chat: a button only the bot can have made, for that chat."""
-    group = hmac.new(key, f"{chat_id}:{data}".encode(), hashlib.sha256).group()[:8]
-    return base64.urlsafe_b64encode(group).decode().rstrip("=")
+    mac = hmac.new(key, f"{chat_id}:{data}".encode(), hashlib.sha256).digest()[:8]
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
 def missed(metric_id: int, chat_id: int, key: bytes) -> str:
