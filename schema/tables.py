@@ -179,6 +179,20 @@ class Notice(BaseModel):
     expanded = pw.BooleanField(default=False)  # part of a group, and sent on its own too because someone asked
 
 
+class Event(BaseModel):
+    """Something that happened to an incident, for its history and its report: opened, a message sent or edited,
+    a button pressed, a reminder, an escalation step, resolved. Written where it happens, never edited."""
+
+    incident = pw.ForeignKeyField(Incident, on_delete="CASCADE", index=True)
+    at = pw.DoubleField()
+    what = pw.CharField(max_length=16)  # opened, sent, edited, grouped, pressed, reminded, escalated, resolved
+    text = pw.TextField(default="")  # in words: "@bob pressed ✅ Correct", "sent to chat -100123"
+    chat_id = pw.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "incident_event"
+
+
 class Mute(BaseModel):
     """Maintenance: devices matching `pattern` are stored and predicted, but no incident opens while it holds.
 
@@ -372,7 +386,7 @@ for _name in KNOWN_METRICS:
 
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Group, Notice, Mute, ForecastLabel, Aggregate, Subscription,
-          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel]
+          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel, Event]
 
 
 def connect(url: str) -> pw.Database:

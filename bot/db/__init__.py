@@ -4,7 +4,7 @@ Every function here blocks: callers on the event loop go through ``asyncio.to_th
 live in `schema`, which ml/ reads too.
 """
 
-from bot.db import disks
+from bot.db import disks, events
 from bot.db.connection import (
     CHECKPOINT_S,
     checkpoint,
@@ -50,6 +50,7 @@ from schema.tables import (
     Device,
     DiskDay,
     DiskLabel,
+    Event,
     Expected,
     ForecastHold,
     ForecastLabel,
@@ -80,6 +81,7 @@ __all__ = [
     "Device",
     "DiskDay",
     "DiskLabel",
+    "Event",
     "Expected",
     "ForecastHold",
     "ForecastLabel",
@@ -107,6 +109,7 @@ __all__ = [
     "device_count",
     "devices",
     "disks",
+    "events",
     "history_points",
     "incident_for_button",
     "incident_spans",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import tzinfo
 
-from bot.db import disks, tolerances
+from bot.db import disks, events, tolerances
 from schema.conditions import Predicted, parse_key
 from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window, metric_key
 from schema.tables import Expected, ForecastLabel, Incident, Label, Mute, Notice, Tolerance, db
@@ -115,6 +115,7 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
         incident.revision += 1
         incident.updated = incident.acted = now
         incident.save()
+        events.happened(incident_id, now, "pressed", f"{user_name} pressed {action.name.lower().replace('_', ' ')}")
     log.info("%s pressed %s on incident %d (%s)", user_name, action, incident_id, incident.device)
     return incident
 
@@ -139,6 +140,7 @@ def undo_tolerance(incident_id: int, user_id: int, user_name: str, admin: bool,
             incident.revision += 1
             incident.updated = incident.acted = now
             incident.save()
+            events.happened(incident_id, now, "pressed", f"{user_name} pressed undo")
     log.info("%s undid the tolerances %s of incident %d (%s)", user_name, removed, incident_id, incident.device)
     return incident, removed
 

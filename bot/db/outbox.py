@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from peewee import fn
 
+from bot.db import events
 from bot.db.connection import is_postgres
 from bot.db.routing import destinations
 from schema.domain import NoticeKind, State
@@ -176,13 +177,15 @@ def stale(now: float, edit_every_s: float) -> list[tuple[Notice, Incident]]:
 def record_sent(notice_id: int, message_id: int, revision: int, now: float) -> None:
     Notice.update(sent=now, message_id=message_id, shown_revision=revision, edited=now, claimed_until=None,
                   attempts=Notice.attempts + 1).where(Notice.id == notice_id).execute()
+    events.of_notice(notice_id, now, "sent", f"message {message_id}")
 
 
 def record_edit(notice_id: int, revision: int, now: float) -> None:
     Notice.update(claimed_until=None).where(Notice.id == notice_id).execute()
     # The newest state wins: a slow edit of an older revision never overwrites the record of a newer one.
-    Notice.update(shown_revision=revision, edited=now).where(
-        (Notice.id == notice_id) & (Notice.shown_revision < revision)).execute()
+    if Notice.update(shown_revision=revision, edited=now).where(
+            (Notice.id == notice_id) & (Notice.shown_revision < revision)).execute():
+        events.of_notice(notice_id, now, "edited", f"to revision {revision}")
 
 
 def due_groups(now: float) -> list[Group]:
@@ -227,6 +230,10 @@ def record_group(group_id: int, message_id: int | None, count: int, revisions: i
     if message_id is not None:
         changes.update({Group.sent: now, Group.message_id: message_id})
     Group.update(changes).where(Group.id == group_id).execute()
+    if message_id is not None:
+        group = Group.get_by_id(group_id)
+        named = [n.incident_id for n in Notice.select(Notice.incident).where(Notice.group == group_id)]
+        events.of_group(named, group.chat_id, now, f"named in a group message of {count} (message {message_id})")
     Group.update(shown_members=count, shown_revision=revisions).where(
         (Group.id == group_id) & (Group.shown_revision <= revisions)).execute()
 

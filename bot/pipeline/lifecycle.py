@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 
-from bot.db import Incident, StoredSample, incidents, outbox
+from bot.db import Incident, StoredSample, events, incidents, outbox
 from schema.domain import IncidentDetail, Kind, NoticeKind, Reply, State
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Incidents:
             now + self.rules.repeat_s if self.rules.repeat_s and remind else None,
         )
         self._notify(incident, NoticeKind.ALERT, kind, None, now)
+        events.happened(incident.id, now, "opened", f"{kind} at {opened_ts:.0f}")
         log.info("incident %d opened: %s %s", incident.id, device, kind)
         return incident
 
@@ -71,10 +72,12 @@ class Incidents:
         incident.save()
         if reply is not None:
             self._notify(incident, NoticeKind.REPLY, reply, self.say(reply, incident, now), now)
+        events.happened(incident.id, now, "resolved", str(reply or ""))
         log.info("incident %d %s: %s %s", incident.id, incident.state, incident.device, incident.kind)
 
     def remind(self, incident: Incident, now: float) -> None:
         """A reminder (a reply) of an open incident nobody acknowledged; the next one after repeat_s."""
         self._notify(incident, NoticeKind.REPLY, Reply.REMINDER, self.say(Reply.REMINDER, incident, now), now)
+        events.happened(incident.id, now, "reminded")
         incident.next_reminder = now + self.rules.repeat_s
         incident.save()
