@@ -20,7 +20,7 @@ from telegram.ext import Application, CallbackQueryHandler, MessageHandler, Type
 from telegram.ext import filters as tg_filters
 
 from bot import db
-from bot.chat import alerts, common, jobs, model_admin, start, status, teams, tolerance
+from bot.chat import alerts, common, jobs, model_admin, oncall, start, status, teams, tolerance
 from bot.chat.bot_api import PollingRequest, TelegramLink, connect
 from bot.chat.rate_limits import CommandBudget, FairRateLimiter
 from bot.chat.sender import Sender
@@ -33,6 +33,7 @@ from bot.pipeline.active_model import ActiveModel, ModelKeeper
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.disks import ActiveDiskModel, Disks
+from bot.pipeline.escalation import Escalator
 from bot.pipeline.lifecycle import Incidents, Rules
 from bot.pipeline.poller import Poller
 from bot.pipeline.tolerating import Tolerances
@@ -73,7 +74,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         command_budget=CommandBudget(), tolerances=tolerances,
     )
     application.add_handler(TypeHandler(object, common.guard), group=-1)
-    for conversation in (start, status, alerts, teams, tolerance, model_admin):
+    for conversation in (start, status, alerts, teams, oncall, tolerance, model_admin):
         application.add_handlers(conversation.handlers())
     application.add_handler(CallbackQueryHandler(common.invalid_button))
     application.add_handler(MessageHandler(tg_filters.COMMAND, common.unknown_command))
@@ -153,7 +154,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     await asyncio.to_thread(_rebuild_forecasts, forecaster)
     route = Route(tuple(sorted(settings.allowed_chat_ids)), settings.alert_group_s, settings.alert_group_min)
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
-                  settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone)
+                  settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone, settings.dependencies)
     incidents = Incidents(rules, alerts.reply)
     disk_model: ActiveDiskModel = application.bot_data["disk_model"]
     try:
@@ -172,7 +173,8 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         every = min(WATCH_EVERY_S, (settings.silent_after_s or WATCH_EVERY_S * 4) / 4,
                     (settings.alert_repeat_s or WATCH_EVERY_S * 4) / 4)
         queue.run_repeating(jobs.watch, interval=every, first=every,
-                            data=jobs.Watching(Watch(incidents, model.drivers, tolerances), sender), name="watch")
+                            data=jobs.Watching(Watch(incidents, model.drivers, tolerances,
+                                                     Escalator(incidents, alerts.call)), sender), name="watch")
         # In one process of a fleet: two downsampling the same device at once would count samples twice.
         # Soon after start as well as daily: a bot restarted every day still downsamples.
         queue.run_repeating(jobs.in_thread, interval=retention.DAY_S, first=RETENTION_FIRST_S,

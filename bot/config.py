@@ -7,9 +7,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ml.config import ConfigError, database_url, model_signing_key, model_store
+from schema.oncall import Dependency, parse_dependencies
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -45,6 +47,7 @@ class Settings:
     remote_write_listen: tuple[str | None, int] | None = None  # (host, port); host None: every interface
     remote_write_token: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
     remote_write_device_label: str = "instance"
+    dependencies: tuple[Dependency, ...] = ()
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -106,6 +109,23 @@ def _label_name(raw: str) -> str:
     return raw
 
 
+def _dependencies(raw: str) -> tuple[Dependency, ...]:
+    """DEPENDENCIES: "rack1-* on sw-rack1; rack2-* on sw-rack2", or the path of a file with one rule a line."""
+    if not raw:
+        return ()
+    text = raw
+    if " on " not in raw.lower():
+        try:
+            text = Path(raw).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"DEPENDENCIES must be rules such as 'rack1-* on sw-rack1' or a readable file of "
+                              f"them; {raw[:60]!r} cannot be read ({exc.__class__.__name__})") from None
+    try:
+        return tuple(parse_dependencies(text))
+    except ValueError as exc:
+        raise ConfigError(f"DEPENDENCIES: {exc}") from None
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -160,4 +180,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         remote_write_listen=_listen(env.get("REMOTE_WRITE_LISTEN", "").strip()),
         remote_write_token=_remote_write_token(env.get("REMOTE_WRITE_TOKEN", "").strip()),
         remote_write_device_label=_label_name(env.get("REMOTE_WRITE_DEVICE_LABEL", "").strip() or "instance"),
+        dependencies=_dependencies(env.get("DEPENDENCIES", "").strip()),
     )

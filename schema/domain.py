@@ -67,19 +67,35 @@ class IncidentDetail:
     evidence: str = ""
     severity: str = ""
     expected_by: str = ""  # a ❌ on a condition: it is expected on this machine, said by whom
+    # Any incident: who pressed 👀 On it and when, and each escalation step taken ([when, to whom]).
+    taken_by: str = ""
+    taken_at: float | None = None
+    escalated: list[list] = field(default_factory=list)
+    # Dependencies: a parent's incident names the machines behind it that went silent during it (`behind`), and
+    # those still silent when it ended (`still_silent`); a child's silence names its parent's incident (`parent`,
+    # `parent_id`) and sends nothing of its own until it is `released`.
+    behind: list[str] = field(default_factory=list)
+    still_silent: list[str] = field(default_factory=list)
+    parent: str = ""
+    parent_id: int | None = None
+    released: bool = False
 
     def to_json(self) -> str:
         if self.evidence:
-            return json.dumps({name: getattr(self, name) for name in (
-                "metric", "ts", "evidence", "severity", "expected_by", "undone_by") if getattr(self, name)})
-        if self.metric:
-            return json.dumps({"metric": self.metric, "ts": self.ts, "level": self.level,
-                               "slope_per_h": self.slope_per_h, "eta_s": self.eta_s})
-        if not (self.drivers or self.metrics or self.peak):
-            return "{}"
-        stored: dict[str, object] = {"drivers": self.drivers, "metrics": self.metrics, "peak": self.peak}
-        for name in ("filesystems", "peak_filesystems", "processes", "peak_processes", "tolerated", "undone_by"):
-            if value := getattr(self, name):  # left out when empty: the JSON of a machine without them is as before
+            stored: dict[str, object] = {name: getattr(self, name) for name in (
+                "metric", "ts", "evidence", "severity", "expected_by", "undone_by") if getattr(self, name)}
+        elif self.metric:
+            stored = {"metric": self.metric, "ts": self.ts, "level": self.level, "slope_per_h": self.slope_per_h,
+                      "eta_s": self.eta_s}
+        elif self.drivers or self.metrics or self.peak:
+            stored = {"drivers": self.drivers, "metrics": self.metrics, "peak": self.peak}
+            for name in ("filesystems", "peak_filesystems", "processes", "peak_processes", "tolerated", "undone_by"):
+                if value := getattr(self, name):  # left out when empty: a machine without them reads as before
+                    stored[name] = value
+        else:
+            stored = {}
+        for name in _ANY_KIND:
+            if value := getattr(self, name):
                 stored[name] = value
         return json.dumps(stored)
 
@@ -90,6 +106,7 @@ class IncidentDetail:
 
 
 _FIELDS = frozenset(IncidentDetail.__dataclass_fields__)
+_ANY_KIND = ("taken_by", "taken_at", "escalated", "behind", "still_silent", "parent", "parent_id", "released")
 
 FILESYSTEM = "disk:"  # the metric of a filesystem's forecast is "disk:<mount point>"
 INODES = "inodes:"  # the metric of a forecast of a filesystem's inodes is "inodes:<mount point>"
@@ -117,16 +134,18 @@ class Action(StrEnum):
     WRONG_FORECAST = "wrong"
     UNDO_TOLERANCE = "undo"  # on a stressed incident a ❌ turned into tolerances, or a condition made expected
     EXPECTED = "x"  # ❌ on a condition: expected on this machine
+    ON_IT = "on"  # 👀 On it: someone takes it; no more reminders or escalation, its verdict buttons stay
 
 
 SNOOZE_HOURS = {Action.SNOOZE_1H: 1, Action.SNOOZE_8H: 8}
 ACTIONS_OF = {  # the buttons each kind of incident has
     Kind.STRESSED: {Action.CORRECT, Action.WRONG_PREDICTION, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                    Action.UNDO_TOLERANCE},
-    Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART},
-    Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H},
+                    Action.UNDO_TOLERANCE, Action.ON_IT},
+    Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
+                    Action.ON_IT},
+    Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H, Action.ON_IT},
     Kind.CONDITION: {Action.CORRECT, Action.EXPECTED, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                     Action.UNDO_TOLERANCE},
+                     Action.UNDO_TOLERANCE, Action.ON_IT},
 }
 
 
@@ -136,6 +155,7 @@ class Reply(StrEnum):
     REPORTING_AGAIN = "reporting again"
     RECOVERED = "recovered"
     REMINDER = "reminder"
+    ESCALATED = "escalated"  # nobody answered: someone is called by name (one message for all of a chat's incidents)
 
 
 # A pattern of device names: a shell-style glob (* ? [...]) over the characters of a device id.

@@ -177,6 +177,7 @@ class Notice(BaseModel):
     group = pw.ForeignKeyField(Group, null=True, on_delete="SET NULL", index=True, column_name="digest_id",
                                object_id_name="group_id")
     expanded = pw.BooleanField(default=False)  # part of a group, and sent on its own too because someone asked
+    escalated = pw.BooleanField(default=False)  # sent by an escalation step, not by the chats' subscriptions
 
 
 class Event(BaseModel):
@@ -234,6 +235,73 @@ class Subscription(BaseModel):
 
     class Meta:
         indexes = ((("chat_id", "thread_id", "pattern"), True),)
+
+
+class Person(BaseModel):
+    """Someone who wrote in an allowed chat (a command, a button), so they can be put on call by name; a row with
+    `chat_id` their own user id: they started the bot in private, so it can message them directly."""
+
+    chat_id = pw.BigIntegerField()
+    user_id = pw.BigIntegerField()
+    username = pw.CharField(max_length=64, null=True, index=True)  # lower case, without the @
+    name = pw.CharField(max_length=200)
+    seen = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("chat_id", "user_id"), True),)
+
+
+class OnCall(BaseModel):
+    """A chat's on-call shift: a person, in a recurring window (bit 0 Monday, minutes of the day in the bot's time
+    zone) or, with `other`, whenever no one else's window holds."""
+
+    chat_id = pw.BigIntegerField(index=True)
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    days = pw.IntegerField(default=0)
+    start = pw.IntegerField(default=0)
+    end = pw.IntegerField(default=0)
+    other = pw.BooleanField(default=False)
+    set_by = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+
+class Chain(BaseModel):
+    """A chat's (or forum topic's, `thread_id` 0 for the general one) escalation: its steps as JSON."""
+
+    chat_id = pw.BigIntegerField()
+    thread_id = pw.BigIntegerField(default=0)
+    steps = pw.TextField()
+    set_by = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+
+    class Meta:
+        table_name = "escalation_chain"
+        indexes = ((("chat_id", "thread_id"), True),)
+
+
+class Escalation(BaseModel):
+    """A step of a chat's chain taken for an incident: its row makes it once only, whichever process and however
+    many restarts. `skipped`: it fell while the machine was muted, or one later was due at once."""
+
+    incident = pw.ForeignKeyField(Incident, on_delete="CASCADE")
+    chat_id = pw.BigIntegerField()
+    thread_id = pw.BigIntegerField(default=0)
+    step = pw.IntegerField()
+    at = pw.DoubleField()
+    skipped = pw.BooleanField(default=False)
+
+    class Meta:
+        indexes = ((("incident", "chat_id", "thread_id", "step"), True),)
+
+
+class Dependency(BaseModel):
+    """The machines matching `pattern` stand behind `parent` (set with /depends; DEPENDENCIES adds more)."""
+
+    pattern = pw.CharField(max_length=64, unique=True)
+    parent = pw.CharField(max_length=64)
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
 
 
 class Heartbeat(BaseModel):
@@ -386,7 +454,8 @@ for _name in KNOWN_METRICS:
 
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Group, Notice, Mute, ForecastLabel, Aggregate, Subscription,
-          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel, Event]
+          Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel, Event, Person, OnCall, Chain,
+          Escalation, Dependency]
 
 
 def connect(url: str) -> pw.Database:

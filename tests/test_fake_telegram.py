@@ -14,7 +14,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler, ContextTypes, ExtBot
 
 from tests.fakes.telegram_api import GENERAL_TOPIC, FakeTelegram
@@ -149,6 +149,22 @@ async def test_injected_failures_and_outage(fake: FakeTelegram) -> None:
         with pytest.raises(BadRequest, match="not modified"):
             await sent.edit_text("x")
     assert [c.status for c in fake.calls("sendMessage")] == [429, 502, 200]
+
+
+@pytest.mark.asyncio
+async def test_a_private_chat_takes_the_bot_only_once_its_user_wrote_and_never_once_blocked(
+        fake: FakeTelegram) -> None:
+    fake.require_start()
+    async with bot_for(fake) as bot:
+        with pytest.raises(Forbidden, match="can't initiate conversation"):
+            await bot.send_message(CHAT, "hello")
+        await bot.send_message(GROUP, "a group needs no start")
+        fake.send_text(CHAT, "/start", user_id=CHAT)
+        await bot.send_message(CHAT, "hello")
+        fake.block(CHAT)
+        with pytest.raises(Forbidden, match="blocked"):
+            await bot.send_message(CHAT, "again")
+    assert [m["text"] for m in fake.messages(CHAT)] == ["hello"]
 
 
 def png(width: int, height: int) -> bytes:

@@ -292,14 +292,17 @@ def test_a_forecast_incident_reads_like_the_forecast() -> None:
 
 def test_the_buttons_follow_the_incident() -> None:
     assert buttons(alerts.keyboard(incident())) == [
-        ("✅ Correct", "i:42:ok"), ("❌ Wrong prediction", "i:42:no"),
-        ("🔕 1 h", "i:42:s1"), ("🔕 8 h", "i:42:s8"), ("📈 Chart", "i:42:chart")]
+        ("✅ Correct", "i:42:ok"), ("❌ Wrong prediction", "i:42:no"), ("👀 On it", "i:42:on"),
+        ("📈 Chart", "i:42:chart"), ("🔕 1 h", "i:42:s1"), ("🔕 8 h", "i:42:s8")]
     assert [text for text, _ in buttons(alerts.keyboard(incident(acked_by="@alice")))] == [
-        "🔕 1 h", "🔕 8 h", "📈 Chart"]
+        "📈 Chart", "🔕 1 h", "🔕 8 h"]
+    taken = incident(detail={"taken_by": "@bob", "taken_at": TS})
+    assert [text for text, _ in buttons(alerts.keyboard(taken))] == [
+        "✅ Correct", "❌ Wrong prediction", "📈 Chart", "🔕 1 h", "🔕 8 h"], "taken, it can still be labelled"
     assert buttons(alerts.keyboard(incident(state="resolved"))) == [("📈 Chart", "i:42:chart")]
     assert [t for t, _ in buttons(alerts.keyboard(incident(kind="forecast")))][:2] == [
         "✅ Right forecast", "❌ Wrong forecast"]
-    assert [t for t, _ in buttons(alerts.keyboard(incident(kind="silent")))] == ["🔕 1 h", "🔕 8 h"]
+    assert [t for t, _ in buttons(alerts.keyboard(incident(kind="silent")))] == ["👀 On it", "🔕 1 h", "🔕 8 h"]
     assert alerts.keyboard(incident(kind="silent", state="resolved")) is None
     for _, data in buttons(alerts.keyboard(incident(id=10**18 - 1))):
         assert len(data.encode()) <= 64 and callbacks.parse_incident(data)[0] == 10**18 - 1

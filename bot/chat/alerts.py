@@ -35,6 +35,7 @@ from bot.chat.sender import Render
 from bot.db import Incident, Notice, incidents, outbox
 from bot.pipeline import tolerating
 from bot.pipeline.baselines import Baselines, Usual
+from bot.pipeline.escalation import Callee
 from bot.pipeline.forecast import Forecast
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
@@ -109,7 +110,9 @@ def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
                    button("❌ Wrong" if disk else "❌ Expected here", Action.EXPECTED)]
     else:
         verdict = []
-    rows = [row for row in (verdict, [*snooze, chart] if incident.kind != Kind.SILENT else snooze) if row]
+    taking = [] if detail.taken_by or incident.acked_by else [button("👀 On it", Action.ON_IT)]
+    middle = taking if incident.kind == Kind.SILENT else [*taking, chart]
+    rows = [row for row in (verdict, middle, snooze) if row]
     return InlineKeyboardMarkup(rows)
 
 
@@ -126,7 +129,10 @@ def alert(incident: Incident, usual: Mapping[str, Usual], now: float,
         else:
             head = (f"✅ <b>{device}</b> is reporting again after {lasted(incident.resolved_ts - incident.opened_ts)} "
                     f"of silence ({span(incident.opened_ts, incident.resolved_ts)})")
-        return clip(head + _footer(incident))
+        if detail.released:
+            head += (f"\nStill silent after {escape(detail.parent)}, which it stands behind, came back: "
+                     "a problem of its own.")
+        return clip(head + _behind(incident) + _footer(incident))
     if incident.kind == Kind.CONDITION:
         return clip(condition_alert(incident) + _footer(incident))
     if incident.kind == Kind.FORECAST:
@@ -156,7 +162,23 @@ def alert(incident: Incident, usual: Mapping[str, Usual], now: float,
     else:
         head = [f"❌ <b>{device}</b>: a false alarm ({span(incident.opened_ts, incident.resolved_ts)})",
                 f"Peak P(stressed) {percent(incident.peak_p)}"]
-    return clip("\n".join([*head, *lines]) + _footer(incident))
+    return clip("\n".join([*head, *lines]) + _behind(incident) + _footer(incident))
+
+
+SHOWN_BEHIND = 10  # machines behind a parent named in its alert
+
+
+def _behind(incident: Incident) -> str:
+    """A parent's line: the machines behind it that went silent during its incident."""
+    behind = incident.detail.behind
+    if not behind:
+        return ""
+    names = ", ".join(escape(d) for d in behind[:SHOWN_BEHIND]) + (
+        f" and {len(behind) - SHOWN_BEHIND} more" if len(behind) > SHOWN_BEHIND else "")
+    verb = "are" if len(behind) > 1 else "is"
+    if incident.state == State.OPEN:
+        return f"\n{plural(len(behind), 'machine')} behind it {verb} silent too: {names}"
+    return f"\n{plural(len(behind), 'machine')} behind it went silent with it: {names}"
 
 
 def condition_of(incident: Incident) -> tuple[Condition, str] | None:
@@ -223,6 +245,9 @@ def _footer(incident: Incident) -> str:
                                                                            detail.undone_by))
     if incident.snoozed_until and incident.state == State.OPEN:
         lines.append(f"🔕 Reminders snoozed until {when(incident.snoozed_until)}")
+    if detail.taken_by:
+        lines.append(f"👀 {escape(detail.taken_by)} is on it (since {when(detail.taken_at or 0)})")
+    lines += [f"⏫ escalated to {escape(to)} at {when(at)}" for at, to in detail.escalated]
     return "\n\n" + "\n".join(lines) if lines else ""
 
 
@@ -230,16 +255,49 @@ def reply(kind: Reply, incident: Incident, now: float) -> str:
     """A short reply to an incident's message: the machine reports again, recovered, or a reminder."""
     if kind == Reply.REPORTING_AGAIN:
         gap = lasted(incident.resolved_ts - incident.last_ts)
-        return f"✅ {incident.device} is reporting again after {gap} of silence"
+        return f"✅ {incident.device} is reporting again after {gap} of silence{_behind_back(incident)}"
     if kind == Reply.RECOVERED and incident.kind == Kind.CONDITION:
         return (f"✅ {incident.device}: {described(incident)} cleared after "
                 f"{lasted(incident.resolved_ts - incident.opened_ts)}")
     if kind == Reply.RECOVERED:
-        return f"✅ {incident.device} recovered after {lasted(incident.resolved_ts - incident.opened_ts)}"
+        return (f"✅ {incident.device} recovered after {lasted(incident.resolved_ts - incident.opened_ts)}"
+                f"{_behind_back(incident)}")
     still = {Kind.SILENT: "is still silent", Kind.FORECAST: "is still heading for its edge",
              Kind.CONDITION: f"still has it: {incident.detail.evidence}"}.get(incident.kind, "is still stressed")
     return (f"⏰ {incident.device} {still} (since {ago(now - incident.created)} ago). ✅ acknowledges it; "
             "🔕 snoozes it.")
+
+
+def _behind_back(incident: Incident) -> str:
+    """The end of a parent's recovery: how many of the machines behind it report again; the others get their own
+    silence time before each alerts on its own."""
+    behind, still = incident.detail.behind, incident.detail.still_silent
+    if not behind:
+        return ""
+    if not still:
+        return f" · {'the ' + plural(len(behind), 'machine') if len(behind) > 1 else 'the machine'} behind it too"
+    names = ", ".join(still[:SHOWN_BEHIND]) + (f" and {len(still) - SHOWN_BEHIND} more"
+                                                if len(still) > SHOWN_BEHIND else "")
+    return (f" · {len(behind) - len(still)} of the {plural(len(behind), 'machine')} behind it too; still silent: "
+            f"{names} (each alerts on its own if it stays silent)")
+
+
+def call(waiting: list[Incident], callee: Callee | None, waited_s: float, note: str) -> str:
+    """An escalation step's reply: it mentions who is called (a mention notifies even in a muted group), and names
+    every incident of the chat that reached that step together."""
+    who = (f'<a href="tg://user?id={callee.user}">{escape(callee.name)}</a>' if callee
+           else "Nobody is on call now (/oncall)")
+    what = (f"{escape(waiting[0].device)}'s alert" if len(waiting) == 1
+            else f"{plural(len(waiting), 'alert')}")
+    lines = [f"⏫ {who}: nobody answered {what} for {ago(waited_s)}."]
+    if note:
+        lines.append(f"({escape(note)}.)")
+    first = min(i.opened_ts for i in waiting)
+    lines += [_member_line(i, i.kind, first) for i in waiting[:SHOWN_NAMES]]
+    if len(waiting) > SHOWN_NAMES:
+        lines.append(f"… and {len(waiting) - SHOWN_NAMES} more")
+    lines.append("👀 On it on an alert takes it: no more reminders or escalation.")
+    return clip("\n".join(lines))
 
 
 def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None = None, metric: str = "") -> str:
@@ -258,6 +316,8 @@ def pressed(action: Action, device: str, tolerated: Mapping[str, float] | None =
         where = f" on {obj}" if obj else ""
         return (f"Thanks: {condition.title}{where} is expected on {device} now: it alerts no more there. Undo on the "
                 "alert takes it back.")
+    if action == Action.ON_IT:
+        return f"Thanks: you are on {device}. No more reminders or escalation; ✅/❌ still label it."
     if action in SNOOZE_HOURS:
         return f"Reminders about {device} snoozed for {SNOOZE_HOURS[action]} h."
     if action == Action.WRONG_FORECAST:
@@ -302,6 +362,8 @@ def _member_line(incident: Incident, change: str, first: float) -> str:
         line = f"• {device}: {escape(described(incident))}"
     else:
         line = f"• {device}"
+    if incident.detail.behind:
+        line += f" · {len(incident.detail.behind)} behind it silent too"
     if incident.state == State.RESOLVED and change in (Kind.STRESSED, Kind.SILENT, Kind.FORECAST, Kind.CONDITION):
         line += " ✅ " + {Kind.SILENT: "reporting again", Kind.CONDITION: "cleared"}.get(change, "recovered")
     elif incident.state == State.FALSE_ALARM:

@@ -21,6 +21,8 @@ EXPAND_PATTERN = r"^one:"
 GROUP_PATTERN = r"^all:"
 CANCEL = "cancel"
 CANCEL_PATTERN = rf"^{CANCEL}$"
+# The buttons of an alert, which an escalation may send to someone's private chat: the only ones pressed there.
+IN_PRIVATE = re.compile("|".join((INCIDENT_PATTERN, EXPAND_PATTERN, GROUP_PATTERN)))
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
 _MISSED_RE = re.compile(r"missed:(\d{1,18}):([A-Za-z0-9_-]{11})")
 _ACTIVATE_RE = re.compile(r"activate:(disk:)?(\d{1,9})")

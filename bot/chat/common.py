@@ -3,16 +3,20 @@ the bot's parts, admin checks, editing a reply, and the error handler, with thei
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 
-from telegram import InlineKeyboardMarkup, Message, Update
+from telegram import InlineKeyboardMarkup, Message, Update, User
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
+from bot.chat import callbacks
 from bot.chat.sender import Sender
 from bot.config import Settings
+from bot.db import oncall
 from bot.pipeline.active_model import ActiveModel
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.forecast import Forecaster
@@ -50,10 +54,15 @@ def tolerances_of(context: ContextTypes.DEFAULT_TYPE) -> Tolerances:
 
 async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Runs before every handler: a chat that is not allowed gets one short refusal and nothing else; a member
-    who floods the chat with commands gets one "slow down", and their commands are dropped for a while."""
-    chat = update.effective_chat
-    if chat is not None and chat.id in settings_of(context).allowed_chat_ids:
-        message, user = update.message, update.effective_user
+    who floods the chat with commands gets one "slow down", and their commands are dropped for a while. Whoever
+    writes in an allowed chat is remembered, so they can be put on call; such a person's private chat with the bot
+    takes their /start (then a direct message can reach them) and the buttons of the alerts sent there."""
+    chat, user = update.effective_chat, update.effective_user
+    allowed = settings_of(context).allowed_chat_ids
+    if chat is not None and chat.id in allowed:
+        message = update.message
+        if user is not None:
+            await _remember(context, chat.id, user)
         if message is None or user is None or not (message.text or "").startswith("/"):
             return
         go_on = await context.bot_data["command_budget"].take(chat.id, user.id)
@@ -63,13 +72,41 @@ async def guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             log.warning("user %d floods chat %d with commands: dropped for a while", user.id, chat.id)
             await message.reply_text(SLOW_DOWN)
         raise ApplicationHandlerStop
-    user = update.effective_user
+    if chat is not None and user is not None and chat.id == user.id and await asyncio.to_thread(
+            oncall.known, user.id, allowed):
+        await _in_private(update, context, user)
+        return
     log.warning("refused chat %s (user %s): not in ALLOWED_CHAT_IDS", chat.id if chat else "?",
                 user.id if user else "?")
     if update.callback_query:
         await update.callback_query.answer(NOT_ALLOWED_BUTTON, show_alert=True)
     elif update.effective_message and chat is not None:
         await update.effective_message.reply_text(refusal(chat.id), parse_mode=ParseMode.HTML)
+    raise ApplicationHandlerStop
+
+
+async def _remember(context: ContextTypes.DEFAULT_TYPE, chat_id: int, user: User) -> None:
+    """Write down who wrote in a chat (once per process, and again when their name changes)."""
+    seen: dict[tuple[int, int], tuple[str | None, str]] = context.bot_data.setdefault("people_seen", {})
+    now = (user.username, user.full_name)
+    if seen.get((chat_id, user.id)) != now:
+        await asyncio.to_thread(oncall.seen, chat_id, user.id, user.username, user.full_name, time.time())
+        seen[(chat_id, user.id)] = now
+
+
+async def _in_private(update: Update, context: ContextTypes.DEFAULT_TYPE, user: User) -> None:
+    """A team member's private chat: /start there lets escalations message them; an alert's buttons work (each
+    checks its alert was sent to this chat); anything else is answered once and goes no further."""
+    query, message = update.callback_query, update.message
+    if query is not None and callbacks.IN_PRIVATE.match(query.data or ""):
+        return
+    if message is not None and (message.text or " ").split()[0].split("@")[0] == "/start":
+        await _remember(context, user.id, user)
+        await message.reply_text(DM_READY)
+    elif query is not None:
+        await query.answer(INVALID_BUTTON)
+    elif message is not None:
+        await message.reply_text(DM_ONLY_ALERTS)
     raise ApplicationHandlerStop
 
 
@@ -154,6 +191,10 @@ def not_admin(command: str, user_id: int) -> str:
 
 
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
+DM_READY = ("✅ I can message you directly now: when you are on call and nobody answers an alert, an escalation can "
+            "send it here, with its buttons. Commands work in your team's chat.")
+DM_ONLY_ALERTS = ("Here I only send you alerts when an escalation calls you; commands work in your team's chat. "
+                  "Send /start if you have not yet, so that I can.")
 NOT_ALLOWED_BUTTON = "This chat is not allowed to use this bot."
 INVALID_BUTTON = "This button is not valid."
 WENT_WRONG = "Sorry, something went wrong; it has been logged."

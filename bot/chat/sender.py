@@ -26,7 +26,7 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from agent.log_once import Outage
 from bot.chat.rate_limits import URGENT
-from bot.db import Group, Incident, Notice, outbox
+from bot.db import Group, Incident, Notice, oncall, outbox
 from bot.db.outbox import SEND_TIMEOUT_S, Row, claim, record_failed, record_retry, release
 from schema.domain import NoticeKind
 
@@ -211,6 +211,8 @@ class Sender:
             return False
         if not edit:
             await asyncio.to_thread(record_failed, table, row.id, exc.message)
+            if row.chat_id > 0:  # a person's private chat: they blocked the bot, escalations mention them instead
+                await asyncio.to_thread(oncall.unreachable, row.chat_id)
         elif not isinstance(exc.__cause__, Forbidden):
             log.warning("cannot edit the message of %s %d in chat %d: %s", table.__name__.lower(), row.id,
                         row.chat_id, exc.message)

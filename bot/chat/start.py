@@ -29,6 +29,11 @@ backups or /mute db* sun 01:00-05:00
 /unmute &lt;pattern&gt;, /muted: end a mute; list the mutes and windows
 /subscribe &lt;pattern&gt;…: this chat (or forum topic) gets only the messages about these machines
 /unsubscribe [pattern…], /subscriptions: remove some or all; list them
+/oncall: who is on call now and next; /oncall @alice mon-fri 09:00-18:00 and /oncall @bob other set it (admins)
+/escalate 10m oncall, 20m dm oncall, 40m @carol, 60m &lt;chat id&gt;: what happens when nobody answers an alert \
+here (admins; /escalate shows it)
+/depends &lt;pattern&gt; on &lt;device&gt;: machines behind a switch or a hypervisor, whose outage is then one \
+message (admins; /depends lists them)
 /tolerance &lt;device&gt;: what a ❌ taught that machine (metrics it tolerates higher than the fleet)
 /tolerance &lt;device&gt; reset [metric]: forget them (admins, or whoever set it), e.g. /tolerance build1 reset disk
 /rejected: the latest messages that broke the wire format, and why
@@ -40,6 +45,7 @@ backups or /mute db* sun 01:00-05:00
 
 An alert is one message, edited while the incident lasts and marked when it recovers. When several machines \
 change together (an outage, a storm) they share one message, with a button per machine for its own alert. Its buttons: \
+<b>👀 On it</b> says you took it (no more reminders or escalation); \
 <b>✅ Correct</b> acknowledges it (no more reminders) and stores a label; <b>❌ Wrong prediction</b> stores \
 the sample as normal, closes the alert and, at once, makes that machine tolerate the values that drove it (up \
 to each metric's hard ceiling; <b>↩️ Undo</b> takes it back); <b>🔕</b> snoozes its reminders. The next model \
@@ -54,6 +60,9 @@ COMMANDS = [  # the command menu
     BotCommand("muted", "the mutes and maintenance windows"),
     BotCommand("subscribe", "this chat or topic gets only these machines: /subscribe web*"),
     BotCommand("subscriptions", "what this chat is subscribed to"),
+    BotCommand("oncall", "who is on call now and next"),
+    BotCommand("escalate", "what happens when nobody answers an alert here"),
+    BotCommand("depends", "machines behind a switch or a hypervisor"),
     BotCommand("tolerance", "what a ❌ taught a machine: /tolerance <device> [reset [metric]]"),
     BotCommand("rejected", "latest invalid messages and why"),
     BotCommand("versions", "model versions, or /versions <n> for one in full"),

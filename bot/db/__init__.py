@@ -4,7 +4,7 @@ Every function here blocks: callers on the event loop go through ``asyncio.to_th
 live in `schema`, which ml/ reads too.
 """
 
-from bot.db import disks, events
+from bot.db import disks, events, oncall
 from bot.db.connection import (
     CHECKPOINT_S,
     checkpoint,
@@ -120,6 +120,7 @@ __all__ = [
     "mute",
     "mutes",
     "muting",
+    "oncall",
     "open_conditions",
     "open_database",
     "reachable",

@@ -74,11 +74,15 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
     label is marked as one that became a tolerance). "❌ Wrong forecast" puts that forecast of the machine on
     hold. On a condition ✅/❌ are verdicts on the incident, not labels of its sample (a degraded array says
     nothing of how loaded the machine was), and ❌ makes that condition of that object expected on the machine.
-    🔕 snoozes its reminders. The new revision makes the sender edit every copy.
+    🔕 snoozes its reminders; 👀 takes it (no more reminders; its verdict buttons stay). Any press is an answer:
+    escalation stops. The new revision makes the sender edit every copy.
     """
     with db.atomic():
         incident = Incident.get_by_id(incident_id)
-        if action in SNOOZE_HOURS:
+        if action == Action.ON_IT:
+            incident.detail = replace(incident.detail, taken_by=user_name[:200], taken_at=now)
+            incident.next_reminder = None
+        elif action in SNOOZE_HOURS:
             incident.snoozed_until = now + SNOOZE_HOURS[action] * 3600
         elif action in (Action.RIGHT_FORECAST, Action.WRONG_FORECAST):
             add_forecast_label(incident.id, int(action == Action.RIGHT_FORECAST), user_id, user_name)
@@ -209,6 +213,31 @@ def open_conditions(device: str | None = None) -> dict[str, list[Incident]]:
     found: dict[str, list[Incident]] = {}
     for incident in query.order_by(Incident.opened_ts):
         found.setdefault(incident.device, []).append(incident)
+    return found
+
+
+def still_behind(parent_id: int) -> set[str]:
+    """The machines whose silence behind this incident's machine is still open."""
+    return {i.device for i in Incident.select(Incident.device, Incident.detail).where(
+        (Incident.state == State.OPEN) & (Incident.kind == Kind.SILENT)) if i.detail.parent_id == parent_id}
+
+
+def behind_parents() -> list[tuple[Incident, Incident | None]]:
+    """The open silences that wait behind a parent's incident and have not been released, with that incident."""
+    children = [i for i in Incident.select().where((Incident.state == State.OPEN) & (Incident.kind == Kind.SILENT))
+                if i.detail.parent_id is not None and not i.detail.released]
+    parents = {i.id: i for i in Incident.select().where(Incident.id.in_([c.detail.parent_id for c in children]))}
+    return [(child, parents.get(child.detail.parent_id)) for child in children]
+
+
+def open_of_kinds(devices: Collection[str], kinds: Collection[Kind]) -> dict[str, Incident]:
+    """The open incident of one of these kinds of each of these devices (the first found)."""
+    if not devices:
+        return {}
+    found: dict[str, Incident] = {}
+    for incident in Incident.select().where((Incident.state == State.OPEN) & Incident.kind.in_(list(kinds))
+                                            & Incident.device.in_(list(devices))).order_by(Incident.id):
+        found.setdefault(incident.device, incident)
     return found
 
 

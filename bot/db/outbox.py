@@ -12,7 +12,7 @@ from peewee import fn
 from bot.db import events
 from bot.db.connection import is_postgres
 from bot.db.routing import destinations
-from schema.domain import NoticeKind, State
+from schema.domain import NoticeKind, Reply, State
 from schema.tables import Group, Incident, Notice, db
 
 log = logging.getLogger(__name__)
@@ -35,17 +35,43 @@ class Route:
     group_min: int = 3
 
 
-def notify(incident: Incident, kind: NoticeKind, text: str | None, change: str, now: float, route: Route) -> bool:
+def notify(incident: Incident, kind: NoticeKind, text: str | None, change: str, now: float, route: Route,
+           delay: float = 0.0) -> bool:
     """Queue a message about the incident for every chat and topic that wants it: the alert itself, or a reply
-    with `text`. `change` is what it announces (a Kind or a Reply); changes of one kind in one chat and topic
-    group into one message (`Group`). Whether any was queued."""
+    with `text`, `delay` seconds from now. `change` is what it announces (a Kind or a Reply); changes of one kind
+    in one chat and topic group into one message (`Group`). Whether any was queued."""
     queued = False
     for chat, thread in destinations(incident.device, route.chat_ids):
         notice = Notice.create(incident=incident.id, chat_id=chat, thread_id=thread, kind=kind, text=text,
-                               change=change, created=now, due=now)
+                               change=change, created=now, due=now + delay)
         _group(notice, now, route)
         queued = True
     return queued
+
+
+def rewrite(incident_id: int, change: str, text: str, due: float | None) -> None:
+    """A reply about the incident not sent yet says `text` instead (and is due at `due`, if given)."""
+    changes: dict[object, object] = {Notice.text: text}
+    if due is not None:
+        changes[Notice.due] = due
+    Notice.update(changes).where((Notice.incident == incident_id) & (Notice.kind == NoticeKind.REPLY)
+                                 & (Notice.change == change) & Notice.sent.is_null() & Notice.failed.is_null()
+                                 ).execute()
+
+
+def escalate(incident: Incident, chat_id: int, thread_id: int | None, kind: NoticeKind, text: str | None, now: float,
+             route: Route) -> bool:
+    """Queue an escalation's message about the incident to one chat (or topic, or a person's private chat): its
+    alert, with its buttons, grouping with others sent there together; or a reply that calls someone. Whether it
+    was queued (an alert already there is not sent twice)."""
+    if kind == NoticeKind.ALERT and _alert(incident.id, chat_id, thread_id) is not None:
+        return False
+    notice = Notice.create(incident=incident.id, chat_id=chat_id, thread_id=thread_id, kind=kind, text=text,
+                           change=incident.kind if kind == NoticeKind.ALERT else Reply.ESCALATED, created=now,
+                           due=now, escalated=True)
+    if kind == NoticeKind.ALERT:
+        _group(notice, now, route)
+    return True
 
 
 def _group(notice: Notice, now: float, route: Route) -> None:

@@ -108,6 +108,8 @@ class _State:
     next_update_id: int = 1
     next_callback_id: int = 1
     down: bool = False
+    private_needs_start: bool = False  # a private chat takes the bot's messages only once its user wrote
+    blocked: set[int] = field(default_factory=set)  # users who blocked the bot
 
 
 def decode_value(key: str, value: Any) -> Any:
@@ -343,6 +345,12 @@ class FakeTelegram:
 
     def _call_unlimited(self, method: str, params: dict[str, Any]) -> Any:
         state, scope = self._state, json.dumps([params.get("scope"), params.get("language_code", "")])
+        chat_id = params.get("chat_id")
+        if method.startswith("send") and isinstance(chat_id, int) and chat_id > 0:
+            if chat_id in state.blocked:
+                raise ApiError(403, "Forbidden: bot was blocked by the user")
+            if state.private_needs_start and chat_id not in state.inbound:
+                raise ApiError(403, "Forbidden: bot can't initiate conversation with a user")
         match method:
             case "getMe":
                 return dict(BOT_USER)
@@ -610,6 +618,17 @@ class FakeTelegram:
         with self._lock:
             self._state.group_limit = per_minute or 0.0
             self._state.buckets.clear()
+
+    def require_start(self, on: bool = True) -> None:
+        """As Telegram does: a private chat (positive id) refuses the bot's messages with 403 until its user has
+        written to the bot there (pressed Start). Off by default, so tests may alert a private chat at once."""
+        with self._lock:
+            self._state.private_needs_start = on
+
+    def block(self, user_id: int) -> None:
+        """The user blocks the bot: every message to their private chat is refused with 403."""
+        with self._lock:
+            self._state.blocked.add(user_id)
 
     def refused(self, chat_id: int | None = None) -> list[Call]:
         """Sends and edits answered 429 (by the group limit, or injected with fail_next), optionally only
