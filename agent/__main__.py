@@ -46,7 +46,7 @@ class StopSignal:
 
 def run_once(config: AgentConfig) -> None:
     """Print one sample, with rates, as a wire-format JSON line."""
-    collector = Collector(filesystems=config.filesystems, roots=config.roots)
+    collector = Collector(filesystems=config.filesystems, roots=config.roots, smart_every_s=config.smart_interval)
     collector.read()  # the first sample only gives the counters a starting point
     time.sleep(ONCE_GAP_S)
     reading = collector.read()
@@ -65,7 +65,7 @@ def run(config: AgentConfig) -> None:
         sys.stderr.write("rigwatch agent: publishing to Kafka needs confluent-kafka (pip install confluent-kafka)\n")
         raise SystemExit(2) from None
     stop = StopSignal()
-    collector = Collector(filesystems=config.filesystems, roots=config.roots)
+    collector = Collector(filesystems=config.filesystems, roots=config.roots, smart_every_s=config.smart_interval)
     publisher = Publisher(config.bootstrap_servers, config.topic)
     log.info(
         "publishing %s to %s at %s every %g s", config.device, config.topic, config.bootstrap_servers, config.interval

@@ -19,6 +19,7 @@ import psutil
 from agent.kernel import Roots
 from agent.log_once import Once
 from agent.readings import Readings
+from agent.smart import EVERY_S as SMART_EVERY_S
 from agent.vocabulary import DEVICE_RE, below, is_disk
 from agent.wire import (
     MAX_FILESYSTEMS,
@@ -212,16 +213,17 @@ class Collector:
 
     `roots` says where the machine's /proc, /sys and / are (the agent's --procfs, --sysfs, --rootfs); psutil reads
     that /proc too, which is one setting for the whole process (psutil.PROCFS_PATH), so an agent has one collector.
+    `smart_every_s` is how often the disks' SMART is read (the agent's --smart-interval).
     """
 
     def __init__(self, metrics: Sequence[Metric] = METRICS, filesystems: FilesystemFilter | None = FilesystemFilter(),
-                 processes: bool = True, roots: Roots | None = None) -> None:
+                 processes: bool = True, roots: Roots | None = None, smart_every_s: float = SMART_EVERY_S) -> None:
         roots = roots or Roots()
         psutil.PROCFS_PATH = str(roots.procfs)
         self._metrics = tuple(metrics)
         self._filter = filesystems
         self._processes = TopProcesses() if processes else None
-        self._readings = Readings(roots)
+        self._readings = Readings(roots, smart_every_s)
         self._previous: dict[str, tuple[float, float]] = {}  # counter name -> (reading, monotonic time)
         self._unavailable = Once(log, logging.INFO)  # by what is not available, for good
         # psutil measures CPU use since the previous call; this first call starts the clock.

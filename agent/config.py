@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from agent.collect import FilesystemFilter, default_device_id
 from agent.kernel import Roots
+from agent.smart import EVERY_S as DEFAULT_SMART_INTERVAL
 from agent.vocabulary import DEVICE_RE, ConfigError, command_name
 from agent.wire import MAX_MOUNT_POINT
 
@@ -34,6 +35,7 @@ class AgentConfig:
     topic: str
     filesystems: FilesystemFilter = field(default_factory=FilesystemFilter)
     roots: Roots = field(default_factory=Roots)  # where the machine's /proc, /sys and / are
+    smart_interval: float = DEFAULT_SMART_INTERVAL  # seconds between two readings of the disks' SMART
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +106,11 @@ def _parser() -> _Parser:
         help="filesystem types or mount points (with all below them) not to report, comma-separated, e.g. "
              "nfs,/boot/efi (default: AGENT_FS_EXCLUDE, else none)",
     )
+    parser.add_argument(
+        "--smart-interval", metavar="SECONDS", type=_interval, default=None,
+        help=f"seconds between two readings of the disks' SMART, sent again in the samples between (default: "
+             f"AGENT_SMART_INTERVAL, else {DEFAULT_SMART_INTERVAL:g})",
+    )
     for option, (variable, default) in _ROOTS.items():
         parser.add_argument(
             f"--{option}", metavar="DIR", default=None,
@@ -132,6 +139,13 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
                               f"--{option}" if given is not None else variable, default)
     include = args.fs_include if args.fs_include is not None else env.get("AGENT_FS_INCLUDE", "")
     exclude = args.fs_exclude if args.fs_exclude is not None else env.get("AGENT_FS_EXCLUDE", "")
+    smart_interval = args.smart_interval
+    if smart_interval is None:
+        variable = env.get("AGENT_SMART_INTERVAL", "").strip()
+        try:
+            smart_interval = _interval(variable) if variable else DEFAULT_SMART_INTERVAL
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"AGENT_SMART_INTERVAL: {exc}") from None
     return AgentConfig(
         device=args.device or default_device_id(),
         interval=args.interval,
@@ -143,6 +157,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             exclude=_fs_list(exclude, "--fs-exclude" if args.fs_exclude is not None else "AGENT_FS_EXCLUDE"),
         ),
         roots=Roots(**roots),
+        smart_interval=smart_interval,
     )
 
 

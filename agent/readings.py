@@ -1,7 +1,7 @@
 """Everything on a machine that can need an intervention besides a resource filling up, read each sample: the
 readings of agent/vocabulary.READINGS (inodes, read-only filesystems, md arrays, failed units, OOM kills, the
 clock, the kernel's tables, interfaces, bonds, a reboot waiting, page faults, disk queues, memory errors,
-temperature alarms) and the pressure metrics (PSI, CPU steal and iowait).
+temperature alarms, each disk's SMART) and the pressure metrics (PSI, CPU steal and iowait).
 
 Each source is read on its own: one that cannot be read here is left out of the sample, named in `unreadable`
 with why, and said once in the log, so the bot never takes "not read" for "all fine"; it never stops the agent.
@@ -10,7 +10,8 @@ read, and none there. Counts marked per_sample are what happened since the previ
 after a start has none of them, as it has no rates.
 
 Everything here reads small files of /proc and /sys and one system call (adjtimex); only systemd costs a process,
-at most every 30 s (agent/systemd.py). docs/performance.md ("The agent's cost") has the figures.
+at most every 30 s (agent/systemd.py), and SMART one per disk, at most every 5 min (agent/smart.py).
+docs/performance.md ("The agent's cost") has the figures.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from agent import kernel
 from agent.kernel import Roots, Unreadable, listing, why
 from agent.kernel_log import KernelLog, oom_victims
 from agent.log_once import Once
+from agent.smart import EVERY_S as SMART_EVERY_S
+from agent.smart import Smart, SmartRead
 from agent.systemd import Systemd
 from agent.vocabulary import READINGS
 from agent.wire import MAX_NOTE, MAX_OBJECT_NAME, MAX_READING_OBJECTS
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 Value = float | tuple[float, str]  # a reading of one object, or a reading with its note ("sdb")
 Found = dict[str, dict[str, Value]]  # reading -> object -> value; the machine itself is the object ""
-_Part = TypeVar("_Part", Found, dict[str, float])  # what a reader gives: readings, or metrics
+_Part = TypeVar("_Part", Found, dict[str, float], SmartRead)  # what a reader gives: readings, metrics, or SMART
 MACHINE = ""
 # What packages call to write /run/reboot-required when an upgrade needs a reboot; Ubuntu's update-notifier-common
 # and Debian's reboot-notifier install it. Where it is missing nothing ever writes the flag, and its absence would
@@ -74,11 +77,13 @@ class Readings:
     """Reads every source of this machine's readings, keeping the counters that per-sample readings and rates need
     from one sample to the next."""
 
-    def __init__(self, roots: Roots) -> None:
+    def __init__(self, roots: Roots, smart_every_s: float = SMART_EVERY_S) -> None:
         self.roots = roots
         self._kernel_log = KernelLog(roots.root("dev", "kmsg"))
         self._systemd = Systemd(roots.rootfs)
+        self._smart = Smart(roots.sys("block"), smart_every_s)
         self._said = Once(log, logging.WARNING)  # by source, until it can be read again
+        self._unreadable: set[str] = set()  # the sources the previous sample could not read
         self._counters: dict[Hashable, float] = {}  # counters of the previous sample
         self._next: dict[Hashable, float] = {}  # counters of this sample
         self._then: float | None = None  # time.monotonic() of the previous sample
@@ -110,6 +115,11 @@ class Readings:
         found: Found = {}
         for source, reader in self._readers:
             found.update(self._attempt(source, reader, unreadable) or {})
+        smart = self._attempt("smart", self._smart.read, unreadable)
+        if smart is not None:  # the disks read, and each one that could not be ("smart sdb") with why
+            found.update(smart.found)
+            unreadable.update({printable(disk, MAX_OBJECT_NAME): printable(reason, MAX_NOTE)
+                               for disk, reason in smart.unreadable.items()})
         metrics: dict[str, float] = {}
         for source, metric_reader in self._metric_readers:
             metrics.update(self._attempt(source, metric_reader, unreadable) or {})
@@ -117,9 +127,9 @@ class Readings:
         for source, reason in unreadable.items():
             self._said.say(source, "%s unreadable: %s; each sample says so instead of sending its readings",
                            source, reason)
-        for source, _ in (*self._readers, *self._metric_readers):
-            if source not in unreadable:
-                self._said.forget(source)
+        for source in self._unreadable - unreadable.keys():  # readable again: the next problem is said at once
+            self._said.forget(source)
+        self._unreadable = set(unreadable)
         return Sampled({name: round(min(100.0, max(0.0, value)), 2) for name, value in metrics.items()},
                        *_wire(found), unreadable)
 

@@ -6,8 +6,9 @@ Starts idle processes until the machine runs `--processes`; as root, mounts `--f
 loop devices (otherwise it measures with the filesystems this machine has, and says so). Then it times
 Collector.read() `--samples` times after two samples that fill psutil's cache and the agent's counters, in CPU
 seconds of the process and of the processes it started and waited for (systemctl), with the parts: the pass over
-the process table, and the readings (agent/readings.py) alone. systemctl runs at most every 30 s, so it is timed
-on its own, where systemd runs the machine::
+the process table, and the readings (agent/readings.py) alone. systemctl runs at most every 30 s and smartctl at
+most every 5 min (once per disk), so they are timed on their own: systemctl where systemd runs the machine, smartctl
+where it is installed::
 
     python -m bench.agent_cost
     python -m bench.agent_cost --processes 1000 --filesystems 40 --samples 200
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from agent import systemd
+from agent import smart, systemd
 from agent.collect import Collector, TopProcesses
 from agent.kernel import Roots
 from agent.readings import Readings
@@ -94,6 +95,18 @@ def _systemctl_ms() -> float | None:
     return _cpu_ms_each(asker.ask, 5)
 
 
+def _smartctl_ms() -> tuple[float, int, int] | None:
+    """CPU milliseconds of one reading of every disk's SMART (a scan, and smartctl for each disk), with how many
+    disks were read and how many were said unreadable; None where smartctl is not installed."""
+    if smart.find_smartctl() is None:
+        return None
+    reader = smart.Smart(Path("/sys/block"))
+    answer = reader.ask()
+    if isinstance(answer, str):
+        return None
+    return _cpu_ms_each(reader.ask, 5), len(answer.found.get("smart_health", {})), len(answer.unreadable)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.agent_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=300, help="processes running while measured")
@@ -118,6 +131,7 @@ def main() -> None:
         readings.read(mounts)
         readings_ms = _cpu_ms_each(lambda: readings.read(mounts), args.samples)
         systemctl_ms = _systemctl_ms()
+        smartctl = _smartctl_ms()
     print(f"{running} processes, {filesystems} filesystems reported ({mounted} loop ext4 mounted for this run"
           f"{'' if os.geteuid() == 0 else ': not root, so only those this machine has'}), {psutil.cpu_count()} CPUs")
     print(f"whole sample: {sample_ms:.2f} ms of CPU, of which the process table {processes_ms:.2f} ms and the "
@@ -129,6 +143,13 @@ def main() -> None:
     else:
         print(f"systemctl: {systemctl_ms:.2f} ms of CPU per question, at most every {every_s:g} s")
         per_s = sample_ms / args.interval + systemctl_ms / every_s
+    if smartctl is None:
+        print("smartctl: not measured, it is not installed here")
+    else:
+        smartctl_ms, read, unreadable = smartctl
+        print(f"smartctl: {smartctl_ms:.2f} ms of CPU per reading of every disk ({read} read, {unreadable} said "
+              f"unreadable), at most every {smart.EVERY_S:g} s")
+        per_s += smartctl_ms / smart.EVERY_S
     print(f"at one sample per {args.interval:g} s the agent uses {per_s / 10:.3f} % of one CPU")
 
 

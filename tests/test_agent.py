@@ -176,6 +176,8 @@ def test_default_device_id_is_a_valid_device_id() -> None:
         (("--once",), {"AGENT_FS_INCLUDE": "/da\tta"}, "AGENT_FS_INCLUDE"),
         (("--once", "--procfs", "/no/such/folder"), {}, "--procfs"),
         (("--once",), {"AGENT_ROOTFS": "/etc/passwd"}, "AGENT_ROOTFS"),
+        (("--once", "--smart-interval", "-5"), {}, "--smart-interval"),
+        (("--once",), {"AGENT_SMART_INTERVAL": "5 min"}, "AGENT_SMART_INTERVAL"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_naming_it(args: tuple[str, ...], env: dict[str, str], named: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -228,3 +229,34 @@ def test_systemd_analyze_would_catch_a_mistake_in_a_unit(system_root: Path) -> N
     assert "strikt" in typo.stderr
     assert missing.returncode != 0
     assert "/opt/rigwatch/bin/rigwatch-bot" in missing.stderr
+
+
+def documented_drop_in(holding: str) -> str:
+    """The drop-in of docs/fleets.md (an ini block) that holds `holding`."""
+    blocks = re.findall(r"```ini\n(.*?)```", (ROOT / "docs" / "fleets.md").read_text(), re.DOTALL)
+    return next(block for block in blocks if holding in block)
+
+
+@pytest.mark.slow
+def test_the_unit_opens_no_disk_and_the_documented_smart_drop_in_is_one_systemd_accepts(system_root: Path) -> None:
+    service = unit("rigwatch-agent.service")["Service"]
+    smart = documented_drop_in("CAP_SYS_RAWIO")
+    drop_ins = system_root / "etc/systemd/system/rigwatch-agent.service.d"
+    drop_ins.mkdir(parents=True)
+    (drop_ins / "smart.conf").write_text(smart)
+    (drop_ins / "kernel-log.conf").write_text(documented_drop_in("CAP_SYSLOG"))
+    with_both = verify(system_root, "rigwatch-agent.service")
+    (drop_ins / "smart.conf").write_text(smart.replace("SupplementaryGroups", "SupplementaryGroupz"))
+    typo = verify(system_root, "rigwatch-agent.service")
+
+    # By default the agent may neither open a disk nor send it a command: SMART is opt-in.
+    assert (service["PrivateDevices"], service["CapabilityBoundingSet"]) == ("yes", "")
+    assert "SupplementaryGroups" not in service and "AmbientCapabilities" not in service
+    drop_in = configparser.ConfigParser(interpolation=None)
+    drop_in.optionxform = str  # type: ignore[assignment,method-assign]
+    drop_in.read_string(smart)
+    assert dict(drop_in["Service"]) == {
+        "PrivateDevices": "no", "SupplementaryGroups": "disk", "AmbientCapabilities": "CAP_SYS_RAWIO CAP_SYS_ADMIN",
+        "CapabilityBoundingSet": "CAP_SYS_RAWIO CAP_SYS_ADMIN"}
+    assert (with_both.returncode, with_both.stderr) == (0, "")
+    assert "SupplementaryGroupz" in typo.stderr, "systemd-analyze reads the drop-ins"
