@@ -4,6 +4,7 @@ happened since the machine's previous scrape, and every sample is a valid wire m
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from agent.wire import MAX_READING_OBJECTS, Sample, encode, parse
 from bot import db
 from bot.intake.node_exporter import NodeExporter, key
 from bot.intake.remote_write import MAYBE_READ, Receiver
-from tests.fakes.node_exporter import Labels, body, machine, write_request
+from tests.fakes.node_exporter import UNIT_STATES, Labels, body, machine, write_request
 
 T0 = round(time.time() - 600, 3)
 Scrape = dict[tuple[str, Labels], float]
@@ -36,10 +37,13 @@ def server(oom_kill: float = 3.0, restarts: float = 2.0, errs: float = 10.0, dro
     scrape["node_md_disks_required", (("device", "md0"),)] = 2.0
     scrape["node_md_state", (("device", "md0"), ("state", "active"))] = 1.0
     for unit in ("nginx.service", "postgresql.service", "backup.timer"):
-        for state in ("activating", "active", "deactivating", "failed", "inactive"):
+        for state in UNIT_STATES:
             now = "failed" if unit in failed else "active"
             scrape["node_systemd_unit_state", (("name", unit), ("state", state), ("type", "simple"))] = float(
                 state == now)
+    for state in UNIT_STATES:
+        scrape["node_systemd_units", (("state", state),)] = float(
+            len(failed) if state == "failed" else 3 - len(failed) if state == "active" else 0)
     scrape["node_systemd_service_restart_total", (("name", "nginx.service"),)] = restarts
     scrape["node_systemd_service_restart_total", (("name", "postgresql.service"),)] = 0.0
     scrape["node_vmstat_oom_kill", ()] = oom_kill
@@ -222,13 +226,23 @@ def test_a_reading_of_very_many_objects_keeps_the_worst() -> None:
 # --------------------------------------------------------------------------------------------- the hot path
 
 
-def test_only_the_failed_state_of_a_unit_is_read_the_others_are_dropped_unread() -> None:
-    scrape: Scrape = {("node_systemd_unit_state", (("name", "nginx.service"), ("state", state), ("type", "simple"))):
-                      1.0 for state in ("activating", "active", "deactivating", "failed", "inactive")}
-    series = {next(label.value for label in s.labels if label.name == "state"): s.SerializeToString()
-              for s in write_request({"srv1:9100": [(T0, scrape)]}).timeseries}
+def read_unread(scrape: Scrape) -> list[tuple[str, ...]]:
+    """The series of a scrape the receiver looks at, as (name, label values): the others it drops unread."""
+    return [tuple(label.value for label in s.labels if label.name not in ("instance", "job"))
+            for s in write_request({"srv1:9100": [(T0, scrape)]}).timeseries if MAYBE_READ.match(s.SerializeToString())]
 
-    assert [state for state, encoded in series.items() if MAYBE_READ.match(encoded)] == ["failed"]
+
+def test_of_the_units_only_those_failed_and_the_count_of_failed_ones_are_read() -> None:
+    """A machine has a few hundred units, each in five states: those of a healthy unit are dropped unread."""
+    scrape: Scrape = {("node_systemd_unit_state", (("name", unit), ("state", state), ("type", "simple"))):
+                      float(state == ("failed" if unit == "cron.service" else "active"))
+                      for unit in ("cron.service", "nginx.service") for state in UNIT_STATES}
+    scrape.update({("node_systemd_units", (("state", state),)): float(state in ("active", "failed"))
+                   for state in UNIT_STATES})
+    scrape["node_systemd_units", (("state", "failed"),)] = 0.0  # the count is read even when it is 0
+
+    assert read_unread(scrape) == [("node_systemd_unit_state", "cron.service", "failed", "simple"),
+                                   ("node_systemd_units", "failed")]
 
 
 def test_a_write_of_a_server_stores_its_readings_through_the_receiver(tmp_path: Path) -> None:
@@ -239,9 +253,11 @@ def test_a_write_of_a_server_stores_its_readings_through_the_receiver(tmp_path: 
         receiver.process(body(write_request({"srv1:9100": [(T0 + 15, server(oom_kill=4.0,
                                                                             failed=("nginx.service",)))]})))
         stored = db.latest_sample("srv1")
+        first = json.loads(db.Metric.get(db.Metric.device == "srv1", db.Metric.ts == T0).readings)["readings"]
     finally:
         database.close()
 
+    assert first["unit_failed"] == {}  # systemd's units were read, and none had failed
     assert stored is not None and stored.readings is not None
     assert stored.readings["oom_kills"] == {"": 1.0} and stored.readings["unit_failed"] == {"nginx.service": 1.0}
     assert stored.readings["md_failed"] == {"md0": 1.0}

@@ -57,6 +57,11 @@ def _unit_failed(labels: Labels) -> Key | None:
     return ("unit_failed", object_name(labels.get("name", ""))) if labels.get("state") == "failed" else None
 
 
+def _units_failed(labels: Labels) -> Key | None:
+    """How many units failed: that systemd's units were read, when none failed."""
+    return ("unit_failed", MACHINE) if labels.get("state") == "failed" else None
+
+
 def _sensor(labels: Labels) -> Key | None:
     return ("temp_alarm", object_name(f"{labels.get('chip', '')}/{labels.get('sensor', '')}"))
 
@@ -67,6 +72,7 @@ READERS: dict[str, Reader] = {
     "node_md_disks": _md_disks,
     "node_md_disks_required": _of("md", "device", "required"),
     "node_systemd_unit_state": _unit_failed,
+    "node_systemd_units": _units_failed,
     "node_systemd_service_restart_total": _of("unit_restarts", "name"),
     "node_vmstat_oom_kill": _gauge("oom"),
     "node_timex_sync_status": _gauge("clock", "synced"),
@@ -92,9 +98,14 @@ READERS: dict[str, Reader] = {
     "node_edac_uncorrectable_errors_total": _of("ecc", "controller", "ecc_uncorrectable", prefix="mc"),
     "node_hwmon_temp_crit_alarm_celsius": _sensor,
 }
-# Series read only when they have this label: the receiver drops the others unread, as it drops every series of
-# a name it does not read (a machine has a few hundred units, each in five states).
-ONLY_WITH: dict[str, tuple[str, str]] = {"node_systemd_unit_state": ("state", "failed")}
+# Series read only when they have this label, and (True) only when a value of theirs is not 0: the receiver drops
+# the others unread, as it drops every series of a name it does not read. A machine has a few hundred units, each
+# in five states: of a scrape's thousand or so, one series says that units were read (node_systemd_units) and one
+# more for each unit that failed.
+ONLY_WITH: dict[str, tuple[str, str, bool]] = {
+    "node_systemd_unit_state": ("state", "failed", True),
+    "node_systemd_units": ("state", "failed", False),
+}
 # The kinds of key that are counters: kept from one scrape to the next for their increase.
 COUNTERS = frozenset({"unit_restarts", "oom", "packets", "carrier", "pgmajfault", "io_queue", "ecc"})
 
@@ -151,10 +162,10 @@ def _md(groups: Mapping[str, dict[Key, float]], since: Since) -> Found:
 
 def _units(groups: Mapping[str, dict[Key, float]], since: Since) -> Found:
     """Failed units (only those: a unit missing is not failed), and each service's restarts since the previous
-    scrape (only those that restarted)."""
+    scrape (only those that restarted). The count of failed units (the machine's object) says the units were read."""
     found: Found = {}
     if (failed := groups.get("unit_failed")) is not None:
-        found["unit_failed"] = {name: 1.0 for (_kind, name), value in failed.items() if value > 0}
+        found["unit_failed"] = {name: 1.0 for (_kind, name), value in failed.items() if value > 0 and name}
     if (restarts := _grown(groups, since, "unit_restarts")) is not None:
         found["unit_restarts"] = {key[1]: count for key, count in restarts[1].items() if count > 0}
     return found

@@ -65,13 +65,20 @@ def _label(name: str, value: str) -> bytes:
     return b"\n" + bytes([len(pair)]) + pair
 
 
+def _only_with(name: str, value: str, not_zero: bool) -> bytes:
+    """What follows the name of a series read only with this label (and a value not 0: a sample's value, a double,
+    is field 1, left out when it is 0 as proto3 leaves out defaults; each byte after the label is searched from
+    the end, a greedy `.*` being far cheaper than a lazy one)."""
+    return b".*" + re.escape(_label(name, value)) + (rb".*\x09" if not_zero else b"")
+
+
 # A series to look at: Prometheus sorts labels, so `__name__` comes first and names it; one of the names Rigwatch
 # reads (its length byte before it makes the match exact; with the label some are read only with), or a series
 # laid out otherwise, which protobuf reads.
 MAYBE_READ = re.compile(
     rb"\n.(?:\n\x08__name__\x12"
-    + _trie({bytes([len(name)]) + name.encode(): b".*" + re.escape(_label(*ONLY_WITH[name])) if name in ONLY_WITH
-             else b"" for name in READERS})
+    + _trie({bytes([len(name)]) + name.encode(): _only_with(*ONLY_WITH[name]) if name in ONLY_WITH else b""
+             for name in READERS})
     + rb"|(?!\n\x08__name__\x12))|(?!\n)", re.DOTALL)
 
 

@@ -17,6 +17,7 @@ from bot.intake.prompb import remote_pb2
 
 Labels = tuple[tuple[str, str], ...]
 CPU_MODES = ("idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user")
+UNIT_STATES = ("activating", "active", "deactivating", "failed", "inactive")
 STALE_NAN = 0x7FF0000000000002  # Prometheus' stale marker, as the bits of a float64
 
 
@@ -88,9 +89,12 @@ def machine(cpus: int = 8, idle_s: float = 64800.0, busy_s: float = 21600.0, mem
                         ("pressure_cpu_waiting_seconds_total", 500.0), ("textfile_scrape_error", 0.0)):
         scrape[f"node_{name}", ()] = value
     for i in range(units):
-        for state in ("activating", "active", "deactivating", "failed", "inactive"):
+        for state in UNIT_STATES:
             labels = (("name", f"service-{i:02d}.service"), ("state", state), ("type", "simple"))
             scrape["node_systemd_unit_state", labels] = 1.0 if state == "active" else 0.0
+    if units:
+        for state in UNIT_STATES:
+            scrape["node_systemd_units", (("state", state),)] = float(units) if state == "active" else 0.0
     for quantile in ("0", "0.25", "0.5", "0.75", "1"):
         scrape["go_gc_duration_seconds", (("quantile", quantile),)] = 1e-4
     for meta in ("up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
