@@ -25,6 +25,8 @@ Found = dict[str, dict[str, float]]  # reading -> object -> value
 Since = Callable[[str], tuple[float, dict[Key, float]] | None]
 MACHINE = ""
 LOOPBACK = "lo"
+NONE: Mapping[Key, float] = {}  # a kind of key the scrape did not carry
+LIMITS = {name: (reading.low, reading.high) for name, reading in READINGS.items()}
 
 
 def object_name(text: str) -> str:
@@ -147,7 +149,7 @@ def _filesystems(filesystems: Mapping[str, Mapping[str, float]]) -> Found:
 def _md(groups: Mapping[str, dict[Key, float]], since: Since) -> Found:
     """Disks active, failed and required of each md array; the same arrays in all three, the most degraded kept."""
     arrays: dict[str, dict[str, float]] = {}
-    for (_kind, device, part), value in groups.get("md", {}).items():
+    for (_kind, device, part), value in groups.get("md", NONE).items():
         arrays.setdefault(device, {})[part] = value
     if not arrays:
         return {}
@@ -177,17 +179,17 @@ def _machine(groups: Mapping[str, dict[Key, float]], since: Since) -> Found:
     found: Found = {}
     if (oom := _grown(groups, since, "oom")) is not None:
         found["oom_kills"] = {MACHINE: sum(oom[1].values())}
-    clock = groups.get("clock", {})
+    clock = groups.get("clock", NONE)
     for reading, part in (("clock_synced", "synced"), ("clock_offset_s", "offset"), ("clock_maxerror_s", "maxerror")):
         if (value := clock.get(("clock", part))) is not None:
             found[reading] = {MACHINE: _flag(value) if reading == "clock_synced" else value}
     for reading, kind in (("fd_percent", "fd"), ("conntrack_percent", "conntrack"), ("pids_percent", "pids")):
-        parts = groups.get(kind, {})
+        parts = groups.get(kind, NONE)
         used, most = parts.get((kind, "used")), parts.get((kind, "most"))
         if used is not None and most is not None and most > 0:
             found[reading] = {MACHINE: 100.0 * used / most}
     for reading, kind in (("reboot_required", "reboot"), ("textfile_error", "textfile_error")):
-        if (value := groups.get(kind, {}).get((kind,))) is not None:
+        if (value := groups.get(kind, NONE).get((kind,))) is not None:
             found[reading] = {MACHINE: _flag(value)}
     if (faults := _grown(groups, since, "pgmajfault")) is not None and faults[0] > 0:
         found["major_faults_per_s"] = {MACHINE: sum(faults[1].values()) / faults[0]}
@@ -209,7 +211,7 @@ def _interfaces(groups: Mapping[str, dict[Key, float]], since: Since) -> Found:
                               for device, parts in counts.items()}
     if (changes := _grown(groups, since, "carrier")) is not None:
         found["link_changes"] = {key[1]: count for key, count in changes[1].items() if count > 0}
-    bonds = groups.get("bond", {})
+    bonds = groups.get("bond", NONE)
     for reading, part in (("bond_slaves", "slaves"), ("bond_active", "active")):
         values = {master: value for (_kind, master, what), value in bonds.items() if what == part}
         if values:
@@ -253,8 +255,6 @@ def _bounded(name: str, objects: dict[str, float]) -> dict[str, float]:
     worst, for every reading that can have that many), each value within the reading's bounds."""
     if len(objects) > MAX_READING_OBJECTS:
         objects = dict(sorted(objects.items(), key=lambda item: (-item[1], item[0]))[:MAX_READING_OBJECTS])
-    reading = READINGS[name]
-    low, high = reading.low, reading.high
-    for obj, value in objects.items():
-        objects[obj] = round(value, 6) if low <= value <= high else (low if value < low else high)
-    return objects
+    low, high = LIMITS[name]
+    return {obj: round(value, 6) if low <= value <= high else low if value < low else high
+            for obj, value in objects.items()}
