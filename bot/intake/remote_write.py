@@ -12,15 +12,14 @@ writes waits for its rest (bot/intake/node_exporter.py); its parts are kept in t
 their writes are answered), so a restart loses none of them.
 
 Only the series Rigwatch reads are decoded: protobuf hands out the request's series still encoded (frames.proto),
-and the others (nine in ten of node_exporter's) are dropped once their name is read in place. A label set seen
-before is not decoded again either: its bytes are looked up.
+and the others (nine in ten of node_exporter's) are dropped once their name is read in place
+(bot/intake/series_pattern.py). A label set seen before is not decoded again either: its bytes are looked up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,51 +36,14 @@ from agent.wire import Sample
 from bot.db import Rejection
 from bot.db.held_parts import Part
 from bot.intake.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
-from bot.intake.node_readings import ONLY_WITH
 from bot.intake.prompb import frames_pb2, types_pb2
+from bot.intake.series_pattern import MAYBE_READ, NAMED
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024  # decompressed
 GRACE_S = 10.0  # a scrape split over several writes waits this long for its rest (Prometheus flushes every 5 s)
 PRUNE_EVERY_S, PRUNE_AFTER_S = 600.0, 3600.0  # held parts of no scrape waiting (a race left them) are forgotten
 REFUSE_AGAIN_S = 600.0  # a device label refused is recorded in /rejected again after this long
-NAMED = b"\n\x08__name__\x12"  # a series' first label, `__name__`, as Prometheus encodes it (labels sorted)
-
-
-def _trie(words: dict[bytes, bytes]) -> bytes:
-    """A pattern that matches any of `words` (none a prefix of another), each followed by its own pattern, as a
-    tree of their common beginnings: a series is dropped after a few bytes compared, not after trying every name."""
-    branches: dict[bytes, dict[bytes, bytes]] = {}
-    for word, then in words.items():
-        branches.setdefault(word[:1], {})[word[1:]] = then
-    alternatives = [re.escape(first) + (rests[b""] if b"" in rests else _trie(rests))
-                    for first, rests in branches.items()]
-    return alternatives[0] if len(alternatives) == 1 else b"(?:" + b"|".join(alternatives) + b")"
-
-
-def _label(name: str, value: str) -> bytes:
-    """A label as Prometheus encodes it in a series (names and values shorter than 128 bytes)."""
-    pair = b"\n" + bytes([len(name)]) + name.encode() + b"\x12" + bytes([len(value)]) + value.encode()
-    return b"\n" + bytes([len(pair)]) + pair
-
-
-def _only_with(name: str, value: str, not_zero: bool) -> bytes:
-    """What follows the name of a series read only with this label (and a value not 0: a sample's value, a double,
-    is field 1, left out when it is 0 as proto3 leaves out defaults; each byte after the label is searched from
-    the end, a greedy `.*` being far cheaper than a lazy one)."""
-    return b".*" + re.escape(_label(name, value)) + (rb".*\x09" if not_zero else b"")
-
-
-# A series to look at: Prometheus sorts labels, so `__name__` comes first and names it; one of the names Rigwatch
-# reads (its length byte before it makes the match exact; with the label some are read only with), or a series
-# laid out otherwise, which protobuf reads.
-MAYBE_READ = re.compile(
-    rb"\n.(?:\n\x08__name__\x12"
-    + _trie({bytes([len(name)]) + name.encode(): _only_with(*ONLY_WITH[name]) if name in ONLY_WITH else b""
-             for name in READERS})
-    + rb"|(?!\n\x08__name__\x12))|(?!\n)", re.DOTALL)
-
-
 class Malformed(ValueError):
     """A body that is not a remote write 1.0 request; the text says why (400)."""
 
