@@ -250,3 +250,17 @@ def test_headings_become_anchors_as_on_github() -> None:
         "retrain-on-1000000-stored-samples-python--m-benchretrain_1m")
     assert slug("Already running Prometheus?") == "already-running-prometheus"
     assert slug("The [agent](fleets.md) as a service") == "the-agent-as-a-service"
+
+
+# --- the remote-write filter ------------------------------------------------------------------------------------
+
+def test_the_relabel_filter_of_the_fleet_page_keeps_every_series_the_receiver_reads() -> None:
+    """docs/fleets.md offers a `write_relabel_configs` regex that sends only what Rigwatch reads: it must keep every
+    series the receiver reads, or a machine that uses it silently loses metrics and readings."""
+    from bot.intake.node_exporter import READERS
+
+    [regex] = re.findall(r"^\s+regex: (node_\S+)$", (ROOT / "docs" / "fleets.md").read_text(encoding="utf-8"), re.M)
+    kept = re.compile(regex)  # Prometheus anchors a relabel regex at both ends, as fullmatch does
+
+    assert sorted(name for name in READERS if not kept.fullmatch(name)) == []
+    assert not kept.fullmatch("node_netstat_Tcp_InSegs") and not kept.fullmatch("node_md_state")

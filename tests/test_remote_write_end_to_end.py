@@ -1,11 +1,16 @@
 """Prometheus scraping a real node_exporter every second and remote-writing to `python -m bot`: the machine shows
 in the chat as any agent machine does, in single-host mode (stored by the bot itself) and in fleet mode (through
-the Kafka topic)."""
+the Kafka topic); a machine in trouble, crafted as the /proc and /sys trees node_exporter reads, has its readings
+stored."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -15,6 +20,7 @@ from bot import db
 from bot.intake.prompb import remote_pb2
 from bot.intake.remote_write_http import PATH
 from tests.fakes.bot_process import BotProcess
+from tests.fakes.machine_tree import FILES_MAX, FILES_OPEN, PID_MAX, THREADS, CraftedMachine
 from tests.fakes.node_exporter import body, machine, write_request
 from tests.fakes.scenario import ask, bot_env, wait_until
 from tests.fakes.services import free_port, node_exporter, prometheus
@@ -27,7 +33,7 @@ TOKEN = "a-token-only-prometheus-knows"
 DEVICE = "edge-node1"
 
 
-def config(target: str, receiver_port: int) -> str:
+def config(target: str, receiver_port: int, device: str = DEVICE) -> str:
     """Scrape node_exporter every second, name its machine, and remote-write as docs/fleets.md says."""
     return f"""
 global:
@@ -38,7 +44,7 @@ scrape_configs:
       - targets: ["{target}"]
     relabel_configs:
       - target_label: instance
-        replacement: "{DEVICE}:9100"
+        replacement: "{device}:9100"
 remote_write:
   - url: http://127.0.0.1:{receiver_port}/api/v1/write
     authorization:
@@ -128,3 +134,128 @@ def test_a_scrape_split_over_two_writes_survives_a_kill_between_them(telegram: F
     assert row.mem_percent == pytest.approx(87.5)  # from the write before the kill
     assert row.disk_percent == pytest.approx(85.0)  # /data, from the write after it
     assert db.HeldPart.select().count() == 0
+
+
+# ------------------------------------------------------------------------------------- a machine in trouble
+
+CRAFTED = "crafted-md1"
+
+
+@dataclass
+class Watched:
+    """The bot watching the crafted machine through a real node_exporter and Prometheus, remote write between."""
+
+    bot: BotProcess
+    port: int  # the bot's remote-write port
+    url: str  # its database
+    telegram: FakeTelegram
+
+    def samples(self, device: str = CRAFTED) -> list[db.Metric]:
+        return list(db.Metric.select().where(db.Metric.device == device).order_by(db.Metric.ts))
+
+    def post(self, request: remote_pb2.WriteRequest) -> int:
+        answer = httpx.post(f"http://127.0.0.1:{self.port}{PATH}", content=body(request), timeout=30, headers={
+            "Content-Type": "application/x-protobuf", "Content-Encoding": "snappy", "Authorization": f"Bearer {TOKEN}"})
+        return answer.status_code
+
+
+@contextlib.contextmanager
+def watching(crafted: CraftedMachine, telegram: FakeTelegram, tmp_path: Path) -> Iterator[Watched]:
+    """The bot, node_exporter reading the crafted trees and Prometheus scraping it every second, while the crafted
+    machine's counters grow every half second. The alerts on these readings can be asserted here too, on
+    `telegram`, once the bot's rules decide on them."""
+    port = free_port()
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, REMOTE_WRITE_LISTEN=f"127.0.0.1:{port}", REMOTE_WRITE_TOKEN=TOKEN,
+                  SAMPLE_INTERVAL_SECONDS="60")
+    stop = threading.Event()
+
+    def grow() -> None:
+        while not stop.wait(0.5):
+            crafted.step()
+
+    growing = threading.Thread(target=grow, daemon=True)
+    exporter_log = tmp_path / "node_exporter.log"
+    with BotProcess(env, tmp_path / "bot.log") as bot:
+        bot.wait_log("remote write: listening")
+        with node_exporter(*crafted.flags(), log=exporter_log) as target, \
+                prometheus(config(target, port, CRAFTED)) as prometheus_log:
+            db.open_database(url)
+            growing.start()
+            try:
+                yield Watched(bot, port, url, telegram)
+            except AssertionError as failed:
+                raise AssertionError(f"{failed}\n{exporter_log.read_text()[-2000:]}\n"
+                                     f"{prometheus_log.read_text()[-2000:]}\n{bot.log[-2000:]}") from None
+            finally:
+                stop.set()
+                growing.join(5)
+        assert bot.stop() == 0
+
+
+def stored_readings(row: db.Metric) -> dict[str, dict[str, float]]:
+    """The readings a stored sample holds, as the `readings` column has them (JSON)."""
+    return json.loads(row.readings)["readings"] if row.readings else {}
+
+
+def test_a_machine_in_trouble_read_by_a_real_node_exporter_has_its_readings_stored(
+        telegram: FakeTelegram, tmp_path: Path) -> None:
+    """A degraded md array, OOM kills, a file table near its limit, interface errors, memory and I/O stalls, a
+    reboot waiting, …: node_exporter reads them from crafted /proc and /sys trees, Prometheus scrapes it and
+    remote-writes to the bot, and the bot stores them as the agent's readings. (systemd's collector needs systemd
+    on D-Bus, which this machine has not: its units come by a write of their own below.)"""
+    crafted = CraftedMachine(tmp_path / "machine")
+    growing = ("oom_kills", "net_errors_percent", "link_changes", "ecc_correctable", "disk_io_queue",
+               "major_faults_per_s")
+    with watching(crafted, telegram, tmp_path) as watch:
+
+        def every_count_grew() -> bool:
+            seen = {name for row in watch.samples() for name, objects in stored_readings(row).items()
+                    if any(value > 0 for value in objects.values())}
+            return seen >= set(growing)
+
+        wait_until(every_count_grew, timeout=40, what="the crafted machine's counters seen growing in stored samples")
+        # node_exporter's systemd collector asks systemd over D-Bus: a write as Prometheus sends it brings the units.
+        now = time.time()
+        units = [machine(units=3) for _ in range(2)]
+        units[1]["node_systemd_unit_state", (("name", "service-01.service"), ("state", "failed"),
+                                             ("type", "simple"))] = 1.0
+        for i, scrape in enumerate(units):
+            scrape["node_systemd_service_restart_total", (("name", "service-02.service"),)] = 4.0 + 3 * i
+            assert watch.post(write_request({"edge-units:9100": [(now - 15 + 15 * i, scrape)]})) == 204
+        wait_until(lambda: len(watch.samples("edge-units")) == 2, timeout=20, what="the units' samples stored")
+        latest = db.latest_sample(CRAFTED)
+        rows = watch.samples()
+        units_stored = db.latest_sample("edge-units")
+
+    assert latest is not None and latest.readings is not None
+    readings = latest.readings
+    assert readings["md_active"] == {"md0": 1.0} and readings["md_failed"] == {"md0": 1.0}
+    assert readings["md_required"] == {"md0": 2.0}
+    assert readings["fd_percent"] == {"": 100.0 * FILES_OPEN / FILES_MAX}
+    assert readings["pids_percent"] == {"": round(100.0 * THREADS / PID_MAX, 6)}
+    assert readings["conntrack_percent"] == {"": 25.0}
+    assert readings["reboot_required"] == {"": 1.0} and readings["textfile_error"] == {"": 0.0}
+    assert readings["bond_slaves"] == {"bond0": 2.0} and readings["bond_active"] == {"bond0": 1.0}
+    assert readings["temp_alarm"] == {"coretemp/temp1": 1.0}
+    assert readings["readonly"]["/usr"] == 1.0 and readings["readonly"]["/"] == 0.0
+    assert 0 < readings["inodes_percent"]["/"] < 100 and readings["inodes_used"]["/"] > 0
+    assert {"clock_synced", "clock_offset_s", "clock_maxerror_s"} <= set(readings)  # this machine's own clock
+    assert "unit_failed" not in readings  # no systemd collector: not read, rather than "no unit failed"
+    # 30 of each 2,000 packets of eth0 came with an error: 1.5 %, whatever the steps between two scrapes (0 % when
+    # none came between them: no packet, no error).
+    errors = {stored_readings(row).get("net_errors_percent", {}).get("eth0") for row in rows}
+    assert 1.5 in errors and errors <= {None, 0.0, 1.5}
+    # Of each step's second of CPU time, 0.2 s stolen and 0.1 s waiting for I/O; stalls in every step.
+    shares = [row for row in rows if row.cpu_steal_percent is not None]
+    assert shares and {(row.cpu_steal_percent, row.cpu_iowait_percent, row.cpu_percent) for row in shares} == {
+        (20.0, 10.0, 70.0)}
+    assert any(row.psi_memory_full_percent and row.psi_io_full_percent for row in rows)
+    assert latest.metrics["mem_percent"] == 75.0
+    kills = [stored_readings(row)["oom_kills"][""] for row in rows if "oom_kills" in stored_readings(row)]
+    assert kills and all(count % 2 == 0 for count in kills) and max(kills) > 0  # two kills a step
+
+    assert units_stored is not None and units_stored.readings is not None
+    assert units_stored.readings["unit_failed"] == {"service-01.service": 1.0}
+    assert units_stored.readings["unit_restarts"] == {"service-02.service": 3.0}
+    assert db.Rejected.select().count() == 0

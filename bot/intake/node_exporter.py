@@ -6,7 +6,7 @@ several writes (its shards, its batches): a scrape is handed out as a sample onc
 the device's last whole scrape did, or once it has waited `grace_s` for the rest. Series that come for a scrape
 handed out already are left out (its sample is stored), and tell how many a whole scrape now has. Counters
 become rates against the device's newest earlier scrape, kept by its time: a retried write computes the same
-rates again.
+rates again. The readings of the machine's objects (md arrays, units, interfaces, …) are bot/intake/node_readings.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from agent.vocabulary import BOUNDS, DEVICE_RE, is_disk
 from agent.wire import MAX_AHEAD_S, TS_FROM, TS_TO, Sample
+from bot.intake import node_readings
+from bot.intake.node_readings import Key, Labels
 
 MAX_FILESYSTEMS = 32  # the fullest ones are kept
 MAX_MOUNT_CHARS = 256
@@ -26,9 +28,6 @@ MAX_DEVICES = 100_000
 TEMP_LOW, TEMP_HIGH = BOUNDS["cpu_temp_c"]
 RATE_HIGH = BOUNDS["disk_read_bps"][1]
 
-Key = tuple[str, ...]
-Labels = dict[str, str]
-
 
 def _cpu(labels: Labels) -> Key | None:
     return ("cpu", labels.get("cpu", ""), labels.get("mode", ""))
@@ -37,7 +36,8 @@ def _cpu(labels: Labels) -> Key | None:
 def _filesystem(what: str) -> Callable[[Labels], Key | None]:
     def key(labels: Labels) -> Key | None:
         mount = labels.get("mountpoint", "")
-        if not mount or len(mount) > MAX_MOUNT_CHARS or not is_disk(mount, labels.get("fstype", "")):
+        if not mount or len(mount) > MAX_MOUNT_CHARS or not mount.isprintable() \
+                or not is_disk(mount, labels.get("fstype", "")):
             return None
         return ("fs", mount, what)
     return key
@@ -60,7 +60,8 @@ def _sensor(kind: str, *names: str) -> Callable[[Labels], Key | None]:
 
 LOOPBACK = frozenset({"lo"})
 # The series Rigwatch reads, by metric name (node_exporter 1.x): each gives the key of its value in a scrape,
-# or None for a series to leave out. Every other series of a write is dropped unread.
+# or None for a series to leave out; those of the readings are node_readings'. Every other series of a write is
+# dropped unread.
 READERS: dict[str, Callable[[Labels], Key | None]] = {
     "node_cpu_seconds_total": _cpu,
     "node_load1": _gauge("load1"),
@@ -72,6 +73,8 @@ READERS: dict[str, Callable[[Labels], Key | None]] = {
     "node_filesystem_avail_bytes": _filesystem("avail"),
     "node_filesystem_free_bytes": _filesystem("free"),
     "node_filesystem_readonly": _filesystem("readonly"),
+    "node_filesystem_files": _filesystem("files"),
+    "node_filesystem_files_free": _filesystem("files_free"),
     "node_hwmon_temp_celsius": _sensor("temp", "chip", "sensor"),
     "node_thermal_zone_temp": _sensor("temp", "zone", "type"),
     "node_network_receive_bytes_total": _per_device("net_recv", LOOPBACK),
@@ -79,11 +82,17 @@ READERS: dict[str, Callable[[Labels], Key | None]] = {
     "node_disk_read_bytes_total": _per_device("disk_read"),
     "node_disk_written_bytes_total": _per_device("disk_write"),
     "node_boot_time_seconds": _gauge("boot"),
+    # The share of time every task stalled for memory or I/O (PSI "full").
+    "node_pressure_memory_stalled_seconds_total": _gauge("psi", "psi_memory_full_percent"),
+    "node_pressure_io_stalled_seconds_total": _gauge("psi", "psi_io_full_percent"),
+    **node_readings.READERS,
 }
 # Counter families -> the rate metric each becomes (cpu is a share of time, not a rate).
 RATES = {"net_recv": "net_recv_bps", "net_sent": "net_sent_bps", "disk_read": "disk_read_bps",
          "disk_write": "disk_write_bps"}
-COUNTERS = frozenset({"cpu", *RATES})
+COUNTERS = frozenset({"cpu", "psi", *RATES, *node_readings.COUNTERS})
+# CPU modes whose share of all CPU time is a metric of its own.
+CPU_SHARES = {"steal": "cpu_steal_percent", "iowait": "cpu_iowait_percent"}
 
 
 @dataclass(slots=True)
@@ -205,23 +214,22 @@ class NodeExporter:
 
     def _sample(self, state: _Device, scrape: Scrape) -> Sample | None:
         values = scrape.values
-        counters: dict[str, dict[Key, float]] = {}
-        fs: dict[str, dict[str, float]] = {}
-        temps: list[float] = []
+        groups: dict[str, dict[Key, float]] = {}  # the scrape's values by kind of key
         for key, value in values.items():
-            kind = key[0]
-            if kind in COUNTERS:
-                counters.setdefault(kind, {})[key] = value
-            elif kind == "fs":
-                fs.setdefault(key[1], {})[key[2]] = value
-            elif kind == "temp" and TEMP_LOW <= value <= TEMP_HIGH:
-                temps.append(value)
+            group = groups.get(key[0])
+            if group is None:
+                group = groups[key[0]] = {}
+            group[key] = value
+        counters = {kind: groups[kind] for kind in COUNTERS if kind in groups}
+        fs: dict[str, dict[str, float]] = {}
+        for (_kind, mount, part), value in groups.get("fs", {}).items():
+            fs.setdefault(mount, {})[part] = value
+        temps = [value for value in groups.get("temp", {}).values() if TEMP_LOW <= value <= TEMP_HIGH]
         metrics: dict[str, float] = {}
         cpu = counters.get("cpu")
         ts = scrape.ts_ms / 1000
         if cpu:
-            if (busy := self._busy(state, scrape.ts_ms, cpu)) is not None:
-                metrics["cpu_percent"] = busy
+            metrics.update(self._cpu_shares(state, scrape.ts_ms, cpu))
             cpus = len({key[1] for key in cpu})
             load = values.get(("load1",))
             if load is not None and 0 <= load / cpus <= RATE_HIGH:
@@ -244,13 +252,18 @@ class NodeExporter:
         for kind, metric in RATES.items():
             if (rate := self._rate(state, scrape.ts_ms, kind, counters.get(kind))) is not None:
                 metrics[metric] = rate
+        if (stalls := self._increases(state, scrape.ts_ms, "psi", counters.get("psi"))) is not None:
+            seconds, stalled = stalls
+            metrics.update({key[1]: _percent(100.0 * value / seconds) for key, value in stalled.items()})
         boot = values.get(("boot",))
         if boot is not None and 0 <= ts - boot <= RATE_HIGH:
             metrics["uptime_s"] = round(ts - boot, 3)
+        readings = node_readings.read(
+            groups, fs, lambda kind: self._increases(state, scrape.ts_ms, kind, counters.get(kind)))
         self._remember(state, scrape.ts_ms, counters)
-        if not metrics:
+        if not metrics and not readings:
             return None
-        return Sample(scrape.device, ts, metrics, filesystems=filesystems or None)
+        return Sample(scrape.device, ts, metrics, filesystems=filesystems or None, readings=readings or None)
 
     @staticmethod
     def _earlier(state: _Device, ts_ms: int, kind: str) -> tuple[int, dict[Key, float]] | None:
@@ -260,40 +273,55 @@ class NodeExporter:
                 return (then, counters[kind]) if ts_ms - then <= MAX_RATE_WINDOW_S * 1000 else None
         return None
 
-    def _increase(self, state: _Device, ts_ms: int, kind: str,
-                  now: dict[Key, float] | None) -> tuple[float, dict[Key, float], dict[Key, float], float] | None:
-        """(seconds, earlier counters, these counters, total increase) over the series both scrapes have; None
-        without an earlier scrape or when a counter went down (the machine rebooted: no rate this time)."""
+    def _increases(self, state: _Device, ts_ms: int, kind: str,
+                   now: dict[Key, float] | None) -> tuple[float, dict[Key, float]] | None:
+        """(seconds, increase of each counter both scrapes have) since the device's earlier scrape; None without
+        one or when a counter went down (the machine rebooted: no rate, no count this time)."""
         if not now or (earlier := self._earlier(state, ts_ms, kind)) is None:
             return None
         then, before = earlier
-        increase = 0.0
+        grown: dict[Key, float] = {}
         for key, value in now.items():
             old = before.get(key)
             if old is None:
                 continue
             if value < old:
                 return None
-            increase += value - old
-        return (ts_ms - then) / 1000, before, now, increase
+            grown[key] = value - old
+        return (ts_ms - then) / 1000, grown
 
-    def _busy(self, state: _Device, ts_ms: int, cpu: dict[Key, float]) -> float | None:
-        """The share of CPU time not idle since the earlier scrape, all CPUs together, in %."""
-        found = self._increase(state, ts_ms, "cpu", cpu)
-        if found is None:
-            return None
-        _seconds, before, now, total = found
+    def _cpu_shares(self, state: _Device, ts_ms: int, cpu: dict[Key, float]) -> dict[str, float]:
+        """The share of CPU time not idle since the earlier scrape, all CPUs together, in % (cpu_percent); and the
+        share stolen by the hypervisor and spent waiting for I/O. (One pass over the CPUs' counters: a machine of
+        64 CPUs has 512.)"""
+        earlier = self._earlier(state, ts_ms, "cpu")
+        if earlier is None:
+            return {}
+        before = earlier[1]
+        spent: dict[str, float] = {}
+        for key, value in cpu.items():
+            old = before.get(key)
+            if old is None:
+                continue
+            if value < old:
+                return {}
+            mode = key[2]
+            spent[mode] = spent.get(mode, 0.0) + value - old
+        total = sum(spent.values())
         if total <= 0:
-            return None
-        idle = sum(value - before[key] for key, value in now.items() if key[2] == "idle" and key in before)
-        return round(min(100.0, max(0.0, 100.0 * (1.0 - idle / total))), 1)
+            return {}
+        shares = {"cpu_percent": round(min(100.0, max(0.0, 100.0 * (1.0 - spent.get("idle", 0.0) / total))), 1)}
+        for mode, metric in CPU_SHARES.items():
+            if mode in spent:
+                shares[metric] = _percent(100.0 * spent[mode] / total)
+        return shares
 
     def _rate(self, state: _Device, ts_ms: int, kind: str, now: dict[Key, float] | None) -> float | None:
-        found = self._increase(state, ts_ms, kind, now)
+        found = self._increases(state, ts_ms, kind, now)
         if found is None:
             return None
-        seconds, _before, _now, increase = found
-        rate = increase / seconds
+        seconds, grown = found
+        rate = sum(grown.values()) / seconds
         return round(rate, 1) if rate <= RATE_HIGH else None
 
     @staticmethod
@@ -308,6 +336,11 @@ class NodeExporter:
         else:
             history.insert(at, (ts_ms, counters))
         del history[:-HISTORY]
+
+
+def _percent(value: float) -> float:
+    """A share in %, within 0 and 100, to 0.01 as the agent sends it."""
+    return round(min(100.0, max(0.0, value)), 2)
 
 
 def _used(available: float | None, total: float | None) -> float | None:

@@ -12,15 +12,14 @@ writes waits for its rest (bot/intake/node_exporter.py); its parts are kept in t
 their writes are answered), so a restart loses none of them.
 
 Only the series Rigwatch reads are decoded: protobuf hands out the request's series still encoded (frames.proto),
-and the others (nine in ten of node_exporter's) are dropped once their name is read in place. A label set seen
-before is not decoded again either: its bytes are looked up.
+and the others (nine in ten of node_exporter's) are dropped once their name is read in place
+(bot/intake/series_pattern.py). A label set seen before is not decoded again either: its bytes are looked up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,20 +37,13 @@ from bot.db import Rejection
 from bot.db.held_parts import Part
 from bot.intake.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
 from bot.intake.prompb import frames_pb2, types_pb2
+from bot.intake.series_pattern import MAYBE_READ, NAMED
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024  # decompressed
 GRACE_S = 10.0  # a scrape split over several writes waits this long for its rest (Prometheus flushes every 5 s)
 PRUNE_EVERY_S, PRUNE_AFTER_S = 600.0, 3600.0  # held parts of no scrape waiting (a race left them) are forgotten
 REFUSE_AGAIN_S = 600.0  # a device label refused is recorded in /rejected again after this long
-NAMED = b"\n\x08__name__\x12"  # a series' first label, `__name__`, as Prometheus encodes it (labels sorted)
-# A series to look at: Prometheus sorts labels, so `__name__` comes first and names it; one of the names Rigwatch
-# reads (its length byte before it makes the match exact), or a series laid out otherwise, which protobuf reads.
-MAYBE_READ = re.compile(
-    rb"\n.(?:\n\x08__name__\x12(?:" + b"|".join(re.escape(bytes([len(name)]) + name.encode()) for name in READERS)
-    + rb")|(?!\n\x08__name__\x12))|(?!\n)", re.DOTALL)
-
-
 class Malformed(ValueError):
     """A body that is not a remote write 1.0 request; the text says why (400)."""
 
@@ -245,28 +237,34 @@ class Receiver:
         scrapes: dict[tuple[str, int], list[tuple[Key, float]]] = {}
         seen, times = self._seen, self._times
         read = 0
+        # The series of a scrape come one after the other: the values of the last one's scrape are at hand.
+        device: str | None = None
+        at: int | None = None
+        values: list[tuple[Key, float]] = []
         for encoded in filter(MAYBE_READ.match, series):
-            try:
-                if encoded[2:13] != NAMED:
-                    self._slow(encoded, now, scrapes, outcome, rejects)
-                    continue
-                size = len(encoded)
-                if encoded[size - VALUE_TAIL:size - 15] == VALUE_HEAD and encoded[size - 7] == 0x10:
-                    labels = encoded[:size - VALUE_TAIL]
-                    value = unpack_from("<d", encoded, size - 15)[0]
-                elif encoded[size - ZERO_TAIL:size - 6] == ZERO_HEAD:
-                    labels, value = encoded[:size - ZERO_TAIL], 0.0
-                else:
-                    labels = b""
-                meaning = seen.get(labels)
-                ts_ms = times.get(encoded[size - 6:])
-            except IndexError:  # shorter than a series of Prometheus: protobuf says what it is
-                meaning = ts_ms = None
+            size = len(encoded)
+            if not encoded.startswith(NAMED, 2):
+                self._slow(encoded, now, scrapes, outcome, rejects)
+                continue
+            # Shorter than a series of Prometheus: protobuf says what it is.
+            if size > VALUE_TAIL and encoded.startswith(VALUE_HEAD, size - VALUE_TAIL) and encoded[size - 7] == 0x10:
+                labels = encoded[:size - VALUE_TAIL]
+                value = unpack_from("<d", encoded, size - 15)[0]
+            elif size > ZERO_TAIL and encoded.startswith(ZERO_HEAD, size - ZERO_TAIL):
+                labels, value = encoded[:size - ZERO_TAIL], 0.0
+            else:
+                labels = b""
+            meaning = seen.get(labels)
+            ts_ms = times.get(encoded[size - 6:])
             if meaning is None or ts_ms is None or meaning.refused is not None:
                 self._slow(encoded, now, scrapes, outcome, rejects)
                 continue
-            if meaning.key is not None and isfinite(value):
-                scrapes.setdefault((meaning.device, ts_ms), []).append((meaning.key, value))  # type: ignore[arg-type]
+            name, where, _refused = meaning
+            if where is not None and isfinite(value):
+                if ts_ms != at or name != device:
+                    device, at = name, ts_ms
+                    values = scrapes.setdefault((device, at), [])  # type: ignore[arg-type]
+                values.append((where, value))
                 read += 1
         outcome.read += read
         return scrapes

@@ -168,11 +168,12 @@ def new_bucket(s3: BaseClient, versioned: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def node_exporter() -> Iterator[str]:
-    """Debian's prometheus-node-exporter on a loopback port; yields its host:port."""
+def node_exporter(*flags: str, log: Path | None = None) -> Iterator[str]:
+    """Debian's prometheus-node-exporter on a loopback port, with `flags` (its log in `log`); yields its host:port."""
     port = free_port()
-    proc = subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log or os.devnull, "ab") as out:
+        proc = subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{port}", *flags],
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port)
         yield f"127.0.0.1:{port}"

@@ -1,0 +1,286 @@
+"""node_exporter's series become the readings the agent sends (bot/intake/node_readings.py): series in, a sample's
+readings out, each object named as the agent names it; a reading present is whole, a count or a rate is what
+happened since the machine's previous scrape, and every sample is a valid wire message."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import peewee as pw
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.vocabulary import READINGS
+from agent.wire import MAX_READING_OBJECTS, Sample, encode, parse
+from bot import db
+from bot.intake.node_exporter import NodeExporter, key
+from bot.intake.remote_write import MAYBE_READ, Receiver
+from tests.fakes.node_exporter import UNIT_STATES, Labels, body, machine, write_request
+
+T0 = round(time.time() - 600, 3)
+Scrape = dict[tuple[str, Labels], float]
+
+
+def server(oom_kill: float = 3.0, restarts: float = 2.0, errs: float = 10.0, drops: float = 0.0, packets: float = 1e6,
+           carrier: float = 2.0, major_faults: float = 1e4, io_weighted: float = 2e5, corrected: float = 0.0,
+           uncorrected: float = 0.0, stalled_memory: float = 1.0, stalled_io: float = 30.0,
+           failed: tuple[str, ...] = ()) -> Scrape:
+    """A node_exporter scrape of a server with every collector of a reading on: an md array missing a disk, a few
+    units (those in `failed` failed), a bond with one link down, a reboot waiting; the counters as given."""
+    scrape = machine(units=0, filler=0)
+    scrape["node_md_disks", (("device", "md0"), ("state", "active"))] = 1.0
+    scrape["node_md_disks", (("device", "md0"), ("state", "failed"))] = 1.0
+    scrape["node_md_disks", (("device", "md0"), ("state", "spare"))] = 0.0
+    scrape["node_md_disks_required", (("device", "md0"),)] = 2.0
+    scrape["node_md_state", (("device", "md0"), ("state", "active"))] = 1.0
+    for unit in ("nginx.service", "postgresql.service", "backup.timer"):
+        for state in UNIT_STATES:
+            now = "failed" if unit in failed else "active"
+            scrape["node_systemd_unit_state", (("name", unit), ("state", state), ("type", "simple"))] = float(
+                state == now)
+    for state in UNIT_STATES:
+        scrape["node_systemd_units", (("state", state),)] = float(
+            len(failed) if state == "failed" else 3 - len(failed) if state == "active" else 0)
+    scrape["node_systemd_service_restart_total", (("name", "nginx.service"),)] = restarts
+    scrape["node_systemd_service_restart_total", (("name", "postgresql.service"),)] = 0.0
+    scrape["node_vmstat_oom_kill", ()] = oom_kill
+    scrape["node_vmstat_pgmajfault", ()] = major_faults
+    scrape["node_filefd_allocated", ()] = 9500.0
+    scrape["node_filefd_maximum", ()] = 10000.0
+    scrape["node_nf_conntrack_entries", ()] = 65536.0
+    scrape["node_nf_conntrack_entries_limit", ()] = 262144.0
+    scrape["node_processes_threads", ()] = 800.0
+    scrape["node_processes_pids", ()] = 200.0
+    scrape["node_processes_max_processes", ()] = 4e6
+    scrape["node_timex_sync_status", ()] = 0.0
+    scrape["node_timex_offset_seconds", ()] = -0.25
+    scrape["node_timex_maxerror_seconds", ()] = 16.0
+    for device in ("lo", "eth0", "eth1", "docker0"):
+        for way in ("receive", "transmit"):
+            scrape[f"node_network_{way}_packets_total", (("device", device),)] = packets
+            scrape[f"node_network_{way}_errs_total", (("device", device),)] = errs if device == "eth0" else 0.0
+            scrape[f"node_network_{way}_drop_total", (("device", device),)] = drops
+        scrape["node_network_carrier_changes_total", (("device", device),)] = carrier if device == "eth1" else 2.0
+    scrape["node_bonding_slaves", (("master", "bond0"),)] = 2.0
+    scrape["node_bonding_active", (("master", "bond0"),)] = 1.0
+    scrape["node_reboot_required", ()] = 1.0
+    scrape["node_textfile_scrape_error", ()] = 0.0
+    for disk in ("nvme0n1", "sda", "sdb"):
+        scrape["node_disk_io_time_weighted_seconds_total", (("device", disk),)] = io_weighted if disk == "sda" else 0.0
+    scrape["node_edac_correctable_errors_total", (("controller", "0"),)] = corrected
+    scrape["node_edac_uncorrectable_errors_total", (("controller", "0"),)] = uncorrected
+    scrape["node_edac_correctable_errors_total", (("controller", "1"),)] = 0.0
+    scrape["node_edac_uncorrectable_errors_total", (("controller", "1"),)] = 0.0
+    scrape["node_hwmon_temp_crit_alarm_celsius", (("chip", "platform_coretemp_0"), ("sensor", "temp1"))] = 0.001
+    scrape["node_hwmon_temp_crit_alarm_celsius", (("chip", "platform_coretemp_0"), ("sensor", "temp2"))] = 0.0
+    scrape["node_pressure_memory_stalled_seconds_total", ()] = stalled_memory
+    scrape["node_pressure_io_stalled_seconds_total", ()] = stalled_io
+    return scrape
+
+
+def scrapes(*timed: tuple[float, Scrape], device: str = "srv1") -> list[Sample]:
+    """The samples of scrapes of one machine, each handed to the mapper series by series at its time."""
+    mapper = NodeExporter()
+    samples = []
+    for ts, scrape in timed:
+        values = [(k, value) for (name, labels), value in scrape.items() if (k := key(name, dict(labels))) is not None]
+        mapper.add(device, round(ts * 1000), values, ts)
+        samples += [sample for _scrape, sample in mapper.take(ts) if sample is not None]
+    return samples
+
+
+def on_the_wire(sample: Sample) -> Sample:
+    """The sample as fleet mode sends it through Kafka and the bot reads it back."""
+    return parse(encode(sample.device, sample.ts, sample.metrics, sample.filesystems, readings=sample.readings,
+                        notes=sample.notes, unreadable=sample.unreadable))
+
+
+# ------------------------------------------------------------------------------------------------- readings
+
+
+def test_a_server_reads_as_the_agent_reads_it_each_object_named_as_the_agent_names_it() -> None:
+    first, second = scrapes((T0, server()), (T0 + 15, server(
+        oom_kill=5.0, restarts=3.0, errs=10.0 + 300.0, packets=1e6 + 3000.0, major_faults=1e4 + 150.0,
+        io_weighted=2e5 + 30.0, corrected=4.0, uncorrected=1.0, stalled_memory=1.0 + 1.5, stalled_io=30.0 + 3.0,
+        carrier=5.0, failed=("postgresql.service",))))
+
+    readings = second.readings
+    assert readings is not None
+    assert readings["md_active"] == {"md0": 1.0} and readings["md_failed"] == {"md0": 1.0}
+    assert readings["md_required"] == {"md0": 2.0}
+    assert second.notes is None  # node_exporter does not say which member failed
+    assert readings["unit_failed"] == {"postgresql.service": 1.0}
+    assert readings["unit_restarts"] == {"nginx.service": 1.0}  # only the services that restarted
+    assert readings["oom_kills"] == {"": 2.0}
+    assert readings["clock_synced"] == {"": 0.0} and readings["clock_offset_s"] == {"": -0.25}
+    assert readings["clock_maxerror_s"] == {"": 16.0}
+    assert readings["fd_percent"] == {"": 95.0} and readings["conntrack_percent"] == {"": 25.0}
+    assert readings["pids_percent"] == {"": 0.02}  # threads of pid_max: every thread holds a process id
+    # eth0: 600 of 6,000 packets (3,000 in, 3,000 out) had errors; loopback is not an interface that fails.
+    assert readings["net_errors_percent"] == {"eth0": 10.0, "eth1": 0.0, "docker0": 0.0}
+    assert readings["net_drops_percent"] == {"eth0": 0.0, "eth1": 0.0, "docker0": 0.0}
+    assert readings["link_changes"] == {"eth1": 3.0}  # only the interfaces whose link changed
+    assert readings["bond_slaves"] == {"bond0": 2.0} and readings["bond_active"] == {"bond0": 1.0}
+    assert readings["reboot_required"] == {"": 1.0} and readings["textfile_error"] == {"": 0.0}
+    assert readings["major_faults_per_s"] == {"": 10.0}
+    assert readings["disk_io_queue"] == {"sda": 2.0, "nvme0n1": 0.0, "sdb": 0.0}
+    assert readings["ecc_correctable"] == {"mc0": 4.0} and readings["ecc_uncorrectable"] == {"mc0": 1.0}
+    # node_exporter 1.5 reads an alarm as milli-degrees: 1 comes as 0.001.
+    assert readings["temp_alarm"] == {"platform_coretemp_0/temp1": 1.0, "platform_coretemp_0/temp2": 0.0}
+    assert readings["readonly"] == {"/": 0.0, "/boot/efi": 0.0, "/data": 0.0}
+    assert readings["inodes_percent"] == {"/": pytest.approx(100 / 6), "/boot/efi": pytest.approx(100 / 6),
+                                          "/data": pytest.approx(100 / 6)}
+    assert readings["inodes_used"] == {"/": 1e6, "/boot/efi": 1e6, "/data": 1e6}
+    assert set(readings) == set(READINGS)
+    # The pressures are metrics the model reads: 1.5 s of 15 stalled is 10 %.
+    assert second.metrics["psi_memory_full_percent"] == 10.0 and second.metrics["psi_io_full_percent"] == 20.0
+    # The counts and rates need the scrape before; the gauges are there from the first.
+    assert first.readings is not None and "oom_kills" not in first.readings and "md_failed" in first.readings
+    assert "unit_restarts" not in first.readings and "net_errors_percent" not in first.readings
+    assert "psi_memory_full_percent" not in first.metrics
+
+
+def test_a_collector_that_is_off_gives_no_reading_and_one_that_found_nothing_an_empty_one() -> None:
+    plain = machine(units=0)  # node_exporter's defaults on a VM: no md array, systemd off, no bond, no EDAC
+    [sample] = scrapes((T0, plain))
+    assert sample.readings is not None
+    for absent in ("md_active", "md_failed", "unit_failed", "unit_restarts", "bond_active", "ecc_correctable",
+                   "reboot_required", "pids_percent"):
+        assert absent not in sample.readings, absent
+
+    # systemd's collector on, no unit failed: every unit has its `failed` series at 0, and none is failed.
+    [healthy] = scrapes((T0, machine(units=5)))
+    assert healthy.readings is not None and healthy.readings["unit_failed"] == {}
+
+
+def test_counts_since_the_previous_scrape_and_a_counter_that_went_down_gives_none() -> None:
+    samples = scrapes((T0, server(oom_kill=3.0)), (T0 + 15, server(oom_kill=7.0)),
+                      (T0 + 30, server(oom_kill=1.0, restarts=0.0, corrected=0.0)),  # rebooted meanwhile
+                      (T0 + 45, server(oom_kill=1.0, restarts=0.0, uncorrected=2.0)))
+
+    kills = [sample.readings.get("oom_kills") for sample in samples if sample.readings is not None]
+    assert kills == [None, {"": 4.0}, None, {"": 0.0}]
+    assert samples[2].readings is not None and "unit_restarts" not in samples[2].readings
+    assert samples[3].readings is not None and samples[3].readings["unit_restarts"] == {}
+    assert samples[3].readings["ecc_uncorrectable"] == {"mc0": 2.0} and samples[3].readings["ecc_correctable"] == {}
+
+
+def test_errors_without_a_packet_through_are_all_of_them() -> None:
+    _first, second = scrapes((T0, server(errs=0.0, drops=0.0)), (T0 + 15, server(errs=4.0, drops=6.0)))
+
+    assert second.readings is not None
+    assert second.readings["net_errors_percent"]["eth0"] == 100.0
+    assert second.readings["net_drops_percent"] == {"eth0": 100.0, "eth1": 100.0, "docker0": 100.0}
+
+
+def test_cpu_time_stolen_and_spent_waiting_for_io_are_shares_of_all_cpu_time() -> None:
+    def cpu(idle: float, steal: float, iowait: float) -> Scrape:
+        scrape = machine(cpus=2, units=0, filler=0)
+        for c in ("0", "1"):
+            for mode, spent in (("idle", idle), ("steal", steal), ("iowait", iowait)):
+                scrape["node_cpu_seconds_total", (("cpu", c), ("mode", mode))] = spent
+        return scrape
+
+    _first, second = scrapes((T0, cpu(1000.0, 10.0, 20.0)), (T0 + 10, cpu(1006.0, 13.0, 21.0)))
+
+    # Each CPU spent 4 of its 10 s stolen or waiting for I/O, and 6 s idle.
+    assert second.metrics["cpu_steal_percent"] == 30.0 and second.metrics["cpu_iowait_percent"] == 10.0
+    assert second.metrics["cpu_percent"] == 40.0
+
+
+def test_a_read_only_filesystem_is_reported_and_still_left_out_of_the_disk_percentages() -> None:
+    filesystems = {"/": ("ext4", 100e9, 60e9, 0), "/srv/archive": ("ext4", 100e9, 1e9, 1),
+                   "/run": ("tmpfs", 3e9, 3e9, 0), "/var/lib/docker/overlay2/x": ("xfs", 1e9, 0.0, 0)}
+    [sample] = scrapes((T0, machine(filesystems=filesystems, units=0)))
+
+    assert sample.readings is not None and sample.readings["readonly"] == {"/": 0.0, "/srv/archive": 1.0}
+    assert sample.filesystems == {"/": 40.0}
+
+
+def test_a_filesystem_without_an_inode_table_is_left_out_of_the_inodes() -> None:
+    scrape = machine(filesystems={"/": ("btrfs", 100e9, 60e9, 0), "/boot": ("ext4", 1e9, 5e8, 0)}, units=0)
+    for (name, labels) in list(scrape):
+        if name in ("node_filesystem_files", "node_filesystem_files_free") and ("mountpoint", "/") in labels:
+            scrape[name, labels] = 0.0
+    [sample] = scrapes((T0, scrape))
+
+    assert sample.readings is not None and list(sample.readings["inodes_percent"]) == ["/boot"]
+
+
+def test_a_reading_of_very_many_objects_keeps_the_worst() -> None:
+    scrape = machine(units=0, filler=0)
+    for i in range(100):
+        scrape["node_systemd_unit_state", (("name", f"job{i:03d}.service"), ("state", "failed"))] = 1.0
+        scrape["node_hwmon_temp_crit_alarm_celsius", (("chip", "acpi"), ("sensor", f"temp{i}"))] = float(i == 77)
+    [sample] = scrapes((T0, scrape))
+
+    assert sample.readings is not None and len(sample.readings["unit_failed"]) == MAX_READING_OBJECTS
+    assert len(sample.readings["temp_alarm"]) == MAX_READING_OBJECTS
+    assert sample.readings["temp_alarm"]["acpi/temp77"] == 1.0  # the alarm is kept, not a sensor at 0
+    assert on_the_wire(sample).readings == sample.readings
+
+
+# --------------------------------------------------------------------------------------------- the hot path
+
+
+def read_unread(scrape: Scrape) -> list[tuple[str, ...]]:
+    """The series of a scrape the receiver looks at, as (name, label values): the others it drops unread."""
+    return [tuple(label.value for label in s.labels if label.name not in ("instance", "job"))
+            for s in write_request({"srv1:9100": [(T0, scrape)]}).timeseries if MAYBE_READ.match(s.SerializeToString())]
+
+
+def test_of_the_units_only_those_failed_and_the_count_of_failed_ones_are_read() -> None:
+    """A machine has a few hundred units, each in five states: those of a healthy unit are dropped unread."""
+    scrape: Scrape = {("node_systemd_unit_state", (("name", unit), ("state", state), ("type", "simple"))):
+                      float(state == ("failed" if unit == "cron.service" else "active"))
+                      for unit in ("cron.service", "nginx.service") for state in UNIT_STATES}
+    scrape.update({("node_systemd_units", (("state", state),)): float(state in ("active", "failed"))
+                   for state in UNIT_STATES})
+    scrape["node_systemd_units", (("state", "failed"),)] = 0.0  # the count is read even when it is 0
+
+    assert read_unread(scrape) == [("node_systemd_unit_state", "cron.service", "failed", "simple"),
+                                   ("node_systemd_units", "failed")]
+
+
+def test_a_write_of_a_server_stores_its_readings_through_the_receiver(tmp_path: Path) -> None:
+    database: pw.Database = db.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
+    try:
+        receiver = Receiver(lambda samples, rejects: db.store_batch(samples, [None] * len(samples), None, rejects))
+        receiver.process(body(write_request({"srv1:9100": [(T0, server())]})))
+        receiver.process(body(write_request({"srv1:9100": [(T0 + 15, server(oom_kill=4.0,
+                                                                            failed=("nginx.service",)))]})))
+        stored = db.latest_sample("srv1")
+        first = json.loads(db.Metric.get(db.Metric.device == "srv1", db.Metric.ts == T0).readings)["readings"]
+    finally:
+        database.close()
+
+    assert first["unit_failed"] == {}  # systemd's units were read, and none had failed
+    assert stored is not None and stored.readings is not None
+    assert stored.readings["oom_kills"] == {"": 1.0} and stored.readings["unit_failed"] == {"nginx.service": 1.0}
+    assert stored.readings["md_failed"] == {"md0": 1.0}
+
+
+# ------------------------------------------------------------------------------------------------- the wire
+
+values = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.0, 1.0, 0.001, -1.0, 1e300]))
+names = st.one_of(st.sampled_from(["md0", "eth0", "nginx.service", "0"]), st.text(max_size=300))
+
+
+series = st.dictionaries(st.sampled_from(sorted(server())), values, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=series, second=series, objects=st.lists(names, max_size=5))
+def test_every_sample_is_a_valid_wire_message_whatever_the_series_say(
+        first: dict, second: dict, objects: list[str]) -> None:
+    later = dict(second)
+    for i, name in enumerate(objects):  # objects of strange names, too long or with control characters
+        later["node_systemd_unit_state", (("name", name), ("state", "failed"))] = 1.0
+        later["node_network_receive_errs_total", (("device", name or f"x{i}"),)] = 1.0
+        later["node_hwmon_temp_crit_alarm_celsius", (("chip", name), ("sensor", "temp1"))] = 1.0
+    for sample in scrapes((T0, first), (T0 + 15, later)):
+        back = on_the_wire(sample)
+        assert back.readings == sample.readings and back.metrics == sample.metrics
