@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from telegram.ext import Application, CallbackQueryHandler, MessageHandler, Type
 from telegram.ext import filters as tg_filters
 
 from bot import db
-from bot.chat import alerts, common, jobs, model_admin, oncall, start, status, teams, tolerance
+from bot.chat import alerts, common, digest, jobs, model_admin, oncall, start, status, teams, tolerance
 from bot.chat.bot_api import PollingRequest, TelegramLink, connect
 from bot.chat.rate_limits import CommandBudget, FairRateLimiter
 from bot.chat.sender import Sender
@@ -74,7 +75,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         command_budget=CommandBudget(), tolerances=tolerances,
     )
     application.add_handler(TypeHandler(object, common.guard), group=-1)
-    for conversation in (start, status, alerts, teams, oncall, tolerance, model_admin):
+    for conversation in (start, status, alerts, teams, oncall, tolerance, model_admin, digest):
         application.add_handlers(conversation.handlers())
     application.add_handler(CallbackQueryHandler(common.invalid_button))
     application.add_handler(MessageHandler(tg_filters.COMMAND, common.unknown_command))
@@ -127,7 +128,7 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) 
 
 async def _start_ingestion(application: Application, watch_silences: bool) -> None:
     """Load the model and start ingestion, before and whatever Telegram does; the watch of silences,
-    reminders and mutes, and retention, run in one process of a fleet only (`watch_silences`)."""
+    reminders and mutes, retention and the digests run in one process of a fleet only (`watch_silences`)."""
     settings: Settings = application.bot_data["settings"]
     model: ActiveModel = application.bot_data["model"]
     queue = application.job_queue
@@ -179,6 +180,9 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         # Soon after start as well as daily: a bot restarted every day still downsamples.
         queue.run_repeating(jobs.in_thread, interval=retention.DAY_S, first=RETENTION_FIRST_S,
                             data=partial(retention.daily, settings.retention_days), name="retention")
+        # The digests too: claimed in the database, so even two bot processes would send each period once.
+        queue.run_repeating(digest.send_due, interval=digest.EVERY_S, first=digest.FIRST_S,
+                            data=digest.Digesting(settings, forecaster, model, time.time()), name="digest")
     watched = _watched(source)
     queue.run_repeating(jobs.tell_outages, interval=OUTAGE_CHECK_S, data=watched, name="outages")
     # Everything made so far (libraries, the model) lives as long as the process: the garbage collector need

@@ -24,19 +24,30 @@ def versions_table(versions: list[ModelVersion], active: int | None) -> str:
     return "\n".join(lines)
 
 
+def holdout(version: ModelVersion) -> str:
+    """What a version's scores were measured on: 'holdout: 48 human-labelled samples, 48 rows'."""
+    return f"holdout: {version.meta.get('holdout', 'n/a')}, {version.meta.get('holdout_rows', 0)} rows"
+
+
+def scores(version: ModelVersion) -> str:
+    """A version's scores on its holdout: 'F1 0.912  precision 0.900  recall 0.930  ROC AUC 0.980  Brier 0.0123'."""
+    brier = version.meta.get("scores", {}).get("brier")
+    return (f"F1 {_score(version, 'f1')}  precision {_score(version, 'precision')}  "
+            f"recall {_score(version, 'recall')}  ROC AUC {_score(version, 'roc_auc')}  "
+            f"Brier {'n/a' if brier is None else f'{brier:.4f}'}")
+
+
 def version_detail(version: ModelVersion, active: int | None) -> str:
     """One version in full: how it was trained and how it scored, with its reliability table."""
-    meta, scores = version.meta, version.meta.get("scores", {})
-    brier = scores.get("brier")
+    meta = version.meta
     lines = [
         f"v{version.version}{' (active)' if version.version == active else ''}, created {version.created[:16]}",
         f"trained on {meta.get('rows', 0)} samples, {meta.get('labels', 0)} labels, {meta.get('synthetic', 0)} "
         f"synthetic; {meta.get('left_out_near_edge', 0)} unlabelled samples near an edge left out",
-        f"holdout: {meta.get('holdout', 'n/a')}, {meta.get('holdout_rows', 0)} rows",
-        f"F1 {_score(version, 'f1')}  precision {_score(version, 'precision')}  recall {_score(version, 'recall')}  "
-        f"ROC AUC {_score(version, 'roc_auc')}  Brier {'n/a' if brier is None else f'{brier:.4f}'}",
+        holdout(version),
+        scores(version),
     ]
-    reliability = scores.get("reliability")
+    reliability = meta.get("scores", {}).get("reliability")
     if reliability:
         lines += ["", "reliability: predicted vs observed share stressed", "P bin     rows  predicted  observed"]
         for row in reliability:

@@ -12,6 +12,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from agent.vocabulary import KNOWN_METRICS
 from schema.domain import IncidentDetail, Kind, NoticeKind, State, Window
+from schema.schedule import Schedule
 
 db = pw.DatabaseProxy()
 
@@ -304,6 +305,34 @@ class Dependency(BaseModel):
     created = pw.DoubleField()
 
 
+class Digest(BaseModel):
+    """A chat's forum topic (or its general topic, `thread_id` 0) gets a digest daily or weekly (`weekday` None or
+    0 Monday) at minute `minute` of the day in the bot's time zone. `last_due` is the due moment of the newest
+    period sent (or given up on): a period is claimed before it is sent, so it goes out once whichever process
+    or restart sends it. `covered_until` is where the last digest sent ended: the next one starts there."""
+
+    chat_id = pw.BigIntegerField()
+    thread_id = pw.BigIntegerField(default=0)
+    weekday = pw.SmallIntegerField(null=True)
+    minute = pw.SmallIntegerField()
+    user_id = pw.BigIntegerField()
+    user_name = pw.CharField(max_length=200)
+    created = pw.DoubleField()
+    last_due = pw.DoubleField(null=True)
+    covered_until = pw.DoubleField(null=True)
+    sent = pw.DoubleField(null=True)  # when the last one went out
+    failed = pw.TextField(null=True)  # why the last period could not be delivered (the chat is gone)
+    claimed_until = pw.DoubleField(null=True)  # a process sending it: others keep off until then
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.weekday, self.minute)
+
+    class Meta:
+        table_name = "digest_schedule"  # "digest" is the group messages' table, from before they were called so
+        indexes = ((("chat_id", "thread_id"), True),)
+
+
 class Heartbeat(BaseModel):
     """When the bot's intake last received (`at`), and since when it has without a gap (`since`): while it
     receives nothing at all, no machine is silent; when it receives again, machines get their grace."""
@@ -455,7 +484,7 @@ for _name in KNOWN_METRICS:
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Group, Notice, Mute, ForecastLabel, Aggregate, Subscription,
           Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel, Event, Person, OnCall, Chain,
-          Escalation, Dependency]
+          Escalation, Dependency, Digest]
 
 
 def connect(url: str) -> pw.Database:

@@ -1,4 +1,5 @@
-"""Charts of one machine as PNG images for Telegram: its metrics, P(stressed) and the stressed stretches.
+"""Charts as PNG images for Telegram: one machine's metrics, P(stressed) and its stressed stretches; and the
+fleet's incidents a day, for the digest.
 
 Drawn with matplotlib's Agg renderer on a Figure of its own (no pyplot, no display). Every function here
 blocks: the bot calls them through ``asyncio.to_thread``.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import io
 import threading
-from datetime import UTC
+from collections import Counter
+from datetime import UTC, date
 
 import numpy as np
 from matplotlib import dates as mdates
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 
 from bot import db
 from bot.db import ChartPoint, ChartSeries
+from schema.domain import Kind
 
 Span = tuple[float, float]  # (start_ts, end_ts) of a stretch to shade
 
@@ -29,6 +32,9 @@ SHADE = {"color": "#D55E00", "alpha": 0.15, "linewidth": 0}
 GAP_BUCKETS = 3  # no sample for this many buckets (and typical steps) breaks the lines: the machine was silent
 FONT_SIZE = 15
 WIDTH_IN, HEIGHT_IN, DPI = 8.0, 7.0, 100  # 800 x 700 px: sharp on a phone, tens of KB as a PNG
+# The kinds of incident, bottom to top of a day's bar, in the same colour-blind-safe palette as the lines.
+KINDS = {Kind.STRESSED: ("stressed", P_COLOUR), Kind.SILENT: ("silent", "#999999"),
+         Kind.FORECAST: ("forecast", "#0072B2"), Kind.CONDITION: ("problems", "#E69F00")}
 
 # matplotlib is not thread-safe, and two /status commands may render at once in the bot's thread pool.
 _lock = threading.Lock()
@@ -123,3 +129,34 @@ def _style(metrics_axes: Axes, p_axes: Axes, start_ts: float, end_ts: float) -> 
     p_axes.xaxis.set_major_locator(locator)
     p_axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
     p_axes.set_xlabel("UTC", fontsize=FONT_SIZE - 2)
+
+
+def incidents_per_day(days: list[date], counts: list[Counter[Kind]], title: str) -> bytes:
+    """The PNG of the incidents opened each day, one stacked bar a day by kind, days in the bot's time zone."""
+    with _lock:
+        figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN * 0.7), dpi=DPI)
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(gridspec_kw={"left": 0.09, "right": 0.98, "top": 0.8, "bottom": 0.12})
+        figure.suptitle(title, x=0.02, y=0.98, ha="left", va="top", fontsize=FONT_SIZE + 3, fontweight="bold")
+        positions = np.arange(len(days))
+        bottom = np.zeros(len(days))
+        for kind, (label, colour) in KINDS.items():
+            heights = np.array([day[kind] for day in counts], dtype=float)
+            axes.bar(positions, heights, bottom=bottom, color=colour, label=label, width=0.75)
+            bottom += heights
+        # Every other day is named, today always: fourteen names would not fit a phone's width.
+        axes.set_xticks(positions, [f"{day:%a}\n{day.day}" if (len(days) - 1 - i) % 2 == 0 else ""
+                                    for i, day in enumerate(days)])
+        axes.set_xlim(-0.6, len(days) - 0.4)
+        axes.set_ylim(0, max(4.0, bottom.max() * 1.1))
+        axes.yaxis.get_major_locator().set_params(integer=True)
+        axes.tick_params(labelsize=FONT_SIZE - 2)
+        axes.grid(True, axis="y", color="#dddddd", linewidth=0.8)
+        axes.set_axisbelow(True)
+        for side in ("top", "right"):
+            axes.spines[side].set_visible(False)
+        axes.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=4, frameon=False, fontsize=FONT_SIZE - 1,
+                    handlelength=1.0, columnspacing=1.0, borderaxespad=0.2)
+        output = io.BytesIO()
+        figure.savefig(output, format="png", dpi=DPI, metadata={"Software": None})
+    return output.getvalue()

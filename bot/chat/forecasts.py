@@ -1,5 +1,5 @@
 """What the bot says about forecasts: where disk, memory, swap and each filesystem are heading, under
-/status <device> and in a forecast's alert."""
+/status <device>, in a forecast's alert and in the digest."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ FORECAST_WORDS = {"disk_percent": "disk", "mem_percent": "memory", "swap_percent
 
 
 def how_soon(eta_s: float) -> str:
-    """How soon, as people say it: 'in about 3 h', 'in about 40 min'."""
+    """How soon, as people say it: 'in about 3 h', 'in about 40 min', 'in about 5 d'."""
     if eta_s < 5 * 60:
         return "within minutes"
     if eta_s < 90 * 60:
         return f"in about {round(eta_s / 300) * 5} min"
-    return f"in about {round(eta_s / 3600)} h"
+    if eta_s < 48 * 3600:
+        return f"in about {round(eta_s / 3600)} h"
+    return f"in about {round(eta_s / 86400)} d"
 
 
 def forecast_word(metric: str) -> str:
@@ -34,7 +36,8 @@ def forecast_word(metric: str) -> str:
     return metric.removeprefix(FILESYSTEM) if metric.startswith(FILESYSTEM) else FORECAST_WORDS[metric]
 
 
-def _forecast_line(f: Forecast) -> str:
+def forecast_line(f: Forecast) -> str:
+    """'/data will be full in about 3 h (now 91 %, +2.1 %/h)'."""
     if f.metric.startswith(INODES):
         when_out = "has run out of inodes" if f.eta_s == 0 else f"will run out of inodes {how_soon(f.eta_s or 0)}"
         return f"{f.metric.removeprefix(INODES)} {when_out} (now {number(f.level)} % used, {f.slope_per_h:+.1f} %/h)"
@@ -53,14 +56,14 @@ def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float)
     near = [f for f in forecasts.values() if f is not None and f.within(horizon_s)]
     if not near:
         return f"Forecast: no trend toward an edge within {hours}"
-    return "Forecast:\n" + "\n".join(f"• {escape(_forecast_line(f))}" for f in near)
+    return "Forecast:\n" + "\n".join(f"• {escape(forecast_line(f))}" for f in near)
 
 
 def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[str, float] | None = None) -> str:
     """'pc1: /data will be full in about 3 h (now 91 %, +2.1 %/h)', with the usual range and the edge (the
     machine's own when it tolerates the metric)."""
     if forecast.metric.startswith(INODES):
-        return clip(f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
+        return clip(f"📈 <b>{escape(forecast.device)}</b>: {escape(forecast_line(forecast))}\n"
                     f"No new file can be made there once they run out, even with space left.\n"
                     f"What to do: {escape(CONDITIONS['inodes_filling'].todo)}\n"
                     f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?")
@@ -72,7 +75,7 @@ def forecast_alert(forecast: Forecast, usual: Usual | None, tolerated: Mapping[s
     usual_text = f"usually {usual_range(model_metric, usual)}; " if usual else (
         "" if filesystem else "no usual range yet; ")
     return clip(
-        f"📈 <b>{escape(forecast.device)}</b>: {escape(_forecast_line(forecast))}\n"
+        f"📈 <b>{escape(forecast.device)}</b>: {escape(forecast_line(forecast))}\n"
         f"{escape(label)} on {escape(forecast.device)}: {usual_text}it needs an intervention from "
         f"{tolerance.tolerance_value(model_metric, edge)}{own}.\n"
         f"Trend of the last hours up to the sample of {when(forecast.ts)}. Was this forecast right?"

@@ -36,6 +36,8 @@ here (admins; /escalate shows it)
 message (admins; /depends lists them)
 /tolerance &lt;device&gt;: what a ❌ taught that machine (metrics it tolerates higher than the fleet)
 /tolerance &lt;device&gt; reset [metric]: forget them (admins, or whoever set it), e.g. /tolerance build1 reset disk
+/digest daily 09:00 or /digest weekly mon 09:00: a summary of incidents, answers, what is open and what is \
+heading for full, here or in this topic (admins; /digest off stops it, /digest alone shows it)
 /rejected: the latest messages that broke the wire format, and why
 /versions [version]: the model versions, newest first; one in full with its calibration
 /retrain: train a new model from the data and your labels (admins)
@@ -64,6 +66,7 @@ COMMANDS = [  # the command menu
     BotCommand("escalate", "what happens when nobody answers an alert here"),
     BotCommand("depends", "machines behind a switch or a hypervisor"),
     BotCommand("tolerance", "what a ❌ taught a machine: /tolerance <device> [reset [metric]]"),
+    BotCommand("digest", "a daily or weekly summary here: /digest daily 09:00"),
     BotCommand("rejected", "latest invalid messages and why"),
     BotCommand("versions", "model versions, or /versions <n> for one in full"),
     BotCommand("retrain", "train a new model from data and labels (admins)"),

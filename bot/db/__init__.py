@@ -4,7 +4,7 @@ Every function here blocks: callers on the event loop go through ``asyncio.to_th
 live in `schema`, which ml/ reads too.
 """
 
-from bot.db import disks, events, oncall
+from bot.db import digests, disks, events, oncall
 from bot.db.connection import (
     CHECKPOINT_S,
     checkpoint,
@@ -48,6 +48,7 @@ from schema.tables import (
     TABLES,
     Aggregate,
     Device,
+    Digest,
     DiskDay,
     DiskLabel,
     Event,
@@ -79,6 +80,7 @@ __all__ = [
     "ChartPoint",
     "ChartSeries",
     "Device",
+    "Digest",
     "DiskDay",
     "DiskLabel",
     "Event",
@@ -108,6 +110,7 @@ __all__ = [
     "db",
     "device_count",
     "devices",
+    "digests",
     "disks",
     "events",
     "history_points",

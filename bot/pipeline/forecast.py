@@ -298,6 +298,12 @@ class Forecaster:
                 if key[1] in self.trends.get(key[0], {}) and not self._ended(self._forecast(key)):
                     self.alerted.add(key)
 
+    def reaching(self, within_s: float) -> list[Forecast]:
+        """The forecasts of every device that reach their edge within `within_s`: what the digest names."""
+        with self._lock:
+            return [forecast for device, trends in self.trends.items() for metric in trends
+                    if (forecast := self._forecast((device, metric))) is not None and forecast.within(within_s)]
+
     def forecasts(self, device: str) -> dict[str, Forecast | None]:
         """The current forecast of each trended metric the device reports (filesystems by mount point, then
         memory and swap); None while there is too little data."""
