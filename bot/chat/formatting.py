@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from telegram.constants import MessageLimit
 
@@ -46,9 +46,9 @@ def pre(rows: list[str], budget: int = 3500) -> str:
     return f"<pre>{chr(10).join(kept)}</pre>"
 
 
-def when(ts: float) -> str:
-    """A sample time as people read it, in UTC."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(ts: float, tz: tzinfo = UTC) -> str:
+    """A sample time as people read it, in UTC or in the time zone given (BOT_TIMEZONE), which it names."""
+    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def ago(seconds: float) -> str:
