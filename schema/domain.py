@@ -117,16 +117,18 @@ class Action(StrEnum):
     WRONG_FORECAST = "wrong"
     UNDO_TOLERANCE = "undo"  # on a stressed incident a ❌ turned into tolerances, or a condition made expected
     EXPECTED = "x"  # ❌ on a condition: expected on this machine
+    REPORT = "report"  # 📄 on a finished incident: its post-mortem
 
 
 SNOOZE_HOURS = {Action.SNOOZE_1H: 1, Action.SNOOZE_8H: 8}
 ACTIONS_OF = {  # the buttons each kind of incident has
     Kind.STRESSED: {Action.CORRECT, Action.WRONG_PREDICTION, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                    Action.UNDO_TOLERANCE},
-    Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART},
-    Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H},
+                    Action.UNDO_TOLERANCE, Action.REPORT},
+    Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
+                    Action.REPORT},
+    Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H, Action.REPORT},
     Kind.CONDITION: {Action.CORRECT, Action.EXPECTED, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                     Action.UNDO_TOLERANCE},
+                     Action.UNDO_TOLERANCE, Action.REPORT},
 }
 
 

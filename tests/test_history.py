@@ -32,7 +32,7 @@ from tests.fakes.incidents import drivers, feed
 from tests.fakes.samples import TS, series
 from tests.fakes.scenario import ADMIN, CHAT, bot_env
 from tests.fakes.telegram_api import FakeTelegram
-from tests.test_handlers import say
+from tests.test_handlers import process, say
 from tests.test_texts import assert_valid_telegram_html
 
 UTC_ = ZoneInfo("UTC")
@@ -284,3 +284,31 @@ async def test_report_sends_the_post_mortem_as_a_document_then_its_chart_in_repl
     chart = telegram.wait_for_photo(CHAT)
     assert chart.params["caption"].startswith("<b>pc1</b>, ")
     assert chart.result["reply_to_message"]["message_id"] == document.result["message_id"]
+
+
+@pytest.mark.asyncio
+async def test_the_report_button_of_a_finished_incident_sends_its_report_and_others_are_refused(
+    application: Application, telegram: FakeTelegram, seeded: dict[str, int],
+) -> None:
+    await send_alerts(application)
+    [finished] = [m for m in telegram.messages(CHAT) if m.get("text", "").startswith("✅ <b>pc1</b> recovered")]
+    [still_open] = [m for m in telegram.messages(CHAT) if m.get("text", "").startswith("🔴 <b>web2</b>")]
+    [report_data] = [b["callback_data"] for row in finished["reply_markup"]["inline_keyboard"] for b in row
+                     if b["text"] == "📄 Report"]
+    assert not [b for row in still_open["reply_markup"]["inline_keyboard"] for b in row if b["text"] == "📄 Report"]
+
+    query = telegram.press_button(CHAT, finished["message_id"], report_data, user_id=ADMIN)
+    await process(application, telegram)
+
+    assert telegram.answer_for(query).params["text"] == f"Sending the report of incident #{seeded['pc1']}…"
+    document = telegram.wait_for_document(CHAT)
+    assert "@bob pressed correct" in document.params["document"]["data"].decode()
+    telegram.wait_for_photo(CHAT)
+    sent = len(telegram.calls("sendDocument"))
+    for message_id, data, refusal in (
+            (still_open["message_id"], f"i:{seeded['web2']}:report", history.still_open(seeded["web2"])),
+            (finished["message_id"], "i:99999:report", "This button is not valid.")):
+        query = telegram.press_button(CHAT, message_id, data, user_id=ADMIN)
+        await process(application, telegram)
+        assert telegram.answer_for(query).params["text"] == refusal
+    assert len(telegram.calls("sendDocument")) == sent, "no report of an open or a forged incident"

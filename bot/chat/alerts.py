@@ -14,7 +14,7 @@ from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CallbackQueryHandler, ContextTypes
 
 from bot import db
-from bot.chat import callbacks, common, forecasts, status, tolerance
+from bot.chat import callbacks, common, forecasts, history, status, tolerance
 from bot.chat.formatting import (
     ago,
     clip,
@@ -94,9 +94,10 @@ def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
     chart = button("📈 Chart", Action.CHART)
     detail = incident.detail
     if incident.state != State.OPEN:
+        report = button("📄 Report", Action.REPORT)  # its post-mortem: bot/chat/history.py
         if (detail.tolerated or detail.expected_by) and not detail.undone_by:
-            return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart]])
-        return InlineKeyboardMarkup([[chart]]) if incident.kind != Kind.SILENT else None
+            return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart, report]])
+        return InlineKeyboardMarkup([[chart, report] if incident.kind != Kind.SILENT else [report]])
     snooze = [button("🔕 1 h", Action.SNOOZE_1H), button("🔕 8 h", Action.SNOOZE_8H)]
     if incident.kind == Kind.FORECAST:
         verdict = [button("✅ Right forecast", Action.RIGHT_FORECAST),
@@ -389,6 +390,9 @@ async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         return
     if parsed[1] == Action.UNDO_TOLERANCE:
         await tolerance.undo(update, context, incident.id, incident.device)
+        return
+    if parsed[1] == Action.REPORT:
+        await history.report_button(update, context, incident)
         return
     user_id, name = common.who(update)
     now = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time(),

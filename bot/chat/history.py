@@ -1,6 +1,6 @@
 """/history and /report: the incidents of some machines over a period, and one incident's post-mortem (a Markdown
 document with its summary, what drove it, its samples and everything that happened to it, then its chart), with
-their words."""
+their words; the 📄 button of a finished incident sends the same report."""
 
 from __future__ import annotations
 
@@ -136,6 +136,11 @@ def history(pattern: str, period_s: float, incidents: list[Incident], total: int
 
 def no_incident(number: int) -> str:
     return f"No incident #{number}."
+
+
+def still_open(number: int) -> str:
+    """The answer to 📄 on an incident that is not over (a stale or forged button)."""
+    return f"Incident #{number} is still open: its report comes once it is over (/report {number} for now)."
 
 
 def md(text: str) -> str:
@@ -304,6 +309,16 @@ async def report_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     if incident is None:
         await update.effective_message.reply_text(no_incident(number_asked))
         return
+    await send_report(update, context, incident)
+
+
+async def report_button(update: Update, context: ContextTypes.DEFAULT_TYPE, incident: Incident) -> None:
+    """📄 on a finished incident's message: its report, in reply to it."""
+    query = update.callback_query
+    if incident.state == State.OPEN:
+        await query.answer(still_open(incident.id), show_alert=True)
+        return
+    await query.answer(f"Sending the report of incident #{incident.id}…")
     await send_report(update, context, incident)
 
 
