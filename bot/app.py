@@ -21,7 +21,7 @@ from telegram.ext import Application, CallbackQueryHandler, MessageHandler, Type
 from telegram.ext import filters as tg_filters
 
 from bot import db
-from bot.chat import alerts, common, digest, jobs, model_admin, oncall, start, status, teams, tolerance
+from bot.chat import alerts, common, digest, history, jobs, model_admin, oncall, start, status, teams, tolerance
 from bot.chat.bot_api import PollingRequest, TelegramLink, connect
 from bot.chat.rate_limits import CommandBudget, FairRateLimiter
 from bot.chat.sender import Sender
@@ -75,7 +75,7 @@ def build_application(settings: Settings, model_store: ModelStore) -> Applicatio
         command_budget=CommandBudget(), tolerances=tolerances,
     )
     application.add_handler(TypeHandler(object, common.guard), group=-1)
-    for conversation in (start, status, alerts, teams, oncall, tolerance, model_admin, digest):
+    for conversation in (start, status, alerts, history, teams, oncall, tolerance, model_admin, digest):
         application.add_handlers(conversation.handlers())
     application.add_handler(CallbackQueryHandler(common.invalid_button))
     application.add_handler(MessageHandler(tg_filters.COMMAND, common.unknown_command))

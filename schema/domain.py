@@ -135,17 +135,18 @@ class Action(StrEnum):
     UNDO_TOLERANCE = "undo"  # on a stressed incident a ❌ turned into tolerances, or a condition made expected
     EXPECTED = "x"  # ❌ on a condition: expected on this machine
     ON_IT = "on"  # 👀 On it: someone takes it; no more reminders or escalation, its verdict buttons stay
+    REPORT = "report"  # 📄 on a finished incident: its post-mortem
 
 
 SNOOZE_HOURS = {Action.SNOOZE_1H: 1, Action.SNOOZE_8H: 8}
 ACTIONS_OF = {  # the buttons each kind of incident has
     Kind.STRESSED: {Action.CORRECT, Action.WRONG_PREDICTION, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                    Action.UNDO_TOLERANCE, Action.ON_IT},
+                    Action.UNDO_TOLERANCE, Action.ON_IT, Action.REPORT},
     Kind.FORECAST: {Action.RIGHT_FORECAST, Action.WRONG_FORECAST, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                    Action.ON_IT},
-    Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H, Action.ON_IT},
+                    Action.ON_IT, Action.REPORT},
+    Kind.SILENT: {Action.SNOOZE_1H, Action.SNOOZE_8H, Action.ON_IT, Action.REPORT},
     Kind.CONDITION: {Action.CORRECT, Action.EXPECTED, Action.SNOOZE_1H, Action.SNOOZE_8H, Action.CHART,
-                     Action.UNDO_TOLERANCE, Action.ON_IT},
+                     Action.UNDO_TOLERANCE, Action.ON_IT, Action.REPORT},
 }
 
 

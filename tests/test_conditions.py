@@ -139,7 +139,8 @@ def test_expected_on_one_machine_until_undo(decider: Decider) -> None:
     assert (pressed.state, pressed.detail.expected_by) == ("false alarm", "@bob")
     assert [(e.device, e.metric) for e in Expected.select()] == [("nas1", "cond:unit_failed:backup.service")]
     assert "is expected on nas1 (❌ by @bob)" in alerts.alert(pressed, {}, T0 + 100)
-    assert [b.text for row in alerts.keyboard(pressed).inline_keyboard for b in row] == ["↩️ Undo", "📈 Chart"]
+    assert [b.text for row in alerts.keyboard(pressed).inline_keyboard for b in row] == [
+        "↩️ Undo", "📈 Chart", "📄 Report"]
 
     readings_feed(decider, "nas1", [failed] * 3, start=T0 + 120)
     assert [(i.device, i.state) for i in conditions()] == [("nas1", "false alarm"), ("nas2", "open")]

@@ -202,6 +202,48 @@ async def test_a_photo_telegram_would_refuse_is_refused(fake: FakeTelegram) -> N
     assert [c.status for c in fake.calls("sendPhoto")] == [400] * 4
 
 
+@pytest.mark.asyncio
+async def test_a_document_is_uploaded_with_its_name_and_its_bytes_are_recorded(fake: FakeTelegram) -> None:
+    report = "# Incident #12 on pc1\n\n- 14:04:10 UTC: @bob pressed ✅ correct\n".encode()
+    async with bot_for(fake) as bot:
+        sent = await bot.send_document(CHAT, report, filename="incident-12-pc1.md", caption="📄 Incident #12")
+        again = await bot.send_document(CHAT, sent.document.file_id)
+        chart = await sent.reply_photo(png(800, 700), filename="c.png", do_quote=True)
+    call = fake.wait_for_document(CHAT)
+    assert call.params["document"]["data"] == report and call.params["document"]["filename"] == "incident-12-pc1.md"
+    assert (sent.document.file_name, sent.document.file_size) == ("incident-12-pc1.md", len(report))
+    assert sent.document.mime_type and sent.caption == "📄 Incident #12" and sent.text is None
+    assert again.document == sent.document and again.message_id == sent.message_id + 1
+    assert chart.reply_to_message.document.file_id == sent.document.file_id
+
+
+@pytest.mark.asyncio
+async def test_a_document_telegram_would_refuse_is_refused(fake: FakeTelegram) -> None:
+    async with bot_for(fake) as bot:
+        with pytest.raises(BadRequest, match=r"(?i)must be non-empty"):
+            await bot.send_document(CHAT, b"", filename="empty.md")
+        with pytest.raises(BadRequest, match=r"(?i)caption is too long"):
+            await bot.send_document(CHAT, b"# x", caption="x" * 1025, filename="x.md")
+        with pytest.raises(BadRequest, match=r"(?i)wrong file identifier"):
+            await bot.send_document(CHAT, "BQACAgNoSuchFile")
+        with pytest.raises(NetworkError, match=r"(?i)too large"):  # PTB's words for Telegram's 413
+            await bot.send_document(CHAT, b"x" * (50 * 1024 * 1024 + 1), filename="big.bin",
+                                    write_timeout=60)
+    assert [c.status for c in fake.calls("sendDocument")] == [400, 400, 400, 413]
+    assert fake.messages(CHAT) == []
+
+
+@pytest.mark.asyncio
+async def test_documents_count_against_a_groups_flood_limit(fake: FakeTelegram) -> None:
+    fake.limit_groups(per_minute=2)
+    async with bot_for(fake) as bot:
+        await bot.send_message(GROUP, "alert")
+        await bot.send_document(GROUP, b"# report", filename="r.md")
+        with pytest.raises(RetryAfter):
+            await bot.send_document(GROUP, b"# report", filename="r.md")
+    assert [c.method for c in fake.refused(GROUP)] == ["sendDocument"] and len(fake.messages(GROUP)) == 2
+
+
 def retry_seconds(error: RetryAfter) -> float:
     """retry_after in seconds, whichever type this PTB gives it as."""
     with warnings.catch_warnings():

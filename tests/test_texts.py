@@ -299,11 +299,12 @@ def test_the_buttons_follow_the_incident() -> None:
     taken = incident(detail={"taken_by": "@bob", "taken_at": TS})
     assert [text for text, _ in buttons(alerts.keyboard(taken))] == [
         "✅ Correct", "❌ Wrong prediction", "📈 Chart", "🔕 1 h", "🔕 8 h"], "taken, it can still be labelled"
-    assert buttons(alerts.keyboard(incident(state="resolved"))) == [("📈 Chart", "i:42:chart")]
+    assert buttons(alerts.keyboard(incident(state="resolved"))) == [("📈 Chart", "i:42:chart"),
+                                                                   ("📄 Report", "i:42:report")]
     assert [t for t, _ in buttons(alerts.keyboard(incident(kind="forecast")))][:2] == [
         "✅ Right forecast", "❌ Wrong forecast"]
     assert [t for t, _ in buttons(alerts.keyboard(incident(kind="silent")))] == ["👀 On it", "🔕 1 h", "🔕 8 h"]
-    assert alerts.keyboard(incident(kind="silent", state="resolved")) is None
+    assert buttons(alerts.keyboard(incident(kind="silent", state="resolved"))) == [("📄 Report", "i:42:report")]
     for _, data in buttons(alerts.keyboard(incident(id=10**18 - 1))):
         assert len(data.encode()) <= 64 and callbacks.parse_incident(data)[0] == 10**18 - 1
 

@@ -52,7 +52,7 @@ def test_a_wrong_prediction_silences_that_machine_at_once_survives_a_restart_and
         wait_until(lambda: "is now normal" in current(telegram, alert["message_id"])["text"], what="the edit")
         edited = current(telegram, alert["message_id"])
         assert "Disk up to 98.6 % is now normal for build1 (❌ by @bob)" in edited["text"]
-        assert buttons(edited) == ["↩️ Undo", "📈 Chart"]
+        assert buttons(edited) == ["↩️ Undo", "📈 Chart", "📄 Report"]
 
         produce(kafka, topic, messages("build1", t + 10, [FULLISH] * 3))
         produce(kafka, topic, messages("build2", t + 10, [FULLISH] * 2))
@@ -79,7 +79,7 @@ def test_a_wrong_prediction_silences_that_machine_at_once_survives_a_restart_and
         assert press(telegram, current(telegram, alert["message_id"]), "↩️ Undo", "bob") == (
             "Undone: build1 alerts on Disk as every machine does.")
         wait_until(lambda: "Undone by @bob" in current(telegram, alert["message_id"])["text"], what="undo shown")
-        assert buttons(current(telegram, alert["message_id"])) == ["📈 Chart"]
+        assert buttons(current(telegram, alert["message_id"])) == ["📈 Chart", "📄 Report"]
         mark = telegram.call_count()
         produce(kafka, topic, messages("build1", t + 60, [FULLISH] * 2))
         again = telegram.wait_for_message(CHAT, lambda text: "<b>build1</b> is stressed" in text, after=mark)

@@ -85,7 +85,7 @@ def test_a_wrong_prediction_silences_that_machine_at_that_value_from_its_next_sa
     edited = alerts.alert(pressed, {}, T0 + 4, tolerances.of("build1"))
     assert "Disk up to 98.6 % is now normal for build1 (❌ by Bob)" in edited
     buttons = [b.text for row in alerts.keyboard(pressed).inline_keyboard for b in row]
-    assert buttons == ["↩️ Undo", "📈 Chart"]
+    assert buttons == ["↩️ Undo", "📈 Chart", "📄 Report"]
 
     assert ingest(decider, model, tolerances, "build1", T0 + 5, disk_percent=98.6) < 0.1, "from its next sample"
     assert ingest(decider, model, tolerances, "build1", T0 + 10, disk_percent=99.4) < 0.5, "below the ceiling"
@@ -177,7 +177,7 @@ def test_undo_belongs_to_whoever_pressed_or_an_admin_and_restores_the_alert(
     undone, removed = stored.undo_tolerance(alert.id, BOB, "Bob", False, T0 + 5)
     assert removed == ["disk_percent"] and Tolerance.select().count() == 0
     assert "↩️ Undone by Bob: build1 alerts on Disk as every machine does." in alerts.alert(undone, {}, T0 + 6)
-    assert [b.text for row in alerts.keyboard(undone).inline_keyboard for b in row] == ["📈 Chart"]
+    assert [b.text for row in alerts.keyboard(undone).inline_keyboard for b in row] == ["📈 Chart", "📄 Report"]
     assert stored.undo_tolerance(alert.id, ADMIN, "Admin", True, T0 + 6)[1] == [], "nothing left to undo"
 
     assert ingest(decider, model, tolerances, "build1", T0 + 10, disk_percent=98.6) > 0.9

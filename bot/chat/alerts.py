@@ -14,10 +14,12 @@ from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CallbackQueryHandler, ContextTypes
 
 from bot import db
-from bot.chat import callbacks, common, forecasts, status, tolerance
+from bot.chat import callbacks, common, forecasts, history, status, tolerance
 from bot.chat.formatting import (
     ago,
     clip,
+    condition_of,
+    described,
     disk_label,
     escape,
     fullest,
@@ -39,13 +41,10 @@ from bot.pipeline.escalation import Callee
 from bot.pipeline.forecast import Forecast
 from bot.pipeline.tolerating import Tolerances
 from ml.features import FEATURES
-from schema.conditions import Condition, Event, Predicted, Severity, parse_key
+from schema.conditions import Event, Predicted, Severity, parse_key
 from schema.domain import ACTIONS_OF, FILESYSTEM, SNOOZE_HOURS, Action, Kind, Reply, State
 
 log = logging.getLogger(__name__)
-
-
-CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
 
 
 # The top processes an alert shows beside a metric that drives it: CPU for what busy CPUs cause, memory for
@@ -95,9 +94,10 @@ def keyboard(incident: Incident) -> InlineKeyboardMarkup | None:
     chart = button("📈 Chart", Action.CHART)
     detail = incident.detail
     if incident.state != State.OPEN:
+        report = button("📄 Report", Action.REPORT)  # its post-mortem: bot/chat/history.py
         if (detail.tolerated or detail.expected_by) and not detail.undone_by:
-            return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart]])
-        return InlineKeyboardMarkup([[chart]]) if incident.kind != Kind.SILENT else None
+            return InlineKeyboardMarkup([[button("↩️ Undo", Action.UNDO_TOLERANCE), chart, report]])
+        return InlineKeyboardMarkup([[chart, report] if incident.kind != Kind.SILENT else [report]])
     snooze = [button("🔕 1 h", Action.SNOOZE_1H), button("🔕 8 h", Action.SNOOZE_8H)]
     if incident.kind == Kind.FORECAST:
         verdict = [button("✅ Right forecast", Action.RIGHT_FORECAST),
@@ -179,20 +179,6 @@ def _behind(incident: Incident) -> str:
     if incident.state == State.OPEN:
         return f"\n{plural(len(behind), 'machine')} behind it {verb} silent too: {names}"
     return f"\n{plural(len(behind), 'machine')} behind it went silent with it: {names}"
-
-
-def condition_of(incident: Incident) -> tuple[Condition, str] | None:
-    """A condition incident's condition and object (None: one of a condition this version no longer has)."""
-    return parse_key(incident.detail.metric)
-
-
-def described(incident: Incident) -> str:
-    """'RAID array degraded (md0)', 'clock wrong': the condition of an incident and its object."""
-    found = condition_of(incident)
-    if found is None:
-        return incident.detail.metric
-    condition, obj = found
-    return f"{condition.title} ({obj})" if obj else condition.title
 
 
 def _is_disk(incident: Incident) -> bool:
@@ -446,11 +432,14 @@ async def incident_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         return
     if parsed[1] == Action.CHART:
         await query.answer()
-        await status.send_chart(update, context, incident.device, incident.opened_ts - CHART_MARGIN_S,
-                                (incident.resolved_ts or time.time()) + CHART_MARGIN_S)
+        await status.send_chart(update, context, incident.device, incident.opened_ts - status.CHART_MARGIN_S,
+                                (incident.resolved_ts or time.time()) + status.CHART_MARGIN_S)
         return
     if parsed[1] == Action.UNDO_TOLERANCE:
         await tolerance.undo(update, context, incident.id, incident.device)
+        return
+    if parsed[1] == Action.REPORT:
+        await history.report_button(update, context, incident)
         return
     user_id, name = common.who(update)
     now = await asyncio.to_thread(incidents.press, incident.id, parsed[1], user_id, name, time.time(),

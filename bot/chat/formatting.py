@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING
 
 from telegram.constants import MessageLimit
 
 from agent.vocabulary import KNOWN_METRICS
 from bot.pipeline.baselines import Usual
-from schema.conditions import Severity
+from schema.conditions import Condition, Severity, parse_key
+
+if TYPE_CHECKING:
+    from bot.db import Incident
 
 
 def span(start: float, end: float) -> str:
@@ -46,9 +50,9 @@ def pre(rows: list[str], budget: int = 3500) -> str:
     return f"<pre>{chr(10).join(kept)}</pre>"
 
 
-def when(ts: float) -> str:
-    """A sample time as people read it, in UTC."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(ts: float, tz: tzinfo = UTC) -> str:
+    """A sample time as people read it, in UTC or in the time zone given (BOT_TIMEZONE), which it names."""
+    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def ago(seconds: float) -> str:
@@ -133,3 +137,17 @@ SEVERITY_ICONS = {Severity.CRITICAL: "🚨", Severity.WARNING: "🛠", Severity.
 def severity_icon(severity: str) -> str:
     """The mark of a condition's alert by how bad it is (a warning's when the severity is not one we know)."""
     return SEVERITY_ICONS.get(Severity(severity) if severity in tuple(Severity) else Severity.WARNING, "🛠")
+
+
+def condition_of(incident: Incident) -> tuple[Condition, str] | None:
+    """A condition incident's condition and object (None: one of a condition this version no longer has)."""
+    return parse_key(incident.detail.metric)
+
+
+def described(incident: Incident) -> str:
+    """'RAID array degraded (md0)', 'clock wrong': the condition of an incident and its object."""
+    found = condition_of(incident)
+    if found is None:
+        return incident.detail.metric
+    condition, obj = found
+    return f"{condition.title} ({obj})" if obj else condition.title

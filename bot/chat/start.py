@@ -22,6 +22,9 @@ filesystem out of inodes or read-only, processes killed for memory, a clock out 
 /chart &lt;device&gt; [hours]: a chart of one machine over the last hours (1 to 720; 2 by default)
 /status &lt;pattern&gt;: the machines whose names match, e.g. /status web*
 /disks: the fleet's disks most likely to fail within 30 days, from their SMART counters
+/history &lt;pattern&gt; [period]: the incidents of these machines, newest first, with who answered (default 7 d, \
+at most 90 d), e.g. /history web* 24h
+/report &lt;number&gt;: one incident's post-mortem as a Markdown document, and its chart
 /mute &lt;pattern&gt; [duration] [reason]: no alerts for machines under maintenance (default 1 h), e.g. \
 /mute web* 2h deploy
 /mute &lt;pattern&gt; &lt;days&gt; &lt;hh:mm-hh:mm&gt; [reason]: a recurring window, e.g. /mute db1 daily 02:00-03:00 \
@@ -58,6 +61,8 @@ COMMANDS = [  # the command menu
     BotCommand("status", "every machine, or /status <device> for one"),
     BotCommand("disks", "the disks most likely to fail"),
     BotCommand("chart", "a chart of one machine: /chart <device> [hours]"),
+    BotCommand("history", "the incidents of some machines: /history web* 7d"),
+    BotCommand("report", "one incident's post-mortem: /report <number>"),
     BotCommand("mute", "no alerts for machines under maintenance: /mute <pattern> 2h"),
     BotCommand("muted", "the mutes and maintenance windows"),
     BotCommand("subscribe", "this chat or topic gets only these machines: /subscribe web*"),

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Container, Mapping, Set
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler, ContextTypes
 
@@ -40,6 +40,7 @@ from ml.features import FEATURES
 from schema.domain import FILESYSTEM, PATTERN_RE, matches
 
 log = logging.getLogger(__name__)
+CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
 
 
 STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
@@ -358,8 +359,9 @@ async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 
 
 async def send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device: str, start: float,
-                     end: float) -> None:
-    """Reply with the chart of one device from `start` to `end`, its incidents shaded."""
+                     end: float, reply_to: Message | None = None) -> None:
+    """Reply with the chart of one device from `start` to `end`, its incidents shaded: to the update's message, or
+    to `reply_to` (a report it illustrates)."""
     threshold = common.settings_of(context).alert_threshold
 
     def render() -> tuple[bytes, str | None]:  # queries and a drawing of a tenth of a second or more: off the loop
@@ -370,9 +372,9 @@ async def send_chart(update: Update, context: ContextTypes.DEFAULT_TYPE, device:
         return png, fullest(filesystems)
 
     png, fullest_now = await asyncio.to_thread(render)
-    await update.effective_message.reply_photo(
+    await (reply_to or update.effective_message).reply_photo(
         png, caption=chart_caption(device, start, end, fullest_now), parse_mode=ParseMode.HTML,
-        filename=f"{device}-{int(start)}.png",
+        filename=f"{device}-{int(start)}.png", do_quote=True if reply_to else None,
     )
 
 

@@ -33,14 +33,16 @@ STRING_PARAMS = {
 }
 METHODS = [
     "getMe", "getUpdates", "deleteWebhook", "setWebhook", "getWebhookInfo", "setMyCommands",
-    "getMyCommands", "deleteMyCommands", "sendMessage", "sendPhoto", "editMessageText", "editMessageReplyMarkup",
+    "getMyCommands", "deleteMyCommands", "sendMessage", "sendPhoto", "sendDocument", "editMessageText",
+    "editMessageReplyMarkup",
     "answerCallbackQuery", "sendChatAction", "close", "logOut",
 ]
 CANONICAL = {name.lower(): name for name in METHODS}
 CAPTION_LIMIT = 1024
 PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
+DOCUMENT_LIMIT_BYTES = 50 * 1024 * 1024  # what a bot may upload
 # The methods Telegram counts against a group's flood limit (about 20 messages a minute per group).
-GROUP_LIMITED = {"sendMessage", "sendPhoto", "editMessageText", "editMessageReplyMarkup"}
+GROUP_LIMITED = {"sendMessage", "sendPhoto", "sendDocument", "editMessageText", "editMessageReplyMarkup"}
 # A client that paces itself takes its tokens when it decides to send; its requests reach the server a
 # little later and not all equally late. The limit lets a call through that would be within it this much
 # later, so pacing is never refused for network jitter, yet the long-run rate stays the limit.
@@ -99,6 +101,7 @@ class _State:
     delays: dict[str, list[float]] = field(default_factory=dict)
     callback_ids: set[str] = field(default_factory=set)
     photos: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> its PhotoSize
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> its Document
     commands: dict[str, list[Any]] = field(default_factory=dict)
     allowed_updates: list[str] = field(default_factory=list)
     webhook_url: str = ""
@@ -371,6 +374,8 @@ class FakeTelegram:
                 return self._send_message(params)
             case "sendPhoto":
                 return self._send_photo(params)
+            case "sendDocument":
+                return self._send_document(params)
             case "editMessageText":
                 return self._edit(params, {k: params.get(k) for k in ("text", "entities", "reply_markup")})
             case "editMessageReplyMarkup":
@@ -458,6 +463,47 @@ class FakeTelegram:
         message.update({k: params[k] for k in ("caption_entities", "reply_markup") if params.get(k)}, **placement)
         self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
         return dict(message)
+
+    def _send_document(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A file uploaded as a multipart part with its name, or re-sent by the file_id of an earlier one; the
+        call's params["document"]["data"] keeps the uploaded bytes."""
+        chat_id, document = params.get("chat_id"), params.get("document")
+        if not isinstance(chat_id, int):
+            raise ApiError(400, "Bad Request: chat not found")
+        if isinstance(document, str):
+            if document not in self._state.documents:
+                raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            stored = dict(self._state.documents[document])
+        elif isinstance(document, dict) and "data" in document:
+            stored = self._document(document)
+        else:
+            raise ApiError(400, "Bad Request: there is no document in the request")
+        caption = str(params.get("caption") or "")
+        if len(caption) > CAPTION_LIMIT:
+            raise ApiError(400, "Bad Request: message caption is too long")
+        placement = self._placement(chat_id, params)
+        message = self._new_message(chat_id, BOT_FROM, None)
+        message["document"] = stored
+        if caption:
+            message["caption"] = caption
+        message.update({k: params[k] for k in ("caption_entities", "reply_markup") if params.get(k)}, **placement)
+        self._state.messages.setdefault(chat_id, {})[message["message_id"]] = message
+        return dict(message)
+
+    def _document(self, upload: dict[str, Any]) -> dict[str, Any]:
+        """Check an uploaded file as Telegram does (413 past the upload limit) and remember it under a new
+        file_id."""
+        data = upload["data"]
+        if len(data) > DOCUMENT_LIMIT_BYTES:
+            raise ApiError(413, "Request Entity Too Large")
+        if not data:
+            raise ApiError(400, "Bad Request: file must be non-empty")
+        number = len(self._state.documents) + 1
+        document = {"file_id": f"BQACAgDocument{number:06d}", "file_unique_id": f"AgADDocument{number:06d}",
+                    "file_name": upload["filename"] or "document",
+                    "mime_type": upload["content_type"] or "application/octet-stream", "file_size": len(data)}
+        self._state.documents[document["file_id"]] = document
+        return dict(document)
 
     def _photo_size(self, data: bytes) -> dict[str, Any]:
         """Check an upload as Telegram does and remember it under a new file_id."""
@@ -610,7 +656,7 @@ class FakeTelegram:
         return query_id
 
     def limit_groups(self, per_minute: float | None = 20) -> None:
-        """Enforce Telegram's flood limit in group chats (negative ids): sendMessage, sendPhoto,
+        """Enforce Telegram's flood limit in group chats (negative ids): sendMessage, sendPhoto, sendDocument,
         editMessageText and editMessageReplyMarkup of each group take a token from a bucket of
         ``per_minute`` tokens refilled at ``per_minute`` a minute (a burst, then one every 60/per_minute
         s); a call finding none is answered 429 with retry_after, the whole seconds until one is free,
@@ -708,6 +754,13 @@ class FakeTelegram:
         """A successful sendPhoto to chat_id; its params["photo"]["data"] holds the uploaded bytes."""
         return self.wait_for_call(
             "sendPhoto", lambda c: c.status == 200 and c.params.get("chat_id") == chat_id
+            and predicate_on_caption(str(c.params.get("caption", ""))), timeout, after)
+
+    def wait_for_document(self, chat_id: int, predicate_on_caption: Callable[[str], bool] = lambda caption: True,
+                          timeout: float = 15, after: int = 0) -> Call:
+        """A successful sendDocument to chat_id; its params["document"]["data"] holds the uploaded bytes."""
+        return self.wait_for_call(
+            "sendDocument", lambda c: c.status == 200 and c.params.get("chat_id") == chat_id
             and predicate_on_caption(str(c.params.get("caption", ""))), timeout, after)
 
     def answer_for(self, callback_query_id: str, timeout: float = 15) -> Call:
