@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -98,6 +98,11 @@ class IncidentDetail:
             if value := getattr(self, name):
                 stored[name] = value
         return json.dumps(stored)
+
+    def renewed(self, new: IncidentDetail) -> IncidentDetail:
+        """`new` (a new worst moment, a new trend) with what people and the watch added to this one: who took it,
+        its escalation steps, the machines behind it."""
+        return replace(new, **{name: getattr(self, name) for name in _ANY_KIND})
 
     @classmethod
     def from_json(cls, text: str | None) -> IncidentDetail:

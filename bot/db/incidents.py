@@ -8,7 +8,10 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import tzinfo
 
+import peewee as pw
+
 from bot.db import disks, events, tolerances
+from bot.db.connection import is_postgres
 from schema.conditions import Predicted, parse_key
 from schema.domain import SNOOZE_HOURS, Action, IncidentDetail, Kind, Muting, NoticeKind, State, Window, metric_key
 from schema.tables import Expected, ForecastLabel, Incident, Label, Mute, Notice, Tolerance, db
@@ -29,12 +32,29 @@ def create(device: str, kind: Kind, sample_id: int | None, p: float | None, open
     )
 
 
+def for_update(query: pw.ModelSelect) -> pw.ModelSelect:
+    """Incidents read to be changed: on PostgreSQL their rows are locked, in id order, until the transaction
+    ends, so a concurrent writer (a batch, the watch, a button) waits and then reads what this one wrote instead
+    of undoing it. SQLite needs nothing: a transaction that writes takes the database's lock when it begins."""
+    query = query.order_by(Incident.id)
+    return query.for_update() if is_postgres() else query
+
+
+def locked(ids: Collection[int]) -> dict[int, Incident]:
+    """These incidents as they are now, for a change (see for_update)."""
+    if not ids:
+        return {}
+    return {i.id: i for i in for_update(Incident.select().where(Incident.id.in_(list(ids))))}
+
+
 def open_of(devices: Collection[str]) -> dict[tuple[str, str], Incident]:
     """The open incidents of these devices, by (device, its metric or else its kind); the whole metric, from
     its detail (the column holds a long one cut: see metric_key)."""
     # Few open incidents, many devices: ask for the open ones, then keep those of these devices.
-    return {(i.device, i.detail.metric or i.metric or i.kind): i
-            for i in Incident.select().where(Incident.state == State.OPEN) if i.device in devices}
+    ids = [i.id for i in Incident.select(Incident.id, Incident.device).where(Incident.state == State.OPEN)
+           if i.device in devices]
+    return {(i.device, i.detail.metric or i.metric or i.kind): i for i in locked(ids).values()
+            if i.state == State.OPEN}
 
 
 def has_open(device: str, kind: Kind) -> bool:
@@ -51,9 +71,9 @@ def open_forecasts() -> list[tuple[str, str]]:
 
 def reminders_due(now: float) -> list[Incident]:
     """Open, unacknowledged, unsnoozed incidents whose reminder is due."""
-    return list(Incident.select().where(
+    return list(for_update(Incident.select().where(
         (Incident.state == State.OPEN) & Incident.acked_by.is_null() & (Incident.next_reminder <= now)
-        & (Incident.snoozed_until.is_null() | (Incident.snoozed_until <= now))))
+        & (Incident.snoozed_until.is_null() | (Incident.snoozed_until <= now)))))
 
 
 def ended_mutes(since: float, now: float, tz: tzinfo) -> list[str]:
@@ -78,7 +98,7 @@ def press(incident_id: int, action: Action, user_id: int, user_name: str, now: f
     escalation stops. The new revision makes the sender edit every copy.
     """
     with db.atomic():
-        incident = Incident.get_by_id(incident_id)
+        incident = locked([incident_id])[incident_id]
         if action == Action.ON_IT:
             incident.detail = replace(incident.detail, taken_by=user_name[:200], taken_at=now)
             incident.next_reminder = None
@@ -130,7 +150,7 @@ def undo_tolerance(incident_id: int, user_id: int, user_name: str, admin: bool,
     incident, the metrics removed), or None for them when the presser is neither who set them nor an admin (nothing
     changes)."""
     with db.atomic():
-        incident = Incident.get_by_id(incident_id)
+        incident = locked([incident_id])[incident_id]
         table = Expected if incident.kind == Kind.CONDITION else Tolerance
         setters = {row.user_id for row in table.select(table.user_id).where(table.incident == incident_id)}
         if not admin and setters - {user_id}:
@@ -224,8 +244,10 @@ def still_behind(parent_id: int) -> set[str]:
 
 def behind_parents() -> list[tuple[Incident, Incident | None]]:
     """The open silences that wait behind a parent's incident and have not been released, with that incident."""
-    children = [i for i in Incident.select().where((Incident.state == State.OPEN) & (Incident.kind == Kind.SILENT))
-                if i.detail.parent_id is not None and not i.detail.released]
+    waiting = [i for i in Incident.select(Incident.id, Incident.detail).where(
+        (Incident.state == State.OPEN) & (Incident.kind == Kind.SILENT))
+        if i.detail.parent_id is not None and not i.detail.released]
+    children = [c for c in locked([c.id for c in waiting]).values() if c.state == State.OPEN]
     parents = {i.id: i for i in Incident.select().where(Incident.id.in_([c.detail.parent_id for c in children]))}
     return [(child, parents.get(child.detail.parent_id)) for child in children]
 
@@ -235,8 +257,8 @@ def open_of_kinds(devices: Collection[str], kinds: Collection[Kind]) -> dict[str
     if not devices:
         return {}
     found: dict[str, Incident] = {}
-    for incident in Incident.select().where((Incident.state == State.OPEN) & Incident.kind.in_(list(kinds))
-                                            & Incident.device.in_(list(devices))).order_by(Incident.id):
+    for incident in for_update(Incident.select().where((Incident.state == State.OPEN) & Incident.kind.in_(list(kinds))
+                                                       & Incident.device.in_(list(devices)))):
         found.setdefault(incident.device, incident)
     return found
 

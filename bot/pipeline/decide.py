@@ -136,7 +136,7 @@ class Decider:
             detail = _with_newest(incident.detail, sample)
             if p >= (incident.peak_p or 0.0):  # the worst moment: what drove it is what the message names
                 incident.peak_p = p
-                detail = self._stressed(sample)
+                detail = incident.detail.renewed(self._stressed(sample))
             incident.detail = detail
             incident.below = incident.below + 1 if p < below else 0
             incident.revision += 1
@@ -237,7 +237,7 @@ class Decider:
                 self.incidents.resolve(incident, by_device[device][-1].ts, None, now)
                 continue
             incident.last_ts, incident.updated = current.ts, now
-            incident.detail = _forecast_detail(current)
+            incident.detail = incident.detail.renewed(_forecast_detail(current))
             incident.revision += 1
             incident.save()
         for forecast in due:

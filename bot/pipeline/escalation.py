@@ -20,10 +20,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.db import Incident, muting, oncall
+from bot.db import Incident, incidents, muting, oncall
 from bot.pipeline.lifecycle import Incidents
 from schema.conditions import Severity
-from schema.domain import Muting, NoticeKind
+from schema.domain import Muting, NoticeKind, State
 from schema.oncall import Step, StepKind, on_call
 
 log = logging.getLogger(__name__)
@@ -64,21 +64,25 @@ class Escalator:
         if not chains:
             return 0
         muted = muting(now, self.rules.tz)
+        chains = {where: steps for where, steps in chains.items() if where[0] in self.rules.route.chat_ids}
+        waiting = {where: oncall.unanswered(*where) for where in chains}
+        # Read again to be changed, all at once (an incident may wait in two chats): see incidents.for_update.
+        fresh = incidents.locked({i.id for group in waiting.values() for i in group})
         climbed = 0
         for (chat_id, thread_id), steps in chains.items():
-            if chat_id not in self.rules.route.chat_ids:
-                continue
-            due = self._due(chat_id, thread_id, steps, muted, now)
+            candidates = [fresh[i.id] for i in waiting[(chat_id, thread_id)]
+                          if fresh[i.id].state == State.OPEN and fresh[i.id].acted is None]
+            due = self._due(candidates, chat_id, thread_id, steps, muted, now)
             for index, group in sorted(due.items()):
                 self._take(steps[index], group, chat_id, thread_id, now)
                 climbed += len(group)
         return climbed
 
-    def _due(self, chat_id: int, thread_id: int | None, steps: list[Step], muted: Muting,
-             now: float) -> dict[int, list[Incident]]:
+    def _due(self, candidates: list[Incident], chat_id: int, thread_id: int | None, steps: list[Step],
+             muted: Muting, now: float) -> dict[int, list[Incident]]:
         """The incidents of one chat's topic that take a step now, by step; the steps are marked taken (or
         skipped: while muted, or passed over when a later one was due at once, after a restart)."""
-        waiting = [i for i in oncall.unanswered(chat_id, thread_id) if i.detail.severity != Severity.INFO]
+        waiting = [i for i in candidates if i.detail.severity != Severity.INFO]
         taken = oncall.steps_taken([i.id for i in waiting], chat_id, thread_id)
 
         def due_steps(incident: Incident, early: float) -> list[int]:

@@ -95,7 +95,7 @@ class Incidents:
     def _back_behind(self, child: Incident, now: float) -> None:
         """A machine behind a parent that came back reports again: its parent's reply, if not sent yet, no longer
         names it, and goes at once when it named no other."""
-        parent = Incident.get_or_none(Incident.id == child.detail.parent_id)
+        parent = incidents.locked([child.detail.parent_id]).get(child.detail.parent_id)
         if parent is None or parent.state == State.OPEN or child.device not in parent.detail.still_silent:
             return
         still = [d for d in parent.detail.still_silent if d != child.device]
