@@ -129,7 +129,7 @@ class Incidents:
         incident.revision += 1
         incident.updated = now
         incident.save()
-        events.happened(incident.id, now, "escalated", to, chat_id)
+        events.happened(incident.id, now, "escalated", f"escalated to {to}", chat_id)
 
     def send(self, incident: Incident, chat_id: int, thread_id: int | None, kind: NoticeKind, text: str | None,
              now: float) -> None:
