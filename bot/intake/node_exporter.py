@@ -283,9 +283,10 @@ class NodeExporter:
             groups, fs, lambda kind: self._increases(state, scrape.ts_ms, kind, counters.get(kind)))
         self._remember(state, scrape.ts_ms, counters)
         notes = unreadable = None
-        if smart is not None:
-            readings.update(smart.readings)
-            notes, unreadable = smart.notes or None, smart.unreadable or None
+        if smart is not None:  # copied: a smartctl_exporter scrape joins several samples
+            readings.update({name: dict(disks) for name, disks in smart.readings.items()})
+            notes = {name: dict(disks) for name, disks in smart.notes.items()} or None
+            unreadable = dict(smart.unreadable) or None
         if not metrics and not readings and not unreadable:
             return None
         state.sampled |= bool(metrics)

@@ -201,7 +201,7 @@ def read(groups: Mapping[str, Mapping[Key, float]]) -> Smart | None:
     for (kind, name), disk in disks.items():
         values = _values(kind, name, disk)
         if values is None:
-            unreadable[disk_source(name)] = _why(kind, disk)
+            unreadable[object_name(disk_source(name))] = _why(kind, disk)
             continue
         found[name] = values
         if (note := _note(disk.model, disk.serial)) is not None:
@@ -267,7 +267,7 @@ def _smartmon_values(disk: _Disk) -> dict[str, float] | None:
 def _why(kind: str, disk: _Disk) -> str:
     if kind == SMARTMON:
         return ASLEEP if disk.active == 0 else "no SMART verdict in smartmon's series (no SMART, or it is off)"
-    status = f" (smartctl exit status {disk.exit:.0f})" if disk.exit is not None else ""
+    status = f" (smartctl exit status {disk.exit:.0f})" if disk.exit is not None and 0 <= disk.exit < 256 else ""
     return f"no SMART verdict in smartctl_exporter's series{status}"
 
 
