@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agent.kernel import Unreadable, listing, text
-from agent.vocabulary import DISK_NOTE
+from agent.vocabulary import DISK_NOTE, disk_source
 from agent.wire import MAX_READING_OBJECTS
 
 EVERY_S = 300.0
@@ -148,7 +148,7 @@ class Smart:
             if values is not None:
                 known[name] = values
             elif answer.why is not None:
-                unreadable[f"smart {name}"] = answer.why
+                unreadable[disk_source(name)] = answer.why
         self._known = known
         return SmartRead(_readings(known), _bounded(unreadable))
 

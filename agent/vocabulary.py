@@ -124,6 +124,11 @@ SOURCES = ("filesystems", "raid", "systemd", "oom", "kernel log", "clock", "file
 # source "smart <disk>" ("smart sdb": "no SMART: a virtual disk"): never taken for a healthy disk.
 
 
+def disk_source(disk: str) -> str:
+    """The source under which a disk whose SMART cannot be read is said unreadable: "smart sdb"."""
+    return f"smart {disk}"
+
+
 # Pseudo and virtual filesystems, which hold no data of the machine's own: node_exporter's defaults, an empty
 # type (the node-exporter mixin's `fstype!=""`), the memory-backed ones (tmpfs, ramfs) and those of containers and
 # desktops. The agent's `--fs-include` brings one back.

@@ -1,6 +1,7 @@
-"""Conditions end to end: the real agent reads a machine (a made-up /proc and /sys it is pointed at, or the real
-one with a real loop-mounted filesystem), publishes to a real broker, and the real bot process alerts in the fake
-Bot API naming the object, replies when it clears, and shows it in /status."""
+"""Conditions end to end: the real agent reads a machine (a made-up /proc and /sys it is pointed at, with a smartctl
+of the test's answering for its disk, or the real one with a real loop-mounted filesystem), publishes to a real
+broker, and the real bot process alerts in the fake Bot API naming the object, replies when it clears, and shows it
+in /status."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from bot.db import StoredSample
 from tests.fakes import filesystems
 from tests.fakes.bot_process import ROOT, BotProcess
 from tests.fakes.machine import MachineTree
-from tests.fakes.scenario import CHAT, ask, bot_env, wait_until
+from tests.fakes.scenario import CHAT, ask, bot_env, chat_texts, wait_until
+from tests.fakes.smartctl import ATA_DISK, FakeSmartctl, grown, unreadable
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -32,9 +34,13 @@ unused devices: <none>
 
 
 @contextlib.contextmanager
-def agent(kafka: str, topic: str, device: str, *options: str) -> Iterator[subprocess.Popen]:
-    """The real agent, publishing every half second until the block ends."""
+def agent(kafka: str, topic: str, device: str, *options: str,
+          smartctl: Path | None = None) -> Iterator[subprocess.Popen]:
+    """The real agent, publishing every half second until the block ends (with the test's smartctl, from its folder,
+    first on its PATH)."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_TOPIC": topic}
+    if smartctl is not None:
+        env["PATH"] = f"{smartctl}{os.pathsep}{env.get('PATH', '')}"
     process = subprocess.Popen([sys.executable, "-m", "agent", "--device", device, "--interval", "0.5", *options],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -98,3 +104,45 @@ def test_a_real_filesystem_remounted_read_only_under_the_real_agent_alerts(
 
     assert alert["text"].startswith(f"🚨 <b>db4</b>: {mount} was remounted read-only\n")
     assert "dmesg" in alert["text"]
+
+
+def test_a_disk_failing_under_the_real_agent_alerts_and_its_alert_stays_while_the_disk_cannot_be_read(
+    kafka: str, topic: str, telegram: FakeTelegram, tmp_path: Path,
+) -> None:
+    """The machine's disks, sda and sdb, as smartctl answers for them: sda scarred but quiet at first; then its
+    reallocated and pending sectors grow, and the disk model says it is likely to fail: a 💽 alert naming the disk, its
+    model and serial. Then smartctl cannot open it any more (an I/O error) while sdb still answers: sda is not gone,
+    its alert stays open and /status says the disk cannot be read."""
+    machine = MachineTree(tmp_path / "nas5")
+    machine.write("sys/block/sdb/size", "1000000\n")
+    smartctl = FakeSmartctl(tmp_path / "smartctl")
+    smartctl.answer("sda", ATA_DISK)
+    smartctl.answer("sdb", {**ATA_DISK, "serial_number": "Z1F0CALM"})
+    url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    with BotProcess(env, tmp_path / "bot.log") as bot, \
+            agent(kafka, topic, "nas5", *machine.options, "--smart-interval", "1", smartctl=smartctl.folder):
+        db.open_database(url)
+        wait_until(lambda: db.DiskDay.select().where(db.DiskDay.p.is_null(False)).count() == 2, timeout=40,
+                   what="the disks judged")
+        assert not any(day.alert for day in db.DiskDay.select()), "a few sectors, for years: no alert"
+        smartctl.answer("sda", grown(ATA_DISK, reallocated=2000, pending=500))
+        alert = telegram.wait_for_message(CHAT, lambda text: text.startswith("💽"), timeout=30)
+
+        smartctl.answer("sda", unreadable(2, "Smartctl open device: /dev/sda failed: Input/output error"))
+        wait_until(lambda: "smart sda" in ((db.latest_sample("nas5") or EMPTY).unreadable or {}), timeout=30,
+                   what="the disk said unreadable")
+        status = ask(telegram, "/status nas5")  # a few samples after: each would have resolved the alert before
+        assert bot.stop() == 0
+
+    assert alert["text"].startswith("💽 <b>nas5</b>: disk sda (ST3000DM001-1CH166, serial Z1F0ABCD) is likely to fail "
+                                    "within 30 days (P "), alert["text"]
+    assert "pending sectors" in alert["text"] and "What to do: Copy what matters off it" in alert["text"]
+    buttons = [b["text"] for row in alert["reply_markup"]["inline_keyboard"] for b in row]
+    assert buttons[:2] == ["✅ Replaced", "❌ Wrong"]
+    assert "is likely to fail within 30 days" in status, "still open"
+    [unread] = [line for line in status.splitlines() if line.startswith("Not readable here:")]
+    assert "smart sda (smartctl could not open it: Input/output error)" in unread
+    assert "sda ST3000DM001-1CH166 Z1F0ABCD: P " in status and "not readable now" in status
+    assert not [text for text in chat_texts(telegram) if "no longer on the machine" in text]
+    assert "Traceback" not in bot.log

@@ -1,6 +1,6 @@
 """Disks through the bot's decisions, against a real SQLite file and a real PostgreSQL server, with the disk model
 that ships: one incident per disk the model says is likely to fail, kept up to date, answered ✅ replaced or ❌
-wrong, or gone with the disk; and a failed SMART self-assessment at once."""
+wrong, or gone with the disk, but not while the disk cannot be read; and a failed SMART self-assessment at once."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from bot import db
 from bot.chat import alerts, status
 from bot.db import DiskLabel, Incident, Notice
 from bot.db.incidents import press
+from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.disks import ActiveDiskModel, Disks
+from bot.pipeline.forecast import Forecaster
 from bot.pipeline.lifecycle import Incidents
 from ml.store import open_disk_store
 from schema.domain import Action, Kind
@@ -31,9 +33,6 @@ def disk_model(tmp_path_factory: pytest.TempPathFactory) -> ActiveDiskModel:
 
 @pytest.fixture
 def decider(incidents: Incidents, disk_model: ActiveDiskModel) -> Decider:
-    from bot.pipeline.baselines import Baselines
-    from bot.pipeline.forecast import Forecaster
-
     return Decider(incidents, drivers, Forecaster(4 * 3600), Baselines(), disks=Disks(disk_model))
 
 
@@ -46,11 +45,12 @@ def smart(disks: dict[str, dict[str, float]], health: dict[str, int] | None = No
     return readings
 
 
-def days(decider: Decider, device: str, daily: list[dict], notes: dict, start: float = T0) -> None:
-    """One sample a day of these readings, each decided as the poller does."""
+def days(decider: Decider, device: str, daily: list[dict], notes: dict, start: float = T0,
+         unreadable: dict[str, str] | None = None) -> None:
+    """One sample a day of these readings (and of what could not be read), each decided as the poller does."""
     for n, readings in enumerate(daily):
         ts = start + n * DAY
-        sample = parse(encode(device, ts, dict(TYPICAL), readings=readings, notes=notes))
+        sample = parse(encode(device, ts, dict(TYPICAL), readings=readings, notes=notes, unreadable=unreadable))
         db.store_batch([sample], [0.1], 1, [], on_stored=lambda new, ts=ts: decider.decide(new, now=ts + 60))
         intake_alive(ts, ts + 60)
 
@@ -96,3 +96,45 @@ def test_a_disk_that_leaves_the_machine_recovers_and_a_failed_self_assessment_al
     failed = incidents["cond:smart_failed:sdc"]
     assert (failed.state, failed.detail.evidence) == (
         "open", "disk sdc (WDC WD30EFRX, serial WMC1T0SELF) fails its SMART self-assessment")
+
+
+def test_a_disk_that_cannot_be_read_keeps_its_incidents_open_even_after_a_restart_and_one_gone_recovers(
+    decider: Decider, incidents: Incidents, disk_model: ActiveDiskModel,
+) -> None:
+    """sdb likely to fail and sdc failing its self-assessment stop answering (smartctl times out on a dying disk, or
+    it sleeps): they are missing from the SMART readings, but said unreadable. That is not a disk that left the
+    machine: both incidents stay open, across a restart of the bot too, and /status says the disks cannot be read.
+    Once they are missing and not unreadable, they are gone: both recover."""
+    notes = {"smart_health": {"sda": "ST31500541AS|5XW00QUIET", "sdb": "ST31500541AS|Z1F0SLOW",
+                              "sdc": "WDC WD30EFRX|WMC1T0SELF"}}
+    quiet = {"smart_5_raw": 3, "smart_197_raw": 0}
+    worse = [smart({"sda": quiet, "sdb": {"smart_5_raw": n, "smart_197_raw": 8}, "sdc": {"smart_5_raw": 0}},
+                   health={"sdc": 0}) for n in (0, 200, 400, 600, 800)]
+    days(decider, "nas3", worse, notes)
+    failing, failed = "cond:disk_failing:Z1F0SLOW", "cond:smart_failed:sdc"
+
+    def states() -> dict[str, str]:
+        return {i.detail.metric: i.state for i in Incident.select().where(Incident.kind == Kind.CONDITION)}
+
+    assert states() == {failing: "open", failed: "open"}
+
+    unreadable = {"smart sdb": "smartctl did not answer within 20 s", "smart sdc": "asleep (standby): its SMART is "
+                  "read once it is awake, so as not to spin it up"}
+    days(decider, "nas3", [smart({"sda": quiet})], notes, start=T0 + 5 * DAY, unreadable=unreadable)
+    restarted = Decider(incidents, drivers, Forecaster(4 * 3600), Baselines(), disks=Disks(disk_model))
+    days(restarted, "nas3", [smart({"sda": quiet})], notes, start=T0 + 6 * DAY, unreadable=unreadable)
+
+    assert states() == {failing: "open", failed: "open"}, "not read is not gone"
+    sample = db.latest_sample("nas3")
+    assert sample is not None
+    shown = status.device_status(sample, 0.7, 1, now=T0 + 6 * DAY + 60,
+                                 problems=db.open_conditions("nas3").get("nas3", []), disks=db.disks.latest("nas3"))
+    assert "Not readable here: smart sdb (smartctl did not answer within 20 s), smart sdc (asleep (standby)" in shown
+    assert "fails its SMART self-assessment" in shown and "is likely to fail within 30 days" in shown
+    lines = {line.split()[0]: line for line in status.disk_lines(db.disks.latest("nas3"), sample.unreadable)}
+    assert lines["sdb"].endswith(" · not readable now") and lines["sdc"].endswith(" · not readable now")
+    assert not lines["sda"].endswith("not readable now")
+
+    days(restarted, "nas3", [smart({"sda": quiet})], notes, start=T0 + 7 * DAY)
+
+    assert states() == {failing: "resolved", failed: "resolved"}, "missing, and read: gone from the machine"

@@ -1,6 +1,7 @@
-"""node_exporter's series become the readings the agent sends (bot/intake/node_readings.py): series in, a sample's
-readings out, each object named as the agent names it; a reading present is whole, a count or a rate is what
-happened since the machine's previous scrape, and every sample is a valid wire message."""
+"""node_exporter's series become the readings the agent sends (bot/intake/node_readings.py), and the SMART exporters'
+the disks' SMART (bot/intake/smart_readings.py): series in, a sample's readings out, each object named as the agent
+names it; a reading present is whole, a count or a rate is what happened since the machine's previous scrape, a disk
+reads as the agent reads the same disk, and every sample is a valid wire message."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.smart import Disk, judge
 from agent.vocabulary import READINGS
 from agent.wire import MAX_READING_OBJECTS, Sample, encode, parse
 from bot import db
 from bot.intake.node_exporter import NodeExporter, key
 from bot.intake.remote_write import MAYBE_READ, Receiver
 from tests.fakes.node_exporter import UNIT_STATES, Labels, body, machine, write_request
+from tests.fakes.smart_exporters import smartctl_exporter, smartmon
+from tests.fakes.smartctl import ATA_DISK, NVME_DISK, failing
 
 T0 = round(time.time() - 600, 3)
 Scrape = dict[tuple[str, Labels], float]
@@ -102,7 +106,8 @@ def on_the_wire(sample: Sample) -> Sample:
 
 
 def test_a_server_reads_as_the_agent_reads_it_each_object_named_as_the_agent_names_it() -> None:
-    first, second = scrapes((T0, server()), (T0 + 15, server(
+    # Its disks' SMART from smartctl_exporter, a target of its own scraped between node_exporter's two scrapes.
+    first, second = scrapes((T0, server()), (T0 + 5, disks()), (T0 + 15, server(
         oom_kill=5.0, restarts=3.0, errs=10.0 + 300.0, packets=1e6 + 3000.0, major_faults=1e4 + 150.0,
         io_weighted=2e5 + 30.0, corrected=4.0, uncorrected=1.0, stalled_memory=1.0 + 1.5, stalled_io=30.0 + 3.0,
         carrier=5.0, failed=("postgresql.service",))))
@@ -111,7 +116,7 @@ def test_a_server_reads_as_the_agent_reads_it_each_object_named_as_the_agent_nam
     assert readings is not None
     assert readings["md_active"] == {"md0": 1.0} and readings["md_failed"] == {"md0": 1.0}
     assert readings["md_required"] == {"md0": 2.0}
-    assert second.notes is None  # node_exporter does not say which member failed
+    assert "md_failed" not in (second.notes or {})  # node_exporter does not say which member failed
     assert readings["unit_failed"] == {"postgresql.service": 1.0}
     assert readings["unit_restarts"] == {"nginx.service": 1.0}  # only the services that restarted
     assert readings["oom_kills"] == {"": 2.0}
@@ -134,14 +139,137 @@ def test_a_server_reads_as_the_agent_reads_it_each_object_named_as_the_agent_nam
     assert readings["inodes_percent"] == {"/": pytest.approx(100 / 6), "/boot/efi": pytest.approx(100 / 6),
                                           "/data": pytest.approx(100 / 6)}
     assert readings["inodes_used"] == {"/": 1e6, "/boot/efi": 1e6, "/data": 1e6}
-    # Every reading but SMART's, which node_exporter does not read (smartctl_exporter and smartmon's textfile do).
-    assert set(readings) == {name for name in READINGS if not name.startswith(("smart_", "nvme_"))}
+    # Every reading: SMART's from smartctl_exporter's scrape, which joins the machine's next sample.
+    assert set(readings) == set(READINGS)
+    assert readings["smart_health"] == {"sda": 1.0, "nvme0n1": 1.0}
     # The pressures are metrics the model reads: 1.5 s of 15 stalled is 10 %.
     assert second.metrics["psi_memory_full_percent"] == 10.0 and second.metrics["psi_io_full_percent"] == 20.0
     # The counts and rates need the scrape before; the gauges are there from the first.
     assert first.readings is not None and "oom_kills" not in first.readings and "md_failed" in first.readings
     assert "unit_restarts" not in first.readings and "net_errors_percent" not in first.readings
     assert "psi_memory_full_percent" not in first.metrics
+    assert "smart_health" not in first.readings
+
+
+# -------------------------------------------------------------------------------------------------------- SMART
+
+
+def disks(*answers: tuple[str, dict]) -> Scrape:
+    """smartctl_exporter's scrape of disks (by default an ATA disk, sda, and an NVMe one) that smartctl answers so."""
+    scrape: Scrape = {}
+    for name, doc in answers or (("sda", ATA_DISK), ("nvme0n1", NVME_DISK)):
+        scrape.update(smartctl_exporter(doc, name))
+    return scrape
+
+
+def as_the_agent_reads(*answers: tuple[str, dict]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The SMART readings of these disks as the agent sends them (agent/smart.py, on the same smartctl answers), and
+    smart_health's notes."""
+    readings: dict[str, dict[str, float]] = {}
+    notes: dict[str, str] = {}
+    for name, doc in answers:
+        values = judge(Disk(name, (f"/dev/{name}",), None), doc, doc["smartctl"]["exit_status"]).values
+        assert values is not None
+        for reading, value in values.items():
+            if isinstance(value, tuple):
+                value, notes[name] = value
+            readings.setdefault(reading, {})[name] = value
+    return readings, notes
+
+
+def smart_of(sample: Sample) -> dict[str, dict[str, float]]:
+    return {name: objects for name, objects in (sample.readings or {}).items() if name.startswith(("smart_", "nvme_"))}
+
+
+def test_smartctl_exporters_series_read_as_the_agent_reads_the_same_disks() -> None:
+    """The same smartctl answers, read by the agent and by smartctl_exporter: the same readings of the same disks,
+    the same model and serial, NVMe's health log for the NVMe disk alone (the exporter writes 0 for the others)."""
+    answers = (("sda", ATA_DISK), ("nvme0n1", NVME_DISK), ("sdb", failing(ATA_DISK) | {"serial_number": "Z1F0FAIL"}))
+    [_node, sample] = scrapes((T0, machine(units=0, filler=0)), (T0 + 5, disks(*answers)),
+                              (T0 + 15, machine(units=0, filler=0)))
+
+    readings, notes = as_the_agent_reads(*answers)
+    assert smart_of(sample) == readings
+    assert readings["smart_health"] == {"sda": 1.0, "nvme0n1": 1.0, "sdb": 0.0}
+    # 8 of "8 (0 1)", the hours of "25056h+13m+45.120s", the temperature now (32 °C), the raw value listed "1 1 1".
+    assert readings["smart_5_raw"]["sda"] == 8 and readings["smart_9_raw"]["sda"] == 25056
+    assert readings["smart_194_raw"]["sda"] == 32 and readings["smart_188_raw"]["sda"] == 4295032833
+    assert set(readings["nvme_media_errors"]) == {"nvme0n1"}
+    assert (sample.notes or {})["smart_health"] == notes == {
+        "sda": "ST3000DM001-1CH166|Z1F0ABCD", "nvme0n1": "Samsung SSD 970 EVO Plus 1TB|S4EWNX0R123456",
+        "sdb": "ST3000DM001-1CH166|Z1F0FAIL"}
+    assert sample.unreadable is None and sample.metrics["mem_percent"] == 50.0  # node_exporter's sample
+    assert on_the_wire(sample) == sample
+
+
+def test_a_verdict_smartctl_never_gave_is_not_a_failed_disk_and_an_old_exporters_dev_path_is_the_disk() -> None:
+    """smartctl_exporter before 0.9 wrote 0 for a disk without a verdict (a virtual disk) and named disks /dev/sda: the
+    disk without one is not read as failing (smartctl's exit status would say DISK FAILING) but said unreadable."""
+    old = {(name, tuple((k, "/dev/" + v if k == "device" else v) for k, v in labels)): value
+           for (name, labels), value in smartctl_exporter(ATA_DISK, "sda").items()}
+    virtual = smartctl_exporter({**ATA_DISK, "smartctl": {"exit_status": 4}, "model_name": "QEMU HARDDISK",
+                                 "ata_smart_attributes": {}}, "sdb")
+    virtual["smartctl_device_smart_status", (("device", "sdb"),)] = 0.0
+    [sample] = scrapes((T0, {**old, **virtual}))  # a machine of smartctl_exporter alone: a sample of its own
+
+    assert smart_of(sample)["smart_health"] == {"sda": 1.0}
+    assert sample.unreadable == {"smart sdb": "no SMART verdict in smartctl_exporter's series (smartctl exit status 4)"}
+    assert sample.metrics == {} and on_the_wire(sample) == sample
+
+
+def test_smartmons_textfile_series_read_as_the_agent_reads_the_same_disk_and_one_asleep_is_unreadable() -> None:
+    """smartmon.sh, in node_exporter's own scrape: the same disk, model and serial as the agent reads them, but for
+    the raw values smartctl only lists, of which the script keeps the first number (1 of "1 1 1")."""
+    scrape = machine(units=0, filler=0)
+    scrape.update(smartmon(ATA_DISK, "/dev/sda"))
+    scrape.update(smartmon(failing(NVME_DISK), "/dev/nvme0n1", "nvme"))
+    scrape.update(smartmon(None, "/dev/sdb", active=False))
+    [sample] = scrapes((T0, scrape))
+
+    readings, notes = as_the_agent_reads(("sda", ATA_DISK))
+    readings["smart_188_raw"]["sda"] = 1.0
+    readings["smart_health"]["nvme0n1"] = 0.0  # smartmon.sh reads no NVMe health log
+    assert smart_of(sample) == readings
+    # smartmon.sh reads the model of ATA disks alone ("Device Model:"): the NVMe disk is known by its serial alone.
+    assert (sample.notes or {})["smart_health"] == {**notes, "nvme0n1": "|S4EWNX0R123456"}
+    assert sample.unreadable == {
+        "smart sdb": "asleep (standby): its SMART is read once it is awake, so as not to spin it up"}
+    assert on_the_wire(sample) == sample
+
+
+def test_smartmon_py_names_its_attributes_in_a_label_and_a_disk_behind_a_raid_controller_by_its_port() -> None:
+    of = (("device", "/dev/bus/0"), ("disk", "megaraid,1"))
+    scrape = {("smartmon_device_info", (*of, ("device_model", "ST3000DM001-1CH166"), ("serial_number", "Z1F0RAID"))):
+              1.0, ("smartmon_device_smart_healthy", of): 1.0,
+              ("smartmon_attr_raw_value", (*of, ("name", "current_pending_sector"))): 24.0,
+              ("smartmon_attr_raw_value", (*of, ("name", "seek_error_rate"))): 9.0,
+              ("smartmon_attr_value", (*of, ("name", "current_pending_sector"))): 100.0}
+    [sample] = scrapes((T0, scrape))
+
+    assert smart_of(sample) == {"smart_health": {"bus/0 megaraid,1": 1.0}, "smart_197_raw": {"bus/0 megaraid,1": 24.0}}
+    assert sample.notes == {"smart_health": {"bus/0 megaraid,1": "ST3000DM001-1CH166|Z1F0RAID"}}
+
+
+def test_a_smartctl_exporter_scrape_is_whole_at_its_own_size_and_the_machines_scrape_at_its_own() -> None:
+    """Two targets of one machine, scraped at their own times: smartctl_exporter's few series make a whole scrape
+    of their own, at once, and node_exporter's still wait for all of theirs."""
+    mapper = NodeExporter(grace_s=10.0)
+    node, smart = machine(units=0, filler=0), disks()
+
+    def add(ts: float, scrape: Scrape, now: float) -> None:
+        mapper.add("srv1", round(ts * 1000), [(k, v) for (name, labels), v in scrape.items()
+                                              if (k := key(name, dict(labels))) is not None], now)
+
+    add(T0, node, T0)
+    assert len(mapper.take(T0)) == 1
+    add(T0 + 5, smart, T0 + 5)
+    assert [sample for _scrape, sample in mapper.take(T0 + 5)] == [None], "whole at once: it joins the next sample"
+    half = dict(list(node.items())[:len(node) // 2])
+    add(T0 + 15, half, T0 + 15)
+    assert mapper.take(T0 + 15) == [], "half of node_exporter's scrape waits for the rest"
+    add(T0 + 15, node, T0 + 16)
+    [(_scrape, sample)] = mapper.take(T0 + 16)
+    assert sample is not None and smart_of(sample)["smart_health"] == {"sda": 1.0, "nvme0n1": 1.0}
 
 
 def test_a_collector_that_is_off_gives_no_reading_and_one_that_found_nothing_an_empty_one() -> None:
@@ -246,6 +374,20 @@ def test_of_the_units_only_those_failed_and_the_count_of_failed_ones_are_read() 
                                    ("node_systemd_units", "failed")]
 
 
+def test_of_smartctl_exporters_attributes_only_the_raw_values_and_of_its_temperatures_the_current_are_read() -> None:
+    """Each attribute comes as four series (value, worst, thresh, raw) and the disk's temperatures as several: those
+    not read are dropped unread, their names compared in place."""
+    looked = read_unread(disks(("sda", ATA_DISK)))
+    looked_at = {names[0] if names[0] != "smartctl_device_attribute" else f"attribute {names[3]} {names[5]}"
+                 for names in looked}
+
+    assert {name for name in looked_at if name.startswith("attribute")} == {
+        f"attribute {ident} raw" for ident in (1, 5, 9, 187, 188, 194, 197, 198)}
+    assert "smartctl_device_capacity_bytes" not in looked_at
+    temperatures = [names for names in looked if names[0] == "smartctl_device_temperature"]
+    assert temperatures == [("smartctl_device_temperature", "sda", "current")]
+
+
 def test_a_write_of_a_server_stores_its_readings_through_the_receiver(tmp_path: Path) -> None:
     database: pw.Database = db.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
     try:
@@ -270,7 +412,8 @@ values = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_
 names = st.one_of(st.sampled_from(["md0", "eth0", "nginx.service", "0"]), st.text(max_size=300))
 
 
-series = st.dictionaries(st.sampled_from(sorted(server())), values, max_size=60)
+series = st.dictionaries(st.sampled_from(sorted({**server(), **disks(), **smartmon(ATA_DISK, "/dev/sdc")})), values,
+                         max_size=60)
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,7 +1,8 @@
 """Prometheus scraping a real node_exporter every second and remote-writing to `python -m bot`: the machine shows
 in the chat as any agent machine does, in single-host mode (stored by the bot itself) and in fleet mode (through
 the Kafka topic); a machine in trouble, crafted as the /proc and /sys trees node_exporter reads, has its readings
-stored."""
+stored, and its degraded array and its failing disk (smartmon's series in its textfile directory, or
+smartctl_exporter's written as Prometheus writes them) alert in the chat as an agent machine's do."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from bot.intake.remote_write_http import PATH
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.machine_tree import FILES_MAX, FILES_OPEN, PID_MAX, THREADS, CraftedMachine
 from tests.fakes.node_exporter import body, machine, write_request
-from tests.fakes.scenario import ask, bot_env, wait_until
+from tests.fakes.scenario import CHAT, ask, bot_env, wait_until
 from tests.fakes.services import free_port, node_exporter, prometheus
+from tests.fakes.smart_exporters import smartctl_exporter, smartmon, textfile
+from tests.fakes.smartctl import ATA_DISK, grown
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = [
@@ -160,14 +163,14 @@ class Watched:
 
 
 @contextlib.contextmanager
-def watching(crafted: CraftedMachine, telegram: FakeTelegram, tmp_path: Path) -> Iterator[Watched]:
-    """The bot, node_exporter reading the crafted trees and Prometheus scraping it every second, while the crafted
-    machine's counters grow every half second. The alerts on these readings can be asserted here too, on
-    `telegram`, once the bot's rules decide on them."""
+def watching(crafted: CraftedMachine, telegram: FakeTelegram, tmp_path: Path, **extra: str) -> Iterator[Watched]:
+    """The bot (with `extra` settings), node_exporter reading the crafted trees and Prometheus scraping it every
+    second, while the crafted machine's counters grow every half second. The alerts on these readings can be
+    asserted here too, on `telegram`, once the bot's rules decide on them."""
     port = free_port()
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
     env = bot_env(telegram, tmp_path, url, REMOTE_WRITE_LISTEN=f"127.0.0.1:{port}", REMOTE_WRITE_TOKEN=TOKEN,
-                  SAMPLE_INTERVAL_SECONDS="60")
+                  SAMPLE_INTERVAL_SECONDS="60", **extra)
     stop = threading.Event()
 
     def grow() -> None:
@@ -259,3 +262,58 @@ def test_a_machine_in_trouble_read_by_a_real_node_exporter_has_its_readings_stor
     assert units_stored.readings["unit_failed"] == {"service-01.service": 1.0}
     assert units_stored.readings["unit_restarts"] == {"service-02.service": 3.0}
     assert db.Rejected.select().count() == 0
+
+
+# The crafted machine has many problems at once: each one's alert in a message of its own, not grouped.
+ONE_BY_ONE = {"ALERT_GROUP_MIN": "50"}
+
+
+def test_a_degraded_array_read_by_a_real_node_exporter_alerts_in_the_chat_and_recovers_once_rebuilt(
+        telegram: FakeTelegram, tmp_path: Path) -> None:
+    crafted = CraftedMachine(tmp_path / "machine")
+    with watching(crafted, telegram, tmp_path, **ONE_BY_ONE):
+        raid = telegram.wait_for_message(CHAT, lambda text: "RAID md0" in text, timeout=40)
+        crafted.heal_md()
+        cleared = telegram.wait_for_message(CHAT, lambda text: "RAID array degraded (md0) cleared" in text, timeout=30)
+        status = ask(telegram, f"/status {CRAFTED}")
+
+    # As the agent's alert says it (tests/test_conditions_end_to_end.py), but for the failed member: node_exporter
+    # counts it without naming it.
+    assert raid["text"].startswith(f"🚨 <b>{CRAFTED}</b>: RAID md0 degraded: 1 of 2 disks active, 1 failed\n")
+    assert "critical" in raid["text"] and "What to do: Replace the failed disk" in raid["text"]
+    assert [b["text"] for row in raid["reply_markup"]["inline_keyboard"] for b in row][:2] == [
+        "✅ Correct", "❌ Expected here"]
+    assert cleared["reply_to_message"]["message_id"] == raid["message_id"], "a reply to the alert"
+    assert "RAID md0" not in status and "🛠" in status, "its other problems stay: a bond down, a temperature alarm"
+
+
+def test_a_failing_disk_from_smartmons_textfile_or_smartctl_exporter_alerts_as_the_agents_does(
+        telegram: FakeTelegram, tmp_path: Path) -> None:
+    """smartmon.sh's file in node_exporter's textfile directory: sda quiet at first, then its sectors grow and the
+    disk model says it is likely to fail; and a machine whose smartctl_exporter, a target of its own, says the same
+    of its disk. Each a 💽 alert naming the disk, its model and serial, as an agent machine's
+    (tests/test_conditions_end_to_end.py)."""
+    crafted = CraftedMachine(tmp_path / "machine")
+    crafted.textfile("smartmon.prom", textfile(smartmon(ATA_DISK, "/dev/sda")))
+    failing = grown(ATA_DISK, reallocated=2000, pending=500)
+    with watching(crafted, telegram, tmp_path, **ONE_BY_ONE) as watch:
+        wait_until(lambda: db.DiskDay.select().where(db.DiskDay.p.is_null(False)).exists(), timeout=40,
+                   what="the crafted machine's disk judged")
+        assert not db.DiskDay.get().alert, "a few sectors, for years: no alert"
+        crafted.textfile("smartmon.prom", textfile(smartmon(failing, "/dev/sda")))
+        textfiles = telegram.wait_for_message(CHAT, lambda text: text.startswith(f"💽 <b>{CRAFTED}</b>"), timeout=30)
+
+        now = time.time()  # node_exporter's scrapes of the machine, and smartctl_exporter's between them
+        disk = smartctl_exporter({**failing, "serial_number": "Z1F0EDGE"}, "sda")
+        assert watch.post(write_request({"edge-disks:9100": [(now - 10, machine()), (now, machine())],
+                                         "edge-disks:9633": [(now - 5, disk)]})) == 204
+        exporter = telegram.wait_for_message(CHAT, lambda text: text.startswith("💽 <b>edge-disks</b>"), timeout=30)
+        status = ask(telegram, "/status edge-disks")
+
+    for alert, device, serial in ((textfiles, CRAFTED, "Z1F0ABCD"), (exporter, "edge-disks", "Z1F0EDGE")):
+        assert alert["text"].startswith(f"💽 <b>{device}</b>: disk sda (ST3000DM001-1CH166, serial {serial}) is likely "
+                                        "to fail within 30 days (P "), alert["text"]
+        assert "pending sectors" in alert["text"] and "What to do: Copy what matters off it" in alert["text"]
+        assert [b["text"] for row in alert["reply_markup"]["inline_keyboard"] for b in row][:2] == [
+            "✅ Replaced", "❌ Wrong"]
+    assert "Memory" in status and "sda ST3000DM001-1CH166 Z1F0EDGE: P " in status, "one machine, its disk with it"

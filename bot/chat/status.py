@@ -14,7 +14,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CallbackQueryHandler, CommandHandler, ContextTypes
 
-from agent.vocabulary import DEVICE_RE, KNOWN_METRICS
+from agent.vocabulary import DEVICE_RE, KNOWN_METRICS, disk_source
 from bot import db
 from bot.chat import callbacks, charts, common, tolerance
 from bot.chat.forecasts import forecast_summary
@@ -158,7 +158,7 @@ def device_status(
         f"{pre(rows or ['(no metrics)'])}\n"
         + "".join(f"{line}\n" for line in tops)
         + _problems(problems or [], now)
-        + (f"Disks:\n{pre(disk_lines(disks))}\n" if disks else "")
+        + (f"Disks:\n{pre(disk_lines(disks, sample.unreadable))}\n" if disks else "")
         + _unreadable(sample.unreadable)
         + tolerance.tolerates(tolerances or [], expected)
         + forecast_summary(forecasts or {}, horizon_s)
@@ -200,13 +200,15 @@ async def disks_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await update.effective_message.reply_text(fleet_disks(rows), parse_mode=ParseMode.HTML)
 
 
-def disk_lines(rows: list[DiskDay]) -> list[str]:
-    """'sdb ST3000DM001 Z1F0ABCD: P 64 % ⚠️ reallocated sectors 0 → 48 in 6 days': each disk, riskiest first."""
+def disk_lines(rows: list[DiskDay], unreadable: Mapping[str, str] | None = None) -> list[str]:
+    """'sdb ST3000DM001 Z1F0ABCD: P 64 % ⚠️ reallocated sectors 0 → 48 in 6 days': each disk, riskiest first; one
+    whose SMART its machine's latest sample could not read (`unreadable`) says so, its verdict being an older one."""
     lines = []
     for row in rows:
         risk = "no verdict yet" if row.p is None else f"P {100 * row.p:.1f} %{' ⚠️' if row.alert else ''}"
         why = f" · {row.explanation}" if row.explanation and row.alert else ""
-        lines.append(f"{row.disk} {row.model or '?'} {row.serial}: {risk}{why}")
+        unread = " · not readable now" if disk_source(row.disk) in (unreadable or {}) else ""
+        lines.append(f"{row.disk} {row.model or '?'} {row.serial}: {risk}{why}{unread}")
     return lines
 
 

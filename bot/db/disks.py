@@ -24,6 +24,11 @@ def record(device: str, disk: str, serial: str, model: str | None, day: str, ts:
     return row
 
 
+def last_seen(serial: str) -> DiskDay | None:
+    """A disk's newest day."""
+    return DiskDay.select().where(DiskDay.serial == serial).order_by(DiskDay.day.desc()).first()
+
+
 def judged(row: DiskDay, p: float, alert: bool, explanation: str) -> None:
     """The disk model's verdict on a day's readings."""
     DiskDay.update(p=p, alert=alert, explanation=explanation[:1000]).where(DiskDay.id == row.id).execute()

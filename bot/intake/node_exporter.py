@@ -6,7 +6,12 @@ several writes (its shards, its batches): a scrape is handed out as a sample onc
 the device's last whole scrape did, or once it has waited `grace_s` for the rest. Series that come for a scrape
 handed out already are left out (its sample is stored), and tell how many a whole scrape now has. Counters
 become rates against the device's newest earlier scrape, kept by its time: a retried write computes the same
-rates again. The readings of the machine's objects (md arrays, units, interfaces, …) are bot/intake/node_readings.py's.
+rates again. The readings of the machine's objects (md arrays, units, interfaces, …) are bot/intake/node_readings.py's;
+the disks' SMART, bot/intake/smart_readings.py's.
+
+smartctl_exporter is a target of its own, scraped at its own times: its scrape is not a sample of its own but joins
+the machine's next ones (for SMART_KEPT_S), as the agent sends its last SMART answer with each sample; a machine
+whose node_exporter does not report has a sample of each. It is whole at as many series as its own last whole one.
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from dataclasses import dataclass, field
 
 from agent.vocabulary import BOUNDS, DEVICE_RE, is_disk
 from agent.wire import MAX_AHEAD_S, TS_FROM, TS_TO, Sample
-from bot.intake import node_readings
+from bot.intake import node_readings, smart_readings
 from bot.intake.node_readings import Key, Labels
+from bot.intake.smart_readings import Smart
 
 MAX_FILESYSTEMS = 32  # the fullest ones are kept
 MAX_MOUNT_CHARS = 256
 HISTORY = 4  # earlier scrapes kept per device for rates: enough for a retry and a scrape that came late
 MAX_RATE_WINDOW_S = 900.0  # a rate over a longer gap (the machine was off) says nothing about now
 MAX_DEVICES = 100_000
+SMART_KEPT_S = 900.0  # a machine's smartctl_exporter scrape joins its samples this long: SMART changes slowly
 TEMP_LOW, TEMP_HIGH = BOUNDS["cpu_temp_c"]
 RATE_HIGH = BOUNDS["disk_read_bps"][1]
 
@@ -86,7 +93,10 @@ READERS: dict[str, Callable[[Labels], Key | None]] = {
     "node_pressure_memory_stalled_seconds_total": _gauge("psi", "psi_memory_full_percent"),
     "node_pressure_io_stalled_seconds_total": _gauge("psi", "psi_io_full_percent"),
     **node_readings.READERS,
+    **smart_readings.READERS,
 }
+# Series read only when they have this label (and, True, a value not 0): the others are dropped unread.
+ONLY_WITH = {**node_readings.ONLY_WITH, **smart_readings.ONLY_WITH}
 # Counter families -> the rate metric each becomes (cpu is a share of time, not a rate).
 RATES = {"net_recv": "net_recv_bps", "net_sent": "net_sent_bps", "disk_read": "disk_read_bps",
          "disk_write": "disk_write_bps"}
@@ -109,10 +119,13 @@ class Scrape:
 
 @dataclass(slots=True)
 class _Device:
-    expected: int = 0  # series of its last whole scrape
+    # Series of its last whole scrape: of node_exporter's (False), of smartctl_exporter's alone (True).
+    expected: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
     pending: dict[int, Scrape] = field(default_factory=dict)  # ts_ms -> scrape not handed out yet
     handed: dict[int, int] = field(default_factory=dict)  # ts_ms -> series, of the newest scrapes handed out
     history: list[tuple[int, dict[str, dict[Key, float]]]] = field(default_factory=list)  # (ts_ms, counters)
+    smart: tuple[int, Smart] | None = None  # its last smartctl_exporter scrape, read: (ts_ms, SMART)
+    sampled: bool = False  # a scrape of its node_exporter made a sample: smartctl_exporter's join those
 
 
 def key(name: str, labels: Labels) -> Key | None:
@@ -168,20 +181,21 @@ class NodeExporter:
             for ts_ms in sorted(state.pending):
                 scrape = state.pending[ts_ms]
                 count = len(scrape.values)
+                own = smart_readings.alone_keys(scrape.values)  # smartctl_exporter's: a whole of its own
                 handed = state.handed.get(ts_ms)
                 if handed is not None:
                     # The rest of a scrape that seemed whole: a whole one is bigger now. (As many series or
                     # more: a write answered before, sent again.)
                     if count < handed:
-                        state.expected = state.handed[ts_ms] = handed + count
+                        state.expected[own] = state.handed[ts_ms] = handed + count
                     del state.pending[ts_ms]
                     ready.append((scrape, None))
                     continue
-                whole = count >= state.expected and not scrape.recovered
+                whole = count >= state.expected[own] and not scrape.recovered
                 if whole or everything or now - scrape.since >= self.grace_s:
                     # A whole scrape can only raise what a whole one is; one that waited out its grace says the
                     # machine now has fewer series (a file system unmounted).
-                    state.expected = max(state.expected, count) if whole else count
+                    state.expected[own] = max(state.expected[own], count) if whole else count
                     del state.pending[ts_ms]
                     state.handed[ts_ms] = count
                     if len(state.handed) > HISTORY:
@@ -220,6 +234,13 @@ class NodeExporter:
             if group is None:
                 group = groups[key[0]] = {}
             group[key] = value
+        smart = smart_readings.read(groups)
+        if smart is not None and smart_readings.alone(groups):  # smartctl_exporter's own scrape
+            state.smart = (scrape.ts_ms, smart)
+            if state.sampled:
+                return None  # it joins the machine's samples
+        elif smart is None and state.smart is not None and abs(scrape.ts_ms - state.smart[0]) <= SMART_KEPT_S * 1000:
+            smart = state.smart[1]
         counters = {kind: groups[kind] for kind in COUNTERS if kind in groups}
         fs: dict[str, dict[str, float]] = {}
         for (_kind, mount, part), value in groups.get("fs", {}).items():
@@ -261,9 +282,16 @@ class NodeExporter:
         readings = node_readings.read(
             groups, fs, lambda kind: self._increases(state, scrape.ts_ms, kind, counters.get(kind)))
         self._remember(state, scrape.ts_ms, counters)
-        if not metrics and not readings:
+        notes = unreadable = None
+        if smart is not None:  # copied: a smartctl_exporter scrape joins several samples
+            readings.update({name: dict(disks) for name, disks in smart.readings.items()})
+            notes = {name: dict(disks) for name, disks in smart.notes.items()} or None
+            unreadable = dict(smart.unreadable) or None
+        if not metrics and not readings and not unreadable:
             return None
-        return Sample(scrape.device, ts, metrics, filesystems=filesystems or None, readings=readings or None)
+        state.sampled |= bool(metrics)
+        return Sample(scrape.device, ts, metrics, filesystems=filesystems or None, readings=readings or None,
+                      notes=notes, unreadable=unreadable)
 
     @staticmethod
     def _earlier(state: _Device, ts_ms: int, kind: str) -> tuple[int, dict[Key, float]] | None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 
-from bot.intake.node_exporter import READERS
-from bot.intake.node_readings import ONLY_WITH
+from bot.intake.node_exporter import ONLY_WITH, READERS
 
 NAMED = b"\n\x08__name__\x12"  # a series' first label, `__name__`, as Prometheus encodes it (labels sorted)
 

@@ -7,7 +7,8 @@ For every reading a sample carries, each condition about that reading gives each
 - HOLDS: it holds, but could not open yet (an open incident stays open: a restart forgets how long it has held);
 - CLEAR: it does not hold (or the object is gone from a reading that is whole): an open incident recovers;
 - EVENT: it happened (the machine rebooted): said, and over at once.
-A reading missing from a sample was not read: its conditions keep their state. Samples without readings cost a
+A reading missing from a sample was not read: its conditions keep their state; so does a disk missing from its SMART
+readings whose SMART could not be read this time (`unreadable`: "smart sdb"). Samples without readings cost a
 dictionary look-up. State lives in memory, per device, condition and object; a restart starts the clocks again.
 """
 
@@ -19,10 +20,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from agent.vocabulary import disk_source
 from bot.db.samples import StoredSample
 from schema.conditions import BY_READING, CONDITIONS, Condition, Count, Event, Evidence, Fact, Severity, key
 
 UPTIME = "uptime_s"  # the machine's metric its reboots are seen in
+SMART = ("smart_", "nvme_")  # the readings of a disk's SMART
+SOME_DISKS = "smart"  # unreadable: smartctl could not be asked, or more disks could not be read than are named
+
+
+def unread(sample: StoredSample, reading: str, obj: str) -> bool:
+    """Whether a disk missing from a SMART reading of the sample could not be read, rather than left the machine: it
+    is said unreadable by name, or among the disks counted unnamed."""
+    unreadable = sample.unreadable
+    return bool(unreadable) and reading.startswith(SMART) and (
+        disk_source(obj) in unreadable or SOME_DISKS in unreadable)
 
 
 class State(StrEnum):

@@ -25,8 +25,8 @@ from operator import attrgetter
 
 from bot.db import Incident, StoredSample, incidents, ingest, muting, tolerances
 from bot.pipeline.baselines import Baselines
-from bot.pipeline.conditions import UPTIME, Conditions, State, Verdict
-from bot.pipeline.disks import Disk, Disks
+from bot.pipeline.conditions import SOME_DISKS, UPTIME, Conditions, State, Verdict, unread
+from bot.pipeline.disks import HEALTH, Disk, Disks
 from bot.pipeline.forecast import Forecast, Forecaster, inodes, zone
 from bot.pipeline.lifecycle import Incidents
 from bot.pipeline.tolerating import Tolerances
@@ -161,7 +161,8 @@ class Decider:
             for verdict in verdicts:
                 self._verdict(device, sample, verdict, opened, muted, now)
             gone = [metric for metric in opened if (found := parse_key(metric)) is not None
-                    and found[0].reading in whole and all(v.metric != metric for v in verdicts)]
+                    and found[0].reading in whole and all(v.metric != metric for v in verdicts)
+                    and not unread(sample, found[0].reading, found[1])]
             for metric in gone:  # the object is no longer in a reading that is whole: unmounted, stopped, removed
                 self.incidents.resolve(opened.pop(metric), sample.ts, Reply.RECOVERED, now)
         for metric in were_open - set(opened):
@@ -171,7 +172,7 @@ class Decider:
     def _disks(self, device: str, samples: list[StoredSample], open_conditions: dict[str, Incident], muted: bool,
                now: float) -> None:
         """A disk the disk model says is likely to fail opens its incident; it stays open, kept up to date, until a
-        person answers it or the disk leaves the machine."""
+        person answers it or the disk leaves the machine: not while its SMART cannot be read."""
         for sample in samples:
             found = self.disks.observe(sample)
             if found is None:
@@ -194,8 +195,19 @@ class Decider:
             serials = {disk.serial for disk in found}
             for metric in list(open_conditions):
                 found_key = parse_key(metric)
-                if found_key is not None and found_key[0] is FAILING and found_key[1] not in serials:
+                if found_key is not None and found_key[0] is FAILING and found_key[1] not in serials \
+                        and not self._unread(sample, found_key[1]):
                     self.incidents.resolve(open_conditions.pop(metric), sample.ts, Reply.RECOVERED, now)
+
+    def _unread(self, sample: StoredSample, serial: str) -> bool:
+        """Whether the disk of this serial, missing from the sample's SMART, could not be read rather than left: a disk
+        not known by name is given the benefit of the doubt while any disk of the sample could not be read."""
+        if not sample.unreadable:
+            return False  # the usual case: every disk was read
+        name = self.disks.name_of(serial)
+        if name is None:
+            return any(source.startswith(SOME_DISKS) for source in sample.unreadable)
+        return unread(sample, HEALTH, name)
 
     def _verdict(self, device: str, sample: StoredSample, verdict: Verdict, opened: dict[str, Incident],
                  muted: bool, now: float) -> None:

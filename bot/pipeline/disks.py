@@ -1,7 +1,8 @@
 """Disks: each disk's SMART readings, kept day by day, judged by the disk model (ml/disks/): P(it fails within 30
 days) and what drove it. The decisions of a batch (bot/pipeline/decide.py) open one incident per disk whose P
 reaches the model's threshold; it never recovers by itself (a disk does not heal), only by a person's ✅ replaced
-or ❌ wrong, or by the disk leaving the machine.
+or ❌ wrong, or by the disk leaving the machine (missing from its SMART readings, and not because its SMART could
+not be read).
 
 The disk model lives in the model store beside the machine model, under `disks/`, versioned and signed the same
 way; an empty one gets the model that ships with Rigwatch. A disk is judged again when its readings change or a
@@ -126,6 +127,15 @@ class Disks:
                 self._seen[serial] = (day, text, verdict)
                 found.append(verdict)
         return found
+
+    def name_of(self, serial: str) -> str | None:
+        """The name on its machine of the disk of this serial, as last seen ("sdb"); None for a disk never seen."""
+        with self._lock:
+            seen = self._seen.get(serial)
+        if seen is not None:
+            return seen[2].disk
+        row = disks.last_seen(serial)
+        return row.disk if row is not None else None
 
     def _judge(self, row: DiskDay, disk: Disk) -> Disk:
         current = self.model.current if self.model is not None else None

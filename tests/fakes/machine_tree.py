@@ -20,6 +20,12 @@ md0 : active raid1 sdb1[1](F) sda1[0]
 
 unused devices: <none>
 """
+HEALED_MDSTAT = """Personalities : [raid1]
+md0 : active raid1 sdb1[1] sda1[0]
+      1046528 blocks super 1.2 [2/2] [UU]
+
+unused devices: <none>
+"""
 # One process of 7 threads: /proc/<pid>/stat, its fields as the kernel writes them (the 20th is the threads).
 PROCESS = "4242 (worker) S 1 4242 4242 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 7 0 100 1000 10 " + " ".join(["0"] * 30)
 # The filesystems: the real root, and /usr (on it) mounted read-only, so that statfs works on both.
@@ -76,6 +82,14 @@ class CraftedMachine:
             self._write(sys / "devices" / "system" / "edac" / "mc" / "mc0" / name, "0\n")
         self._write(self.textfiles / "apt.prom", "# HELP node_reboot_required Node reboot is required for software "
                     "updates.\n# TYPE node_reboot_required gauge\nnode_reboot_required 1\n")
+
+    def heal_md(self) -> None:
+        """The failed member replaced and the array rebuilt: both disks active again."""
+        self._write(self.procfs / "mdstat", HEALED_MDSTAT)
+
+    def textfile(self, name: str, text: str) -> None:
+        """A file of the textfile directory, as a script of the textfile collector writes it (smartmon.prom)."""
+        self._write(self.textfiles / name, text)
 
     def step(self) -> None:
         """The counters one step further: two OOM kills, 30 interface errors in 1,000 packets, a link change,

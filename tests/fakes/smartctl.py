@@ -89,6 +89,16 @@ def failing(answer: dict) -> dict:
     return failed
 
 
+def grown(answer: dict, reallocated: int, pending: int) -> dict:
+    """The same disk once its reallocated (5) and pending (197) sectors grew to these counts."""
+    worse = copy.deepcopy(answer)
+    for attribute in worse["ata_smart_attributes"]["table"]:
+        count = {5: reallocated, 197: pending}.get(attribute["id"])
+        if count is not None:
+            attribute["raw"] = {"value": count, "string": str(count)}
+    return worse
+
+
 def unreadable(status: int, *messages: str, **more: object) -> dict:
     """What smartctl answers about a disk it cannot read: its messages (severity "error") and exit status."""
     return {"json_format_version": [1, 0],
