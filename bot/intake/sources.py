@@ -248,7 +248,7 @@ class KafkaSource:
             except KafkaException as exc:  # the broker does not answer: its outage is said by _check_broker
                 log.debug("Kafka: topic %s not looked at: %s", self.topic, exc)
             self._look_at = time.monotonic() + (LOOK_EXISTING_S if self._found is not None else LOOK_MISSING_S)
-        if not self._looked:
+        if not self._looked or self.outage.is_down:  # the broker's outage is said already
             return
         if self.unassigned is not None:
             self.unassigned = replace(self.unassigned, partitions=self._found, may_create=self._may_create)
