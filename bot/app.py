@@ -212,7 +212,8 @@ async def _start_remote_write(application: Application, settings: Settings, poll
         after_store = None
         application.bot_data["remote_write_sink"] = sink
     else:
-        receiver = Receiver(poller.store, settings.remote_write_device_label, held=db.HeldParts())
+        receiver = Receiver(poller.store, settings.remote_write_device_label, held=db.HeldParts(),
+                            store_lock=poller.store_lock)
         after_store = poller.send_queued
     host, port = settings.remote_write_listen or (None, 0)
     server = RemoteWriteServer(receiver, host, port, settings.remote_write_token, after_store)

@@ -48,6 +48,8 @@ class Settings:
     remote_write_token: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
     remote_write_device_label: str = "instance"
     dependencies: tuple[Dependency, ...] = ()
+    kafka_topic_partitions: int = 4  # of the topic the bot creates when it is missing; 0: it never creates it
+    kafka_unassigned_s: float = 60.0  # a consumer with no partition this long says so (log, /status)
 
 
 def _id_set(env: Mapping[str, str], name: str) -> frozenset[int]:
@@ -181,4 +183,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_token: bool =
         remote_write_token=_remote_write_token(env.get("REMOTE_WRITE_TOKEN", "").strip()),
         remote_write_device_label=_label_name(env.get("REMOTE_WRITE_DEVICE_LABEL", "").strip() or "instance"),
         dependencies=_dependencies(env.get("DEPENDENCIES", "").strip()),
+        kafka_topic_partitions=int(_number(env, "KAFKA_TOPIC_PARTITIONS", 4, 0, 10000)),
+        kafka_unassigned_s=_number(env, "KAFKA_UNASSIGNED_SECONDS", 60, 1, 86400),
     )

@@ -344,8 +344,9 @@ class Heartbeat(BaseModel):
 
 class HeldPart(BaseModel):
     """Part of a remote-write scrape that waits for the rest of its series (Prometheus may split a scrape over
-    several writes), kept before the write is answered so a restart loses nothing: `part` is its values, JSON
-    [[key, ...], value] pairs. Deleted once the scrape is stored."""
+    several writes, and a load balancer the writes over several bot processes), kept before the write is answered
+    so a restart loses nothing and another process finds it: `part` is its values, JSON [[key, ...], value] pairs.
+    Deleted once the scrape is stored."""
 
     device = pw.CharField(max_length=64)
     ts_ms = pw.BigIntegerField()
@@ -355,6 +356,23 @@ class HeldPart(BaseModel):
     class Meta:
         table_name = "held_part"
         indexes = ((("device", "ts_ms"), False),)
+
+
+class RemoteScrape(BaseModel):
+    """A remote-write scrape some bot process received: the row every process locks before it keeps, merges or
+    stores the scrape's parts (HeldPart), so that of two processes with parts of one scrape exactly one stores it,
+    with every part. `series` is set in the transaction that stores its sample: how many series it had, which is
+    what a whole scrape of its device has. Kept a few minutes after (bot/intake/remote_write.py), so that a part
+    coming late is known as such."""
+
+    device = pw.CharField(max_length=64)
+    ts_ms = pw.BigIntegerField()
+    at = pw.DoubleField()  # when it first came
+    series = pw.IntegerField(null=True)  # NULL while it waits for the rest
+
+    class Meta:
+        table_name = "remote_scrape"
+        indexes = ((("device", "ts_ms"), True),)
 
 
 class Rejected(BaseModel):
@@ -484,7 +502,7 @@ for _name in KNOWN_METRICS:
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Group, Notice, Mute, ForecastLabel, Aggregate, Subscription,
           Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel, Event, Person, OnCall, Chain,
-          Escalation, Dependency, Digest]
+          Escalation, Dependency, Digest, RemoteScrape]
 
 
 def connect(url: str) -> pw.Database:

@@ -40,6 +40,13 @@ def test_defaults_follow_the_design() -> None:
     assert (settings.alert_group_s, settings.alert_group_min, str(settings.timezone)) == (30, 3, "UTC")
     assert settings.remote_write_listen is None, "no receiver unless asked for"
     assert (settings.remote_write_token, settings.remote_write_device_label) == (None, "instance")
+    assert (settings.kafka_topic_partitions, settings.kafka_unassigned_s) == (4, 60)
+
+
+def test_the_bot_can_be_told_never_to_create_its_topic() -> None:
+    settings = load_settings(with_token(KAFKA_TOPIC_PARTITIONS="0", KAFKA_UNASSIGNED_SECONDS="5"))
+
+    assert (settings.kafka_topic_partitions, settings.kafka_unassigned_s) == (0, 5)
 
 
 def test_the_remote_write_receiver_is_configured_from_three_variables() -> None:
@@ -121,12 +128,14 @@ def with_token(**env: str) -> dict[str, str]:
         (with_token(REMOTE_WRITE_LISTEN="0.0.0.0:70000"), "REMOTE_WRITE_LISTEN"),
         (with_token(REMOTE_WRITE_TOKEN="short"), "REMOTE_WRITE_TOKEN"),
         (with_token(REMOTE_WRITE_DEVICE_LABEL="host-name"), "REMOTE_WRITE_DEVICE_LABEL"),
+        (with_token(KAFKA_TOPIC_PARTITIONS="-1"), "KAFKA_TOPIC_PARTITIONS"),
+        (with_token(KAFKA_UNASSIGNED_SECONDS="0"), "KAFKA_UNASSIGNED_SECONDS"),
     ],
     ids=["no-token", "blank-token", "malformed-token", "chat-ids-abc", "admin-ids-semicolon", "threshold-1.5",
          "threshold-high", "model-store-ftp", "database-mysql", "kafka-no-port",
          "log-level-verbose", "forecast-hours-0", "forecast-hours-soon", "retention-0-days", "group-min-1",
          "group-seconds-negative", "timezone-unknown", "timezone-path", "listen-no-host", "listen-port-70000",
-         "remote-write-token-short", "device-label-dash"],
+         "remote-write-token-short", "device-label-dash", "topic-partitions-negative", "unassigned-0-seconds"],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as raised:

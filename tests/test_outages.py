@@ -223,19 +223,26 @@ def test_a_broker_outage_is_said_once_and_its_end_once_the_broker_answers(
 
 
 @pytest.mark.slow
-def test_a_topic_created_after_the_bot_started_is_read(
+def test_a_topic_the_bot_may_not_create_is_read_within_seconds_of_its_creation(
     kafka: str, kafka_broker: KafkaBroker, telegram: FakeTelegram, tmp_path: Path
 ) -> None:
+    """The test broker cannot refuse to create a topic (it has no ACLs, and creates whatever it is asked to), so
+    the bot is told not to create it (KAFKA_TOPIC_PARTITIONS=0), as it would be refused."""
     topic = f"metrics.later.{uuid.uuid4().hex[:8]}"
     url = f"sqlite:///{tmp_path}/rigwatch.sqlite3"
-    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic)
+    env = bot_env(telegram, tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_TOPIC=topic,
+                  KAFKA_TOPIC_PARTITIONS="0")
     with BotProcess(env, tmp_path / "bot.log") as bot:
         bot.wait_log(f"Kafka topic {topic} does not exist yet")
-        kafka_broker.create_topic(topic)
+        time.sleep(3)  # the bot looks for it meanwhile, and leaves it missing
+        assert kafka_broker.partitions(topic) is None
+        kafka_broker.create_topic(topic, partitions=2)
+        created = time.monotonic()
         produce(kafka, topic, [(b"pc1", message("pc1", time.time(), cpu_percent=10.0))])
 
         db.open_database(url)
         wait_until(lambda: db.Metric.select().count() == 1, what="a sample in the new topic stored")
+        assert time.monotonic() - created < 10, "read within seconds of its creation"
         assert bot.log.count("does not exist yet") == 1
         assert bot.stop() == 0
 

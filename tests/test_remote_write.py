@@ -27,7 +27,7 @@ from bot.config import load_settings
 from bot.intake import remote_write
 from bot.intake.node_exporter import NodeExporter, key
 from bot.intake.prompb import remote_pb2, types_pb2
-from bot.intake.remote_write import MAX_BODY, PRUNE_AFTER_S, PRUNE_EVERY_S, Receiver
+from bot.intake.remote_write import ADOPT_AFTER_S, ADOPT_EVERY_S, MAX_BODY, Receiver
 from bot.intake.remote_write_http import PATH, KafkaSink, RemoteWriteServer
 from bot.intake.sources import KafkaSource
 from tests.fakes.node_exporter import STALE_NAN, body, machine, write_request
@@ -313,12 +313,11 @@ def test_the_first_part_of_a_split_scrape_is_kept_before_its_write_is_answered(s
     receiver.process(first, now=NOW)
     assert ("pc1", T0) not in stored_rows() and db.HeldPart.select().count() == 1
 
-    # The bot is killed: what the first write brought is in the database only. The next one takes it back.
+    # The bot is killed: what the first write brought is in the database only. The next one takes it back, and
+    # knows from the database how many series a whole scrape has: the rest completes it at once.
     restarted = Receiver(into_store, held=db.HeldParts())
     assert restarted.recover() == 1
-    restarted.process(rest)
-    assert restarted.flush() == 0  # it waits out its grace, counted from when the first write came
-    assert restarted.flush(now=time.time() + 10) == 1  # then stored with the rest that came meanwhile
+    assert restarted.process(rest).samples == 1
 
     row = stored_rows()["pc1", T0]
     assert row.mem_percent == pytest.approx(87.5)  # from the first write
@@ -326,13 +325,29 @@ def test_the_first_part_of_a_split_scrape_is_kept_before_its_write_is_answered(s
     assert db.HeldPart.select().count() == 0  # stored: nothing kept any more
 
 
-def test_a_part_kept_for_a_scrape_stored_long_ago_is_forgotten(store: pw.Database) -> None:
-    receiver = Receiver(into_store, held=db.HeldParts())
-    db.HeldParts.keep([("pc1", round(T0 * 1000), [(("load1",), 1.0)])], time.time())  # two writes raced
+def test_a_part_kept_by_a_bot_that_stopped_for_good_is_stored_by_another(store: pw.Database) -> None:
+    now = time.time()
+    first, _rest = split(write_request({"pc1:9100": [(T0, machine(mem_available=2e9))]}), lambda i, _s: i >= 100)
+    stopped = Receiver(into_store, held=db.HeldParts())
+    stopped.process(scrape_at("pc1:9100", T0 - 15), now=now)
+    stopped.process(first, now=now)
+    stopped.flush(True, now=now)  # at shutdown the part stays kept, waiting for the rest
+    other = Receiver(into_store, held=db.HeldParts())
 
-    assert receiver.flush() == 0 and db.HeldPart.select().count() == 1  # not yet: it may still wait
-    receiver.flush(now=time.time() + PRUNE_AFTER_S + PRUNE_EVERY_S)
+    assert other.flush(now=now + ADOPT_AFTER_S - 1) == 0  # not yet: the bot that kept it may still store it
+    assert other.flush(now=now + ADOPT_AFTER_S + ADOPT_EVERY_S) == 1
+    assert stored_rows()["pc1", T0].mem_percent == pytest.approx(87.5)
     assert db.HeldPart.select().count() == 0
+
+
+def test_a_part_left_of_a_scrape_stored_already_is_forgotten(store: pw.Database) -> None:
+    receiver = Receiver(into_store, held=db.HeldParts())
+    receiver.process(scrape_at("pc1:9100", T0))
+    db.HeldPart.create(device="pc1", ts_ms=round(T0 * 1000), part='[[["load1"], 1.0]]', at=time.time())
+
+    assert receiver.flush(now=time.time() + ADOPT_AFTER_S + ADOPT_EVERY_S) == 0
+    assert db.HeldPart.select().count() == 0
+    assert list(stored_rows()) == [("pc1", T0)]
 
 
 def test_series_that_come_after_their_scrape_was_stored_make_the_next_one_wait_for_them(

@@ -11,6 +11,7 @@ import pytest
 
 from bot.chat import alerts, callbacks, common, forecasts, formatting, status, teams
 from bot.db import Incident
+from bot.intake.sources import Unassigned
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from schema.domain import IncidentDetail, Reply, Window
@@ -434,3 +435,16 @@ def test_a_filesystem_forecast_names_its_mount_point() -> None:
 def test_a_chart_says_it_draws_the_fullest_disk() -> None:
     assert status.chart_disk(FILESYSTEMS) == "Disk (fullest)" and status.chart_disk(None) == "Disk"
     assert "the fullest disk (now /data)" in status.chart_caption("pc1", TS, TS + 7200, formatting.fullest(FILESYSTEMS))
+
+
+def test_status_says_why_this_bot_reads_no_partition_of_its_topic() -> None:
+    missing = Unassigned("rig<watch>", "bots", since=1000.0, partitions=None, may_create=False)
+    crowded = Unassigned("metrics", "rigwatch-bot", since=1000.0, partitions=1, may_create=True)
+
+    assert status.unassigned_notice(missing, now=1180.0) == (
+        "⚠️ Kafka topic <code>rig&lt;watch&gt;</code> does not exist (for 3 min): no metrics arrive through it until "
+        "it is created, and I read it within seconds of that.")
+    assert status.unassigned_notice(crowded, now=1065.0) == (
+        "⚠️ For 1 min I have read no partition of Kafka topic <code>metrics</code> (1 partition): its consumer group "
+        "<code>rigwatch-bot</code> has not settled, or more bot processes share the group than the topic has "
+        "partitions.")

@@ -34,6 +34,7 @@ from bot.chat.formatting import (
     when,
 )
 from bot.db import DiskDay, Expected, Incident, Rejected, StoredSample, Tolerance, tolerances
+from bot.intake.sources import Unassigned
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
 from ml.features import FEATURES
@@ -125,6 +126,19 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
     if hidden:
         text += f"\n… and {len(hidden):,} more: {counts(hidden)}"
     return text
+
+
+def unassigned_notice(unassigned: Unassigned, now: float | None = None) -> str:
+    """What /status says first while this bot's Kafka consumer has had no partition of its topic for a while."""
+    now = time.time() if now is None else now
+    topic, since = escape(unassigned.topic), ago(now - unassigned.since)
+    if unassigned.partitions is None:
+        return (f"⚠️ Kafka topic <code>{topic}</code> does not exist (for {since}): no metrics arrive through it "
+                "until it is created, and I read it within seconds of that.")
+    return (f"⚠️ For {since} I have read no partition of Kafka topic <code>{topic}</code> "
+            f"({plural(unassigned.partitions, 'partition')}): its consumer group "
+            f"<code>{escape(unassigned.group)}</code> has not settled, or more bot processes share the group than the "
+            "topic has partitions.")
 
 
 def device_status(
@@ -316,6 +330,9 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             samples = [s for s in samples if matches(args[0], s.device)]
         text = overview(samples, settings.alert_threshold, silent=silent, muted=muted, problems=problems) \
             if samples or not args else no_match(args[0])
+        poller = context.bot_data.get("poller")
+        if poller is not None and poller.source.unassigned is not None:
+            text = f"{unassigned_notice(poller.source.unassigned)}\n\n{text}"
     else:
         sample = await asyncio.to_thread(db.latest_sample, args[0])
         if sample is None:

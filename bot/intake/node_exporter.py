@@ -19,6 +19,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple
 
 from agent.vocabulary import BOUNDS, DEVICE_RE, is_disk
 from agent.wire import MAX_AHEAD_S, TS_FROM, TS_TO, Sample
@@ -113,8 +115,23 @@ class Scrape:
     ts_ms: int
     values: dict[Key, float] = field(default_factory=dict)
     since: float = 0.0  # when its first series came (the receiver's clock)
-    held: bool = False  # a part of it is kept durably by the receiver until it is stored
     recovered: bool = False  # held over from before a restart: it waits out its grace for the rest
+
+
+class Verdict(Enum):
+    """What became of a pending scrape (NodeExporter.settle)."""
+
+    WAITING = "waiting"  # for the rest of its series
+    READY = "ready"  # to be stored: whole, or it waited out its grace
+    LATE = "late"  # it came after its scrape was stored: left out
+    GONE = "gone"  # nothing pending
+
+
+class Settled(NamedTuple):
+    verdict: Verdict
+    scrape: Scrape | None = None
+    sample: Sample | None = None  # READY: None when it gave none
+    series: int | None = None  # READY, LATE: what a whole scrape of its device has now (LATE: when it grew)
 
 
 @dataclass(slots=True)
@@ -177,33 +194,70 @@ class NodeExporter:
         already. They leave the pending ones; `restore` puts them back."""
         ready: list[tuple[Scrape, Sample | None]] = []
         for device in sorted(self._waiting):
-            state = self._devices[device]
-            for ts_ms in sorted(state.pending):
-                scrape = state.pending[ts_ms]
-                count = len(scrape.values)
-                own = smart_readings.alone_keys(scrape.values)  # smartctl_exporter's: a whole of its own
-                handed = state.handed.get(ts_ms)
-                if handed is not None:
-                    # The rest of a scrape that seemed whole: a whole one is bigger now. (As many series or
-                    # more: a write answered before, sent again.)
-                    if count < handed:
-                        state.expected[own] = state.handed[ts_ms] = handed + count
-                    del state.pending[ts_ms]
-                    ready.append((scrape, None))
-                    continue
-                whole = count >= state.expected[own] and not scrape.recovered
-                if whole or everything or now - scrape.since >= self.grace_s:
-                    # A whole scrape can only raise what a whole one is; one that waited out its grace says the
-                    # machine now has fewer series (a file system unmounted).
-                    state.expected[own] = max(state.expected[own], count) if whole else count
-                    del state.pending[ts_ms]
-                    state.handed[ts_ms] = count
-                    if len(state.handed) > HISTORY:
-                        del state.handed[min(state.handed)]
-                    ready.append((scrape, self._sample(state, scrape)))
-            if not state.pending:
-                self._waiting.discard(device)
+            for ts_ms in sorted(self._devices[device].pending):
+                settled = self.settle(device, ts_ms, now, everything=everything)
+                if settled.verdict is not Verdict.WAITING:
+                    ready.append((settled.scrape, settled.sample))
         return ready
+
+    def settle(self, device: str, ts_ms: int, now: float, *, fresh: int | None = None,
+               more: Iterable[tuple[Key, float]] = (), since: float | None = None, expected: int | None = None,
+               taken: int | None = None, everything: bool = False) -> Settled:
+        """Decide on the device's pending scrape at `ts_ms`, told what other receivers know of it: `more` series
+        they hold of it, since `since`; `expected`, the series of a whole scrape of the device as they stored it
+        last; `taken`, how many it had when one of them stored it. `fresh`: how many of its series came just now
+        (by default, all it has). The scrape leaves the pending ones unless it waits; `restore` puts it back."""
+        state = self._devices.get(device)
+        scrape = state.pending.get(ts_ms) if state is not None else None
+        if state is None or scrape is None:
+            return Settled(Verdict.GONE)
+        handed = taken if taken is not None else state.handed.get(ts_ms)
+        if handed is not None:
+            self._leave(device, state, ts_ms)
+            count = len(scrape.values) if fresh is None else fresh
+            # The rest of a scrape that seemed whole: a whole one is bigger now. (As many series or more: a write
+            # answered before, sent again.)
+            if 0 < count < handed:
+                own = smart_readings.alone_keys(scrape.values)
+                state.expected[own] = handed + count
+                self._handed(state, ts_ms, state.expected[own])
+                return Settled(Verdict.LATE, scrape, series=state.expected[own])
+            return Settled(Verdict.LATE, scrape)
+        scrape.values.update(more)
+        if since is not None:
+            scrape.since = min(scrape.since, since)
+        count = len(scrape.values)
+        own = smart_readings.alone_keys(scrape.values)  # smartctl_exporter's: a whole of its own
+        if own:
+            expected = None  # what other receivers stored last is node_exporter's whole
+        size = state.expected[own] if expected is None else expected
+        # After a restart the receiver alone does not know how big a whole scrape is: one kept from before waits.
+        whole = count >= size and (expected is not None or not scrape.recovered)
+        if not (whole or everything or now - scrape.since >= self.grace_s):
+            return Settled(Verdict.WAITING, scrape)
+        # A whole scrape can only raise what a whole one is; one that waited out its grace says the machine now
+        # has fewer series (a file system unmounted).
+        state.expected[own] = max(size, count) if whole else count
+        self._leave(device, state, ts_ms)
+        self._handed(state, ts_ms, count)
+        return Settled(Verdict.READY, scrape, self._sample(state, scrape), count)
+
+    def due(self, now: float, everything: bool = False) -> list[tuple[str, int]]:
+        """The pending scrapes that waited out their grace (or, `everything`, all), as (device, ts in ms)."""
+        return [(device, ts_ms) for device in sorted(self._waiting)
+                for ts_ms, scrape in sorted(self._devices[device].pending.items())
+                if everything or now - scrape.since >= self.grace_s]
+
+    def _leave(self, device: str, state: _Device, ts_ms: int) -> None:
+        del state.pending[ts_ms]
+        if not state.pending:
+            self._waiting.discard(device)
+
+    @staticmethod
+    def _handed(state: _Device, ts_ms: int, count: int) -> None:
+        state.handed[ts_ms] = count
+        if len(state.handed) > HISTORY:
+            del state.handed[min(state.handed)]
 
     def restore(self, scrapes: Iterable[Scrape]) -> None:
         """Scrapes taken but not stored: pending again, merged with what came for them meanwhile."""
@@ -213,7 +267,6 @@ class NodeExporter:
             newer = state.pending.get(scrape.ts_ms)
             if newer is not None:
                 scrape.values.update(newer.values)
-                scrape.held |= newer.held
             state.pending[scrape.ts_ms] = scrape
             self._waiting.add(scrape.device)
 

@@ -7,9 +7,14 @@ mode produced to the Kafka topic as wire messages, so the workers share them. Th
 2xx only once the samples are stored (or delivered to Kafka); 400 for a body that can never be read (the sender
 drops it, so the log says why); 413 for a body over 16 MiB decompressed; 503 while the store or the broker is out,
 or the receiver is busy, so the sender retries. A retried write stores nothing twice: (device, ts) is unique in
-the store, and rates are computed against the scrape before it, kept by its time. A scrape split over several
-writes waits for its rest (bot/intake/node_exporter.py); its parts are kept in the database meanwhile (before
-their writes are answered), so a restart loses none of them.
+the store, and rates are computed against the scrape before it, kept by its time.
+
+A scrape split over several writes waits for its rest (bot/intake/node_exporter.py); its parts are kept in the
+database meanwhile (before their writes are answered), so a restart loses none of them, and several bot processes
+behind a load balancer share them (bot/db/held_parts.py): each write's scrapes are settled in one transaction with
+what the database holds of them, under a lock per scrape, so whichever process completes a scrape stores it once
+with every part, whichever got which part. A process that stops leaves its parts to the next start, or to another
+process once they are ADOPT_AFTER_S old.
 
 Only the series Rigwatch reads are decoded: protobuf hands out the request's series still encoded (frames.proto),
 and the others (nine in ten of node_exporter's) are dropped once their name is read in place
@@ -34,15 +39,18 @@ from google.protobuf.message import DecodeError
 from agent.log_once import Once
 from agent.wire import Sample
 from bot.db import Rejection
-from bot.db.held_parts import Part
-from bot.intake.node_exporter import READERS, Key, NodeExporter, Scrape, device_name, key, ts_problem
+from bot.db.held_parts import Fleet, Part, ScrapeKey
+from bot.intake.node_exporter import READERS, Key, NodeExporter, Scrape, Verdict, device_name, key, ts_problem
 from bot.intake.prompb import frames_pb2, types_pb2
 from bot.intake.series_pattern import MAYBE_READ, NAMED
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024  # decompressed
 GRACE_S = 10.0  # a scrape split over several writes waits this long for its rest (Prometheus flushes every 5 s)
-PRUNE_EVERY_S, PRUNE_AFTER_S = 600.0, 3600.0  # held parts of no scrape waiting (a race left them) are forgotten
+# Parts kept this long, of a scrape no process stored, were kept by a process that stopped: another one stores them.
+ADOPT_EVERY_S, ADOPT_AFTER_S = 10.0, 3 * GRACE_S
+# The scrapes stored are remembered this long: a part coming later is known as late, and a whole scrape's size.
+FORGET_EVERY_S, REMEMBER_S = 60.0, 600.0
 REFUSE_AGAIN_S = 600.0  # a device label refused is recorded in /rejected again after this long
 class Malformed(ValueError):
     """A body that is not a remote write 1.0 request; the text says why (400)."""
@@ -105,22 +113,38 @@ def _millis(varint: bytes) -> int | None:
 
 
 class Holding(Protocol):
-    """Where the parts of scrapes waiting for their rest are kept durably (bot/db/held_parts.py)."""
+    """Where the parts of scrapes waiting for their rest are kept durably, shared by every bot process on the
+    database (bot/db/held_parts.py)."""
 
-    def keep(self, parts: Iterable[Part], now: float) -> None: ...
-    def release(self, scrapes: Iterable[tuple[str, int]]) -> None: ...
-    def load(self) -> list[tuple[str, int, list[tuple[Key, float]], float]]: ...
-    def older(self, than: float) -> list[tuple[str, int]]: ...
+    def session(self, scrapes: Iterable[ScrapeKey], now: float) -> contextlib.AbstractContextManager[Fleet]: ...
+    def load(self, before: float | None = None) -> list[tuple[str, int, list[tuple[Key, float]], float]]: ...
+    def forget(self, before: float) -> int: ...
+
+
+class _Alone(Fleet):
+    """Without a holding: no other process is known of, and the parts waiting are kept in memory alone."""
+
+    def keep(self, parts: Iterable[Part], now: float) -> None:
+        """Nowhere to keep them but the mapper."""
+
+    def take(self, series: Mapping[ScrapeKey, int], now: float) -> None:
+        """The mapper remembers the scrapes it handed out."""
+
+    def release(self, scrapes: Iterable[ScrapeKey]) -> None:
+        """Nothing kept."""
 
 
 @dataclass
 class _Turn:
-    """What one write brought, waiting to be stored with what others brought."""
+    """What one write brought (or what a flush found due), waiting to be settled and stored with what others
+    brought."""
 
-    samples: list[Sample]
+    brought: dict[ScrapeKey, list[tuple[Key, float]]]
     rejects: list[Rejection]
-    parts: list[Part]  # to keep: of scrapes that wait for their rest
-    released: list[tuple[str, int]]  # scrapes stored now whose parts were kept
+    now: float
+    due: list[ScrapeKey] = field(default_factory=list)  # scrapes that waited out their grace
+    everything: bool = False  # every scrape due, whatever its grace (at shutdown)
+    stored: int = 0  # samples stored of its scrapes
     done: bool = False
     error: Exception | None = None
 
@@ -150,13 +174,17 @@ Store = Callable[[list[Sample], list[Rejection]], object]
 
 class Receiver:
     """Decodes writes, maps node_exporter's series to samples and stores them; blocks (run it in a thread).
-    Without `held`, the parts of scrapes waiting for their rest are kept in memory alone."""
+    Without `held`, the parts of scrapes waiting for their rest are kept in memory alone. `store_lock`, when the
+    store takes one, is taken before the database's transaction: the store runs inside it, and a store that held
+    its lock while waiting for the database (SQLite's one writer) would wait for us in a circle."""
 
     def __init__(self, store: Store, device_label: str = "instance", grace_s: float = GRACE_S,
-                 held: Holding | None = None) -> None:
+                 held: Holding | None = None,
+                 store_lock: contextlib.AbstractContextManager[object] | None = None) -> None:
         self.store = store
         self.held = held
-        self._pruned = time.time()
+        self._store_lock = store_lock or contextlib.nullcontext()
+        self._adopted = self._forgotten = 0.0
         self.device_label = device_label
         self.mapper = NodeExporter(grace_s)
         self._lock = threading.Lock()  # around the mapper
@@ -178,19 +206,13 @@ class Receiver:
         now = time.time() if now is None else now
         # One write decoded at a time: decoding holds the interpreter anyway. A store waits for the writes being
         # decoded, and stores them with its own (_store_together).
-        with self._on_the_way():
-            with self._reading:
-                with decompress(body, self._raw) as raw:
-                    series = frames(raw)
-                outcome = Outcome(series=len(series))
-                rejects: list[Rejection] = []
-                scrapes = self._read(series, now, outcome, rejects)
-            with self._lock:
-                for (device, ts_ms), values in scrapes.items():
-                    self.mapper.add(device, ts_ms, values, now)
-                ready = self.mapper.take(now)
-                parts = self._waiting_parts(scrapes) if self.held is not None else []
-        outcome.samples = self._store(ready, rejects, parts)
+        with self._on_the_way(), self._reading:
+            with decompress(body, self._raw) as raw:
+                series = frames(raw)
+            outcome = Outcome(series=len(series))
+            rejects: list[Rejection] = []
+            scrapes = self._read(series, now, outcome, rejects)
+        outcome.samples = self._store(_Turn(scrapes, rejects, now))
         return outcome
 
     @contextlib.contextmanager
@@ -205,29 +227,27 @@ class Receiver:
                 self._coming -= 1
                 self._turn.notify_all()
 
-    def _waiting_parts(self, scrapes: dict[tuple[str, int], list[tuple[Key, float]]]) -> list[Part]:
-        """What this write brought to scrapes that still wait for their rest: to be kept before it is answered."""
-        parts = []
-        for (device, ts_ms), values in scrapes.items():
-            waiting = self.mapper.waiting(device, ts_ms)
-            if waiting is not None:
-                waiting.held = True
-                parts.append((device, ts_ms, values))
-        return parts
-
     def recover(self) -> int:
-        """Take back the parts kept before a restart: their scrapes wait for the rest until their grace is out
-        (counted from when they came). How many scrapes."""
+        """Take back the parts kept before a restart (by this process, or by another one): their scrapes wait for
+        the rest until their grace is out, counted from when they came. How many scrapes."""
         if self.held is None:
             return 0
-        held = self.held.load()
+        return self._adopt(self.held.load())
+
+    def _adopt(self, parts: list[tuple[str, int, list[tuple[Key, float]], float]]) -> int:
+        """Parts kept in the database of scrapes not waiting here: they wait here too (settled with the database's
+        lock, so whichever process comes first stores them, and the other finds them stored). How many scrapes."""
+        adopted: set[ScrapeKey] = set()
         with self._lock:
-            for device, ts_ms, values, at in held:
+            for device, ts_ms, values, at in parts:
+                if (device, ts_ms) not in adopted and self.mapper.waiting(device, ts_ms) is not None:
+                    continue  # waiting here already: settled with every part the database holds
                 self.mapper.add(device, ts_ms, values, at)
                 scrape = self.mapper.waiting(device, ts_ms)
                 if scrape is not None:
-                    scrape.held = scrape.recovered = True
-        return len({(device, ts_ms) for device, ts_ms, _values, _at in held})
+                    scrape.recovered = True
+                    adopted.add((device, ts_ms))
+        return len(adopted)
 
     def _read(self, series: list[bytes], now: float, outcome: Outcome,
               rejects: list[Rejection]) -> dict[tuple[str, int], list[tuple[Key, float]]]:
@@ -327,47 +347,45 @@ class Receiver:
             self._times[varint] = ts_ms
 
     def flush(self, everything: bool = False, now: float | None = None) -> int:
-        """Store the scrapes that waited out their grace (or, at shutdown, all); how many samples."""
+        """Store the scrapes that waited out their grace; how many samples. `everything` (at shutdown) stores every
+        scrape waiting as well, unless they are kept in the database: then they wait there for the rest, for the
+        next start or another bot process. With a holding, it also takes over the parts another process kept and
+        never stored (it stopped), and forgets the scrapes stored long ago."""
         now = time.time() if now is None else now
+        if self.held is not None:
+            self._look_after(now)
+        everything = everything and self.held is None
         with self._lock:
-            ready = self.mapper.take(now, everything=everything)
-        stored = self._store(ready, []) if ready else 0
-        if self.held is not None and now - self._pruned >= PRUNE_EVERY_S:
-            self._pruned = now
-            self._prune(now)
-        return stored
+            due = self.mapper.due(now, everything)
+        return self._store(_Turn({}, [], now, due, everything)) if due else 0
 
-    def _prune(self, now: float) -> None:
-        """Forget held parts of scrapes stored long ago: two writes racing can keep a part after its scrape was
-        stored. A scrape still waiting (its store is out) keeps its parts."""
+    def _look_after(self, now: float) -> None:
+        """What other processes left in the database: parts kept long ago are taken over, and the scrapes stored
+        long ago forgotten."""
         assert self.held is not None
         try:
-            old = self.held.older(now - PRUNE_AFTER_S)
-            with self._lock:
-                gone = [scrape for scrape in old if self.mapper.waiting(*scrape) is None]
-            if gone:
-                self.held.release(gone)
-        except Exception as exc:  # the database is out: the next prune tries again
-            log.warning("remote write: held parts not pruned: %s", exc)
+            if now - self._adopted >= ADOPT_EVERY_S:
+                self._adopted = now
+                if adopted := self._adopt(self.held.load(before=now - ADOPT_AFTER_S)):
+                    log.info("remote write: %d scrapes kept by a bot process that stopped are stored here", adopted)
+            if now - self._forgotten >= FORGET_EVERY_S:
+                self._forgotten = now
+                self.held.forget(now - REMEMBER_S)
+        except Exception as exc:  # the database is out: storing says so, and the next look tries again
+            log.debug("remote write: the parts kept in the database not looked after: %s", exc)
 
-    def _store(self, ready: list[tuple[Scrape, Sample | None]], rejects: list[Rejection],
-               parts: list[Part] | None = None) -> int:
-        samples = [sample for _scrape, sample in ready if sample is not None]
-        released = [(scrape.device, scrape.ts_ms) for scrape, _sample in ready if scrape.held]
-        if not samples and not rejects and not parts and not released:
+    def _store(self, turn: _Turn) -> int:
+        if not turn.brought and not turn.due and not turn.rejects:
             return 0
         try:
-            self._store_together(_Turn(samples, rejects, parts or [], released))
+            self._store_together(turn)
         except Exception as exc:
-            with self._lock:
-                self.mapper.restore(scrape for scrape, _sample in ready)
             raise Unavailable(str(exc) or type(exc).__name__) from exc
-        return len(samples)
+        return turn.stored
 
     def _store_together(self, mine: _Turn) -> None:
-        """Store together with what other writes bring meanwhile: one prediction and one transaction for all the
+        """Store together with what other writes bring meanwhile: one transaction and one prediction for all the
         writes waiting (a store costs about as much whatever its size: most of it is the prediction's fixed part).
-        The parts of scrapes that wait for their rest are kept first; those of scrapes stored, released after.
 
         Reading goes first: a store waits while another write is read, or stored, so that under load the writes
         under way are stored at once instead of one by one between their readings. The wait is bounded: the server
@@ -384,12 +402,8 @@ class Receiver:
             batch, self._queue = self._queue, []
         error: Exception | None = Unavailable("storing was interrupted")
         try:
-            parts = [part for turn in batch for part in turn.parts]
-            if parts and self.held is not None:
-                self.held.keep(parts, time.time())
-            self.store([s for turn in batch for s in turn.samples], [r for turn in batch for r in turn.rejects])
+            self._settle(batch)
             error = None
-            self._release([scrape for turn in batch for scrape in turn.released])
         except Exception as exc:
             error = exc
         finally:  # whatever happened, the writes waiting are answered and another may lead
@@ -401,15 +415,73 @@ class Receiver:
         if error is not None:
             raise error
 
-    def _release(self, scrapes: list[tuple[str, int]]) -> None:
-        """Forget the held parts of scrapes now stored. Failing is no reason to answer 5xx: what they held is
-        stored, and parts kept too long are pruned (or, after a restart, stored again: nothing twice)."""
-        if not scrapes or self.held is None:
-            return
+    def _settle(self, batch: list[_Turn]) -> None:
+        """The scrapes the writes brought (and those due), settled with what the database holds of them, in one
+        transaction with the store of the samples ready: the parts of scrapes that wait are kept, those of scrapes
+        stored released, or nothing happens (and the writes are answered 503)."""
+        brought: dict[ScrapeKey, dict[Key, float]] = {}
+        for turn in batch:
+            for scrape, values in turn.brought.items():
+                brought.setdefault(scrape, {}).update(values)
+        scrapes = sorted(set(brought).union(*(turn.due for turn in batch)))
+        now = max(turn.now for turn in batch)
+        alone = self.held is None or not scrapes
+        session = contextlib.nullcontext(_Alone()) if alone else self.held.session(scrapes, now)  # type: ignore[union-attr]
+        taken: list[Scrape] = []
         try:
-            self.held.release(scrapes)
-        except Exception as exc:
-            log.warning("remote write: held parts of %d stored scrapes not released: %s", len(scrapes), exc)
+            with self._store_lock, session as fleet:
+                samples = self._decide(fleet, batch, scrapes, brought, now, taken)
+                rejects = [r for turn in batch for r in turn.rejects]
+                if samples or rejects:
+                    self.store(samples, rejects)
+        except BaseException:
+            with self._lock:
+                self.mapper.restore(taken)
+            raise
+
+    def _decide(self, fleet: Fleet, batch: list[_Turn], scrapes: list[ScrapeKey],
+                brought: dict[ScrapeKey, dict[Key, float]], now: float, taken: list[Scrape]) -> list[Sample]:
+        """What becomes of each scrape, with what the database holds of it: waits (what came now is kept), is
+        stored (its parts are released), or came after it was stored (left out). The samples to store; the scrapes
+        taken out of the mapper go to `taken`, to be restored if storing fails."""
+        everything = any(turn.everything for turn in batch)
+        keep: list[Part] = []
+        series: dict[ScrapeKey, int] = {}
+        released: list[ScrapeKey] = []
+        samples: list[Sample] = []
+        stored: set[ScrapeKey] = set()
+        with self._lock:
+            for turn in batch:
+                for (device, ts_ms), values in turn.brought.items():
+                    self.mapper.add(device, ts_ms, values, turn.now)
+            for scrape in scrapes:
+                device, ts_ms = scrape
+                fresh = brought.get(scrape, {})
+                held = fleet.held.get(scrape)
+                settled = self.mapper.settle(
+                    device, ts_ms, now, fresh=len(fresh), more=held.values if held else (),
+                    since=held.since if held else None, expected=fleet.expected.get(device),
+                    taken=fleet.taken.get(scrape), everything=everything)
+                if settled.verdict is Verdict.WAITING:
+                    if fresh:
+                        keep.append((device, ts_ms, list(fresh.items())))
+                    continue
+                if settled.verdict is Verdict.GONE:  # settled meanwhile
+                    continue
+                released.append(scrape)
+                if settled.series is not None:
+                    series[scrape] = settled.series
+                if settled.verdict is Verdict.READY and settled.scrape is not None:
+                    taken.append(settled.scrape)
+                    if settled.sample is not None:
+                        samples.append(settled.sample)
+                        stored.add(scrape)
+        for turn in batch:
+            turn.stored = len(stored & {*turn.brought, *turn.due})
+        fleet.keep(keep, now)
+        fleet.take(series, now)
+        fleet.release(released)
+        return samples
 
     def _refuse(self, source: str, reason: str, payload: str, outcome: Outcome, rejects: list[Rejection]) -> None:
         """Say why series were left out; recorded for /rejected once per source every REFUSE_AGAIN_S."""

@@ -135,7 +135,8 @@ class RemoteWriteServer:
                  "" if self._token else " without a token (REMOTE_WRITE_TOKEN)")
 
     async def stop(self) -> None:
-        """Stop taking writes, then store every scrape still waiting for its rest."""
+        """Stop taking writes, then store the scrapes still waiting for their rest in memory alone (those kept in
+        the database wait there for the next start, or another bot process)."""
         if self._runner is not None:
             await self._runner.cleanup()
         if self._flusher is not None:

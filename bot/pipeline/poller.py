@@ -65,8 +65,9 @@ class Poller:
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._beaten = 0.0
-        # One batch at a time through prediction, the store and the decisions, whichever way it came.
-        self._storing = threading.Lock()
+        # One batch at a time through prediction, the store and the decisions, whichever way it came; reentrant,
+        # so that the remote-write receiver can take it before its own transaction, around a store (Receiver).
+        self.store_lock = threading.RLock()
         self.storing = Outage(log, "storing a batch failed; it will be read again: %s", "storing works again",
                               level=logging.ERROR)
 
@@ -127,7 +128,7 @@ class Poller:
               origins: Sequence[db.Origin] | None = None) -> list[db.StoredSample]:
         """Predict and store samples in one transaction with the incidents they decide; return those that were new.
         Blocks; raises what the store raised (nothing of the batch is stored then)."""
-        with self._storing:
+        with self.store_lock:
             values, predictions, version = predict(self.model, samples, self.tolerances)
             return db.store_batch(samples, predictions, version, rejects, origins, on_stored=self.decider.decide,
                                   values=values)

@@ -70,13 +70,27 @@ class KafkaBroker:
             self._proc = None
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
-        """Create a topic and wait until the broker has it."""
+        """Create a topic and wait until the broker has it; one that exists already (a bot running creates its
+        topic when it is missing) is left as it is."""
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
         for future in futures.values():
-            future.result(timeout=10)
+            try:
+                future.result(timeout=10)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+
+    def partitions(self, topic: str) -> int | None:
+        """The topic's partitions; None when the broker has no such topic. (All topics are listed: the broker
+        creates a topic that a metadata request names.)"""
+        from confluent_kafka.admin import AdminClient
+
+        found = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=10).topics.get(topic)
+        return len(found.partitions) if found is not None and found.error is None else None
 
     def __enter__(self) -> KafkaBroker:
         return self.start()
