@@ -198,7 +198,8 @@ def test_trends_are_written_at_most_every_save_every_s_and_at_most_so_many_a_bat
     forecaster.observe([(n, f"m{n:04}", T0 + 30, {"disk_percent": 50.0}, None, None) for n in range(1200)])
     assert forecaster.unsaved(T0 + 59, most=500) == [], "written less than a minute ago"
     assert len(forecaster.unsaved(T0 + 60, most=None)) == 500, "those written first are due first"
-    assert forecaster.unsaved(T0 + 200, most=None) != [] and forecaster.unsaved(T0 + 400) == []
+    assert len(forecaster.unsaved(T0 + 60, early=True)) == 700, "when the bot stops: all of them"
+    assert forecaster.unsaved(T0 + 400) == []
 
 
 def put(device: str, start: float, step: float, values: list[float]) -> None:

@@ -43,8 +43,10 @@ def trend_states(chunk: int) -> Iterator[list[Kept]]:
 
 
 # The samples a kept state does not hold: those of its device from its `ts` on, but no more than the last `window`
-# before the device's newest (a state long out of date is brought forward as a silence would be). On PostgreSQL a
-# LATERAL subquery makes it one index range per device; SQLite joins that way on its own.
+# before the device's newest (a state long out of date is brought forward as a silence would be). One range of the
+# (device, ts) index per kept state, never a walk over the devices' samples: PostgreSQL is held to it by a LATERAL
+# subquery, SQLite by CROSS JOIN, which keeps the kept states the outer loop (left to itself it read every sample
+# of the chunk's devices).
 _SINCE = "CASE WHEN d.last_ts IS NULL OR s.ts > d.last_ts - {p} THEN s.ts ELSE d.last_ts - {p} END"
 _AFTER_POSTGRES = """
 SELECT m.id, m.device, m.ts, m.filesystems, m.readings, {columns}
@@ -55,9 +57,8 @@ ORDER BY m.device, m.ts
 """
 _AFTER_SQLITE = """
 SELECT m.id, m.device, m.ts, m.filesystems, m.readings, {columns}
-FROM trend_state AS s LEFT JOIN device AS d ON d.name = s.device
-JOIN metric AS m ON m.device = s.device AND m.ts >= {since}
-WHERE s.device >= {p} AND s.device <= {p}
+FROM trend_state AS s LEFT JOIN device AS d ON d.name = s.device CROSS JOIN metric AS m
+WHERE m.device = s.device AND m.ts >= {since} AND s.device >= {p} AND s.device <= {p}
 ORDER BY m.device, m.ts
 """
 

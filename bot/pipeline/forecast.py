@@ -111,7 +111,7 @@ class Trend:
         trend = cls(edge)
         open_index, sample_id, ts, open_values, medians, trend.slope, trend.ref_ts, trend.ref_level, drops = dumped
         trend.open_index, trend.latest, trend.open_values = open_index, (sample_id, ts), list(open_values)
-        trend.medians.extend((t, v) for t, v in medians)
+        trend.medians.extend(map(tuple, medians))
         trend.drops.extend(drops)
         return trend
 
@@ -316,13 +316,14 @@ class Forecaster:
 
     # Kept in the database: written as it is learnt, read back at start (bot/pipeline/learnt.py).
 
-    def unsaved(self, now: float, most: int | None = None) -> list[tuple[str, float, str]]:
+    def unsaved(self, now: float, most: int | None = None, early: bool = False) -> list[tuple[str, float, str]]:
         """(device, ts, state) of the devices that learnt something since their state was last handed out here, at
-        most `save_every_s` before `now`, and at most `most` of them (those waiting longest first): what to
-        write. Their samples before `ts` are in `state`; `Forecaster.restore` takes it back."""
+        most `save_every_s` before `now` (or later, when `early`: the bot stops), and at most `most` of them (those
+        waiting longest first): what to write. Their samples before `ts` are in `state`; `Forecaster.restore` takes
+        it back."""
         states = []
         with self._lock:
-            while self._due and self._due[0][0] <= now and (most is None or len(states) < most):
+            while self._due and (early or self._due[0][0] <= now) and (most is None or len(states) < most):
                 _, device = heapq.heappop(self._due)
                 self._unsaved.discard(device)
                 self._saved_at[device] = now

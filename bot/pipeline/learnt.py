@@ -27,10 +27,12 @@ SAVE_MOST = 500  # machines' trends one batch writes at most
 RESTORE_CHUNK = 1000  # machines' trends read back at a time
 
 
-def save(forecaster: Forecaster, baselines: Baselines, now: float, most: int | None = SAVE_MOST) -> int:
-    """Write what was learnt and is due to be written (every machine's, with `most` None); inside a batch's
-    transaction, so it is kept with the samples it was learnt from. Blocks; how many machines' trends it wrote."""
-    states = forecaster.unsaved(now, most)
+def save(forecaster: Forecaster, baselines: Baselines, now: float, most: int | None = SAVE_MOST,
+         everything: bool = False) -> int:
+    """Write what was learnt and is due to be written (all of it, `everything`, when the bot stops); inside a
+    batch's transaction, so it is kept with the samples it was learnt from. Blocks; how many machines' trends it
+    wrote."""
+    states = forecaster.unsaved(now, None if everything else most, early=everything)
     learnt.save_trends(states, now)
     learnt.save_usual(baselines.unsaved())
     return len(states)
