@@ -142,7 +142,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     # goes on trying with backoff while the store is down or refuses, and samples are stored without a prediction.
     keeper = ModelKeeper(model, jobs.model_news_teller(application.bot, settings.allowed_chat_ids))
     application.bot_data["model_keeper"] = asyncio.create_task(keeper.keep_loaded(), name="model")
-    await keeper.tried.wait()
+    # The consumer joins its group in librdkafka's threads while the model loads: a second or so of each start.
     if settings.kafka_bootstrap:
         source: KafkaSource | LocalSource = KafkaSource(settings)
         interval = settings.poll_interval_s
@@ -151,6 +151,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         source = LocalSource()
         interval = settings.sample_interval_s
         log.info("single-host mode: watching this machine as %s every %g s", source.device, interval)
+    await keeper.tried.wait()
     baselines: Baselines = application.bot_data["baselines"]
     forecaster: forecast.Forecaster = application.bot_data["forecaster"]
     tolerances: Tolerances = application.bot_data["tolerances"]
@@ -267,7 +268,7 @@ def _save_learnt(application: Application) -> None:
     forecaster: forecast.Forecaster = application.bot_data["forecaster"]
     try:
         with db.transaction():
-            saved = learnt.save(forecaster, application.bot_data["baselines"], time.time(), most=None)
+            saved = learnt.save(forecaster, application.bot_data["baselines"], time.time(), everything=True)
     except pw.PeeweeException as exc:
         log.warning("could not keep the forecasts' trends (%s); the next start reads the samples after the kept "
                     "ones", exc)
