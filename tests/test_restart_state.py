@@ -7,12 +7,14 @@ import peewee as pw
 
 from agent.wire import Sample
 from bot import db
+from bot.chat.status import device_status
 from bot.db import learnt as kept
 from bot.pipeline import learnt
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import SAVE_EVERY_S, Forecast, Forecaster
 from schema.tables import TrendState, UsualRange
+from tests.fakes.samples import stored
 
 T0 = 1764226800.0  # 2025-11-27 07:00:00 UTC
 MINUTE = 60.0
@@ -225,3 +227,16 @@ def test_usual_ranges_are_kept_and_read_back_after_a_restart_until_they_are_an_h
 
     UsualRange.update(computed=UsualRange.computed - 3600).execute()
     assert Baselines().get("pc1")["disk_percent"].high == 90.0, "an hour old: worked out again"
+
+
+def test_status_says_a_machine_s_trends_are_still_being_read_back_rather_than_that_it_has_none() -> None:
+    forecaster = Forecaster(HORIZON_S)
+    forecaster.begin_restoring()
+
+    def shown() -> str:
+        return device_status(stored("pc1", disk_percent=50.0), 0.7, 1, now=T0, forecasts=forecaster.forecasts("pc1"),
+                             restoring=not forecaster.back("pc1"))
+
+    assert "Forecast: the trends are being read back after a restart" in shown()
+    forecaster.restore("pc1", None, [(1, "pc1", T0, {"disk_percent": 50.0}, None, None)])
+    assert "Forecast: none yet" in shown()

@@ -349,6 +349,11 @@ class Forecaster:
                     self._was_alerted.setdefault(device, set()).add(metric)
                     self.alerted.add((device, metric))
 
+    @property
+    def restoring(self) -> bool:
+        """Whether the states kept before the start are still being taken back."""
+        return self._restoring
+
     def back(self, device: str) -> bool:
         """Whether the device's forecasts are what it learnt: always, but while its state is being restored."""
         return not self._restoring or device in self._back
