@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -93,13 +92,13 @@ def write_cost(url: str, machines: int = learnt.SAVE_MOST, hours: float = 3.0, r
                                                            "mem_percent": 40.0 + k % 5, "swap_percent": 5.0}, None,
                                  None) for d, name in enumerate(names)])
             if k < steps:
-                forecaster.unsaved(math.inf)  # learning the history is not what is measured
+                forecaster.unsaved(start + 20.0 * k)  # learning the history is not what is measured
                 continue
             began = time.perf_counter()
             with db.transaction():
                 learnt.save(forecaster, Baselines(), time.time(), most=machines)
             spent.append(time.perf_counter() - began)
-        size = database.execute_sql("SELECT avg(length(state)) FROM trend_state WHERE device LIKE 'w%'").fetchone()[0]
+        size = TrendState.select(pw.fn.AVG(pw.fn.LENGTH(TrendState.state))).where(TrendState.device.in_(names)).scalar()
         TrendState.delete().where(TrendState.device.in_(names)).execute()
     finally:
         database.close()
