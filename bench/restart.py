@@ -12,9 +12,11 @@ machine and a ``/status <machine>`` waiting in the fake Bot API:
 2. and 3. restarts: the kept trends are read back, one row per machine.
 
 Each start is timed from launching the process (imports included) to the first new sample stored (seen by this
-script, which polls the store every 20 ms), to the reply to ``/status`` reaching the fake Bot API, and to the
-bot's log saying its forecasts are restored (with how many rows it read for them). The target: samples taken in
-again within 5 s, the same at 1 and 10 million samples.
+script, which polls the store every 20 ms; with the CPU time the bot had used by then, which other work on the
+machine does not change), to the reply to ``/status`` reaching the fake Bot API, and to the bot's log saying its
+forecasts are restored (with how many rows it read for them). The target: samples taken in again within 5 s, the
+same at 1 and 10 million samples. ``--code DIR`` runs the bot of another checkout (an older commit, say) on the
+same stores, to compare.
 
 Run from the repository root (needs requirements-dev.txt; PostgreSQL needs Debian's ``postgresql`` server
 package, as the tests do)::
@@ -47,6 +49,7 @@ from datetime import datetime
 from pathlib import Path
 
 import peewee as pw
+import psutil
 from confluent_kafka import Producer
 
 from bot import db
@@ -115,6 +118,7 @@ class Start:
     label: str
     opened_s: float | None = None  # the bot's first log line: its code imported, the store opened
     first_sample_s: float | None = None
+    cpu_s: float | None = None  # CPU the bot had used by then: what the start costs, whatever else the machine runs
     first_answer_s: float | None = None
     restored_s: float | None = None
     restored: str = ""  # what the bot said of the trends it restored
@@ -181,6 +185,7 @@ def measure_start(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, 
     started, launched = time.monotonic(), time.time()
     with bot:
         assert bot.proc is not None
+        process = psutil.Process(bot.proc.pid)
         try:
             while None in (result.first_sample_s, result.first_answer_s, result.restored_s):
                 now = time.monotonic() - started
@@ -189,6 +194,8 @@ def measure_start(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, 
                     break
                 if result.first_sample_s is None and _highest_id(database) > before:
                     result.first_sample_s = now
+                    times = process.cpu_times()
+                    result.cpu_s = times.user + times.system
                 if result.first_answer_s is None and any(
                         c.method == "sendMessage" and c.status == 200 for c in fake.calls()[mark:]):
                     result.first_answer_s = now
@@ -224,7 +231,7 @@ def _seconds(value: float | None) -> str:
 
 def _line(s: Start) -> str:
     return (f"{s.label:<10} code imported and store opened {_seconds(s.opened_s):>8}, "
-            f"first new sample stored {_seconds(s.first_sample_s):>8}, /status answered "
+            f"first new sample stored {_seconds(s.first_sample_s):>8} (CPU {_seconds(s.cpu_s)}), /status answered "
             f"{_seconds(s.first_answer_s):>8}, forecasts restored {_seconds(s.restored_s):>8}, "
             f"VmHWM {s.hwm / MIB:.0f} MiB")
 
