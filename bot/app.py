@@ -10,11 +10,13 @@ import asyncio
 import gc
 import logging
 import signal
+import threading
 import time
 from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import peewee as pw
 from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, MessageHandler, TypeHandler
@@ -26,10 +28,10 @@ from bot.chat.bot_api import PollingRequest, TelegramLink, connect
 from bot.chat.rate_limits import CommandBudget, FairRateLimiter
 from bot.chat.sender import Sender
 from bot.config import Settings
-from bot.db import incidents, retention
+from bot.db import retention
 from bot.db.outbox import Route
 from bot.intake.sources import KafkaSource, LocalSource
-from bot.pipeline import forecast
+from bot.pipeline import forecast, learnt
 from bot.pipeline.active_model import ActiveModel, ModelKeeper
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
@@ -50,6 +52,7 @@ OUTAGE_CHECK_S = 5.0  # how often the chats' view of Kafka and the database is b
 GC_YOUNG = 50_000  # allocations between collections of the youngest generation (Python's default: 700)
 SEND_EVERY_S = 1.0  # the outbox is also delivered at once after a batch that queued a message
 WATCH_EVERY_S = 15.0  # silent machines, reminders and ended mutes (more often for shorter settings)
+RESTORE_RETRY_MAX_S = 30.0
 
 
 def build_application(settings: Settings, model_store: ModelStore) -> Application:
@@ -139,7 +142,7 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     # goes on trying with backoff while the store is down or refuses, and samples are stored without a prediction.
     keeper = ModelKeeper(model, jobs.model_news_teller(application.bot, settings.allowed_chat_ids))
     application.bot_data["model_keeper"] = asyncio.create_task(keeper.keep_loaded(), name="model")
-    await keeper.tried.wait()
+    # The consumer joins its group in librdkafka's threads while the model loads: a second or so of each start.
     if settings.kafka_bootstrap:
         source: KafkaSource | LocalSource = KafkaSource(settings)
         interval = settings.poll_interval_s
@@ -148,11 +151,12 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
         source = LocalSource()
         interval = settings.sample_interval_s
         log.info("single-host mode: watching this machine as %s every %g s", source.device, interval)
+    await keeper.tried.wait()
     baselines: Baselines = application.bot_data["baselines"]
     forecaster: forecast.Forecaster = application.bot_data["forecaster"]
     tolerances: Tolerances = application.bot_data["tolerances"]
-    await asyncio.to_thread(tolerances.refresh)  # the forecasts rebuilt next aim at the machines' own edges
-    await asyncio.to_thread(_rebuild_forecasts, forecaster)
+    await asyncio.to_thread(tolerances.refresh)  # the forecasts aim at the machines' own edges
+    forecaster.begin_restoring()  # the trends come back beside ingestion, once it runs (_restore_learnt)
     route = Route(tuple(sorted(settings.allowed_chat_ids)), settings.alert_group_s, settings.alert_group_min)
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
                   settings.alert_repeat_s, settings.silent_after_s, route, settings.timezone, settings.dependencies)
@@ -196,6 +200,8 @@ async def _start_ingestion(application: Application, watch_silences: bool) -> No
     if settings.remote_write_listen is not None:
         server = await _start_remote_write(application, settings, poller)
         watched.append(jobs.WatchedService(lambda: server.receiving, jobs.REMOTE_WRITE_IDLE, jobs.REMOTE_WRITE_BACK))
+    stop = threading.Event()
+    application.bot_data["restoring"] = (stop, asyncio.create_task(_restore_learnt(forecaster, stop), name="restore"))
 
 
 async def _start_remote_write(application: Application, settings: Settings, poller: Poller) -> RemoteWriteServer:
@@ -240,13 +246,35 @@ async def _greet(application: Application) -> None:
         log.warning("could not set the command menu: %s", exc.message)
 
 
-def _rebuild_forecasts(forecaster: forecast.Forecaster) -> None:
-    """The trends as they were before the restart, from the store's last window of samples; an episode
-    with an open incident stays alerted, so a restart does not repeat it."""
-    forecaster.observe((*sample, forecast.inodes(readings))
-                       for *sample, readings in db.recent_per_device(forecast.REBUILD_S, list(forecast.TRENDED)))
-    forecaster.restore_alerted(incidents.open_forecasts())
-    log.info("forecasts rebuilt for %d devices", forecaster.devices())
+async def _restore_learnt(forecaster: forecast.Forecaster, stop: threading.Event) -> None:
+    """The trends as they were before the restart, read back beside ingestion: one kept row per machine, and the
+    last hours of the machines that have none (bot/pipeline/learnt.py). Tried again while the database fails."""
+    wait_s = 1.0
+    while True:
+        try:
+            done = await asyncio.to_thread(learnt.restore, forecaster, stop)
+            break
+        except pw.PeeweeException as exc:  # the machines not back yet wait: their samples are held meanwhile
+            log.error("restoring the forecasts failed (%s); trying again in %g s", exc, wait_s)
+        if await asyncio.to_thread(stop.wait, wait_s):
+            return
+        wait_s = min(RESTORE_RETRY_MAX_S, 2 * wait_s)
+    if not stop.is_set():
+        log.info("forecasts restored for %d devices in %.2f s: %d kept states and %d samples after them read, "
+                 "%d devices rebuilt from %d recent samples", done.states + done.rebuilt, done.seconds, done.states,
+                 done.after, done.rebuilt, done.recent)
+
+
+def _save_learnt(application: Application) -> None:
+    forecaster: forecast.Forecaster = application.bot_data["forecaster"]
+    try:
+        with db.transaction():
+            saved = learnt.save(forecaster, application.bot_data["baselines"], time.time(), everything=True)
+    except pw.PeeweeException as exc:
+        log.warning("could not keep the forecasts' trends (%s); the next start reads the samples after the kept "
+                    "ones", exc)
+        return
+    log.info("kept the trends of %d devices", saved)
 
 
 async def _shut_down(application: Application) -> None:
@@ -259,6 +287,12 @@ async def _shut_down(application: Application) -> None:
     poller: Poller | None = application.bot_data.get("poller")
     if poller is not None:
         await poller.stop()  # its messages go out while the bot can still send
+    restoring: tuple[threading.Event, asyncio.Task[None]] | None = application.bot_data.get("restoring")
+    if restoring is not None:
+        restoring[0].set()
+        await restoring[1]
+        # What was learnt since it was last written: the next start reads it back instead of the samples.
+        await asyncio.to_thread(_save_learnt, application)
     keeper: asyncio.Task[None] | None = application.bot_data.get("model_keeper")
     if keeper is not None:
         keeper.cancel()

@@ -11,6 +11,9 @@ the incident rules of the bot's defaults), on the samples' own times. Two kinds:
   opened; the target is none, in the second week at least (the first is the machine's history the bot learns
   its daily cycle from).
 
+A story may restart the bot on its way: from then on a new forecaster decides, with what the bot kept in the store
+taken back as a start takes it (bot/pipeline/learnt.py).
+
 ``python -m bot.replay`` prints the table and exits non-zero when a replay fails; tests/test_replay.py holds it
 to its targets.
 """
@@ -32,6 +35,7 @@ from agent.wire import Sample
 from bot import db
 from bot.config import load_settings
 from bot.db.outbox import Route
+from bot.pipeline import learnt
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import CYCLE_DAYS, Forecaster
@@ -64,6 +68,7 @@ class Story:
     lead_target_min: float = LEAD_TARGET_MIN
     start_s: float = PROBLEM_START_S  # a developing problem starts this long after START
     learning_s: float = 0.0  # alerts before this are the bot learning the machine, not false alarms
+    restart_s: float | None = None  # the bot restarts this long after START: it goes on from what it kept
 
     @property
     def developing(self) -> bool:
@@ -130,6 +135,9 @@ STORIES = [
     Story("database memory sits at 88 %", lambda _t: {"mem_percent": 88.0}),
     Story("JVM heap sawtooth 55 → 92 % every 15 min", _heap),
     Story("logs grow 3 %/h to 92 %, rotated at midnight", _logs),
+    # What the bot learnt of the rotation (bot/pipeline/learnt.py) survives a restart on Wednesday of week 2: a bot
+    # that forgot it would alert on the next three nights, until it had learnt the cycle again.
+    Story("the same logs, the bot restarted midweek", _logs, restart_s=WEEK_S + 2.5 * DAY_S),
 ]
 
 
@@ -187,17 +195,28 @@ def play(story: Story, pipeline: Pipeline, device: str) -> Outcome:
     rules = Rules(settings.alert_threshold, settings.alert_hysteresis, settings.recover_samples,
                   settings.alert_repeat_s, settings.silent_after_s, Route((1,)))
     incidents = Incidents(rules, lambda reply, incident, _now: f"{incident.device}: {reply}")
-    forecaster = Forecaster(settings.forecast_hours * 3600.0)
-    # Usual ranges are cached for an hour of the bot's clock; here the clock is the samples': read them afresh.
-    decider = Decider(incidents, lambda metrics: model.drivers(pipeline, metrics), forecaster, Baselines(0.0))
+
+    def start() -> Decider:
+        """The bot's decisions as a start makes them: the trends it kept taken back first."""
+        forecaster = Forecaster(settings.forecast_hours * 3600.0)
+        forecaster.begin_restoring()
+        learnt.restore(forecaster)
+        # Usual ranges are cached for an hour of the bot's clock; here the clock is the samples': read them afresh.
+        return Decider(incidents, lambda metrics: model.drivers(pipeline, metrics), forecaster, Baselines(0.0))
+
+    decider = start()
     samples, ceiling_ts = history(story, device)
     values = db.known_values(samples)
     ps = model.predict(pipeline, table(values, KNOWN_METRICS)).tolist()
     per_batch = int(BATCH_S / STEP_S)
+    restart = None if story.restart_s is None else START + story.restart_s
     for i in range(0, len(samples), per_batch):
         batch = samples[i:i + per_batch]
+        if restart is not None and batch[0].ts >= restart:
+            decider, restart = start(), None
         now = batch[-1].ts
-        db.store_batch(batch, ps[i:i + per_batch], 1, [], on_stored=lambda new, now=now: decider.decide(new, now=now),
+        db.store_batch(batch, ps[i:i + per_batch], 1, [],
+                       on_stored=lambda new, now=now, decider=decider: decider.decide(new, now=now),
                        values=values[i:i + per_batch])
     opened = db.Incident.select().where(db.Incident.device == device).order_by(db.Incident.opened_ts)
     alerts = [(i.opened_ts, i.metric if i.kind == Kind.FORECAST else f"P {i.peak_p:.2f}") for i in opened]

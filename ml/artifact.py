@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from types import ModuleType
 from typing import Any
 
-import skops.io as sio
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
@@ -43,8 +43,17 @@ class ArtifactError(StoreError):
     """Bytes that are not a model this code may load; the message is for people."""
 
 
+def _skops() -> ModuleType:
+    """skops.io, imported when a model is first read or written: importing it takes about half a second of CPU
+    (it reads much of scikit-learn), which a starting bot spends beside its other work instead of before it."""
+    import skops.io
+
+    return skops.io
+
+
 def _untrusted(data: bytes) -> list[str]:
     """The types skops would not build on its own; raises ArtifactError for any outside the allowlist."""
+    sio = _skops()
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as err:  # skops raises anything from zipfile, json and its own schema checks
@@ -56,7 +65,7 @@ def _untrusted(data: bytes) -> list[str]:
 
 def dumps(pipeline: Pipeline) -> bytes:
     """The skops bytes of a pipeline; refuses one that `loads` would refuse, so no unloadable model is saved."""
-    data = sio.dumps(pipeline)
+    data = _skops().dumps(pipeline)
     _untrusted(data)
     return data
 
@@ -65,7 +74,7 @@ def loads(data: bytes) -> Pipeline:
     """The pipeline in skops bytes, built only from trusted and allowlisted types."""
     untrusted = _untrusted(data)
     try:
-        loaded: Any = sio.loads(data, trusted=untrusted)
+        loaded: Any = _skops().loads(data, trusted=untrusted)
     except Exception as err:  # a malformed file fails in many ways; none of them may escape as a crash
         raise ArtifactError(f"the artifact cannot be read as a model ({type(err).__name__})") from err
     if not isinstance(loaded, Pipeline):

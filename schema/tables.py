@@ -449,6 +449,35 @@ class Expected(BaseModel):
         indexes = ((("device", "metric"), True),)
 
 
+class TrendState(BaseModel):
+    """What the forecasts learnt of one machine (bot/pipeline/forecast.py): each trended metric's last intervals,
+    its open one and when it fell back (its daily cycle). Written as it is learnt, at most every few minutes a
+    machine, and read back at start instead of the machine's history; the samples from `ts` on are not in it."""
+
+    device = pw.CharField(max_length=64, primary_key=True)
+    ts = pw.DoubleField()  # the state holds the machine's samples before this sample time
+    saved = pw.DoubleField()
+    state = pw.TextField()  # JSON, `Forecaster.state_of`
+
+    class Meta:
+        table_name = "trend_state"
+
+
+class UsualRange(BaseModel):
+    """One machine's usual range of one metric (bot/pipeline/baselines.py), as last worked out from its history:
+    a restart reads it back instead of the history, until it is an hour old."""
+
+    device = pw.CharField(max_length=64)
+    metric = pw.CharField(max_length=300)  # a model metric, or a filesystem's "disk:<mount point>"
+    low = pw.DoubleField()
+    high = pw.DoubleField()
+    computed = pw.DoubleField()  # when it was worked out (Unix seconds)
+
+    class Meta:
+        table_name = "usual_range"
+        primary_key = pw.CompositeKey("device", "metric")
+
+
 class DiskDay(BaseModel):
     """One disk's SMART readings on one day (the newest of the day), by serial, and the disk model's verdict on
     them: what the disk model reads day by day (ml/disks/), and what /disks and /status list."""
@@ -502,7 +531,7 @@ for _name in KNOWN_METRICS:
 
 TABLES = [Metric, Label, Rejected, Device, Incident, Group, Notice, Mute, ForecastLabel, Aggregate, Subscription,
           Heartbeat, Tolerance, ForecastHold, HeldPart, Expected, DiskDay, DiskLabel, Event, Person, OnCall, Chain,
-          Escalation, Dependency, Digest, RemoteScrape]
+          Escalation, Dependency, Digest, RemoteScrape, TrendState, UsualRange]
 
 
 def connect(url: str) -> pw.Database:

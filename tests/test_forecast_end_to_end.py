@@ -95,7 +95,7 @@ def test_a_filling_disk_is_forecast_once_explained_and_judged_and_a_restart_does
     assert db.Label.select().count() == 0, "a verdict on a forecast is no stressed/normal label"
 
     with BotProcess(env, tmp_path / "bot.log") as bot:
-        bot.wait_log("forecasts rebuilt for 2 devices")
+        bot.wait_log("forecasts restored for 2 devices")
         assert forecast_part(ask(telegram, "/status pc1")) == forecast_part(status), "same trend after a restart"
         stored = db.Metric.select().count()
         produce(kafka, topic, fill("pc1", fill_start + 100 * MINUTE, 20, 90.0))

@@ -285,6 +285,8 @@ async def send_due(context: ContextTypes.DEFAULT_TYPE) -> None:
     Telegram outage or flood limit lets the period go for the next run; a chat that can never take it gives it
     up."""
     digesting: Digesting = context.job.data
+    if digesting.forecaster.restoring:  # the forecasts it names are still coming back after the start
+        return
     tz, now = digesting.settings.timezone, time.time()
     for row in await asyncio.to_thread(digests.every):
         due = row.schedule.last_due(now, tz)

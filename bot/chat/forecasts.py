@@ -46,9 +46,12 @@ def forecast_line(f: Forecast) -> str:
     return f"{word} {when_full} (now {number(f.level)} %, {f.slope_per_h:+.1f} %/h)"
 
 
-def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float) -> str:
-    """/status: the forecasts that reach an edge within the horizon, or why there are none."""
+def forecast_summary(forecasts: Mapping[str, Forecast | None], horizon_s: float, restoring: bool = False) -> str:
+    """/status: the forecasts that reach an edge within the horizon, or why there are none (`restoring`: the
+    machine's trends are still being read back after a start)."""
     hours = f"{horizon_s / 3600:g} h"
+    if restoring:
+        return "Forecast: the trends are being read back after a restart; ask again in a moment"
     if not forecasts:
         return "Forecast: no disk, memory or swap reported"
     if all(f is None for f in forecasts.values()):

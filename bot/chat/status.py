@@ -146,11 +146,11 @@ def device_status(
     usual: Mapping[str, Usual] | None = None, forecasts: Mapping[str, Forecast | None] | None = None,
     horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Container[str] = NONE,
     tolerances: list[Tolerance] | None = None, problems: list[Incident] | None = None,
-    expected: list[Expected] | None = None, disks: list[DiskDay] | None = None,
+    expected: list[Expected] | None = None, disks: list[DiskDay] | None = None, restoring: bool = False,
 ) -> str:
     """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
     model version, its open conditions, what it could not read, what it tolerates and where disk, memory and swap
-    are heading."""
+    are heading (unless its trends are still being read back after a start, `restoring`)."""
     now = time.time() if now is None else now
     usual = usual or {}
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
@@ -175,7 +175,7 @@ def device_status(
         + (f"Disks:\n{pre(disk_lines(disks, sample.unreadable))}\n" if disks else "")
         + _unreadable(sample.unreadable)
         + tolerance.tolerates(tolerances or [], expected)
-        + forecast_summary(forecasts or {}, horizon_s)
+        + forecast_summary(forecasts or {}, horizon_s, restoring)
     )
 
 
@@ -340,7 +340,8 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             text = unknown_device(args[0], known)
         else:
             usual = await asyncio.to_thread(common.baselines_of(context).get, sample.device)
-            forecasts = await asyncio.to_thread(common.forecaster_of(context).forecasts, sample.device)
+            forecaster = common.forecaster_of(context)
+            forecasts = await asyncio.to_thread(forecaster.forecasts, sample.device)
             silent, muted, tolerated, expected, problems, disks = await asyncio.to_thread(
                 lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
                          tolerances.tolerances(sample.device), tolerances.expected(sample.device),
@@ -348,7 +349,7 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             text = device_status(sample, settings.alert_threshold, common.model_of(context).version, usual=usual,
                                  forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
                                  silent=silent, muted=muted, tolerances=tolerated, problems=problems,
-                                 expected=expected, disks=disks)
+                                 expected=expected, disks=disks, restoring=not forecaster.back(sample.device))
             markup = missed_keyboard(sample.id, update.effective_chat.id, common.button_key(context))
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:

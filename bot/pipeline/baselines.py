@@ -2,7 +2,8 @@
 
 The 10th to 90th percentile over the device's last 7 days, read from at most POINTS evenly spaced moments
 (a bounded query, whatever the sampling rate), computed when a device is first needed and then at most
-hourly. Blocking: call it through ``asyncio.to_thread``.
+hourly, and kept in the database so that a restart does not compute it again. Blocking: call it through
+``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import peewee as pw
 
 from bot import db
+from bot.db import learnt
 from bot.db.samples import FILESYSTEMS
 from ml.features import FEATURES
 from schema.domain import FILESYSTEM
@@ -61,12 +63,18 @@ def usual_ranges(device: str) -> dict[str, Usual]:
 
 
 class Baselines:
-    """Usual ranges per device, cached: a device's history is read at most once an hour."""
+    """Usual ranges per device, cached: a device's history is read at most once an hour. What is worked out is
+    kept in the database (`unsaved`, written with a batch), so after a restart a device's ranges are read back
+    from one small query until they are an hour old, not from its history."""
 
     def __init__(self, refresh_s: float = REFRESH_S) -> None:
         self.refresh_s = refresh_s
         self._cache: dict[str, tuple[float, dict[str, Usual]]] = {}
+        self._unsaved: list[tuple[str, float, dict[str, tuple[float, float]]]] = []
         self._lock = threading.Lock()
+
+    def _fresh_s(self, ranges: dict[str, Usual]) -> float:
+        return self.refresh_s if ranges else min(self.refresh_s, REFRESH_EMPTY_S)
 
     def get(self, device: str) -> dict[str, Usual]:
         """The device's usual ranges; blocks on the store when they are missing or over an hour old."""
@@ -74,13 +82,37 @@ class Baselines:
             cached = self._cache.get(device)
         if cached is not None:
             at, ranges = cached
-            if time.monotonic() - at < (self.refresh_s if ranges else min(self.refresh_s, REFRESH_EMPTY_S)):
+            if time.monotonic() - at < self._fresh_s(ranges):
                 return ranges
         try:
+            if cached is None and (kept := self._kept(device)) is not None:
+                return kept
             ranges = usual_ranges(device)
         except pw.PeeweeException as exc:  # an alert without its ranges beats no alert
             log.warning("usual ranges of %s unavailable: %s", device, exc)
             return cached[1] if cached else {}
         with self._lock:
             self._cache[device] = (time.monotonic(), ranges)
+            self._unsaved.append((device, time.time(), {name: (u.low, u.high) for name, u in ranges.items()}))
         return ranges
+
+    def _kept(self, device: str) -> dict[str, Usual] | None:
+        """What was worked out of the device before a restart, while it is fresh."""
+        kept = learnt.usual_of(device)
+        if kept is None:
+            return None
+        computed, stored = kept
+        ranges = {name: Usual(low, high) for name, (low, high) in stored.items()}
+        age = max(0.0, time.time() - computed)
+        if age >= self._fresh_s(ranges):
+            return None
+        with self._lock:
+            self._cache[device] = (time.monotonic() - age, ranges)
+        return ranges
+
+    def unsaved(self) -> list[tuple[str, float, dict[str, tuple[float, float]]]]:
+        """(device, when, metric -> (low, high)) worked out since the last call: what to write
+        (bot/db/learnt.py `save_usual`)."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, []
+        return unsaved

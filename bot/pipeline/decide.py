@@ -24,6 +24,7 @@ from dataclasses import replace
 from operator import attrgetter
 
 from bot.db import Incident, StoredSample, incidents, ingest, muting, tolerances
+from bot.pipeline import learnt
 from bot.pipeline.baselines import Baselines
 from bot.pipeline.conditions import SOME_DISKS, UPTIME, Conditions, State, Verdict, unread
 from bot.pipeline.disks import HEALTH, Disk, Disks
@@ -118,6 +119,7 @@ class Decider:
             self._conditions(device, samples, opened, device in muted, now)
             self._disks(device, samples, opened, device in muted, now)
         self._forecasts(ordered, by_device, open_incidents, muted, now)
+        learnt.save(self.forecaster, self.baselines, now)  # what the batch taught, kept with it
 
     def _follow(self, device: str, samples: list[StoredSample], incident: Incident | None, muted: bool,
                 now: float) -> None:
@@ -242,8 +244,8 @@ class Decider:
                                       for s in ordered)
         self._release_holds(by_device)
         for (device, metric), incident in open_incidents.items():
-            if incident.kind != Kind.FORECAST:
-                continue
+            if incident.kind != Kind.FORECAST or not self.forecaster.back(device):
+                continue  # a device whose trends are still being restored after a start keeps its forecast
             current = self.forecaster.forecasts(device).get(metric)
             if not self.forecaster.holds(device, metric) or current is None:
                 self.incidents.resolve(incident, by_device[device][-1].ts, None, now)

@@ -13,24 +13,28 @@ big copy) restarts the trend instead of bending it. Time is the samples' own `ts
 An interval's median is of one sample per 20-second slot of the device (the first to arrive), so a device
 that reports every second costs no more than one that reports every 20 seconds, and most samples cost one
 comparison. A taken sample goes into the current interval; the line is refit only when an interval closes,
-over at most WINDOW_BUCKETS medians. The state is rebuilt at start from the store's last window of samples,
-and feeding it the same samples gives the same forecasts as building it live.
+over at most WINDOW_BUCKETS medians. The state is kept in the database as it is learnt and taken back at start
+(bot/pipeline/learnt.py), with the samples stored after it was written; a machine with none kept is rebuilt from
+the store's last window of samples. Either way the forecasts are those the state built live gives.
 
 A machine's daily cycle: a trend remembers when it fell back (a sustained drop: logs rotated, a backup shipped
 off). One that fell back at the same time of day on each of its last CYCLE_DAYS days is expected to fall back
 then again, so it is not heading for the edge when that comes first; it alerts when the edge comes before it
 (the logs grow faster than usual) or when the day's drop does not come. A few floats per trend, looked at only
-when an interval closes.
+when an interval closes, and kept with the rest of the trend, so a restart does not forget the cycle.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+import orjson
 
 from ml.features import ZONES, Zone
 from schema.conditions import INODES_EDGE, INODES_PAST
@@ -53,6 +57,7 @@ CYCLE_DAYS = 3  # a drop at the same time of day on each of this many days in a 
 CYCLE_SLACK_S = 3600.0  # "the same time of day": within an hour
 KEPT_DROPS = 8 * CYCLE_DAYS  # room for a few drops a day besides the daily one
 DROP_SEEN_S = 2 * BUCKET_S  # a drop is recorded when its second interval closes
+SAVE_EVERY_S = 120.0  # a device's state is written at most this often (bot/pipeline/learnt.py)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,20 @@ class Trend:
         self.ref_ts = 0.0
         self.ref_level: float | None = None  # the level at ref_ts; None until there is a trend
         self.drops: deque[float] = deque(maxlen=KEPT_DROPS)  # when the metric fell to a new level, oldest first
+
+    def dump(self) -> tuple:
+        """Everything the trend learnt, as JSON can hold it; `Trend.load` makes the same trend again."""
+        return (self.open_index, *self.latest, self.open_values, list(self.medians), self.slope, self.ref_ts,
+                self.ref_level, list(self.drops))
+
+    @classmethod
+    def load(cls, edge: float, dumped: Sequence) -> Trend:
+        trend = cls(edge)
+        open_index, sample_id, ts, open_values, medians, trend.slope, trend.ref_ts, trend.ref_level, drops = dumped
+        trend.open_index, trend.latest, trend.open_values = open_index, (sample_id, ts), list(open_values)
+        trend.medians.extend(map(tuple, medians))
+        trend.drops.extend(drops)
+        return trend
 
     def add(self, index: int, value: float) -> bool:
         """Take one sample of interval `index` (not an interval already closed); True when it closed an
@@ -207,7 +226,8 @@ class Forecaster:
     Thread-safe: the poller feeds it from a worker thread while /status reads it.
     """
 
-    def __init__(self, horizon_s: float, edge_of: Callable[[str, str], float] | None = None) -> None:
+    def __init__(self, horizon_s: float, edge_of: Callable[[str, str], float] | None = None,
+                 save_every_s: float = SAVE_EVERY_S) -> None:
         self.horizon_s = horizon_s
         # Where (device, metric) is heading to: the fleet's edge, or a machine's own (its tolerance, capped).
         self.edge_of = edge_of
@@ -215,59 +235,175 @@ class Forecaster:
         self.slots: dict[str, float] = {}  # device -> the slot (ts // SLOT_S) of its last sample taken
         self.alerted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        # Saving: the devices that took a sample since their state was last handed out, each once in a heap by
+        # when it may be handed out again (SAVE_EVERY_S after the last time), so a batch pays only for those due.
+        self.save_every_s = save_every_s
+        self._unsaved: set[str] = set()
+        self._due: list[tuple[float, str]] = []
+        self._saved_at: dict[str, float] = {}
+        # Restoring after a start: until a device's state is back, its samples wait here (see `restore`).
+        self._restoring = False
+        self._back: set[str] = set()
+        self._held: dict[str, list[Observed]] = {}
+        self._was_alerted: dict[str, set[str]] = {}
 
     def observe(self, samples: Iterable[Observed]) -> list[Forecast]:
         """Feed (id, device, ts, metrics, filesystems) samples in the order they were taken; return the forecasts that
         reach the edge within the horizon in an episode not alerted yet (the newest per device and metric).
 
         Only the first sample of each slot of a device is taken; a late one, of a slot before the last one
-        taken, is left out, so live and rebuilt states see the same data.
+        taken, is left out, so live and rebuilt states see the same data. While the states are restored after a
+        start, the samples of a device whose state is not back yet are held until it is.
         """
         due: dict[tuple[str, str], Forecast] = {}
-        slots = self.slots
         with self._lock:
-            for sample_id, device, ts, metrics, filesystems, inodes_used in samples:
-                slot = ts // SLOT_S
-                if slot <= slots.get(device, -1.0):  # its slot is taken: 3 samples of 4 at one per 5 s
-                    continue
-                slots[device] = slot
-                trends = self.trends.get(device)
-                if trends is None:
-                    trends = self.trends[device] = {}
-                index = int(ts // BUCKET_S)
-                if filesystems:
-                    trends.pop("disk_percent", None)  # a device that began to report its filesystems
-                    values = [(FILESYSTEM + mount, used) for mount, used in filesystems.items()]
-                    values += [(name, metrics[name]) for name in _BESIDE_FILESYSTEMS if name in metrics]
-                else:
-                    values = [(name, metrics[name]) for name in TRENDED if name in metrics]
-                if inodes_used:
-                    values += [(INODES + mount, used) for mount, used in inodes_used.items()]
-                for name, value in values:
-                    trend = trends.get(name)
-                    if trend is None:
-                        trend = trends[name] = Trend(zone(name).edge)
-                    elif trend.open_index == index:  # most samples taken: into the interval already open
-                        trend.open_values.append(value)
-                        trend.latest = (sample_id, ts)
-                        continue
-                    trend.latest = (sample_id, ts)
-                    if not trend.add(index, value):
-                        continue
-                    key = (device, name)
-                    forecast = self._forecast(key)
-                    if key in self.alerted and self._ended(forecast):
-                        self.alerted.discard(key)
-                    if forecast is not None and forecast.within(self.horizon_s) and key not in self.alerted:
-                        due[key] = forecast
-                    else:
-                        due.pop(key, None)
+            self._take(self._hold(samples) if self._restoring else samples, due)
         return list(due.values())
 
-    def devices(self) -> int:
-        """How many devices have a trend."""
+    def _hold(self, samples: Iterable[Observed]) -> Iterator[Observed]:
+        for sample in samples:
+            if sample[1] in self._back:
+                yield sample
+            else:
+                self._held.setdefault(sample[1], []).append(sample)
+
+    def _take(self, samples: Iterable[Observed], due: dict[tuple[str, str], Forecast]) -> None:
+        """Take samples into the trends (see `observe`), holding the lock."""
+        slots = self.slots
+        unsaved = self._unsaved
+        for sample_id, device, ts, metrics, filesystems, inodes_used in samples:
+            slot = ts // SLOT_S
+            if slot <= slots.get(device, -1.0):  # its slot is taken: 3 samples of 4 at one per 5 s
+                continue
+            slots[device] = slot
+            if device not in unsaved:
+                self._changed(device)
+            trends = self.trends.get(device)
+            if trends is None:
+                trends = self.trends[device] = {}
+            index = int(ts // BUCKET_S)
+            if filesystems:
+                trends.pop("disk_percent", None)  # a device that began to report its filesystems
+                values = [(FILESYSTEM + mount, used) for mount, used in filesystems.items()]
+                values += [(name, metrics[name]) for name in _BESIDE_FILESYSTEMS if name in metrics]
+            else:
+                values = [(name, metrics[name]) for name in TRENDED if name in metrics]
+            if inodes_used:
+                values += [(INODES + mount, used) for mount, used in inodes_used.items()]
+            for name, value in values:
+                trend = trends.get(name)
+                if trend is None:
+                    trend = trends[name] = Trend(zone(name).edge)
+                elif trend.open_index == index:  # most samples taken: into the interval already open
+                    trend.open_values.append(value)
+                    trend.latest = (sample_id, ts)
+                    continue
+                trend.latest = (sample_id, ts)
+                if not trend.add(index, value):
+                    continue
+                key = (device, name)
+                forecast = self._forecast(key)
+                if key in self.alerted and self._ended(forecast):
+                    self.alerted.discard(key)
+                if forecast is not None and forecast.within(self.horizon_s) and key not in self.alerted:
+                    due[key] = forecast
+                else:
+                    due.pop(key, None)
+
+    def _changed(self, device: str) -> None:
+        self._unsaved.add(device)
+        heapq.heappush(self._due, (self._saved_at.get(device, -math.inf) + self.save_every_s, device))
+
+    # Kept in the database: written as it is learnt, read back at start (bot/pipeline/learnt.py).
+
+    def unsaved(self, now: float, most: int | None = None, early: bool = False) -> list[tuple[str, float, str]]:
+        """(device, ts, state) of the devices that learnt something since their state was last handed out here, at
+        most `save_every_s` before `now` (or later, when `early`: the bot stops), and at most `most` of them (those
+        waiting longest first): what to write. Their samples before `ts` are in `state`; `Forecaster.restore` takes
+        it back."""
+        states = []
         with self._lock:
-            return len(self.trends)
+            while self._due and (early or self._due[0][0] <= now) and (most is None or len(states) < most):
+                _, device = heapq.heappop(self._due)
+                self._unsaved.discard(device)
+                self._saved_at[device] = now
+                states.append(self._state_of(device))
+        return states
+
+    def _state_of(self, device: str) -> tuple[str, float, str]:
+        slot = self.slots.get(device, -1.0)
+        trends = {name: trend.dump() for name, trend in self.trends.get(device, {}).items()}
+        return device, (slot + 1) * SLOT_S, orjson.dumps({"slot": slot, "trends": trends}).decode()
+
+    def begin_restoring(self) -> None:
+        """From now until `finish_restoring`, a device's samples are held until its state is restored."""
+        with self._lock:
+            self._restoring = True
+
+    def expect_alerted(self, keys: Iterable[tuple[str, str]]) -> None:
+        """While restoring: the (device, metric) episodes alerted before the restart (its open forecast incidents);
+        each stays alerted once its device is back, when its forecast still holds."""
+        with self._lock:
+            for device, metric in keys:
+                if device not in self._back:
+                    self._was_alerted.setdefault(device, set()).add(metric)
+                    self.alerted.add((device, metric))
+
+    @property
+    def restoring(self) -> bool:
+        """Whether the states kept before the start are still being taken back."""
+        return self._restoring
+
+    def back(self, device: str) -> bool:
+        """Whether the device's forecasts are what it learnt: always, but while its state is being restored."""
+        return not self._restoring or device in self._back
+
+    def restore(self, device: str, state: str | bytes | None, samples: Iterable[Observed] = (),
+                saved_at: float | None = None) -> bool:
+        """While restoring: the device's state as `unsaved` handed it out at `saved_at` (None: none, start from
+        `samples`), then `samples`, those stored after it (from its `ts` on), then those that arrived since the
+        start. False (and nothing changes) when the device is back already."""
+        with self._lock:
+            if not self._restoring or device in self._back:
+                return False
+            self._restore(device, state, samples, saved_at)
+            return True
+
+    def _restore(self, device: str, state: str | bytes | None, samples: Iterable[Observed],
+                 saved_at: float | None) -> None:
+        was_alerted = self._was_alerted.pop(device, set())
+        self.alerted.difference_update((device, metric) for metric in was_alerted)
+        if state is not None:
+            kept = orjson.loads(state)
+            self.trends[device] = {name: Trend.load(zone(name).edge, dumped) for name, dumped in kept["trends"].items()}
+            self.slots[device] = kept["slot"]
+            if saved_at is not None:
+                self._saved_at[device] = saved_at
+        else:
+            self.trends.setdefault(device, {})
+            if device not in self._unsaved:  # rebuilt from its history: saved, so the next start reads none
+                self._changed(device)
+        self._take(samples, {})
+        self._take(self._held.pop(device, ()), {})
+        self._back.add(device)
+        for metric in was_alerted:  # still alerted when its episode holds, as before the restart
+            if metric in self.trends[device] and not self._ended(self._forecast((device, metric))):
+                self.alerted.add((device, metric))
+
+    def finish_restoring(self, complete: bool = True) -> None:
+        """Every state that was kept is back: devices without one start from the samples they sent since. Not
+        `complete` (the bot stops): the devices not back are left out, so that nothing of theirs is saved."""
+        with self._lock:
+            for device in list(self._held):
+                if complete:
+                    self._restore(device, None, (), None)
+                else:
+                    del self._held[device]
+            for device, metrics in self._was_alerted.items():
+                self.alerted.difference_update((device, metric) for metric in metrics)
+            self._was_alerted.clear()
+            self._restoring = False
+            self._back.clear()
 
     def _forecast(self, key: tuple[str, str]) -> Forecast | None:
         trend = self.trends[key[0]][key[1]]
@@ -290,13 +426,6 @@ class Forecaster:
         """Whether the alerted episode of this device and metric still holds."""
         with self._lock:
             return (device, metric) in self.alerted
-
-    def restore_alerted(self, keys: Iterable[tuple[str, str]]) -> None:
-        """After a rebuild: the episodes alerted before the restart that still hold stay alerted."""
-        with self._lock:
-            for key in keys:
-                if key[1] in self.trends.get(key[0], {}) and not self._ended(self._forecast(key)):
-                    self.alerted.add(key)
 
     def reaching(self, within_s: float) -> list[Forecast]:
         """The forecasts of every device that reach their edge within `within_s`: what the digest names."""

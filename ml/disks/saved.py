@@ -10,7 +10,6 @@ import json
 import zipfile
 from pathlib import Path
 
-import skops.io as sio
 from sklearn.pipeline import Pipeline
 
 from ml import artifact
@@ -28,7 +27,9 @@ def record_path(path: Path) -> Path:
 def save(pipeline: Pipeline, meta: dict, path: Path = SHIPPED) -> str:
     """Write the model and its record; returns the model's SHA-256. The skops file is deflated (its schema, a
     JSON description of 17 bases, is most of it), and read back as `load` will before anything is written."""
-    data = sio.dumps(pipeline, compression=zipfile.ZIP_DEFLATED)
+    import skops.io  # only when a disk model is trained: see ml/artifact.py `_skops`
+
+    data = skops.io.dumps(pipeline, compression=zipfile.ZIP_DEFLATED)
     artifact.loads(data)  # refuses a type outside the allowlist, as artifact.dumps does
     digest = hashlib.sha256(data).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
