@@ -26,9 +26,10 @@ create a table or a partition twice, and a process killed in the middle leaves n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -89,6 +90,18 @@ def lock(database: pw.Database) -> None:
     database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
 
 
+@contextlib.contextmanager
+def locked(database: pw.Database) -> Iterator[None]:
+    """The DDL's advisory lock held by the session, across statements each committed on its own (a transaction
+    around them would hold the locks of each table it touched until its end, and deadlock with the batches being
+    stored). A process killed meanwhile lets it go with its session."""
+    database.execute_sql("SELECT pg_advisory_lock(%s)", (_ADVISORY_KEY,))
+    try:
+        yield
+    finally:
+        database.execute_sql("SELECT pg_advisory_unlock(%s)", (_ADVISORY_KEY,))
+
+
 def lock_timeout(database: pw.Database, seconds: float = LOCK_TIMEOUT_S) -> None:
     """Give up waiting for a lock after `seconds`, until the end of the transaction (or of its savepoint)."""
     database.execute_sql(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'")
@@ -103,7 +116,7 @@ def create_table(database: pw.Database, spec: Spec, name: str | None = None) -> 
     """The partitioned table of `spec`, named `name` (its own name by default), with its DEFAULT partition.
 
     Its ids come from the sequence `<table>_id_seq`: the table of an older version, migrated
-    (bot/migrate_partitions.py), already has it, and the new table goes on counting from it, as a bigint."""
+    (bot/migrate_partitions.py), already has it, and the new table goes on counting from it."""
     name = name or spec.table
     sequence = f"{spec.table}_id_seq"
     columns = []
@@ -114,7 +127,6 @@ def create_table(database: pw.Database, spec: Spec, name: str | None = None) -> 
             context = database.get_sql_context()
             columns.append(context.sql(field.ddl(context)).query()[0])
     database.execute_sql(f'CREATE SEQUENCE IF NOT EXISTS "{sequence}" AS bigint')
-    database.execute_sql(f'ALTER SEQUENCE "{sequence}" AS bigint')  # an older version's SERIAL stops at 2**31
     database.execute_sql(f'CREATE TABLE "{name}" ({", ".join(columns)}, PRIMARY KEY ("id", "{spec.key}")) '
                          f'PARTITION BY RANGE ("{spec.key}")')
     for fields, unique in spec.model._meta.indexes:
@@ -126,11 +138,13 @@ def create_table(database: pw.Database, spec: Spec, name: str | None = None) -> 
 
 
 def create_missing(database: pw.Database, specs: Iterable[Spec]) -> None:
-    """Create each table of `specs` partitioned, when it does not exist yet; call it under `lock`. An existing
+    """Create each table of `specs` partitioned, when it does not exist yet, each in one transaction. An existing
     table is left as it is: one made by an older version, not partitioned, works on until it is migrated."""
     for spec in specs:
-        if not database.table_exists(spec.table):
-            create_table(database, spec)
+        with database.atomic():
+            lock(database)
+            if not database.table_exists(spec.table):
+                create_table(database, spec)
 
 
 def partitions(database: pw.Database, spec: Spec, parent: str | None = None) -> dict[int, str]:

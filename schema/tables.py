@@ -537,8 +537,7 @@ def open_database(url: str) -> pw.Database:
     if not isinstance(database, pw.PostgresqlDatabase):
         _create_tables(database)
         return database
-    with database.atomic():
-        partitions.lock(database)  # processes that start together make each table once
+    with partitions.locked(database):  # processes that start together make each table once
         partitions.create_missing(database, (SAMPLES, AGGREGATES))
         _create_tables(database)
     partitions.ensure_ahead(database, SAMPLES, time.time())

@@ -60,6 +60,7 @@ def postgres_url() -> Iterator[str]:
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
     """An empty store on each engine we ship on: a new SQLite file, or the session's Postgres emptied."""
     from bot import db
+    from tests.fakes.stores import empty_postgres
 
     if request.param == "sqlite":
         database = db.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
@@ -75,22 +76,13 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Data
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty store on each engine, for a bot process: a SQLite file in a folder not made yet, or
     the session's Postgres emptied."""
+    from tests.fakes.stores import empty_postgres
 
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/db/rigwatch.sqlite3"
     url = request.getfixturevalue("postgres_url")
     empty_postgres(url)
     return url
-
-
-def empty_postgres(url: str) -> None:
-    """Nothing left in the session's Postgres: every table with its partitions and sequences, and whatever a test
-    made besides (a migration's tables and trigger)."""
-    from schema.tables import connect
-
-    database = connect(url)
-    database.execute_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    database.close()
 
 
 @pytest.fixture

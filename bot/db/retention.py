@@ -120,6 +120,9 @@ def _delete_old_samples(cutoff: float, postgres: bool) -> Downsampled:
     samples = devices = 0
     for device in _devices_with_samples_before(cutoff):
         with database.atomic():
+            if postgres and _migrating(database):
+                log.info("retention: stops: the samples are being migrated to partitions")
+                break
             database.execute_sql(aggregate, (device, cutoff))
             moved = database.execute_sql(delete, (device, cutoff)).rowcount
         samples += moved
@@ -127,6 +130,14 @@ def _delete_old_samples(cutoff: float, postgres: bool) -> Downsampled:
     if samples and not postgres:
         _give_back_space(database)
     return Downsampled(samples, devices)
+
+
+def _migrating(database: pw.Database) -> bool:
+    """Whether a migration to partitions (bot/migrate_partitions.py) has begun: it begins under a lock on `metric`
+    and `metric_5m`, so once this transaction has its own lock on them, its next look at the catalog sees it. From
+    then on nothing may be deleted from the table it copies."""
+    database.execute_sql("LOCK TABLE metric, metric_5m IN ROW EXCLUSIVE MODE")
+    return database.table_exists(partitions.MIGRATION_STATE)
 
 
 def _drop_old_days(cutoff: float) -> Downsampled:
