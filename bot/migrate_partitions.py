@@ -165,11 +165,17 @@ def copy(database: pw.Database, spec: Spec, chunk: int = CHUNK) -> int:
             share = 100.0 if done.horizon == 0 else 100.0 * done.copied / done.horizon
             rate = total / max(now - began, 1e-9)
             left = (done.horizon - done.copied) / max(done.copied - start.copied, 1) * (now - began)
-            log.info("%s: ids up to %d of %d copied (%.1f %%), %d rows by this run, %.0f rows/s%s", spec.table,
-                     done.copied, done.horizon, share, total, rate,
-                     "" if done.finished else f", about {left / 60:.0f} min left")
+            log.info("%s: ids up to %s of %s copied (%.1f %%), %s rows by this run, %s rows/s%s", spec.table,
+                     f"{done.copied:,}", f"{done.horizon:,}", share, f"{total:,}", f"{rate:,.0f}",
+                     "" if done.finished else f", about {_duration(left)} left")
         if done.finished:
             return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def swap(database: pw.Database) -> None:

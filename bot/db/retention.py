@@ -157,8 +157,14 @@ def _drop_old_days(cutoff: float) -> Downsampled:
     return Downsampled(samples, len(devices))
 
 
-_KEEP = (f"INSERT INTO metric_kept ({SAMPLES.columns()}) SELECT {SAMPLES.columns()} FROM {{source}} "
-         f"WHERE id IN ({REFERENCED}) ON CONFLICT (id) DO NOTHING")
+# What something points at, copied into `metric_kept`: from a day's partition one index lookup per id pointed at (a
+# LATERAL subquery, whatever the planner thinks of the ids' number: the day is tens of millions of rows), from a
+# statement's rows by a hashed list.
+_KEEP = (f"INSERT INTO metric_kept ({SAMPLES.columns()}) SELECT m.* FROM (SELECT DISTINCT id FROM ({REFERENCED}) "
+         f"AS pointed(id)) AS r CROSS JOIN LATERAL (SELECT {SAMPLES.columns()} FROM {{source}} AS s WHERE s.id = r.id "
+         "LIMIT 1) AS m ON CONFLICT (id) DO NOTHING")
+_KEEP_OF = (f"INSERT INTO metric_kept ({SAMPLES.columns()}) SELECT {SAMPLES.columns()} FROM {{source}} "
+            f"WHERE id IN ({REFERENCED}) ON CONFLICT (id) DO NOTHING")
 
 
 def _drop_day(day: int, name: str) -> tuple[int, set[str]]:
@@ -206,7 +212,7 @@ def _downsample_default(device: str, cutoff: float) -> int:
     database.execute_sql("LOCK TABLE label, incident IN SHARE MODE")
     return int(database.execute_sql(
         f'WITH gone AS (DELETE FROM "{SAMPLES.default}" WHERE device = %s AND ts < %s RETURNING *), '
-        f"kept AS ({_KEEP.format(source='gone')}), "
+        f"kept AS ({_KEEP_OF.format(source='gone')}), "
         f"aggregated AS ({_insert_aggregates('gone', f'id NOT IN ({REFERENCED})', True)}) "
         f"SELECT count(*) FROM gone WHERE id NOT IN ({REFERENCED})", (device, cutoff)).fetchone()[0])
 
