@@ -238,10 +238,11 @@ def postgres_inserter(database: pw.Database) -> Callable[[list[tuple]], None]:
 
 @contextlib.contextmanager
 def fresh_store(url: str) -> Iterator[pw.Database]:
-    """The bot's schema, empty."""
+    """The bot's schema, empty: on PostgreSQL its samples partitioned by day, as the bot makes them."""
     database = db.open_database(url)
     database.drop_tables(db.TABLES)
-    database.create_tables(db.TABLES)
+    database.close()
+    database = db.open_database(url)
     try:
         yield database
     finally:
@@ -489,6 +490,11 @@ def fill_sqlite(url: str, rows: int, devices: int) -> None:
            f"SELECT printf('dev%04d', i), {start} + 5.0 * j, {start}, 0.05, 1, {values} FROM d, k ORDER BY i, j")
     with database.atomic():
         database.execute_sql(sql)
+        # Each device's row, as the bot writes it with every batch: /status finds the newest samples through them.
+        database.execute_sql("INSERT INTO device (name, last_ts, last_received, last_metric, last_p, interval) "
+                             "SELECT m.device, m.ts, m.received, m.id, m.p_stressed, 5.0 FROM metric AS m JOIN "
+                             "(SELECT device, MAX(ts) AS ts FROM metric GROUP BY device) AS n "
+                             "ON m.device = n.device AND m.ts = n.ts")
     database.close()
 
 

@@ -11,7 +11,7 @@ import peewee as pw
 
 from agent.vocabulary import KNOWN_METRICS
 from schema.streaming import FETCH_CHUNK, streamed
-from schema.tables import Aggregate, Label, Metric
+from schema.tables import Aggregate, KeptSample, Label, Metric
 
 
 def latest_labels(training: bool = False) -> dict[int, int]:
@@ -54,11 +54,15 @@ def columns(table: type[pw.Model], names: list[str]) -> list[pw.Field]:
 
 def training_frame(features: list[str]) -> pd.DataFrame:
     """The features of every sample, indexed by sample id, plus `label`: the latest human label, NaN where
-    nobody labelled it (or its latest label is a machine's tolerance). NULL metrics are NaN. Five downsampled
-    minutes (see bot/db/retention.py) count as one sample of their means, indexed by minus their id."""
+    nobody labelled it (or its latest label is a machine's tolerance). NULL metrics are NaN. Samples kept raw past
+    the retention (labelled ones among them; on PostgreSQL in `metric_kept`) are samples like the others; five
+    downsampled minutes (see bot/db/retention.py) count as one sample of their means, indexed by minus their id."""
     queries: list[tuple[type[pw.Model], pw.Select]] = [
         (Metric, Metric.select(Metric.id, *columns(Metric, features)).order_by(Metric.id)),
     ]
+    if KeptSample.table_exists():  # a store the bot has not opened since samples were partitioned
+        queries.append((KeptSample, KeptSample.select(KeptSample.id, *columns(KeptSample, features))
+                        .order_by(KeptSample.id)))
     if Aggregate.table_exists():  # a store the bot has not opened since retention came
         queries.append((Aggregate, Aggregate.select(Aggregate.id * -1, *columns(Aggregate, features))
                         .order_by(Aggregate.id.desc())))

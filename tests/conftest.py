@@ -60,13 +60,14 @@ def postgres_url() -> Iterator[str]:
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
     """An empty store on each engine we ship on: a new SQLite file, or the session's Postgres emptied."""
     from bot import db
+    from tests.fakes.stores import empty_postgres
 
     if request.param == "sqlite":
         database = db.open_database(f"sqlite:///{tmp_path}/rigwatch.sqlite3")
     else:
-        database = db.open_database(request.getfixturevalue("postgres_url"))
-        database.drop_tables(db.TABLES)
-        database.create_tables(db.TABLES)
+        url = request.getfixturevalue("postgres_url")
+        empty_postgres(url)
+        database = db.open_database(url)
     yield database
     database.close()
 
@@ -75,14 +76,12 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Data
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty store on each engine, for a bot process: a SQLite file in a folder not made yet, or
     the session's Postgres emptied."""
-    from bot import db
+    from tests.fakes.stores import empty_postgres
 
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/db/rigwatch.sqlite3"
     url = request.getfixturevalue("postgres_url")
-    database = db.open_database(url)
-    database.drop_tables(db.TABLES)
-    database.close()
+    empty_postgres(url)
     return url
 
 

@@ -17,6 +17,7 @@ from bot.pipeline.tolerating import Tolerances
 from schema.conditions import CONDITIONS, Count, Event, Fact, Predicted, Trend
 from schema.domain import Action, Kind
 from tests.fakes.incidents import T0, TYPICAL, intake_alive
+from tests.fakes.samples import with_devices
 
 BOB, ALICE = 7, 8
 
@@ -159,7 +160,7 @@ def test_expected_on_one_machine_until_undo(decider: Decider) -> None:
 def test_status_marks_a_machine_with_an_open_condition_and_says_what_it_cannot_read(decider: Decider) -> None:
     readings_feed(decider, "web2", [{"unit_failed": {"nginx.service": 1}}])
     sample = parse(encode("web3", T0, dict(TYPICAL), unreadable={"systemd": "no systemd on this machine"}))
-    db.store_batch([sample], [0.1], 1, [])
+    db.store_batch([sample], [0.1], 1, [], on_stored=with_devices)
 
     fleet = status.overview(db.latest_per_device(), 0.7, now=T0 + 60, problems=db.open_conditions())
     web3 = status.device_status(db.latest_sample("web3"), 0.7, 1, now=T0 + 60)

@@ -13,6 +13,7 @@ from scipy.stats import theilslopes
 from agent.wire import Sample
 from bot import db
 from bot.pipeline.forecast import REBUILD_S, TRENDED, WINDOW_BUCKETS, Forecast, Forecaster, theil_sen
+from tests.fakes.samples import with_devices
 
 T0 = 1764226800.0  # 2025-11-27 07:00:00 UTC
 HORIZON_S = 4 * 3600
@@ -203,7 +204,7 @@ def test_the_state_rebuilt_from_the_store_gives_the_same_forecasts_as_the_one_bu
             Sample("srv", ts + 17, {"disk_percent": 80.0 + fill // 10},
                    filesystems={"/": 30.0, "/data": 80.0 + fill // 10}),
         ]
-        new = db.store_batch(samples, [None] * 4, None, [])
+        new = db.store_batch(samples, [None] * 4, None, [], on_stored=with_devices)
         for forecast in live.observe([(s.id, s.device, s.ts, s.metrics, s.filesystems, None) for s in new]):
             live.mark_alerted(forecast)
             alerted.append(forecast)

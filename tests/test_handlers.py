@@ -22,6 +22,7 @@ from bot.config import load_settings
 from bot.db.tolerances import tolerate
 from bot.pipeline.disks import Disks
 from ml.store import open_store
+from tests.fakes.samples import with_devices
 from tests.fakes.scenario import ADMIN, CHAT, bot_env
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -86,7 +87,7 @@ async def test_status_names_a_machine_and_its_button_labels_the_sample_stressed(
     await process(application, telegram)
 
     assert "pc1" in telegram.answer_for(query).params["text"]
-    assert [(label.metric_id, label.value) for label in db.Label.select()] == [(stored.id, 1)]
+    assert [(label.metric, label.value) for label in db.Label.select()] == [(stored.id, 1)]
 
 
 async def test_a_forged_button_is_not_valid_and_changes_nothing(
@@ -173,7 +174,7 @@ async def test_mute_takes_patterns_and_windows_and_status_takes_a_pattern(
 ) -> None:
     now = time.time()
     db.store_batch([Sample(name, now, {"cpu_percent": 12.0}) for name in ("web1", "web2", "db1")],
-                   [0.1, 0.1, 0.1], 1, [])
+                   [0.1, 0.1, 0.1], 1, [], on_stored=with_devices)
 
     (muted,) = await say(teams, telegram, "/mute web* 2h deploy")
     assert muted.startswith("🔕 <b>web*</b> is muted for 2 h") and "by @tester: deploy" in muted

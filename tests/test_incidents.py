@@ -126,7 +126,7 @@ def test_the_buttons_label_acknowledge_close_and_snooze(decider: Decider) -> Non
     pc1, pc2 = Incident.get_by_id(pc1.id), Incident.get_by_id(pc2.id)
     assert (pc1.state, pc1.acked_by, pc1.snoozed_until) == ("open", "@alice", T0 + 200 + 3600)
     assert (pc2.state, pc2.acked_by) == ("false alarm", "@bob")
-    assert sorted((label.metric_id, label.value) for label in Label.select()) == [(pc1.sample_id, 1),
+    assert sorted((label.metric, label.value) for label in Label.select()) == [(pc1.sample_id, 1),
                                                                                   (pc2.sample_id, 0)]
 
 

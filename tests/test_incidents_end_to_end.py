@@ -223,5 +223,5 @@ def test_mute_snooze_reminders_and_the_missed_problem_button(
         assert "labelled stressed" in press(telegram, status, "⚠️ Something is wrong here")
         assert bot.stop() == 0
     missed = db.Label.get()
-    assert (missed.value, missed.metric.device, missed.user_name) == (1, "pc3", "@alice")
+    assert (missed.value, db.sample_by_id(missed.metric).device, missed.user_name) == (1, "pc3", "@alice")
     assert db.Mute.select().where(db.Mute.pattern == "db1").count() == 0, "the ended mute is gone"

@@ -16,6 +16,7 @@ import pytest
 from agent.wire import Sample
 from bot import db, logs
 from tests.fakes.bot_process import BotProcess
+from tests.fakes.samples import with_devices
 from tests.fakes.scenario import CHAT, TOKEN, WAIT_S, ask, bot_env, chat_texts, message, produce, wait_until
 from tests.fakes.services import KafkaBroker, PostgresCluster
 from tests.fakes.telegram_api import FakeTelegram
@@ -39,10 +40,10 @@ def drop_connection(database: pw.Database, url: str) -> None:
 
 def test_a_batch_after_a_dropped_connection_is_stored(database_url: str) -> None:
     database = db.open_database(database_url)
-    db.store_batch([Sample("pc1", 1.0, {"cpu_percent": 10.0})], [0.1], 1, [])
+    db.store_batch([Sample("pc1", 1.0, {"cpu_percent": 10.0})], [0.1], 1, [], on_stored=with_devices)
     drop_connection(database, database_url)
 
-    new = db.store_batch([Sample("pc1", 2.0, {"cpu_percent": 20.0})], [0.2], 1, [])
+    new = db.store_batch([Sample("pc1", 2.0, {"cpu_percent": 20.0})], [0.2], 1, [], on_stored=with_devices)
 
     assert [sample.ts for sample in new] == [2.0]
     drop_connection(database, database_url)

@@ -11,7 +11,7 @@ from agent.wire import Sample
 from bot import db
 from bot.db import retention
 from ml.data import latest_labels, training_frame
-from tests.fakes.samples import series
+from tests.fakes.samples import series, with_devices
 
 NOW = 1764226800.0  # 2025-11-27 07:00 UTC, a multiple of five minutes
 DAY = 86400.0
@@ -24,11 +24,16 @@ def every_5s(device: str, start: float, count: int, **metrics: float) -> list[Sa
 
 
 def store_samples(samples: list[Sample]) -> list[db.StoredSample]:
-    return db.store_batch(samples, [0.1] * len(samples), 1, [])
+    return db.store_batch(samples, [0.1] * len(samples), 1, [], on_stored=with_devices)
 
 
 def raw_count(device: str) -> int:
-    return db.Metric.select().where(db.Metric.device == device).count()
+    """The device's raw samples: in `metric`, and those kept past the retention (on PostgreSQL in `metric_kept`)."""
+    return sum(table.select().where(table.device == device).count() for table in (db.Metric, db.KeptSample))
+
+
+def raw_ids() -> set[int]:
+    return {row.id for table in (db.Metric, db.KeptSample) for row in table.select(table.id)}
 
 
 def test_samples_older_than_the_retention_become_five_minute_min_mean_max_and_recent_ones_stay_raw(
@@ -57,14 +62,14 @@ def test_labelled_samples_samples_that_raised_an_alert_and_the_newest_stay_raw(d
     db.add_label(labelled.id, 0, 7, "alice")
     start = alerted.ts
     db.Incident.create(device="pc1", kind="stressed", state="resolved", opened_ts=start, last_ts=start,
-                          sample=alerted.id, created=start, updated=start)
-    db.Device.create(name="pc1", last_ts=newest.ts, last_received=newest.ts, last_metric=newest.id)
+                          sample_id=alerted.id, created=start, updated=start)
 
     retention.downsample(NOW, DAYS)
 
-    assert {m.id for m in db.Metric.select()} == {labelled.id, alerted.id, newest.id}
+    assert raw_ids() == {labelled.id, alerted.id, newest.id}
     assert latest_labels() == {labelled.id: 0}
-    assert db.sample_by_id(alerted.id) == alerted, "a label on the incident is still about its sample"
+    assert db.sample_at(alerted.id, alerted.ts) == alerted, "a label on the incident is still about its sample"
+    assert db.sample_by_id(alerted.id) == alerted
     assert db.latest_sample("pc1") == newest
     assert sum(b.samples for b in db.Aggregate.select()) == 117
 
@@ -72,6 +77,7 @@ def test_labelled_samples_samples_that_raised_an_alert_and_the_newest_stay_raw(d
 def test_running_it_again_changes_nothing_and_a_late_sample_joins_its_five_minutes(database: pw.Database) -> None:
     start = NOW - 20 * DAY
     store_samples(every_5s("pc1", start, 60))  # cpu 0..59: mean 29.5
+    store_samples([Sample("pc1", NOW - 60, {"cpu_percent": 1.0})])  # its newest, which stays raw
     retention.downsample(NOW, DAYS)
     assert retention.downsample(NOW, DAYS).samples == 0
 
@@ -84,33 +90,41 @@ def test_running_it_again_changes_nothing_and_a_late_sample_joins_its_five_minut
     assert bucket.cpu_percent == pytest.approx((29.5 * 60 + 90.0) / 61)
     assert (bucket.cpu_percent_min, bucket.cpu_percent_max) == (0.0, 90.0)
     assert (bucket.mem_percent_min, bucket.mem_percent, bucket.mem_percent_max) == (40.0, 40.0, 40.0)
-    assert raw_count("pc1") == 0
+    assert raw_count("pc1") == 1
 
 
 def test_status_charts_and_training_read_the_downsampled_samples(database: pw.Database) -> None:
-    store_samples(every_5s("gone", NOW - 20 * DAY, 120, mem_percent=70.0))  # silent for three weeks
+    gone = store_samples(every_5s("gone", NOW - 20 * DAY, 120, mem_percent=70.0))  # silent for three weeks
     recent = store_samples(every_5s("live", NOW - 60, 12))
 
     retention.downsample(NOW, DAYS)
 
     fleet = db.latest_per_device()
     assert [s.device for s in fleet] == ["gone", "live"]
-    gone = db.latest_sample("gone")
-    assert gone is not None
-    assert gone.ts == NOW - 20 * DAY + 300
-    assert gone.metrics == {"cpu_percent": 29.5, "mem_percent": 70.0}
-    assert fleet[0] == gone
+    assert db.latest_sample("gone") == fleet[0] == gone[-1], "its newest sample stays raw"
     assert db.latest_sample("live") == recent[-1]
 
     assert db.history_points("gone", 30 * DAY, 5, ["mem_percent"], 60) == [(70.0,)] * 5, "charts read them too"
     chart = db.chart_series("gone", NOW - 21 * DAY, NOW, ["cpu_percent", "mem_percent"])
-    assert [p.metrics for p in chart.points] == [{"cpu_percent": 29.5, "mem_percent": 70.0}]
+    assert [p.metrics for p in chart.points] == [{"cpu_percent": 29.5, "mem_percent": 70.0}], "120 samples' mean"
     assert chart.points[0].first_ts == NOW - 20 * DAY
 
     frame = training_frame(["cpu_percent", "mem_percent"])
-    assert len(frame) == 12 + 2, "twelve raw samples and two five-minute aggregates"
+    assert len(frame) == 12 + 1 + 2, "twelve raw samples, the one kept raw and two five-minute aggregates"
     assert sorted(frame.loc[frame.index < 0, "mem_percent"]) == [70.0, 70.0]
     assert frame["label"].isna().all()
+
+
+def test_a_device_without_its_row_shows_its_newest_five_minutes(database: pw.Database) -> None:
+    # A store an older version wrote, or one no bot wrote: the newest sample is found without the device's row.
+    db.store_batch(every_5s("gone", NOW - 20 * DAY, 120, mem_percent=70.0), [0.1] * 120, 1, [])
+
+    retention.downsample(NOW, DAYS)
+
+    gone = db.latest_sample("gone")
+    assert gone is not None
+    assert gone.ts == NOW - 20 * DAY + 300
+    assert gone.metrics == {"cpu_percent": 29.5, "mem_percent": 70.0}
 
 
 def test_sqlite_gives_the_freed_space_back_to_the_disk(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from bot.db.outbox import CLAIM_S
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.scenario import CHAT, ask, bot_env, message, produce, wait_until
 from tests.fakes.services import KafkaBroker
+from tests.fakes.stores import empty_postgres
 from tests.fakes.telegram_api import FakeTelegram
 
 pytestmark = pytest.mark.slow
@@ -38,9 +39,8 @@ def test_a_bot_and_two_workers_store_every_sample_once_and_alert_each_stressed_d
 ) -> None:
     topic = f"fleet.{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topic(topic, partitions=4)
-    database = db.open_database(postgres_url)
-    database.drop_tables(db.TABLES)
-    database.create_tables(db.TABLES)
+    empty_postgres(postgres_url)
+    db.open_database(postgres_url)  # as the bot makes it: samples partitioned by day
     env = bot_env(telegram, tmp_path, postgres_url, KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
                   KAFKA_TOPIC=topic, BATCH_SIZE="2000",
                   ALERT_GROUP_MIN="1000")  # one alert per device, each counted: no group message

@@ -19,7 +19,7 @@ from bot import db
 from bot.db import Rejection
 from ml.data import latest_labels, training_frame
 from schema.tables import add_missing_columns
-from tests.fakes.samples import TS, sample
+from tests.fakes.samples import TS, sample, with_devices
 from tests.test_wire import VALUES
 
 
@@ -118,7 +118,7 @@ def test_samples_with_different_metrics_in_one_batch_each_keep_their_own(databas
     pi = sample("pi", cpu_percent=20)
     pc = sample("pc", cpu_percent=30, mem_percent=61.2, cpu_temp_c=58)
     batch = [pi, pc] if order == "small sample first" else [pc, pi]
-    db.store_batch(batch, [0.1, 0.2], 1, [])
+    db.store_batch(batch, [0.1, 0.2], 1, [], on_stored=with_devices)
 
     assert {s.device: s.metrics for s in db.latest_per_device()} == {
         "pc": {"cpu_percent": 30.0, "mem_percent": 61.2, "cpu_temp_c": 58.0},
@@ -169,7 +169,7 @@ def test_filesystems_and_top_processes_are_stored_beside_samples_without_them(da
     only_processes = Sample("pc2", TS, {"cpu_percent": 90.0}, processes={"cpu": [("make", 1, 90.0)]})
     batch = [server, pi, only_processes] if order == "with them first" else [pi, only_processes, server]
 
-    new = {s.device: s for s in db.store_batch(batch, [0.9, 0.1, 0.2], 1, [])}
+    new = {s.device: s for s in db.store_batch(batch, [0.9, 0.1, 0.2], 1, [], on_stored=with_devices)}
     again = {s.device: s for s in db.latest_per_device()}
 
     for shown in (new, again):
@@ -230,9 +230,10 @@ def test_a_binary_reject_does_not_stop_the_batch(database: pw.Database, payload:
 def test_latest_per_device_is_the_newest_sample_of_each_device_by_name(database: pw.Database) -> None:
     db.store_batch(
         [sample("zeta", TS, cpu_percent=1), sample("alpha", TS + 60, cpu_percent=2), sample("mid", TS, cpu_percent=3)],
-        [0.1, 0.2, 0.3], 1, [],
+        [0.1, 0.2, 0.3], 1, [], on_stored=with_devices,
     )
-    db.store_batch([sample("zeta", TS + 30, cpu_percent=4), sample("alpha", TS, cpu_percent=5)], [0.4, 0.5], 1, [])
+    db.store_batch([sample("zeta", TS + 30, cpu_percent=4), sample("alpha", TS, cpu_percent=5)], [0.4, 0.5], 1, [],
+                   on_stored=with_devices)
 
     latest = db.latest_per_device()
 
@@ -242,7 +243,7 @@ def test_latest_per_device_is_the_newest_sample_of_each_device_by_name(database:
 
 
 def test_latest_sample_of_a_device_that_never_reported_is_none(database: pw.Database) -> None:
-    db.store_batch([sample("pc1", cpu_percent=10)], [0.1], 1, [])
+    db.store_batch([sample("pc1", cpu_percent=10)], [0.1], 1, [], on_stored=with_devices)
 
     assert db.latest_sample("pc9") is None
     assert db.latest_per_device()[0].device == "pc1"

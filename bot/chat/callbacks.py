@@ -24,7 +24,8 @@ CANCEL_PATTERN = rf"^{CANCEL}$"
 # The buttons of an alert, which an escalation may send to someone's private chat: the only ones pressed there.
 IN_PRIVATE = re.compile("|".join((INCIDENT_PATTERN, EXPAND_PATTERN, GROUP_PATTERN)))
 _INCIDENT_RE = re.compile(rf"i:(\d{{1,18}}):({'|'.join(re.escape(a.value) for a in Action)})")
-_MISSED_RE = re.compile(r"missed:(\d{1,18}):([A-Za-z0-9_-]{11})")
+# A sample's id and time (its repr: what round-trips), or its id alone (buttons sent before they carried the time).
+_MISSED_RE = re.compile(r"missed:(\d{1,18})(?::(\d{1,11}\.\d{1,9}))?:([A-Za-z0-9_-]{11})")
 _ACTIVATE_RE = re.compile(r"activate:(disk:)?(\d{1,9})")
 _EXPAND_RE = re.compile(r"one:(\d{1,18})")
 _GROUP_RE = re.compile(r"all:(\d{1,18})")
@@ -47,17 +48,25 @@ def _mac(data: str, chat_id: int, key: bytes) -> str:
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def missed(metric_id: int, chat_id: int, key: bytes) -> str:
-    """⚠️ Something is wrong here, under /status <device>: about one sample, signed for the chat it is shown in
-    (a stored sample is no secret: without the signature, any id could be labelled from any chat)."""
-    return f"missed:{metric_id}:{_mac(f'missed:{metric_id}', chat_id, key)}"
+def missed(metric_id: int, ts: float, chat_id: int, key: bytes) -> str:
+    """⚠️ Something is wrong here, under /status <device>: about one sample, by its id and time (the time finds its
+    day's partition), signed for the chat it is shown in (a stored sample is no secret: without the signature, any
+    id could be labelled from any chat). At most 59 characters: Telegram takes 64."""
+    data = f"missed:{metric_id}:{ts!r}"
+    if not _MISSED_RE.fullmatch(f"{data}:{'A' * 11}"):  # a time no clock gives (before 2001): the id alone
+        data = f"missed:{metric_id}"
+    return f"{data}:{_mac(data, chat_id, key)}"
 
 
-def parse_missed(data: str | None, chat_id: int, key: bytes) -> int | None:
+def parse_missed(data: str | None, chat_id: int, key: bytes) -> tuple[int, float | None] | None:
+    """(sample id, its time or None on an older button), or None when the data is not a valid button."""
     match = _MISSED_RE.fullmatch(data or "")
-    if not match or not hmac.compare_digest(match[2], _mac(f"missed:{match[1]}", chat_id, key)):
+    if not match:
         return None
-    return int(match[1])
+    signed = f"missed:{match[1]}" + (f":{match[2]}" if match[2] else "")
+    if not hmac.compare_digest(match[3], _mac(signed, chat_id, key)):
+        return None
+    return int(match[1]), float(match[2]) if match[2] else None
 
 
 def activate(version: int, disk: bool = False) -> str:

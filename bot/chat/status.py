@@ -291,10 +291,10 @@ def rejected(rows: list[Rejected]) -> str:
     return f"<b>Latest rejected messages</b> (newest first)\n{pre(lines)}"
 
 
-def missed_keyboard(metric_id: int, chat_id: int, key: bytes) -> InlineKeyboardMarkup:
+def missed_keyboard(sample: StoredSample, chat_id: int, key: bytes) -> InlineKeyboardMarkup:
     """Under /status <device>: a way to say the model missed a problem with this sample."""
-    return InlineKeyboardMarkup([[InlineKeyboardButton("⚠️ Something is wrong here",
-                                                       callback_data=callbacks.missed(metric_id, chat_id, key))]])
+    data = callbacks.missed(sample.id, sample.ts, chat_id, key)
+    return InlineKeyboardMarkup([[InlineKeyboardButton("⚠️ Something is wrong here", callback_data=data)]])
 
 
 def missed_labelled(sample: StoredSample) -> str:
@@ -350,7 +350,7 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
                                  forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
                                  silent=silent, muted=muted, tolerances=tolerated, problems=problems,
                                  expected=expected, disks=disks, restoring=not forecaster.back(sample.device))
-            markup = missed_keyboard(sample.id, update.effective_chat.id, common.button_key(context))
+            markup = missed_keyboard(sample, update.effective_chat.id, common.button_key(context))
     await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:
         end = time.time()
@@ -404,11 +404,16 @@ async def rejected_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     await update.effective_message.reply_text(rejected(rows), parse_mode=ParseMode.HTML)
 
 
+def _pressed(metric_id: int, ts: float | None) -> StoredSample | None:
+    """The sample of a ⚠️ button: by its id and time (its day's partition), or by its id on an older button."""
+    return db.sample_by_id(metric_id) if ts is None else db.sample_at(metric_id, ts)
+
+
 async def missed_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """⚠️ Something is wrong here, under /status <device>: the model missed a problem; label the sample stressed."""
     query = update.callback_query
-    metric_id = callbacks.parse_missed(query.data, update.effective_chat.id, common.button_key(context))
-    sample = await asyncio.to_thread(db.sample_by_id, metric_id) if metric_id is not None else None
+    which = callbacks.parse_missed(query.data, update.effective_chat.id, common.button_key(context))
+    sample = await asyncio.to_thread(_pressed, *which) if which is not None else None
     if sample is None:
         log.warning("ignored callback %r from user %d", query.data[:80], query.from_user.id)
         await query.answer(common.INVALID_BUTTON)

@@ -42,6 +42,7 @@ from bot.db.samples import (
     latest_sample,
     recent_per_device,
     rejected,
+    sample_at,
     sample_by_id,
 )
 from schema.tables import (
@@ -58,6 +59,7 @@ from schema.tables import (
     Group,
     HeldPart,
     Incident,
+    KeptSample,
     Label,
     Metric,
     Mute,
@@ -92,6 +94,7 @@ __all__ = [
     "HeldPart",
     "HeldParts",
     "Incident",
+    "KeptSample",
     "Label",
     "Metric",
     "Mute",
@@ -132,6 +135,7 @@ __all__ = [
     "receiving_stretch",
     "recent_per_device",
     "rejected",
+    "sample_at",
     "sample_by_id",
     "silent_devices",
     "store_batch",

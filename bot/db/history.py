@@ -6,7 +6,7 @@ from __future__ import annotations
 from agent.vocabulary import DEVICE_RE, KNOWN_METRICS
 from bot.db.samples import ChartPoint, ChartSeries, chart_series
 from schema.domain import matches
-from schema.tables import Aggregate, Event, Incident, Metric
+from schema.tables import Aggregate, Event, Incident, KeptSample, Metric
 
 
 def incidents_of(pattern: str, since: float, limit: int) -> tuple[list[Incident], int]:
@@ -43,9 +43,11 @@ def samples_around(device: str, start: float, end: float, metrics: list[str], ro
     `rows` of them, all raw; else averaged in the database into at most `rows` stretches (see chart_series)."""
     if set(metrics) - set(KNOWN_METRICS):
         raise ValueError(f"not metric columns: {metrics}")
-    within = (Metric.device == device) & (Metric.ts >= start) & (Metric.ts <= end)
-    raw = list(Metric.select(Metric.ts, Metric.p_stressed, *(getattr(Metric, m) for m in metrics)).where(within)
-               .order_by(Metric.ts).limit(rows + 1).tuples())
+    # The raw samples, and those kept raw past the retention (see bot/db/retention.py): at most rows + 1 of each.
+    raw = sorted((row for model in (Metric, KeptSample) for row in
+                  model.select(model.ts, model.p_stressed, *(getattr(model, m) for m in metrics))
+                  .where((model.device == device) & (model.ts >= start) & (model.ts <= end))
+                  .order_by(model.ts).limit(rows + 1).tuples()), key=lambda row: row[0])[:rows + 1]
     downsampled = Aggregate.select().where((Aggregate.device == device) & (Aggregate.bucket >= start)
                                            & (Aggregate.bucket <= end)).exists()
     if len(raw) > rows or downsampled:

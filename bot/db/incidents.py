@@ -27,7 +27,7 @@ def create(device: str, kind: Kind, sample_id: int | None, p: float | None, open
     """A new open incident."""
     return Incident.create(
         device=device, kind=kind, metric=metric_key(detail.metric), state=State.OPEN, opened_ts=opened_ts,
-        last_ts=opened_ts, sample=sample_id, last_p=p, peak_p=p, detail=detail, created=now, updated=now,
+        last_ts=opened_ts, sample_id=sample_id, last_p=p, peak_p=p, detail=detail, created=now, updated=now,
         next_reminder=next_reminder,
     )
 

@@ -11,9 +11,9 @@ import peewee as pw
 from peewee import fn
 
 from agent.vocabulary import KNOWN_METRICS
-from bot.db.connection import param
+from bot.db.connection import is_postgres, param
 from schema.streaming import FETCH_CHUNK, streamed
-from schema.tables import Aggregate, Device, Metric, Rejected, db
+from schema.tables import Aggregate, Device, KeptSample, Metric, Rejected, db
 
 
 @dataclass(slots=True)  # not frozen: one is made per stored message (docs/performance.md, the hot path)
@@ -55,14 +55,6 @@ WITH RECURSIVE devices(device) AS (
     SELECT (SELECT MIN(m.device) FROM {table} AS m WHERE m.device > devices.device) FROM devices
     WHERE devices.device IS NOT NULL
 )"""
-_LATEST_PER_DEVICE_SQL = DEVICES_CTE + """
-SELECT * FROM {table} WHERE id IN (
-    SELECT (SELECT m.id FROM {table} AS m WHERE m.device = devices.device ORDER BY m.{ts} DESC LIMIT 1)
-    FROM devices WHERE devices.device IS NOT NULL
-) ORDER BY device
-"""
-LATEST_PER_DEVICE_SQL = _LATEST_PER_DEVICE_SQL.format(table="metric", ts="ts")
-LATEST_AGGREGATE_PER_DEVICE_SQL = _LATEST_PER_DEVICE_SQL.format(table="metric_5m", ts="bucket")
 
 
 def _aggregated(row: Aggregate) -> StoredSample:
@@ -76,25 +68,74 @@ def _newest(*candidates: StoredSample | None) -> StoredSample | None:
     return max(found, key=lambda s: s.ts) if found else None
 
 
-def latest_per_device() -> list[StoredSample]:
-    """The newest sample of every device, by device name; a device silent for longer than the retention
-    has only downsampled five minutes left, and shows the newest of those."""
-    raw = {row.device: _stored(row) for row in Metric.raw(LATEST_PER_DEVICE_SQL)}
-    old = {row.device: _aggregated(row) for row in Aggregate.raw(LATEST_AGGREGATE_PER_DEVICE_SQL)}
-    return [_newest(raw.get(d), old.get(d)) for d in sorted(raw.keys() | old.keys())]  # type: ignore[misc]
+def _first(query: pw.SelectBase) -> StoredSample | None:
+    row = next(iter(query.limit(1)), None)
+    return _stored(row) if row is not None else None
+
+
+def sample_at(metric_id: int, ts: float) -> StoredSample | None:
+    """One stored sample by its id and time, or None. The time names its day's partition on PostgreSQL (an id
+    alone would be looked up in every day); a sample kept past the retention (labelled, alerted, a device's newest:
+    see bot/db/retention.py) is found in `metric_kept` by its id."""
+    return _first(Metric.select().where((Metric.id == metric_id) & (Metric.ts == ts))
+                  .union_all(KeptSample.select().where(KeptSample.id == metric_id)))
 
 
 def sample_by_id(metric_id: int | None) -> StoredSample | None:
-    """One stored sample, or None."""
-    row = Metric.get_or_none(Metric.id == metric_id) if metric_id is not None else None
-    return _stored(row) if row else None
+    """One stored sample by its id alone, or None: on PostgreSQL a look in every day's partition. For what carries
+    no time (a button sent before buttons carried one); everything else uses `sample_at`."""
+    if metric_id is None:
+        return None
+    return _first(Metric.select().where(Metric.id == metric_id)
+                  .union_all(KeptSample.select().where(KeptSample.id == metric_id)))
 
 
 def latest_sample(device: str) -> StoredSample | None:
-    """The newest sample of one device (raw, else downsampled), or None when the device never reported."""
-    row = Metric.select().where(Metric.device == device).order_by(Metric.ts.desc()).first()
+    """The newest sample of one device, or None when the device never reported: the one its row names, found by
+    its id and time (one day's partition); without that row, the newest raw or downsampled one."""
+    row = Device.select(Device.last_metric, Device.last_ts).where(Device.name == device).first()
+    if row is not None and row.last_metric is not None:
+        found = sample_at(row.last_metric, row.last_ts)
+        if found is not None:
+            return found
+    return _newest_stored(device)
+
+
+def _newest_stored(device: str) -> StoredSample | None:
+    """The newest raw sample of a device, else its newest five downsampled minutes: a read of every day."""
+    raw = _first(Metric.select().where(Metric.device == device).order_by(Metric.ts.desc()))
     old = Aggregate.select().where(Aggregate.device == device).order_by(Aggregate.bucket.desc()).first()
-    return _newest(_stored(row) if row else None, _aggregated(old) if old else None)
+    return _newest(raw, _aggregated(old) if old else None)
+
+
+def _columns(alias: str) -> str:
+    return ", ".join(f"{alias}.{field.column_name}" for field in Metric._meta.sorted_fields)
+
+
+# Each device's newest sample, the one its row names, by (device, ts): on PostgreSQL in a LATERAL subquery, a lookup
+# per device that reads only the partition of its day (pruned as it runs; a plain join would be hashed over every
+# day), or in `metric_kept` once its day is dropped. SQLite, one table, joins.
+_LATEST_PER_DEVICE_PG = (
+    f"SELECT {_columns('m')} FROM device AS d CROSS JOIN LATERAL (SELECT * FROM metric AS s "
+    "WHERE s.device = d.name AND s.ts = d.last_ts LIMIT 1) AS m "
+    f"UNION ALL SELECT {_columns('k')} FROM device AS d JOIN metric_kept AS k ON k.id = d.last_metric")
+_LATEST_PER_DEVICE_SQLITE = (
+    f"SELECT {_columns('m')} FROM device AS d JOIN metric AS m ON m.device = d.name AND m.ts = d.last_ts "
+    f"UNION ALL SELECT {_columns('k')} FROM device AS d JOIN metric_kept AS k ON k.id = d.last_metric")
+
+
+def latest_per_device() -> list[StoredSample]:
+    """The newest sample of every device, by device name: the one each device's row names. A device whose row
+    names none it can find (an older version's row) shows its newest raw or downsampled sample."""
+    names = [name for (name,) in Device.select(Device.name).tuples()]
+    found: dict[str, StoredSample] = {}
+    for row in Metric.raw(_LATEST_PER_DEVICE_PG if is_postgres() else _LATEST_PER_DEVICE_SQLITE):
+        found[row.device] = _newest(found.get(row.device), _stored(row))  # type: ignore[assignment]
+    for name in set(names) - found.keys():
+        sample = _newest_stored(name)
+        if sample is not None:
+            found[name] = sample
+    return [found[name] for name in sorted(found)]
 
 
 CHART_POINTS = 600  # per series, whatever the window: enough for a phone screen, small enough to draw fast
@@ -132,9 +173,11 @@ def chart_series(
         raise ValueError(f"not a metric column: {sorted(unknown)}")
     bucket_s = chart_bucket_s(start_ts, end_ts, max_points)
     # Per bucket: [first, last, highest P, then the sum and the count of each metric]. Downsampled five minutes
-    # (see bot/db/retention.py) count for as many samples as they stand for.
+    # (see bot/db/retention.py) count for as many samples as they stand for; samples kept raw past the retention
+    # count as themselves. Each read is bounded in time: on PostgreSQL it reads the days of the window only.
     buckets: dict[int, list] = {}
-    for model, ts, weight in ((Metric, Metric.ts, None), (Aggregate, Aggregate.bucket, Aggregate.samples)):
+    for model, ts, weight in ((Metric, Metric.ts, None), (KeptSample, KeptSample.ts, None),
+                              (Aggregate, Aggregate.bucket, Aggregate.samples)):
         scaled = ts / bucket_s
         # SQLite has floor() only when built with its math functions; ts is after 2000 (the wire format says
         # so), and truncating a positive number is its floor.
@@ -178,22 +221,29 @@ def history_points(device: str, seconds: float, points: int, columns: list[str],
     each moment), or nothing when its history spans less than `min_span`. Bounded: one index seek per point,
     whatever the sampling rate, and time-weighted: a burst of samples counts for the time it lasted. Where
     only downsampled five minutes are left (see bot/db/retention.py), their means are in force. The column
-    "filesystems" (JSON text, None where downsampled) may be asked for too."""
+    "filesystems" (JSON text, None where downsampled) may be asked for too. Every read is bounded by the device's
+    newest sample and `seconds` before it: on PostgreSQL, the days of that window only."""
     if not columns or set(columns) - {*KNOWN_METRICS, FILESYSTEMS}:
         raise ValueError(f"not metric columns: {columns}")
-    tables = ((Metric, Metric.ts), (Aggregate, Aggregate.bucket))
-    newest = max((t for t in (model.select(pw.fn.MAX(ts)).where(model.device == device).scalar()
-                              for model, ts in tables) if t is not None), default=None)
+    tables = ((Metric, Metric.ts), (KeptSample, KeptSample.ts), (Aggregate, Aggregate.bucket))
+    newest = Device.select(Device.last_ts).where(Device.name == device).scalar()
+    if newest is None:  # no row for it (a store no bot wrote): its newest sample, read from every day
+        newest = max((t for t in (model.select(pw.fn.MAX(ts)).where(model.device == device).scalar()
+                                  for model, ts in tables) if t is not None), default=None)
     if newest is None:
         return []
-    start = min(t for t in (model.select(pw.fn.MIN(ts)).where((model.device == device) & (ts >= newest - seconds))
-                            .scalar() for model, ts in tables) if t is not None)
+    firsts = [model.select(pw.fn.MIN(ts)).where((model.device == device) & (ts >= newest - seconds) & (ts <= newest))
+              .scalar() for model, ts in tables]
+    if all(t is None for t in firsts):
+        return []
+    start = min(t for t in firsts if t is not None)
     if newest - start < min_span:
         return []
     step = (newest - start) / (points - 1)
     in_force: dict[int, tuple[float, tuple[float | None, ...]]] = {}
-    for table, ts in (("metric", "ts"), ("metric_5m", "bucket")):
-        for n, at, *values in db.execute_sql(_points_sql(table, ts, columns), (start, step, points, device)):
+    for table, ts in (("metric", "ts"), ("metric_kept", "ts"), ("metric_5m", "bucket")):
+        sql = _points_sql(table, ts, columns, lateral=is_postgres())
+        for n, at, *values in db.execute_sql(sql, (start, step, points, device, start, newest)):
             if n not in in_force or at > in_force[n][0]:
                 in_force[n] = (at, tuple(values))
     return [in_force[n][1] for n in sorted(in_force)]
@@ -202,30 +252,38 @@ def history_points(device: str, seconds: float, points: int, columns: list[str],
 FILESYSTEMS = "filesystems"  # the column of a sample's filesystems: a raw sample's only
 
 
-def _points_sql(table: str, ts: str, columns: list[str]) -> str:
+def _points_sql(table: str, ts: str, columns: list[str], lateral: bool) -> str:
+    """The sample of `table` in force at each point: the newest at or before it, within [start, newest]. PostgreSQL
+    reads it whole in a LATERAL subquery (its day's partitions only); SQLite, which has no LATERAL, by its id."""
     p = param()
+    values = ", ".join(f"m.{c}" if c != FILESYSTEMS or table != "metric_5m" else "NULL" for c in columns)
+    newest_in_force = (f"SELECT s.{{what}} FROM {table} AS s WHERE s.device = {p} AND s.{ts} <= points.t "
+                       f"AND s.{ts} >= {p} AND s.{ts} <= {p} ORDER BY s.{ts} DESC LIMIT 1")
+    if lateral:
+        source = f"CROSS JOIN LATERAL ({newest_in_force.format(what='*')}) AS m"
+    else:
+        source = f"JOIN {table} AS m ON m.id = ({newest_in_force.format(what='id')})"
     return f"""
     WITH RECURSIVE points(t, n) AS (
         SELECT CAST({p} AS DOUBLE PRECISION), 1
         UNION ALL SELECT t + {p}, n + 1 FROM points WHERE n < {p}
     )
-    SELECT points.n, m.{ts}, {", ".join(f"m.{c}" if c != FILESYSTEMS or table == "metric" else "NULL" for c in columns)}
-    FROM points JOIN {table} AS m ON m.id = (
-        SELECT s.id FROM {table} AS s WHERE s.device = {p} AND s.{ts} <= points.t ORDER BY s.{ts} DESC LIMIT 1
-    )
+    SELECT points.n, m.{ts}, {values} FROM points {source}
     """
 
 
-# Every device's samples of its last `seconds`: a walk over the devices (as above), then a range of the
-# (device, ts) index each.
-RECENT_PER_DEVICE_SQL = DEVICES_CTE.format(table="metric") + """, newest(device, ts) AS (
-    SELECT device, (SELECT MAX(m.ts) FROM metric AS m WHERE m.device = devices.device) FROM devices
-    WHERE devices.device IS NOT NULL
-)
-SELECT m.id, m.device, m.ts, m.filesystems, m.readings, {columns} FROM newest
-JOIN metric AS m ON m.device = newest.device AND m.ts >= newest.ts - {p}
+# Every device's samples of its last `seconds` before its newest (its row says when): a range of the (device, ts)
+# index each. On PostgreSQL in a LATERAL subquery, which reads only the partitions of those days (pruned as it
+# runs; OFFSET 0 keeps the planner from turning it into a join hashed over every day).
+_RECENT_PER_DEVICE = """
+SELECT m.id, m.device, m.ts, m.filesystems, m.readings, {columns} FROM device AS d {source}
 ORDER BY m.device, m.ts
 """
+RECENT_PER_DEVICE_PG = _RECENT_PER_DEVICE.replace("{source}", (
+    "CROSS JOIN LATERAL (SELECT * FROM metric AS s WHERE s.device = d.name AND s.ts >= d.last_ts - %s "
+    "AND s.ts <= d.last_ts OFFSET 0) AS m"))
+RECENT_PER_DEVICE_SQLITE = _RECENT_PER_DEVICE.replace("{source}", (
+    "JOIN metric AS m ON m.device = d.name AND m.ts >= d.last_ts - ? AND m.ts <= d.last_ts"))
 
 
 Recent = tuple[int, str, float, dict[str, float], dict[str, float] | None, dict[str, dict[str, float]] | None]
@@ -233,11 +291,13 @@ Recent = tuple[int, str, float, dict[str, float], dict[str, float] | None, dict[
 
 def recent_per_device(seconds: float, columns: list[str]) -> Iterator[Recent]:
     """(id, device, ts, metrics, filesystems, readings) of every device's samples in the last `seconds` before its
-    newest, by device and time; only the given metric columns, and only those present. Read as they are taken: a
-    fleet's last hours are millions of samples, never held at once."""
+    newest (as its row says: the bot writes one for every device), by device and time; only the given metric
+    columns, and only those present. Read as they are taken: a fleet's last hours are millions of samples, never
+    held at once."""
     if set(columns) - set(KNOWN_METRICS):
         raise ValueError(f"not metric columns: {columns}")
-    sql = RECENT_PER_DEVICE_SQL.format(columns=", ".join(f"m.{c}" for c in columns), p=param())
+    sql = (RECENT_PER_DEVICE_PG if is_postgres() else RECENT_PER_DEVICE_SQLITE).format(
+        columns=", ".join(f"m.{c}" for c in columns))
     # A machine's filesystems change little from one sample to the next, and many send no readings: each text is
     # read once while it stays the same.
     fs_text, filesystems, readings_text, readings = None, None, None, None

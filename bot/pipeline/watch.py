@@ -20,7 +20,7 @@ from bot.db import (
     muting,
     oncall,
     receiving_stretch,
-    sample_by_id,
+    sample_at,
     samples,
     silent_devices,
     transaction,
@@ -147,7 +147,7 @@ class Watch:
                     continue
                 if incidents.has_open(name, Kind.STRESSED):
                     continue
-                sample = sample_by_id(device.last_metric)
+                sample = sample_at(device.last_metric, device.last_ts) if device.last_metric is not None else None
                 if sample is not None:
                     detail = stressed_detail(sample, drivers_of(sample, self.drivers, self.tolerances))
                     self.incidents.open(name, Kind.STRESSED, sample, sample.ts, detail, now)

@@ -3,13 +3,26 @@ sample as the store gives it back."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from operator import attrgetter
 
 from agent.wire import Sample
 from bot.db import StoredSample
+from bot.db.ingest import update_devices
 from tests.fakes.scenario import message
 
 TS = 1764226800.25  # 2025-11-27 07:00:00.25 UTC
+
+
+def with_devices(new: list[StoredSample]) -> None:
+    """What the bot's decider does first with a batch's new samples, inside its transaction: each device's row (its
+    newest sample, its usual interval) brought up to date. Pass it as `store_batch`'s `on_stored` to read the
+    samples back as /status and the start-up do, through those rows."""
+    by_device: dict[str, list[StoredSample]] = {}
+    for stored_sample in sorted(new, key=attrgetter("ts")):
+        by_device.setdefault(stored_sample.device, []).append(stored_sample)
+    update_devices(by_device, time.time())
 
 
 def sample(device: str, ts: float = TS, **metrics: float) -> Sample:
