@@ -14,7 +14,7 @@ from bot.pipeline.baselines import Baselines
 from bot.pipeline.decide import Decider
 from bot.pipeline.forecast import SAVE_EVERY_S, Forecast, Forecaster
 from schema.tables import TrendState, UsualRange
-from tests.fakes.samples import stored
+from tests.fakes.samples import stored, with_devices
 
 T0 = 1764226800.0  # 2025-11-27 07:00:00 UTC
 MINUTE = 60.0
@@ -85,7 +85,7 @@ def test_a_restart_reads_as_many_rows_for_a_long_history_as_for_a_short_one(deci
     for day in range(1, 4):  # three days more of history, before the hour the trends were learnt from
         older = start - day * 86400
         db.store_batch([Sample(f"m{n:03}", older + minute * 120, {"disk_percent": 50.0}) for n in range(50)
-                        for minute in range(720)], [0.1] * 36000, 1, [])
+                        for minute in range(720)], [0.1] * 36000, 1, [], on_stored=with_devices)
     assert db.Metric.select().count() == 50 * 60 + 3 * 36000
 
     forecaster, long = restarted()
@@ -98,7 +98,7 @@ def test_samples_that_arrive_while_the_trends_come_back_are_taken_after_them(dat
     live = Forecaster(HORIZON_S)
     start = T0 - 10 * 3600
     for minute in range(240):
-        new = db.store_batch(fleet(minute, start), [0.1] * 4, 1, [])
+        new = db.store_batch(fleet(minute, start), [0.1] * 4, 1, [], on_stored=with_devices)
         live.observe([(s.id, s.device, s.ts, s.metrics, s.filesystems, None) for s in new])
         if minute == 200:
             with db.transaction():
@@ -107,7 +107,7 @@ def test_samples_that_arrive_while_the_trends_come_back_are_taken_after_them(dat
     forecaster.begin_restoring()
     late = []
     for minute in range(240, 300):  # ingestion goes on while the trends are read back
-        new = db.store_batch(fleet(minute, start), [0.1] * 4, 1, [])
+        new = db.store_batch(fleet(minute, start), [0.1] * 4, 1, [], on_stored=with_devices)
         late = [(s.id, s.device, s.ts, s.metrics, s.filesystems, None) for s in new]
         live.observe(late)
         assert forecaster.observe(late) == []
@@ -127,7 +127,7 @@ def test_an_upgrade_without_kept_trends_rebuilds_them_from_the_last_hours_and_ke
     live = Forecaster(HORIZON_S)
     start = T0 - 10 * 3600
     for minute in range(5 * 60):  # a version that kept no trends
-        new = db.store_batch(fleet(minute, start), [0.1] * 4, 1, [])
+        new = db.store_batch(fleet(minute, start), [0.1] * 4, 1, [], on_stored=with_devices)
         live.observe([(s.id, s.device, s.ts, s.metrics, s.filesystems, None) for s in new])
 
     forecaster, done = restarted()
@@ -166,7 +166,7 @@ def alerting(forecaster: Forecaster, start: float, values: list[float]) -> tuple
         batch = [Sample("logs", start + (hour + m) * MINUTE, {"disk_percent": v})
                  for m, v in enumerate(values[hour:hour + 60])]
         with db.transaction():
-            new = db.store_batch(batch, [0.1] * len(batch), 1, [])
+            new = db.store_batch(batch, [0.1] * len(batch), 1, [], on_stored=with_devices)
             for forecast in forecaster.observe([(s.id, s.device, s.ts, s.metrics, None, None) for s in new]):
                 forecaster.mark_alerted(forecast)
                 alerted.append(forecast)
@@ -207,7 +207,7 @@ def test_trends_are_written_at_most_every_save_every_s_and_at_most_so_many_a_bat
 def put(device: str, start: float, step: float, values: list[float]) -> None:
     samples = [Sample(device, start + i * step, {"disk_percent": value, "cpu_percent": 20.0})
                for i, value in enumerate(values)]
-    db.store_batch(samples, [None] * len(samples), None, [])
+    db.store_batch(samples, [None] * len(samples), None, [], on_stored=with_devices)
 
 
 def test_usual_ranges_are_kept_and_read_back_after_a_restart_until_they_are_an_hour_old(
