@@ -18,7 +18,7 @@ from agent.smart import Disk, judge
 from agent.vocabulary import READINGS
 from agent.wire import MAX_READING_OBJECTS, Sample, encode, parse
 from bot import db
-from bot.intake.node_exporter import NodeExporter, key
+from bot.intake.node_exporter import NodeExporter, Verdict, key
 from bot.intake.remote_write import MAYBE_READ, Receiver
 from tests.fakes.node_exporter import UNIT_STATES, Labels, body, machine, write_request
 from tests.fakes.smart_exporters import smartctl_exporter, smartmon
@@ -270,6 +270,20 @@ def test_a_smartctl_exporter_scrape_is_whole_at_its_own_size_and_the_machines_sc
     add(T0 + 15, node, T0 + 16)
     [(_scrape, sample)] = mapper.take(T0 + 16)
     assert sample is not None and smart_of(sample)["smart_health"] == {"sda": 1.0, "nvme0n1": 1.0}
+
+
+def test_behind_a_load_balancer_a_smartctl_exporter_scrape_is_whole_at_its_own_size_whatever_others_stored() -> None:
+    """Other receivers say how big the device's last stored scrape was: node_exporter's. smartctl_exporter's own
+    scrape does not wait for that many series."""
+    mapper = NodeExporter(grace_s=10.0)
+    node, smart = machine(units=0, filler=0), disks()
+    ts_ms = round((T0 + 5) * 1000)
+    mapper.add("srv1", ts_ms, [(k, v) for (name, labels), v in smart.items()
+                               if (k := key(name, dict(labels))) is not None], T0 + 5)
+
+    settled = mapper.settle("srv1", ts_ms, T0 + 5, expected=len(node))
+
+    assert settled.verdict is Verdict.READY
 
 
 def test_a_collector_that_is_off_gives_no_reading_and_one_that_found_nothing_an_empty_one() -> None:
