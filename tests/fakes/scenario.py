@@ -47,10 +47,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, what: str
         time.sleep(0.1)
 
 
-def ask(telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN) -> str:
+def ask(telegram: FakeTelegram, text: str, chat: int = CHAT, user: int = ADMIN,
+        answer: Callable[[str], bool] = lambda _text: True) -> str:
+    """The bot's next message in the chat after `text`; `answer` passes over others (a single-host bot's own alert
+    may come first, on a loaded machine)."""
     mark = telegram.call_count()
     telegram.send_text(chat, text, user_id=user)
-    return telegram.wait_for_message(chat, after=mark, timeout=WAIT_S)["text"]
+    return telegram.wait_for_message(chat, answer, after=mark, timeout=WAIT_S)["text"]
 
 
 def chat_texts(telegram: FakeTelegram, chat: int = CHAT) -> list[str]:
