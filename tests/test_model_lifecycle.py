@@ -97,7 +97,7 @@ def test_retrain_versions_rollback_and_a_tampered_artifact_on_s3(
         assert len(s3.list_object_versions(Bucket=bucket, Prefix="fleet/model.skops")["Versions"]) == 2
 
         # The loop closes: the retrained model is surer still of the sample a person confirmed as stressed.
-        labelled = db.Label.select().first().metric
+        labelled = db.Metric.get_by_id(db.Label.select().first().metric)
         sample = {name: getattr(labelled, name) for name in STRESSED}
         p_v1, p_v2 = (model.predict(artifact.loads(model_store.load(v)), [sample])[0] for v in (1, 2))
         assert p_v2 > p_v1
