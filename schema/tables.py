@@ -368,8 +368,8 @@ class RemoteScrape(BaseModel):
     """A remote-write scrape some bot process received: the row every process locks before it keeps, merges or
     stores the scrape's parts (HeldPart), so that of two processes with parts of one scrape exactly one stores it,
     with every part. `series` is set in the transaction that stores its sample: how many series it had, which is
-    what a whole scrape of its device has. Kept a few minutes after (bot/intake/remote_write.py), so that a part
-    coming late is known as such."""
+    what a whole scrape of its device has (0: smartctl_exporter's own scrape, which says nothing of that). Kept a
+    few minutes after (bot/intake/remote_write.py), so that a part coming late is known as such."""
 
     device = pw.CharField(max_length=64)
     ts_ms = pw.BigIntegerField()

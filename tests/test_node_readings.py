@@ -274,7 +274,7 @@ def test_a_smartctl_exporter_scrape_is_whole_at_its_own_size_and_the_machines_sc
 
 def test_behind_a_load_balancer_a_smartctl_exporter_scrape_is_whole_at_its_own_size_whatever_others_stored() -> None:
     """Other receivers say how big the device's last stored scrape was: node_exporter's. smartctl_exporter's own
-    scrape does not wait for that many series."""
+    scrape does not wait for that many series, and is not told to them as the size of a whole one."""
     mapper = NodeExporter(grace_s=10.0)
     node, smart = machine(units=0, filler=0), disks()
     ts_ms = round((T0 + 5) * 1000)
@@ -283,7 +283,7 @@ def test_behind_a_load_balancer_a_smartctl_exporter_scrape_is_whole_at_its_own_s
 
     settled = mapper.settle("srv1", ts_ms, T0 + 5, expected=len(node))
 
-    assert settled.verdict is Verdict.READY
+    assert (settled.verdict, settled.series) == (Verdict.READY, 0)
 
 
 def test_a_collector_that_is_off_gives_no_reading_and_one_that_found_nothing_an_empty_one() -> None:

@@ -113,10 +113,10 @@ class HeldParts:
 
 
 def _newest_series(devices: Sequence[str]) -> dict[str, int]:
-    """The series of each device's newest scrape stored."""
+    """The series of each device's newest scrape stored (of node_exporter's: smartctl_exporter's own are 0)."""
     newer = RemoteScrape.alias()
     newest = newer.select(pw.fn.MAX(newer.ts_ms)).where((newer.device == RemoteScrape.device)
-                                                        & newer.series.is_null(False))
+                                                        & (newer.series > 0))
     query = RemoteScrape.select(RemoteScrape.device, RemoteScrape.series).where(
         RemoteScrape.device.in_(list(devices)) & (RemoteScrape.ts_ms == newest)).tuples()
     return dict(query)

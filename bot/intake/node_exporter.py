@@ -131,7 +131,9 @@ class Settled(NamedTuple):
     verdict: Verdict
     scrape: Scrape | None = None
     sample: Sample | None = None  # READY: None when it gave none
-    series: int | None = None  # READY, LATE: what a whole scrape of its device has now (LATE: when it grew)
+    # READY, LATE: what a whole scrape of its device has now (LATE: when it grew); 0 for smartctl_exporter's own
+    # scrape, which says nothing of the size of node_exporter's.
+    series: int | None = None
 
 
 @dataclass(slots=True)
@@ -221,7 +223,7 @@ class NodeExporter:
                 own = smart_readings.alone_keys(scrape.values)
                 state.expected[own] = handed + count
                 self._handed(state, ts_ms, state.expected[own])
-                return Settled(Verdict.LATE, scrape, series=state.expected[own])
+                return Settled(Verdict.LATE, scrape, series=0 if own else state.expected[own])
             return Settled(Verdict.LATE, scrape)
         scrape.values.update(more)
         if since is not None:
@@ -240,7 +242,7 @@ class NodeExporter:
         state.expected[own] = max(size, count) if whole else count
         self._leave(device, state, ts_ms)
         self._handed(state, ts_ms, count)
-        return Settled(Verdict.READY, scrape, self._sample(state, scrape), count)
+        return Settled(Verdict.READY, scrape, self._sample(state, scrape), 0 if own else count)
 
     def due(self, now: float, everything: bool = False) -> list[tuple[str, int]]:
         """The pending scrapes that waited out their grace (or, `everything`, all), as (device, ts in ms)."""
