@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -327,6 +328,16 @@ def ask(fake: FakeTelegram, text: str, expect: str) -> tuple[float, float]:
     return sent, call.time - sent
 
 
+def logged(log: str, start: float, end: float, most: int = 6) -> list[str]:
+    """The log's lines written from `start` to `end` (its times are local, as logging writes them)."""
+    found = []
+    for line in log.splitlines():
+        with contextlib.suppress(ValueError):
+            if start <= datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() <= end:
+                found.append(line[24:200])
+    return found[:most]
+
+
 @dataclass
 class Load:
     backlog: int = 0
@@ -403,7 +414,9 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
                 if took > 0.5:
                     result.slow.append(f"{'/status' if k % 2 == 0 else '/status ' + name} took {took:.2f} s; "
                                        "PostgreSQL meanwhile: " + ("; ".join(activity.between(sent, sent + took)[:4])
-                                                                   or "nothing but idle sessions"))
+                                                                   or "nothing but idle sessions") + "; the bot's log "
+                                       "meanwhile: " + (" | ".join(logged(processes["bot"].log, sent, sent + took))
+                                                        or "nothing"))
                 k += 1
                 time.sleep(max(0.0, min(1.0, (end - time.monotonic()) / max(1, 2 * asks - k))))
             else:
