@@ -184,15 +184,27 @@ def live(machines: int) -> list[str]:
     return [machine(d) for d in range(machines) if d % 100 != 1]
 
 
-def agent_sample(name: str, d: int, ts: float, k: int) -> bytes:
-    """An agent's message with every metric, the daily cycle as in the fill."""
+def boot_time(url: str) -> float:
+    """When the fill's machines booted (each sample's uptime says it), so that their new samples go on counting
+    from it: an uptime that went back would be a reboot, a condition of every machine."""
+    database = db.open_database(url)
+    try:
+        return database.execute_sql(
+            "SELECT ts - uptime_s FROM metric WHERE device = %s AND uptime_s IS NOT NULL ORDER BY ts DESC LIMIT 1",
+            (machine(0),)).fetchone()[0]
+    finally:
+        database.close()
+
+
+def agent_sample(name: str, d: int, ts: float, k: int, boot: float) -> bytes:
+    """An agent's message with every metric, the daily cycle as in the fill, up since `boot`."""
     c = math.sin(2 * math.pi * ((ts + (d % 24) * 600) / 86400.0 - 0.375))
     metrics = {"cpu_percent": round(max(0.0, 25 + 20 * c + d % 13 + k % 7), 1), "cpu_freq_mhz": 2400.0 + d % 5 * 200,
                "load_1m": round(max(0.0, 0.3 + 0.25 * c), 2), "mem_percent": round(40 + d % 40 + 5 * c, 1),
                "swap_percent": 2.0 + d % 3, "disk_percent": 30.0 + d % 50 + (k % 4) * 0.1,
                "disk_read_bps": round(2e5 * (1.2 + c)), "disk_write_bps": round(4e5 * (1.2 + c)),
                "net_sent_bps": round(1e5 * (1.2 + c)), "net_recv_bps": round(3e5 * (1.2 + c)),
-               "cpu_temp_c": round(45 + 10 * c, 1), "process_count": 180.0 + d % 200, "uptime_s": 1e6 + k * 15.0}
+               "cpu_temp_c": round(45 + 10 * c, 1), "process_count": 180.0 + d % 200, "uptime_s": round(ts - boot)}
     return orjson.dumps({"v": 1, "device": name, "ts": round(ts, 3), "metrics": metrics})
 
 
@@ -200,7 +212,7 @@ def producer(bootstrap: str) -> Producer:
     return Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
 
 
-def backlog(bootstrap: str, topic: str, machines: int, count: int, start: float) -> int:
+def backlog(bootstrap: str, topic: str, machines: int, count: int, start: float, boot: float) -> int:
     """`count` samples of the live machines, every machine's next sample 1 s later (a fleet catching up), as fast
     as the producer takes them."""
     names = live(machines)
@@ -210,7 +222,7 @@ def backlog(bootstrap: str, topic: str, machines: int, count: int, start: float)
         name = names[d]
         while True:
             try:
-                out.produce(topic, key=name.encode(), value=agent_sample(name, d, start + k, k))
+                out.produce(topic, key=name.encode(), value=agent_sample(name, d, start + k, k, boot))
                 break
             except BufferError:
                 out.poll(0.05)
@@ -223,8 +235,9 @@ def backlog(bootstrap: str, topic: str, machines: int, count: int, start: float)
 class Fleet(threading.Thread):
     """The live machines each sending a sample every 15 s, spread evenly over the 15 s (667/s for 10,000)."""
 
-    def __init__(self, bootstrap: str, topic: str, machines: int, tick_s: float = 0.25) -> None:
+    def __init__(self, bootstrap: str, topic: str, machines: int, boot: float, tick_s: float = 0.25) -> None:
         super().__init__(daemon=True)
+        self.boot = boot
         self.bootstrap, self.topic, self.names, self.tick_s = bootstrap, topic, live(machines), tick_s
         self.sent = 0
         self._done = threading.Event()
@@ -238,7 +251,7 @@ class Fleet(threading.Thread):
             now = time.time()
             for d in range(tick % ticks, len(self.names), ticks):
                 name = self.names[d]
-                out.produce(self.topic, key=name.encode(), value=agent_sample(name, d, now, tick // ticks))
+                out.produce(self.topic, key=name.encode(), value=agent_sample(name, d, now, tick // ticks, self.boot))
                 self.sent += 1
             out.poll(0)
             tick += 1
@@ -318,12 +331,16 @@ class Activity(threading.Thread):
         self.join()
 
 
-def ask(fake: FakeTelegram, text: str, expect: str) -> tuple[float, float]:
-    """Send `text` to the bot; (when it was sent, seconds until a reply containing `expect` reached the fake)."""
+ASKERS = 8  # members of the chat asking in turn: one alone would be over the bot's budget of commands a minute
+
+
+def ask(fake: FakeTelegram, text: str, expect: str, asker: int = 0) -> tuple[float, float]:
+    """Send `text` to the bot as the `asker`-th member of the chat; (when it was sent, seconds until a reply
+    containing `expect` reached the fake)."""
     mark = fake.call_count()
     sent = time.time()
-    fake.send_text(CHAT, text, user_id=CHAT)
-    call = fake.wait_for_call("sendMessage", lambda c: expect in str(c.params.get("text", "")), timeout=300,
+    fake.send_text(CHAT, text, user_id=CHAT + asker % ASKERS)
+    call = fake.wait_for_call("sendMessage", lambda c: expect in str(c.params.get("text", "")), timeout=60,
                               after=mark)
     return sent, call.time - sent
 
@@ -369,7 +386,8 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
     broker.create_topic(topic, partitions=4)
     print(f"  producing a backlog of {backlog_n:,} samples ...", flush=True)
     began = time.time() - backlog_n / len(live(machines))  # the backlog's newest samples are about now
-    result.backlog = backlog(broker.bootstrap, topic, machines, backlog_n, began)
+    boot = boot_time(url)
+    result.backlog = backlog(broker.bootstrap, topic, machines, backlog_n, began, boot)
     base = env(fake, tmp, url, broker.bootstrap, topic, f"fleet-{uuid.uuid4().hex[:8]}")
     database = db.open_database(url)
     first = highest_id(database)
@@ -393,7 +411,7 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
               flush=True)
         while highest_id(database) < first + backlog_n and time.monotonic() < deadline:
             time.sleep(0.2)
-        fleet = Fleet(broker.bootstrap, topic, machines)
+        fleet = Fleet(broker.bootstrap, topic, machines, boot)
         fleet.start()
         time.sleep(10)  # the fleet's pace settles
         activity = Activity(url)
@@ -405,11 +423,11 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
         while time.monotonic() < end or k < 2 * asks:
             if k < 2 * asks:
                 if k % 2 == 0:
-                    sent, took = ask(fake, "/status", "Fleet")
+                    sent, took = ask(fake, "/status", "Fleet", k)
                     result.fleet.append(took)
                 else:
                     name = machine((k * 37) % machines)
-                    sent, took = ask(fake, f"/status {name}", name)
+                    sent, took = ask(fake, f"/status {name}", name, k)
                     result.device.append(took)
                 if took > 0.5:
                     result.slow.append(f"{'/status' if k % 2 == 0 else '/status ' + name} took {took:.2f} s; "
