@@ -300,7 +300,7 @@ class Activity(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
-        self.seen: list[tuple[float, str]] = []
+        self.seen: list[tuple[float, float, str]] = []  # when seen, seconds it had run, what
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -313,18 +313,17 @@ class Activity(threading.Thread):
                 "AND backend_type = 'client backend' AND pid <> %s", (mine,)).fetchall()
             now = time.time()
             for pid, state, wait_type, wait, running, query in rows:
-                self.seen.append((now, f"pid {pid} {state} {running or 0:.2f} s"
-                                       f"{f' waiting {wait_type}/{wait}' if wait else ''}: {query}"))
+                waiting = f", waiting for {wait_type}/{wait}" if wait else ""
+                self.seen.append((now, float(running or 0.0), f"pid {pid} ({state}{waiting}): {query}"))
         database.close()
 
     def between(self, start: float, end: float) -> list[str]:
         """The distinct activities seen from `start` to `end`, the longest-running first."""
         found: dict[str, float] = {}
-        for t, what in self.seen:
+        for t, running, what in self.seen:
             if start <= t <= end:
-                key = what.split(": ", 1)[1]
-                found[key] = max(found.get(key, 0.0), float(what.split()[3]))
-        return [f"{running:.2f} s: {query}" for query, running in sorted(found.items(), key=lambda x: -x[1])]
+                found[what] = max(found.get(what, 0.0), running)
+        return [f"{running:.2f} s {what}" for what, running in sorted(found.items(), key=lambda x: -x[1])]
 
     def stop(self) -> None:
         self._done.set()
@@ -429,7 +428,7 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
                     name = machine((k * 37) % machines)
                     sent, took = ask(fake, f"/status {name}", name, k)
                     result.device.append(took)
-                if took > 0.5:
+                if took > (TARGET_FLEET_S if k % 2 == 0 else TARGET_DEVICE_S):
                     result.slow.append(f"{'/status' if k % 2 == 0 else '/status ' + name} took {took:.2f} s; "
                                        "PostgreSQL meanwhile: " + ("; ".join(activity.between(sent, sent + took)[:4])
                                                                    or "nothing but idle sessions") + "; the bot's log "
