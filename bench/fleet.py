@@ -37,6 +37,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -549,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filled", action="store_true",
                         help="the store at --url was filled by --fill-only: measure it, do not fill it again")
     parser.add_argument("--fill-only", action="store_true",
-                        help="fill, print the store's URL and keep it until interrupted (measure it with --filled)")
+                        help="fill, print the store's URL and keep it until interrupted or terminated (then --filled)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster and the bot logs (prints where)")
     args = parser.parse_args(argv)
     command = f"python -m bench.fleet {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
@@ -572,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
             fill_s = fill(url, args.machines, args.rows, time.time() - 60)
             print(f"  filled in {fill_s:.0f} s", flush=True)
         if args.fill_only:
-            print(f"store: {url} (interrupt to remove it)", flush=True)
+            print(f"store: {url} (interrupt or terminate to remove it)", flush=True)
+            # A background job starts with SIGINT ignored: both signals end the wait, and the cluster is removed.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
