@@ -15,7 +15,8 @@ whose tables it replaces), a Kafka broker and a fake Bot API, and:
    counted), and the CPU each process used per sample (the bot, each worker, PostgreSQL's processes together);
    meanwhile `/status` (the fleet) and `/status <machine>` are asked through the fake Bot API in turn, and their
    latency is timed; while they run, a thread samples what PostgreSQL's sessions are doing (`pg_stat_activity`),
-   and a call far slower than the median is printed with what was running then;
+   and a call over its target is printed with what was running then, there and in the bot's log. The load is agent
+   samples through Kafka only: no remote write is posted to the receiver (bench.pipeline measures it);
 4. detaches and drops one day's partition as retention does, and deletes the same rows from an older version's
    plain table holding that day (a copy, with its indexes): both timed in the same run (`--delete-rows` bounds
    the copy);
