@@ -556,7 +556,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = f"python -m bench.fleet {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
     load_before = load()
-    tmp = Path(tempfile.mkdtemp(prefix="rigwatch-fleet-"))
     fill_s = None
     with contextlib.ExitStack() as stack:
         cluster = None
@@ -582,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(3600)
             return 0
+        tmp = Path(tempfile.mkdtemp(prefix="rigwatch-fleet-"))
         size, rows = bytes_per_sample(url)
         explain = explain_device(url, machine(args.machines // 2))
         print(f"EXPLAIN (ANALYZE, BUFFERS) of /status {machine(args.machines // 2)}'s newest sample:\n{explain}",
