@@ -37,7 +37,7 @@ def _processes(text: str | None) -> dict[str, list[tuple[str, int, float]]] | No
     return {kind: [(name, pid, percent) for name, pid, percent in top] for kind, top in json.loads(text).items()}
 
 
-def _stored(row: Metric) -> StoredSample:
+def _stored(row: Metric | tuple) -> StoredSample:
     metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
     metrics.update(json.loads(row.extra) if row.extra else {})
     readings = json.loads(row.readings) if row.readings else {}
@@ -129,7 +129,9 @@ def latest_per_device() -> list[StoredSample]:
     names none it can find (an older version's row) shows its newest raw or downsampled sample."""
     names = [name for (name,) in Device.select(Device.name).tuples()]
     found: dict[str, StoredSample] = {}
-    for row in Metric.raw(_LATEST_PER_DEVICE_PG if is_postgres() else _LATEST_PER_DEVICE_SQLITE):
+    # As named tuples, not models: a model instance per device cost the fleet's /status about a third of its time
+    # at 10,000 machines (docs/performance.md, a fleet of 10,000 machines).
+    for row in Metric.raw(_LATEST_PER_DEVICE_PG if is_postgres() else _LATEST_PER_DEVICE_SQLITE).namedtuples():
         found[row.device] = _newest(found.get(row.device), _stored(row))  # type: ignore[assignment]
     for name in set(names) - found.keys():
         sample = _newest_stored(name)
