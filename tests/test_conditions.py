@@ -162,7 +162,7 @@ def test_status_marks_a_machine_with_an_open_condition_and_says_what_it_cannot_r
     sample = parse(encode("web3", T0, dict(TYPICAL), unreadable={"systemd": "no systemd on this machine"}))
     db.store_batch([sample], [0.1], 1, [], on_stored=with_devices)
 
-    fleet = status.overview(db.latest_per_device(), 0.7, now=T0 + 60, problems=db.open_conditions())
+    fleet = status.overview(db.seen_per_device(), 0.7, now=T0 + 60, problems=db.open_conditions())
     web3 = status.device_status(db.latest_sample("web3"), 0.7, 1, now=T0 + 60)
     web2 = status.device_status(db.latest_sample("web2"), 0.7, 1, now=T0 + 60,
                                 problems=db.open_conditions("web2")["web2"])

@@ -47,7 +47,7 @@ def test_a_batch_after_a_dropped_connection_is_stored(database_url: str) -> None
 
     assert [sample.ts for sample in new] == [2.0]
     drop_connection(database, database_url)
-    assert [sample.metrics["cpu_percent"] for sample in db.latest_per_device()] == [20.0]
+    assert db.latest_sample("pc1").metrics["cpu_percent"] == 20.0
 
 
 def test_the_token_is_masked_in_message_arguments_and_exception_text() -> None:

@@ -177,29 +177,14 @@ def test_the_status_of_a_machine_and_its_chart_read_only_the_partitions_of_their
     assert samples_partitions(read_by(store, lambda: db.sample_by_id(newest.id))) == every_day | {SAMPLES.default}
 
 
-def test_the_fleet_status_makes_no_model_instance_per_device(store: pw.Database,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """At 10,000 machines a peewee model per device cost the fleet's /status a third of its time."""
-    newest = [hourly(device, 1)[-1] for device in ("a", "b")]
-    made = []
-    init = db.Metric.__init__
-
-    def counted(self: db.Metric, *args: object, **kwargs: object) -> None:
-        made.append(self)
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(db.Metric, "__init__", counted)
-    assert db.latest_per_device() == newest
-    assert made == []
-
-
 def test_the_fleet_status_and_the_forecasts_rebuild_find_each_device_in_its_own_days(store: pw.Database) -> None:
     partitions.ensure(store, SAMPLES, range(TODAY - 3, TODAY))
     live = hourly("live", 2)
     quiet = hourly("quiet", 1, until=NOW - 2 * DAY_S)  # silent for two days
 
-    assert [s.device for s in db.latest_per_device()] == ["live", "quiet"]
-    assert db.latest_per_device() == [live[-1], quiet[-1]]
+    assert db.seen_per_device() == [(s.device, s.ts, s.p_stressed) for s in (live[-1], quiet[-1])]
+    assert read_by(store, db.seen_per_device) == {"device"}, "the fleet's /status reads one row per machine"
+    assert (db.latest_sample("live"), db.latest_sample("quiet")) == (live[-1], quiet[-1])
     recent = [(device, ts) for _id, device, ts, *_rest in db.recent_per_device(3 * HOUR, ["cpu_percent"])]
     assert recent == [(s.device, s.ts) for s in (*live[-4:], *quiet[-4:])]
 
@@ -232,7 +217,7 @@ def test_retention_drops_whole_old_days_and_keeps_what_labels_incidents_and_devi
     assert latest_labels() == {labelled.id: 1}
     assert training_frame(["cpu_percent"]).loc[labelled.id, "label"] == 1.0, "and training learns from it"
     assert db.sample_at(alerted.id, alerted.ts) == alerted, "a label on the incident is still about its sample"
-    assert db.latest_sample("gone") == gone and db.latest_per_device()[0] == gone
+    assert db.latest_sample("gone") == gone and db.seen_per_device()[0] == ("gone", gone.ts, gone.p_stressed)
     chart = db.chart_series("pc1", NOW - 21 * DAY_S, NOW, ["cpu_percent"])
     assert sum(1 for _ in chart.points) > 0
     assert retention.downsample(NOW, 14).samples == 0, "running it again changes nothing"

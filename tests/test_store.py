@@ -120,7 +120,7 @@ def test_samples_with_different_metrics_in_one_batch_each_keep_their_own(databas
     batch = [pi, pc] if order == "small sample first" else [pc, pi]
     db.store_batch(batch, [0.1, 0.2], 1, [], on_stored=with_devices)
 
-    assert {s.device: s.metrics for s in db.latest_per_device()} == {
+    assert {device: db.latest_sample(device).metrics for device in ("pc", "pi")} == {
         "pc": {"cpu_percent": 30.0, "mem_percent": 61.2, "cpu_temp_c": 58.0},
         "pi": {"cpu_percent": 20.0},
     }
@@ -170,7 +170,7 @@ def test_filesystems_and_top_processes_are_stored_beside_samples_without_them(da
     batch = [server, pi, only_processes] if order == "with them first" else [pi, only_processes, server]
 
     new = {s.device: s for s in db.store_batch(batch, [0.9, 0.1, 0.2], 1, [], on_stored=with_devices)}
-    again = {s.device: s for s in db.latest_per_device()}
+    again = {device: db.latest_sample(device) for device in new}
 
     for shown in (new, again):
         assert (shown["db1"].filesystems, shown["db1"].processes) == (FILESYSTEMS, PROCESSES)
@@ -227,7 +227,7 @@ def test_a_binary_reject_does_not_stop_the_batch(database: pw.Database, payload:
     assert len(row.payload) <= 512
 
 
-def test_latest_per_device_is_the_newest_sample_of_each_device_by_name(database: pw.Database) -> None:
+def test_the_fleet_is_each_devices_newest_sample_time_and_p_by_name(database: pw.Database) -> None:
     db.store_batch(
         [sample("zeta", TS, cpu_percent=1), sample("alpha", TS + 60, cpu_percent=2), sample("mid", TS, cpu_percent=3)],
         [0.1, 0.2, 0.3], 1, [], on_stored=with_devices,
@@ -235,18 +235,15 @@ def test_latest_per_device_is_the_newest_sample_of_each_device_by_name(database:
     db.store_batch([sample("zeta", TS + 30, cpu_percent=4), sample("alpha", TS, cpu_percent=5)], [0.4, 0.5], 1, [],
                    on_stored=with_devices)
 
-    latest = db.latest_per_device()
-
-    assert [(s.device, s.ts, s.metrics["cpu_percent"]) for s in latest] == [
-        ("alpha", TS + 60, 2.0), ("mid", TS, 3.0), ("zeta", TS + 30, 4.0)
-    ]
+    assert db.seen_per_device() == [("alpha", TS + 60, 0.2), ("mid", TS, 0.3), ("zeta", TS + 30, 0.4)]
+    assert [db.latest_sample(device).metrics["cpu_percent"] for device in ("alpha", "mid", "zeta")] == [2.0, 3.0, 4.0]
 
 
 def test_latest_sample_of_a_device_that_never_reported_is_none(database: pw.Database) -> None:
     db.store_batch([sample("pc1", cpu_percent=10)], [0.1], 1, [], on_stored=with_devices)
 
     assert db.latest_sample("pc9") is None
-    assert db.latest_per_device()[0].device == "pc1"
+    assert db.seen_per_device()[0].device == "pc1"
 
 
 def test_the_latest_label_of_a_sample_wins_and_who_pressed_is_kept(database: pw.Database) -> None:

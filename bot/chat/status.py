@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Container, Mapping, Set
+from collections.abc import Container, Mapping, Sequence, Set
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
@@ -33,7 +33,7 @@ from bot.chat.formatting import (
     usual_range,
     when,
 )
-from bot.db import DiskDay, Expected, Incident, Rejected, StoredSample, Tolerance, tolerances
+from bot.db import DiskDay, Expected, Incident, Rejected, Seen, StoredSample, Tolerance, tolerances
 from bot.intake.sources import Unassigned
 from bot.pipeline.baselines import Usual
 from bot.pipeline.forecast import Forecast
@@ -72,7 +72,7 @@ STATE_ICONS = {"stressed": "🔴", "silent": "⚪", "problem": "🛠", "muted": 
 NONE: frozenset[str] = frozenset()
 
 
-def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE,
+def condition(sample: StoredSample | Seen, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE,
               problems: Container[str] = NONE) -> str:
     """stressed, silent (it stopped reporting), problem (an open condition), muted, normal or unknown (no
     prediction yet)."""
@@ -87,7 +87,7 @@ def condition(sample: StoredSample, threshold: float, silent: Set[str] = NONE, m
     return "unknown" if sample.p_stressed is None else "normal"
 
 
-def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE,
+def state(sample: StoredSample | Seen, threshold: float, silent: Set[str] = NONE, muted: Container[str] = NONE,
           problems: Container[str] = NONE) -> str:
     """The condition with its icon, e.g. '🔴 stressed'."""
     name = condition(sample, threshold, silent, muted, problems)
@@ -97,8 +97,8 @@ def state(sample: StoredSample, threshold: float, silent: Set[str] = NONE, muted
 OVERVIEW_ROWS = 25  # the worst machines shown by /status; the rest are counted
 
 
-def overview(samples: list[StoredSample], threshold: float, now: float | None = None, silent: Set[str] = NONE,
-             muted: Container[str] = NONE, problems: Container[str] = NONE) -> str:
+def overview(samples: Sequence[StoredSample | Seen], threshold: float, now: float | None = None,
+             silent: Set[str] = NONE, muted: Container[str] = NONE, problems: Container[str] = NONE) -> str:
     """/status: the counts per condition, then the worst machines with last seen, latest P(stressed) and
     state, most urgent first (by condition, then P(stressed), then name); one message for any fleet."""
     if not samples:
@@ -109,7 +109,7 @@ def overview(samples: list[StoredSample], threshold: float, now: float | None = 
     ranked = sorted(samples, key=lambda s: (
         rank[conditions[s.device]], -(s.p_stressed if s.p_stressed is not None else -1.0), s.device))
 
-    def counts(part: list[StoredSample]) -> str:  # '3 stressed, 2 silent, 995 normal'; zeros left out
+    def counts(part: Sequence[StoredSample | Seen]) -> str:  # '3 stressed, 2 silent, 995 normal'; zeros left out
         found = Counter(conditions[s.device] for s in part)
         return ", ".join(f"{found[name]:,} {name}" for name in RISK_ORDER if found[name])
 
@@ -323,20 +323,20 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     markup = None
     sample = None
     if not args or not DEVICE_RE.fullmatch(args[0]):
-        samples, silent, muted, problems = await asyncio.to_thread(
-            lambda: (db.latest_per_device(), db.silent_devices(), db.muting(time.time(), settings.timezone),
+        fleet, silent, muted, problems = await asyncio.to_thread(
+            lambda: (db.seen_per_device(), db.silent_devices(), db.muting(time.time(), settings.timezone),
                      db.open_conditions()))
         if args:
-            samples = [s for s in samples if matches(args[0], s.device)]
-        text = overview(samples, settings.alert_threshold, silent=silent, muted=muted, problems=problems) \
-            if samples or not args else no_match(args[0])
+            fleet = [s for s in fleet if matches(args[0], s.device)]
+        text = overview(fleet, settings.alert_threshold, silent=silent, muted=muted, problems=problems) \
+            if fleet or not args else no_match(args[0])
         poller = context.bot_data.get("poller")
         if poller is not None and poller.source.unassigned is not None:
             text = f"{unassigned_notice(poller.source.unassigned)}\n\n{text}"
     else:
         sample = await asyncio.to_thread(db.latest_sample, args[0])
         if sample is None:
-            known = [s.device for s in await asyncio.to_thread(db.latest_per_device)]
+            known = [s.device for s in await asyncio.to_thread(db.seen_per_device)]
             text = unknown_device(args[0], known)
         else:
             usual = await asyncio.to_thread(common.baselines_of(context).get, sample.device)
@@ -367,7 +367,7 @@ async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         return
     sample = await asyncio.to_thread(db.latest_sample, args[0])
     if sample is None:
-        known = [s.device for s in await asyncio.to_thread(db.latest_per_device)]
+        known = [s.device for s in await asyncio.to_thread(db.seen_per_device)]
         await update.effective_message.reply_text(unknown_device(args[0], known), parse_mode=ParseMode.HTML)
         return
     end = time.time()

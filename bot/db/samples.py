@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import peewee as pw
 from peewee import fn
@@ -37,7 +38,7 @@ def _processes(text: str | None) -> dict[str, list[tuple[str, int, float]]] | No
     return {kind: [(name, pid, percent) for name, pid, percent in top] for kind, top in json.loads(text).items()}
 
 
-def _stored(row: Metric | tuple) -> StoredSample:
+def _stored(row: Metric) -> StoredSample:
     metrics = {name: getattr(row, name) for name in KNOWN_METRICS if getattr(row, name) is not None}
     metrics.update(json.loads(row.extra) if row.extra else {})
     readings = json.loads(row.readings) if row.readings else {}
@@ -108,36 +109,20 @@ def _newest_stored(device: str) -> StoredSample | None:
     return _newest(raw, _aggregated(old) if old else None)
 
 
-def _columns(alias: str) -> str:
-    return ", ".join(f"{alias}.{field.column_name}" for field in Metric._meta.sorted_fields)
+class Seen(NamedTuple):
+    """A machine as its row says (the bot writes it with every batch): its newest sample's time and P(stressed)."""
+
+    device: str
+    ts: float
+    p_stressed: float | None
 
 
-# Each device's newest sample, the one its row names, by (device, ts): on PostgreSQL in a LATERAL subquery, a lookup
-# per device that reads only the partition of its day (pruned as it runs; a plain join would be hashed over every
-# day), or in `metric_kept` once its day is dropped. SQLite, one table, joins.
-_LATEST_PER_DEVICE_PG = (
-    f"SELECT {_columns('m')} FROM device AS d CROSS JOIN LATERAL (SELECT * FROM metric AS s "
-    "WHERE s.device = d.name AND s.ts = d.last_ts LIMIT 1) AS m "
-    f"UNION ALL SELECT {_columns('k')} FROM device AS d JOIN metric_kept AS k ON k.id = d.last_metric")
-_LATEST_PER_DEVICE_SQLITE = (
-    f"SELECT {_columns('m')} FROM device AS d JOIN metric AS m ON m.device = d.name AND m.ts = d.last_ts "
-    f"UNION ALL SELECT {_columns('k')} FROM device AS d JOIN metric_kept AS k ON k.id = d.last_metric")
-
-
-def latest_per_device() -> list[StoredSample]:
-    """The newest sample of every device, by device name: the one each device's row names. A device whose row
-    names none it can find (an older version's row) shows its newest raw or downsampled sample."""
-    names = [name for (name,) in Device.select(Device.name).tuples()]
-    found: dict[str, StoredSample] = {}
-    # As named tuples, not models: a model instance per device cost the fleet's /status about a third of its time
-    # at 10,000 machines (docs/performance.md, a fleet of 10,000 machines).
-    for row in Metric.raw(_LATEST_PER_DEVICE_PG if is_postgres() else _LATEST_PER_DEVICE_SQLITE).namedtuples():
-        found[row.device] = _newest(found.get(row.device), _stored(row))  # type: ignore[assignment]
-    for name in set(names) - found.keys():
-        sample = _newest_stored(name)
-        if sample is not None:
-            found[name] = sample
-    return [found[name] for name in sorted(found)]
+def seen_per_device() -> list[Seen]:
+    """Every machine that reported, by name, as its row says: what the fleet's /status shows. One row per machine
+    whatever the samples stored: at 10,000 machines reading each one's newest sample (its partition, its JSON
+    columns, a model or a tuple each) was most of the fleet's /status (docs/performance.md)."""
+    query = Device.select(Device.name, Device.last_ts, Device.last_p).order_by(Device.name).tuples()
+    return [Seen(*row) for row in query]
 
 
 CHART_POINTS = 600  # per series, whatever the window: enough for a phone screen, small enough to draw fast
