@@ -512,7 +512,8 @@ def status_latency(url: str, bootstrap: str, broker: KafkaBroker, fake: FakeTele
     topic = f"bench.status.{uuid.uuid4().hex[:6]}"
     broker.create_topic(topic)
     result = Status()
-    bot = BotProcess(bot_env(fake, tmp, url, bootstrap, topic), tmp / "bot-status.log")
+    # A log of its own: one shared with an earlier start would say "Application started" before this one has.
+    bot = BotProcess(bot_env(fake, tmp, url, bootstrap, topic), tmp / f"bot-status-{topic}.log")
     started = time.monotonic()
     with bot:
         assert bot.proc is not None
