@@ -181,18 +181,7 @@ def _duration(seconds: float) -> str:
 def swap(database: pw.Database) -> None:
     """Step 3: the new tables take the old ones' names, in one transaction; its exclusive locks are waited for
     partitions.LOCK_TIMEOUT_S at a time, so ingestion never waits longer than that for it."""
-    for attempt in range(1, SWAP_ATTEMPTS + 1):
-        try:
-            with database.atomic():
-                partitions.lock_timeout(database)
-                _swap(database)
-            return
-        except pw.OperationalError as exc:
-            if not partitions.gave_up_waiting(exc) or attempt == SWAP_ATTEMPTS:
-                raise
-            log.info("swap: the tables are busy (%s); trying again (%d of %d)", str(exc).strip(), attempt,
-                     SWAP_ATTEMPTS)
-        time.sleep(SWAP_PAUSE_S)
+    partitions.retried(database, lambda: _swap(database), "swap", SWAP_ATTEMPTS, SWAP_PAUSE_S)
 
 
 def _swap(database: pw.Database) -> None:

@@ -29,13 +29,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import peewee as pw
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DAY_S = 86400
 AHEAD_DAYS = 3  # days created ahead of today: a daily run that fails leaves days of slack
 # The DDL's wait for its locks. A long reader (a retrain streams every sample) holds the table: rather than queue
@@ -110,6 +113,24 @@ def lock_timeout(database: pw.Database, seconds: float = LOCK_TIMEOUT_S) -> None
 def gave_up_waiting(exc: pw.DatabaseError) -> bool:
     """Whether the error is a lock wait that timed out or a deadlock PostgreSQL broke: worth trying again later."""
     return getattr(getattr(exc, "orig", None), "pgcode", None) in (_LOCK_NOT_AVAILABLE, _DEADLOCK)
+
+
+def retried(database: pw.Database, work: Callable[[], T], what: str, attempts: int, pause_s: float) -> T:
+    """`work` in a transaction (a savepoint inside one) whose locks are waited for LOCK_TIMEOUT_S at most: when they
+    were not had, or when PostgreSQL broke a deadlock with it, tried again after `pause_s`, `attempts` times in all,
+    so whatever waits behind it (ingestion) never waits longer than that. `what` names it in the log."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with database.atomic():
+                lock_timeout(database)
+                return work()
+        except pw.OperationalError as exc:
+            if not gave_up_waiting(exc) or attempt == attempts:
+                raise
+            log.info("%s: the tables are busy (%s); trying again (%d of %d)", what, str(exc).strip(), attempt,
+                     attempts)
+        time.sleep(pause_s)
+    raise AssertionError("unreachable")
 
 
 def create_table(database: pw.Database, spec: Spec, name: str | None = None) -> None:

@@ -218,21 +218,9 @@ def _downsample_default(device: str, cutoff: float) -> int:
 
 
 def _retrying(work: Callable[[], T]) -> T:
-    """`work` in a transaction (a savepoint inside one) whose locks are waited for LOCK_TIMEOUT_S at most; tried
-    again after a pause when they were not had, or when PostgreSQL broke a deadlock with it."""
-    database = db.obj
-    for attempt in range(1, LOCK_ATTEMPTS + 1):
-        try:
-            with database.atomic():
-                partitions.lock_timeout(database)
-                return work()
-        except pw.OperationalError as exc:
-            if not partitions.gave_up_waiting(exc) or attempt == LOCK_ATTEMPTS:
-                raise
-            log.info("retention: the tables are busy (%s); trying again (%d of %d)", str(exc).strip(), attempt,
-                     LOCK_ATTEMPTS)
-        time.sleep(LOCK_PAUSE_S)
-    raise AssertionError("unreachable")
+    """`work` in a transaction whose locks are waited for a moment at most, tried again after a pause when they were
+    not had (schema/partitions.py, `retried`)."""
+    return partitions.retried(db.obj, work, "retention", LOCK_ATTEMPTS, LOCK_PAUSE_S)
 
 
 # A loose index scan over (device, ts): one seek per device, not a pass over every sample.
