@@ -6,8 +6,10 @@ import peewee as pw
 import pytest
 
 from bot import db
+from bot.db import learnt
 from bot.pipeline.baselines import Baselines, Usual, usual_ranges
 from tests.fakes.samples import series
+from tests.fakes.scenario import wait_until
 
 NOW = 1764226800.0
 DAY = 86400.0
@@ -55,6 +57,23 @@ def test_ranges_are_cached_and_read_again_once_the_cache_is_old(database: pw.Dat
 
     assert cached.get("pc1")["disk_percent"] == Usual(50.0, 50.0), "read at most once an hour"
     assert Baselines(refresh_s=0).get("pc1")["disk_percent"].high == 70.0
+
+
+def test_a_command_gets_the_last_ranges_at_once_however_old_and_they_are_worked_out_again_behind_it(
+    database: pw.Database,
+) -> None:
+    put("pc1", NOW - 2 * 3600, 60, [50.0] * 120)
+    ranges = Baselines(refresh_s=0)  # every range is old as soon as it is worked out
+    assert ranges.known("pc1") is None, "never worked out: only get() reads the history"
+    assert ranges.get("pc1")["disk_percent"] == Usual(50.0, 50.0)
+    learnt.save_usual(ranges.unsaved())
+
+    put("pc1", NOW, 60, [70.0] * 300)
+
+    assert ranges.known("pc1")["disk_percent"] == Usual(50.0, 50.0), "the old one, without reading the history"
+    wait_until(lambda: ranges.known("pc1")["disk_percent"].high == 70.0, what="worked out again in the background")
+    restarted = Baselines(refresh_s=0)
+    assert restarted.known("pc1")["disk_percent"] == Usual(50.0, 50.0), "after a restart: what was kept, however old"
 
 
 def test_each_filesystem_has_its_own_usual_range_shown_beside_it(database: pw.Database) -> None:

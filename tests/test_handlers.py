@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import peewee as pw
+import psycopg2
 import pytest
 import pytest_asyncio
 from telegram import Update
@@ -17,7 +18,7 @@ from telegram.ext import Application
 from agent.wire import Sample
 from bot import db
 from bot.app import build_application
-from bot.chat import common
+from bot.chat import common, status
 from bot.config import load_settings
 from bot.db.tolerances import tolerate
 from bot.pipeline.disks import Disks
@@ -88,6 +89,31 @@ async def test_status_names_a_machine_and_its_button_labels_the_sample_stressed(
 
     assert "pc1" in telegram.answer_for(query).params["text"]
     assert [(label.metric, label.value) for label in db.Label.select()] == [(stored.id, 1)]
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_status_does_not_wait_for_usual_ranges_never_worked_out_and_fills_them_in_once_they_are(
+    application: Application, telegram: FakeTelegram, postgres_url: str,
+) -> None:
+    now = time.time()
+    samples = [Sample("pc1", now - 7200 + 60 * i, {"disk_percent": 50.0}) for i in range(120)]
+    db.store_batch(samples, [0.1] * len(samples), 1, [], on_stored=with_devices)
+    holder = psycopg2.connect(postgres_url)  # a long transaction holds the history's downsampled table
+    holder.cursor().execute("LOCK TABLE metric_5m IN ACCESS EXCLUSIVE MODE")
+    released = []
+    asyncio.get_running_loop().call_later(1.0, lambda: (holder.rollback(), released.append(time.time())))
+    try:
+        (first,) = await say(application, telegram, "/status pc1")
+    finally:
+        holder.close()
+
+    assert status.USUAL_PENDING in first and "usually" not in first, first
+    (answer,) = [c for c in telegram.calls("sendMessage") if c.params["text"] == first]
+    assert answer.time < released[0], "answered while the history could not be read"
+    (edit,) = telegram.calls("editMessageText")
+    assert "Disk (root)              50 %       usually 50–50 %" in edit.params["text"], edit.params["text"]
+    assert status.USUAL_PENDING not in edit.params["text"]
+    assert edit.params["reply_markup"], "the ⚠️ button stays"
 
 
 async def test_a_forged_button_is_not_valid_and_changes_nothing(

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
 
 
+USUAL_WAIT_S = 0.05  # /status <device> waits this much longer for usual ranges never worked out, then answers
 STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
 CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most db.CHART_POINTS rows whatever the window
 
@@ -147,19 +148,22 @@ def device_status(
     horizon_s: float = 4 * 3600, silent: Set[str] = NONE, muted: Container[str] = NONE,
     tolerances: list[Tolerance] | None = None, problems: list[Incident] | None = None,
     expected: list[Expected] | None = None, disks: list[DiskDay] | None = None, restoring: bool = False,
+    usual_pending: bool = False,
 ) -> str:
-    """/status <device>: the latest sample as a table with each metric's usual range, its prediction, the
-    model version, its open conditions, what it could not read, what it tolerates and where disk, memory and swap
-    are heading (unless its trends are still being read back after a start, `restoring`)."""
+    """/status <device>: the latest sample as a table with each metric's usual range (or, `usual_pending`, a word
+    that they are being worked out), its prediction, the model version, its open conditions, what it could not
+    read, what it tolerates and where disk, memory and swap are heading (unless its trends are still being read
+    back after a start, `restoring`)."""
     now = time.time() if now is None else now
     usual = usual or {}
+    ranged = not usual_pending
     names = [n for n in KNOWN_METRICS if n in sample.metrics] + sorted(set(sample.metrics) - set(KNOWN_METRICS))
     rows = []
     for name in names:
         if name == "disk_percent" and sample.filesystems:
-            rows += _filesystem_rows(sample.metrics[name], sample.filesystems, usual)
+            rows += _filesystem_rows(sample.metrics[name], sample.filesystems, usual, ranged)
         else:
-            rows.append(_table_row(name, sample.metrics[name], usual))
+            rows.append(_table_row(name, sample.metrics[name], usual, ranged=ranged))
     version = f"v{sample.model_version}" if sample.model_version else "none"
     tops = [f"{TOP_WORDS[kind]}: {escape(top_processes(top))}" for kind, top in (sample.processes or {}).items()
             if kind in TOP_WORDS and top]
@@ -170,6 +174,7 @@ def device_status(
         f"P(stressed) {percent(sample.p_stressed)} by model {version}; active model "
         f"{'v' + str(active_version) if active_version else 'none'}\n"
         f"{pre(rows or ['(no metrics)'])}\n"
+        + (f"{USUAL_PENDING}\n" if usual_pending else "")
         + "".join(f"{line}\n" for line in tops)
         + _problems(problems or [], now)
         + (f"Disks:\n{pre(disk_lines(disks, sample.unreadable))}\n" if disks else "")
@@ -240,7 +245,8 @@ def _table_row(name: str, value: float, usual: Mapping[str, Usual], label: str |
     return f"{row:<35} {'usually ' if name in usual else ''}{usual_range(name, usual.get(name))}"
 
 
-def _filesystem_rows(disk: float, filesystems: Mapping[str, float], usual: Mapping[str, Usual]) -> list[str]:
+def _filesystem_rows(disk: float, filesystems: Mapping[str, float], usual: Mapping[str, Usual],
+                     ranged: bool = True) -> list[str]:
     """One row per filesystem, by mount point, each with its own usual range (before a machine has one per
     filesystem: the fullest with the disk's)."""
     top = fullest(filesystems)
@@ -249,7 +255,7 @@ def _filesystem_rows(disk: float, filesystems: Mapping[str, float], usual: Mappi
         own = usual.get(FILESYSTEM + mount)
         ranges = {"disk_percent": own} if own is not None else usual if mount == top else {}
         rows.append(_table_row("disk_percent", disk if mount == top else used, ranges, disk_label(mount),
-                               own is not None or mount == top))
+                               ranged and (own is not None or mount == top)))
     return rows
 
 
@@ -297,6 +303,9 @@ def missed_keyboard(sample: StoredSample, chat_id: int, key: bytes) -> InlineKey
     return InlineKeyboardMarkup([[InlineKeyboardButton("⚠️ Something is wrong here", callback_data=data)]])
 
 
+USUAL_PENDING = "Usual ranges: being worked out from the last 7 days, they appear here in a moment."
+
+
 def missed_labelled(sample: StoredSample) -> str:
     return (f"Thanks: {sample.device} at {when(sample.ts)} is labelled stressed; the next /retrain learns "
             "from it.")
@@ -322,6 +331,7 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         return
     markup = None
     sample = None
+    working: asyncio.Future[dict[str, Usual]] | None = None  # a device's usual ranges being worked out
     if not args or not DEVICE_RE.fullmatch(args[0]):
         fleet, silent, muted, problems = await asyncio.to_thread(
             lambda: (db.seen_per_device(), db.silent_devices(), db.muting(time.time(), settings.timezone),
@@ -339,23 +349,35 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             known = [s.device for s in await asyncio.to_thread(db.seen_per_device)]
             text = unknown_device(args[0], known)
         else:
-            usual = await asyncio.to_thread(common.baselines_of(context).get, sample.device)
+            baselines = common.baselines_of(context)
+            usual = await asyncio.to_thread(baselines.known, sample.device)
+            if usual is None:  # never worked out: from its history, which can take a second on a big store
+                working = asyncio.ensure_future(asyncio.to_thread(baselines.get, sample.device))
             forecaster = common.forecaster_of(context)
             forecasts = await asyncio.to_thread(forecaster.forecasts, sample.device)
             silent, muted, tolerated, expected, problems, disks = await asyncio.to_thread(
                 lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
                          tolerances.tolerances(sample.device), tolerances.expected(sample.device),
                          db.open_conditions(sample.device).get(sample.device, []), db.disks.latest(sample.device)))
-            text = device_status(sample, settings.alert_threshold, common.model_of(context).version, usual=usual,
-                                 forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
-                                 silent=silent, muted=muted, tolerances=tolerated, problems=problems,
-                                 expected=expected, disks=disks, restoring=not forecaster.back(sample.device))
+            if working is not None and (await asyncio.wait({working}, timeout=USUAL_WAIT_S))[0]:
+                usual, working = working.result(), None
+
+            def shown(usual: Mapping[str, Usual] | None) -> str:
+                return device_status(sample, settings.alert_threshold, common.model_of(context).version,
+                                     usual=usual, forecasts=forecasts, horizon_s=settings.forecast_hours * 3600,
+                                     silent=silent, muted=muted, tolerances=tolerated, problems=problems,
+                                     expected=expected, disks=disks, restoring=not forecaster.back(sample.device),
+                                     usual_pending=usual is None)
+
+            text = shown(usual)
             markup = missed_keyboard(sample, update.effective_chat.id, common.button_key(context))
-    await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
+    answer = await update.effective_message.reply_text(text, parse_mode=ParseMode.HTML, reply_markup=markup)
     if sample is not None:
         end = time.time()
         if sample.ts >= end - STATUS_CHART_HOURS * 3600:
             await send_chart(update, context, sample.device, end - STATUS_CHART_HOURS * 3600, end)
+        if working is not None:  # the answer did not wait for them: they are filled in once worked out
+            await common.edit(answer, shown(await working), markup)
 
 
 async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,50 +66,76 @@ def usual_ranges(device: str) -> dict[str, Usual]:
 class Baselines:
     """Usual ranges per device, cached: a device's history is read at most once an hour. What is worked out is
     kept in the database (`unsaved`, written with a batch), so after a restart a device's ranges are read back
-    from one small query until they are an hour old, not from its history."""
+    from one small query, not from its history. A command does not wait for a history read when it can help it
+    (`known`): it shows the ranges last worked out, however old, and has them worked out again in the background."""
 
     def __init__(self, refresh_s: float = REFRESH_S) -> None:
         self.refresh_s = refresh_s
-        self._cache: dict[str, tuple[float, dict[str, Usual]]] = {}
+        self._cache: dict[str, tuple[float, dict[str, Usual]]] = {}  # device -> (monotonic when, ranges)
         self._unsaved: list[tuple[str, float, dict[str, tuple[float, float]]]] = []
+        self._refreshing: set[str] = set()
+        self._background: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def _fresh_s(self, ranges: dict[str, Usual]) -> float:
-        return self.refresh_s if ranges else min(self.refresh_s, REFRESH_EMPTY_S)
+    def _fresh(self, remembered: tuple[float, dict[str, Usual]]) -> bool:
+        at, ranges = remembered
+        return time.monotonic() - at < (self.refresh_s if ranges else min(self.refresh_s, REFRESH_EMPTY_S))
 
-    def get(self, device: str) -> dict[str, Usual]:
-        """The device's usual ranges; blocks on the store when they are missing or over an hour old."""
+    def _remembered(self, device: str) -> tuple[float, dict[str, Usual]] | None:
+        """(when, ranges) last worked out of the device, however old: cached, or kept in the database before a
+        restart (one small query); None when they never were."""
         with self._lock:
             cached = self._cache.get(device)
         if cached is not None:
-            at, ranges = cached
-            if time.monotonic() - at < self._fresh_s(ranges):
-                return ranges
+            return cached
+        kept = learnt.usual_of(device)
+        if kept is None:
+            return None
+        computed, stored = kept
+        remembered = (time.monotonic() - max(0.0, time.time() - computed),
+                      {name: Usual(low, high) for name, (low, high) in stored.items()})
+        with self._lock:
+            return self._cache.setdefault(device, remembered)
+
+    def get(self, device: str) -> dict[str, Usual]:
+        """The device's usual ranges; blocks on the store when they are missing or over an hour old."""
+        remembered = None
         try:
-            if cached is None and (kept := self._kept(device)) is not None:
-                return kept
+            remembered = self._remembered(device)
+            if remembered is not None and self._fresh(remembered):
+                return remembered[1]
             ranges = usual_ranges(device)
         except pw.PeeweeException as exc:  # an alert without its ranges beats no alert
             log.warning("usual ranges of %s unavailable: %s", device, exc)
-            return cached[1] if cached else {}
+            return remembered[1] if remembered else {}
         with self._lock:
             self._cache[device] = (time.monotonic(), ranges)
             self._unsaved.append((device, time.time(), {name: (u.low, u.high) for name, u in ranges.items()}))
         return ranges
 
-    def _kept(self, device: str) -> dict[str, Usual] | None:
-        """What was worked out of the device before a restart, while it is fresh."""
-        kept = learnt.usual_of(device)
-        if kept is None:
+    def known(self, device: str) -> dict[str, Usual] | None:
+        """The device's usual ranges as last worked out, however old, without reading its history (one small query
+        at most); an old one is worked out again in the background for the next question. None when they never
+        were: then only `get` has them. Blocking: call it through ``asyncio.to_thread``."""
+        remembered = self._remembered(device)
+        if remembered is None:
             return None
-        computed, stored = kept
-        ranges = {name: Usual(low, high) for name, (low, high) in stored.items()}
-        age = max(0.0, time.time() - computed)
-        if age >= self._fresh_s(ranges):
-            return None
-        with self._lock:
-            self._cache[device] = (time.monotonic() - age, ranges)
-        return ranges
+        if not self._fresh(remembered):
+            with self._lock:
+                start = device not in self._refreshing
+                self._refreshing.add(device)
+                if start and self._background is None:
+                    self._background = ThreadPoolExecutor(1, thread_name_prefix="usual-ranges")
+            if start:
+                self._background.submit(self._refresh, device)
+        return remembered[1]
+
+    def _refresh(self, device: str) -> None:
+        try:
+            self.get(device)
+        finally:
+            with self._lock:
+                self._refreshing.discard(device)
 
     def unsaved(self) -> list[tuple[str, float, dict[str, tuple[float, float]]]]:
         """(device, when, metric -> (low, high)) worked out since the last call: what to write
