@@ -460,7 +460,7 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
 @dataclass
 class Retention:
     rows: int = 0
-    drop_s: float = 0.0
+    drop: bench_partitions.Dropped | None = None
     copied: int = 0
     delete_s: float = 0.0
 
@@ -487,7 +487,7 @@ def drop_against_delete(url: str, end: float, delete_rows: int) -> Retention:
         database.execute_sql("DELETE FROM metric_plain WHERE ts >= %s AND ts < %s", (day * DAY_S, (day + 1) * DAY_S))
     result.delete_s = time.perf_counter() - began
     database.execute_sql("DROP TABLE metric_plain")
-    result.drop_s = bench_partitions.time_drop(database, day)
+    result.drop = bench_partitions.time_drop(database, day)
     database.close()
     return result
 
@@ -632,8 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| `/status <machine>`, {len(result.device)} asked: median / p95 / max | {quantiles(result.device)} | "
           f"≤ {TARGET_DEVICE_S} s {verdict(device_max <= TARGET_DEVICE_S)} |")
     if retention is not None:
-        print(f"| a day's partition ({retention.rows:,} samples) detached and dropped | {retention.drop_s:.2f} s | "
-              f"≤ {TARGET_DROP_S:.0f} s {verdict(retention.drop_s <= TARGET_DROP_S)} |")
+        drop = retention.drop
+        print(f"| a day's partition ({retention.rows:,} samples) detached, the samples' table locked meanwhile | "
+              f"{drop.detach_s:.2f} s | ≤ {TARGET_DROP_S:.0f} s {verdict(drop.detach_s <= TARGET_DROP_S)} |")
+        print(f"| then its files dropped, nothing locked (in all) | {drop.files_s:.2f} s ({drop.total_s:.2f} s) | - |")
         print(f"| the old way: `DELETE` of {retention.copied:,} of that day's samples from one plain table | "
               f"{retention.delete_s:.2f} s | - |")
     for start in starts:
@@ -648,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| CPU per sample stored at the fleet's pace, ms | {parts}; {total:.3f} in all | - |")
     ok = (ratio >= 1 and fleet_max <= TARGET_FLEET_S and device_max <= TARGET_DEVICE_S
           and restart is not None and restart <= TARGET_RESTART_S
-          and (retention is None or retention.drop_s <= TARGET_DROP_S))
+          and (retention is None or retention.drop.detach_s <= TARGET_DROP_S))
     return 0 if ok else 1
 
 

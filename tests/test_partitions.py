@@ -223,6 +223,32 @@ def test_retention_drops_whole_old_days_and_keeps_what_labels_incidents_and_devi
     assert retention.downsample(NOW, 14).samples == 0, "running it again changes nothing"
 
 
+def retired_tables(database: pw.Database) -> list[str]:
+    return [name for (name,) in database.execute_sql("SELECT relname FROM pg_class WHERE relname LIKE '%%retired'")]
+
+
+def test_a_day_is_detached_under_the_lock_and_its_files_dropped_after_and_a_killed_run_leaves_none_for_long(
+    store: pw.Database,
+) -> None:
+    partitions.ensure(store, SAMPLES, range(TODAY - 20, TODAY))
+    stored = hourly("pc1", 20)
+    # A run killed once its transaction committed, before it dropped the files: the day detached, renamed retired.
+    left_behind = min(partitions.partitions(store, SAMPLES))
+    with store.atomic():
+        retention.detach(SAMPLES.partition(left_behind))
+    store.execute_sql(f"CREATE TABLE {SAMPLES.table}_p20000101_notes (x int)")  # not ours: never dropped
+    assert retired_tables(store) == [f"{SAMPLES.partition(left_behind)}{retention.RETIRED}"]
+
+    done = retention.downsample(NOW, 14)
+
+    assert retired_tables(store) == [], "the leftover dropped, and the days dropped now left nothing"
+    assert store.table_exists(f"{SAMPLES.table}_p20000101_notes")
+    first = min(partitions.partitions(store, SAMPLES))
+    assert first == day_of(NOW - 14 * DAY_S)
+    assert done.samples == sum(1 for s in stored if (left_behind + 1) * DAY_S <= s.ts < first * DAY_S)
+    assert sorted(raw_ids()) == [s.id for s in stored if s.ts >= first * DAY_S]
+
+
 def test_a_late_sample_of_a_dropped_day_waits_in_the_default_partition_and_joins_its_five_minutes(
     store: pw.Database,
 ) -> None:

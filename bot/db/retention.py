@@ -7,8 +7,9 @@ what training, the alert buttons and /status refer to. Unknown metrics (the `ext
 On SQLite (and on a PostgreSQL store an older version made, until it is migrated) old samples are aggregated and
 deleted device by device, and the samples kept raw stay where they are. On PostgreSQL partitioned by day
 (schema/partitions.py) a whole day goes at once: its samples are aggregated, those kept raw copied into
-`metric_kept` with their ids, and its partition detached and dropped, in one transaction; what the DEFAULT
-partition holds of old days is handled device by device as before. Deleting 57.6 million rows would take hours
+`metric_kept` with their ids, and its partition detached, in one transaction; its files are dropped once that is
+committed, holding no lock anybody waits for. What the DEFAULT partition holds of old days is handled device by
+device as before. Deleting 57.6 million rows would take hours
 and leave the table bloated; dropping their partition takes a moment (docs/performance.md has the figures).
 
 Every function here blocks: the bot calls them through ``asyncio.to_thread``.
@@ -17,6 +18,7 @@ Every function here blocks: the bot calls them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ REFERENCED = " UNION ALL ".join(f"SELECT {column} FROM {table} WHERE {column} IS
 # A day is dropped under an exclusive lock on `metric`, which waits for the queries reading it (a retrain streams
 # every sample): it gives up after partitions.LOCK_TIMEOUT_S, lets ingestion through, and tries again.
 LOCK_ATTEMPTS = 30
+RETIRED = "_retired"  # the suffix of a day partition detached, until its files are dropped
 LOCK_PAUSE_S = 2.0
 T = TypeVar("T")
 
@@ -144,6 +147,7 @@ def _drop_old_days(cutoff: float) -> Downsampled:
     """Each day partition wholly older than `cutoff`, then what the DEFAULT partition holds from before it."""
     database = db.obj
     samples, devices = 0, set()
+    drop_detached()  # what a process killed after detaching left
     for day, name in sorted(partitions.partitions(database, SAMPLES).items()):
         if (day + 1) * DAY_S <= cutoff:
             aggregated, of = _drop_day(day, name)
@@ -157,11 +161,13 @@ def _drop_old_days(cutoff: float) -> Downsampled:
     return Downsampled(samples, len(devices))
 
 
-# What something points at, copied into `metric_kept`: from a day's partition one index lookup per id pointed at (a
-# LATERAL subquery, whatever the planner thinks of the ids' number: the day is tens of millions of rows), from a
-# statement's rows by a hashed list.
+# What something points at, copied into `metric_kept`: from a day's partition one index lookup per id pointed at
+# between the day's lowest and highest id (a LATERAL subquery, whatever the planner thinks of the ids' number: the
+# day is tens of millions of rows; the devices' newest samples, 10,000 ids of later days, are not looked up in it),
+# from a statement's rows by a hashed list.
 _KEEP = (f"INSERT INTO metric_kept ({SAMPLES.columns()}) SELECT m.* FROM (SELECT DISTINCT id FROM ({REFERENCED}) "
-         f"AS pointed(id)) AS r CROSS JOIN LATERAL (SELECT {SAMPLES.columns()} FROM {{source}} AS s WHERE s.id = r.id "
+         "AS pointed(id) WHERE id BETWEEN (SELECT min(id) FROM {source}) AND (SELECT max(id) FROM {source})) AS r "
+         f"CROSS JOIN LATERAL (SELECT {SAMPLES.columns()} FROM {{source}} AS s WHERE s.id = r.id "
          "LIMIT 1) AS m ON CONFLICT (id) DO NOTHING")
 _KEEP_OF = (f"INSERT INTO metric_kept ({SAMPLES.columns()}) SELECT {SAMPLES.columns()} FROM {{source}} "
             f"WHERE id IN ({REFERENCED}) ON CONFLICT (id) DO NOTHING")
@@ -190,18 +196,34 @@ def _drop_day(day: int, name: str) -> tuple[int, set[str]]:
                              f"retention_day ON CONFLICT (device, bucket) DO UPDATE SET {_merged()}")
         # Labels and incidents stay as they are until the commit, and what they point at in the day is kept (a
         # sample labelled since the copy above is kept too, and counts in its five minutes as well).
-        kept += _retrying(lambda: _detach_and_drop(name))
+        kept += _retrying(lambda: detach(name))
+    drop_detached()
     log.info("retention: partition %s dropped: %d samples aggregated, %d kept raw", name, aggregated, kept)
     return aggregated, devices
 
 
-def _detach_and_drop(name: str) -> int:
+def detach(name: str) -> int:
+    """In the caller's transaction: what labels and incidents point at in the day copied again (under their lock),
+    and the partition detached, renamed RETIRED. Its files are removed by `drop_detached` once this is committed:
+    removing gigabytes takes most of a second, which `metric`'s exclusive lock need not wait for."""
     database = db.obj
     database.execute_sql("LOCK TABLE label, incident IN SHARE MODE")
     kept = database.execute_sql(_KEEP.format(source=f'"{name}"')).rowcount
     database.execute_sql(f'ALTER TABLE "{SAMPLES.table}" DETACH PARTITION "{name}"')
-    database.execute_sql(f'DROP TABLE "{name}"')
+    database.execute_sql(f'ALTER TABLE "{name}" RENAME TO "{name}{RETIRED}"')
     return kept
+
+
+def drop_detached() -> list[str]:
+    """Drop the partitions `detach` detached: the one just committed, and any a process killed before it got here
+    left (nothing reads them; they are dropped by the next run). Blocks nobody: they are no partition anymore."""
+    database = db.obj
+    retired = [name for (name,) in database.execute_sql(
+        "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE %s",
+        (f"{SAMPLES.table}\\_p%{RETIRED}",)) if re.fullmatch(rf"{SAMPLES.table}_p\d{{8}}{RETIRED}", name)]
+    for name in retired:
+        database.execute_sql(f'DROP TABLE IF EXISTS "{name}"')
+    return retired
 
 
 def _downsample_default(device: str, cutoff: float) -> int:
