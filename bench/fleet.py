@@ -11,12 +11,14 @@ whose tables it replaces), a Kafka broker and a fake Bot API, and:
 2. starts the real `python -m bot` on it twice (the first start after the fill rebuilds the trends, the next reads
    them back) and times launch → the first new sample stored (bench/restart.py's `measure_start`);
 3. runs the bot and two workers (`--worker`) on that store, one consumer group on a 4-partition topic, and keeps
-   the topic fed with agent samples of every machine for `--seconds`: the samples stored per second (new rows
-   counted), and the CPU each process used per sample (the bot, each worker, PostgreSQL's processes together);
+   the topic fed with the agents' samples and the node_exporter machines remote-written to the three in turn (a
+   Prometheus behind a load balancer: 100 machines a write, about 100,000 series) for `--seconds`: the samples
+   stored per second (new rows counted), and the CPU each process used per sample (the bot, each worker,
+   PostgreSQL's processes together);
    meanwhile `/status` (the fleet) and `/status <machine>` are asked through the fake Bot API in turn, and their
    latency is timed; while they run, a thread samples what PostgreSQL's sessions are doing (`pg_stat_activity`),
-   and a call over its target is printed with what was running then, there and in the bot's log. The load is agent
-   samples through Kafka only: no remote write is posted to the receiver (bench.pipeline measures it);
+   and a call over its target is printed with what was running then, there and in the bot's log. The backlog is
+   agent samples (the rate a catching-up fleet is stored at); bench.pipeline measures the receiver's ceiling;
 4. detaches and drops one day's partition as retention does, and deletes the same rows from an older version's
    plain table holding that day (a copy, with its indexes): both timed in the same run (`--delete-rows` bounds
    the copy);
@@ -45,26 +47,32 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import cramjam
 import orjson
 import peewee as pw
 import psutil
 from confluent_kafka import Producer
 
 from bench import partitions as bench_partitions
-from bench import restart
+from bench import remote_write, restart
 from bench.pipeline import load
 from bench.restart import measure_start, prepare_models
 from bot import db
+from bot.chat.status import USUAL_PENDING
+from bot.intake.remote_write_http import PATH
 from schema import partitions
 from schema.partitions import DAY_S, day_of
 from schema.tables import SAMPLES
 from tests.fakes.bot_process import BotProcess
 from tests.fakes.fleet_store import machine
-from tests.fakes.services import KafkaBroker, PostgresCluster
+from tests.fakes.node_exporter import machine as node_exporter_scrape
+from tests.fakes.node_exporter import write_request
+from tests.fakes.services import KafkaBroker, PostgresCluster, free_port
 from tests.fakes.stores import empty_postgres
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -181,9 +189,20 @@ def catch_up(url: str) -> float:
 # ---------------------------------------------------------------------------------------------- the load
 
 
-def live(machines: int) -> list[str]:
-    """The machines that report: all but the silent ones (one in 100)."""
-    return [machine(d) for d in range(machines) if d % 100 != 1]
+def live(machines: int) -> list[tuple[int, str]]:
+    """The agents that report, (number, name): all but the node_exporter machines (one in four, remote-written)
+    and the silent ones (one in 100)."""
+    return [(d, machine(d)) for d in range(machines) if d % 100 != 1 and not node_exporter(d)]
+
+
+def node_exporter(d: int) -> bool:
+    """Whether the d-th machine is a node_exporter one (as the fill made it: its filesystems, no temperature)."""
+    return d % 4 == 0
+
+
+def scraped(machines: int) -> list[str]:
+    """The node_exporter machines that report (none of them is a silent one)."""
+    return [machine(d) for d in range(machines) if node_exporter(d) and d % 100 != 1]
 
 
 def boot_time(url: str) -> float:
@@ -220,8 +239,8 @@ def backlog(bootstrap: str, topic: str, machines: int, count: int, start: float,
     names = live(machines)
     out = producer(bootstrap)
     for i in range(count):
-        d, k = i % len(names), i // len(names)
-        name = names[d]
+        d, name = names[i % len(names)]
+        k = i // len(names)
         while True:
             try:
                 out.produce(topic, key=name.encode(), value=agent_sample(name, d, start + k, k, boot))
@@ -235,7 +254,8 @@ def backlog(bootstrap: str, topic: str, machines: int, count: int, start: float,
 
 
 class Fleet(threading.Thread):
-    """The live machines each sending a sample every 15 s, spread evenly over the 15 s (667/s for 10,000)."""
+    """The agents each sending a sample every 15 s over Kafka, spread evenly over the 15 s (500/s of 10,000
+    machines)."""
 
     def __init__(self, bootstrap: str, topic: str, machines: int, boot: float, tick_s: float = 0.25) -> None:
         super().__init__(daemon=True)
@@ -251,14 +271,65 @@ class Fleet(threading.Thread):
         tick = 0
         while not self._done.is_set():
             now = time.time()
-            for d in range(tick % ticks, len(self.names), ticks):
-                name = self.names[d]
+            for d, name in self.names[tick % ticks::ticks]:
                 out.produce(self.topic, key=name.encode(), value=agent_sample(name, d, now, tick // ticks, self.boot))
                 self.sent += 1
             out.poll(0)
             tick += 1
             self._done.wait(max(0.0, began + tick * self.tick_s - time.monotonic()))
         out.flush(30)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+PER_WRITE = 100  # machines a remote write carries, as bench.remote_write sends them
+# The fill's filesystems of a node_exporter machine (its / at 40 % here)
+FILLED_FILESYSTEMS = {"/": ("ext4", 100e9, 60e9, 0), "/boot": ("ext4", 1e9, 7.86e8, 0)}
+PLACEHOLDER = b"zzzzzz"  # a machine's name in a scrape's template: as long as machine(d)
+
+
+class Scrapes(threading.Thread):
+    """The node_exporter machines scraped every 15 s by a Prometheus that remote-writes them, PER_WRITE machines a
+    write (about 1,000 series each, 100,000 a write), the writes spread over the 15 s and sent to the receivers in
+    turn, as a load balancer would (each write whole: no scrape split between two receivers)."""
+
+    def __init__(self, endpoints: list[str], names: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.endpoints = endpoints
+        self.groups = [names[i:i + PER_WRITE] for i in range(0, len(names), PER_WRITE)]
+        self.sent = 0  # machines' scrapes whose write was answered 204
+        self.refused: list[int] = []  # other answers
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    @staticmethod
+    def body(names: list[str], ts: float, r: int) -> bytes:
+        """One write: the same scrape for each machine, its counters `r` scrapes on (one template, names put in)."""
+        scrape = node_exporter_scrape(idle_s=64800 + 9 * r, busy_s=21600 + 6 * r, net_bytes=1e9 + 3e6 * r,
+                                      disk_bytes=5e9 + 1e7 * r, filesystems=FILLED_FILESYSTEMS, temps=())
+        one = write_request({f"{PLACEHOLDER.decode()}:9100": [(ts, scrape)]}).SerializeToString()
+        return bytes(cramjam.snappy.compress_raw(b"".join(one.replace(PLACEHOLDER, n.encode()) for n in names)))
+
+    def _send(self, endpoint: str, body: bytes, machines: int) -> None:
+        status = remote_write.post(endpoint, body)
+        with self._lock:
+            if status == 204:
+                self.sent += machines
+            else:
+                self.refused.append(status)
+
+    def run(self) -> None:
+        period = 15 / len(self.groups)
+        began = time.monotonic()
+        n = 0
+        with ThreadPoolExecutor(remote_write.SENDERS) as senders:
+            while not self._done.wait(max(0.0, began + n * period - time.monotonic())):
+                group = self.groups[n % len(self.groups)]
+                body = self.body(group, time.time(), n // len(self.groups))
+                senders.submit(self._send, self.endpoints[n % len(self.endpoints)], body, len(group))
+                n += 1
 
     def stop(self) -> None:
         self._done.set()
@@ -335,15 +406,20 @@ class Activity(threading.Thread):
 ASKERS = 8  # members of the chat asking in turn: one alone would be over the bot's budget of commands a minute
 
 
-def ask(fake: FakeTelegram, text: str, expect: str, asker: int = 0) -> tuple[float, float]:
+def ask(fake: FakeTelegram, text: str, expect: str, asker: int = 0) -> tuple[float, float, float]:
     """Send `text` to the bot as the `asker`-th member of the chat; (when it was sent, seconds until a reply
-    containing `expect` reached the fake)."""
+    containing `expect` reached the fake, seconds until it was whole: its usual ranges filled in by an edit when
+    they were not worked out in time for the answer)."""
     mark = fake.call_count()
     sent = time.time()
     fake.send_text(CHAT, text, user_id=CHAT + asker % ASKERS)
     call = fake.wait_for_call("sendMessage", lambda c: expect in str(c.params.get("text", "")), timeout=60,
                               after=mark)
-    return sent, call.time - sent
+    whole = call
+    if USUAL_PENDING in call.params["text"]:
+        whole = fake.wait_for_call("editMessageText", lambda c: str(c.params.get("message_id")) == str(call.result[
+            "message_id"]) and USUAL_PENDING not in c.params.get("text", ""), timeout=60, after=mark)
+    return sent, call.time - sent, whole.time - sent
 
 
 def logged(log: str, start: float, end: float, most: int = 6) -> list[str]:
@@ -362,11 +438,14 @@ class Load:
     backlog_rate: float = 0.0  # samples/s stored while a backlog was waiting: what the three processes sustain
     backlog_s: float = 0.0
     live_rate: float = 0.0  # samples/s stored while the fleet sent at its own pace
-    live_sent: float = 0.0
+    live_sent: float = 0.0  # samples/s sent: agents over Kafka, node_exporter machines' scrapes answered 204
+    scraped: int = 0  # node_exporter machines remote-written
+    refused: list[int] = field(default_factory=list)  # remote writes answered other than 204
     live_s: float = 0.0
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU ms per sample stored, at the fleet's pace
     fleet: list[float] = field(default_factory=list)
     device: list[float] = field(default_factory=list)
+    device_whole: list[float] = field(default_factory=list)  # until its usual ranges were shown too
     slow: list[str] = field(default_factory=list)
     load: str = ""
 
@@ -392,9 +471,11 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
     base = env(fake, tmp, url, broker.bootstrap, topic, f"fleet-{uuid.uuid4().hex[:8]}")
     database = db.open_database(url)
     first = highest_id(database)
-    processes = {"bot": BotProcess(base, tmp / "fleet-bot.log"),
-                 "worker 1": BotProcess(base, tmp / "fleet-worker1.log", ["--worker"]),
-                 "worker 2": BotProcess(base, tmp / "fleet-worker2.log", ["--worker"])}
+    ports = [free_port() for _ in range(3)]
+    processes = {name: BotProcess({**base, "REMOTE_WRITE_LISTEN": f"127.0.0.1:{port}",
+                                   "REMOTE_WRITE_TOKEN": remote_write.RW_TOKEN}, tmp / f"fleet-{log}.log", argv)
+                 for (name, log, argv), port in zip([("bot", "bot", []), ("worker 1", "worker1", ["--worker"]),
+                                                     ("worker 2", "worker2", ["--worker"])], ports, strict=True)}
     with contextlib.ExitStack() as stack:
         for process in processes.values():
             stack.enter_context(process)
@@ -412,24 +493,29 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
               flush=True)
         while highest_id(database) < first + backlog_n and time.monotonic() < deadline:
             time.sleep(0.2)
+        for process in processes.values():
+            process.wait_log("remote write: listening", timeout=120)
         fleet = Fleet(broker.bootstrap, topic, machines, boot)
         fleet.start()
-        time.sleep(10)  # the fleet's pace settles
+        scrapes = Scrapes([f"http://127.0.0.1:{port}{PATH}" for port in ports], scraped(machines))
+        scrapes.start()
+        time.sleep(20)  # the fleet's pace settles: each machine has sent once
         activity = Activity(url)
         activity.start()
         cpu0 = {name: cpu_s(p) for name, p in {**ps, "PostgreSQL": postgres_processes(database)}.items()}
-        t0, n0, sent0 = time.monotonic(), highest_id(database), fleet.sent
+        t0, n0, sent0 = time.monotonic(), highest_id(database), fleet.sent + scrapes.sent
         end = t0 + seconds
         k = 0
         while time.monotonic() < end or k < 2 * asks:
             if k < 2 * asks:
                 if k % 2 == 0:
-                    sent, took = ask(fake, "/status", "Fleet", k)
+                    sent, took, _whole = ask(fake, "/status", "Fleet", k)
                     result.fleet.append(took)
                 else:
                     name = machine((k * 37) % machines)
-                    sent, took = ask(fake, f"/status {name}", name, k)
+                    sent, took, whole = ask(fake, f"/status {name}", name, k)
                     result.device.append(took)
+                    result.device_whole.append(whole)
                 if took > (TARGET_FLEET_S if k % 2 == 0 else TARGET_DEVICE_S):
                     result.slow.append(f"{'/status' if k % 2 == 0 else '/status ' + name} took {took:.2f} s; "
                                        "PostgreSQL meanwhile: " + ("; ".join(activity.between(sent, sent + took)[:4])
@@ -442,12 +528,15 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
                 time.sleep(0.2)
         result.live_s = time.monotonic() - t0
         stored = highest_id(database) - n0
-        result.live_rate, result.live_sent = stored / result.live_s, (fleet.sent - sent0) / result.live_s
+        result.live_rate = stored / result.live_s
+        result.live_sent = (fleet.sent + scrapes.sent - sent0) / result.live_s
+        result.scraped, result.refused = len(scraped(machines)), scrapes.refused
         for name, p in {**ps, "PostgreSQL": postgres_processes(database)}.items():
             result.cpu_ms[name] = used(cpu0[name], cpu_s(p)) * 1000 / max(1, stored)
         result.load = load()
         activity.stop()
         fleet.stop()
+        scrapes.stop()
         for process in processes.values():
             process.stop(timeout=60)
     database.close()
@@ -625,12 +714,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| samples/s the bot and two workers sustain (a backlog of {result.backlog:,}) | "
           f"{result.backlog_rate:,.0f}/s = {ratio:.1f} × the {NEEDED_PER_S:.0f}/s of 10,000 machines at 15 s | "
           f"≥ 1 × {verdict(ratio >= 1)} |")
-    print(f"| the fleet at its pace: sent, stored | {result.live_sent:,.0f}/s, {result.live_rate:,.0f}/s | "
-          f"stored = sent {verdict(result.live_rate >= 0.95 * result.live_sent)} |")
+    print(f"| the fleet at its pace ({len(live(args.machines)):,} agents over Kafka, {result.scraped:,} node_exporter "
+          f"machines remote-written, {PER_WRITE} a write, to the three in turn): sent, stored | "
+          f"{result.live_sent:,.0f}/s, {result.live_rate:,.0f}/s; {len(result.refused)} writes refused | "
+          f"stored = sent {verdict(result.live_rate >= 0.95 * result.live_sent and not result.refused)} |")
     print(f"| `/status` (the fleet), {len(result.fleet)} asked: median / p95 / max | {quantiles(result.fleet)} | "
           f"≤ {TARGET_FLEET_S} s {verdict(fleet_max <= TARGET_FLEET_S)} |")
     print(f"| `/status <machine>`, {len(result.device)} asked: median / p95 / max | {quantiles(result.device)} | "
           f"≤ {TARGET_DEVICE_S} s {verdict(device_max <= TARGET_DEVICE_S)} |")
+    filled = sum(1 for took, whole in zip(result.device, result.device_whole, strict=True) if whole > took)
+    print(f"| … until its usual ranges were shown ({filled} of {len(result.device)} filled in by an edit) | "
+          f"{quantiles(result.device_whole)} | - |")
     if retention is not None:
         drop = retention.drop
         print(f"| a day's partition ({retention.rows:,} samples) detached, the samples' table locked meanwhile | "
