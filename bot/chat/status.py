@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 CHART_MARGIN_S = 15 * 60  # the chart of an incident shows this much before and after it
 
 
-USUAL_WAIT_S = 0.05  # /status <device> waits this much longer for usual ranges never worked out, then answers
+USUAL_WAIT_S = 0.05  # from its start /status <device> waits at most this long for usual ranges never worked out
 STATUS_CHART_HOURS = 2  # the chart under /status <device>, and /chart <device> without hours
 CHART_MAX_HOURS = 720  # 30 days; the chart's query returns at most db.CHART_POINTS rows whatever the window
 
@@ -329,6 +329,7 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     if len(args) > 1 or (args and not PATTERN_RE.fullmatch(args[0])):
         await update.effective_message.reply_text(STATUS_USAGE)
         return
+    answer_by = time.monotonic() + USUAL_WAIT_S
     markup = None
     sample = None
     working: asyncio.Future[dict[str, Usual]] | None = None  # a device's usual ranges being worked out
@@ -359,7 +360,7 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
                 lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
                          tolerances.tolerances(sample.device), tolerances.expected(sample.device),
                          db.open_conditions(sample.device).get(sample.device, []), db.disks.latest(sample.device)))
-            if working is not None and (await asyncio.wait({working}, timeout=USUAL_WAIT_S))[0]:
+            if working is not None and (await asyncio.wait({working}, timeout=max(0, answer_by - time.monotonic())))[0]:
                 usual, working = working.result(), None
 
             def shown(usual: Mapping[str, Usual] | None) -> str:
