@@ -446,6 +446,7 @@ class Load:
     fleet: list[float] = field(default_factory=list)
     device: list[float] = field(default_factory=list)
     device_whole: list[float] = field(default_factory=list)  # until its usual ranges were shown too
+    device_again: list[float] = field(default_factory=list)  # a machine asked about before
     slow: list[str] = field(default_factory=list)
     load: str = ""
 
@@ -470,6 +471,7 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
     result.backlog = backlog(broker.bootstrap, topic, machines, backlog_n, began, boot)
     base = env(fake, tmp, url, broker.bootstrap, topic, f"fleet-{uuid.uuid4().hex[:8]}")
     database = db.open_database(url)
+    database.execute_sql("DELETE FROM usual_range")  # each first question a first one, whatever a run before did
     first = highest_id(database)
     ports = [free_port() for _ in range(3)]
     processes = {name: BotProcess({**base, "REMOTE_WRITE_LISTEN": f"127.0.0.1:{port}",
@@ -512,10 +514,14 @@ def run_load(url: str, broker: KafkaBroker, fake: FakeTelegram, tmp: Path, machi
                     sent, took, _whole = ask(fake, "/status", "Fleet", k)
                     result.fleet.append(took)
                 else:
-                    name = machine((k * 37) % machines)
+                    j = k // 2  # one in four asks again about the machine asked two before: within the hour
+                    name = machine(((j - 2 if j % 4 == 3 else j) * 37) % machines)
                     sent, took, whole = ask(fake, f"/status {name}", name, k)
-                    result.device.append(took)
-                    result.device_whole.append(whole)
+                    if j % 4 == 3:
+                        result.device_again.append(took)
+                    else:
+                        result.device.append(took)
+                        result.device_whole.append(whole)
                 if took > (TARGET_FLEET_S if k % 2 == 0 else TARGET_DEVICE_S):
                     result.slow.append(f"{'/status' if k % 2 == 0 else '/status ' + name} took {took:.2f} s; "
                                        "PostgreSQL meanwhile: " + ("; ".join(activity.between(sent, sent + took)[:4])
@@ -699,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     fleet_max = max(result.fleet, default=math.inf)
-    device_max = max(result.device, default=math.inf)
+    device_max = max(result.device + result.device_again, default=math.inf)
     ratio = result.backlog_rate / NEEDED_PER_S
     restart = starts[-1].first_sample_s
     print()
@@ -720,11 +726,15 @@ def main(argv: list[str] | None = None) -> int:
           f"stored = sent {verdict(result.live_rate >= 0.95 * result.live_sent and not result.refused)} |")
     print(f"| `/status` (the fleet), {len(result.fleet)} asked: median / p95 / max | {quantiles(result.fleet)} | "
           f"≤ {TARGET_FLEET_S} s {verdict(fleet_max <= TARGET_FLEET_S)} |")
-    print(f"| `/status <machine>`, {len(result.device)} asked: median / p95 / max | {quantiles(result.device)} | "
-          f"≤ {TARGET_DEVICE_S} s {verdict(device_max <= TARGET_DEVICE_S)} |")
+    first_max = max(result.device, default=math.inf)
+    print(f"| `/status <machine>`, first question, {len(result.device)} asked: median / p95 / max | "
+          f"{quantiles(result.device)} | ≤ {TARGET_DEVICE_S} s {verdict(first_max <= TARGET_DEVICE_S)} |")
     filled = sum(1 for took, whole in zip(result.device, result.device_whole, strict=True) if whole > took)
     print(f"| … until its usual ranges were shown ({filled} of {len(result.device)} filled in by an edit) | "
           f"{quantiles(result.device_whole)} | - |")
+    again_max = max(result.device_again, default=math.inf)
+    print(f"| `/status <machine>` asked again, {len(result.device_again)} asked: median / p95 / max | "
+          f"{quantiles(result.device_again)} | ≤ {TARGET_DEVICE_S} s {verdict(again_max <= TARGET_DEVICE_S)} |")
     if retention is not None:
         drop = retention.drop
         print(f"| a day's partition ({retention.rows:,} samples) detached, the samples' table locked meanwhile | "

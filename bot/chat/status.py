@@ -345,19 +345,24 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         if poller is not None and poller.source.unassigned is not None:
             text = f"{unassigned_notice(poller.source.unassigned)}\n\n{text}"
     else:
-        sample = await asyncio.to_thread(db.latest_sample, args[0])
+        baselines = common.baselines_of(context)
+
+        def newest() -> tuple[StoredSample | None, dict[str, Usual] | None]:
+            found = db.latest_sample(args[0])
+            return found, baselines.known(found.device) if found else None
+
+        # Each hop to a thread waits its turn beside ingestion's on a busy bot: two hops, not one per read.
+        sample, usual = await asyncio.to_thread(newest)
         if sample is None:
             known = [s.device for s in await asyncio.to_thread(db.seen_per_device)]
             text = unknown_device(args[0], known)
         else:
-            baselines = common.baselines_of(context)
-            usual = await asyncio.to_thread(baselines.known, sample.device)
             if usual is None:  # never worked out: from its history, which can take a second on a big store
                 working = asyncio.ensure_future(asyncio.to_thread(baselines.get, sample.device))
             forecaster = common.forecaster_of(context)
-            forecasts = await asyncio.to_thread(forecaster.forecasts, sample.device)
-            silent, muted, tolerated, expected, problems, disks = await asyncio.to_thread(
-                lambda: (db.silent_devices(), db.muting(time.time(), settings.timezone),
+            forecasts, silent, muted, tolerated, expected, problems, disks = await asyncio.to_thread(
+                lambda: (forecaster.forecasts(sample.device), db.silent_devices(),
+                         db.muting(time.time(), settings.timezone),
                          tolerances.tolerances(sample.device), tolerances.expected(sample.device),
                          db.open_conditions(sample.device).get(sample.device, []), db.disks.latest(sample.device)))
             if working is not None and (await asyncio.wait({working}, timeout=max(0, answer_by - time.monotonic())))[0]:
