@@ -383,7 +383,9 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         if sample.ts >= end - STATUS_CHART_HOURS * 3600:
             await send_chart(update, context, sample.device, end - STATUS_CHART_HOURS * 3600, end)
         if working is not None:  # the answer did not wait for them: they are filled in once worked out
-            await common.edit(answer, shown(await working), markup)
+            usual = await working
+            forecasts = await asyncio.to_thread(forecaster.forecasts, sample.device)  # trends read back meanwhile
+            await common.edit(answer, shown(usual), markup)
 
 
 async def chart_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
