@@ -9,8 +9,8 @@ deleted device by device, and the samples kept raw stay where they are. On Postg
 (schema/partitions.py) a whole day goes at once: its samples are aggregated, those kept raw copied into
 `metric_kept` with their ids, and its partition detached, in one transaction; its files are dropped once that is
 committed, holding no lock anybody waits for. What the DEFAULT partition holds of old days is handled device by
-device as before. Deleting 57.6 million rows would take hours
-and leave the table bloated; dropping their partition takes a moment (docs/performance.md has the figures).
+device as before. Deleting 57.6 million rows would take hours and leave the table bloated; dropping their
+partition takes a moment (docs/performance.md has the figures).
 
 Every function here blocks: the bot calls them through ``asyncio.to_thread``.
 """
@@ -42,8 +42,8 @@ REFERENCED = " UNION ALL ".join(f"SELECT {column} FROM {table} WHERE {column} IS
 # A day is dropped under an exclusive lock on `metric`, which waits for the queries reading it (a retrain streams
 # every sample): it gives up after partitions.LOCK_TIMEOUT_S, lets ingestion through, and tries again.
 LOCK_ATTEMPTS = 30
-RETIRED = "_retired"  # the suffix of a day partition detached, until its files are dropped
 LOCK_PAUSE_S = 2.0
+RETIRED = "_retired"  # the suffix of a day partition detached, until its files are dropped
 T = TypeVar("T")
 
 
