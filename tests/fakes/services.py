@@ -12,9 +12,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,16 +161,29 @@ def postgres_cluster() -> Iterator[str]:
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
-    """moto's S3 server in this process; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server in this process (as moto's ThreadedMotoServer runs it), one request at a time inside moto;
+    yields its endpoint URL. moto checks a conditional write's ETag, then writes, unlocked: on its threaded server
+    two writers holding the same ETag could both win, where S3 lets one, and an update of the models' index was
+    lost once in CI that way."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
+    app = DomainDispatcherApplication(create_backend_app)
+    one_at_a_time = threading.Lock()
+
+    def serialized(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        with one_at_a_time:
+            return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, serialized, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
     try:
         yield f"http://{host}:{port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
 
 
 def new_bucket(s3: BaseClient, versioned: bool = True) -> str:
